@@ -1,0 +1,39 @@
+# Two entry points: `make demo` and `make test`. Each sets up .venv on first use
+# (torch pinned to the local CPU build, the C++ runtime and LAMMPS plugin built
+# against it) and skips the set-up when nothing it depends on has changed.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+BUILD_DEPS := $(VENV)/.build-deps
+INSTALLED := $(VENV)/.nequip-installed
+SOURCES := pyproject.toml CMakeLists.txt $(shell find cpp lammps_plugin -type f 2>/dev/null)
+PYTEST_ARGS ?=
+
+.PHONY: install test demo clean
+
+install: $(INSTALLED)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and alone: anything else that asks for torch must find it installed,
+# or pip fetches a CUDA build. The extension is built against this torch
+# (--no-build-isolation), so the build tools live in the venv too.
+$(BUILD_DEPS): | $(PY)
+	$(PIP) install torch==2.13.0
+	$(PIP) install "scikit-build-core>=0.10" "pybind11>=2.12" ninja cmake
+	touch $@
+
+$(INSTALLED): $(BUILD_DEPS) $(SOURCES)
+	$(PIP) install --no-build-isolation -e ".[test,lammps]"
+	touch $@
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: install
+	$(PY) examples/demo.py --output demo_output
+
+clean:
+	rm -rf build demo_output
