@@ -1,0 +1,344 @@
+"""The NequIP model: per-atom energies from an equivariant message-passing network,
+forces and stress as derivatives of their sum."""
+
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from e3nn import o3
+
+from .. import __version__
+from ..data import keys
+from ..nn import BesselBasis, ConvNetLayer, PolynomialCutoff
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+PerType = Union[None, float, Sequence[float], Dict[str, float]]
+
+
+class NequIPModel(torch.nn.Module):
+    r"""NequIP (Batzner et al., Nat. Commun. 13, 2453 (2022)).
+
+    Per-atom energy :math:`E_i = \sigma_{t_i} (\epsilon(x_i) - \epsilon_{t_i}^{\mathrm{isolated}}) + \mu_{t_i}`,
+    where :math:`\epsilon` is the readout of the final node features, :math:`\sigma` and :math:`\mu` are the
+    per-type energy scales and shifts, and the readout of an atom of the same type with no neighbours is
+    subtracted so that an isolated atom has exactly its type's shift as energy. Forces are
+    :math:`-\partial E / \partial r`, the virial :math:`-\partial E / \partial \varepsilon` for a symmetric strain
+    :math:`\varepsilon` applied to positions and cell, the stress :math:`\frac{1}{V} \partial E / \partial \varepsilon`.
+
+    The network runs in ``model_dtype``; edge vectors are formed and energies summed in float64, and all
+    inputs and outputs are float64 (FILE_CONTRACT §1). Hyperparameter names follow DESIGN.md;
+    ``model.config`` holds them, resolved, so that ``NequIPModel(**model.config)`` rebuilds the model.
+
+    Args:
+        type_names: model type names, in type-index order.
+        r_max: cutoff radius (Å).
+        l_max: largest rotation order of features and edge harmonics.
+        parity: features of both parities (O(3)) if True, only even ones (SO(3)) otherwise.
+        num_layers: number of interaction (convolution) layers.
+        num_features: channels per irrep of the hidden features.
+        num_bessels: size of the radial Bessel basis.
+        polynomial_cutoff_p: exponent ``p`` of the cutoff envelope.
+        radial_mlp_depth, radial_mlp_width: hidden layers of the radial MLP that weights the tensor product.
+        avg_num_neighbors: neighbour-sum normalisation (None: no normalisation).
+        per_type_energy_shifts: :math:`\mu` per type (list in type order, dict by name, or one number).
+        per_type_energy_scales: :math:`\sigma` per type (same forms).
+        per_edge_type_cutoff: cutoff per (centre type, neighbour type), each at most ``r_max``: a dict
+            ``{centre: r}`` or ``{centre: {neighbour: r}}`` (missing pairs use ``r_max``), or
+            ``num_types**2`` numbers in row-major order (row = centre type).
+        model_dtype: ``"float32"`` or ``"float64"``.
+    """
+
+    def __init__(
+        self,
+        type_names: Sequence[str],
+        r_max: float,
+        l_max: int = 1,
+        parity: bool = True,
+        num_layers: int = 3,
+        num_features: int = 16,
+        num_bessels: int = 8,
+        polynomial_cutoff_p: float = 6.0,
+        radial_mlp_depth: int = 2,
+        radial_mlp_width: int = 64,
+        avg_num_neighbors: Optional[float] = None,
+        per_type_energy_shifts: PerType = None,
+        per_type_energy_scales: PerType = None,
+        per_edge_type_cutoff: Union[None, Sequence[float], Dict[str, Union[float, Dict[str, float]]]] = None,
+        model_dtype: str = "float32",
+    ):
+        super().__init__()
+        type_names = [str(name) for name in type_names]
+        if len(type_names) == 0 or len(set(type_names)) != len(type_names):
+            raise ValueError(f"type_names must be a non-empty list of distinct names, got {type_names}")
+        if any(not name or " " in name for name in type_names):
+            raise ValueError(f"type names must be non-empty and contain no spaces, got {type_names}")
+        if model_dtype not in _DTYPES:
+            raise ValueError(f"model_dtype must be 'float32' or 'float64', got {model_dtype!r}")
+        if not r_max > 0:
+            raise ValueError(f"r_max must be positive, got {r_max}")
+        num_types = len(type_names)
+        shifts = _per_type("per_type_energy_shifts", per_type_energy_shifts, type_names, default=0.0)
+        scales = _per_type("per_type_energy_scales", per_type_energy_scales, type_names, default=1.0)
+        edge_cutoffs = _edge_type_cutoffs(per_edge_type_cutoff, type_names, float(r_max))
+
+        self.config = dict(
+            type_names=type_names,
+            r_max=float(r_max),
+            l_max=int(l_max),
+            parity=bool(parity),
+            num_layers=int(num_layers),
+            num_features=int(num_features),
+            num_bessels=int(num_bessels),
+            polynomial_cutoff_p=float(polynomial_cutoff_p),
+            radial_mlp_depth=int(radial_mlp_depth),
+            radial_mlp_width=int(radial_mlp_width),
+            avg_num_neighbors=None if avg_num_neighbors is None else float(avg_num_neighbors),
+            per_type_energy_shifts=shifts,
+            per_type_energy_scales=scales,
+            per_edge_type_cutoff=edge_cutoffs,
+            model_dtype=model_dtype,
+        )
+        self.type_names: List[str] = type_names
+        self.num_types = num_types
+        self.r_max = float(r_max)
+        self.model_dtype = _DTYPES[model_dtype]
+        self.compute_forces = True
+        self.compute_stress = True
+
+        # geometry: edge harmonics and radial embedding
+        irreps_edge_sh = o3.Irreps.spherical_harmonics(l_max, p=-1 if parity else 1)
+        self.spherical_harmonics = o3.SphericalHarmonics(irreps_edge_sh, normalize=True, normalization="component")
+        self.bessel = BesselBasis(r_max, num_bessels)
+        self.cutoff = PolynomialCutoff(polynomial_cutoff_p)
+        self.register_buffer(
+            "edge_type_cutoff",
+            torch.tensor(edge_cutoffs if edge_cutoffs is not None else [r_max] * num_types**2, dtype=torch.float64)
+            .view(num_types, num_types),
+        )
+
+        # atoms: one-hot types, embedded as scalar features
+        irreps_node_attr = o3.Irreps([(num_types, (0, 1))])
+        irreps_features = o3.Irreps([(num_features, (0, 1))])
+        self.type_embedding = o3.Linear(irreps_node_attr, irreps_features)
+
+        parities = (1, -1) if parity else (1,)
+        irreps_hidden = o3.Irreps([(num_features, (l, p)) for l in range(l_max + 1) for p in parities])
+        layers = []
+        for layer_index in range(num_layers):
+            # the last layer only needs the scalars the readout uses
+            target = irreps_hidden if layer_index < num_layers - 1 else o3.Irreps([(num_features, (0, 1))])
+            layer = ConvNetLayer(
+                irreps_in=irreps_features,
+                irreps_hidden=target,
+                irreps_edge_sh=irreps_edge_sh,
+                irreps_node_attr=irreps_node_attr,
+                num_radial=num_bessels,
+                radial_mlp_depth=radial_mlp_depth,
+                radial_mlp_width=radial_mlp_width,
+                avg_num_neighbors=1.0 if avg_num_neighbors is None else float(avg_num_neighbors),
+            )
+            layers.append(layer)
+            irreps_features = layer.irreps_out
+        self.layers = torch.nn.ModuleList(layers)
+        self.readout = o3.Linear(irreps_features, o3.Irreps("1x0e"))
+
+        self.register_buffer("per_type_energy_shifts", torch.tensor(shifts, dtype=torch.float64))
+        self.register_buffer("per_type_energy_scales", torch.tensor(scales, dtype=torch.float64))
+
+        for module in (self.spherical_harmonics, self.bessel, self.type_embedding, self.layers, self.readout):
+            module.to(self.model_dtype)
+
+    def metadata(self) -> Dict[str, str]:
+        """Model metadata, every value an ASCII string (FILE_CONTRACT §2)."""
+        metadata = {
+            "model_dtype": self.config["model_dtype"],
+            "type_names": " ".join(self.type_names),
+            "num_types": str(self.num_types),
+            "r_max": repr(self.r_max),
+            "allow_tf32": "0",
+            "nequip_version": __version__,
+        }
+        if self.config["per_edge_type_cutoff"] is not None:
+            metadata["per_edge_type_cutoff"] = " ".join(repr(c) for c in self.config["per_edge_type_cutoff"])
+        return metadata
+
+    def atomic_energy(
+        self,
+        pos: torch.Tensor,
+        cell: torch.Tensor,
+        atom_types: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_cell_shift: Optional[torch.Tensor],
+        batch: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per-atom energies (N, 1), float64, from positions (N, 3) and cells (F, 3, 3) in float64."""
+        edge_center = edge_index[0]
+        edge_neighbor = edge_index[1]
+        edge_vec = pos[edge_neighbor] - pos[edge_center]
+        if edge_cell_shift is not None:
+            edge_vec = edge_vec + torch.bmm(edge_cell_shift.unsqueeze(1), cell[batch[edge_center]]).squeeze(1)
+        edge_length = torch.linalg.norm(edge_vec, dim=-1)
+        edge_cutoff = self.edge_type_cutoff[atom_types[edge_center], atom_types[edge_neighbor]]
+        envelope = self.cutoff(edge_length / edge_cutoff)
+
+        dtype = self.model_dtype
+        edge_sh = self.spherical_harmonics(edge_vec.to(dtype))
+        edge_radial = self.bessel(edge_length.to(dtype)) * envelope.to(dtype).unsqueeze(-1)
+
+        # one reference atom of each type, with no neighbours, after the N real atoms
+        num_atoms = pos.shape[0]
+        all_types = torch.cat([atom_types, torch.arange(self.num_types, device=atom_types.device)])
+        node_attrs = torch.nn.functional.one_hot(all_types, self.num_types).to(dtype)
+        x = self.type_embedding(node_attrs)
+        for layer in self.layers:
+            x = layer(x, node_attrs, edge_sh, edge_radial, edge_center, edge_neighbor)
+        readout = self.readout(x).to(torch.float64)
+        readout = readout[:num_atoms] - readout[num_atoms:][atom_types]
+        scales = self.per_type_energy_scales[atom_types].unsqueeze(-1)
+        shifts = self.per_type_energy_shifts[atom_types].unsqueeze(-1)
+        return scales * readout + shifts
+
+    def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Energies and their derivatives for one frame or a batch of frames (FILE_CONTRACT §1)."""
+        out = data.copy()
+        pos = data[keys.POS]
+        atom_types = data[keys.ATOM_TYPES]
+        edge_index = data[keys.EDGE_INDEX]
+        if keys.BATCH in data:
+            batch = data[keys.BATCH]
+            num_frames = data[keys.NUM_ATOMS].shape[0]
+        else:
+            batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+            num_frames = 1
+        if keys.CELL in data:
+            cell = data[keys.CELL].view(-1, 3, 3)
+        else:
+            cell = torch.zeros((num_frames, 3, 3), dtype=pos.dtype, device=pos.device)
+        edge_cell_shift: Optional[torch.Tensor] = None
+        if keys.EDGE_CELL_SHIFT in data:
+            edge_cell_shift = data[keys.EDGE_CELL_SHIFT]
+
+        if torch.jit.is_scripting():
+            # TorchScript has no enable_grad; compiled models run with grad mode on
+            energies = self._energy_and_derivatives(pos, cell, atom_types, edge_index, edge_cell_shift, batch, num_frames)
+        else:
+            # validation and inference may run under no_grad: derivatives need the graph regardless
+            with torch.enable_grad():
+                energies = self._energy_and_derivatives(
+                    pos, cell, atom_types, edge_index, edge_cell_shift, batch, num_frames
+                )
+        atomic_energy, total_energy, forces, virial, stress = energies
+        out[keys.ATOMIC_ENERGY] = atomic_energy
+        out[keys.TOTAL_ENERGY] = total_energy
+        if forces is not None:
+            out[keys.FORCES] = forces
+        if virial is not None and stress is not None:
+            out[keys.VIRIAL] = virial
+            out[keys.STRESS] = stress
+        return out
+
+    def _energy_and_derivatives(
+        self,
+        pos: torch.Tensor,
+        cell: torch.Tensor,
+        atom_types: torch.Tensor,
+        edge_index: torch.Tensor,
+        edge_cell_shift: Optional[torch.Tensor],
+        batch: torch.Tensor,
+        num_frames: int,
+    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+        """Atomic and total energies, then forces, virial and stress by autograd where switched on."""
+        compute_forces = self.compute_forces
+        compute_stress = self.compute_stress
+        pos = pos.detach().requires_grad_(compute_forces or compute_stress)
+        strain = torch.zeros((num_frames, 3, 3), dtype=pos.dtype, device=pos.device)
+        if compute_stress:
+            strain.requires_grad_(True)
+            symmetric_strain = 0.5 * (strain + strain.transpose(-1, -2))
+            pos = pos + torch.bmm(pos.unsqueeze(1), symmetric_strain[batch]).squeeze(1)
+            cell = cell + torch.bmm(cell, symmetric_strain)
+        atomic_energy = self.atomic_energy(pos, cell, atom_types, edge_index, edge_cell_shift, batch)
+        total_energy = torch.zeros((num_frames, 1), dtype=torch.float64, device=pos.device).index_add(
+            0, batch, atomic_energy
+        )
+        inputs: List[torch.Tensor] = []
+        if compute_forces:
+            inputs.append(pos)
+        if compute_stress:
+            inputs.append(strain)
+        if not self.training:
+            # nothing downstream differentiates evaluation outputs: let the graph go
+            atomic_energy, total_energy = atomic_energy.detach(), total_energy.detach()
+        if len(inputs) == 0:
+            return atomic_energy, total_energy, None, None, None
+        grads = torch.autograd.grad([total_energy.sum()], inputs, create_graph=self.training, allow_unused=True)
+
+        forces: Optional[torch.Tensor] = None
+        virial: Optional[torch.Tensor] = None
+        stress: Optional[torch.Tensor] = None
+        if compute_forces:
+            grad_pos = grads[0]
+            forces = -grad_pos if grad_pos is not None else torch.zeros_like(pos)
+        if compute_stress:
+            grad_strain = grads[-1]
+            if grad_strain is None:
+                grad_strain = torch.zeros_like(strain)
+            volume = torch.linalg.det(cell).abs().view(-1, 1, 1)
+            virial = -grad_strain
+            # no volume (non-periodic): stress is undefined, the virial is not
+            stress = torch.where(volume > 0, grad_strain / volume, torch.full_like(grad_strain, float("nan")))
+        return atomic_energy, total_energy, forces, virial, stress
+
+
+def _per_type(name: str, value: PerType, type_names: List[str], default: float) -> List[float]:
+    """A per-type quantity as a list in type order."""
+    if value is None:
+        return [default] * len(type_names)
+    if isinstance(value, (int, float)):
+        return [float(value)] * len(type_names)
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - set(type_names))
+        missing = [t for t in type_names if t not in value]
+        if unknown or missing:
+            raise ValueError(
+                f"{name} must give a value for each of the model's types {type_names}; "
+                f"unknown: {unknown}, missing: {missing}"
+            )
+        return [float(value[t]) for t in type_names]
+    values = [float(v) for v in value]
+    if len(values) != len(type_names):
+        raise ValueError(f"{name} has {len(values)} values but the model has {len(type_names)} types {type_names}")
+    return values
+
+
+def _edge_type_cutoffs(value, type_names: List[str], r_max: float) -> Optional[List[float]]:
+    """Per-edge-type cutoffs as num_types² floats, row-major (row = centre type), or None."""
+    if value is None:
+        return None
+    num_types = len(type_names)
+    if isinstance(value, dict):
+        table = [[r_max] * num_types for _ in type_names]
+        for centre, entry in value.items():
+            if centre not in type_names:
+                raise ValueError(f"per_edge_type_cutoff: unknown type {centre!r}; the model's types are {type_names}")
+            row = type_names.index(centre)
+            if isinstance(entry, dict):
+                for neighbor, cutoff in entry.items():
+                    if neighbor not in type_names:
+                        raise ValueError(
+                            f"per_edge_type_cutoff: unknown type {neighbor!r}; the model's types are {type_names}"
+                        )
+                    table[row][type_names.index(neighbor)] = float(cutoff)
+            else:
+                table[row] = [float(entry)] * num_types
+        flat = [c for row in table for c in row]
+    else:
+        flat = [float(c) for row_or_c in value for c in (row_or_c if isinstance(row_or_c, (list, tuple)) else [row_or_c])]
+        if len(flat) != num_types**2:
+            raise ValueError(
+                f"per_edge_type_cutoff needs {num_types}² = {num_types**2} values (row-major, row = centre type), "
+                f"got {len(flat)}"
+            )
+    if any(not (0 < c <= r_max) for c in flat):
+        raise ValueError(f"per_edge_type_cutoff values must lie in (0, r_max = {r_max}], got {flat}")
+    return flat

@@ -1,0 +1,163 @@
+"""NequIP's interaction block and the gated convolution layer built from it."""
+
+import math
+from typing import List, Tuple
+
+import torch
+from e3nn import o3
+from e3nn.nn import FullyConnectedNet, Gate
+from e3nn.util.jit import compile_mode
+
+
+def tp_path_exists(irreps_in1: o3.Irreps, irreps_in2: o3.Irreps, ir_out: o3.Irrep) -> bool:
+    """Whether some irrep of ``irreps_in1 ⊗ irreps_in2`` is ``ir_out``."""
+    ir_out = o3.Irrep(ir_out)
+    return any(ir_out in ir1 * ir2 for _, ir1 in irreps_in1 for _, ir2 in irreps_in2)
+
+
+@compile_mode("script")
+class InteractionBlock(torch.nn.Module):
+    r"""Equivariant message passing: neighbour features times edge harmonics, weighted by the radial MLP.
+
+    .. math::
+        x_i' = \mathrm{Lin}_2\Big(\frac{1}{\sqrt{\bar n}} \sum_{j \in \mathcal N(i)}
+               R(r_{ij}) \, \mathrm{Lin}_1(x_j) \otimes Y(\hat r_{ij})\Big) + \mathrm{SC}(x_i, z_i)
+
+    Args:
+        irreps_in: node features ``x`` (N, irreps_in.dim).
+        irreps_out: output node features.
+        irreps_edge_sh: edge spherical harmonics ``Y`` (E, irreps_edge_sh.dim).
+        irreps_node_attr: one-hot types ``z`` (N, num_types) used by the self-connection SC.
+        num_radial: width of the radial embedding (E, num_radial) fed to the radial MLP R.
+        radial_mlp_depth, radial_mlp_width: hidden layers of R.
+        avg_num_neighbors: :math:`\bar n`, the neighbour-sum normalisation.
+    """
+
+    def __init__(
+        self,
+        irreps_in: o3.Irreps,
+        irreps_out: o3.Irreps,
+        irreps_edge_sh: o3.Irreps,
+        irreps_node_attr: o3.Irreps,
+        num_radial: int,
+        radial_mlp_depth: int,
+        radial_mlp_width: int,
+        avg_num_neighbors: float,
+    ):
+        super().__init__()
+        self.irreps_in = o3.Irreps(irreps_in)
+        self.irreps_out = o3.Irreps(irreps_out)
+        self.inv_sqrt_avg_num_neighbors = 1.0 / math.sqrt(avg_num_neighbors)
+
+        self.linear_1 = o3.Linear(self.irreps_in, self.irreps_in)
+
+        # "uvu" paths: each input channel u times the single harmonic channel v keeps channel u
+        irreps_mid: List[Tuple[int, o3.Irrep]] = []
+        instructions = []
+        for i, (mul, ir_in) in enumerate(self.irreps_in):
+            for j, (_, ir_edge) in enumerate(irreps_edge_sh):
+                for ir_out in ir_in * ir_edge:
+                    if ir_out in self.irreps_out:
+                        instructions.append((i, j, len(irreps_mid), "uvu", True))
+                        irreps_mid.append((mul, ir_out))
+        irreps_mid, permutation, _ = o3.Irreps(irreps_mid).sort()
+        instructions = [(i, j, permutation[k], mode, train) for i, j, k, mode, train in instructions]
+
+        self.tensor_product = o3.TensorProduct(
+            self.irreps_in,
+            irreps_edge_sh,
+            irreps_mid,
+            instructions,
+            shared_weights=False,
+            internal_weights=False,
+        )
+        self.radial_mlp = FullyConnectedNet(
+            [num_radial] + radial_mlp_depth * [radial_mlp_width] + [self.tensor_product.weight_numel],
+            torch.nn.functional.silu,
+        )
+        self.linear_2 = o3.Linear(irreps_mid.simplify(), self.irreps_out)
+        self.self_connection = o3.FullyConnectedTensorProduct(self.irreps_in, irreps_node_attr, self.irreps_out)
+
+    def forward(
+        self,
+        node_features: torch.Tensor,
+        node_attrs: torch.Tensor,
+        edge_sh: torch.Tensor,
+        edge_radial: torch.Tensor,
+        edge_center: torch.Tensor,
+        edge_neighbor: torch.Tensor,
+    ) -> torch.Tensor:
+        self_connection = self.self_connection(node_features, node_attrs)
+        x = self.linear_1(node_features)
+        weights = self.radial_mlp(edge_radial)
+        messages = self.tensor_product(x[edge_neighbor], edge_sh, weights)
+        x = torch.zeros(
+            (x.shape[0], messages.shape[1]), dtype=messages.dtype, device=messages.device
+        ).index_add(0, edge_center, messages)
+        x = self.linear_2(x * self.inv_sqrt_avg_num_neighbors)
+        return x + self_connection
+
+
+@compile_mode("script")
+class ConvNetLayer(torch.nn.Module):
+    """An interaction block followed by an equivariant gate nonlinearity.
+
+    The block's output irreps are chosen so that the gate yields the requested ``irreps_hidden``
+    restricted to what the tensor product can reach from ``irreps_in``: scalars go through an
+    activation (SiLU if even, tanh if odd), every non-scalar is multiplied by an extra gate scalar.
+
+    Shapes: node features (N, irreps_in.dim) -> (N, self.irreps_out.dim).
+    """
+
+    def __init__(
+        self,
+        irreps_in: o3.Irreps,
+        irreps_hidden: o3.Irreps,
+        irreps_edge_sh: o3.Irreps,
+        irreps_node_attr: o3.Irreps,
+        num_radial: int,
+        radial_mlp_depth: int,
+        radial_mlp_width: int,
+        avg_num_neighbors: float,
+    ):
+        super().__init__()
+        irreps_in = o3.Irreps(irreps_in)
+        irreps_edge_sh = o3.Irreps(irreps_edge_sh)
+        reachable = [(mul, ir) for mul, ir in o3.Irreps(irreps_hidden) if tp_path_exists(irreps_in, irreps_edge_sh, ir)]
+        irreps_scalars = o3.Irreps([(mul, ir) for mul, ir in reachable if ir.l == 0])
+        irreps_gated = o3.Irreps([(mul, ir) for mul, ir in reachable if ir.l > 0])
+        gate_ir = "0e" if tp_path_exists(irreps_in, irreps_edge_sh, "0e") else "0o"
+        irreps_gates = o3.Irreps([(mul, gate_ir) for mul, _ in irreps_gated])
+        activation = {1: torch.nn.functional.silu, -1: torch.tanh}
+
+        self.gate = Gate(
+            irreps_scalars,
+            [activation[ir.p] for _, ir in irreps_scalars],
+            irreps_gates,
+            [activation[ir.p] for _, ir in irreps_gates],
+            irreps_gated,
+        )
+        self.interaction = InteractionBlock(
+            irreps_in=irreps_in,
+            irreps_out=self.gate.irreps_in,
+            irreps_edge_sh=irreps_edge_sh,
+            irreps_node_attr=irreps_node_attr,
+            num_radial=num_radial,
+            radial_mlp_depth=radial_mlp_depth,
+            radial_mlp_width=radial_mlp_width,
+            avg_num_neighbors=avg_num_neighbors,
+        )
+        self.irreps_in = irreps_in
+        self.irreps_out = self.gate.irreps_out
+
+    def forward(
+        self,
+        node_features: torch.Tensor,
+        node_attrs: torch.Tensor,
+        edge_sh: torch.Tensor,
+        edge_radial: torch.Tensor,
+        edge_center: torch.Tensor,
+        edge_neighbor: torch.Tensor,
+    ) -> torch.Tensor:
+        x = self.interaction(node_features, node_attrs, edge_sh, edge_radial, edge_center, edge_neighbor)
+        return self.gate(x)
