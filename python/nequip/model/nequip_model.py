@@ -266,12 +266,12 @@ class NequIPModel(torch.nn.Module):
             inputs.append(pos)
         if compute_stress:
             inputs.append(strain)
-        if not self.training:
-            # nothing downstream differentiates evaluation outputs: let the graph go
-            atomic_energy, total_energy = atomic_energy.detach(), total_energy.detach()
         if len(inputs) == 0:
             return atomic_energy, total_energy, None, None, None
         grads = torch.autograd.grad([total_energy.sum()], inputs, create_graph=self.training, allow_unused=True)
+        if not self.training:
+            # nothing downstream differentiates evaluation outputs: let the graph go
+            atomic_energy, total_energy = atomic_energy.detach(), total_energy.detach()
 
         forces: Optional[torch.Tensor] = None
         virial: Optional[torch.Tensor] = None
