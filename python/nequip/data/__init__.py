@@ -1,0 +1,18 @@
+"""Data layer: structures read by ASE -> atomic data dictionaries with vesin neighbour lists."""
+
+from . import keys, statistics
+from .atomic_data import AtomicData, TypeMapper, batch_frames, from_ase
+from .dataset import AtomicDataset, read_frames
+from .neighbors import compute_neighbor_list
+
+__all__ = [
+    "keys",
+    "statistics",
+    "AtomicData",
+    "AtomicDataset",
+    "TypeMapper",
+    "batch_frames",
+    "compute_neighbor_list",
+    "from_ase",
+    "read_frames",
+]

