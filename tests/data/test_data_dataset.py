@@ -1,0 +1,67 @@
+import re
+
+import ase.io
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from nequip.data import AtomicDataset, TypeMapper, keys, read_frames
+
+
+def test_read_frames_selects_by_index(aspirin_path):
+    assert len(read_frames(aspirin_path)) == 15
+    frames = read_frames(aspirin_path, index="2:5")
+    assert len(frames) == 3 and all(len(atoms) == 21 for atoms in frames)
+    assert len(read_frames(aspirin_path, index="0")) == 1
+
+
+def test_missing_file_is_reported(tmp_path):
+    path = tmp_path / "absent.xyz"
+    message = f"structure file {path} does not exist; check the path"
+    with pytest.raises(FileNotFoundError, match=re.escape(message)):
+        read_frames(path)
+
+
+def test_unreadable_file_is_reported(tmp_path):
+    path = tmp_path / "garbage.xyz"
+    path.write_text("this is not\nan xyz file\n")
+    with pytest.raises(ValueError, match=re.escape(f"could not read structures from {path}: ")):
+        read_frames(path)
+
+
+def test_file_without_requested_labels_names_the_frame_and_label(tmp_path, make_atoms, si_c_mapper):
+    path = tmp_path / "no_forces.xyz"
+    frames = [make_atoms(seed) for seed in range(2)]
+    frames[1].calc.results.pop("forces")
+    ase.io.write(path, frames)
+    formula = frames[1].get_chemical_formula()
+    message = (
+        f"frame 1: structure {formula} has no forces label; "
+        "add it to the data or drop it from labels"
+    )
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AtomicDataset.from_file(path, si_c_mapper, 4.0, require_labels=True)
+
+
+def test_dataset_from_file_keeps_neighbor_lists_and_batches(aspirin_path):
+    dataset = AtomicDataset.from_file(
+        aspirin_path,
+        TypeMapper(["C", "H", "O"]),
+        4.0,
+        labels=(keys.TOTAL_ENERGY, keys.FORCES),
+        require_labels=True,
+    )
+    assert len(dataset) == 15
+    assert dataset[4][keys.EDGE_INDEX].shape[1] > 0
+    loader = DataLoader(dataset, batch_size=4, collate_fn=AtomicDataset.collate_fn)
+    first = next(iter(loader))
+    assert first[keys.NUM_ATOMS].tolist() == [21] * 4
+    assert first[keys.TOTAL_ENERGY].shape == (4, 1)
+    assert sum(batch[keys.NUM_ATOMS].numel() for batch in loader) == 15
+
+
+def test_dataset_from_dicts_requires_geometry():
+    frame = {keys.POS: torch.zeros(2, 3), keys.ATOM_TYPES: torch.zeros(2, dtype=torch.int64)}
+    message = "frame 0 lacks ['edge_index']; build frames with from_ase, which adds them"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        AtomicDataset([frame])
