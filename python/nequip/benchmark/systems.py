@@ -6,6 +6,7 @@ import platform
 from typing import Dict
 
 import ase
+import ase.data
 import numpy as np
 import torch
 from ase.build import bulk
@@ -33,6 +34,26 @@ def sic_supercell(num_atoms: int, seed: int = 0) -> ase.Atoms:
     if num_atoms not in SIZES:
         raise ValueError(f"benchmark systems have {sorted(SIZES)} atoms, not {num_atoms}")
     atoms = bulk("SiC", "zincblende", a=4.36, cubic=True).repeat(SIZES[num_atoms])
+    atoms.rattle(0.05, seed=seed)
+    return atoms
+
+
+def system_for(type_names, num_atoms: int, seed: int = 0) -> ase.Atoms:
+    """The benchmark system for a model with these types: 3C-SiC for Si and C (DESIGN.md); for other
+    species, a random fcc alloy of them with the same numbers of atoms (4-atom cells repeated
+    2×2×4, 4×4×8, 8×8×16, 16×16×32), rattled by 0.05 Å."""
+    if {"Si", "C"} <= set(type_names):
+        return sic_supercell(num_atoms, seed)
+    if num_atoms not in SIZES:
+        raise ValueError(f"benchmark systems have {sorted(SIZES)} atoms, not {num_atoms}")
+    n = SIZES[num_atoms]  # 4 n·n·2n = 8 n³ atoms, as for SiC
+    species = [name for name in type_names if name in ase.data.atomic_numbers]
+    if not species:
+        raise ValueError(f"no chemical element among the model's types {list(type_names)} to build a system from")
+    lattice = [ase.data.reference_states[ase.data.atomic_numbers[s]] or {} for s in species]
+    fcc_a = [state.get("a", 4.0) if state.get("symmetry") == "fcc" else 4.0 for state in lattice]
+    atoms = bulk(species[0], "fcc", a=float(np.mean(fcc_a)), cubic=True).repeat((n, n, 2 * n))
+    atoms.symbols = np.random.default_rng(seed).choice(species, size=len(atoms))
     atoms.rattle(0.05, seed=seed)
     return atoms
 
