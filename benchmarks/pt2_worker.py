@@ -1,0 +1,48 @@
+"""One side of benchmarks/compare_reference.py: load one AOTInductor file, call it on request.
+
+    python benchmarks/pt2_worker.py MODEL.nequip.pt2 INPUTS.pt THREADS
+
+Only torch is imported, so that the peak resident memory of this process is the model's, not
+the tooling's. Reads commands from stdin, one per line, answers one JSON line each:
+``run K`` -> the seconds of K calls; ``check`` -> the outputs' sums; ``quit`` -> peak memory.
+"""
+
+import json
+import resource
+import sys
+import time
+
+import torch
+
+
+def main():
+    path, inputs_path, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    torch.set_num_threads(threads)
+    inputs = torch.load(inputs_path)
+    args = [inputs[name].contiguous() for name in ("pos", "edge_index", "atom_types", "cell", "edge_cell_shift")]
+    rss_before_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    model = torch._inductor.aoti_load_package(path)
+    rss_loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"ready": True, "rss_loaded_mib": rss_loaded / 1024, "rss_torch_mib": rss_before_load / 1024}), flush=True)
+    for line in sys.stdin:
+        command = line.split()
+        if not command:
+            continue
+        if command[0] == "run":
+            times = []
+            for _ in range(int(command[1])):
+                start = time.perf_counter()
+                model(args)
+                times.append(time.perf_counter() - start)
+            print(json.dumps({"times": times}), flush=True)
+        elif command[0] == "check":
+            # ase target order: atomic_energy, total_energy, forces, stress
+            out = model(args)
+            print(json.dumps({"total_energy": float(out[1].sum()), "forces_abs_sum": float(out[2].abs().sum())}), flush=True)
+        elif command[0] == "quit":
+            print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}), flush=True)
+            return
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Training throughput of the benchmark model (DESIGN.md) on 64-atom 3C-SiC frames.
+
+Runs the real training stack (nequip.train: data module, LightningModule, Lightning Trainer
+with EMA, checkpoints and logs) on rattled 2x2x2 conventional 3C-SiC cells with random
+labels (speed does not depend on them), batch 4, float32, loss on energy per atom and forces
+(``--stress`` adds the stress term). The first epoch is warm-up; the figures are the median
+time of a training step (forward, forces by autograd, backward through them, optimiser, EMA)
+and the time of a training epoch without its validation.
+
+    .venv/bin/python benchmarks/train_throughput.py --frames 32 --epochs 3 --json train_throughput.json
+"""
+
+import argparse
+import ctypes
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import torch
+from ase.calculators.singlepoint import SinglePointCalculator
+from lightning.pytorch.callbacks import Callback
+
+from nequip.benchmark import BENCHMARK_MODEL_CONFIG, machine_description, sic_supercell
+from nequip.train import NequIPLightningModule, validate_config
+from nequip.train.config import config_to_dict
+from nequip.train.training import build_trainer, resolve_model
+
+
+class StepTimer(Callback):
+    """Wall time of every training step and of every training epoch (validation excluded)."""
+
+    def __init__(self):
+        self.steps = []  # (epoch, seconds)
+        self.epochs = []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._epoch_start = time.perf_counter()
+        self._epoch_timed = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._step_start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        seconds = time.perf_counter() - self._step_start
+        self.steps.append((trainer.current_epoch, seconds))
+        print(f"epoch {trainer.current_epoch} step {batch_idx}: {seconds:.3f} s", flush=True)
+
+    def on_validation_epoch_start(self, trainer, pl_module):
+        # validation runs at the end of each training epoch: the training part ends here
+        if not self._epoch_timed:
+            self.epochs.append(time.perf_counter() - self._epoch_start)
+            self._epoch_timed = True
+
+
+def write_frames(path: Path, count: int, seed: int) -> None:
+    """Rattled 64-atom 3C-SiC cells with seeded random energy, force and stress labels."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for index in range(count):
+        atoms = sic_supercell(64, seed=seed + index)
+        atoms.calc = SinglePointCalculator(
+            atoms,
+            energy=float(rng.normal(-500.0, 1.0)),
+            forces=rng.normal(0.0, 1.0, (len(atoms), 3)),
+            stress=rng.normal(0.0, 0.01, 6),
+        )
+        frames.append(atoms)
+    ase.io.write(path, frames, format="extxyz")
+
+
+def tune_malloc() -> None:
+    """Keep glibc from returning large buffers to the OS between steps (DESIGN.md)."""
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    for option, value in ((M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 256 << 20)):
+        if libc.mallopt(option, value) != 1:
+            raise RuntimeError(f"mallopt({option}, {value}) failed")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=32, help="training frames (64 atoms each)")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--epochs", type=int, default=3, help="including one warm-up epoch")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--stress", action="store_true", help="also fit stresses (adds the strain derivative)")
+    parser.add_argument("--tune-malloc", action="store_true", help="mallopt: no trimming, large mmap threshold")
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args(argv)
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2 (the first is warm-up)")
+    torch.set_num_threads(args.threads)
+    if args.tune_malloc:
+        tune_malloc()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_frames(tmp / "train.xyz", args.frames, seed=0)
+        write_frames(tmp / "val.xyz", 1, seed=10_000)
+        model = {k: v for k, v in BENCHMARK_MODEL_CONFIG.items() if k != "type_names"}
+        config = validate_config(
+            {
+                "output_dir": str(tmp / "out"),
+                "data": {
+                    "type_names": BENCHMARK_MODEL_CONFIG["type_names"],
+                    "train_file": str(tmp / "train.xyz"),
+                    "val_file": str(tmp / "val.xyz"),
+                    "batch_size": args.batch_size,
+                },
+                "model": model,
+                "loss": {"energy_per_atom": 1.0, "forces": 1.0, "stress": 1.0 if args.stress else 0.0},
+                "trainer": {
+                    "max_epochs": args.epochs,
+                    "accelerator": "cpu",
+                    "devices": 1,
+                    "enable_progress_bar": False,
+                    "log_every_n_steps": 1,
+                },
+            }
+        )
+        model_config, datamodule = resolve_model(config, None)
+        module = NequIPLightningModule(model_config=model_config, config=config_to_dict(config))
+        timer = StepTimer()
+        trainer = build_trainer(config, extra_callbacks=[timer])
+        trainer.fit(module, datamodule=datamodule)
+
+    measured_steps = [seconds for epoch, seconds in timer.steps if epoch > 0]
+    measured_epochs = timer.epochs[1:]
+    step_s = statistics.median(measured_steps)
+    epoch_s = statistics.median(measured_epochs)
+    report = {
+        "benchmark": "training throughput, benchmark model, 64-atom 3C-SiC frames",
+        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+        "model": BENCHMARK_MODEL_CONFIG,
+        "avg_num_neighbors": model_config["avg_num_neighbors"],
+        "edges_per_frame": float(model_config["avg_num_neighbors"] * 64),
+        "loss": "energy_per_atom + forces" + (" + stress" if args.stress else ""),
+        "frames": args.frames,
+        "batch_size": args.batch_size,
+        "steps_per_epoch": len(measured_steps) // len(measured_epochs),
+        "measured_epochs": len(measured_epochs),
+        "median_step_s": step_s,
+        "frames_per_s": args.batch_size / step_s,
+        "median_train_epoch_s": epoch_s,
+        "frames_per_s_epoch": args.frames / epoch_s,
+        "tune_malloc": args.tune_malloc,
+        "machine": machine_description(),
+    }
+    print(
+        f"benchmark model, 64-atom SiC, batch {args.batch_size}, float32, {report['loss']}, "
+        f"{args.threads} threads{', tuned malloc' if args.tune_malloc else ''}:\n"
+        f"  median step {step_s:.3f} s -> {report['frames_per_s']:.2f} frames/s; "
+        f"train epoch ({args.frames} frames) {epoch_s:.2f} s -> {report['frames_per_s_epoch']:.2f} frames/s"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+// The NequIP C++ runtime: load a compiled model (`*.nequip.pth` or `*.nequip.pt2`),
+// read and check its metadata, and evaluate it on one frame.
+//
+// This is the only interface through which the front ends (the pybind11 module
+// `nequip._runtime` and the LAMMPS pair style) reach torch. It knows nothing of
+// Python. File formats are specified in FILE_CONTRACT.md (§2 metadata, §3 TorchScript,
+// §4 AOTInductor).
+//
+//   nequip::Model model("model.nequip.pt2", "cpu");
+//   nequip::Inputs inputs{pos, atom_types, edge_index, edge_cell_shift, cell};
+//   nequip::Outputs out = model.compute(inputs);
+//   double e = out.total_energy;              // eV
+//   at::Tensor f = out.forces;                // (N, 3) float64, CPU
+//   if (out.virial) { /* (3, 3) float64, CPU */ }
+//
+// Every failure, including those raised inside torch, surfaces as a subclass of
+// nequip::Error (itself a std::runtime_error) with a message a user can act on.
+#pragma once
+
+#include <ATen/Tensor.h>
+#include <c10/core/Device.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace nequip {
+
+// Base class of every exception thrown by the runtime.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// The file cannot be used: missing, not a compiled NequIP model, wrong format for its
+// extension, or missing / malformed metadata. The message names the file (and the key).
+class ModelFileError : public Error {
+ public:
+  using Error::Error;
+};
+
+// The requested device is malformed, unavailable, or not the one a `.pt2` was compiled for.
+class DeviceError : public Error {
+ public:
+  using Error::Error;
+};
+
+// The inputs of `Model::compute` have wrong shapes, non-finite values, or out-of-range indices.
+class InputError : public Error {
+ public:
+  using Error::Error;
+};
+
+// An error raised by torch while loading or running the model, converted to a readable message.
+class TorchError : public Error {
+ public:
+  using Error::Error;
+};
+
+enum class ModelFormat {
+  TorchScript,  // *.nequip.pth
+  AOTInductor,  // *.nequip.pt2
+};
+
+// The metadata of FILE_CONTRACT §2, parsed and checked.
+struct Metadata {
+  std::string model_dtype;                // "float32" or "float64"
+  std::vector<std::string> type_names;    // model type order; size() == num_types
+  int64_t num_types = 0;
+  double r_max = 0.0;
+  // num_types * num_types cutoffs, row-major (row = centre type, column = neighbour type);
+  // empty when the model uses r_max for every pair.
+  std::vector<double> per_edge_type_cutoff;
+  bool allow_tf32 = false;
+  // Every key of the file as stored (contract keys, project keys, torch's own AOTI keys).
+  std::map<std::string, std::string> raw;
+};
+
+// One frame. Tensors may have any floating / integer dtype, any device and any strides:
+// the runtime converts them (float64 positions, cell and shifts; int64 indices; contiguous;
+// on the model's device) before every call, because compiled AOTI models check nothing.
+struct Inputs {
+  at::Tensor pos;              // (N, 3), Å
+  at::Tensor atom_types;       // (N,), values in [0, num_types)
+  at::Tensor edge_index;       // (2, E), row 0 = centre i, row 1 = neighbour j, values in [0, N)
+  at::Tensor edge_cell_shift;  // (E, 3), integer-valued image shifts; undefined = all zero
+  at::Tensor cell;             // (3, 3) or (1, 3, 3), rows = lattice vectors; undefined = zero
+};
+
+// Results for one frame, always float64, contiguous, on the CPU.
+struct Outputs {
+  double total_energy = 0.0;             // eV
+  at::Tensor atomic_energy;              // (N,), eV
+  at::Tensor forces;                     // (N, 3), eV/Å
+  // (3, 3), eV. Given by the model (TorchScript, `pair_nequip` target), or derived as
+  // -stress * V when the model gives only stress and the cell has a volume.
+  std::optional<at::Tensor> virial;
+  // (3, 3), eV/Å^3, ASE sign (positive = tensile). Given by the model (TorchScript, `ase`
+  // target), or derived as -virial / V. Absent when the cell has no volume.
+  std::optional<at::Tensor> stress;
+};
+
+class Model {
+ public:
+  // Opens `path` on `device` ("cpu", "cuda" or "cuda:k"). The format is chosen by the
+  // extension (".nequip.pth" or ".nequip.pt2") and confirmed by the archive's content.
+  // Throws ModelFileError, DeviceError or TorchError.
+  explicit Model(const std::string& path, const std::string& device = "cpu");
+  ~Model();
+  Model(Model&&) noexcept;
+  Model& operator=(Model&&) noexcept;
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  const std::string& path() const;
+  ModelFormat format() const;
+  c10::Device device() const;
+  const Metadata& metadata() const;
+
+  // Shorthands for metadata() fields.
+  const std::vector<std::string>& type_names() const;
+  int64_t num_types() const;
+  double r_max() const;
+  const std::vector<double>& per_edge_type_cutoff() const;  // T*T row-major, or empty
+  const std::string& model_dtype() const;
+
+  // Names of the fields the model returns. AOTI: `nequip_aoti_outputs` (the `pair_nequip`
+  // order "atomic_energy forces virial" when absent); TorchScript: the outputs FILE_CONTRACT
+  // §3 guarantees (atomic_energy total_energy forces stress virial).
+  const std::vector<std::string>& output_names() const;
+
+  // Evaluates the model on one frame. Throws InputError for bad inputs, TorchError when
+  // torch fails. Not safe to call concurrently on the same Model.
+  Outputs compute(const Inputs& inputs);
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+// Number of intra-op threads torch uses in this process (e.g. LAMMPS' OpenMP thread count).
+void set_num_threads(int num_threads);
+
+}  // namespace nequip

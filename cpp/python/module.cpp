@@ -1,0 +1,149 @@
+// nequip._runtime: the Python front end of the C++ runtime (cpp/include/nequip/runtime.h).
+//
+// numpy arrays go in and come out; tensors exist only on the C++ side, so this module links
+// libtorch but not libtorch_python. Input arrays are wrapped without copying, keeping their
+// dtype and strides: the runtime itself converts dtype, layout and device.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <ATen/ATen.h>
+
+#include <cstring>
+#include <optional>
+#include <string>
+
+#include "nequip/runtime.h"
+
+namespace py = pybind11;
+
+namespace {
+
+at::ScalarType scalar_type_of(const py::array& array, const char* name) {
+  const py::dtype dtype = array.dtype();
+  const char kind = dtype.kind();
+  const auto size = dtype.itemsize();
+  if (kind == 'f' && size == 8) return at::kDouble;
+  if (kind == 'f' && size == 4) return at::kFloat;
+  if (kind == 'i' && size == 8) return at::kLong;
+  if (kind == 'i' && size == 4) return at::kInt;
+  throw nequip::InputError(std::string(name) + " must be an array of float64, float32, int64 "
+                           "or int32, got " + py::str(dtype).cast<std::string>());
+}
+
+// A CPU tensor viewing the array's memory; the array must outlive the tensor's use.
+at::Tensor as_tensor(const py::array& array, const char* name) {
+  const at::ScalarType scalar_type = scalar_type_of(array, name);
+  if (!array.dtype().attr("isnative").cast<bool>()) {
+    throw nequip::InputError(std::string(name) + " must be in native byte order");
+  }
+  std::vector<int64_t> sizes(array.shape(), array.shape() + array.ndim());
+  std::vector<int64_t> strides;
+  for (py::ssize_t d = 0; d < array.ndim(); ++d) {
+    if (array.strides(d) < 0 || array.strides(d) % array.itemsize() != 0) {
+      // Not expressible as a tensor view (torch has no negative strides): copy.
+      py::array copy = py::array::ensure(array, py::array::c_style);
+      return as_tensor(copy, name).clone();
+    }
+    strides.push_back(array.strides(d) / array.itemsize());
+  }
+  return at::from_blob(const_cast<void*>(array.data()), sizes, strides,
+                       at::TensorOptions().dtype(scalar_type));
+}
+
+at::Tensor optional_tensor(const std::optional<py::array>& array, const char* name) {
+  return array ? as_tensor(*array, name) : at::Tensor();
+}
+
+// A numpy copy of a float64 CPU tensor (the runtime's outputs are always such).
+py::array_t<double> to_numpy(const at::Tensor& tensor) {
+  std::vector<py::ssize_t> shape(tensor.sizes().begin(), tensor.sizes().end());
+  py::array_t<double> array(shape);
+  at::Tensor contiguous = tensor.contiguous();
+  std::memcpy(array.mutable_data(), contiguous.data_ptr<double>(),
+              sizeof(double) * static_cast<size_t>(contiguous.numel()));
+  return array;
+}
+
+py::dict compute(nequip::Model& model, const py::array& pos, const py::array& atom_types,
+                 const py::array& edge_index, const std::optional<py::array>& edge_cell_shift,
+                 const std::optional<py::array>& cell) {
+  nequip::Inputs inputs{as_tensor(pos, "pos"), as_tensor(atom_types, "atom_types"),
+                        as_tensor(edge_index, "edge_index"),
+                        optional_tensor(edge_cell_shift, "edge_cell_shift"),
+                        optional_tensor(cell, "cell")};
+  nequip::Outputs outputs;
+  {
+    py::gil_scoped_release release;  // the arrays are kept alive by the caller's references
+    outputs = model.compute(inputs);
+  }
+  py::dict result;
+  result["total_energy"] = outputs.total_energy;
+  result["atomic_energy"] = to_numpy(outputs.atomic_energy);
+  result["forces"] = to_numpy(outputs.forces);
+  if (outputs.virial) result["virial"] = to_numpy(*outputs.virial);
+  if (outputs.stress) result["stress"] = to_numpy(*outputs.stress);
+  return result;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_runtime, m) {
+  m.doc() = "The NequIP C++ runtime: load and evaluate compiled models (.nequip.pth, .nequip.pt2).";
+
+  // Base first: pybind11 tries the most recently registered translator first.
+  py::register_exception<nequip::Error>(m, "Error", PyExc_RuntimeError);
+  py::register_exception<nequip::TorchError>(m, "TorchError", PyExc_RuntimeError);
+  py::register_exception<nequip::ModelFileError>(m, "ModelFileError", PyExc_ValueError);
+  py::register_exception<nequip::DeviceError>(m, "DeviceError", PyExc_ValueError);
+  py::register_exception<nequip::InputError>(m, "InputError", PyExc_ValueError);
+
+  py::class_<nequip::Model>(m, "Model", R"doc(
+A compiled NequIP model (.nequip.pth TorchScript or .nequip.pt2 AOTInductor) on one device.
+
+Model(path, device="cpu"): the format is chosen by the extension and confirmed by content.
+Raises ModelFileError (bad file or metadata), DeviceError, TorchError.
+)doc")
+      .def(py::init<const std::string&, const std::string&>(), py::arg("path"),
+           py::arg("device") = "cpu")
+      .def_property_readonly("path", &nequip::Model::path)
+      .def_property_readonly("format",
+                             [](const nequip::Model& model) {
+                               return model.format() == nequip::ModelFormat::TorchScript
+                                          ? "torchscript"
+                                          : "aotinductor";
+                             })
+      .def_property_readonly("device",
+                             [](const nequip::Model& model) { return model.device().str(); })
+      .def_property_readonly("type_names", &nequip::Model::type_names)
+      .def_property_readonly("num_types", &nequip::Model::num_types)
+      .def_property_readonly("r_max", &nequip::Model::r_max)
+      .def_property_readonly(
+          "per_edge_type_cutoff",
+          [](const nequip::Model& model) -> std::optional<py::array_t<double>> {
+            const std::vector<double>& cutoffs = model.per_edge_type_cutoff();
+            if (cutoffs.empty()) return std::nullopt;
+            const py::ssize_t t = model.num_types();
+            py::array_t<double> array({t, t});
+            std::memcpy(array.mutable_data(), cutoffs.data(), sizeof(double) * cutoffs.size());
+            return array;
+          },
+          "(num_types, num_types) cutoffs (row = centre type), or None when r_max is used "
+          "for every pair")
+      .def_property_readonly("model_dtype", &nequip::Model::model_dtype)
+      .def_property_readonly("output_names", &nequip::Model::output_names)
+      .def_property_readonly(
+          "metadata", [](const nequip::Model& model) { return model.metadata().raw; },
+          "every metadata key of the file, as stored")
+      .def("compute", &compute, py::arg("pos"), py::arg("atom_types"), py::arg("edge_index"),
+           py::arg("edge_cell_shift") = std::nullopt, py::arg("cell") = std::nullopt,
+           R"doc(
+Evaluates one frame. pos (N, 3), atom_types (N,), edge_index (2, E), edge_cell_shift (E, 3),
+cell (3, 3); float64/float32/int64/int32 arrays of any strides (converted by the runtime).
+Returns a dict: total_energy (float), atomic_energy (N,), forces (N, 3), and, when
+available, virial (3, 3) and stress (3, 3) (ASE sign), all float64.
+)doc");
+
+  m.def("set_num_threads", &nequip::set_num_threads, py::arg("num_threads"),
+        "Number of intra-op threads torch uses in this process.");
+}

@@ -1,0 +1,135 @@
+#include "metadata.h"
+
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
+#include <sstream>
+#include <utility>
+
+namespace nequip::detail {
+namespace {
+
+class MetadataReader {
+ public:
+  MetadataReader(const std::string& path, const std::map<std::string, std::string>& raw)
+      : path_(path), raw_(raw) {}
+
+  bool has(const std::string& key) const { return raw_.count(key) != 0; }
+
+  const std::string& required(const std::string& key) const {
+    auto it = raw_.find(key);
+    if (it == raw_.end()) {
+      throw ModelFileError(path_ + ": required metadata key '" + key + "' is missing");
+    }
+    return it->second;
+  }
+
+  [[noreturn]] void malformed(const std::string& key, const std::string& expected) const {
+    throw ModelFileError(path_ + ": metadata key '" + key + "' is malformed: expected " +
+                         expected + ", got '" + raw_.at(key) + "'");
+  }
+
+  double parse_float(const std::string& key, const std::string& word,
+                     const std::string& expected) const {
+    const char* begin = word.c_str();
+    char* end = nullptr;
+    errno = 0;
+    double value = std::strtod(begin, &end);
+    if (word.empty() || end != begin + word.size() || errno != 0 || !std::isfinite(value)) {
+      malformed(key, expected);
+    }
+    return value;
+  }
+
+  int64_t parse_int(const std::string& key, const std::string& word,
+                    const std::string& expected) const {
+    const char* begin = word.c_str();
+    char* end = nullptr;
+    errno = 0;
+    long long value = std::strtoll(begin, &end, 10);
+    if (word.empty() || end != begin + word.size() || errno != 0) malformed(key, expected);
+    return value;
+  }
+
+ private:
+  const std::string& path_;
+  const std::map<std::string, std::string>& raw_;
+};
+
+}  // namespace
+
+std::vector<std::string> split_words(const std::string& text) {
+  std::istringstream stream(text);
+  std::vector<std::string> words;
+  for (std::string word; stream >> word;) words.push_back(std::move(word));
+  return words;
+}
+
+Metadata parse_metadata(const std::string& path, std::map<std::string, std::string> raw) {
+  MetadataReader reader(path, raw);
+  Metadata metadata;
+
+  const std::string dtype_words = reader.required("model_dtype");
+  std::vector<std::string> dtype = split_words(dtype_words);
+  if (dtype.size() != 1 || (dtype[0] != "float32" && dtype[0] != "float64")) {
+    reader.malformed("model_dtype", "'float32' or 'float64'");
+  }
+  metadata.model_dtype = dtype[0];
+
+  const std::string num_types_text = reader.required("num_types");
+  std::vector<std::string> num_types_words = split_words(num_types_text);
+  const char* positive_integer = "a positive decimal integer";
+  if (num_types_words.size() != 1) reader.malformed("num_types", positive_integer);
+  metadata.num_types = reader.parse_int("num_types", num_types_words[0], positive_integer);
+  if (metadata.num_types < 1) reader.malformed("num_types", positive_integer);
+
+  metadata.type_names = split_words(reader.required("type_names"));
+  if (static_cast<int64_t>(metadata.type_names.size()) != metadata.num_types) {
+    reader.malformed("type_names", std::to_string(metadata.num_types) +
+                                       " space-separated names (num_types)");
+  }
+  for (size_t i = 0; i < metadata.type_names.size(); ++i) {
+    for (size_t j = 0; j < i; ++j) {
+      if (metadata.type_names[i] == metadata.type_names[j]) {
+        reader.malformed("type_names", "distinct names");
+      }
+    }
+  }
+
+  std::vector<std::string> r_max_words = split_words(reader.required("r_max"));
+  const char* positive_float = "a positive decimal float";
+  if (r_max_words.size() != 1) reader.malformed("r_max", positive_float);
+  metadata.r_max = reader.parse_float("r_max", r_max_words[0], positive_float);
+  if (!(metadata.r_max > 0.0)) reader.malformed("r_max", positive_float);
+
+  // Optional: absent (or empty) means every pair uses r_max.
+  if (reader.has("per_edge_type_cutoff")) {
+    std::vector<std::string> words = split_words(raw.at("per_edge_type_cutoff"));
+    if (!words.empty()) {
+      const int64_t num_pairs = metadata.num_types * metadata.num_types;
+      const std::string expected = std::to_string(num_pairs) +
+                                   " (num_types squared) floats in (0, r_max]";
+      if (static_cast<int64_t>(words.size()) != num_pairs) {
+        reader.malformed("per_edge_type_cutoff", expected);
+      }
+      for (const std::string& word : words) {
+        double cutoff = reader.parse_float("per_edge_type_cutoff", word, expected);
+        if (!(cutoff > 0.0) || cutoff > metadata.r_max) {
+          reader.malformed("per_edge_type_cutoff", expected);
+        }
+        metadata.per_edge_type_cutoff.push_back(cutoff);
+      }
+    }
+  }
+
+  std::vector<std::string> tf32_words = split_words(reader.required("allow_tf32"));
+  if (tf32_words.size() != 1 || (tf32_words[0] != "0" && tf32_words[0] != "1")) {
+    reader.malformed("allow_tf32", "'0' or '1'");
+  }
+  metadata.allow_tf32 = tf32_words[0] == "1";
+
+  metadata.raw = std::move(raw);
+  return metadata;
+}
+
+}  // namespace nequip::detail

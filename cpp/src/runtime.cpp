@@ -1,0 +1,537 @@
+#include "nequip/runtime.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+#include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+#include <torch/cuda.h>
+#include <torch/script.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <optional>
+#include <sstream>
+#include <string_view>
+#include <utility>
+
+#include "metadata.h"
+
+namespace nequip {
+namespace {
+
+// Field names of FILE_CONTRACT §1 that cross the runtime's boundary.
+constexpr const char* kPos = "pos";
+constexpr const char* kEdgeIndex = "edge_index";
+constexpr const char* kAtomTypes = "atom_types";
+constexpr const char* kCell = "cell";
+constexpr const char* kEdgeCellShift = "edge_cell_shift";
+constexpr const char* kAtomicEnergy = "atomic_energy";
+constexpr const char* kTotalEnergy = "total_energy";
+constexpr const char* kForces = "forces";
+constexpr const char* kStress = "stress";
+constexpr const char* kVirial = "virial";
+
+// FILE_CONTRACT §4: the inputs of every AOTI target, and the outputs of files whose metadata
+// lacks `nequip_aoti_outputs` (the `pair_nequip` order of older producers).
+const std::vector<std::string> kAotiDefaultInputs = {kPos, kEdgeIndex, kAtomTypes, kCell,
+                                                     kEdgeCellShift};
+const std::vector<std::string> kAotiDefaultOutputs = {kAtomicEnergy, kForces, kVirial};
+// FILE_CONTRACT §3: what every TorchScript model returns.
+const std::vector<std::string> kTorchScriptOutputs = {kAtomicEnergy, kTotalEnergy, kForces,
+                                                      kStress, kVirial};
+
+constexpr const char* kAotiDeviceKey = "AOTI_DEVICE_KEY";  // written by torch
+
+bool ends_with(std::string_view text, std::string_view suffix) {
+  return text.size() >= suffix.size() &&
+         text.compare(text.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::string join(const std::vector<std::string>& words, const char* separator = " ") {
+  std::string joined;
+  for (size_t i = 0; i < words.size(); ++i) joined += (i ? separator : "") + words[i];
+  return joined;
+}
+
+std::string shape_string(const at::Tensor& tensor) {
+  std::ostringstream stream;
+  stream << "(";
+  for (int64_t d = 0; d < tensor.dim(); ++d) stream << (d ? ", " : "") << tensor.size(d);
+  stream << (tensor.dim() == 1 ? ",)" : ")");
+  return stream.str();
+}
+
+// Runs `body`, turning anything torch throws into a TorchError that says what was being done.
+template <typename Body>
+auto translate_torch_errors(const std::string& context, Body&& body) -> decltype(body()) {
+  try {
+    return body();
+  } catch (const Error&) {
+    throw;
+  } catch (const c10::Error& error) {
+    throw TorchError(context + ": " + error.what_without_backtrace());
+  } catch (const std::exception& error) {
+    throw TorchError(context + ": " + error.what());
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Opening the file
+
+ModelFormat format_from_extension(const std::string& path) {
+  if (ends_with(path, ".pth")) return ModelFormat::TorchScript;
+  if (ends_with(path, ".pt2")) return ModelFormat::AOTInductor;
+  throw ModelFileError(path +
+                       ": unknown model file extension: expected .nequip.pth (TorchScript) "
+                       "or .nequip.pt2 (AOTInductor)");
+}
+
+const char* format_description(ModelFormat format) {
+  return format == ModelFormat::TorchScript ? "a TorchScript archive (.nequip.pth)"
+                                            : "an AOTInductor package (.nequip.pt2)";
+}
+
+// What the zip archive holds: its format by content, and (TorchScript) its extra files.
+struct ArchiveContents {
+  std::optional<ModelFormat> format;
+  std::map<std::string, std::string> extra_files;
+};
+
+ArchiveContents read_archive(const std::string& path) {
+  const std::string not_a_model =
+      path + ": not a compiled NequIP model (neither a TorchScript archive nor an "
+             "AOTInductor package)";
+  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader;
+  try {
+    reader = std::make_unique<caffe2::serialize::PyTorchStreamReader>(path);
+  } catch (const c10::Error&) {
+    throw ModelFileError(not_a_model);
+  }
+  return translate_torch_errors(path + ": reading the archive", [&] {
+    ArchiveContents contents;
+    bool has_code = false;
+    bool has_aoti_model = false;
+    const std::string extra_prefix = "extra/";
+    for (const std::string& record : reader->getAllRecords()) {
+      if (record.rfind("code/", 0) == 0) has_code = true;
+      if (record.rfind("data/aotinductor/", 0) == 0) has_aoti_model = true;
+      if (record.rfind(extra_prefix, 0) == 0 && record.size() > extra_prefix.size()) {
+        auto [data, size] = reader->getRecord(record);
+        contents.extra_files[record.substr(extra_prefix.size())] =
+            std::string(static_cast<const char*>(data.get()), size);
+      }
+    }
+    if (has_code && reader->hasRecord("data.pkl") && reader->hasRecord("constants.pkl")) {
+      contents.format = ModelFormat::TorchScript;
+    } else if (has_aoti_model && reader->hasRecord("archive_format")) {
+      contents.format = ModelFormat::AOTInductor;
+    } else {
+      throw ModelFileError(not_a_model);
+    }
+    return contents;
+  });
+}
+
+c10::Device parse_device(const std::string& name) {
+  std::optional<c10::Device> device;
+  try {
+    device.emplace(name);
+  } catch (const c10::Error&) {
+  }
+  if (!device || !(device->is_cpu() || device->is_cuda()) || (device->is_cpu() && device->has_index())) {
+    throw DeviceError("invalid device '" + name + "': expected 'cpu', 'cuda' or 'cuda:<index>'");
+  }
+  if (device->is_cuda()) {
+    if (!torch::cuda::is_available()) {
+      throw DeviceError("device '" + name + "' requested but CUDA is not available to torch");
+    }
+    if (!device->has_index()) device->set_index(0);
+    const int count = torch::cuda::device_count();
+    if (device->index() >= count) {
+      throw DeviceError("device '" + name + "' requested but only " + std::to_string(count) +
+                        " CUDA device(s) are visible");
+    }
+  }
+  return *device;
+}
+
+// The AOTI input / output field names, checked against those the runtime knows.
+std::vector<std::string> aoti_fields(const Metadata& metadata, const std::string& path,
+                                     const std::string& key,
+                                     const std::vector<std::string>& default_fields,
+                                     const std::vector<std::string>& known,
+                                     const std::vector<std::string>& required) {
+  auto it = metadata.raw.find(key);
+  if (it == metadata.raw.end()) return default_fields;
+  std::vector<std::string> fields = detail::split_words(it->second);
+  auto malformed = [&] {
+    return ModelFileError(path + ": metadata key '" + key +
+                          "' is malformed: expected distinct names from '" + join(known) +
+                          "' including '" + join(required) + "', got '" + it->second + "'");
+  };
+  for (size_t i = 0; i < fields.size(); ++i) {
+    if (std::find(known.begin(), known.end(), fields[i]) == known.end()) throw malformed();
+    if (std::find(fields.begin(), fields.begin() + i, fields[i]) != fields.begin() + i) {
+      throw malformed();
+    }
+  }
+  for (const std::string& name : required) {
+    if (std::find(fields.begin(), fields.end(), name) == fields.end()) throw malformed();
+  }
+  return fields;
+}
+
+// ---------------------------------------------------------------------------------------
+// Inputs
+
+// Converted inputs, exactly as the compiled models need them (FILE_CONTRACT §1, §4).
+struct PreparedInputs {
+  at::Tensor pos;              // (N, 3) float64
+  at::Tensor edge_index;       // (2, E) int64
+  at::Tensor atom_types;       // (N,) int64
+  at::Tensor cell;             // (1, 3, 3) float64
+  at::Tensor edge_cell_shift;  // (E, 3) float64
+  double volume = 0.0;         // |det(cell)|
+
+  const at::Tensor& get(const std::string& name) const {
+    if (name == kPos) return pos;
+    if (name == kEdgeIndex) return edge_index;
+    if (name == kAtomTypes) return atom_types;
+    if (name == kCell) return cell;
+    return edge_cell_shift;
+  }
+};
+
+// numpy-style names (what users of both front ends know), torch's for the rest.
+std::string dtype_name(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kDouble: return "float64";
+    case at::kFloat: return "float32";
+    case at::kHalf: return "float16";
+    case at::kLong: return "int64";
+    case at::kInt: return "int32";
+    case at::kShort: return "int16";
+    case at::kChar: return "int8";
+    case at::kByte: return "uint8";
+    case at::kBool: return "bool";
+    default: return c10::toString(dtype);
+  }
+}
+
+void check_defined(const at::Tensor& tensor, const char* name) {
+  if (!tensor.defined()) throw InputError(std::string(name) + " is required");
+}
+
+void check_real(const at::Tensor& tensor, const char* name) {
+  if (tensor.is_complex() || tensor.scalar_type() == at::kBool) {
+    throw InputError(std::string(name) + " must have a real dtype, got " +
+                     dtype_name(tensor.scalar_type()));
+  }
+}
+
+void check_integer(const at::Tensor& tensor, const char* name) {
+  if (!at::isIntegralType(tensor.scalar_type(), /*includeBool=*/false)) {
+    throw InputError(std::string(name) + " must have an integer dtype, got " +
+                     dtype_name(tensor.scalar_type()));
+  }
+}
+
+void check_finite(const at::Tensor& tensor, const char* name) {
+  if (tensor.numel() > 0 && !at::isfinite(tensor).all().item<bool>()) {
+    throw InputError(std::string(name) + " contains non-finite values (NaN or infinity)");
+  }
+}
+
+void check_range(const at::Tensor& values, int64_t end, const char* name, const char* bound) {
+  if (values.numel() == 0) return;
+  const int64_t low = values.min().item<int64_t>();
+  const int64_t high = values.max().item<int64_t>();
+  if (low < 0 || high >= end) {
+    throw InputError(std::string(name) + " values must lie in [0, " + bound + ") = [0, " +
+                     std::to_string(end) + "), got values in [" + std::to_string(low) + ", " +
+                     std::to_string(high) + "]");
+  }
+}
+
+// Exactly dtype, contiguous, on device: AOTI models check none of this (FILE_CONTRACT §4).
+// (Not to(..., MemoryFormat::Contiguous): for tensors of fewer than four dimensions it
+// returns a strided tensor unchanged.)
+at::Tensor convert(const at::Tensor& tensor, const c10::Device& device, at::ScalarType dtype) {
+  return tensor.to(device, dtype).contiguous();
+}
+
+PreparedInputs prepare_inputs(const Inputs& inputs, int64_t num_types,
+                              const c10::Device& device) {
+  // Converted first, checked after: the checks run wherever the model does.
+  check_defined(inputs.pos, kPos);
+  check_real(inputs.pos, kPos);
+  if (inputs.pos.dim() != 2 || inputs.pos.size(1) != 3) {
+    throw InputError("pos must have shape (N, 3), got " + shape_string(inputs.pos));
+  }
+  const int64_t num_atoms = inputs.pos.size(0);
+  if (num_atoms == 0) throw InputError("pos must hold at least one atom, got shape (0, 3)");
+  at::Tensor pos = convert(inputs.pos, device, at::kDouble);
+  check_finite(pos, kPos);
+
+  check_defined(inputs.atom_types, kAtomTypes);
+  check_integer(inputs.atom_types, kAtomTypes);
+  if (inputs.atom_types.dim() != 1 || inputs.atom_types.size(0) != num_atoms) {
+    throw InputError("atom_types must have shape (N,) = (" + std::to_string(num_atoms) +
+                     ",), got " + shape_string(inputs.atom_types));
+  }
+  at::Tensor atom_types = convert(inputs.atom_types, device, at::kLong);
+  check_range(atom_types, num_types, kAtomTypes, "num_types");
+
+  check_defined(inputs.edge_index, kEdgeIndex);
+  check_integer(inputs.edge_index, kEdgeIndex);
+  if (inputs.edge_index.dim() != 2 || inputs.edge_index.size(0) != 2) {
+    throw InputError("edge_index must have shape (2, E), got " +
+                     shape_string(inputs.edge_index));
+  }
+  const int64_t num_edges = inputs.edge_index.size(1);
+  at::Tensor edge_index = convert(inputs.edge_index, device, at::kLong);
+  check_range(edge_index, num_atoms, kEdgeIndex, "N");
+
+  at::Tensor edge_cell_shift;
+  if (inputs.edge_cell_shift.defined()) {
+    check_real(inputs.edge_cell_shift, kEdgeCellShift);
+    if (inputs.edge_cell_shift.dim() != 2 || inputs.edge_cell_shift.size(0) != num_edges ||
+        inputs.edge_cell_shift.size(1) != 3) {
+      throw InputError("edge_cell_shift must have shape (E, 3) = (" +
+                       std::to_string(num_edges) + ", 3), got " +
+                       shape_string(inputs.edge_cell_shift));
+    }
+    edge_cell_shift = convert(inputs.edge_cell_shift, device, at::kDouble);
+    check_finite(edge_cell_shift, kEdgeCellShift);
+  } else {
+    edge_cell_shift = at::zeros({num_edges, 3}, at::TensorOptions(at::kDouble).device(device));
+  }
+
+  at::Tensor cell;
+  if (inputs.cell.defined()) {
+    check_real(inputs.cell, kCell);
+    const bool square = inputs.cell.dim() == 2 && inputs.cell.size(0) == 3 &&
+                        inputs.cell.size(1) == 3;
+    const bool framed = inputs.cell.dim() == 3 && inputs.cell.size(0) == 1 &&
+                        inputs.cell.size(1) == 3 && inputs.cell.size(2) == 3;
+    if (!square && !framed) {
+      throw InputError("cell must have shape (3, 3) or (1, 3, 3), got " +
+                       shape_string(inputs.cell));
+    }
+    cell = convert(inputs.cell, device, at::kDouble).reshape({1, 3, 3});
+    check_finite(cell, kCell);
+  } else {
+    cell = at::zeros({1, 3, 3}, at::TensorOptions(at::kDouble).device(device));
+  }
+
+  PreparedInputs prepared;
+  prepared.volume = std::abs(at::linalg_det(cell[0].cpu()).item<double>());
+  prepared.pos = std::move(pos);
+  prepared.atom_types = std::move(atom_types);
+  prepared.edge_index = std::move(edge_index);
+  prepared.edge_cell_shift = std::move(edge_cell_shift);
+  prepared.cell = std::move(cell);
+  return prepared;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Model
+
+class Model::Impl {
+ public:
+  Impl(const std::string& path, const std::string& device_name)
+      : path_(path), format_(format_from_extension(path)) {
+    if (!std::filesystem::is_regular_file(path)) throw ModelFileError(path + ": no such file");
+    ArchiveContents contents = read_archive(path);
+    if (*contents.format != format_) {
+      throw ModelFileError(path + ": the file name says " + format_description(format_) +
+                           " but the file is " + format_description(*contents.format));
+    }
+    device_ = parse_device(device_name);
+    if (format_ == ModelFormat::TorchScript) {
+      load_torchscript(std::move(contents.extra_files));
+    } else {
+      load_aoti(device_name);
+    }
+    if (device_.is_cuda()) {
+      // The model's choice (FILE_CONTRACT §2 allow_tf32); torch keeps it process-wide.
+      at::globalContext().setAllowTF32CuBLAS(metadata_.allow_tf32);
+      at::globalContext().setAllowTF32CuDNN(metadata_.allow_tf32);
+    }
+  }
+
+  Outputs compute(const Inputs& inputs) {
+    PreparedInputs prepared = prepare_inputs(inputs, metadata_.num_types, device_);
+    std::map<std::string, at::Tensor> raw = translate_torch_errors(
+        path_ + ": running the model", [&] {
+          return format_ == ModelFormat::TorchScript ? run_torchscript(prepared)
+                                                     : run_aoti(prepared);
+        });
+    return collect_outputs(std::move(raw), prepared);
+  }
+
+  std::string path_;
+  ModelFormat format_;
+  c10::Device device_{at::kCPU};
+  Metadata metadata_;
+  std::vector<std::string> input_names_;  // AOTI only
+  std::vector<std::string> output_names_;
+
+ private:
+  void load_torchscript(std::map<std::string, std::string> extra_files) {
+    metadata_ = detail::parse_metadata(path_, std::move(extra_files));
+    output_names_ = kTorchScriptOutputs;
+    module_ = translate_torch_errors(path_ + ": loading the TorchScript model", [&] {
+      torch::jit::Module module = torch::jit::load(path_, device_);
+      module.eval();
+      return module;
+    });
+  }
+
+  void load_aoti(const std::string& device_name) {
+    std::unordered_map<std::string, std::string> stored = translate_torch_errors(
+        path_ + ": reading the AOTInductor metadata", [&] {
+          return torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(path_,
+                                                                                     "model");
+        });
+    metadata_ = detail::parse_metadata(path_, {stored.begin(), stored.end()});
+    input_names_ = aoti_fields(metadata_, path_, "nequip_aoti_inputs", kAotiDefaultInputs,
+                               kAotiDefaultInputs, kAotiDefaultInputs);
+    output_names_ = aoti_fields(metadata_, path_, "nequip_aoti_outputs", kAotiDefaultOutputs,
+                                kTorchScriptOutputs, {kAtomicEnergy, kForces});
+
+    auto compiled_for = metadata_.raw.find(kAotiDeviceKey);
+    if (compiled_for == metadata_.raw.end()) {
+      throw ModelFileError(path_ + ": required metadata key '" + kAotiDeviceKey + "' is missing");
+    }
+    if (compiled_for->second != c10::DeviceTypeName(device_.type(), /*lower_case=*/true)) {
+      throw DeviceError(path_ + ": compiled for device '" + compiled_for->second +
+                        "', cannot run on device '" + device_name + "'; compile it again for '" +
+                        device_name + "'");
+    }
+    aoti_ = translate_torch_errors(path_ + ": loading the AOTInductor package", [&] {
+      return std::make_unique<torch::inductor::AOTIModelPackageLoader>(
+          path_, "model", /*run_single_threaded=*/false, /*num_runners=*/1,
+          device_.is_cuda() ? device_.index() : c10::DeviceIndex(-1));
+    });
+  }
+
+  std::map<std::string, at::Tensor> run_torchscript(const PreparedInputs& inputs) {
+    // Forces and stress are autograd derivatives taken inside the model.
+    at::AutoGradMode enable_grad(true);
+    c10::Dict<std::string, at::Tensor> data;
+    for (const std::string& name : kAotiDefaultInputs) data.insert(name, inputs.get(name));
+    c10::IValue result = module_->forward({data});
+    if (!result.isGenericDict()) {
+      throw TorchError(path_ + ": the TorchScript model must return Dict[str, Tensor], got " +
+                       result.tagKind());
+    }
+    std::map<std::string, at::Tensor> outputs;
+    for (const auto& item : result.toGenericDict()) {
+      const std::string& name = item.key().toStringRef();
+      if (std::find(output_names_.begin(), output_names_.end(), name) != output_names_.end()) {
+        outputs[name] = item.value().toTensor().detach();
+      }
+    }
+    return outputs;
+  }
+
+  std::map<std::string, at::Tensor> run_aoti(const PreparedInputs& inputs) {
+    c10::InferenceMode inference;
+    std::vector<at::Tensor> flat;
+    for (const std::string& name : input_names_) flat.push_back(inputs.get(name));
+    std::vector<at::Tensor> results = aoti_->run(flat);
+    if (results.size() != output_names_.size()) {
+      throw TorchError(path_ + ": the AOTInductor model returned " +
+                       std::to_string(results.size()) + " outputs, its metadata names " +
+                       std::to_string(output_names_.size()) + " (" + join(output_names_) + ")");
+    }
+    std::map<std::string, at::Tensor> outputs;
+    for (size_t i = 0; i < results.size(); ++i) outputs[output_names_[i]] = results[i];
+    return outputs;
+  }
+
+  // Float64 CPU copies of the model's outputs, shapes checked, with total energy, virial and
+  // stress derived from one another where the model gives only some of them.
+  Outputs collect_outputs(std::map<std::string, at::Tensor> raw,
+                          const PreparedInputs& inputs) const {
+    const int64_t num_atoms = inputs.pos.size(0);
+    auto take = [&](const char* name, std::vector<int64_t> shape) -> std::optional<at::Tensor> {
+      auto it = raw.find(name);
+      if (it == raw.end()) return std::nullopt;
+      int64_t numel = 1;
+      for (int64_t size : shape) numel *= size;
+      if (it->second.numel() != numel) {
+        throw TorchError(path_ + ": the model returned '" + name + "' with shape " +
+                         shape_string(it->second) + " for " + std::to_string(num_atoms) +
+                         " atoms");
+      }
+      return translate_torch_errors(path_ + ": reading output '" + name + "'", [&] {
+        return convert(it->second.reshape(shape), at::kCPU, at::kDouble);
+      });
+    };
+    auto require = [&](const char* name, std::vector<int64_t> shape) {
+      std::optional<at::Tensor> tensor = take(name, std::move(shape));
+      if (!tensor) throw TorchError(path_ + ": the model did not return '" + name + "'");
+      return *tensor;
+    };
+
+    Outputs outputs;
+    outputs.atomic_energy = require(kAtomicEnergy, {num_atoms});
+    outputs.forces = require(kForces, {num_atoms, 3});
+    std::optional<at::Tensor> total_energy = take(kTotalEnergy, {1});
+    outputs.total_energy = total_energy ? total_energy->item<double>()
+                                        : outputs.atomic_energy.sum().item<double>();
+
+    const bool has_volume = inputs.volume > 0.0;
+    std::optional<at::Tensor> stress = take(kStress, {3, 3});
+    std::optional<at::Tensor> virial = take(kVirial, {3, 3});
+    // Stress is per unit volume: meaningless (NaN from the model) without a volume.
+    if (has_volume) {
+      if (stress && !virial) virial = -*stress * inputs.volume;
+      if (virial && !stress) stress = -*virial / inputs.volume;
+      outputs.stress = stress;
+    }
+    outputs.virial = virial;
+    return outputs;
+  }
+
+  std::optional<torch::jit::Module> module_;
+  std::unique_ptr<torch::inductor::AOTIModelPackageLoader> aoti_;
+};
+
+Model::Model(const std::string& path, const std::string& device)
+    : impl_(std::make_unique<Impl>(path, device)) {}
+Model::~Model() = default;
+Model::Model(Model&&) noexcept = default;
+Model& Model::operator=(Model&&) noexcept = default;
+
+const std::string& Model::path() const { return impl_->path_; }
+ModelFormat Model::format() const { return impl_->format_; }
+c10::Device Model::device() const { return impl_->device_; }
+const Metadata& Model::metadata() const { return impl_->metadata_; }
+const std::vector<std::string>& Model::type_names() const {
+  return impl_->metadata_.type_names;
+}
+int64_t Model::num_types() const { return impl_->metadata_.num_types; }
+double Model::r_max() const { return impl_->metadata_.r_max; }
+const std::vector<double>& Model::per_edge_type_cutoff() const {
+  return impl_->metadata_.per_edge_type_cutoff;
+}
+const std::string& Model::model_dtype() const { return impl_->metadata_.model_dtype; }
+const std::vector<std::string>& Model::output_names() const { return impl_->output_names_; }
+
+Outputs Model::compute(const Inputs& inputs) { return impl_->compute(inputs); }
+
+void set_num_threads(int num_threads) {
+  if (num_threads < 1) {
+    throw InputError("the number of threads must be at least 1, got " +
+                     std::to_string(num_threads));
+  }
+  at::set_num_threads(num_threads);
+}
+
+}  // namespace nequip

@@ -1,0 +1,61 @@
+/* -*- c++ -*- ----------------------------------------------------------
+   pair_style nequip: a compiled NequIP model (*.nequip.pt2 | *.nequip.pth)
+   evaluated through the nequip C++ runtime.
+
+     pair_style nequip
+     pair_coeff * * model.nequip.pt2 NAME_1 ... NAME_ntypes
+
+   NAME_k is the model type name (see the model's type_names) of LAMMPS atom
+   type k, or NULL for types left to other styles of pair_style hybrid.
+------------------------------------------------------------------------- */
+
+#ifndef LMP_PAIR_NEQUIP_H
+#define LMP_PAIR_NEQUIP_H
+
+#include "pair.h"
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+namespace nequip {
+class Model;
+}
+
+namespace LAMMPS_NS {
+
+class PairNequIP : public Pair {
+ public:
+  PairNequIP(class LAMMPS *);
+  ~PairNequIP() override;
+
+  void compute(int, int) override;
+  void settings(int, char **) override;
+  void coeff(int, char **) override;
+  void init_style() override;
+  double init_one(int, int) override;
+
+ protected:
+  std::unique_ptr<nequip::Model> model;
+  int num_model_types;
+  std::vector<int> model_type;      // LAMMPS atom type (1..ntypes) -> model type, -1 = NULL
+  std::vector<double> model_cutsq;  // squared cutoff per (centre, neighbour) model type pair
+
+  // The model's graph for one step, rebuilt in compute(); the buffers keep their capacity.
+  std::vector<int> node_of_atom;             // owned atom -> node, -1 if its type is NULL
+  std::vector<int> ghost_owner;              // ghost (index - nlocal) -> owned atom
+  std::vector<double> ghost_shift;           // ghost -> integer image shift (3 per ghost)
+  std::vector<double> node_pos;              // (N, 3)
+  std::vector<int64_t> node_type;            // (N,)
+  std::vector<int64_t> edge_index;           // (2, E): centre nodes, then neighbour nodes
+  std::vector<int64_t> edge_neighbour;       // neighbour nodes, while edge_index is built
+  std::vector<double> edge_cell_shift;       // (E, 3)
+
+  void allocate();
+  void map_ghosts_to_owners();
+  void build_graph();
+};
+
+}    // namespace LAMMPS_NS
+
+#endif

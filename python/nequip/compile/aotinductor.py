@@ -1,0 +1,188 @@
+"""AOTInductor backend: forces and stress unrolled into one exported graph (FILE_CONTRACT §4).
+
+The model computes forces and stress with ``torch.autograd.grad`` inside ``forward``.
+``torch.export`` cannot capture a call into the autograd engine, but ``make_fx`` can: it
+records the aten operations the engine runs, so the backward pass becomes ordinary forward
+operations of the traced graph and the compiled file needs no autograd at run time. The
+traced graph is then exported with dynamic atom and edge dimensions and compiled by
+AOTInductor into a self-contained package.
+
+    model --FlatModel--> flat tensors in/out --make_fx--> aten graph, derivatives included
+      --sum_scatters_into_one_row--> --torch.export (N >= 1, E >= 0)--> ExportedProgram
+      --aoti_compile_and_package--> *.nequip.pt2
+"""
+
+from pathlib import Path
+from typing import Dict, Mapping, Tuple
+
+import torch
+import torch.fx.experimental._config as fx_config
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.fx.experimental.symbolic_shapes import statically_known_true
+
+from nequip.data import keys
+
+from .contract import AOTI_INPUTS, TARGET_OUTPUTS
+
+# Sizes of the synthetic frame the graph is traced on. Distinct and >= 2: symbolic tracing
+# specialises sizes 0 and 1, and equal sizes could be taken for the same dimension.
+_TRACE_NUM_ATOMS = 5
+_TRACE_NUM_EDGES = 7
+
+
+class FlatModel(torch.nn.Module):
+    """The model behind the flat tensor interface of one compile target.
+
+    Inputs are AOTI_INPUTS in order; outputs are TARGET_OUTPUTS[target] in order.
+    """
+
+    def __init__(self, model: torch.nn.Module, target: str):
+        super().__init__()
+        self.model = model
+        self.outputs = TARGET_OUTPUTS[target]
+
+    def forward(
+        self,
+        pos: torch.Tensor,
+        edge_index: torch.Tensor,
+        atom_types: torch.Tensor,
+        cell: torch.Tensor,
+        edge_cell_shift: torch.Tensor,
+    ) -> Tuple[torch.Tensor, ...]:
+        data = {
+            keys.POS: pos,
+            keys.EDGE_INDEX: edge_index,
+            keys.ATOM_TYPES: atom_types,
+            keys.CELL: cell,
+            keys.EDGE_CELL_SHIFT: edge_cell_shift,
+        }
+        out = self.model(data)
+        return tuple(out[name] for name in self.outputs)
+
+
+def tracing_inputs(num_types: int, device: torch.device) -> Tuple[torch.Tensor, ...]:
+    """A small synthetic frame in AOTI_INPUTS order, every dtype and shape per FILE_CONTRACT §1.
+
+    Only its sizes, dtypes and device matter: the graph has no data-dependent control
+    flow, and a frame of our own keeps export independent of the sizes of the example data
+    (which may well be a single atom).
+    """
+    generator = torch.Generator().manual_seed(0)
+    n, e = _TRACE_NUM_ATOMS, _TRACE_NUM_EDGES
+    pos = 3.0 * torch.rand((n, 3), generator=generator, dtype=torch.float64)
+    centre = torch.arange(e) % n
+    neighbour = (centre + 1 + torch.arange(e) // n) % n
+    edge_index = torch.stack([centre, neighbour])
+    atom_types = torch.arange(n) % num_types
+    cell = (6.0 * torch.eye(3, dtype=torch.float64)).unsqueeze(0)
+    edge_cell_shift = torch.zeros((e, 3), dtype=torch.float64)
+    frame = (pos, edge_index, atom_types, cell, edge_cell_shift)
+    return tuple(t.to(device) for t in frame)
+
+
+def export(
+    model: torch.nn.Module, target: str, num_types: int, device: torch.device, log
+) -> torch.export.ExportedProgram:
+    """Trace ``model`` (forces and stress included) and export it with dynamic N and E."""
+    flat = FlatModel(model, target).eval()
+    inputs = tracing_inputs(num_types, device)
+
+    log("tracing the model, derivatives included (make_fx)")
+    # Never merge two dimensions because their example sizes happen to agree.
+    with fx_config.patch(use_duck_shape=False):
+        traced = make_fx(
+            flat,
+            tracing_mode="symbolic",
+            _allow_non_fake_inputs=True,
+            _error_on_data_dependent_ops=True,
+        )(*inputs)
+    sum_scatters_into_one_row(traced)
+
+    log("exporting the traced graph (torch.export)")
+    num_atoms = torch.export.Dim("num_atoms", min=1)
+    num_edges = torch.export.Dim("num_edges", min=0)
+    dynamic_shapes = {
+        keys.POS: {0: num_atoms},
+        keys.EDGE_INDEX: {1: num_edges},
+        keys.ATOM_TYPES: {0: num_atoms},
+        keys.CELL: None,  # one frame: static
+        keys.EDGE_CELL_SHIFT: {0: num_edges},
+    }
+    # Traced on N, E >= 2, exported for N >= 1, E >= 0: export refuses (naming the guard)
+    # if the graph specialised on N >= 2 or E >= 1 anywhere.
+    return torch.export.export(
+        traced,
+        inputs,
+        dynamic_shapes=tuple(dynamic_shapes[name] for name in AOTI_INPUTS),
+        strict=False,
+    )
+
+
+def sum_scatters_into_one_row(graph_module: torch.fx.GraphModule) -> int:
+    """Rewrite scatter-adds into a destination with a single row as plain sums; return how many.
+
+    torch 2.13's inductor cannot generate vectorised CPU code for an atomic-add scatter whose
+    destination has size 1 along the scattered dimension (``assert isinstance(index,
+    CppCSEVariable) and index.is_vec`` in codegen/cpp.py: the index is simplified to the
+    constant 0). A single-frame model has three: the total energy summed over atoms by frame
+    index, and two strain gradients gathered back from atoms and edges to the frame's cell.
+    With a single row every valid index is 0, so the rewrite is exact:
+    ``dest.index_add(dim, index, src, alpha) == dest + alpha * src.sum(dim, keepdim=True)`` and
+    ``dest.index_put([index], values, accumulate=True) == dest + values.sum(0, keepdim=True)``.
+    """
+    aten = torch.ops.aten
+    graph = graph_module.graph
+    rewritten = 0
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target is aten.index_add.default:
+            destination, dim, _, source = node.args[:4]
+            alpha = node.args[4] if len(node.args) > 4 else node.kwargs.get("alpha", 1)
+        elif node.target is aten.index_put.default:
+            destination, indices, source = node.args[:3]
+            accumulate = node.args[3] if len(node.args) > 3 else node.kwargs.get("accumulate", False)
+            dim, alpha = 0, 1
+            if not accumulate or len(indices) != 1 or indices[0] is None:
+                continue
+            index, values = indices[0].meta["val"], source.meta["val"]
+            # one value per index (no broadcasting of the values over the indices)
+            if not (
+                index.dim() == 1
+                and values.dim() == destination.meta["val"].dim()
+                and statically_known_true(values.shape[0] == index.shape[0])
+            ):
+                continue
+        else:
+            continue
+        size = destination.meta["val"].shape[dim]
+        if not (isinstance(size, int) and size == 1):
+            continue
+        with graph.inserting_before(node):
+            summed = graph.call_function(aten.sum.dim_IntList, (source, [dim], True))
+            replacement = graph.call_function(aten.add.Tensor, (destination, summed), {"alpha": alpha})
+        node.replace_all_uses_with(replacement)
+        graph.erase_node(node)
+        rewritten += 1
+    graph.lint()
+    graph_module.recompile()
+    return rewritten
+
+
+def package(exported: torch.export.ExportedProgram, path: Path, metadata: Mapping[str, str]) -> None:
+    """Compile ``exported`` to C++ and write the AOTInductor package to ``path`` (``*.pt2``)."""
+    torch._inductor.aoti_compile_and_package(
+        exported,
+        package_path=str(path),
+        inductor_configs={"aot_inductor.metadata": dict(metadata)},
+    )
+
+
+def load(path: Path, device: str):
+    """Load a package: a callable on flat tensors, with ``get_metadata()``."""
+    device_index = -1 if device == "cpu" else torch.device(device).index or 0
+    return torch._inductor.aoti_load_package(str(path), device_index=device_index)
+
+
+def read_metadata(loaded) -> Dict[str, str]:
+    return dict(loaded.get_metadata())

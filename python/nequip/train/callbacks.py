@@ -1,0 +1,99 @@
+"""Training callbacks of our own; the rest (checkpoints, early stopping, LR monitor) are Lightning's."""
+
+import time
+from typing import Any, Dict, Optional
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+
+# the headline figures of an epoch, in print order
+SUMMARY_METRICS = (
+    "train_loss",
+    "val_loss",
+    "val_energy_per_atom_mae",
+    "val_forces_mae",
+    "val_stress_mae",
+)
+
+
+class EpochSummary(Callback):
+    """One line per epoch: losses, validation MAEs (eV/atom, eV/Å, eV/Å³), learning rate, time."""
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]
+        parts += [f"{name} {metrics[name].item():.4g}" for name in SUMMARY_METRICS if name in metrics]
+        parts.append(f"lr {trainer.optimizers[0].param_groups[0]['lr']:.3g}")
+        parts.append(f"{time.perf_counter() - self._start:.1f} s")
+        pl_module.print("  ".join(parts))
+
+
+class ExponentialMovingAverage(Callback):
+    """Exponential moving average of the weights, used for validation and saved for deployment.
+
+    After every optimiser step ``average = decay * average + (1 - decay) * weight``. Validation
+    runs with the averages swapped in, training ends with them in the model, and a checkpoint
+    holds them as its ``state_dict`` with the raw weights in ``current_model_state`` (the layout
+    of Lightning's WeightAveraging), so resuming continues both exactly.
+
+    Lightning's WeightAveraging pairs the tensors of the model and of a deep copy by position;
+    e3nn's compiled tensor products gain buffers when deep-copied, so those pairs go wrong.
+    This keeps one average per parameter, by name; buffers are not learned and not averaged.
+    """
+
+    def __init__(self, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decay must be between 0 and 1, got {decay}")
+        self.decay = decay
+        self.averages: Optional[Dict[str, torch.Tensor]] = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and self.averages is None:
+            self.averages = {name: p.detach().clone() for name, p in pl_module.named_parameters()}
+
+    @torch.no_grad()
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        for name, parameter in pl_module.named_parameters():
+            self.averages[name].lerp_(parameter, 1.0 - self.decay)
+
+    @torch.no_grad()
+    def _swap(self, pl_module: L.LightningModule) -> None:
+        for name, parameter in pl_module.named_parameters():
+            current = parameter.detach().clone()
+            parameter.copy_(self.averages[name])
+            self.averages[name].copy_(current)
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.averages is not None:
+            self._swap(pl_module)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.averages is not None:
+            self._swap(pl_module)
+
+    @torch.no_grad()
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for name, parameter in pl_module.named_parameters():
+            parameter.copy_(self.averages[name])
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: Dict[str, Any]) -> None:
+        if self.averages is None:
+            return
+        checkpoint["current_model_state"] = checkpoint["state_dict"]
+        checkpoint["state_dict"] = {
+            name: self.averages[name].clone() if name in self.averages else value
+            for name, value in checkpoint["state_dict"].items()
+        }
+
+    @torch.no_grad()
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: Dict[str, Any]) -> None:
+        # the model was loaded from state_dict (the averages) before the callbacks
+        if self.averages is None or "current_model_state" not in checkpoint:
+            return
+        for name in self.averages:
+            self.averages[name].copy_(checkpoint["state_dict"][name])
+        pl_module.load_state_dict(checkpoint["current_model_state"])

@@ -1,0 +1,152 @@
+"""Training data: files read by ASE, split, and served as batches of frame dictionaries."""
+
+from typing import Dict, List, Optional, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, RandomSampler
+
+from ..data import AtomicDataset, TypeMapper, keys, read_frames, statistics
+from .config import ConfigError, DataConfig
+
+
+class EpochSeededRandomSampler(RandomSampler):
+    """A shuffle that depends only on (seed, epoch), so a resumed run sees the same batches.
+
+    A plain RandomSampler draws from the global RNG, whose state a checkpoint does not keep.
+    Lightning calls ``set_epoch`` every epoch, and under DDP swaps this (a RandomSampler) for
+    a DistributedSampler seeded the same way.
+    """
+
+    def __init__(self, data_source, seed: int):
+        super().__init__(data_source)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+class NequIPDataModule(L.LightningDataModule):
+    """Train / val / (test) datasets of one configuration's ``data`` section.
+
+    Args:
+        config: the ``data`` section.
+        type_names, r_max, per_edge_type_cutoff: of the model (they decide the types and the
+            neighbour lists).
+        labels: which labels every frame must have (``total_energy``, ``forces``, ``stress``).
+        seed: shuffling seed of the training batches.
+    """
+
+    def __init__(
+        self,
+        config: DataConfig,
+        type_names: Sequence[str],
+        r_max: float,
+        per_edge_type_cutoff: Optional[Sequence[float]] = None,
+        labels: Sequence[str] = (keys.TOTAL_ENERGY, keys.FORCES),
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.config = config
+        self.type_mapper = TypeMapper(list(type_names), config.species_to_type)
+        self.r_max = r_max
+        self.per_edge_type_cutoff = (
+            None
+            if per_edge_type_cutoff is None
+            else np.asarray(per_edge_type_cutoff, dtype=np.float64).reshape(len(type_names), len(type_names))
+        )
+        self.labels = tuple(labels)
+        self.seed = seed
+        self.datasets: Dict[str, AtomicDataset] = {}
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        # the datasets are needed before the model exists (statistics), so this may run early;
+        # reading the files once is enough
+        if self.datasets:
+            return
+        for split, frames in self._read_splits().items():
+            try:
+                self.datasets[split] = AtomicDataset.from_ase(
+                    frames,
+                    self.type_mapper,
+                    self.r_max,
+                    per_edge_type_cutoff=self.per_edge_type_cutoff,
+                    energy_units_to_eV=self.config.energy_units_to_eV,
+                    length_units_to_A=self.config.length_units_to_A,
+                    labels=self.labels,
+                    require_labels=True,
+                )
+            except ValueError as err:
+                raise ValueError(f"{split} data: {err}") from None
+
+    def _read_splits(self) -> Dict[str, List]:
+        config = self.config
+        if config.file is None:
+            splits = {"train": read_frames(config.train_file, format=config.format)}
+            splits["val"] = read_frames(config.val_file, format=config.format)
+            if config.test_file is not None:
+                splits["test"] = read_frames(config.test_file, format=config.format)
+            return splits
+
+        frames = read_frames(config.file, format=config.format)
+        split = config.split
+        sizes = [split.train, split.val, split.test]
+        if any(isinstance(size, float) for size in sizes):
+            sizes = [int(round(size * len(frames))) for size in sizes]
+        if sum(sizes) > len(frames):
+            raise ConfigError(
+                f"data.split: asks for {sizes[0]} + {sizes[1]} + {sizes[2]} frames but {config.file} has {len(frames)}"
+            )
+        for name, size in zip(("train", "val"), sizes):
+            if size < 1:
+                raise ConfigError(f"data.split.{name}: gives no frames (of {len(frames)} in {config.file})")
+        order = np.random.default_rng(split.seed).permutation(len(frames))
+        bounds = np.cumsum([0] + sizes)
+        splits = {
+            name: [frames[i] for i in order[start:stop]]
+            for name, start, stop in zip(("train", "val", "test"), bounds[:-1], bounds[1:])
+        }
+        if not splits["test"]:
+            del splits["test"]
+        return splits
+
+    @property
+    def has_test_data(self) -> bool:
+        return "test" in self.datasets
+
+    def statistics(self) -> Dict[str, object]:
+        """Training-data statistics that initialise a model (in eV and Å)."""
+        train = self.datasets["train"].frames
+        num_types = self.type_mapper.num_types
+        return {
+            "avg_num_neighbors": statistics.average_num_neighbors(train),
+            "per_type_energy_shifts": statistics.per_type_energy_shifts(train, num_types).tolist(),
+            "force_rms": statistics.force_rms(train),
+        }
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        dataset = self.datasets[split]
+        batch_size = self.config.batch_size if split == "train" else (self.config.val_batch_size or self.config.batch_size)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            sampler=EpochSeededRandomSampler(dataset, self.seed) if shuffle else None,
+            collate_fn=AtomicDataset.collate_fn,
+            num_workers=self.config.num_workers,
+            persistent_workers=self.config.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,85 @@
+"""NequIPCalculator refuses bad files and bad structures with one clear message each."""
+
+import json
+import re
+import zipfile
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.calculators.calculator import PropertyNotImplementedError
+
+from ase_systems import sic_cluster, sic_triclinic
+from nequip._runtime import DeviceError, ModelFileError
+from nequip.ase import NequIPCalculator
+
+PT2 = ("float64", "aotinductor", "ase")
+
+
+def raises(exception, message: str):
+    return pytest.raises(exception, match="^" + re.escape(message) + "$")
+
+
+@pytest.fixture(scope="module")
+def calculator(compiled_models):
+    return NequIPCalculator(compiled_models[PT2])
+
+
+def test_species_not_in_the_model(calculator):
+    atoms = Atoms("SiOCN", positions=np.arange(12.0).reshape(4, 3))
+    atoms.calc = calculator
+    with raises(ValueError, "species N, O not in the model: its types are Si, C; map species to types with species_to_type_map"):
+        atoms.get_potential_energy()
+
+
+def test_file_that_is_no_model_file(tmp_path):
+    path = tmp_path / "model.yaml"
+    path.write_text("r_max: 4.0\n")
+    message = (
+        f"{path}: not a NequIP model file: expected a compiled model (.nequip.pth, .nequip.pt2), "
+        "a package (.nequip.zip) or a checkpoint (.ckpt)"
+    )
+    with raises(ValueError, message):
+        NequIPCalculator(path)
+
+
+def test_compiled_file_that_is_not_a_model(tmp_path):
+    path = tmp_path / "model.nequip.pth"
+    path.write_text("r_max: 4.0\n")
+    with raises(ModelFileError, f"{path}: not a compiled NequIP model (neither a TorchScript archive nor an AOTInductor package)"):
+        NequIPCalculator(path)
+
+
+def test_pt2_compiled_for_another_device(compiled_models, tmp_path):
+    path = tmp_path / "cuda.nequip.pt2"
+    with zipfile.ZipFile(compiled_models[PT2]) as old, zipfile.ZipFile(path, "w") as new:
+        for item in old.infolist():
+            data = old.read(item.filename)
+            if item.filename.endswith("_metadata.json"):
+                data = json.dumps(dict(json.loads(data), AOTI_DEVICE_KEY="cuda")).encode()
+            new.writestr(item, data)
+    with raises(DeviceError, f"{path}: compiled for device 'cuda', cannot run on device 'cpu'; compile it again for 'cpu'"):
+        NequIPCalculator(path, device="cpu")
+
+
+def test_nan_positions(calculator):
+    atoms = sic_triclinic()
+    atoms.positions[3, 1] = np.nan
+    atoms.calc = calculator
+    with raises(ValueError, "the Atoms object has NaN or infinite positions"):
+        atoms.get_forces()
+
+
+def test_empty_atoms(calculator):
+    atoms = Atoms(cell=5.0 * np.eye(3), pbc=True)
+    atoms.calc = calculator
+    with raises(ValueError, "the Atoms object has no atoms: nothing to compute"):
+        atoms.get_potential_energy()
+
+
+def test_stress_of_a_non_periodic_system(calculator):
+    atoms = sic_cluster()
+    atoms.calc = calculator
+    assert np.isfinite(atoms.get_potential_energy())
+    with raises(PropertyNotImplementedError, "stress is not available: the system is not periodic"):
+        atoms.get_stress()

@@ -1,0 +1,38 @@
+"""Molecular dynamics with NequIPCalculator conserves energy: 1 ps of NVE (velocity Verlet,
+1 fs steps) on the C++ runtime."""
+
+import numpy as np
+import pytest
+from ase import units
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+from ase.md.verlet import VelocityVerlet
+
+from ase_systems import sic_triclinic
+from nequip.ase import NequIPCalculator
+
+MAX_DRIFT_EV_PER_ATOM_PS = 1e-3
+
+
+@pytest.mark.slow
+def test_nve_conserves_energy(compiled_models):
+    atoms = sic_triclinic()
+    atoms.calc = NequIPCalculator(compiled_models["float64", "aotinductor", "ase"])
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300, rng=np.random.default_rng(0))
+    Stationary(atoms)
+
+    dynamics = VelocityVerlet(atoms, timestep=1.0 * units.fs)
+    times, energies = [], []
+
+    def record():
+        times.append(dynamics.get_time() / (1000 * units.fs))  # ps
+        energies.append(atoms.get_total_energy() / len(atoms))
+
+    dynamics.attach(record, interval=10)
+    dynamics.run(1000)
+
+    times, energies = np.array(times), np.array(energies)
+    assert times[-1] == pytest.approx(1.0)
+    assert atoms.get_temperature() > 50  # the atoms did move
+    drift = np.polyfit(times, energies, 1)[0]  # eV/atom/ps
+    assert abs(drift) < MAX_DRIFT_EV_PER_ATOM_PS, f"drift {drift * 1e3:.3f} meV/atom/ps"
+    assert abs(energies[-1] - energies[0]) < MAX_DRIFT_EV_PER_ATOM_PS

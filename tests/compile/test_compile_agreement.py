@@ -1,0 +1,83 @@
+"""Compiled files compute what the eager model computes: eager = .pth = .pt2 (both targets)."""
+
+import pytest
+import torch
+from ase import Atoms
+
+from fixtures.compiled import COMPILED_KEYS, PER_EDGE_TYPE_CUTOFF, R_MAX, TYPE_NAMES, compiled_key_id
+from nequip.compile import TOLERANCE, relative_error
+from nequip.data import TypeMapper, from_ase
+
+from .systems import SYSTEMS
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("system", list(SYSTEMS))
+@pytest.mark.parametrize("key", COMPILED_KEYS, ids=compiled_key_id)
+def test_compiled_outputs_match_eager_model(key, system, systems, loaded_models, eager_outputs):
+    dtype = key[0]
+    compiled = loaded_models[key]
+    expected = eager_outputs[dtype, system]
+    got = compiled(systems[system])
+
+    num_atoms = systems[system]["pos"].shape[0]
+    shapes = {
+        "atomic_energy": (num_atoms, 1),
+        "total_energy": (1, 1),
+        "forces": (num_atoms, 3),
+        "stress": (1, 3, 3),
+        "virial": (1, 3, 3),
+    }
+    assert set(got) == set(compiled.outputs)
+    for name, value in got.items():
+        assert value.dtype == torch.float64, name
+        assert value.shape == shapes[name], name
+        error = relative_error(value, expected[name])
+        assert error <= TOLERANCE[dtype], f"{name}: relative error of compiled vs eager {error:.3g}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", [k for k in COMPILED_KEYS if k[1] == "aotinductor"], ids=compiled_key_id)
+def test_aotinductor_file_has_the_targets_flat_outputs(key, loaded_models):
+    expected = {
+        "ase": ("atomic_energy", "total_energy", "forces", "stress"),
+        "pair_nequip": ("atomic_energy", "forces", "virial"),
+    }
+    assert loaded_models[key].outputs == expected[key[2]]
+
+
+def test_systems_cover_the_hard_cases(systems):
+    """The agreement test is only as good as its systems: check they are what they claim."""
+    assert systems["single_atom"]["pos"].shape[0] == 1
+    assert systems["single_atom"]["edge_index"].shape[1] == 0
+    assert systems["no_edges"]["edge_index"].shape[1] == 0
+    assert systems["no_edges"]["pos"].shape[0] > 1
+    assert "cell" not in systems["molecule"] and systems["molecule"]["edge_index"].shape[1] > 0
+    assert systems["large_cell"]["pos"].shape[0] > 1000
+    small = systems["cell_smaller_than_cutoff"]
+    own_images = small["edge_index"][0] == small["edge_index"][1]
+    assert small["pos"].shape[0] == 2 and own_images.sum() > 0  # atoms see their own images
+    cell = systems["periodic_triclinic"]["cell"][0]
+    off_diagonal = cell - torch.diag(torch.diagonal(cell))
+    assert off_diagonal.abs().max() > 0.1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", [k for k in COMPILED_KEYS if k[0] == "float32"], ids=compiled_key_id)
+def test_per_edge_type_cutoff_is_compiled_in(key, loaded_models):
+    """C-C edges beyond the C-C cutoff (3.0) but within r_max (4.0) change nothing."""
+    compiled = loaded_models[key]
+    assert compiled.per_edge_type_cutoff == PER_EDGE_TYPE_CUTOFF
+    atoms = Atoms("CCSi", positions=[[0.0, 0.0, 0.0], [3.4, 0.0, 0.0], [1.2, 1.5, 0.0]])
+    frame = from_ase(atoms, TypeMapper(list(TYPE_NAMES)), R_MAX)
+    del frame["cell"], frame["edge_cell_shift"]
+    centre, neighbour = frame["edge_index"]
+    carbon_pair = (frame["atom_types"][centre] == 1) & (frame["atom_types"][neighbour] == 1)
+    assert carbon_pair.sum() == 2  # both directions, within r_max
+    pruned = dict(frame, edge_index=frame["edge_index"][:, ~carbon_pair])
+
+    full, without = compiled(frame), compiled(pruned)
+    for name in compiled.outputs:
+        assert relative_error(full[name], without[name]) <= TOLERANCE["float32"], name
+    # and the Si-C edges (3.5 cutoff) do count
+    assert full["forces"].abs().max() > 1e-3

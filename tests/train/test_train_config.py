@@ -1,0 +1,169 @@
+"""The training configuration is checked before anything runs, one exact message per mistake."""
+
+import copy
+import inspect
+
+import pytest
+import yaml
+
+from nequip.model import NequIPModel
+from nequip.scripts.train import main as nequip_train
+from nequip.train.config import (
+    MODEL_ARGUMENTS,
+    ConfigError,
+    ModelConfig,
+    TrainingConfig,
+    apply_overrides,
+    config_to_dict,
+    load_config,
+    validate_config,
+)
+
+VALID = {
+    "output_dir": "out",
+    "data": {"type_names": ["Cu", "Au"], "file": "emt.xyz", "split": {"train": 0.8, "val": 0.2}},
+    "model": {"r_max": 4.0, "num_layers": 2},
+}
+
+
+def with_changes(**sections):
+    """VALID with some sections' keys replaced (None deletes a key)."""
+    raw = copy.deepcopy(VALID)
+    for section, changes in sections.items():
+        if not isinstance(changes, dict):
+            raw[section] = changes
+            continue
+        raw.setdefault(section, {})
+        for key, value in changes.items():
+            if value is None:
+                raw[section].pop(key, None)
+            else:
+                raw[section][key] = value
+    return raw
+
+
+def test_valid_config_gets_defaults():
+    config = validate_config(VALID)
+    assert isinstance(config, TrainingConfig)
+    assert config.data.batch_size == 4
+    assert config.data.split.train == 0.8 and config.data.split.seed == 0
+    assert config.model.num_layers == 2
+    assert config.optimizer.name == "adam"
+    assert config.ema.decay == 0.99
+    assert config.early_stopping is None
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (with_changes(data={"batch_sise": 4}), "data.batch_sise: unknown key (did you mean 'batch_size'?)"),
+        (with_changes(trainr={"max_epochs": 3}), "trainr: unknown key (did you mean 'trainer'?)"),
+        (with_changes(model={"num_layer": 3}), "model.num_layer: unknown key (did you mean 'num_layers'?)"),
+        (with_changes(data={"split": {"train": 8, "val": 2, "sede": 1}}), "data.split.sede: unknown key (did you mean 'seed'?)"),
+        (with_changes(optimizer={"lr": "fast"}), "optimizer.lr: expected a number, got str 'fast'"),
+        (with_changes(trainer={"max_epochs": True}), "trainer.max_epochs: expected an integer, got bool True"),
+        (with_changes(data={"type_names": ["Cu", 3]}), "data.type_names[1]: expected a string, got int 3"),
+        (
+            with_changes(model={"per_type_energy_shifts": {"Cu": "low"}}),
+            "model.per_type_energy_shifts.Cu: expected a number, got str 'low'",
+        ),
+        (with_changes(loss={"function": "mae"}), "loss.function: must be one of 'mse', 'huber', got str 'mae' (did you mean 'mse'?)"),
+        (with_changes(data="emt.xyz"), "data: expected a mapping, got str 'emt.xyz'"),
+        ({k: v for k, v in VALID.items() if k != "output_dir"}, "output_dir: required key is missing"),
+        (with_changes(data={"split": {"train": 8}}), "data.split.val: required key is missing"),
+        (with_changes(model={"r_max": None}), "model.r_max: required key is missing"),
+        (with_changes(data={"type_names": None}), "data.type_names: required key is missing"),
+        (
+            with_changes(data={"train_file": "train.xyz"}),
+            "data: give either 'file' (with 'split') or 'train_file' and 'val_file', not both",
+        ),
+        (
+            with_changes(data={"file": None, "split": None, "train_file": "train.xyz"}),
+            "data.val_file: required key is missing (or give data.file with data.split)",
+        ),
+        (
+            with_changes(data={"split": {"train": 10, "val": 0.2}}),
+            "data.split: give train, val and test all as counts (integers) or all as fractions",
+        ),
+        (with_changes(data={"split": {"train": 0.8, "val": 0.3}}), "data.split: fractions add up to 1.1, more than 1"),
+        (with_changes(model={"type_names": ["Cu", "Au"]}), "model.type_names: set the model's types in data.type_names"),
+        (
+            with_changes(model={"from_checkpoint": "old/best.ckpt"}),
+            "model.r_max: a fine-tuned model keeps the hyperparameters of the model it starts from; remove this key",
+        ),
+        (
+            with_changes(model={"refit_energy_shifts": True}),
+            "model.refit_energy_shifts: only used with from_checkpoint or from_package",
+        ),
+        (
+            with_changes(data={"species_to_type": {"Ag": "Ag"}}),
+            "data.species_to_type.Ag: 'Ag' is not one of data.type_names ['Cu', 'Au']",
+        ),
+        (with_changes(ema={"decay": 1.5}), "ema.decay: must be between 0 and 1 (exclusive), got 1.5"),
+        (with_changes(trainer={"precision": "64-true"}), "trainer.precision: '64-true' needs model.model_dtype 'float64'"),
+        (
+            with_changes(loss={"energy_per_atom": 0, "forces": 0}),
+            "loss: at least one of energy_per_atom, forces and stress must be positive",
+        ),
+    ],
+)
+def test_malformed_config_gives_one_exact_message(raw, message):
+    with pytest.raises(ConfigError) as error:
+        validate_config(raw)
+    assert str(error.value) == message
+
+
+def test_fine_tuning_config_needs_no_hyperparameters():
+    raw = with_changes(model={"r_max": None, "num_layers": None, "from_checkpoint": "old/best.ckpt"})
+    raw["data"].pop("type_names")
+    config = validate_config(raw)
+    assert config.fine_tuning and config.model.from_checkpoint == "old/best.ckpt"
+
+
+def test_model_section_has_the_model_arguments_and_defaults():
+    parameters = inspect.signature(NequIPModel.__init__).parameters
+    assert set(MODEL_ARGUMENTS) == set(parameters) - {"self", "type_names"}
+    for name in MODEL_ARGUMENTS:
+        if name != "r_max":
+            assert getattr(ModelConfig(), name) == parameters[name].default, name
+
+
+def test_overrides_are_applied_and_validated_like_the_file():
+    raw = apply_overrides(copy.deepcopy(VALID), ["trainer.max_epochs=7", "optimizer.lr=1e-3", "ema=null"])
+    config = validate_config(raw)
+    assert config.trainer.max_epochs == 7
+    assert config.optimizer.lr == 1e-3
+    assert config.ema is None
+    with pytest.raises(ConfigError) as error:
+        validate_config(apply_overrides(copy.deepcopy(VALID), ["trainer.max_epoch=3"]))
+    assert str(error.value) == "trainer.max_epoch: unknown key (did you mean 'max_epochs'?)"
+    with pytest.raises(ConfigError) as error:
+        apply_overrides(copy.deepcopy(VALID), ["trainer.max_epochs"])
+    assert str(error.value) == "override 'trainer.max_epochs': expected key.sub=value"
+
+
+def test_resolved_config_round_trips():
+    config = validate_config(VALID)
+    assert validate_config(yaml.safe_load(yaml.safe_dump(config_to_dict(config)))) == config
+
+
+def test_load_config_reports_unreadable_files(tmp_path):
+    with pytest.raises(ConfigError) as error:
+        load_config(tmp_path / "missing.yaml")
+    assert str(error.value) == f"cannot read configuration file {tmp_path / 'missing.yaml'}: No such file or directory"
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ConfigError) as error:
+        load_config(tmp_path / "empty.yaml")
+    assert str(error.value) == f"{tmp_path / 'empty.yaml'} is empty"
+
+
+def test_cli_rejects_bad_config_before_anything_runs(tmp_path, capsys):
+    raw = with_changes(data={"batch_sise": 4})
+    raw["output_dir"] = str(tmp_path / "out")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert nequip_train([str(path)]) == 2
+    assert capsys.readouterr().err == (
+        f"nequip-train: invalid configuration {path}: data.batch_sise: unknown key (did you mean 'batch_size'?)\n"
+    )
+    assert not (tmp_path / "out").exists()
