@@ -84,8 +84,7 @@ def test_non_contiguous_inputs_give_the_contiguous_results(model, frame):
 
 
 def test_periodic_inputs_may_be_omitted_for_a_molecule(model):
-    molecule = random_frames(5, seed=3)[4]
-    assert not molecule["pbc"].any() and molecule["edge_index"].shape[1] > 0
+    molecule = next(f for f in random_frames(20, seed=3)[2:] if not f["pbc"].any() and f["edge_index"].shape[1] > 0)
     got = model.compute(molecule["pos"], molecule["atom_types"], molecule["edge_index"])
     assert_same_outputs(got, compute(model, molecule))
 
