@@ -152,6 +152,51 @@ class Worker:
         return peak
 
 
+def measure_one_at_a_time(num_atoms: int, sides: dict, threads: int, rounds: int, warmup: int) -> dict:
+    """As measure(), but only one side's process lives at a time (large systems: the two
+    peaks together would not fit in memory): a fresh process per side and round, alternating."""
+    import torch
+
+    inputs = write_inputs(num_atoms)
+    num_edges = int(torch.load(inputs)["edge_index"].shape[1])
+    times = {name: [] for name in sides}
+    peaks = {name: [] for name in sides}
+    loaded = {}
+    checks = {}
+    for _ in range(rounds):
+        for name, path in sides.items():
+            worker = Worker(name, path, inputs, threads)
+            checks[name] = worker.ask("check")  # also the first, warm-up call
+            if warmup > 1:
+                worker.ask(f"run {warmup - 1}")
+            times[name] += worker.ask("run 1")["times"]
+            loaded[name] = worker.ready["rss_loaded_mib"]
+            peaks[name].append(worker.finish())
+    return _row(num_atoms, num_edges, rounds, times, {k: max(v) for k, v in peaks.items()}, loaded, checks)
+
+
+def _row(num_atoms, num_edges, rounds, times, peaks, loaded, checks) -> dict:
+    row = dict(atoms=num_atoms, edges=num_edges, rounds=rounds, sides={})
+    for name in times:
+        median = statistics.median(times[name])
+        row["sides"][name] = dict(
+            seconds_per_call=median,
+            us_per_atom_step=1e6 * median / num_atoms,
+            peak_rss_mib=peaks[name],
+            rss_after_load_mib=loaded[name],
+            times=times[name],
+            check=checks[name],
+        )
+    if "ours" in row["sides"] and "reference" in row["sides"]:
+        ours, ref = row["sides"]["ours"], row["sides"]["reference"]
+        row["time_ratio_ours_over_reference"] = ours["seconds_per_call"] / ref["seconds_per_call"]
+        row["peak_memory_ratio_ours_over_reference"] = ours["peak_rss_mib"] / ref["peak_rss_mib"]
+        row["model_memory_ratio_ours_over_reference"] = (ours["peak_rss_mib"] - ours["rss_after_load_mib"]) / max(
+            1e-9, ref["peak_rss_mib"] - ref["rss_after_load_mib"]
+        )
+    return row
+
+
 def measure(num_atoms: int, sides: dict, threads: int, rounds: int, warmup: int) -> dict:
     import torch
 
@@ -165,25 +210,9 @@ def measure(num_atoms: int, sides: dict, threads: int, rounds: int, warmup: int)
     for _ in range(rounds):  # alternate, one call each
         for name, worker in workers.items():
             times[name] += worker.ask("run 1")["times"]
-    row = dict(atoms=num_atoms, edges=num_edges, rounds=rounds, sides={})
-    for name, worker in workers.items():
-        median = statistics.median(times[name])
-        row["sides"][name] = dict(
-            seconds_per_call=median,
-            us_per_atom_step=1e6 * median / num_atoms,
-            peak_rss_mib=worker.finish(),
-            rss_after_load_mib=worker.ready["rss_loaded_mib"],
-            times=times[name],
-            check=checks[name],
-        )
-    if "ours" in row["sides"] and "reference" in row["sides"]:
-        ours, ref = row["sides"]["ours"], row["sides"]["reference"]
-        row["time_ratio_ours_over_reference"] = ours["seconds_per_call"] / ref["seconds_per_call"]
-        row["peak_memory_ratio_ours_over_reference"] = ours["peak_rss_mib"] / ref["peak_rss_mib"]
-        row["model_memory_ratio_ours_over_reference"] = (ours["peak_rss_mib"] - ours["rss_after_load_mib"]) / max(
-            1e-9, ref["peak_rss_mib"] - ref["rss_after_load_mib"]
-        )
-    return row
+    peaks = {name: worker.finish() for name, worker in workers.items()}
+    loaded = {name: worker.ready["rss_loaded_mib"] for name, worker in workers.items()}
+    return _row(num_atoms, num_edges, rounds, times, peaks, loaded, checks)
 
 
 def print_row(row: dict) -> None:
@@ -225,6 +254,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--lean", action="store_true", help="ours with the lean TensorProductScatter message passing")
     parser.add_argument("--ours-only", action="store_true")
+    parser.add_argument(
+        "--one-at-a-time", type=int, default=4096, metavar="ATOMS",
+        help="from this size on, one process at a time (a fresh one per side and round)",
+    )
     parser.add_argument("--rebuild", action="store_true", help="compile both sides again")
     parser.add_argument("--json", help="write the report here")
     parser.add_argument("--check", action="store_true", help=f"compare against {BASELINE.relative_to(ROOT)}")
@@ -248,7 +281,10 @@ def main(argv=None):
 
     results = []
     for num_atoms in args.sizes:
-        row = measure(num_atoms, sides, args.threads, args.rounds, args.warmup)
+        if num_atoms >= args.one_at_a_time:
+            row = measure_one_at_a_time(num_atoms, sides, args.threads, args.rounds, args.warmup)
+        else:
+            row = measure(num_atoms, sides, args.threads, args.rounds, args.warmup)
         print_row(row)
         results.append(row)
 
