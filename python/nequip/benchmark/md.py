@@ -39,7 +39,7 @@ def run_ase(model_path: str, atoms, steps: int, warmup: int, device: str) -> flo
 
 def run_lammps(model_path: str, atoms, steps: int, warmup: int, device: str) -> float:
     """Seconds per ``fix nve`` step of LAMMPS with ``pair_style nequip``."""
-    from ..lammps import load_mpi, plugin_path
+    from ..lammps import load_mpi
 
     if device != "cpu":
         raise ValueError("the LAMMPS benchmark runs on the device the model was compiled for; use --device cpu")
@@ -54,7 +54,6 @@ def run_lammps(model_path: str, atoms, steps: int, warmup: int, device: str) -> 
         try:
             lmp.commands_list(
                 [
-                    f"plugin load {plugin_path()}",
                     "units metal",
                     "atom_style atomic",
                     "atom_modify map yes",
