@@ -4,14 +4,25 @@
    the runtime's at::Tensor inputs (views of this style's buffers) and
    outputs; loading, checking and running the model is the runtime's job.
 
-   Each step the owned atoms become the model's nodes and the full neighbour
-   list becomes its edges. A ghost atom is folded onto its owner (atom->map
-   of its tag) plus an integer image shift, so the model sees the periodic
-   system exactly as the ASE calculator does (FILE_CONTRACT §1):
+   One MPI rank: the owned atoms become the model's nodes and the full
+   neighbour list becomes its edges. A ghost atom is folded onto its owner
+   (atom->map of its tag) plus an integer image shift, so the model sees the
+   periodic system exactly as the ASE calculator does (FILE_CONTRACT §1):
        edge vector = pos[j] - pos[i] + shift . cell,
-   and returns per-atom energies, forces on owned atoms and the virial.
-   Ghost atoms get no forces, so the result does not depend on newton_pair,
-   and the virial is the model's, never virial_fdotr_compute().
+   and returns per-atom energies, forces on owned atoms, the virial and
+   (compute stress/atom) per-atom virials. Ghosts get no forces.
+
+   Several MPI ranks ("domain mode"): an atom's energy depends only on atoms
+   within num_layers hops along the model's edges, so each rank evaluates its
+   owned atoms plus the ghost atoms within num_layers hops of them, as plain
+   atoms (no cell, no shifts), with local_mask marking the owned ones: the
+   model sums their energies only and returns forces on every atom. Forces
+   and per-atom virials of ghosts are reverse-communicated to their owners
+   by LAMMPS (newton_pair on); each rank's virial is that of its energy, and
+   LAMMPS sums them. The communication cutoff is raised to num_layers times
+   the largest cutoff plus the skin, and ghost atoms get neighbour lists.
+
+   Either way the virial is the model's, never virial_fdotr_compute().
 ------------------------------------------------------------------------- */
 
 #include "pair_nequip.h"
@@ -45,16 +56,20 @@ static constexpr double SHIFT_TOLERANCE = 1.0e-6;
 
 /* ---------------------------------------------------------------------- */
 
-PairNequIP::PairNequIP(LAMMPS *lmp) : Pair(lmp), num_model_types(0)
+PairNequIP::PairNequIP(LAMMPS *lmp) :
+    Pair(lmp), num_model_types(0), domain_mode(false), num_local_nodes(0)
 {
   single_enable = 0;
   restartinfo = 0;
   one_coeff = 1;
   manybody_flag = 1;
-  // forces exist on owned atoms only, so the virial comes from the model (the strain
-  // derivative of the energy), not from sum(f . r) over owned and ghost atoms
+  // one rank: forces exist on owned atoms only, so the virial comes from the model (the
+  // derivative of the energy by the edge vectors), not from sum(f . r) over owned and ghost
+  // atoms; several ranks: the model's virial is exact as well, and cheaper
   no_virial_fdotr_compute = 1;
   centroidstressflag = CENTROID_NOTAVAIL;
+  // domain mode needs the neighbours of ghost atoms (cutghost, set in init_one)
+  ghostneigh = 1;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -65,6 +80,7 @@ PairNequIP::~PairNequIP()
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);
+    memory->destroy(cutghost);
   }
 }
 
@@ -73,15 +89,20 @@ PairNequIP::~PairNequIP()
 void PairNequIP::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
-  if (vflag_atom)
+  if (vflag_atom && !model->returns("atom_virial"))
     error->all(FLERR,
-               "pair_style nequip does not compute per-atom virials "
-               "(needed by compute stress/atom)");
+               "pair_style nequip: model {} gives no per-atom virials (needed by compute "
+               "stress/atom); compile it with `nequip-compile ... --target pair_nequip_domain` "
+               "(.pt2) or again with this version of nequip (.pth)",
+               model->path());
 
-  build_graph();
+  if (domain_mode)
+    build_domain_graph();
+  else
+    build_folded_graph();
   const int64_t num_nodes = (int64_t) node_type.size();
   if (num_nodes == 0) return;
-  const int64_t num_edges = (int64_t) edge_cell_shift.size() / 3;
+  const int64_t num_edges = (int64_t) edge_index.size() / 2;
 
   // the cell as rows of lattice vectors a, b, c (h = xprd yprd zprd yz xz xy)
   const double *h = domain->h;
@@ -95,8 +116,14 @@ void PairNequIP::compute(int eflag, int vflag)
     in.pos = at::from_blob(node_pos.data(), {num_nodes, 3}, f64);
     in.atom_types = at::from_blob(node_type.data(), {num_nodes}, i64);
     in.edge_index = at::from_blob(edge_index.data(), {2, num_edges}, i64);
-    in.edge_cell_shift = at::from_blob(edge_cell_shift.data(), {num_edges, 3}, f64);
-    in.cell = at::from_blob(cell, {3, 3}, f64);
+    if (domain_mode) {
+      // plain atoms: edge vectors are differences of positions (no cell, no shifts)
+      in.local_mask = at::from_blob(node_is_local.data(), {num_nodes},
+                                    at::TensorOptions().dtype(at::kByte));
+    } else {
+      in.edge_cell_shift = at::from_blob(edge_cell_shift.data(), {num_edges, 3}, f64);
+      in.cell = at::from_blob(cell, {3, 3}, f64);
+    }
     out = model->compute(in);
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style nequip: evaluating model {} failed: {}", model->path(),
@@ -108,15 +135,16 @@ void PairNequIP::compute(int eflag, int vflag)
   const double *atomic_energy = out.atomic_energy.data_ptr<double>();
   const double *forces = out.forces.data_ptr<double>();
   double **f = atom->f;
-  const int nlocal = atom->nlocal;
-  for (int i = 0; i < nlocal; i++) {
-    const int node = node_of_atom[i];
-    if (node < 0) continue;
+  // one rank: the owned atoms only; several: ghosts too, whose forces LAMMPS sends back
+  for (int64_t node = 0; node < num_nodes; node++) {
+    const int i = atom_of_node[node];
     f[i][0] += forces[3 * node + 0];
     f[i][1] += forces[3 * node + 1];
     f[i][2] += forces[3 * node + 2];
-    if (eflag_atom) eatom[i] += atomic_energy[node];
   }
+  if (eflag_atom)
+    for (int node = 0; node < num_local_nodes; node++)
+      eatom[atom_of_node[node]] += atomic_energy[node];
 
   if (eflag_global) eng_vdwl += out.total_energy;
 
@@ -131,6 +159,23 @@ void PairNequIP::compute(int eflag, int vflag)
     virial[3] += w[1];    // xy
     virial[4] += w[2];    // xz
     virial[5] += w[5];    // yz
+  }
+
+  if (vflag_atom) {
+    // each edge's virial split half to each end (LAMMPS' convention for pair styles); in
+    // domain mode the ghosts' halves go back to their owners with compute stress/atom's
+    // reverse communication (newton_pair on)
+    const double *w = out.atom_virial->data_ptr<double>();    // (N, 3, 3) row-major
+    for (int64_t node = 0; node < num_nodes; node++) {
+      const double *wn = w + 9 * node;
+      double *v = vatom[atom_of_node[node]];
+      v[0] += wn[0];
+      v[1] += wn[4];
+      v[2] += wn[8];
+      v[3] += wn[1];
+      v[4] += wn[2];
+      v[5] += wn[5];
+    }
   }
 }
 
@@ -208,20 +253,60 @@ void PairNequIP::coeff(int narg, char **arg)
 
 void PairNequIP::init_style()
 {
-  if (comm->nprocs > 1)
-    error->all(FLERR, "pair_style nequip currently runs on one MPI rank only");
   if (domain->dimension != 3) error->all(FLERR, "pair_style nequip requires a 3d system");
   if (strcmp(update->unit_style, "metal") != 0)
     error->all(FLERR, "pair_style nequip requires 'units metal' (NequIP models use eV and Angstrom)");
-  if (atom->tag_enable == 0)
-    error->all(FLERR, "pair_style nequip requires atom IDs: remove 'atom_modify id no'");
-  if (atom->map_style == Atom::MAP_NONE)
-    error->all(FLERR, "pair_style nequip requires an atom map: add 'atom_modify map yes' "
-                      "before the simulation box is defined");
 
-  // A full list of the owned atoms' neighbours is all the model needs: every edge is
-  // centred on an owned atom, and ghosts are folded onto their owners in build_graph().
-  neighbor->add_request(this, NeighConst::REQ_FULL);
+  domain_mode = comm->nprocs > 1;
+  if (!domain_mode) {
+    // folding ghosts onto their owners needs the owners' IDs and the map from ID to index
+    if (atom->tag_enable == 0)
+      error->all(FLERR, "pair_style nequip requires atom IDs: remove 'atom_modify id no'");
+    if (atom->map_style == Atom::MAP_NONE)
+      error->all(FLERR, "pair_style nequip requires an atom map: add 'atom_modify map yes' "
+                        "before the simulation box is defined");
+    // A full list of the owned atoms' neighbours is all the model needs: every edge is
+    // centred on an owned atom, and ghosts are folded onto their owners in build_folded_graph().
+    neighbor->add_request(this, NeighConst::REQ_FULL);
+  } else {
+    const std::string recompile =
+        "compile it with `nequip-compile ... --target pair_nequip_domain` (.pt2) or again "
+        "with this version of nequip (.pth), or run on one MPI rank";
+    if (!model->takes("local_mask"))
+      error->all(FLERR,
+                 "pair_style nequip on {} MPI ranks needs a model that takes local_mask; "
+                 "model {} does not: {}",
+                 comm->nprocs, model->path(), recompile);
+    if (model->num_layers() < 1)
+      error->all(FLERR,
+                 "pair_style nequip on {} MPI ranks needs the model's number of layers "
+                 "(metadata key num_layers), which model {} does not give: {}",
+                 comm->nprocs, model->path(), recompile);
+    // ghosts' forces (and per-atom virials) must go back to their owners
+    if (force->newton_pair == 0)
+      error->all(FLERR, "pair_style nequip on {} MPI ranks requires 'newton on' (or "
+                        "'newton on off'): forces on ghost atoms are sent to their owners",
+                 comm->nprocs);
+    if (comm->mode != Comm::SINGLE)
+      error->all(FLERR, "pair_style nequip on several MPI ranks requires 'comm_modify mode "
+                        "single' (it sets the communication cutoff itself)");
+
+    // The model's graph reaches num_layers edges from an owned atom, and atoms move by up
+    // to half the skin on either side between neighbour list builds. LAMMPS calls
+    // force->init() (this) before comm->init(), which reads cutghostuser.
+    const double needed = model->num_layers() * largest_cutoff() + neighbor->skin;
+    if (comm->cutghostuser < needed) {
+      comm->cutghostuser = needed;
+      if (comm->me == 0)
+        utils::logmesg(lmp,
+                       "pair_style nequip: communication cutoff set to {:.8g} = num_layers {} x "
+                       "cutoff {:.8g} + skin {:.8g} (ghost atoms within num_layers edges of "
+                       "each rank's atoms)\n",
+                       needed, model->num_layers(), largest_cutoff(), neighbor->skin);
+    }
+    // the neighbours of ghost atoms too: the graph continues through them
+    neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
+  }
 
   // torch's intra-op threads follow LAMMPS' OpenMP thread count: comm->nthreads is set from
   // OMP_NUM_THREADS (1 when unset) and changed by `-pk omp N` / `package omp N`. Set once per
@@ -239,11 +324,29 @@ double PairNequIP::init_one(int i, int j)
 {
   if (setflag[i][j] == 0) error->all(FLERR, "All pair coeffs are not set");
 
-  // LAMMPS' cutoffs are symmetric; build_graph() applies the model's per direction
+  // LAMMPS' cutoffs are symmetric; the graph builders apply the model's per direction
   const int ti = model_type[i], tj = model_type[j];
   const double cutsq_ij = model_cutsq[ti * num_model_types + tj];
   const double cutsq_ji = model_cutsq[tj * num_model_types + ti];
-  return std::sqrt(std::max(cutsq_ij, cutsq_ji));
+  const double cut = std::sqrt(std::max(cutsq_ij, cutsq_ji));
+  // neighbours of ghost atoms (domain mode) within the same cutoff
+  cutghost[i][j] = cutghost[j][i] = cut;
+  return cut;
+}
+
+/* ----------------------------------------------------------------------
+   Largest model cutoff between the model types used by LAMMPS types
+------------------------------------------------------------------------- */
+
+double PairNequIP::largest_cutoff() const
+{
+  double cutsq_max = 0.0;
+  for (int i = 1; i <= atom->ntypes; i++)
+    for (int j = 1; j <= atom->ntypes; j++)
+      if (model_type[i] >= 0 && model_type[j] >= 0)
+        cutsq_max =
+            std::max(cutsq_max, model_cutsq[model_type[i] * num_model_types + model_type[j]]);
+  return std::sqrt(cutsq_max);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -256,6 +359,7 @@ void PairNequIP::allocate()
   for (int i = 1; i < np1; i++)
     for (int j = i; j < np1; j++) setflag[i][j] = 0;
   memory->create(cutsq, np1, np1, "pair:cutsq");
+  memory->create(cutghost, np1, np1, "pair:cutghost");
 }
 
 /* ----------------------------------------------------------------------
@@ -299,29 +403,41 @@ void PairNequIP::map_ghosts_to_owners()
 }
 
 /* ----------------------------------------------------------------------
-   Nodes: owned atoms of non-NULL types. Edges: (i, owner of j, shift of j)
-   for every neighbour j of i within the cutoff of their model types.
+   A new node for atom_index, of model type mtype
 ------------------------------------------------------------------------- */
 
-void PairNequIP::build_graph()
+int PairNequIP::add_node(int atom_index, int mtype)
+{
+  const int node = (int) atom_of_node.size();
+  node_of_atom[atom_index] = node;
+  atom_of_node.push_back(atom_index);
+  node_type.push_back(mtype);
+  const double *xi = atom->x[atom_index];
+  node_pos.insert(node_pos.end(), xi, xi + 3);
+  return node;
+}
+
+/* ----------------------------------------------------------------------
+   One rank. Nodes: owned atoms of non-NULL types. Edges: (i, owner of j,
+   shift of j) for every neighbour j of i within the cutoff of their model
+   types.
+------------------------------------------------------------------------- */
+
+void PairNequIP::build_folded_graph()
 {
   const int nlocal = atom->nlocal;
   const int *type = atom->type;
   double **x = atom->x;
 
-  node_of_atom.resize(nlocal);
+  node_of_atom.assign(nlocal, -1);
+  atom_of_node.clear();
   node_pos.clear();
   node_type.clear();
   for (int i = 0; i < nlocal; i++) {
     const int mtype = model_type[type[i]];
-    if (mtype < 0) {
-      node_of_atom[i] = -1;
-      continue;
-    }
-    node_of_atom[i] = (int) node_type.size();
-    node_type.push_back(mtype);
-    node_pos.insert(node_pos.end(), x[i], x[i] + 3);
+    if (mtype >= 0) add_node(i, mtype);
   }
+  num_local_nodes = (int) atom_of_node.size();
 
   map_ghosts_to_owners();
 
@@ -363,4 +479,67 @@ void PairNequIP::build_graph()
   }
   // edge_index is (2, E), row-major: the centres, then the neighbours
   edge_index.insert(edge_index.end(), edge_neighbour.begin(), edge_neighbour.end());
+}
+
+/* ----------------------------------------------------------------------
+   Several ranks. A breadth-first search along the model's edges (centre i,
+   neighbour j, |r_ij| < cutoff of (type i, type j)): hop 0 = owned atoms of
+   non-NULL types; every node of hop k < num_layers contributes all its
+   edges, and its neighbours not yet seen become nodes of hop k + 1. The
+   energy of an owned atom depends on the features of hop-k nodes after
+   num_layers - k layers, which depend on the edges of nodes of hop < num_layers
+   only, so these nodes and edges give it exactly.
+------------------------------------------------------------------------- */
+
+void PairNequIP::build_domain_graph()
+{
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  const int *type = atom->type;
+  double **x = atom->x;
+  const int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+
+  node_of_atom.assign(nall, -1);
+  atom_of_node.clear();
+  node_pos.clear();
+  node_type.clear();
+  edge_index.clear();
+  edge_neighbour.clear();
+
+  for (int i = 0; i < nlocal; i++) {
+    const int mtype = model_type[type[i]];
+    if (mtype >= 0) add_node(i, mtype);
+  }
+  num_local_nodes = (int) atom_of_node.size();
+
+  // nodes are appended in order of hop: those of hop k are [hop_begin, hop_end)
+  int hop_begin = 0;
+  for (int hop = 0; hop < model->num_layers(); hop++) {
+    const int hop_end = (int) atom_of_node.size();
+    for (int inode = hop_begin; inode < hop_end; inode++) {
+      const int i = atom_of_node[inode];
+      const int itype = (int) node_type[inode];
+      const int *jlist = firstneigh[i];
+      for (int jj = 0; jj < numneigh[i]; jj++) {
+        const int j = jlist[jj] & NEIGHMASK;
+        const int jtype = model_type[type[j]];
+        if (jtype < 0) continue;
+        const double dx = x[j][0] - x[i][0];
+        const double dy = x[j][1] - x[i][1];
+        const double dz = x[j][2] - x[i][2];
+        if (dx * dx + dy * dy + dz * dz >= model_cutsq[itype * num_model_types + jtype])
+          continue;
+        int jnode = node_of_atom[j];
+        if (jnode < 0) jnode = add_node(j, jtype);
+        edge_index.push_back(inode);
+        edge_neighbour.push_back(jnode);
+      }
+    }
+    hop_begin = hop_end;
+  }
+  edge_index.insert(edge_index.end(), edge_neighbour.begin(), edge_neighbour.end());
+
+  node_is_local.assign(atom_of_node.size(), 0);
+  std::fill(node_is_local.begin(), node_is_local.begin() + num_local_nodes, 1);
 }

@@ -7,6 +7,11 @@
 
    NAME_k is the model type name (see the model's type_names) of LAMMPS atom
    type k, or NULL for types left to other styles of pair_style hybrid.
+
+   On one MPI rank any compiled model works; on several, the model must take
+   local_mask and give num_layers (nequip-compile --target pair_nequip_domain,
+   or a .nequip.pth of this version). compute stress/atom needs a model that
+   returns atom_virial (the same files).
 ------------------------------------------------------------------------- */
 
 #ifndef LMP_PAIR_NEQUIP_H
@@ -41,19 +46,30 @@ class PairNequIP : public Pair {
   std::vector<int> model_type;      // LAMMPS atom type (1..ntypes) -> model type, -1 = NULL
   std::vector<double> model_cutsq;  // squared cutoff per (centre, neighbour) model type pair
 
+  // Several MPI ranks (set in init_style): each rank evaluates its owned atoms and the ghost
+  // atoms they need as plain atoms, counting the energy of the owned ones only. One rank:
+  // ghosts are folded onto their owners.
+  bool domain_mode;
+
   // The model's graph for one step, rebuilt in compute(); the buffers keep their capacity.
-  std::vector<int> node_of_atom;             // owned atom -> node, -1 if its type is NULL
+  std::vector<int> node_of_atom;             // atom (owned, and ghost in domain mode) -> node, or -1
+  std::vector<int> atom_of_node;             // node -> atom index
+  int num_local_nodes;                       // nodes 0..num_local_nodes-1 are owned atoms
   std::vector<int> ghost_owner;              // ghost (index - nlocal) -> owned atom
   std::vector<double> ghost_shift;           // ghost -> integer image shift (3 per ghost)
   std::vector<double> node_pos;              // (N, 3)
   std::vector<int64_t> node_type;            // (N,)
+  std::vector<uint8_t> node_is_local;        // (N,) local_mask, domain mode
   std::vector<int64_t> edge_index;           // (2, E): centre nodes, then neighbour nodes
   std::vector<int64_t> edge_neighbour;       // neighbour nodes, while edge_index is built
   std::vector<double> edge_cell_shift;       // (E, 3)
 
   void allocate();
+  int add_node(int atom_index, int mtype);
   void map_ghosts_to_owners();
-  void build_graph();
+  void build_folded_graph();
+  void build_domain_graph();
+  double largest_cutoff() const;
 };
 
 }    // namespace LAMMPS_NS

@@ -55,6 +55,24 @@ at::Tensor optional_tensor(const std::optional<py::array>& array, const char* na
   return array ? as_tensor(*array, name) : at::Tensor();
 }
 
+// A mask of bools or integers (nonzero = true), copied into a bool tensor. Copied because
+// numpy bools and torch bools need not share a representation, and masks are small.
+at::Tensor mask_tensor(const std::optional<py::array>& array, const char* name) {
+  if (!array) return at::Tensor();
+  const py::dtype dtype = array->dtype();
+  const char kind = dtype.kind();
+  if (kind != 'b' && kind != 'i' && kind != 'u') {
+    throw nequip::InputError(std::string(name) + " must be an array of bool or integers, got " +
+                             py::str(dtype).cast<std::string>());
+  }
+  py::array_t<bool, py::array::c_style | py::array::forcecast> as_bool(
+      py::module_::import("numpy").attr("not_equal")(*array, 0));
+  std::vector<int64_t> sizes(as_bool.shape(), as_bool.shape() + as_bool.ndim());
+  at::Tensor mask = at::empty(sizes, at::TensorOptions().dtype(at::kBool));
+  std::memcpy(mask.data_ptr<bool>(), as_bool.data(), sizeof(bool) * as_bool.size());
+  return mask;
+}
+
 // A numpy copy of a float64 CPU tensor (the runtime's outputs are always such).
 py::array_t<double> to_numpy(const at::Tensor& tensor) {
   std::vector<py::ssize_t> shape(tensor.sizes().begin(), tensor.sizes().end());
@@ -67,11 +85,12 @@ py::array_t<double> to_numpy(const at::Tensor& tensor) {
 
 py::dict compute(nequip::Model& model, const py::array& pos, const py::array& atom_types,
                  const py::array& edge_index, const std::optional<py::array>& edge_cell_shift,
-                 const std::optional<py::array>& cell) {
+                 const std::optional<py::array>& cell,
+                 const std::optional<py::array>& local_mask) {
   nequip::Inputs inputs{as_tensor(pos, "pos"), as_tensor(atom_types, "atom_types"),
                         as_tensor(edge_index, "edge_index"),
                         optional_tensor(edge_cell_shift, "edge_cell_shift"),
-                        optional_tensor(cell, "cell")};
+                        optional_tensor(cell, "cell"), mask_tensor(local_mask, "local_mask")};
   nequip::Outputs outputs;
   {
     py::gil_scoped_release release;  // the arrays are kept alive by the caller's references
@@ -83,6 +102,7 @@ py::dict compute(nequip::Model& model, const py::array& pos, const py::array& at
   result["forces"] = to_numpy(outputs.forces);
   if (outputs.virial) result["virial"] = to_numpy(*outputs.virial);
   if (outputs.stress) result["stress"] = to_numpy(*outputs.stress);
+  if (outputs.atom_virial) result["atom_virial"] = to_numpy(*outputs.atom_virial);
   return result;
 }
 
@@ -131,17 +151,29 @@ Raises ModelFileError (bad file or metadata), DeviceError, TorchError.
           "(num_types, num_types) cutoffs (row = centre type), or None when r_max is used "
           "for every pair")
       .def_property_readonly("model_dtype", &nequip::Model::model_dtype)
+      .def_property_readonly(
+          "num_layers",
+          [](const nequip::Model& model) -> std::optional<int64_t> {
+            if (model.num_layers() == 0) return std::nullopt;
+            return model.num_layers();
+          },
+          "message-passing layers (metadata key num_layers), or None when the file does not say")
+      .def_property_readonly("input_names", &nequip::Model::input_names,
+                             "the fields the model takes; 'local_mask' is optional")
       .def_property_readonly("output_names", &nequip::Model::output_names)
       .def_property_readonly(
           "metadata", [](const nequip::Model& model) { return model.metadata().raw; },
           "every metadata key of the file, as stored")
       .def("compute", &compute, py::arg("pos"), py::arg("atom_types"), py::arg("edge_index"),
            py::arg("edge_cell_shift") = std::nullopt, py::arg("cell") = std::nullopt,
+           py::arg("local_mask") = std::nullopt,
            R"doc(
 Evaluates one frame. pos (N, 3), atom_types (N,), edge_index (2, E), edge_cell_shift (E, 3),
 cell (3, 3); float64/float32/int64/int32 arrays of any strides (converted by the runtime).
+local_mask (N,) bool or integer (nonzero = true): the atoms whose energy is counted, for
+models with 'local_mask' among input_names (InputError for others); None = every atom.
 Returns a dict: total_energy (float), atomic_energy (N,), forces (N, 3), and, when
-available, virial (3, 3) and stress (3, 3) (ASE sign), all float64.
+available, virial (3, 3), stress (3, 3) (ASE sign) and atom_virial (N, 3, 3), all float64.
 )doc");
 
   m.def("set_num_threads", &nequip::set_num_threads, py::arg("num_threads"),

@@ -128,6 +128,14 @@ Metadata parse_metadata(const std::string& path, std::map<std::string, std::stri
   }
   metadata.allow_tf32 = tf32_words[0] == "1";
 
+  // Project key, optional (files of other producers, older files): absent means unknown.
+  if (reader.has("num_layers")) {
+    std::vector<std::string> words = split_words(raw.at("num_layers"));
+    if (words.size() != 1) reader.malformed("num_layers", positive_integer);
+    metadata.num_layers = reader.parse_int("num_layers", words[0], positive_integer);
+    if (metadata.num_layers < 1) reader.malformed("num_layers", positive_integer);
+  }
+
   metadata.raw = std::move(raw);
   return metadata;
 }

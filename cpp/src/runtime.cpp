@@ -26,20 +26,30 @@ constexpr const char* kEdgeIndex = "edge_index";
 constexpr const char* kAtomTypes = "atom_types";
 constexpr const char* kCell = "cell";
 constexpr const char* kEdgeCellShift = "edge_cell_shift";
+constexpr const char* kLocalMask = "local_mask";
 constexpr const char* kAtomicEnergy = "atomic_energy";
 constexpr const char* kTotalEnergy = "total_energy";
 constexpr const char* kForces = "forces";
 constexpr const char* kStress = "stress";
 constexpr const char* kVirial = "virial";
+constexpr const char* kAtomVirial = "atom_virial";
 
-// FILE_CONTRACT §4: the inputs of every AOTI target, and the outputs of files whose metadata
-// lacks `nequip_aoti_outputs` (the `pair_nequip` order of older producers).
-const std::vector<std::string> kAotiDefaultInputs = {kPos, kEdgeIndex, kAtomTypes, kCell,
-                                                     kEdgeCellShift};
+// FILE_CONTRACT §3-4: the inputs every model takes (the defaults of files whose metadata
+// does not list them), and the outputs of AOTI files whose metadata lacks
+// `nequip_aoti_outputs` (the `pair_nequip` order of older producers).
+const std::vector<std::string> kRequiredInputs = {kPos, kEdgeIndex, kAtomTypes, kCell,
+                                                  kEdgeCellShift};
 const std::vector<std::string> kAotiDefaultOutputs = {kAtomicEnergy, kForces, kVirial};
 // FILE_CONTRACT §3: what every TorchScript model returns.
 const std::vector<std::string> kTorchScriptOutputs = {kAtomicEnergy, kTotalEnergy, kForces,
                                                       kStress, kVirial};
+// Every field the runtime knows: the required inputs plus this project's local_mask (target
+// `pair_nequip_domain`, our TorchScript files); §3's outputs plus our atom_virial.
+const std::vector<std::string> kKnownInputs = {kPos, kEdgeIndex, kAtomTypes, kCell,
+                                               kEdgeCellShift, kLocalMask};
+const std::vector<std::string> kKnownOutputs = {kAtomicEnergy, kTotalEnergy, kForces,
+                                                kStress, kVirial, kAtomVirial};
+const std::vector<std::string> kRequiredOutputs = {kAtomicEnergy, kForces};
 
 constexpr const char* kAotiDeviceKey = "AOTI_DEVICE_KEY";  // written by torch
 
@@ -156,8 +166,8 @@ c10::Device parse_device(const std::string& name) {
   return *device;
 }
 
-// The AOTI input / output field names, checked against those the runtime knows.
-std::vector<std::string> aoti_fields(const Metadata& metadata, const std::string& path,
+// The input / output field names stored under `key`, checked against those the runtime knows.
+std::vector<std::string> model_fields(const Metadata& metadata, const std::string& path,
                                      const std::string& key,
                                      const std::vector<std::string>& default_fields,
                                      const std::vector<std::string>& known,
@@ -192,6 +202,7 @@ struct PreparedInputs {
   at::Tensor atom_types;       // (N,) int64
   at::Tensor cell;             // (1, 3, 3) float64
   at::Tensor edge_cell_shift;  // (E, 3) float64
+  at::Tensor local_mask;       // (N,) bool, only for models taking it
   double volume = 0.0;         // |det(cell)|
 
   const at::Tensor& get(const std::string& name) const {
@@ -199,6 +210,7 @@ struct PreparedInputs {
     if (name == kEdgeIndex) return edge_index;
     if (name == kAtomTypes) return atom_types;
     if (name == kCell) return cell;
+    if (name == kLocalMask) return local_mask;
     return edge_cell_shift;
   }
 };
@@ -261,8 +273,10 @@ at::Tensor convert(const at::Tensor& tensor, const c10::Device& device, at::Scal
   return tensor.to(device, dtype).contiguous();
 }
 
+// `takes_local_mask`: whether the model has a local_mask input (checked by the caller, who
+// knows the file to name when a mask is given to a model without one).
 PreparedInputs prepare_inputs(const Inputs& inputs, int64_t num_types,
-                              const c10::Device& device) {
+                              const c10::Device& device, bool takes_local_mask) {
   // Converted first, checked after: the checks run wherever the model does.
   check_defined(inputs.pos, kPos);
   check_real(inputs.pos, kPos);
@@ -325,7 +339,24 @@ PreparedInputs prepare_inputs(const Inputs& inputs, int64_t num_types,
     cell = at::zeros({1, 3, 3}, at::TensorOptions(at::kDouble).device(device));
   }
 
+  // Every atom is local unless told otherwise: the model then sums every atomic energy.
+  at::Tensor local_mask;
+  if (inputs.local_mask.defined()) {
+    if (!at::isIntegralType(inputs.local_mask.scalar_type(), /*includeBool=*/true)) {
+      throw InputError(std::string("local_mask must have a bool or integer dtype, got ") +
+                       dtype_name(inputs.local_mask.scalar_type()));
+    }
+    if (inputs.local_mask.dim() != 1 || inputs.local_mask.size(0) != num_atoms) {
+      throw InputError("local_mask must have shape (N,) = (" + std::to_string(num_atoms) +
+                       ",), got " + shape_string(inputs.local_mask));
+    }
+    local_mask = convert(inputs.local_mask, device, at::kBool);
+  } else if (takes_local_mask) {
+    local_mask = at::ones({num_atoms}, at::TensorOptions(at::kBool).device(device));
+  }
+
   PreparedInputs prepared;
+  prepared.local_mask = std::move(local_mask);
   prepared.volume = std::abs(at::linalg_det(cell[0].cpu()).item<double>());
   prepared.pos = std::move(pos);
   prepared.atom_types = std::move(atom_types);
@@ -363,8 +394,23 @@ class Model::Impl {
     }
   }
 
+  bool takes(const std::string& name) const {
+    return std::find(input_names_.begin(), input_names_.end(), name) != input_names_.end();
+  }
+  bool returns(const std::string& name) const {
+    return std::find(output_names_.begin(), output_names_.end(), name) != output_names_.end();
+  }
+
   Outputs compute(const Inputs& inputs) {
-    PreparedInputs prepared = prepare_inputs(inputs, metadata_.num_types, device_);
+    // Ignoring the mask would count the energy of every atom given: never silently.
+    if (inputs.local_mask.defined() && !takes(kLocalMask)) {
+      throw InputError(
+          path_ + ": this model takes no local_mask (it counts the energy of every atom it is "
+                  "given); compile it with `nequip-compile ... --target pair_nequip_domain` "
+                  "(.pt2) or again with this version of nequip (.pth)");
+    }
+    PreparedInputs prepared =
+        prepare_inputs(inputs, metadata_.num_types, device_, takes(kLocalMask));
     std::map<std::string, at::Tensor> raw = translate_torch_errors(
         path_ + ": running the model", [&] {
           return format_ == ModelFormat::TorchScript ? run_torchscript(prepared)
@@ -377,13 +423,17 @@ class Model::Impl {
   ModelFormat format_;
   c10::Device device_{at::kCPU};
   Metadata metadata_;
-  std::vector<std::string> input_names_;  // AOTI only
+  std::vector<std::string> input_names_;
   std::vector<std::string> output_names_;
 
  private:
   void load_torchscript(std::map<std::string, std::string> extra_files) {
     metadata_ = detail::parse_metadata(path_, std::move(extra_files));
-    output_names_ = kTorchScriptOutputs;
+    // Our files list their fields; those of other producers take and give §3's.
+    input_names_ = model_fields(metadata_, path_, "nequip_torchscript_inputs", kRequiredInputs,
+                                kKnownInputs, kRequiredInputs);
+    output_names_ = model_fields(metadata_, path_, "nequip_torchscript_outputs",
+                                 kTorchScriptOutputs, kKnownOutputs, kRequiredOutputs);
     module_ = translate_torch_errors(path_ + ": loading the TorchScript model", [&] {
       torch::jit::Module module = torch::jit::load(path_, device_);
       module.eval();
@@ -398,10 +448,10 @@ class Model::Impl {
                                                                                      "model");
         });
     metadata_ = detail::parse_metadata(path_, {stored.begin(), stored.end()});
-    input_names_ = aoti_fields(metadata_, path_, "nequip_aoti_inputs", kAotiDefaultInputs,
-                               kAotiDefaultInputs, kAotiDefaultInputs);
-    output_names_ = aoti_fields(metadata_, path_, "nequip_aoti_outputs", kAotiDefaultOutputs,
-                                kTorchScriptOutputs, {kAtomicEnergy, kForces});
+    input_names_ = model_fields(metadata_, path_, "nequip_aoti_inputs", kRequiredInputs,
+                                kKnownInputs, kRequiredInputs);
+    output_names_ = model_fields(metadata_, path_, "nequip_aoti_outputs", kAotiDefaultOutputs,
+                                 kKnownOutputs, kRequiredOutputs);
 
     auto compiled_for = metadata_.raw.find(kAotiDeviceKey);
     if (compiled_for == metadata_.raw.end()) {
@@ -423,7 +473,7 @@ class Model::Impl {
     // Forces and stress are autograd derivatives taken inside the model.
     at::AutoGradMode enable_grad(true);
     c10::Dict<std::string, at::Tensor> data;
-    for (const std::string& name : kAotiDefaultInputs) data.insert(name, inputs.get(name));
+    for (const std::string& name : input_names_) data.insert(name, inputs.get(name));
     c10::IValue result = module_->forward({data});
     if (!result.isGenericDict()) {
       throw TorchError(path_ + ": the TorchScript model must return Dict[str, Tensor], got " +
@@ -496,6 +546,7 @@ class Model::Impl {
       outputs.stress = stress;
     }
     outputs.virial = virial;
+    outputs.atom_virial = take(kAtomVirial, {num_atoms, 3, 3});
     return outputs;
   }
 
@@ -522,7 +573,13 @@ const std::vector<double>& Model::per_edge_type_cutoff() const {
   return impl_->metadata_.per_edge_type_cutoff;
 }
 const std::string& Model::model_dtype() const { return impl_->metadata_.model_dtype; }
+int64_t Model::num_layers() const { return impl_->metadata_.num_layers; }
+const std::vector<std::string>& Model::input_names() const { return impl_->input_names_; }
+bool Model::takes(const std::string& input_name) const { return impl_->takes(input_name); }
 const std::vector<std::string>& Model::output_names() const { return impl_->output_names_; }
+bool Model::returns(const std::string& output_name) const {
+  return impl_->returns(output_name);
+}
 
 Outputs Model::compute(const Inputs& inputs) { return impl_->compute(inputs); }
 

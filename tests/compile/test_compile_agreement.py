@@ -27,6 +27,7 @@ def test_compiled_outputs_match_eager_model(key, system, systems, loaded_models,
         "forces": (num_atoms, 3),
         "stress": (1, 3, 3),
         "virial": (1, 3, 3),
+        "atom_virial": (num_atoms, 3, 3),
     }
     assert set(got) == set(compiled.outputs)
     for name, value in got.items():
@@ -42,8 +43,33 @@ def test_aotinductor_file_has_the_targets_flat_outputs(key, loaded_models):
     expected = {
         "ase": ("atomic_energy", "total_energy", "forces", "stress"),
         "pair_nequip": ("atomic_energy", "forces", "virial"),
+        "pair_nequip_domain": ("atomic_energy", "forces", "virial", "atom_virial"),
     }
     assert loaded_models[key].outputs == expected[key[2]]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("system", list(SYSTEMS))
+@pytest.mark.parametrize(
+    "key", [k for k in COMPILED_KEYS if k[2] in (None, "pair_nequip_domain")], ids=compiled_key_id
+)
+def test_local_mask_reaches_the_compiled_energy_sum(key, system, systems, compiled_models, loaded_models):
+    """With every other atom not local, compiled = eager; the mask changes the energy."""
+    dtype = key[0]
+    compiled = loaded_models[key]
+    assert "local_mask" in compiled.inputs
+    frame = systems[system]
+    num_atoms = frame["pos"].shape[0]
+    masked = dict(frame, local_mask=torch.arange(num_atoms) % 2 == 0)
+    expected = compiled_models.eager[dtype](dict(masked))
+    got = compiled(masked)
+    for name, value in got.items():
+        error = relative_error(value, expected[name])
+        assert error <= TOLERANCE[dtype], f"{name}: relative error of compiled vs eager {error:.3g}"
+    assert torch.all(got["atomic_energy"][1::2] == 0)
+    if num_atoms > 1 and "total_energy" in got:
+        unmasked = compiled(frame)
+        assert not torch.allclose(got["total_energy"], unmasked["total_energy"])
 
 
 def test_systems_cover_the_hard_cases(systems):

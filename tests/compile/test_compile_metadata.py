@@ -8,7 +8,7 @@ import torch
 
 from fixtures.compiled import COMPILED_KEYS, PER_EDGE_TYPE_CUTOFF, R_MAX, compiled_key_id
 from nequip.compile import MetadataError, load_compiled, parse_metadata
-from nequip.compile.contract import REQUIRED_KEYS, parse_aoti_fields
+from nequip.compile.contract import REQUIRED_KEYS, parse_aoti_fields, parse_torchscript_fields
 
 GOOD = {"model_dtype": "float32", "type_names": "Si C", "num_types": "2", "r_max": "5.0", "allow_tf32": "0"}
 
@@ -33,14 +33,23 @@ def test_compiled_file_carries_the_model_metadata_in_contract_format(key, compil
     else:
         assert "per_edge_type_cutoff" not in metadata
     assert metadata["nequip_version"] and metadata["torch_version"] == torch.__version__
+    assert metadata["num_layers"] == "2"
     if mode == "aotinductor":
-        assert metadata["nequip_aoti_inputs"] == "pos edge_index atom_types cell edge_cell_shift"
+        assert metadata["nequip_aoti_inputs"] == "pos edge_index atom_types cell edge_cell_shift" + (
+            " local_mask" if target == "pair_nequip_domain" else ""
+        )
         assert metadata["nequip_aoti_outputs"] == {
             "ase": "atomic_energy total_energy forces stress",
             "pair_nequip": "atomic_energy forces virial",
+            "pair_nequip_domain": "atomic_energy forces virial atom_virial",
         }[target]
         assert metadata["compile_target"] == target
         assert metadata["AOTI_DEVICE_KEY"] == "cpu"
+    else:
+        assert metadata["nequip_torchscript_inputs"] == "pos edge_index atom_types cell edge_cell_shift local_mask"
+        assert metadata["nequip_torchscript_outputs"] == (
+            "atomic_energy total_energy forces stress virial atom_virial"
+        )
 
 
 @pytest.mark.slow
@@ -145,6 +154,38 @@ def test_aoti_interface_keys_come_in_pairs_and_name_known_fields():
             },
             "x.nequip.pt2",
         )
+
+
+def test_aoti_inputs_may_add_the_local_mask_and_nothing_else():
+    outputs = "atomic_energy forces virial atom_virial"
+    fields = "pos edge_index atom_types cell edge_cell_shift local_mask"
+    inputs, parsed_outputs = parse_aoti_fields(
+        {**GOOD, "nequip_aoti_inputs": fields, "nequip_aoti_outputs": outputs}, "x.nequip.pt2"
+    )
+    assert inputs[-1] == "local_mask" and parsed_outputs[-1] == "atom_virial"
+    for bad in (fields + " batch", fields + " local_mask"):
+        with pytest.raises(MetadataError, match="^x.nequip.pt2: metadata key 'nequip_aoti_inputs' is malformed"):
+            parse_aoti_fields({**GOOD, "nequip_aoti_inputs": bad, "nequip_aoti_outputs": outputs}, "x.nequip.pt2")
+
+
+def test_torchscript_files_without_interface_keys_take_and_give_the_contract_fields():
+    inputs, outputs = parse_torchscript_fields(GOOD, "old.nequip.pth")
+    assert inputs == ("pos", "edge_index", "atom_types", "cell", "edge_cell_shift")
+    assert outputs == ("atomic_energy", "total_energy", "forces", "stress", "virial")
+    with pytest.raises(MetadataError, match="^x.nequip.pth: metadata key 'nequip_torchscript_outputs' is malformed"):
+        parse_torchscript_fields({**GOOD, "nequip_torchscript_outputs": "forces energy"}, "x.nequip.pth")
+
+
+@pytest.mark.slow
+def test_local_mask_is_refused_by_a_file_that_does_not_take_it(compiled_models, systems):
+    compiled = load_compiled(compiled_models["float64", "aotinductor", "pair_nequip"])
+    frame = dict(systems["periodic_triclinic"])
+    frame["local_mask"] = torch.ones(frame["pos"].shape[0], dtype=torch.bool)
+    with pytest.raises(ValueError, match="does not take input 'local_mask': compile it with --target pair_nequip_domain"):
+        compiled(frame)
+    domain = load_compiled(compiled_models["float64", "aotinductor", "pair_nequip_domain"])
+    with pytest.raises(ValueError, match=r"input 'local_mask' must be a bool or integer tensor of shape \(N,\)"):
+        domain(dict(frame, local_mask=torch.ones(3, dtype=torch.bool)))
 
 
 @pytest.mark.slow

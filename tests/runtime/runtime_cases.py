@@ -69,6 +69,7 @@ def eager_outputs(model: torch.nn.Module, frame: Dict[str, np.ndarray]) -> Dict[
         "forces": out["forces"].detach().numpy(),
         "stress": out["stress"].detach().numpy().reshape(3, 3),
         "virial": out["virial"].detach().numpy().reshape(3, 3),
+        "atom_virial": out["atom_virial"].detach().numpy(),
     }
 
 

@@ -164,7 +164,8 @@ def test_aotinductor_with_unknown_output_names(compiled_models, tmp_path):
     path = with_pt2_metadata(compiled_models[PT2], tmp_path / "model.nequip.pt2", "nequip_aoti_outputs", value)
     message = (
         f"{path}: metadata key 'nequip_aoti_outputs' is malformed: expected distinct names from "
-        f"'atomic_energy total_energy forces stress virial' including 'atomic_energy forces', got '{value}'"
+        f"'atomic_energy total_energy forces stress virial atom_virial' including 'atomic_energy forces', "
+        f"got '{value}'"
     )
     with raises(ModelFileError, message):
         Model(str(path))

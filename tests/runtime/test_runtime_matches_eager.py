@@ -26,8 +26,12 @@ def compiled(request, compiled_models):
 def expected_output_names(key):
     dtype, mode, target = key
     if mode == "torchscript":
-        return ["atomic_energy", "total_energy", "forces", "stress", "virial"]
-    return {"ase": ["atomic_energy", "total_energy", "forces", "stress"], "pair_nequip": ["atomic_energy", "forces", "virial"]}[target]
+        return ["atomic_energy", "total_energy", "forces", "stress", "virial", "atom_virial"]
+    return {
+        "ase": ["atomic_energy", "total_energy", "forces", "stress"],
+        "pair_nequip": ["atomic_energy", "forces", "virial"],
+        "pair_nequip_domain": ["atomic_energy", "forces", "virial", "atom_virial"],
+    }[target]
 
 
 def test_metadata_is_read_from_the_file(compiled):
@@ -67,3 +71,7 @@ def test_runtime_equals_eager_model_on_random_frames(compiled):
         assert ("stress" in got) == has_volume, f"frame {index}: stress present: {'stress' in got}"
         if has_volume:
             assert_matches(got["stress"], expected["stress"], dtype, f"frame {index} stress")
+        # per-atom virials: from the models that return them
+        assert ("atom_virial" in got) == ("atom_virial" in model.output_names)
+        if "atom_virial" in got:
+            assert_matches(got["atom_virial"], expected["atom_virial"], dtype, f"frame {index} atom_virial")

@@ -13,6 +13,11 @@
 //   at::Tensor f = out.forces;                // (N, 3) float64, CPU
 //   if (out.virial) { /* (3, 3) float64, CPU */ }
 //
+// Domain decomposition (LAMMPS on several MPI ranks): a model whose input_names() include
+// "local_mask" counts the energy of the atoms marked local only, and still returns forces on
+// every atom (the non-local ones are the ghosts whose forces LAMMPS sends back to their
+// owners); "atom_virial" among output_names() gives per-atom virials.
+//
 // Every failure, including those raised inside torch, surfaces as a subclass of
 // nequip::Error (itself a std::runtime_error) with a message a user can act on.
 #pragma once
@@ -76,6 +81,9 @@ struct Metadata {
   // empty when the model uses r_max for every pair.
   std::vector<double> per_edge_type_cutoff;
   bool allow_tf32 = false;
+  // Project key `num_layers`: message-passing layers, so an atom's energy depends only on
+  // atoms within num_layers * r_max (what a domain decomposition needs). 0 when absent.
+  int64_t num_layers = 0;
   // Every key of the file as stored (contract keys, project keys, torch's own AOTI keys).
   std::map<std::string, std::string> raw;
 };
@@ -89,6 +97,9 @@ struct Inputs {
   at::Tensor edge_index;       // (2, E), row 0 = centre i, row 1 = neighbour j, values in [0, N)
   at::Tensor edge_cell_shift;  // (E, 3), integer-valued image shifts; undefined = all zero
   at::Tensor cell;             // (3, 3) or (1, 3, 3), rows = lattice vectors; undefined = zero
+  // (N,), bool or integer (nonzero = true): atoms whose energy is counted; undefined = all.
+  // Only for models taking it (input_names() has "local_mask"); others raise InputError.
+  at::Tensor local_mask;
 };
 
 // Results for one frame, always float64, contiguous, on the CPU.
@@ -102,6 +113,10 @@ struct Outputs {
   // (3, 3), eV/Å^3, ASE sign (positive = tensile). Given by the model (TorchScript, `ase`
   // target), or derived as -virial / V. Absent when the cell has no volume.
   std::optional<at::Tensor> stress;
+  // (N, 3, 3), eV: per-atom virials, each edge's virial split half to each of its two atoms,
+  // so they sum to the virial. Given by models returning "atom_virial" (TorchScript files
+  // of this project, AOTI target `pair_nequip_domain`).
+  std::optional<at::Tensor> atom_virial;
 };
 
 class Model {
@@ -127,11 +142,20 @@ class Model {
   double r_max() const;
   const std::vector<double>& per_edge_type_cutoff() const;  // T*T row-major, or empty
   const std::string& model_dtype() const;
+  int64_t num_layers() const;  // 0 when the metadata does not say
+
+  // Names of the fields the model takes. AOTI: `nequip_aoti_inputs`; TorchScript:
+  // `nequip_torchscript_inputs`; when absent, the five of FILE_CONTRACT §3-4 (pos edge_index
+  // atom_types cell edge_cell_shift). "local_mask" is the only optional one.
+  const std::vector<std::string>& input_names() const;
+  bool takes(const std::string& input_name) const;
 
   // Names of the fields the model returns. AOTI: `nequip_aoti_outputs` (the `pair_nequip`
-  // order "atomic_energy forces virial" when absent); TorchScript: the outputs FILE_CONTRACT
-  // §3 guarantees (atomic_energy total_energy forces stress virial).
+  // order "atomic_energy forces virial" when absent); TorchScript: `nequip_torchscript_outputs`
+  // (the outputs FILE_CONTRACT §3 guarantees, atomic_energy total_energy forces stress virial,
+  // when absent).
   const std::vector<std::string>& output_names() const;
+  bool returns(const std::string& output_name) const;
 
   // Evaluates the model on one frame. Throws InputError for bad inputs, TorchError when
   // torch fails. Not safe to call concurrently on the same Model.

@@ -22,7 +22,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from nequip.data import keys
 
-from .contract import AOTI_INPUTS, TARGET_OUTPUTS
+from .contract import TARGET_INPUTS, TARGET_OUTPUTS
 
 # Sizes of the synthetic frame the graph is traced on. Distinct and >= 2: symbolic tracing
 # specialises sizes 0 and 1, and equal sizes could be taken for the same dimension.
@@ -33,35 +33,22 @@ _TRACE_NUM_EDGES = 7
 class FlatModel(torch.nn.Module):
     """The model behind the flat tensor interface of one compile target.
 
-    Inputs are AOTI_INPUTS in order; outputs are TARGET_OUTPUTS[target] in order.
+    Inputs are TARGET_INPUTS[target] in order; outputs are TARGET_OUTPUTS[target] in order.
     """
 
     def __init__(self, model: torch.nn.Module, target: str):
         super().__init__()
         self.model = model
+        self.inputs = TARGET_INPUTS[target]
         self.outputs = TARGET_OUTPUTS[target]
 
-    def forward(
-        self,
-        pos: torch.Tensor,
-        edge_index: torch.Tensor,
-        atom_types: torch.Tensor,
-        cell: torch.Tensor,
-        edge_cell_shift: torch.Tensor,
-    ) -> Tuple[torch.Tensor, ...]:
-        data = {
-            keys.POS: pos,
-            keys.EDGE_INDEX: edge_index,
-            keys.ATOM_TYPES: atom_types,
-            keys.CELL: cell,
-            keys.EDGE_CELL_SHIFT: edge_cell_shift,
-        }
-        out = self.model(data)
+    def forward(self, *tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        out = self.model(dict(zip(self.inputs, tensors)))
         return tuple(out[name] for name in self.outputs)
 
 
-def tracing_inputs(num_types: int, device: torch.device) -> Tuple[torch.Tensor, ...]:
-    """A small synthetic frame in AOTI_INPUTS order, every dtype and shape per FILE_CONTRACT §1.
+def tracing_inputs(target: str, num_types: int, device: torch.device) -> Tuple[torch.Tensor, ...]:
+    """A small synthetic frame in TARGET_INPUTS[target] order, dtypes and shapes per FILE_CONTRACT §1.
 
     Only its sizes, dtypes and device matter: the graph has no data-dependent control
     flow, and a frame of our own keeps export independent of the sizes of the example data
@@ -69,15 +56,17 @@ def tracing_inputs(num_types: int, device: torch.device) -> Tuple[torch.Tensor, 
     """
     generator = torch.Generator().manual_seed(0)
     n, e = _TRACE_NUM_ATOMS, _TRACE_NUM_EDGES
-    pos = 3.0 * torch.rand((n, 3), generator=generator, dtype=torch.float64)
     centre = torch.arange(e) % n
     neighbour = (centre + 1 + torch.arange(e) // n) % n
-    edge_index = torch.stack([centre, neighbour])
-    atom_types = torch.arange(n) % num_types
-    cell = (6.0 * torch.eye(3, dtype=torch.float64)).unsqueeze(0)
-    edge_cell_shift = torch.zeros((e, 3), dtype=torch.float64)
-    frame = (pos, edge_index, atom_types, cell, edge_cell_shift)
-    return tuple(t.to(device) for t in frame)
+    frame = {
+        keys.POS: 3.0 * torch.rand((n, 3), generator=generator, dtype=torch.float64),
+        keys.EDGE_INDEX: torch.stack([centre, neighbour]),
+        keys.ATOM_TYPES: torch.arange(n) % num_types,
+        keys.CELL: (6.0 * torch.eye(3, dtype=torch.float64)).unsqueeze(0),
+        keys.EDGE_CELL_SHIFT: torch.zeros((e, 3), dtype=torch.float64),
+        keys.LOCAL_MASK: torch.arange(n) % 3 != 0,
+    }
+    return tuple(frame[name].to(device) for name in TARGET_INPUTS[target])
 
 
 def export(
@@ -85,7 +74,7 @@ def export(
 ) -> torch.export.ExportedProgram:
     """Trace ``model`` (forces and stress included) and export it with dynamic N and E."""
     flat = FlatModel(model, target).eval()
-    inputs = tracing_inputs(num_types, device)
+    inputs = tracing_inputs(target, num_types, device)
 
     log("tracing the model, derivatives included (make_fx)")
     # Never merge two dimensions because their example sizes happen to agree.
@@ -107,13 +96,14 @@ def export(
         keys.ATOM_TYPES: {0: num_atoms},
         keys.CELL: None,  # one frame: static
         keys.EDGE_CELL_SHIFT: {0: num_edges},
+        keys.LOCAL_MASK: {0: num_atoms},
     }
     # Traced on N, E >= 2, exported for N >= 1, E >= 0: export refuses (naming the guard)
     # if the graph specialised on N >= 2 or E >= 1 anywhere.
     return torch.export.export(
         traced,
         inputs,
-        dynamic_shapes=tuple(dynamic_shapes[name] for name in AOTI_INPUTS),
+        dynamic_shapes=tuple(dynamic_shapes[name] for name in TARGET_INPUTS[target]),
         strict=False,
     )
 

@@ -13,10 +13,10 @@ import e3nn
 import torch
 
 import nequip
+from nequip.data import keys
 
 from . import aotinductor, torchscript
 from .contract import (
-    AOTI_INPUTS,
     AOTI_INPUTS_KEY,
     AOTI_OUTPUTS_KEY,
     AOTINDUCTOR,
@@ -25,10 +25,15 @@ from .contract import (
     EXTENSIONS,
     MODES,
     NEQUIP_VERSION,
+    TARGET_INPUTS,
     TARGET_OUTPUTS,
     TARGETS,
     TORCH_VERSION,
     TORCHSCRIPT,
+    TORCHSCRIPT_INPUTS,
+    TORCHSCRIPT_INPUTS_KEY,
+    TORCHSCRIPT_OUTPUTS,
+    TORCHSCRIPT_OUTPUTS_KEY,
     parse_metadata,
 )
 from .loader import CompiledModel, check_device
@@ -81,9 +86,10 @@ def compile_model(
         out_path: ``*.nequip.pth`` for ``mode="torchscript"``, ``*.nequip.pt2`` for
             ``mode="aotinductor"``.
         device: ``"cpu"`` or ``"cuda"``: where the compiled file will run.
-        target: for AOTInductor, ``"ase"`` or ``"pair_nequip"`` (FILE_CONTRACT §4, the order
-            of the flat inputs and outputs). A TorchScript file serves every target; a target
-            given with it is only checked.
+        target: for AOTInductor, ``"ase"``, ``"pair_nequip"`` (FILE_CONTRACT §4, the order
+            of the flat inputs and outputs) or ``"pair_nequip_domain"`` (LAMMPS on several MPI
+            ranks, per-atom virials). A TorchScript file serves every target; a target given
+            with it is only checked.
         example_data: one frame (FILE_CONTRACT §1) on which the compiled file must reproduce
             the eager model; packages carry one. Default: ``nequip.package.synthetic_frame``
             for the model's types and cutoffs.
@@ -113,8 +119,15 @@ def compile_model(
         metadata.update(
             {
                 COMPILE_TARGET: target,
-                AOTI_INPUTS_KEY: " ".join(AOTI_INPUTS),
+                AOTI_INPUTS_KEY: " ".join(TARGET_INPUTS[target]),
                 AOTI_OUTPUTS_KEY: " ".join(TARGET_OUTPUTS[target]),
+            }
+        )
+    else:
+        metadata.update(
+            {
+                TORCHSCRIPT_INPUTS_KEY: " ".join(TORCHSCRIPT_INPUTS),
+                TORCHSCRIPT_OUTPUTS_KEY: " ".join(TORCHSCRIPT_OUTPUTS),
             }
         )
     if example_data is None:
@@ -161,7 +174,11 @@ def _check_agreement(
     model: torch.nn.Module, compiled: CompiledModel, example_data: Dict[str, torch.Tensor], model_dtype: str
 ) -> None:
     """Raise CompileError unless every output of ``compiled`` matches the eager model."""
-    inputs = compiled.prepare_inputs(example_data)
+    data = dict(example_data)
+    if keys.LOCAL_MASK in compiled.inputs and keys.LOCAL_MASK not in data:
+        # the mask must reach the energy sum: check with every other atom not local
+        data[keys.LOCAL_MASK] = torch.arange(data[keys.POS].shape[0]) % 2 == 0
+    inputs = compiled.prepare_inputs(data)
     expected = model(dict(inputs))
     got = compiled(inputs)
     for name, value in got.items():

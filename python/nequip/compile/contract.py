@@ -27,13 +27,36 @@ AOTI_INPUTS: Tuple[str, ...] = (
     keys.CELL,
     keys.EDGE_CELL_SHIFT,
 )
+# pair_nequip_domain (ours): a LAMMPS rank's owned atoms plus the ghosts they need, as plain
+# atoms; local_mask picks the owned ones, whose energies alone are summed. Runs on any number
+# of MPI ranks and gives per-atom virials (compute stress/atom).
+DOMAIN_TARGET = "pair_nequip_domain"
+TARGET_INPUTS: Dict[str, Tuple[str, ...]] = {
+    "ase": AOTI_INPUTS,
+    "pair_nequip": AOTI_INPUTS,
+    DOMAIN_TARGET: AOTI_INPUTS + (keys.LOCAL_MASK,),
+}
 TARGET_OUTPUTS: Dict[str, Tuple[str, ...]] = {
     "ase": (keys.ATOMIC_ENERGY, keys.TOTAL_ENERGY, keys.FORCES, keys.STRESS),
     "pair_nequip": (keys.ATOMIC_ENERGY, keys.FORCES, keys.VIRIAL),
+    DOMAIN_TARGET: (keys.ATOMIC_ENERGY, keys.FORCES, keys.VIRIAL, keys.ATOM_VIRIAL),
 }
 TARGETS: Tuple[str, ...] = tuple(TARGET_OUTPUTS)
 # Files whose metadata lacks nequip_aoti_inputs/outputs (older producers) use this target.
 LEGACY_TARGET = "pair_nequip"
+# FILE_CONTRACT §3: what every TorchScript file gives (its inputs are AOTI_INPUTS) ...
+CONTRACT_TORCHSCRIPT_OUTPUTS: Tuple[str, ...] = (
+    keys.ATOMIC_ENERGY,
+    keys.TOTAL_ENERGY,
+    keys.FORCES,
+    keys.STRESS,
+    keys.VIRIAL,
+)
+# ... and what ours take and give.
+TORCHSCRIPT_INPUTS: Tuple[str, ...] = AOTI_INPUTS + (keys.LOCAL_MASK,)
+TORCHSCRIPT_OUTPUTS: Tuple[str, ...] = keys.OUTPUT_KEYS
+# Optional inputs a compiled file may take; the others are required.
+OPTIONAL_INPUTS: Tuple[str, ...] = (keys.LOCAL_MASK,)
 
 # -- metadata keys ---------------------------------------------------------------------------
 # FILE_CONTRACT §2: the model's own metadata, required in every compiled file ...
@@ -49,6 +72,10 @@ MODEL_KEYS: Tuple[str, ...] = REQUIRED_KEYS + (PER_EDGE_TYPE_CUTOFF,)
 # FILE_CONTRACT §4: field names of the flat AOTInductor interface, space-separated.
 AOTI_INPUTS_KEY = "nequip_aoti_inputs"
 AOTI_OUTPUTS_KEY = "nequip_aoti_outputs"
+# Ours, on TorchScript files: the input and output fields, space-separated (absent: §3's).
+TORCHSCRIPT_INPUTS_KEY = "nequip_torchscript_inputs"
+TORCHSCRIPT_OUTPUTS_KEY = "nequip_torchscript_outputs"
+NUM_LAYERS = "num_layers"
 # Our own keys (the contract lets producers add keys, never change the meaning of §2's).
 NEQUIP_VERSION = "nequip_version"
 TORCH_VERSION = "torch_version"
@@ -159,16 +186,39 @@ def parse_aoti_fields(metadata: Mapping[str, str], source: str) -> Tuple[Tuple[s
                 f"(a file must have both {AOTI_INPUTS_KEY} and {AOTI_OUTPUTS_KEY}, or neither)"
             )
     inputs = tuple(metadata[AOTI_INPUTS_KEY].split(" "))
-    if sorted(inputs) != sorted(AOTI_INPUTS):
+    required = set(AOTI_INPUTS)
+    if len(set(inputs)) != len(inputs) or not required <= set(inputs) <= required | set(OPTIONAL_INPUTS):
         raise MetadataError(
             f"{source}: metadata key '{AOTI_INPUTS_KEY}' is malformed: expected the fields "
-            f"{' '.join(AOTI_INPUTS)} (in any order), got {metadata[AOTI_INPUTS_KEY]!r}"
+            f"{' '.join(AOTI_INPUTS)} (in any order), optionally with {' '.join(OPTIONAL_INPUTS)}, "
+            f"got {metadata[AOTI_INPUTS_KEY]!r}"
         )
     outputs = tuple(metadata[AOTI_OUTPUTS_KEY].split(" "))
     if not outputs or len(set(outputs)) != len(outputs) or not set(outputs) <= set(keys.OUTPUT_KEYS):
         raise MetadataError(
             f"{source}: metadata key '{AOTI_OUTPUTS_KEY}' is malformed: expected distinct "
             f"fields among {' '.join(keys.OUTPUT_KEYS)}, got {metadata[AOTI_OUTPUTS_KEY]!r}"
+        )
+    return inputs, outputs
+
+
+def parse_torchscript_fields(metadata: Mapping[str, str], source: str) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """The input and output field names of a TorchScript file.
+
+    Files without ``nequip_torchscript_inputs``/``_outputs`` (other producers, older files) take
+    and give FILE_CONTRACT §3's five fields.
+    """
+    inputs = tuple(metadata.get(TORCHSCRIPT_INPUTS_KEY, " ".join(AOTI_INPUTS)).split(" "))
+    if not set(AOTI_INPUTS) <= set(inputs):
+        raise MetadataError(
+            f"{source}: metadata key '{TORCHSCRIPT_INPUTS_KEY}' is malformed: expected at least "
+            f"{' '.join(AOTI_INPUTS)}, got {metadata[TORCHSCRIPT_INPUTS_KEY]!r}"
+        )
+    outputs = tuple(metadata.get(TORCHSCRIPT_OUTPUTS_KEY, " ".join(CONTRACT_TORCHSCRIPT_OUTPUTS)).split(" "))
+    if not set(outputs) <= set(keys.OUTPUT_KEYS):
+        raise MetadataError(
+            f"{source}: metadata key '{TORCHSCRIPT_OUTPUTS_KEY}' is malformed: expected fields among "
+            f"{' '.join(keys.OUTPUT_KEYS)}, got {metadata[TORCHSCRIPT_OUTPUTS_KEY]!r}"
         )
     return inputs, outputs
 

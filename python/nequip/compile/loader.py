@@ -20,6 +20,7 @@ from .contract import (
     MetadataError,
     parse_aoti_fields,
     parse_metadata,
+    parse_torchscript_fields,
 )
 
 PathLike = Union[str, Path]
@@ -61,7 +62,7 @@ class CompiledModel:
     Attributes: ``path``, ``mode`` ("torchscript" or "aotinductor"), ``device``, ``metadata``
     (every key of the file, as strings), ``model_metadata`` (FILE_CONTRACT §2, parsed),
     ``type_names``, ``r_max``, ``per_edge_type_cutoff`` ((T, T) nested tuple or None),
-    ``outputs`` (the names a call returns).
+    ``inputs`` (the fields the file takes) and ``outputs`` (the names a call returns).
     """
 
     def __init__(self, path: PathLike, device: str = "cpu", *, mode: Optional[str] = None):
@@ -76,7 +77,7 @@ class CompiledModel:
             self.metadata = torchscript.read_metadata(self.path)
             self.model_metadata = parse_metadata(self.metadata, str(self.path))
             self._module = torchscript.load(self.path, self.device)
-            self.outputs: Tuple[str, ...] = keys.OUTPUT_KEYS
+            self.inputs, self.outputs = parse_torchscript_fields(self.metadata, str(self.path))
         else:
             self._module = aotinductor.load(self.path, str(self.device))
             self.metadata = aotinductor.read_metadata(self._module)
@@ -87,7 +88,7 @@ class CompiledModel:
                     f"{self.path}: compiled for device {compiled_for!r}, cannot run on "
                     f"{self.device.type!r} (compile it again with --device {self.device.type})"
                 )
-            self._inputs, self.outputs = parse_aoti_fields(self.metadata, str(self.path))
+            self.inputs, self.outputs = parse_aoti_fields(self.metadata, str(self.path))
 
     @property
     def type_names(self) -> Tuple[str, ...]:
@@ -106,12 +107,13 @@ class CompiledModel:
 
     def __call__(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Evaluate one frame (FILE_CONTRACT §1 keys; ``cell`` and ``edge_cell_shift`` may be
-        absent for a non-periodic system) and return the outputs named in ``self.outputs``."""
+        absent for a non-periodic system; ``local_mask`` only for files that take it) and
+        return the outputs named in ``self.outputs``."""
         inputs = self.prepare_inputs(data)
         if self.mode == TORCHSCRIPT:
             out = self._module(inputs)
             return {name: out[name] for name in self.outputs}
-        flat = self._module(*(inputs[name] for name in self._inputs))
+        flat = self._module(*(inputs[name] for name in self.inputs))
         return dict(zip(self.outputs, flat))
 
     def prepare_inputs(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -170,13 +172,30 @@ class CompiledModel:
             cell = torch.zeros((1, 3, 3), dtype=torch.float64, device=self.device)
             edge_cell_shift = torch.zeros((num_edges, 3), dtype=torch.float64, device=self.device)
 
-        return {
+        prepared_inputs = {
             keys.POS: pos,
             keys.EDGE_INDEX: edge_index,
             keys.ATOM_TYPES: atom_types,
             keys.CELL: cell,
             keys.EDGE_CELL_SHIFT: edge_cell_shift,
         }
+        if keys.LOCAL_MASK in data:
+            if keys.LOCAL_MASK not in self.inputs:
+                raise ValueError(
+                    f"{self.path} does not take input '{keys.LOCAL_MASK}': compile it with "
+                    f"--target pair_nequip_domain (.pt2) or again with this version of nequip (.pth)"
+                )
+            local_mask = data[keys.LOCAL_MASK]
+            if local_mask.is_floating_point() or local_mask.is_complex() or local_mask.shape != (num_atoms,):
+                raise ValueError(
+                    f"input '{keys.LOCAL_MASK}' must be a bool or integer tensor of shape (N,) = ({num_atoms},), "
+                    f"got {local_mask.dtype} {tuple(local_mask.shape)}"
+                )
+            prepared_inputs[keys.LOCAL_MASK] = local_mask.to(device=self.device, dtype=torch.bool).contiguous()
+        elif keys.LOCAL_MASK in self.inputs and self.mode != TORCHSCRIPT:
+            # every atom is local; a TorchScript model treats a missing mask the same way
+            prepared_inputs[keys.LOCAL_MASK] = torch.ones(num_atoms, dtype=torch.bool, device=self.device)
+        return prepared_inputs
 
 
 def load_compiled(path: PathLike, device: str = "cpu") -> CompiledModel:

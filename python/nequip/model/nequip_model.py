@@ -157,26 +157,41 @@ class NequIPModel(torch.nn.Module):
             "r_max": repr(self.r_max),
             "allow_tf32": "0",
             "nequip_version": __version__,
+            # an atom's energy depends only on atoms within num_layers * r_max (LAMMPS ghosts)
+            "num_layers": str(self.config["num_layers"]),
         }
         if self.config["per_edge_type_cutoff"] is not None:
             metadata["per_edge_type_cutoff"] = " ".join(repr(c) for c in self.config["per_edge_type_cutoff"])
         return metadata
 
-    def atomic_energy(
+    def edge_vectors(
         self,
         pos: torch.Tensor,
         cell: torch.Tensor,
-        atom_types: torch.Tensor,
         edge_index: torch.Tensor,
         edge_cell_shift: Optional[torch.Tensor],
         batch: torch.Tensor,
     ) -> torch.Tensor:
-        """Per-atom energies (N, 1), float64, from positions (N, 3) and cells (F, 3, 3) in float64."""
+        """Edge vectors (E, 3), float64: ``pos[j] - pos[i] + edge_cell_shift . cell`` for edge (i, j)."""
         edge_center = edge_index[0]
-        edge_neighbor = edge_index[1]
-        edge_vec = pos[edge_neighbor] - pos[edge_center]
+        edge_vec = pos[edge_index[1]] - pos[edge_center]
         if edge_cell_shift is not None:
             edge_vec = edge_vec + torch.bmm(edge_cell_shift.unsqueeze(1), cell[batch[edge_center]]).squeeze(1)
+        return edge_vec
+
+    def atomic_energy(
+        self,
+        edge_vec: torch.Tensor,
+        atom_types: torch.Tensor,
+        edge_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per-atom energies (N, 1), float64, from the edge vectors (E, 3) in float64.
+
+        The energy depends on positions and cell only through the edge vectors, so forces,
+        virial and per-atom virials all follow from its gradient with respect to them.
+        """
+        edge_center = edge_index[0]
+        edge_neighbor = edge_index[1]
         edge_length = torch.linalg.norm(edge_vec, dim=-1)
         edge_cutoff = self.edge_type_cutoff[atom_types[edge_center], atom_types[edge_neighbor]]
         envelope = self.cutoff(edge_length / edge_cutoff)
@@ -186,7 +201,7 @@ class NequIPModel(torch.nn.Module):
         edge_radial = self.bessel(edge_length.to(dtype)) * envelope.to(dtype).unsqueeze(-1)
 
         # one reference atom of each type, with no neighbours, after the N real atoms
-        num_atoms = pos.shape[0]
+        num_atoms = atom_types.shape[0]
         all_types = torch.cat([atom_types, torch.arange(self.num_types, device=atom_types.device)])
         node_attrs = torch.nn.functional.one_hot(all_types, self.num_types).to(dtype)
         x = self.type_embedding(node_attrs)
@@ -199,7 +214,12 @@ class NequIPModel(torch.nn.Module):
         return scales * readout + shifts
 
     def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Energies and their derivatives for one frame or a batch of frames (FILE_CONTRACT §1)."""
+        """Energies and their derivatives for one frame or a batch of frames (FILE_CONTRACT §1).
+
+        With ``local_mask`` (a LAMMPS rank's owned atoms among its ghosts), only the masked
+        atoms' energies are summed (and returned: the others' are 0), while forces and
+        per-atom virials are given on every atom.
+        """
         out = data.copy()
         pos = data[keys.POS]
         atom_types = data[keys.ATOM_TYPES]
@@ -217,77 +237,104 @@ class NequIPModel(torch.nn.Module):
         edge_cell_shift: Optional[torch.Tensor] = None
         if keys.EDGE_CELL_SHIFT in data:
             edge_cell_shift = data[keys.EDGE_CELL_SHIFT]
+        local_mask: Optional[torch.Tensor] = None
+        if keys.LOCAL_MASK in data:
+            local_mask = data[keys.LOCAL_MASK]
 
+        edge_vec = self.edge_vectors(pos, cell, edge_index, edge_cell_shift, batch)
         if torch.jit.is_scripting():
             # TorchScript has no enable_grad; compiled models run with grad mode on
-            energies = self._energy_and_derivatives(pos, cell, atom_types, edge_index, edge_cell_shift, batch, num_frames)
+            energies = self._energy_and_derivatives(edge_vec, cell, atom_types, edge_index, batch, num_frames, local_mask)
         else:
             # validation and inference may run under no_grad: derivatives need the graph regardless
             with torch.enable_grad():
                 energies = self._energy_and_derivatives(
-                    pos, cell, atom_types, edge_index, edge_cell_shift, batch, num_frames
+                    edge_vec, cell, atom_types, edge_index, batch, num_frames, local_mask
                 )
-        atomic_energy, total_energy, forces, virial, stress = energies
+        atomic_energy, total_energy, forces, virial, stress, atom_virial = energies
         out[keys.ATOMIC_ENERGY] = atomic_energy
         out[keys.TOTAL_ENERGY] = total_energy
         if forces is not None:
             out[keys.FORCES] = forces
-        if virial is not None and stress is not None:
+        if virial is not None and stress is not None and atom_virial is not None:
             out[keys.VIRIAL] = virial
             out[keys.STRESS] = stress
+            out[keys.ATOM_VIRIAL] = atom_virial
         return out
 
     def _energy_and_derivatives(
         self,
-        pos: torch.Tensor,
+        edge_vec: torch.Tensor,
         cell: torch.Tensor,
         atom_types: torch.Tensor,
         edge_index: torch.Tensor,
-        edge_cell_shift: Optional[torch.Tensor],
         batch: torch.Tensor,
         num_frames: int,
-    ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
-        """Atomic and total energies, then forces, virial and stress by autograd where switched on."""
+        local_mask: Optional[torch.Tensor],
+    ) -> Tuple[
+        torch.Tensor,
+        torch.Tensor,
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+        Optional[torch.Tensor],
+    ]:
+        r"""Atomic and total energies, then forces and virials from :math:`g_e = \partial E / \partial r_e`.
+
+        For edge :math:`e = (i, j)` with vector :math:`r_e = r_j - r_i + s_e \cdot h`:
+        :math:`F_i = \sum_{e = (i, \cdot)} g_e - \sum_{e = (\cdot, i)} g_e`; the edge virial
+        :math:`W_e = -\tfrac12 (r_e \otimes g_e + g_e \otimes r_e)` sums to the virial
+        :math:`-\partial E / \partial \varepsilon` (symmetric strain of positions and cell), and
+        half of it goes to each of the edge's atoms for the per-atom virial.
+        """
         compute_forces = self.compute_forces
         compute_stress = self.compute_stress
-        pos = pos.detach().requires_grad_(compute_forces or compute_stress)
-        strain = torch.zeros((num_frames, 3, 3), dtype=pos.dtype, device=pos.device)
-        if compute_stress:
-            strain.requires_grad_(True)
-            symmetric_strain = 0.5 * (strain + strain.transpose(-1, -2))
-            pos = pos + torch.bmm(pos.unsqueeze(1), symmetric_strain[batch]).squeeze(1)
-            cell = cell + torch.bmm(cell, symmetric_strain)
-        atomic_energy = self.atomic_energy(pos, cell, atom_types, edge_index, edge_cell_shift, batch)
-        total_energy = torch.zeros((num_frames, 1), dtype=torch.float64, device=pos.device).index_add(
+        num_atoms = atom_types.shape[0]
+        edge_vec = edge_vec.detach().requires_grad_(compute_forces or compute_stress)
+        atomic_energy = self.atomic_energy(edge_vec, atom_types, edge_index)
+        if local_mask is not None:
+            atomic_energy = torch.where(local_mask.unsqueeze(-1), atomic_energy, torch.zeros_like(atomic_energy))
+        total_energy = torch.zeros((num_frames, 1), dtype=torch.float64, device=edge_vec.device).index_add(
             0, batch, atomic_energy
         )
-        inputs: List[torch.Tensor] = []
-        if compute_forces:
-            inputs.append(pos)
-        if compute_stress:
-            inputs.append(strain)
-        if len(inputs) == 0:
-            return atomic_energy, total_energy, None, None, None
-        grads = torch.autograd.grad([total_energy.sum()], inputs, create_graph=self.training, allow_unused=True)
+        if not (compute_forces or compute_stress):
+            return atomic_energy, total_energy, None, None, None, None
+        grads = torch.autograd.grad([total_energy.sum()], [edge_vec], create_graph=self.training, allow_unused=True)
+        edge_grad = grads[0]
+        if edge_grad is None:
+            edge_grad = torch.zeros_like(edge_vec)
         if not self.training:
             # nothing downstream differentiates evaluation outputs: let the graph go
             atomic_energy, total_energy = atomic_energy.detach(), total_energy.detach()
+            edge_vec = edge_vec.detach()
 
+        edge_center = edge_index[0]
         forces: Optional[torch.Tensor] = None
         virial: Optional[torch.Tensor] = None
         stress: Optional[torch.Tensor] = None
+        atom_virial: Optional[torch.Tensor] = None
         if compute_forces:
-            grad_pos = grads[0]
-            forces = -grad_pos if grad_pos is not None else torch.zeros_like(pos)
+            forces = (
+                torch.zeros((num_atoms, 3), dtype=edge_grad.dtype, device=edge_grad.device)
+                .index_add(0, edge_center, edge_grad)
+                .index_add(0, edge_index[1], edge_grad, alpha=-1.0)
+            )
         if compute_stress:
-            grad_strain = grads[-1]
-            if grad_strain is None:
-                grad_strain = torch.zeros_like(strain)
+            outer = edge_vec.unsqueeze(-1) * edge_grad.unsqueeze(-2)
+            edge_virial = -0.5 * (outer + outer.transpose(-1, -2))
+            virial = torch.zeros((num_frames, 3, 3), dtype=edge_virial.dtype, device=edge_virial.device).index_add(
+                0, batch[edge_center], edge_virial
+            )
+            half = 0.5 * edge_virial
+            atom_virial = (
+                torch.zeros((num_atoms, 3, 3), dtype=edge_virial.dtype, device=edge_virial.device)
+                .index_add(0, edge_center, half)
+                .index_add(0, edge_index[1], half)
+            )
             volume = torch.linalg.det(cell).abs().view(-1, 1, 1)
-            virial = -grad_strain
             # no volume (non-periodic): stress is undefined, the virial is not
-            stress = torch.where(volume > 0, grad_strain / volume, torch.full_like(grad_strain, float("nan")))
-        return atomic_energy, total_energy, forces, virial, stress
+            stress = torch.where(volume > 0, -virial / volume, torch.full_like(virial, float("nan")))
+        return atomic_energy, total_energy, forces, virial, stress, atom_virial
 
 
 def _per_type(name: str, value: PerType, type_names: List[str], default: float) -> List[float]:
