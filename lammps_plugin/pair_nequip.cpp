@@ -101,8 +101,14 @@ void PairNequIP::compute(int eflag, int vflag)
   else
     build_folded_graph();
   const int64_t num_nodes = (int64_t) node_type.size();
-  if (num_nodes == 0) return;
   const int64_t num_edges = (int64_t) edge_index.size() / 2;
+  if (domain_mode) {
+    tally_steps += 1.0;
+    tally_local_nodes += num_local_nodes;
+    tally_nodes += num_nodes;
+    tally_edges += num_edges;
+  }
+  if (num_nodes == 0) return;
 
   // the cell as rows of lattice vectors a, b, c (h = xprd yprd zprd yz xz xy)
   const double *h = domain->h;
@@ -177,6 +183,25 @@ void PairNequIP::compute(int eflag, int vflag)
       v[5] += wn[5];
     }
   }
+}
+
+/* ----------------------------------------------------------------------
+   End of a run: in domain mode, the model's graph size per owned atom, the
+   factor by which the ghost shell multiplies the work (1 on one rank)
+------------------------------------------------------------------------- */
+
+void PairNequIP::finish()
+{
+  if (!domain_mode) return;
+  double local[4] = {tally_steps, tally_local_nodes, tally_nodes, tally_edges};
+  double total[4];
+  MPI_Allreduce(local, total, 4, MPI_DOUBLE, MPI_SUM, world);
+  tally_steps = tally_local_nodes = tally_nodes = tally_edges = 0.0;
+  if (comm->me != 0 || total[1] == 0.0) return;
+  utils::logmesg(lmp,
+                 "pair_style nequip: on {} ranks the model evaluated {:.3f} atoms and {:.1f} "
+                 "edges per owned atom (ghost shell of num_layers = {} cutoffs)\n",
+                 comm->nprocs, total[2] / total[1], total[3] / total[1], model->num_layers());
 }
 
 /* ----------------------------------------------------------------------

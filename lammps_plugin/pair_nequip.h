@@ -39,6 +39,7 @@ class PairNequIP : public Pair {
   void coeff(int, char **) override;
   void init_style() override;
   double init_one(int, int) override;
+  void finish() override;
 
  protected:
   std::unique_ptr<nequip::Model> model;
@@ -63,6 +64,10 @@ class PairNequIP : public Pair {
   std::vector<int64_t> edge_index;           // (2, E): centre nodes, then neighbour nodes
   std::vector<int64_t> edge_neighbour;       // neighbour nodes, while edge_index is built
   std::vector<double> edge_cell_shift;       // (E, 3)
+
+  // Graph sizes summed over the steps of a run (domain mode), reported by finish(): how much
+  // of each rank's work the ghost shell adds.
+  double tally_steps = 0.0, tally_local_nodes = 0.0, tally_nodes = 0.0, tally_edges = 0.0;
 
   void allocate();
   int add_node(int atom_index, int mtype);

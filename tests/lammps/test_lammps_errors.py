@@ -112,7 +112,10 @@ def test_units_other_than_metal(lmp, model_file):
         lmp.command("run 0")
 
 
-def test_per_atom_virial_is_refused(lmp, model_file):
+def test_per_atom_virials_need_a_file_that_gives_them(lmp, compiled_models):
+    """Files of the pair_nequip target return no atom_virial (those of pair_nequip_domain and
+    .nequip.pth files do)."""
+    model_file = compiled_models["float64", "aotinductor", "pair_nequip"]
     metal_box(lmp)
     lmp.commands_list(
         [
@@ -124,8 +127,9 @@ def test_per_atom_virial_is_refused(lmp, model_file):
         ]
     )
     with raises_lammps_error(
-        "pair_style nequip does not compute per-atom virials "
-        "(needed by compute stress/atom)"
+        f"pair_style nequip: model {model_file} gives no per-atom virials (needed by compute stress/atom); "
+        "compile it with `nequip-compile ... --target pair_nequip_domain` (.pt2) or again with this "
+        "version of nequip (.pth)"
     ):
         lmp.command("run 0")
 

