@@ -123,6 +123,14 @@ def sic_slab() -> Atoms:
     return atoms
 
 
+def sheared_sic() -> Atoms:
+    """1728 atoms of 3C-SiC in a triclinic cell (rows lower triangular, as LAMMPS wants)."""
+    atoms = bulk("SiC", "zincblende", a=4.36, cubic=True).repeat(6)
+    atoms.set_cell(atoms.cell[:] + [[0.0, 0.0, 0.0], [2.0, 0.0, 0.0], [-1.5, 1.2, 0.0]], scale_atoms=True)
+    atoms.rattle(0.1, seed=6)
+    return atoms
+
+
 def small_sic() -> Atoms:
     """64 atoms of 3C-SiC, rattled: small enough for the eager model on the side."""
     atoms = bulk("SiC", "zincblende", a=4.36, cubic=True).repeat(2)
@@ -146,6 +154,7 @@ SYSTEMS = {
     # name: (structure, boundary, processors): the slab is split across its thickness
     "bulk": (bulk_sic, "p p p", ""),
     "slab": (sic_slab, "p p s", "processors * * {ranks}"),
+    "triclinic": (sheared_sic, "p p p", ""),
 }
 
 
