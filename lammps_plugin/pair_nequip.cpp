@@ -4,23 +4,23 @@
    the runtime's at::Tensor inputs (views of this style's buffers) and
    outputs; loading, checking and running the model is the runtime's job.
 
-   One MPI rank: the owned atoms become the model's nodes and the full
-   neighbour list becomes its edges. A ghost atom is folded onto its owner
-   (atom->map of its tag) plus an integer image shift, so the model sees the
-   periodic system exactly as the ASE calculator does (FILE_CONTRACT §1):
-       edge vector = pos[j] - pos[i] + shift . cell,
-   and returns per-atom energies, forces on owned atoms, the virial and
-   (compute stress/atom) per-atom virials. Ghosts get no forces.
+   The model's nodes are the owned atoms, and its edges those of the full
+   neighbour list. A ghost atom that is a periodic image of an owned atom is
+   folded onto it (atom->map of its tag) plus an integer image shift, so the
+   model sees the periodic system exactly as the ASE calculator does
+   (FILE_CONTRACT §1):
+       edge vector = pos[j] - pos[i] + shift . cell.
+   On one MPI rank every ghost folds: forces exist on owned atoms only.
 
-   Several MPI ranks ("domain mode"): an atom's energy depends only on atoms
-   within num_layers hops along the model's edges, so each rank evaluates its
-   owned atoms plus the ghost atoms within num_layers hops of them, as plain
-   atoms (no cell, no shifts), with local_mask marking the owned ones: the
-   model sums their energies only and returns forces on every atom. Forces
-   and per-atom virials of ghosts are reverse-communicated to their owners
-   by LAMMPS (newton_pair on); each rank's virial is that of its energy, and
-   LAMMPS sums them. The communication cutoff is raised to num_layers times
-   the largest cutoff plus the skin, and ghost atoms get neighbour lists.
+   On several ranks ("domain mode"), the other ghosts matter: an atom's energy
+   depends only on atoms within num_layers hops along the model's edges, so
+   each rank adds the ghost atoms of other ranks within num_layers hops of its
+   own as nodes, with local_mask marking the owned ones: the model sums their
+   energies only and returns forces on every node. LAMMPS sends the forces
+   and per-atom virials of ghosts to their owners (newton_pair on); each
+   rank's virial is that of its energy, and LAMMPS sums them. The
+   communication cutoff is raised to num_layers times the largest cutoff plus
+   the skin, and ghost atoms get neighbour lists.
 
    Either way the virial is the model's, never virial_fdotr_compute().
 ------------------------------------------------------------------------- */
@@ -53,6 +53,7 @@ using namespace LAMMPS_NS;
 // Ghosts are exact periodic images of their owners; a fractional shift further than this
 // from an integer means the ghost is not one (a bug, not a user error).
 static constexpr double SHIFT_TOLERANCE = 1.0e-6;
+static constexpr double ZERO_SHIFT[3] = {0.0, 0.0, 0.0};
 
 /* ---------------------------------------------------------------------- */
 
@@ -96,10 +97,7 @@ void PairNequIP::compute(int eflag, int vflag)
                "(.pt2) or again with this version of nequip (.pth)",
                model->path());
 
-  if (domain_mode)
-    build_domain_graph();
-  else
-    build_folded_graph();
+  build_graph();
   const int64_t num_nodes = (int64_t) node_type.size();
   const int64_t num_edges = (int64_t) edge_index.size() / 2;
   if (domain_mode) {
@@ -122,14 +120,11 @@ void PairNequIP::compute(int eflag, int vflag)
     in.pos = at::from_blob(node_pos.data(), {num_nodes, 3}, f64);
     in.atom_types = at::from_blob(node_type.data(), {num_nodes}, i64);
     in.edge_index = at::from_blob(edge_index.data(), {2, num_edges}, i64);
-    if (domain_mode) {
-      // plain atoms: edge vectors are differences of positions (no cell, no shifts)
+    in.edge_cell_shift = at::from_blob(edge_cell_shift.data(), {num_edges, 3}, f64);
+    in.cell = at::from_blob(cell, {3, 3}, f64);
+    if (domain_mode)
       in.local_mask = at::from_blob(node_is_local.data(), {num_nodes},
                                     at::TensorOptions().dtype(at::kByte));
-    } else {
-      in.edge_cell_shift = at::from_blob(edge_cell_shift.data(), {num_edges, 3}, f64);
-      in.cell = at::from_blob(cell, {3, 3}, f64);
-    }
     out = model->compute(in);
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style nequip: evaluating model {} failed: {}", model->path(),
@@ -388,10 +383,10 @@ void PairNequIP::allocate()
 }
 
 /* ----------------------------------------------------------------------
-   Owner (owned atom with the same tag) and integer image shift of every
-   ghost: x_ghost = x_owner + shift . cell, solved with the inverse shape
-   matrix as in Domain::x2lamda(). Non-periodic directions get no images,
-   so their shifts are 0.
+   For each ghost atom that is a periodic image of an atom this rank owns:
+   that atom and the integer image shift (ghost = owner + shift . cell);
+   owner -1 for ghosts of atoms owned by other ranks. On one rank every ghost
+   has an owner here.
 ------------------------------------------------------------------------- */
 
 void PairNequIP::map_ghosts_to_owners()
@@ -408,9 +403,13 @@ void PairNequIP::map_ghosts_to_owners()
     const int j = nlocal + g;
     // the map prefers owned atoms over ghost copies of the same tag
     const int owner = atom->map(tag[j]);
-    if (owner < 0 || owner >= nlocal)
-      error->one(FLERR, "pair_style nequip: ghost atom {} has no owned copy on this rank",
-                 tag[j]);
+    if (owner < 0 || owner >= nlocal) {
+      if (!domain_mode)
+        error->one(FLERR, "pair_style nequip: ghost atom {} has no owned copy on this rank",
+                   tag[j]);
+      ghost_owner[g] = -1;
+      continue;
+    }
     const double dx = x[j][0] - x[owner][0];
     const double dy = x[j][1] - x[owner][1];
     const double dz = x[j][2] - x[owner][2];
@@ -443,80 +442,20 @@ int PairNequIP::add_node(int atom_index, int mtype)
 }
 
 /* ----------------------------------------------------------------------
-   One rank. Nodes: owned atoms of non-NULL types. Edges: (i, owner of j,
-   shift of j) for every neighbour j of i within the cutoff of their model
-   types.
+   The model's graph: a breadth-first search along its edges (centre i,
+   neighbour j, |r_ij| < cutoff of (type i, type j)). Hop 0 = the owned atoms
+   of non-NULL types. A ghost that is an image of an owned atom is folded onto
+   it: the edge goes to the owned atom's node with the ghost's image shift, so
+   the model sees the periodic system as ASE does (FILE_CONTRACT §1). Other
+   ghosts (several ranks only) become nodes of their own, without shifts: every
+   node of hop k < num_layers contributes all its edges, and its neighbours not
+   yet seen become nodes of hop k + 1. The energy of an owned atom depends on
+   the features of hop-k nodes after num_layers - k layers, which depend on the
+   edges of nodes of hop < num_layers only, so these nodes and edges give it
+   exactly. On one rank there are no such ghosts: the search ends at hop 0.
 ------------------------------------------------------------------------- */
 
-void PairNequIP::build_folded_graph()
-{
-  const int nlocal = atom->nlocal;
-  const int *type = atom->type;
-  double **x = atom->x;
-
-  node_of_atom.assign(nlocal, -1);
-  atom_of_node.clear();
-  node_pos.clear();
-  node_type.clear();
-  for (int i = 0; i < nlocal; i++) {
-    const int mtype = model_type[type[i]];
-    if (mtype >= 0) add_node(i, mtype);
-  }
-  num_local_nodes = (int) atom_of_node.size();
-
-  map_ghosts_to_owners();
-
-  edge_index.clear();
-  edge_neighbour.clear();
-  edge_cell_shift.clear();
-  const int inum = list->inum;
-  const int *ilist = list->ilist;
-  const int *numneigh = list->numneigh;
-  int **firstneigh = list->firstneigh;
-  for (int ii = 0; ii < inum; ii++) {
-    const int i = ilist[ii];
-    const int inode = node_of_atom[i];
-    if (inode < 0) continue;
-    const int itype = (int) node_type[inode];
-    const int *jlist = firstneigh[i];
-    for (int jj = 0; jj < numneigh[i]; jj++) {
-      const int j = jlist[jj] & NEIGHMASK;
-      const bool is_ghost = j >= nlocal;
-      const int owner = is_ghost ? ghost_owner[j - nlocal] : j;
-      const int jnode = node_of_atom[owner];
-      if (jnode < 0) continue;
-      const int jtype = (int) node_type[jnode];
-
-      const double dx = x[j][0] - x[i][0];
-      const double dy = x[j][1] - x[i][1];
-      const double dz = x[j][2] - x[i][2];
-      if (dx * dx + dy * dy + dz * dz >= model_cutsq[itype * num_model_types + jtype]) continue;
-
-      edge_index.push_back(inode);
-      edge_neighbour.push_back(jnode);
-      if (is_ghost) {
-        const double *shift = &ghost_shift[3 * (size_t) (j - nlocal)];
-        edge_cell_shift.insert(edge_cell_shift.end(), shift, shift + 3);
-      } else {
-        edge_cell_shift.insert(edge_cell_shift.end(), {0.0, 0.0, 0.0});
-      }
-    }
-  }
-  // edge_index is (2, E), row-major: the centres, then the neighbours
-  edge_index.insert(edge_index.end(), edge_neighbour.begin(), edge_neighbour.end());
-}
-
-/* ----------------------------------------------------------------------
-   Several ranks. A breadth-first search along the model's edges (centre i,
-   neighbour j, |r_ij| < cutoff of (type i, type j)): hop 0 = owned atoms of
-   non-NULL types; every node of hop k < num_layers contributes all its
-   edges, and its neighbours not yet seen become nodes of hop k + 1. The
-   energy of an owned atom depends on the features of hop-k nodes after
-   num_layers - k layers, which depend on the edges of nodes of hop < num_layers
-   only, so these nodes and edges give it exactly.
-------------------------------------------------------------------------- */
-
-void PairNequIP::build_domain_graph()
+void PairNequIP::build_graph()
 {
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
@@ -531,16 +470,19 @@ void PairNequIP::build_domain_graph()
   node_type.clear();
   edge_index.clear();
   edge_neighbour.clear();
+  edge_cell_shift.clear();
 
   for (int i = 0; i < nlocal; i++) {
     const int mtype = model_type[type[i]];
     if (mtype >= 0) add_node(i, mtype);
   }
   num_local_nodes = (int) atom_of_node.size();
+  map_ghosts_to_owners();
 
   // nodes are appended in order of hop: those of hop k are [hop_begin, hop_end)
+  const int num_hops = std::max<int>(1, (int) model->num_layers());
   int hop_begin = 0;
-  for (int hop = 0; hop < model->num_layers(); hop++) {
+  for (int hop = 0; hop < num_hops && hop_begin < (int) atom_of_node.size(); hop++) {
     const int hop_end = (int) atom_of_node.size();
     for (int inode = hop_begin; inode < hop_end; inode++) {
       const int i = atom_of_node[inode];
@@ -555,14 +497,24 @@ void PairNequIP::build_domain_graph()
         const double dz = x[j][2] - x[i][2];
         if (dx * dx + dy * dy + dz * dz >= model_cutsq[itype * num_model_types + jtype])
           continue;
-        int jnode = node_of_atom[j];
-        if (jnode < 0) jnode = add_node(j, jtype);
+
+        const int owner = j < nlocal ? j : ghost_owner[j - nlocal];
+        int jnode;
+        if (owner >= 0) {
+          jnode = node_of_atom[owner];
+          const double *shift = j < nlocal ? ZERO_SHIFT : &ghost_shift[3 * (size_t) (j - nlocal)];
+          edge_cell_shift.insert(edge_cell_shift.end(), shift, shift + 3);
+        } else {
+          jnode = node_of_atom[j] >= 0 ? node_of_atom[j] : add_node(j, jtype);
+          edge_cell_shift.insert(edge_cell_shift.end(), ZERO_SHIFT, ZERO_SHIFT + 3);
+        }
         edge_index.push_back(inode);
         edge_neighbour.push_back(jnode);
       }
     }
     hop_begin = hop_end;
   }
+  // edge_index is (2, E), row-major: the centres, then the neighbours
   edge_index.insert(edge_index.end(), edge_neighbour.begin(), edge_neighbour.end());
 
   node_is_local.assign(atom_of_node.size(), 0);

@@ -48,15 +48,15 @@ class PairNequIP : public Pair {
   std::vector<double> model_cutsq;  // squared cutoff per (centre, neighbour) model type pair
 
   // Several MPI ranks (set in init_style): each rank evaluates its owned atoms and the ghost
-  // atoms they need as plain atoms, counting the energy of the owned ones only. One rank:
-  // ghosts are folded onto their owners.
+  // atoms of other ranks they need, counting the energy of the owned ones only. Ghosts that
+  // are images of owned atoms are folded onto them (on one rank, all are).
   bool domain_mode;
 
   // The model's graph for one step, rebuilt in compute(); the buffers keep their capacity.
   std::vector<int> node_of_atom;             // atom (owned, and ghost in domain mode) -> node, or -1
   std::vector<int> atom_of_node;             // node -> atom index
   int num_local_nodes;                       // nodes 0..num_local_nodes-1 are owned atoms
-  std::vector<int> ghost_owner;              // ghost (index - nlocal) -> owned atom
+  std::vector<int> ghost_owner;              // ghost (index - nlocal) -> owned atom, or -1
   std::vector<double> ghost_shift;           // ghost -> integer image shift (3 per ghost)
   std::vector<double> node_pos;              // (N, 3)
   std::vector<int64_t> node_type;            // (N,)
@@ -72,8 +72,7 @@ class PairNequIP : public Pair {
   void allocate();
   int add_node(int atom_index, int mtype);
   void map_ghosts_to_owners();
-  void build_folded_graph();
-  void build_domain_graph();
+  void build_graph();
   double largest_cutoff() const;
 };
 
