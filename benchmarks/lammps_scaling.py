@@ -11,7 +11,8 @@ with ``OMP_NUM_THREADS`` torch threads per rank:
 - weak scaling: ``--weak-atoms`` atoms per rank on 1 and 2 ranks;
 - redundant work: ``run 0`` on 8 ranks in a 2x2x2 grid (cubic sub-domains of side s) for several
   system sizes, with the atoms and edges the model evaluated per owned atom (the plugin reports
-  them at the end of each run), beside the geometric estimate ((s + 2w) / s)^3.
+  them at the end of each run), beside the geometric estimate: the volume within w of a cube of
+  side s per volume of the cube, about ((s + 2w) / s)^3.
 
 The model is the benchmark architecture of DESIGN.md made shallow (``--num-layers``, default 2)
 and narrow (``--num-features``, ``--l-max``): with the benchmark model's 4 layers x 5 Å the
@@ -45,8 +46,8 @@ INPUT = """
 units metal
 atom_style atomic
 atom_modify map yes
-read_data {data}
 {processors}
+read_data {data}
 pair_style nequip
 pair_coeff * * {model} Si C
 velocity all create 300 12345 loop geom
@@ -84,7 +85,9 @@ def run_lammps(directory: Path, atoms, model: Path, ranks: int, threads: int, st
     if result.returncode != 0:
         raise RuntimeError(f"LAMMPS failed ({' '.join(command)}):\n{text[-2000:]}\n{result.stderr[-2000:]}")
     loop_seconds, _, loop_steps, _ = LOOP_TIME.findall(text)[-1]
-    row = dict(atoms=len(atoms), ranks=ranks, threads=threads, seconds_per_step=float(loop_seconds) / int(loop_steps))
+    row = dict(atoms=len(atoms), ranks=ranks, threads=threads)
+    if int(loop_steps):
+        row["seconds_per_step"] = float(loop_seconds) / int(loop_steps)
     reports = GRAPH_SIZE.findall(text)
     if reports:
         row["atoms_per_owned_atom"], row["edges_per_owned_atom"] = map(float, reports[-1])
@@ -111,6 +114,13 @@ def strong_scaling(directory, model, cells, configurations, repeats, steps, warm
     return rows
 
 
+def shell_factor(side: float, width: float) -> float:
+    """Volume of a cube of side ``side`` grown by ``width`` in every direction (the points within
+    ``width`` of it: rounded edges and corners), per volume of the cube."""
+    grown = side**3 + 6 * side**2 * width + 3 * np.pi * side * width**2 + 4 / 3 * np.pi * width**3
+    return grown / side**3
+
+
 def redundant_work(directory, model, sizes, w_edges, w_nodes, edges_per_atom):
     """run 0 on 8 ranks (2x2x2): graph size per owned atom against the cubic estimate."""
     rows = []
@@ -121,9 +131,9 @@ def redundant_work(directory, model, sizes, w_edges, w_nodes, edges_per_atom):
         row.update(
             subdomain_side=side,
             atoms_per_rank=len(atoms) / 8,
-            estimate_atoms_per_owned_atom=((side + 2 * w_nodes) / side) ** 3,
+            estimate_atoms_per_owned_atom=shell_factor(side, w_nodes),
             # edges are centred on atoms within (num_layers - 1) edges of an owned atom
-            estimate_work_factor=((side + 2 * w_edges) / side) ** 3,
+            estimate_work_factor=shell_factor(side, w_edges),
             work_factor=row["edges_per_owned_atom"] / edges_per_atom,
         )
         rows.append(row)
@@ -142,6 +152,8 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--parts", nargs="+", choices=["strong", "weak", "work"], default=["strong", "weak", "work"],
+                        help="what to measure; the others are kept from an existing --json file")  # fmt: skip
     parser.add_argument("--out-dir", type=Path, default=Path("outputs/lammps_scaling"))
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
@@ -160,43 +172,48 @@ def main(argv=None):
     unit = sic((4, 4, 4))
     edges_per_atom = from_ase(unit, TypeMapper(model.type_names), r_max)[keys.EDGE_INDEX].shape[1] / len(unit)
 
+    report = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
+    w_nodes, w_edges = args.num_layers * r_max, (args.num_layers - 1) * r_max
     with tempfile.TemporaryDirectory(dir=args.out_dir) as scratch:
         directory = Path(scratch)
-        print("strong scaling", flush=True)
-        strong = strong_scaling(directory, model_path, (args.strong_cells,) * 3, [(1, 1), (1, 2), (2, 1)],
-                                args.repeats, args.steps, args.warmup)  # fmt: skip
-        for row in strong:
-            print(f"  {row['atoms']} atoms, {row['ranks']} rank(s) x {row['threads']} thread(s): "
-                  f"{row['seconds_per_step'] * 1e3:.1f} ms/step, {row['us_per_atom_step']:.1f} µs/atom-step, "
-                  f"speed-up {row['speedup']:.2f}", flush=True)  # fmt: skip
+        if "strong" in args.parts:
+            print("strong scaling", flush=True)
+            rows = strong_scaling(directory, model_path, (args.strong_cells,) * 3, [(1, 1), (1, 2), (2, 1)],
+                                  args.repeats, args.steps, args.warmup)  # fmt: skip
+            # one list for every size measured, this size's rows replaced
+            kept = [row for row in report.get("strong", []) if row["atoms"] != rows[0]["atoms"]]
+            report["strong"] = sorted(kept + rows, key=lambda row: row["atoms"])
+            for row in rows:
+                print(f"  {row['atoms']} atoms, {row['ranks']} rank(s) x {row['threads']} thread(s): "
+                      f"{row['seconds_per_step'] * 1e3:.1f} ms/step, {row['us_per_atom_step']:.1f} µs/atom-step, "
+                      f"speed-up {row['speedup']:.2f}", flush=True)  # fmt: skip
 
-        print("weak scaling", flush=True)
-        n = round((args.weak_atoms / 8) ** (1 / 3))
-        one = strong_scaling(directory, model_path, (n, n, n), [(1, 1)], args.repeats, args.steps, args.warmup)[0]
-        two = strong_scaling(directory, model_path, (2 * n, n, n), [(2, 1)], args.repeats, args.steps, args.warmup)[0]
-        weak = dict(one_rank=one, two_ranks=two, efficiency=one["seconds_per_step"] / two["seconds_per_step"])
-        print(f"  {one['atoms']} atoms on 1 rank: {one['seconds_per_step'] * 1e3:.1f} ms/step; {two['atoms']} on 2: "
-              f"{two['seconds_per_step'] * 1e3:.1f} ms/step; efficiency {weak['efficiency']:.2f}", flush=True)  # fmt: skip
+        if "weak" in args.parts:
+            print("weak scaling", flush=True)
+            n = round((args.weak_atoms / 8) ** (1 / 3))
+            one = strong_scaling(directory, model_path, (n, n, n), [(1, 1)], args.repeats, args.steps, args.warmup)[0]
+            two = strong_scaling(directory, model_path, (2 * n, n, n), [(2, 1)], args.repeats, args.steps, args.warmup)[0]
+            report["weak"] = dict(one_rank=one, two_ranks=two, efficiency=one["seconds_per_step"] / two["seconds_per_step"])
+            print(f"  {one['atoms']} atoms on 1 rank: {one['seconds_per_step'] * 1e3:.1f} ms/step; {two['atoms']} on 2: "
+                  f"{two['seconds_per_step'] * 1e3:.1f} ms/step; efficiency {report['weak']['efficiency']:.2f}", flush=True)  # fmt: skip
 
-        print("redundant work (8 ranks, 2x2x2)", flush=True)
-        w_nodes, w_edges = args.num_layers * r_max, (args.num_layers - 1) * r_max
-        work = redundant_work(directory, model_path, args.work_cells, w_edges, w_nodes, edges_per_atom)
-        for row in work:
-            print(f"  side {row['subdomain_side']:.1f} Å ({row['atoms_per_rank']:.0f} atoms/rank): "
-                  f"atoms/owned {row['atoms_per_owned_atom']:.2f} (cube estimate {row['estimate_atoms_per_owned_atom']:.2f}), "
-                  f"work factor {row['work_factor']:.2f} (estimate {row['estimate_work_factor']:.2f})", flush=True)  # fmt: skip
+        if "work" in args.parts:
+            print("redundant work (8 ranks, 2x2x2)", flush=True)
+            report["redundant_work"] = redundant_work(directory, model_path, args.work_cells, w_edges, w_nodes, edges_per_atom)
+            for row in report["redundant_work"]:
+                print(f"  side {row['subdomain_side']:.1f} Å ({row['atoms_per_rank']:.0f} atoms/rank): "
+                      f"atoms/owned {row['atoms_per_owned_atom']:.2f} (cube estimate {row['estimate_atoms_per_owned_atom']:.2f}), "
+                      f"work factor {row['work_factor']:.2f} (estimate {row['estimate_work_factor']:.2f})", flush=True)  # fmt: skip
 
-    report = dict(
-        command=" ".join(["benchmarks/lammps_scaling.py", *(argv if argv is not None else sys.argv[1:])]),
+    command = " ".join(["benchmarks/lammps_scaling.py", *(argv if argv is not None else sys.argv[1:])])
+    report.setdefault("commands", []).append(command)  # one per --parts run that filled this file
+    report.update(
         date=time.strftime("%Y-%m-%d"),
         machine=machine_description(),
         load_average_before=load_before,
         load_average_after=os.getloadavg(),
         model=dict(overrides, r_max=r_max, ghost_shell_A=w_nodes, file=str(model_path)),
         edges_per_atom=edges_per_atom,
-        strong=strong,
-        weak=weak,
-        redundant_work=work,
     )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -277,16 +277,17 @@ void PairNequIP::init_style()
   if (strcmp(update->unit_style, "metal") != 0)
     error->all(FLERR, "pair_style nequip requires 'units metal' (NequIP models use eV and Angstrom)");
 
+  // folding ghosts onto their owners needs the owners' IDs and the map from ID to index
+  if (atom->tag_enable == 0)
+    error->all(FLERR, "pair_style nequip requires atom IDs: remove 'atom_modify id no'");
+  if (atom->map_style == Atom::MAP_NONE)
+    error->all(FLERR, "pair_style nequip requires an atom map: add 'atom_modify map yes' "
+                      "before the simulation box is defined");
+
   domain_mode = comm->nprocs > 1;
   if (!domain_mode) {
-    // folding ghosts onto their owners needs the owners' IDs and the map from ID to index
-    if (atom->tag_enable == 0)
-      error->all(FLERR, "pair_style nequip requires atom IDs: remove 'atom_modify id no'");
-    if (atom->map_style == Atom::MAP_NONE)
-      error->all(FLERR, "pair_style nequip requires an atom map: add 'atom_modify map yes' "
-                        "before the simulation box is defined");
     // A full list of the owned atoms' neighbours is all the model needs: every edge is
-    // centred on an owned atom, and ghosts are folded onto their owners in build_folded_graph().
+    // centred on an owned atom, and every ghost folds onto its owner in build_graph().
     neighbor->add_request(this, NeighConst::REQ_FULL);
   } else {
     const std::string recompile =

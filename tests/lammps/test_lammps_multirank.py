@@ -34,7 +34,7 @@ NVE_THERMO_EVERY = 50
 PREAMBLE = """
 units metal
 atom_style atomic
-atom_modify map yes
+{atom_map}
 newton {newton}
 boundary {boundary}
 {processors}
@@ -81,10 +81,12 @@ def write_data(atoms: Atoms, path: Path) -> Path:
 
 
 def lammps(directory: Path, ranks: int, data: Path, model: Path, body: str, boundary="p p p",
-           processors="", newton="on", check=True) -> Run:  # fmt: skip
+           processors="", newton="on", atom_map=True, check=True) -> Run:  # fmt: skip
     """``mpirun -np ranks lmp`` in ``directory`` on ``data`` with ``model``, then ``body``."""
     directory.mkdir(parents=True, exist_ok=True)
-    script = PREAMBLE.format(newton=newton, boundary=boundary, processors=processors, data=data, model=model) + body
+    atom_map = "atom_modify map yes" if atom_map else ""
+    script = PREAMBLE.format(atom_map=atom_map, newton=newton, boundary=boundary, processors=processors, data=data,
+                             model=model) + body  # fmt: skip
     (directory / "in.lammps").write_text(script)
     # 2 cores: torch threads fill them whatever the number of ranks
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, 2 // ranks)))
@@ -277,4 +279,14 @@ def test_file_without_local_mask_is_refused(compiled_models, tmp_path):
         f"ERROR: pair_style nequip on 2 MPI ranks needs a model that takes local_mask; model {model} "
         "does not: compile it with `nequip-compile ... --target pair_nequip_domain` (.pt2) or again with "
         "this version of nequip (.pth), or run on one MPI rank" in run.log
+    )
+
+
+def test_atom_map_is_required(domain_file, tmp_path):
+    """Ghosts that are images of a rank's own atoms fold onto them, found by atom ID."""
+    data = write_data(small_sic(), tmp_path / "small.data")
+    run = lammps(tmp_path, 2, data, domain_file, SINGLE_POINT, atom_map=False, check=False)
+    assert (
+        "ERROR: pair_style nequip requires an atom map: add 'atom_modify map yes' before the simulation box "
+        "is defined" in run.log
     )
