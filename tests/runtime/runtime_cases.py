@@ -1,6 +1,6 @@
 """Random frames for the C++ runtime tests, and the comparison against the eager model."""
 
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 import torch
@@ -53,8 +53,11 @@ def _spread_out(pos: np.ndarray, cell: np.ndarray, rng, min_distance: float = 1.
     return pos
 
 
-def eager_outputs(model: torch.nn.Module, frame: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    """The eager model's outputs on ``frame``, float64 numpy, per-frame dimensions dropped."""
+def eager_outputs(
+    model: torch.nn.Module, frame: Dict[str, np.ndarray], local_mask: Optional[np.ndarray] = None
+) -> Dict[str, np.ndarray]:
+    """The eager model's outputs on ``frame`` (with ``local_mask`` if given), float64 numpy,
+    per-frame dimensions dropped."""
     data = {
         "pos": torch.from_numpy(frame["pos"]),
         "atom_types": torch.from_numpy(frame["atom_types"]),
@@ -62,6 +65,8 @@ def eager_outputs(model: torch.nn.Module, frame: Dict[str, np.ndarray]) -> Dict[
         "edge_cell_shift": torch.from_numpy(frame["edge_cell_shift"]),
         "cell": torch.from_numpy(frame["cell"]).reshape(1, 3, 3),
     }
+    if local_mask is not None:
+        data["local_mask"] = torch.from_numpy(local_mask)
     out = model(data)
     return {
         "total_energy": out["total_energy"].detach().numpy().reshape(()),

@@ -185,21 +185,7 @@ def parse_aoti_fields(metadata: Mapping[str, str], source: str) -> Tuple[Tuple[s
                 f"{source}: metadata key '{key}' is missing "
                 f"(a file must have both {AOTI_INPUTS_KEY} and {AOTI_OUTPUTS_KEY}, or neither)"
             )
-    inputs = tuple(metadata[AOTI_INPUTS_KEY].split(" "))
-    required = set(AOTI_INPUTS)
-    if len(set(inputs)) != len(inputs) or not required <= set(inputs) <= required | set(OPTIONAL_INPUTS):
-        raise MetadataError(
-            f"{source}: metadata key '{AOTI_INPUTS_KEY}' is malformed: expected the fields "
-            f"{' '.join(AOTI_INPUTS)} (in any order), optionally with {' '.join(OPTIONAL_INPUTS)}, "
-            f"got {metadata[AOTI_INPUTS_KEY]!r}"
-        )
-    outputs = tuple(metadata[AOTI_OUTPUTS_KEY].split(" "))
-    if not outputs or len(set(outputs)) != len(outputs) or not set(outputs) <= set(keys.OUTPUT_KEYS):
-        raise MetadataError(
-            f"{source}: metadata key '{AOTI_OUTPUTS_KEY}' is malformed: expected distinct "
-            f"fields among {' '.join(keys.OUTPUT_KEYS)}, got {metadata[AOTI_OUTPUTS_KEY]!r}"
-        )
-    return inputs, outputs
+    return _checked_fields(metadata, AOTI_INPUTS_KEY, AOTI_OUTPUTS_KEY, source)
 
 
 def parse_torchscript_fields(metadata: Mapping[str, str], source: str) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
@@ -208,17 +194,31 @@ def parse_torchscript_fields(metadata: Mapping[str, str], source: str) -> Tuple[
     Files without ``nequip_torchscript_inputs``/``_outputs`` (other producers, older files) take
     and give FILE_CONTRACT §3's five fields.
     """
-    inputs = tuple(metadata.get(TORCHSCRIPT_INPUTS_KEY, " ".join(AOTI_INPUTS)).split(" "))
-    if not set(AOTI_INPUTS) <= set(inputs):
+    defaults = {
+        TORCHSCRIPT_INPUTS_KEY: " ".join(AOTI_INPUTS),
+        TORCHSCRIPT_OUTPUTS_KEY: " ".join(CONTRACT_TORCHSCRIPT_OUTPUTS),
+    }
+    return _checked_fields({**defaults, **metadata}, TORCHSCRIPT_INPUTS_KEY, TORCHSCRIPT_OUTPUTS_KEY, source)
+
+
+def _checked_fields(
+    metadata: Mapping[str, str], inputs_key: str, outputs_key: str, source: str
+) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """The field names under ``inputs_key`` and ``outputs_key``: every required input, perhaps
+    optional ones, and distinct outputs the contract knows."""
+    inputs = tuple(metadata[inputs_key].split(" "))
+    required = set(AOTI_INPUTS)
+    if len(set(inputs)) != len(inputs) or not required <= set(inputs) <= required | set(OPTIONAL_INPUTS):
         raise MetadataError(
-            f"{source}: metadata key '{TORCHSCRIPT_INPUTS_KEY}' is malformed: expected at least "
-            f"{' '.join(AOTI_INPUTS)}, got {metadata[TORCHSCRIPT_INPUTS_KEY]!r}"
+            f"{source}: metadata key '{inputs_key}' is malformed: expected the fields "
+            f"{' '.join(AOTI_INPUTS)} (in any order), optionally with {' '.join(OPTIONAL_INPUTS)}, "
+            f"got {metadata[inputs_key]!r}"
         )
-    outputs = tuple(metadata.get(TORCHSCRIPT_OUTPUTS_KEY, " ".join(CONTRACT_TORCHSCRIPT_OUTPUTS)).split(" "))
-    if not set(outputs) <= set(keys.OUTPUT_KEYS):
+    outputs = tuple(metadata[outputs_key].split(" "))
+    if not outputs or len(set(outputs)) != len(outputs) or not set(outputs) <= set(keys.OUTPUT_KEYS):
         raise MetadataError(
-            f"{source}: metadata key '{TORCHSCRIPT_OUTPUTS_KEY}' is malformed: expected fields among "
-            f"{' '.join(keys.OUTPUT_KEYS)}, got {metadata[TORCHSCRIPT_OUTPUTS_KEY]!r}"
+            f"{source}: metadata key '{outputs_key}' is malformed: expected distinct "
+            f"fields among {' '.join(keys.OUTPUT_KEYS)}, got {metadata[outputs_key]!r}"
         )
     return inputs, outputs
 
