@@ -290,3 +290,12 @@ def test_atom_map_is_required(domain_file, tmp_path):
         "ERROR: pair_style nequip requires an atom map: add 'atom_modify map yes' before the simulation box "
         "is defined" in run.log
     )
+
+
+def test_comm_mode_multi_is_refused(domain_file, tmp_path):
+    data = write_data(small_sic(), tmp_path / "small.data")
+    run = lammps(tmp_path, 2, data, domain_file, "neighbor 2.0 multi\ncomm_modify mode multi\n" + SINGLE_POINT, check=False)
+    assert (
+        "ERROR: pair_style nequip on several MPI ranks requires 'comm_modify mode single' (it sets the "
+        "communication cutoff itself)" in run.log
+    )
