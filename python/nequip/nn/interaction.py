@@ -1,12 +1,12 @@
 """NequIP's interaction block and the gated convolution layer built from it."""
 
 import math
-from typing import List, Tuple
-
 import torch
 from e3nn import o3
 from e3nn.nn import FullyConnectedNet, Gate
 from e3nn.util.jit import compile_mode
+
+from .message_passing import TensorProductSum
 
 
 def tp_path_exists(irreps_in1: o3.Irreps, irreps_in2: o3.Irreps, ir_out: o3.Irrep) -> bool:
@@ -50,32 +50,14 @@ class InteractionBlock(torch.nn.Module):
         self.inv_sqrt_avg_num_neighbors = 1.0 / math.sqrt(avg_num_neighbors)
 
         self.linear_1 = o3.Linear(self.irreps_in, self.irreps_in)
-
-        # "uvu" paths: each input channel u times the single harmonic channel v keeps channel u
-        irreps_mid: List[Tuple[int, o3.Irrep]] = []
-        instructions = []
-        for i, (mul, ir_in) in enumerate(self.irreps_in):
-            for j, (_, ir_edge) in enumerate(irreps_edge_sh):
-                for ir_out in ir_in * ir_edge:
-                    if ir_out in self.irreps_out:
-                        instructions.append((i, j, len(irreps_mid), "uvu", True))
-                        irreps_mid.append((mul, ir_out))
-        irreps_mid, permutation, _ = o3.Irreps(irreps_mid).sort()
-        instructions = [(i, j, permutation[k], mode, train) for i, j, k, mode, train in instructions]
-
-        self.tensor_product = o3.TensorProduct(
-            self.irreps_in,
-            irreps_edge_sh,
-            irreps_mid,
-            instructions,
-            shared_weights=False,
-            internal_weights=False,
-        )
+        self.tensor_product = TensorProductSum(self.irreps_in, irreps_edge_sh, self.irreps_out)
+        # the radial MLP's hidden layers; its output layer (weights per path and channel) is
+        # applied inside the tensor product, which recomputes it in the backward pass
         self.radial_mlp = FullyConnectedNet(
-            [num_radial] + radial_mlp_depth * [radial_mlp_width] + [self.tensor_product.weight_numel],
-            torch.nn.functional.silu,
+            [num_radial] + radial_mlp_depth * [radial_mlp_width], torch.nn.functional.silu, out_act=True
         )
-        self.linear_2 = o3.Linear(irreps_mid.simplify(), self.irreps_out)
+        self.radial_weight = torch.nn.Parameter(torch.randn(self.radial_mlp.hs[-1], self.tensor_product.weight_numel))
+        self.linear_2 = o3.Linear(self.tensor_product.irreps_mid.simplify(), self.irreps_out)
         self.self_connection = o3.FullyConnectedTensorProduct(self.irreps_in, irreps_node_attr, self.irreps_out)
 
     def forward(
@@ -89,11 +71,9 @@ class InteractionBlock(torch.nn.Module):
     ) -> torch.Tensor:
         self_connection = self.self_connection(node_features, node_attrs)
         x = self.linear_1(node_features)
-        weights = self.radial_mlp(edge_radial)
-        messages = self.tensor_product(x[edge_neighbor], edge_sh, weights)
-        x = torch.zeros(
-            (x.shape[0], messages.shape[1]), dtype=messages.dtype, device=messages.device
-        ).index_add(0, edge_center, messages)
+        # e3nn's normalisation of a linear output layer: unit variance for unit-variance inputs
+        radial_weight = self.radial_weight / self.radial_weight.shape[0] ** 0.5
+        x = self.tensor_product(x, edge_sh, self.radial_mlp(edge_radial), radial_weight, edge_center, edge_neighbor)
         x = self.linear_2(x * self.inv_sqrt_avg_num_neighbors)
         return x + self_connection
 

@@ -1,0 +1,116 @@
+"""TensorProductSum is e3nn's "uvu" TensorProduct followed by the neighbour sum: the same values,
+first and second derivatives (its backward is our own), also when scripted."""
+
+import pytest
+import torch
+from e3nn import o3
+
+from nequip.nn.message_passing import TensorProductSum
+
+IRREPS_SH = o3.Irreps.spherical_harmonics(2, p=-1)
+ALL_L2 = "4x0e+4x0o+4x1e+4x1o+4x2e+4x2o"
+
+# the model's three kinds of layer (scalar input, hidden, scalars-only output) and an input
+# of mixed multiplicities with paths that are left out
+CASES = [
+    ("4x0e", ALL_L2 + "+8x0e"),
+    (ALL_L2, ALL_L2 + "+16x0e"),
+    (ALL_L2, "4x0e"),
+    ("3x0e+2x1o", "3x0e+2x1o+2x1e"),
+]
+
+
+def e3nn_tensor_product(irreps_in, irreps_out):
+    """The e3nn module NequIP's interaction block is defined with (built in float64: e3nn keeps
+    its coefficients in the default dtype of construction)."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return _e3nn_tensor_product(irreps_in, irreps_out)
+    finally:
+        torch.set_default_dtype(default)
+
+
+def _e3nn_tensor_product(irreps_in, irreps_out):
+    irreps_mid, instructions = [], []
+    for i, (mul, ir_in) in enumerate(irreps_in):
+        for j, (_, ir_edge) in enumerate(IRREPS_SH):
+            for ir_out in ir_in * ir_edge:
+                if ir_out in irreps_out:
+                    instructions.append((i, j, len(irreps_mid), "uvu", True))
+                    irreps_mid.append((mul, ir_out))
+    irreps_mid, permutation, _ = o3.Irreps(irreps_mid).sort()
+    instructions = [(i, j, permutation[k], mode, train) for i, j, k, mode, train in instructions]
+    return o3.TensorProduct(
+        irreps_in, IRREPS_SH, irreps_mid, instructions, shared_weights=False, internal_weights=False
+    ).to(torch.float64)
+
+
+def random_inputs(module, num_nodes=7, num_edges=30, hidden=5, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=generator, dtype=torch.float64, requires_grad=True)
+
+    return (
+        randn(num_nodes, module.irreps_in.dim),
+        randn(num_edges, IRREPS_SH.dim),
+        randn(num_edges, hidden),
+        randn(hidden, module.weight_numel),
+        torch.randint(0, num_nodes, (num_edges,), generator=generator),
+        torch.randint(0, num_nodes, (num_edges,), generator=generator),
+    )
+
+
+@pytest.mark.parametrize("irreps_in, irreps_out", CASES)
+def test_same_function_as_e3nn(irreps_in, irreps_out):
+    irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
+    reference = e3nn_tensor_product(irreps_in, irreps_out)
+    module = TensorProductSum(irreps_in, IRREPS_SH, irreps_out).to(torch.float64)
+    assert module.irreps_mid == reference.irreps_out
+    assert module.weight_numel == reference.weight_numel
+
+    x, edge_sh, hidden, weight, center, neighbor = inputs = random_inputs(module)
+    expected = torch.zeros(x.shape[0], reference.irreps_out.dim, dtype=torch.float64).index_add(
+        0, center, reference(x[neighbor], edge_sh, hidden @ weight)
+    )
+    got = module(*inputs)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+    grad_out = torch.randn_like(got)
+    expected_grads = torch.autograd.grad(expected, [x, edge_sh, hidden, weight], grad_out)
+    got_grads = torch.autograd.grad(got, [x, edge_sh, hidden, weight], grad_out)
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("irreps_out", ["1x0e+1x0o+1x1e+1x1o+1x2e+1x2o", "1x0e"])
+def test_second_derivatives(irreps_out):
+    # training differentiates forces, i.e. the custom backward itself (one channel: fast)
+    module = TensorProductSum("1x0e+1x0o+1x1e+1x1o+1x2e+1x2o", IRREPS_SH, irreps_out).to(torch.float64)
+    x, edge_sh, hidden, weight, center, neighbor = random_inputs(module, num_nodes=3, num_edges=5, hidden=2)
+    assert torch.autograd.gradgradcheck(
+        lambda *t: module(*t, center, neighbor), (x, edge_sh, hidden, weight), fast_mode=True
+    )
+
+
+def test_scripted_is_the_same_function():
+    module = TensorProductSum(ALL_L2, IRREPS_SH, ALL_L2).to(torch.float64)
+    inputs = random_inputs(module)
+    scripted = torch.jit.script(module)
+    got, expected = scripted(*inputs), module(*inputs)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    x, edge_sh = inputs[:2]
+    got_grads = torch.autograd.grad(got.square().sum(), [x, edge_sh])
+    expected_grads = torch.autograd.grad(expected.square().sum(), [x, edge_sh])
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-11)
+
+
+def test_no_edges():
+    module = TensorProductSum(ALL_L2, IRREPS_SH, ALL_L2).to(torch.float64)
+    x, edge_sh, hidden, weight, center, neighbor = random_inputs(module, num_edges=0)
+    out = module(x, edge_sh, hidden, weight, center, neighbor)
+    assert out.shape == (x.shape[0], module.irreps_mid.dim) and not out.any()
+    grad_x, grad_weight = torch.autograd.grad(out.sum(), [x, weight])
+    assert not grad_x.any() and not grad_weight.any()
