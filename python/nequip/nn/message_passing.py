@@ -55,6 +55,7 @@ class TensorProductSum(torch.nn.Module):
     weight_offsets: List[int]
     # for each input irrep: (x offset, mul * d1)
     input_slices: List[Tuple[int, int]]
+    input_dims: List[int]
     group_input: List[int]
 
     def __init__(self, irreps_in: o3.Irreps, irreps_edge_sh: o3.Irreps, irreps_out: o3.Irreps):
@@ -106,6 +107,7 @@ class TensorProductSum(torch.nn.Module):
         # derived from the irreps alone: not part of the state_dict; .to(dtype) sets its precision
         self.register_buffer("coefficients", coefficients, persistent=False)
         self.input_slices = [(s.start, s.stop - s.start) for s in in_slices]
+        self.input_dims = [ir.dim for _, ir in irreps_in]
 
     def forward(
         self,
@@ -143,26 +145,49 @@ class TensorProductSum(torch.nn.Module):
         edge_neighbor: torch.Tensor,
     ) -> torch.Tensor:
         """The node sums (N, irreps_mid.dim) from per-edge weights (E, weight_numel)."""
-        num_nodes, num_edges = x.shape[0], edge_sh.shape[0]
+        num_nodes = x.shape[0]
         a = edge_sh @ self.coefficients
+        x_neighbor = [xi.index_select(0, edge_neighbor) for xi in self._channels_last(x)]
         blocks: List[torch.Tensor] = [x] * len(self.block_sizes)  # every entry is replaced
         for g in range(len(self.groups)):
-            x_offset, mul, d1, column, num_paths, d3 = self.groups[g]
-            x_neighbor = x.narrow(1, x_offset, mul * d1).index_select(0, edge_neighbor).view(num_edges, mul, d1, 1, 1)
-            a_group = a.narrow(1, column, d1 * num_paths * d3).view(num_edges, 1, d1, num_paths, d3)
-            w_group = self._group_weights(weights, g, mul).unsqueeze(-1)  # (E, mul, paths, 1)
-            message = (x_neighbor * a_group).sum(2) * w_group  # (E, mul, paths, d3)
-            summed = torch.zeros((num_nodes, mul * num_paths * d3), dtype=x.dtype, device=x.device).index_add(
-                0, edge_center, message.reshape(num_edges, mul * num_paths * d3)
-            )
-            summed = summed.view(num_nodes, mul, num_paths, d3)
+            _, mul, d1, column, num_paths, d3 = self.groups[g]
+            message = self._message(x_neighbor[self.group_input[g]], a, weights, g)  # (E, paths, d3, mul)
+            summed = _neighbor_sum(message.flatten(1), edge_center, num_nodes).view(num_nodes, num_paths, d3, mul)
             for q, (_, block) in enumerate(self.group_paths[g]):
-                blocks[block] = summed[:, :, q, :].reshape(num_nodes, mul * d3)
+                blocks[block] = summed[:, q].transpose(1, 2).reshape(num_nodes, mul * d3)
         return torch.cat(blocks, dim=1)
 
-    def _group_weights(self, weights: torch.Tensor, g: int, mul: int) -> torch.Tensor:
-        """The group's path weights as (E, mul, paths)."""
-        return torch.stack([weights.narrow(1, self.weight_offsets[k], mul) for k, _ in self.group_paths[g]], dim=-1)
+    def _channels_last(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """Node features as one (N, 2l+1, mul) tensor per input irrep: channels innermost, so
+        that per-edge products are vectorised over channels."""
+        return [
+            x.narrow(1, offset, width).view(x.shape[0], width // ir_dim, ir_dim).transpose(1, 2).contiguous()
+            for (offset, width), ir_dim in zip(self.input_slices, self.input_dims)
+        ]
+
+    def _products(self, x_neighbor: torch.Tensor, a: torch.Tensor, g: int) -> torch.Tensor:
+        """sum_i x[j(e), i, u] A[e, i, path, k] for a group: (E, paths, d3, mul)."""
+        _, mul, d1, column, num_paths, d3 = self.groups[g]
+        a_group = a.narrow(1, column, d1 * num_paths * d3).view(-1, d1, num_paths, d3, 1)
+        return (x_neighbor.view(-1, d1, 1, 1, mul) * a_group).sum(1)
+
+    def _group_weights(self, weights: torch.Tensor, g: int) -> torch.Tensor:
+        """The group's path weights as (E, paths, 1, mul)."""
+        mul = self.groups[g][1]
+        return torch.stack([weights.narrow(1, self.weight_offsets[k], mul) for k, _ in self.group_paths[g]], dim=1).unsqueeze(2)
+
+    def _message(self, x_neighbor: torch.Tensor, a: torch.Tensor, weights: torch.Tensor, g: int) -> torch.Tensor:
+        return self._products(x_neighbor, a, g) * self._group_weights(weights, g)
+
+
+def _neighbor_sum(values: torch.Tensor, index: torch.Tensor, num_nodes: int) -> torch.Tensor:
+    """Sum the rows of ``values`` (E, C) into (num_nodes, C) by ``index`` (E,).
+
+    A scatter-add with the index expanded along the row: PyTorch's CPU kernel for that case
+    sorts the index once and sums each node's rows without atomics (inductor calls it too).
+    """
+    out = torch.zeros((num_nodes, values.shape[1]), dtype=values.dtype, device=values.device)
+    return out.scatter_add(0, index.unsqueeze(1).expand_as(values), values)
 
 
 class _MessageSum(torch.autograd.Function):
@@ -184,36 +209,36 @@ class _MessageSum(torch.autograd.Function):
         module: TensorProductSum = ctx.module
         x, edge_sh, radial_hidden, radial_weight, edge_center, edge_neighbor = ctx.saved_tensors
         num_nodes, num_edges = x.shape[0], edge_sh.shape[0]
-        weights = radial_hidden @ radial_weight
-        a = edge_sh @ module.coefficients
-
         need_x, need_sh = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         need_weights = ctx.needs_input_grad[3] or ctx.needs_input_grad[4]
+        weights = radial_hidden @ radial_weight
+        a = edge_sh @ module.coefficients
+        x_neighbor = [xi.index_select(0, edge_neighbor) for xi in module._channels_last(x)]
         grad_blocks = grad_out.split(module.block_sizes, dim=1)
+
         grad_weights: List[torch.Tensor] = [None] * len(module.weight_offsets)  # type: ignore[list-item]
         grad_a: List[torch.Tensor] = []
         grad_x_neighbor: List[torch.Tensor] = [None] * len(module.input_slices)  # type: ignore[list-item]
-        for g, (x_offset, mul, d1, column, num_paths, d3) in enumerate(module.groups):
-            x_neighbor = x.narrow(1, x_offset, mul * d1).index_select(0, edge_neighbor).view(num_edges, mul, d1, 1, 1)
-            a_group = a.narrow(1, column, d1 * num_paths * d3).view(num_edges, 1, d1, num_paths, d3)
-            w_group = module._group_weights(weights, g, mul).unsqueeze(-1)  # (E, mul, paths, 1)
-            grad_sums = torch.stack([grad_blocks[block].view(num_nodes, mul, d3) for _, block in module.group_paths[g]], dim=2)
-            grad_message = grad_sums.index_select(0, edge_center)  # (E, mul, paths, d3)
-
+        for g, (_, mul, d1, column, num_paths, d3) in enumerate(module.groups):
+            i = module.group_input[g]
+            # the output gradient of the group's paths, channels last, at each edge's centre
+            grad_sums = torch.stack(
+                [grad_blocks[block].view(num_nodes, mul, d3).transpose(1, 2) for _, block in module.group_paths[g]], dim=1
+            )
+            grad_message = grad_sums.index_select(0, edge_center)  # (E, paths, d3, mul)
             if need_weights:
-                # d/dw: sum over k of grad * (x . A)
-                product = (x_neighbor * a_group).sum(2)  # (E, mul, paths, d3)
-                grad_w_group = (grad_message * product).sum(-1)  # (E, mul, paths)
+                grad_w = (grad_message * module._products(x_neighbor[i], a, g)).sum(2)  # (E, paths, mul)
                 for q, (k, _) in enumerate(module.group_paths[g]):
-                    grad_weights[k] = grad_w_group[:, :, q]
-            weighted = (grad_message * w_group).unsqueeze(2)  # (E, mul, 1, paths, d3)
+                    grad_weights[k] = grad_w[:, q]
+            weighted = grad_message * module._group_weights(weights, g)  # (E, paths, d3, mul)
             if need_sh:
                 # d/dA: sum over channels
-                grad_a.append((weighted * x_neighbor).sum(1).reshape(num_edges, d1 * num_paths * d3))
+                products = weighted.view(num_edges, 1, num_paths, d3, mul) * x_neighbor[i].view(num_edges, d1, 1, 1, mul)
+                grad_a.append(products.sum(-1).reshape(num_edges, d1 * num_paths * d3))
             if need_x:
                 # d/dx: sum over paths and k, then (below) over each neighbour's edges
-                grad_x_group = (weighted * a_group).sum((3, 4)).reshape(num_edges, mul * d1)
-                i = module.group_input[g]
+                a_group = a.narrow(1, column, d1 * num_paths * d3).view(num_edges, d1, num_paths * d3, 1)
+                grad_x_group = (weighted.view(num_edges, 1, num_paths * d3, mul) * a_group).sum(2)  # (E, d1, mul)
                 previous = grad_x_neighbor[i]
                 grad_x_neighbor[i] = grad_x_group if previous is None else previous + grad_x_group
 
@@ -221,10 +246,12 @@ class _MessageSum(torch.autograd.Function):
         if need_x:
             parts = []
             for i, (_, width) in enumerate(module.input_slices):
+                d1 = module.input_dims[i]
                 summed = torch.zeros((num_nodes, width), dtype=x.dtype, device=x.device)
                 if grad_x_neighbor[i] is not None:
-                    summed = summed.index_add(0, edge_neighbor, grad_x_neighbor[i])
-                parts.append(summed)
+                    summed = _neighbor_sum(grad_x_neighbor[i].flatten(1), edge_neighbor, num_nodes)
+                # back from channels last to e3nn's (mul, 2l+1) layout
+                parts.append(summed.view(num_nodes, d1, width // d1).transpose(1, 2).reshape(num_nodes, width))
             grad_x = torch.cat(parts, dim=1)
         grad_edge_sh = None
         if need_sh:
