@@ -7,54 +7,39 @@ labels (speed does not depend on them), batch 4, float32, loss on energy per ato
 time of a training step (forward, forces by autograd, backward through them, optimiser, EMA)
 and the time of a training epoch without its validation.
 
+With ``--reference`` the reference release (nequip 0.19.1, in build/reference-venv, see
+benchmarks/compare_reference.py) then trains the same architecture on the same frame files,
+batch size and loss with its own ``nequip-train``, timed by the same callback
+(benchmarks/step_timer.py), and the ratio of the median step times is printed.
+
     .venv/bin/python benchmarks/train_throughput.py --frames 32 --epochs 3 --json train_throughput.json
+    .venv/bin/python benchmarks/train_throughput.py --frames 16 --epochs 3 --reference --json docs/train_throughput.json
 """
 
 import argparse
 import ctypes
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import ase.io
 import numpy as np
 import torch
 from ase.calculators.singlepoint import SinglePointCalculator
-from lightning.pytorch.callbacks import Callback
 
 from nequip.benchmark import BENCHMARK_MODEL_CONFIG, machine_description, sic_supercell
 from nequip.train import NequIPLightningModule, validate_config
 from nequip.train.config import config_to_dict
 from nequip.train.training import build_trainer, resolve_model
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_timer import StepTimer  # noqa: E402
 
-class StepTimer(Callback):
-    """Wall time of every training step and of every training epoch (validation excluded)."""
-
-    def __init__(self):
-        self.steps = []  # (epoch, seconds)
-        self.epochs = []
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._epoch_start = time.perf_counter()
-        self._epoch_timed = False
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        self._step_start = time.perf_counter()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        seconds = time.perf_counter() - self._step_start
-        self.steps.append((trainer.current_epoch, seconds))
-        print(f"epoch {trainer.current_epoch} step {batch_idx}: {seconds:.3f} s", flush=True)
-
-    def on_validation_epoch_start(self, trainer, pl_module):
-        # validation runs at the end of each training epoch: the training part ends here
-        if not self._epoch_timed:
-            self.epochs.append(time.perf_counter() - self._epoch_start)
-            self._epoch_timed = True
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def write_frames(path: Path, count: int, seed: int) -> None:
@@ -71,6 +56,21 @@ def write_frames(path: Path, count: int, seed: int) -> None:
         )
         frames.append(atoms)
     ase.io.write(path, frames, format="extxyz")
+
+
+def run_reference(tmp: Path, args) -> dict:
+    """The reference's training on our frame files, in its own venv (one JSON line back)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from compare_reference import ensure_reference_venv, reference_python
+
+    ensure_reference_venv()
+    command = [
+        str(reference_python()), str(ROOT / "benchmarks" / "reference" / "train_reference.py"),
+        str(tmp / "reference"), str(tmp / "train.xyz"), str(tmp / "val.xyz"), str(args.epochs), str(args.batch_size),
+    ]
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    result = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def tune_malloc() -> None:
@@ -90,6 +90,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--stress", action="store_true", help="also fit stresses (adds the strain derivative)")
     parser.add_argument("--tune-malloc", action="store_true", help="mallopt: no trimming, large mmap threshold")
+    parser.add_argument("--reference", action="store_true", help="also time the reference release on the same frames")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
     if args.epochs < 2:
@@ -128,6 +129,7 @@ def main(argv=None):
         timer = StepTimer()
         trainer = build_trainer(config, extra_callbacks=[timer])
         trainer.fit(module, datamodule=datamodule)
+        reference = run_reference(tmp, args) if args.reference else None
 
     measured_steps = [seconds for epoch, seconds in timer.steps if epoch > 0]
     measured_epochs = timer.epochs[1:]
@@ -157,6 +159,22 @@ def main(argv=None):
         f"  median step {step_s:.3f} s -> {report['frames_per_s']:.2f} frames/s; "
         f"train epoch ({args.frames} frames) {epoch_s:.2f} s -> {report['frames_per_s_epoch']:.2f} frames/s"
     )
+    if reference is not None:
+        reference_step_s = statistics.median(step["seconds"] for step in reference["steps"] if step["epoch"] > 0)
+        report["reference"] = dict(
+            version="nequip 0.19.1",
+            median_step_s=reference_step_s,
+            frames_per_s=args.batch_size / reference_step_s,
+            steps=reference["steps"],
+            command=reference["command"],
+            config_yaml=reference["config_yaml"],
+        )
+        report["throughput_ratio_ours_over_reference"] = reference_step_s / step_s
+        print(
+            f"  reference (nequip 0.19.1): median step {reference_step_s:.3f} s -> "
+            f"{report['reference']['frames_per_s']:.2f} frames/s; ours/reference frames/s "
+            f"{report['throughput_ratio_ours_over_reference']:.2f}"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
 
