@@ -5,7 +5,10 @@ import pytest
 import torch
 from e3nn import o3
 
+from e3nn.nn import FullyConnectedNet
+
 from nequip.nn.message_passing import TensorProductSum
+from nequip.nn.radial import RadialMLP
 
 IRREPS_SH = o3.Irreps.spherical_harmonics(2, p=-1)
 ALL_L2 = "4x0e+4x0o+4x1e+4x1o+4x2e+4x2o"
@@ -46,7 +49,8 @@ def _e3nn_tensor_product(irreps_in, irreps_out):
     ).to(torch.float64)
 
 
-def random_inputs(module, num_nodes=7, num_edges=30, hidden=5, seed=0):
+def random_inputs(module, num_nodes=7, num_edges=30, seed=0):
+    """x, edge_sh, edge_radial (requiring grad), centre, neighbour."""
     generator = torch.Generator().manual_seed(seed)
 
     def randn(*shape):
@@ -55,62 +59,94 @@ def random_inputs(module, num_nodes=7, num_edges=30, hidden=5, seed=0):
     return (
         randn(num_nodes, module.irreps_in.dim),
         randn(num_edges, IRREPS_SH.dim),
-        randn(num_edges, hidden),
-        randn(hidden, module.weight_numel),
+        randn(num_edges, module.radial_mlp.sizes[0]),
         torch.randint(0, num_nodes, (num_edges,), generator=generator),
         torch.randint(0, num_nodes, (num_edges,), generator=generator),
     )
+
+
+def build(irreps_in, irreps_out, radial_sizes=(4, 6, 5)):
+    torch.manual_seed(0)
+    return TensorProductSum(irreps_in, IRREPS_SH, irreps_out, list(radial_sizes)).to(torch.float64)
+
+
+def test_radial_mlp_is_e3nn_fully_connected_net():
+    mlp = RadialMLP([4, 6, 5, 3]).to(torch.float64)
+    reference = FullyConnectedNet([4, 6, 5, 3], torch.nn.functional.silu).to(torch.float64)
+    with torch.no_grad():
+        for k, weight in enumerate(mlp.weights):
+            getattr(reference, f"layer{k}").weight.copy_(weight)
+    radial = torch.randn(10, 4, dtype=torch.float64)
+    torch.testing.assert_close(mlp(radial), reference(radial), rtol=0, atol=1e-13)
 
 
 @pytest.mark.parametrize("irreps_in, irreps_out", CASES)
 def test_same_function_as_e3nn(irreps_in, irreps_out):
     irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
     reference = e3nn_tensor_product(irreps_in, irreps_out)
-    module = TensorProductSum(irreps_in, IRREPS_SH, irreps_out).to(torch.float64)
+    module = build(irreps_in, irreps_out)
     assert module.irreps_mid == reference.irreps_out
     assert module.weight_numel == reference.weight_numel
 
-    x, edge_sh, hidden, weight, center, neighbor = inputs = random_inputs(module)
-    expected = torch.zeros(x.shape[0], reference.irreps_out.dim, dtype=torch.float64).index_add(
-        0, center, reference(x[neighbor], edge_sh, hidden @ weight)
-    )
+    x, edge_sh, edge_radial, center, neighbor = inputs = random_inputs(module)
+    messages = reference(x[neighbor], edge_sh, module.radial_mlp(edge_radial))
+    expected = torch.zeros(x.shape[0], reference.irreps_out.dim, dtype=torch.float64).index_add(0, center, messages)
     got = module(*inputs)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
+    # first derivatives: the custom backward against autograd through e3nn
     grad_out = torch.randn_like(got)
-    expected_grads = torch.autograd.grad(expected, [x, edge_sh, hidden, weight], grad_out)
-    got_grads = torch.autograd.grad(got, [x, edge_sh, hidden, weight], grad_out)
+    wrt = [x, edge_sh, edge_radial, *module.radial_mlp.weights]
+    expected_grads = torch.autograd.grad(expected, wrt, grad_out)
+    got_grads = torch.autograd.grad(got, wrt, grad_out)
     for got_grad, expected_grad in zip(got_grads, expected_grads):
-        torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-12)
+        torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-11)
 
 
 @pytest.mark.parametrize("irreps_out", ["1x0e+1x0o+1x1e+1x1o+1x2e+1x2o", "1x0e"])
 def test_second_derivatives(irreps_out):
     # training differentiates forces, i.e. the custom backward itself (one channel: fast)
-    module = TensorProductSum("1x0e+1x0o+1x1e+1x1o+1x2e+1x2o", IRREPS_SH, irreps_out).to(torch.float64)
-    x, edge_sh, hidden, weight, center, neighbor = random_inputs(module, num_nodes=3, num_edges=5, hidden=2)
+    module = build("1x0e+1x0o+1x1e+1x1o+1x2e+1x2o", irreps_out, radial_sizes=(2, 3))
+    x, edge_sh, edge_radial, center, neighbor = random_inputs(module, num_nodes=3, num_edges=5)
     assert torch.autograd.gradgradcheck(
-        lambda *t: module(*t, center, neighbor), (x, edge_sh, hidden, weight), fast_mode=True
+        lambda *inputs: module(*inputs, center, neighbor), (x, edge_sh, edge_radial), fast_mode=True
     )
 
 
+def test_second_derivatives_by_weights_match_autograd():
+    # a force-like loss differentiated by the radial MLP's weights: custom backward vs autograd
+    module = build(ALL_L2, ALL_L2)
+    x, edge_sh, edge_radial, center, neighbor = random_inputs(module)
+    weights = list(module.radial_mlp.weights)
+
+    def loss(out):
+        grads = torch.autograd.grad(out.square().sum(), [edge_sh, edge_radial], create_graph=True)
+        return sum(grad.square().sum() for grad in grads)
+
+    scaled = module.radial_mlp.scaled_weights()
+    expected = torch.autograd.grad(loss(module.message_sum(x, edge_sh, edge_radial, scaled, center, neighbor)), weights)
+    got = torch.autograd.grad(loss(module(x, edge_sh, edge_radial, center, neighbor)), weights)
+    for got_grad, expected_grad in zip(got, expected):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-10, atol=1e-10)
+
+
 def test_scripted_is_the_same_function():
-    module = TensorProductSum(ALL_L2, IRREPS_SH, ALL_L2).to(torch.float64)
+    module = build(ALL_L2, ALL_L2)
     inputs = random_inputs(module)
     scripted = torch.jit.script(module)
     got, expected = scripted(*inputs), module(*inputs)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
-    x, edge_sh = inputs[:2]
-    got_grads = torch.autograd.grad(got.square().sum(), [x, edge_sh])
-    expected_grads = torch.autograd.grad(expected.square().sum(), [x, edge_sh])
+    wrt = list(inputs[:3])
+    got_grads = torch.autograd.grad(got.square().sum(), wrt)
+    expected_grads = torch.autograd.grad(expected.square().sum(), wrt)
     for got_grad, expected_grad in zip(got_grads, expected_grads):
         torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-11)
 
 
 def test_no_edges():
-    module = TensorProductSum(ALL_L2, IRREPS_SH, ALL_L2).to(torch.float64)
-    x, edge_sh, hidden, weight, center, neighbor = random_inputs(module, num_edges=0)
-    out = module(x, edge_sh, hidden, weight, center, neighbor)
+    module = build(ALL_L2, ALL_L2)
+    x, edge_sh, edge_radial, center, neighbor = random_inputs(module, num_edges=0)
+    out = module(x, edge_sh, edge_radial, center, neighbor)
     assert out.shape == (x.shape[0], module.irreps_mid.dim) and not out.any()
-    grad_x, grad_weight = torch.autograd.grad(out.sum(), [x, weight])
-    assert not grad_x.any() and not grad_weight.any()
+    grads = torch.autograd.grad(out.sum(), [x, *module.radial_mlp.weights])
+    assert not any(grad.any() for grad in grads)

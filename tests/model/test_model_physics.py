@@ -185,7 +185,7 @@ def test_training_mode_keeps_graph_of_forces_for_force_losses():
     out = model(frame_of(triclinic_sic()))
     loss = out[keys.FORCES].square().sum() + out[keys.STRESS].square().sum()
     loss.backward()
-    gradient = model.layers[0].interaction.radial_mlp.layer0.weight.grad  # e3nn FullyConnectedNet naming
+    gradient = model.layers[0].interaction.tensor_product.radial_mlp.weights[0].grad
     assert gradient is not None and gradient.abs().sum() > 0
 
 

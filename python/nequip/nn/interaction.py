@@ -3,7 +3,7 @@
 import math
 import torch
 from e3nn import o3
-from e3nn.nn import FullyConnectedNet, Gate
+from e3nn.nn import Gate
 from e3nn.util.jit import compile_mode
 
 from .message_passing import TensorProductSum
@@ -50,13 +50,10 @@ class InteractionBlock(torch.nn.Module):
         self.inv_sqrt_avg_num_neighbors = 1.0 / math.sqrt(avg_num_neighbors)
 
         self.linear_1 = o3.Linear(self.irreps_in, self.irreps_in)
-        self.tensor_product = TensorProductSum(self.irreps_in, irreps_edge_sh, self.irreps_out)
-        # the radial MLP's hidden layers; its output layer (weights per path and channel) is
-        # applied inside the tensor product, which recomputes it in the backward pass
-        self.radial_mlp = FullyConnectedNet(
-            [num_radial] + radial_mlp_depth * [radial_mlp_width], torch.nn.functional.silu, out_act=True
+        # the tensor product holds the radial MLP R that weights it (and recomputes it in the backward pass)
+        self.tensor_product = TensorProductSum(
+            self.irreps_in, irreps_edge_sh, self.irreps_out, [num_radial] + radial_mlp_depth * [radial_mlp_width]
         )
-        self.radial_weight = torch.nn.Parameter(torch.randn(self.radial_mlp.hs[-1], self.tensor_product.weight_numel))
         self.linear_2 = o3.Linear(self.tensor_product.irreps_mid.simplify(), self.irreps_out)
         self.self_connection = o3.FullyConnectedTensorProduct(self.irreps_in, irreps_node_attr, self.irreps_out)
 
@@ -71,9 +68,7 @@ class InteractionBlock(torch.nn.Module):
     ) -> torch.Tensor:
         self_connection = self.self_connection(node_features, node_attrs)
         x = self.linear_1(node_features)
-        # e3nn's normalisation of a linear output layer: unit variance for unit-variance inputs
-        radial_weight = self.radial_weight / self.radial_weight.shape[0] ** 0.5
-        x = self.tensor_product(x, edge_sh, self.radial_mlp(edge_radial), radial_weight, edge_center, edge_neighbor)
+        x = self.tensor_product(x, edge_sh, edge_radial, edge_center, edge_neighbor)
         x = self.linear_2(x * self.inv_sqrt_avg_num_neighbors)
         return x + self_connection
 

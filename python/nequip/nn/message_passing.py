@@ -32,6 +32,8 @@ from typing import List, Tuple
 import torch
 from e3nn import o3
 
+from .radial import RadialMLP, radial_mlp_hidden, radial_mlp_hidden_backward
+
 
 class TensorProductSum(torch.nn.Module):
     """Neighbour sum of the radial-weighted "uvu" tensor products of NequIP's interaction block.
@@ -56,7 +58,7 @@ class TensorProductSum(torch.nn.Module):
     # for each input irrep: (offset in x, mul, 2l+1)
     inputs: List[Tuple[int, int, int]]
 
-    def __init__(self, irreps_in: o3.Irreps, irreps_edge_sh: o3.Irreps, irreps_out: o3.Irreps):
+    def __init__(self, irreps_in: o3.Irreps, irreps_edge_sh: o3.Irreps, irreps_out: o3.Irreps, radial_sizes: List[int]):
         super().__init__()
         irreps_in, irreps_edge_sh, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_edge_sh), o3.Irreps(irreps_out)
         if any(mul != 1 for mul, _ in irreps_edge_sh):
@@ -105,46 +107,48 @@ class TensorProductSum(torch.nn.Module):
         self.register_buffer("coefficients", coefficients, persistent=False)
         # W's columns in group order: each group's weights are one contiguous slice
         self.register_buffer("weight_columns", torch.tensor(weight_columns, dtype=torch.long), persistent=False)
+        self.radial_mlp = RadialMLP(list(radial_sizes) + [self.weight_numel])
 
     def forward(
         self,
         x: torch.Tensor,
         edge_sh: torch.Tensor,
-        radial_hidden: torch.Tensor,
-        radial_weight: torch.Tensor,
+        edge_radial: torch.Tensor,
         edge_center: torch.Tensor,
         edge_neighbor: torch.Tensor,
     ) -> torch.Tensor:
-        """``x`` (N, irreps_in.dim), ``edge_sh`` (E, irreps_edge_sh.dim), ``radial_hidden`` (E, H),
-        ``radial_weight`` (H, weight_numel), centre/neighbour indices (E,) -> (N, irreps_mid.dim)."""
+        """``x`` (N, irreps_in.dim), ``edge_sh`` (E, irreps_edge_sh.dim), ``edge_radial`` (E, radial_sizes[0]),
+        centre and neighbour indices (E,) -> (N, irreps_mid.dim)."""
+        weights = self.radial_mlp.scaled_weights()
         if torch.jit.is_scripting():
-            return self.message_sum(x, edge_sh, radial_hidden, radial_weight, edge_center, edge_neighbor)
-        return self._apply_function(x, edge_sh, radial_hidden, radial_weight, edge_center, edge_neighbor)
+            return self.message_sum(x, edge_sh, edge_radial, weights, edge_center, edge_neighbor)
+        return self._apply_function(x, edge_sh, edge_radial, weights, edge_center, edge_neighbor)
 
     @torch.jit.unused
     def _apply_function(
         self,
         x: torch.Tensor,
         edge_sh: torch.Tensor,
-        radial_hidden: torch.Tensor,
-        radial_weight: torch.Tensor,
+        edge_radial: torch.Tensor,
+        weights: List[torch.Tensor],
         edge_center: torch.Tensor,
         edge_neighbor: torch.Tensor,
     ) -> torch.Tensor:
-        return _MessageSum.apply(self, x, edge_sh, radial_hidden, radial_weight, edge_center, edge_neighbor)
+        return _MessageSum.apply(self, x, edge_sh, edge_radial, edge_center, edge_neighbor, *weights)
 
     def message_sum(
         self,
         x: torch.Tensor,
         edge_sh: torch.Tensor,
-        radial_hidden: torch.Tensor,
-        radial_weight: torch.Tensor,
+        edge_radial: torch.Tensor,
+        weights: List[torch.Tensor],
         edge_center: torch.Tensor,
         edge_neighbor: torch.Tensor,
     ) -> torch.Tensor:
-        """The node sums (N, irreps_mid.dim)."""
+        """The node sums (N, irreps_mid.dim), given the radial MLP's scaled weights."""
         num_nodes = x.shape[0]
-        weight = radial_weight.index_select(1, self.weight_columns)
+        radial_hidden = radial_mlp_hidden(edge_radial, weights[:-1], self.radial_mlp.activation_scale)[-1]
+        weight = weights[-1].index_select(1, self.weight_columns)
         blocks: List[torch.Tensor] = [x] * len(self.block_sizes)  # every entry is replaced
         x_neighbor = x  # the gathered features of the current group's input irrep
         for g in range(len(self.groups)):
@@ -199,19 +203,24 @@ class _MessageSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, module, x, edge_sh, radial_hidden, radial_weight, edge_center, edge_neighbor):
+    def forward(ctx, module, x, edge_sh, edge_radial, edge_center, edge_neighbor, *weights):
         ctx.module = module
-        ctx.save_for_backward(x, edge_sh, radial_hidden, radial_weight, edge_center, edge_neighbor)
-        return module.message_sum(x, edge_sh, radial_hidden, radial_weight, edge_center, edge_neighbor)
+        ctx.save_for_backward(x, edge_sh, edge_radial, edge_center, edge_neighbor, *weights)
+        return module.message_sum(x, edge_sh, edge_radial, list(weights), edge_center, edge_neighbor)
 
     @staticmethod
     def backward(ctx, grad_out):
         module: TensorProductSum = ctx.module
-        x, edge_sh, radial_hidden, radial_weight, edge_center, edge_neighbor = ctx.saved_tensors
+        x, edge_sh, edge_radial, edge_center, edge_neighbor, *weights = ctx.saved_tensors
         num_nodes, num_edges = x.shape[0], edge_sh.shape[0]
-        need_x, need_sh = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
-        need_hidden, need_weight = ctx.needs_input_grad[3], ctx.needs_input_grad[4]
-        weight = radial_weight.index_select(1, module.weight_columns)
+        need_x, need_sh, need_radial = ctx.needs_input_grad[1:4]
+        need_weights = any(ctx.needs_input_grad[6:])
+        need_hidden = need_radial or need_weights
+        scale = module.radial_mlp.activation_scale
+        # the radial MLP again: its per-edge activations were not kept
+        hidden = radial_mlp_hidden(edge_radial, weights[:-1], scale)
+        radial_hidden = hidden[-1]
+        weight = weights[-1].index_select(1, module.weight_columns)
         grad_blocks = grad_out.split(module.block_sizes, dim=1)
 
         grad_x_parts: List[torch.Tensor] = []
@@ -227,12 +236,12 @@ class _MessageSum(torch.autograd.Function):
                 [grad_blocks[block].view(num_nodes, mul, d3).transpose(1, 2) for block in module.group_blocks[g]], dim=1
             )
             grad_message = grad_sums.index_select(0, edge_center)  # (E, paths, d3, mul)
-            if need_hidden or need_weight:
+            if need_hidden:
                 # d/dw: sum over k of grad * (x . A)
                 grad_w = (grad_message * module._products(x_neighbor, edge_sh, g)).sum(2).reshape(num_edges, num_paths * mul)
                 if grad_hidden is not None:
                     grad_hidden = grad_hidden + grad_w @ weight.narrow(1, weight_column, num_paths * mul).t()
-                if need_weight:
+                if need_weights:
                     grad_weight_parts.append(radial_hidden.t() @ grad_w)
             weighted = grad_message * module._weights(radial_hidden, weight, g)  # (E, paths, d3, mul)
             if grad_sh is not None:
@@ -261,10 +270,16 @@ class _MessageSum(torch.autograd.Function):
                 [next(parts) if i in read else x.new_zeros(num_nodes, mul * dim) for i, (_, mul, dim) in enumerate(module.inputs)],
                 dim=1,
             )
-        grad_radial_weight = None
-        if need_weight:
-            # back from group order to W's column order
-            grad_radial_weight = torch.zeros_like(radial_weight).index_copy(
-                1, module.weight_columns, torch.cat(grad_weight_parts, dim=1)
+        grad_radial, grad_weights = None, [None] * len(weights)
+        if grad_hidden is not None:
+            if need_weights:
+                # back from group order to W's column order
+                grad_weights[-1] = torch.zeros_like(weight).index_copy(
+                    1, module.weight_columns, torch.cat(grad_weight_parts, dim=1)
+                )
+            grad_radial, grad_hidden_weights = radial_mlp_hidden_backward(
+                grad_hidden, edge_radial, weights[:-1], hidden[:-1], scale, need_weights
             )
-        return None, grad_x, grad_sh, grad_hidden, grad_radial_weight, None, None
+            if need_weights:
+                grad_weights[:-1] = grad_hidden_weights
+        return (None, grad_x, grad_sh, grad_radial if need_radial else None, None, None, *grad_weights)

@@ -1,8 +1,10 @@
 """Radial functions of the edge length: a Bessel basis and a smooth cutoff envelope."""
 
 import math
+from typing import List, Tuple
 
 import torch
+from e3nn.math import normalize2mom
 
 
 class BesselBasis(torch.nn.Module):
@@ -53,3 +55,70 @@ class PolynomialCutoff(torch.nn.Module):
             - 0.5 * p * (p + 1.0) * torch.pow(x, p + 2.0)
         )
         return envelope * (x < 1.0)
+
+
+class RadialMLP(torch.nn.Module):
+    r"""The radial network: per-edge radial embedding -> per-edge tensor-product weights.
+
+    Hidden layers :math:`h \leftarrow \phi(h W_k / \sqrt{n_{in}})`, output :math:`h W / \sqrt{n_{in}}`,
+    no biases, with :math:`\phi` the SiLU scaled to unit second moment under a unit Gaussian: the
+    function and initialisation of e3nn's ``FullyConnectedNet``. Its weights are plain tensors so
+    that the message passing can recompute the network in its backward pass
+    (:func:`radial_mlp_hidden`, :func:`radial_mlp_hidden_backward`) instead of keeping its
+    per-edge activations.
+
+    Args:
+        sizes: input width, hidden widths, output width.
+
+    Shapes: (E, sizes[0]) -> (E, sizes[-1]).
+    """
+
+    def __init__(self, sizes: List[int]):
+        super().__init__()
+        self.sizes = [int(s) for s in sizes]
+        self.weights = torch.nn.ParameterList([torch.nn.Parameter(torch.randn(a, b)) for a, b in zip(sizes, sizes[1:])])
+        self.activation_scale = float(normalize2mom(torch.nn.functional.silu).cst)
+
+    def scaled_weights(self) -> List[torch.Tensor]:
+        """The weights divided by the square roots of their fan-ins."""
+        return [w / math.sqrt(w.shape[0]) for w in self.weights]
+
+    def forward(self, radial: torch.Tensor) -> torch.Tensor:
+        weights = self.scaled_weights()
+        hidden = radial_mlp_hidden(radial, weights[:-1], self.activation_scale)
+        return (hidden[-1] if len(hidden) > 0 else radial) @ weights[-1]
+
+
+def radial_mlp_hidden(radial: torch.Tensor, weights: List[torch.Tensor], activation_scale: float) -> List[torch.Tensor]:
+    """The pre-activations of every hidden layer, then the last hidden layer's output."""
+    pre_activations: List[torch.Tensor] = []
+    h = radial
+    for w in weights:
+        z = h @ w
+        pre_activations.append(z)
+        h = activation_scale * torch.nn.functional.silu(z)
+    return pre_activations + [h] if len(weights) > 0 else [radial]
+
+
+def radial_mlp_hidden_backward(
+    grad_h: torch.Tensor,
+    radial: torch.Tensor,
+    weights: List[torch.Tensor],
+    pre_activations: List[torch.Tensor],
+    activation_scale: float,
+    need_weights: bool,
+) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+    """Gradients of the hidden layers' input and (if asked) scaled weights from that of their output.
+
+    Written in differentiable operations: training differentiates it again.
+    """
+    grad_weights: List[torch.Tensor] = []
+    for k in range(len(weights) - 1, -1, -1):
+        z = pre_activations[k]
+        sigmoid = torch.sigmoid(z)
+        grad_z = grad_h * (activation_scale * sigmoid * (1.0 + z * (1.0 - sigmoid)))
+        if need_weights:
+            h_in = radial if k == 0 else activation_scale * torch.nn.functional.silu(pre_activations[k - 1])
+            grad_weights.insert(0, h_in.t() @ grad_z)
+        grad_h = grad_z @ weights[k].t()
+    return grad_h, grad_weights
