@@ -16,7 +16,6 @@ the same 3C-SiC structures with the same neighbour lists.
 
     .venv/bin/python benchmarks/compare_reference.py --sizes 64 512 4096 --json build/compare.json
     .venv/bin/python benchmarks/compare_reference.py --check          # against docs/benchmark_baseline.json
-    .venv/bin/python benchmarks/compare_reference.py --lean ...       # ours with TensorProductScatter
 
 ``--check`` fails (exit 1) when our time per call, relative to the reference measured in the
 same run, is more than 20% above the baseline's ratio (the ratio cancels the machine's speed).
@@ -84,9 +83,9 @@ def build_reference(rebuild: bool) -> dict:
     return info
 
 
-def build_ours(lean: bool, rebuild: bool) -> dict:
-    out = BUILD / "perf" / ("ours_lean.nequip.pt2" if lean else "ours.nequip.pt2")
-    command = [sys.executable, "-c", _COMPILE_OURS, str(out), "1" if lean else "0"]
+def build_ours(rebuild: bool) -> dict:
+    out = BUILD / "perf" / "ours.nequip.pt2"
+    command = [sys.executable, "-c", _COMPILE_OURS, str(out)]
     if rebuild or not out.exists():
         log(f"compiling ours to {out}: minutes")
         start = time.perf_counter()
@@ -97,7 +96,6 @@ def build_ours(lean: bool, rebuild: bool) -> dict:
     return dict(
         compiled=str(out),
         config=dict(BENCHMARK_MODEL_CONFIG, avg_num_neighbors=40.0),
-        lean_message_passing=lean,
         compile_call='compile_model(benchmark_model(), out, "aotinductor", "cpu", "ase")',
     )
 
@@ -107,9 +105,6 @@ import sys
 from nequip.benchmark import benchmark_model
 from nequip.compile import compile_model
 model = benchmark_model()
-if sys.argv[2] == "1":
-    from nequip.nn.lean_interaction import use_lean_message_passing
-    use_lean_message_passing(model)
 compile_model(model, sys.argv[1], "aotinductor", "cpu", "ase")
 """
 
@@ -252,7 +247,6 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=7, help="timed calls per side, alternating")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
-    parser.add_argument("--lean", action="store_true", help="ours with the lean TensorProductScatter message passing")
     parser.add_argument("--ours-only", action="store_true")
     parser.add_argument(
         "--one-at-a-time", type=int, default=4096, metavar="ATOMS",
@@ -265,7 +259,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     (BUILD / "perf").mkdir(parents=True, exist_ok=True)
 
-    ours = build_ours(args.lean, args.rebuild)
+    ours = build_ours(args.rebuild)
     sides = {"ours": ours["compiled"]}
     reference = None
     if not args.ours_only:
@@ -275,7 +269,7 @@ def main(argv=None):
         print(f"  train:   {reference['train_command']}")
         print(f"  compile: {reference['compile_command']}")
         print("  config (Hydra YAML):\n" + "\n".join("    " + line for line in reference["config_yaml"].splitlines()))
-    print(f"ours: {ours['compile_call']} (lean message passing: {ours['lean_message_passing']})")
+    print(f"ours: {ours['compile_call']}")
     print(f"  config: {json.dumps(ours['config'])}")
     print(f"threads: {args.threads}")
 

@@ -18,6 +18,7 @@ class StepTimer(Callback):
         self.path = path
         self.steps = []  # (epoch, seconds)
         self.epochs = []
+        self._epoch_timed = True  # no epoch open yet (e.g. during the sanity-check validation)
 
     def on_train_epoch_start(self, trainer, pl_module):
         self._epoch_start = time.perf_counter()

@@ -42,7 +42,9 @@ def main():
     ]
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
     with open(workdir / "train.log", "w") as log:
-        subprocess.run(command, cwd=workdir, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
+        finished = subprocess.run(command, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+    if finished.returncode != 0:
+        sys.exit(f"reference training failed; its log: {workdir / 'train.log'}\n" + (workdir / "train.log").read_text()[-3000:])
     steps = [json.loads(line) for line in steps_file.read_text().splitlines()]
     print(json.dumps(dict(steps=steps, config_yaml=config, command=" ".join(command))))
 

@@ -80,11 +80,13 @@ def test_radial_mlp_is_e3nn_fully_connected_net():
     torch.testing.assert_close(mlp(radial), reference(radial), rtol=0, atol=1e-13)
 
 
+@pytest.mark.parametrize("pointwise_contractions", [False, True], ids=["bmm", "pointwise"])
 @pytest.mark.parametrize("irreps_in, irreps_out", CASES)
-def test_same_function_as_e3nn(irreps_in, irreps_out):
+def test_same_function_as_e3nn(irreps_in, irreps_out, pointwise_contractions):
     irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
     reference = e3nn_tensor_product(irreps_in, irreps_out)
     module = build(irreps_in, irreps_out)
+    module.pointwise_contractions = pointwise_contractions  # as AOTInductor files trace it
     assert module.irreps_mid == reference.irreps_out
     assert module.weight_numel == reference.weight_numel
 

@@ -57,6 +57,7 @@ class TensorProductSum(torch.nn.Module):
     block_sizes: List[int]
     # for each input irrep: (offset in x, mul, 2l+1)
     inputs: List[Tuple[int, int, int]]
+    pointwise_contractions: bool
 
     def __init__(self, irreps_in: o3.Irreps, irreps_edge_sh: o3.Irreps, irreps_out: o3.Irreps, radial_sizes: List[int]):
         super().__init__()
@@ -108,6 +109,7 @@ class TensorProductSum(torch.nn.Module):
         # W's columns in group order: each group's weights are one contiguous slice
         self.register_buffer("weight_columns", torch.tensor(weight_columns, dtype=torch.long), persistent=False)
         self.radial_mlp = RadialMLP(list(radial_sizes) + [self.weight_numel])
+        self.pointwise_contractions = False
 
     def forward(
         self,
@@ -179,9 +181,16 @@ class TensorProductSum(torch.nn.Module):
 
     def _products(self, x_neighbor: torch.Tensor, edge_sh: torch.Tensor, g: int) -> torch.Tensor:
         """sum_i x[j(e), i, u] A[e, i, path, k] for a group: (E, paths, d3, mul)."""
-        _, mul, d1, _, _, num_paths, d3 = self.groups[g]
-        a = self._a(edge_sh, g).view(-1, d1, num_paths, d3, 1)
-        return (x_neighbor.view(-1, d1, 1, 1, mul) * a).sum(1)
+        _, mul, _, _, _, num_paths, d3 = self.groups[g]
+        return self.batched_matmul(self._a(edge_sh, g).transpose(1, 2), x_neighbor).view(-1, num_paths, d3, mul)
+
+    def batched_matmul(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+        """(E, m, k) @ (E, k, n) for every edge: torch.bmm, or (with ``pointwise_contractions``,
+        which AOTInductor export sets) a broadcast product summed over k, which inductor fuses
+        into the kernels around it instead of materialising both operands for a bmm call."""
+        if self.pointwise_contractions:
+            return (left.unsqueeze(-1) * right.unsqueeze(1)).sum(2)
+        return torch.bmm(left, right)
 
 
 def _neighbor_sum(values: torch.Tensor, index: torch.Tensor, num_nodes: int) -> torch.Tensor:
@@ -246,13 +255,13 @@ class _MessageSum(torch.autograd.Function):
             weighted = grad_message * module._weights(radial_hidden, weight, g)  # (E, paths, d3, mul)
             if grad_sh is not None:
                 # d/dA: sum over channels; then through A = Y @ coefficients
-                grad_a = (weighted.view(num_edges, 1, num_paths, d3, mul) * x_neighbor.view(num_edges, d1, 1, 1, mul))
+                grad_a = module.batched_matmul(weighted.view(num_edges, num_paths * d3, mul), x_neighbor.transpose(1, 2))
                 coefficients = module.coefficients.narrow(1, module.groups[g][3], d1 * num_paths * d3)
-                grad_sh = grad_sh + grad_a.sum(-1).reshape(num_edges, d1 * num_paths * d3) @ coefficients.t()
+                grad_sh = grad_sh + grad_a.transpose(1, 2).reshape(num_edges, d1 * num_paths * d3) @ coefficients.t()
             if need_x:
                 # d/dx at the edge: sum over paths and k; summed over each neighbour's edges below
-                a = module._a(edge_sh, g).view(num_edges, d1, num_paths * d3, 1)
-                grad_x_group = (weighted.view(num_edges, 1, num_paths * d3, mul) * a).sum(2)  # (E, d1, mul)
+                weighted = weighted.view(num_edges, num_paths * d3, mul)
+                grad_x_group = module.batched_matmul(module._a(edge_sh, g), weighted)  # (E, d1, mul)
                 grad_x_neighbor = grad_x_group if grad_x_neighbor is None else grad_x_neighbor + grad_x_group
                 last_of_input = g + 1 == len(module.groups) or module.groups[g + 1][0] != i
                 if last_of_input:
