@@ -189,7 +189,11 @@ class TensorProductSum(torch.nn.Module):
         which AOTInductor export sets) a broadcast product summed over k, which inductor fuses
         into the kernels around it instead of materialising both operands for a bmm call."""
         if self.pointwise_contractions:
-            return (left.unsqueeze(-1) * right.unsqueeze(1)).sum(2)
+            # inductor vectorises along the output's last axis: keep the channels there
+            if left.shape[2] > right.shape[2]:
+                # contracting over the channels: they are the sum's (last) axis
+                return (left.unsqueeze(2) * right.transpose(1, 2).unsqueeze(1)).sum(-1)
+            return (left.transpose(1, 2).unsqueeze(-1) * right.unsqueeze(2)).sum(1)
         return torch.bmm(left, right)
 
 
@@ -255,9 +259,9 @@ class _MessageSum(torch.autograd.Function):
             weighted = grad_message * module._weights(radial_hidden, weight, g)  # (E, paths, d3, mul)
             if grad_sh is not None:
                 # d/dA: sum over channels; then through A = Y @ coefficients
-                grad_a = module.batched_matmul(weighted.view(num_edges, num_paths * d3, mul), x_neighbor.transpose(1, 2))
+                grad_a = module.batched_matmul(x_neighbor, weighted.view(num_edges, num_paths * d3, mul).transpose(1, 2))
                 coefficients = module.coefficients.narrow(1, module.groups[g][3], d1 * num_paths * d3)
-                grad_sh = grad_sh + grad_a.transpose(1, 2).reshape(num_edges, d1 * num_paths * d3) @ coefficients.t()
+                grad_sh = grad_sh + grad_a.reshape(num_edges, d1 * num_paths * d3) @ coefficients.t()
             if need_x:
                 # d/dx at the edge: sum over paths and k; summed over each neighbour's edges below
                 weighted = weighted.view(num_edges, num_paths * d3, mul)
