@@ -122,21 +122,10 @@ class TensorProductSum(torch.nn.Module):
         """``x`` (N, irreps_in.dim), ``edge_sh`` (E, irreps_edge_sh.dim), ``edge_radial`` (E, radial_sizes[0]),
         centre and neighbour indices (E,) -> (N, irreps_mid.dim)."""
         weights = self.radial_mlp.scaled_weights()
-        if torch.jit.is_scripting():
-            return self.message_sum(x, edge_sh, edge_radial, weights, edge_center, edge_neighbor)
-        return self._apply_function(x, edge_sh, edge_radial, weights, edge_center, edge_neighbor)
-
-    @torch.jit.unused
-    def _apply_function(
-        self,
-        x: torch.Tensor,
-        edge_sh: torch.Tensor,
-        edge_radial: torch.Tensor,
-        weights: List[torch.Tensor],
-        edge_center: torch.Tensor,
-        edge_neighbor: torch.Tensor,
-    ) -> torch.Tensor:
-        return _MessageSum.apply(self, x, edge_sh, edge_radial, edge_center, edge_neighbor, *weights)
+        if not torch.jit.is_scripting():
+            # TorchScript skips this branch: it cannot run a custom autograd function
+            return _MessageSum.apply(self, x, edge_sh, edge_radial, edge_center, edge_neighbor, *weights)
+        return self.message_sum(x, edge_sh, edge_radial, weights, edge_center, edge_neighbor)
 
     def message_sum(
         self,
