@@ -234,5 +234,7 @@ def test_loader_prepares_inputs_an_aoti_model_would_misread(loaded_models, eager
     awkward["edge_cell_shift"] = frame["edge_cell_shift"].float()
     expected = compiled(dict(frame, pos=awkward["pos"].contiguous()))
     got = compiled(awkward)
+    # the same inputs once converted: equal up to the rounding of the neighbour sums, whose
+    # order the parallel scatter-add does not fix (a misread input is off by far more)
     for name in compiled.outputs:
-        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0)
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-12, atol=1e-14)
