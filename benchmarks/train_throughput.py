@@ -13,7 +13,7 @@ batch size and loss with its own ``nequip-train``, timed by the same callback
 (benchmarks/step_timer.py), and the ratio of the median step times is printed.
 
     .venv/bin/python benchmarks/train_throughput.py --frames 32 --epochs 3 --json train_throughput.json
-    .venv/bin/python benchmarks/train_throughput.py --frames 16 --epochs 3 --reference --json docs/train_throughput.json
+    .venv/bin/python benchmarks/train_throughput.py --frames 8 --epochs 3 --reference --json docs/train_throughput.json
 """
 
 import argparse
@@ -60,7 +60,6 @@ def write_frames(path: Path, count: int, seed: int) -> None:
 
 def run_reference(tmp: Path, args) -> dict:
     """The reference's training on our frame files, in its own venv (one JSON line back)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from compare_reference import ensure_reference_venv, reference_python
 
     ensure_reference_venv()
@@ -69,7 +68,8 @@ def run_reference(tmp: Path, args) -> dict:
         str(tmp / "reference"), str(tmp / "train.xyz"), str(tmp / "val.xyz"), str(args.epochs), str(args.batch_size),
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-    result = subprocess.run(command, check=True, capture_output=True, text=True, env=env)
+    # stderr passes through: a failing reference run prints its log there
+    result = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True, env=env)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

@@ -25,16 +25,19 @@ def main():
     steps_file = workdir / "steps.jsonl"
     steps_file.unlink(missing_ok=True)
     config = CONFIG.format(data=train, **ARCHITECTURE)
-    # the compile benchmark's config, turned into a training run: batch size, epochs, a real
-    # optimiser, the validation file, and the step timer
-    config = config.replace(f"val_file_path: {train}", f"val_file_path: {val}")
-    config = config.replace("batch_size: 1", f"batch_size: {batch_size}")
-    config = config.replace("max_epochs: 1", f"max_epochs: {epochs}")
-    config = config.replace("_target_: torch.optim.SGD\n    lr: 0.0", "_target_: torch.optim.Adam\n    lr: 0.001")
-    config = config.replace(
-        "  callbacks:\n",
-        f"  callbacks:\n    - _target_: step_timer.StepTimer\n      path: {steps_file}\n",
-    )
+    # the compile benchmark's config, turned into a training run: the validation file, batch
+    # size, epochs, a real optimiser and the step timer
+    edits = [
+        (f"val_file_path: {train}", f"val_file_path: {val}"),
+        ("batch_size: 1", f"batch_size: {batch_size}"),
+        ("max_epochs: 1", f"max_epochs: {epochs}"),
+        ("_target_: torch.optim.SGD\n    lr: 0.0", "_target_: torch.optim.Adam\n    lr: 0.001"),
+        ("  callbacks:\n", f"  callbacks:\n    - _target_: step_timer.StepTimer\n      path: {steps_file}\n"),
+    ]
+    for old, new in edits:
+        if old not in config:
+            sys.exit(f"build_reference.CONFIG no longer contains {old!r}: update train_reference.py")
+        config = config.replace(old, new)
     (workdir / "config.yaml").write_text(config)
     command = [
         str(Path(sys.executable).parent / "nequip-train"), "-cp", str(workdir), "-cn", "config",

@@ -27,7 +27,7 @@ TorchScript cannot run a custom autograd function, so scripted models differenti
 """
 
 import math
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from e3nn import o3
@@ -146,7 +146,7 @@ class TensorProductSum(torch.nn.Module):
             i, mul, d1, _, _, num_paths, d3 = self.groups[g]
             if g == 0 or self.groups[g - 1][0] != i:
                 x_neighbor = self._channels_last(x, i).index_select(0, edge_neighbor)
-            message = self._products(x_neighbor, edge_sh, g) * self._weights(radial_hidden, weight, g)
+            message = self._products(x_neighbor, self._a(edge_sh, g), g) * self._weights(radial_hidden, weight, g)
             summed = _neighbor_sum(message.flatten(1), edge_center, num_nodes).view(num_nodes, num_paths, d3, mul)
             for q, block in enumerate(self.group_blocks[g]):
                 blocks[block] = summed[:, q].transpose(1, 2).reshape(num_nodes, mul * d3)
@@ -168,10 +168,10 @@ class TensorProductSum(torch.nn.Module):
         _, mul, _, _, weight_column, num_paths, _ = self.groups[g]
         return (radial_hidden @ weight.narrow(1, weight_column, num_paths * mul)).view(-1, num_paths, 1, mul)
 
-    def _products(self, x_neighbor: torch.Tensor, edge_sh: torch.Tensor, g: int) -> torch.Tensor:
+    def _products(self, x_neighbor: torch.Tensor, a: torch.Tensor, g: int) -> torch.Tensor:
         """sum_i x[j(e), i, u] A[e, i, path, k] for a group: (E, paths, d3, mul)."""
         _, mul, _, _, _, num_paths, d3 = self.groups[g]
-        return self.batched_matmul(self._a(edge_sh, g).transpose(1, 2), x_neighbor).view(-1, num_paths, d3, mul)
+        return self.batched_matmul(a.transpose(1, 2), x_neighbor).view(-1, num_paths, d3, mul)
 
     def batched_matmul(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """(E, m, k) @ (E, k, n) for every edge: torch.bmm, or (with ``pointwise_contractions``,
@@ -225,7 +225,8 @@ class _MessageSum(torch.autograd.Function):
         weight = weights[-1].index_select(1, module.weight_columns)
         grad_blocks = grad_out.split(module.block_sizes, dim=1)
 
-        grad_x_parts: List[torch.Tensor] = []
+        # per input irrep; irreps no path reads get no gradient
+        grad_x_parts: List[Optional[torch.Tensor]] = [None] * len(module.inputs)
         grad_sh = torch.zeros_like(edge_sh) if need_sh else None
         grad_hidden = torch.zeros_like(radial_hidden) if need_hidden else None
         grad_weight_parts: List[torch.Tensor] = []
@@ -238,9 +239,10 @@ class _MessageSum(torch.autograd.Function):
                 [grad_blocks[block].view(num_nodes, mul, d3).transpose(1, 2) for block in module.group_blocks[g]], dim=1
             )
             grad_message = grad_sums.index_select(0, edge_center)  # (E, paths, d3, mul)
+            a = module._a(edge_sh, g)  # (E, d1, paths * d3)
             if need_hidden:
                 # d/dw: sum over k of grad * (x . A)
-                grad_w = (grad_message * module._products(x_neighbor, edge_sh, g)).sum(2).reshape(num_edges, num_paths * mul)
+                grad_w = (grad_message * module._products(x_neighbor, a, g)).sum(2).reshape(num_edges, num_paths * mul)
                 if grad_hidden is not None:
                     grad_hidden = grad_hidden + grad_w @ weight.narrow(1, weight_column, num_paths * mul).t()
                 if need_weights:
@@ -254,22 +256,22 @@ class _MessageSum(torch.autograd.Function):
             if need_x:
                 # d/dx at the edge: sum over paths and k; summed over each neighbour's edges below
                 weighted = weighted.view(num_edges, num_paths * d3, mul)
-                grad_x_group = module.batched_matmul(module._a(edge_sh, g), weighted)  # (E, d1, mul)
+                grad_x_group = module.batched_matmul(a, weighted)  # (E, d1, mul)
                 grad_x_neighbor = grad_x_group if grad_x_neighbor is None else grad_x_neighbor + grad_x_group
                 last_of_input = g + 1 == len(module.groups) or module.groups[g + 1][0] != i
                 if last_of_input:
                     summed = _neighbor_sum(grad_x_neighbor.flatten(1), edge_neighbor, num_nodes)
                     # back from channels last to e3nn's (mul, 2l+1) layout
-                    grad_x_parts.append(summed.view(num_nodes, d1, mul).transpose(1, 2).reshape(num_nodes, mul * d1))
+                    grad_x_parts[i] = summed.view(num_nodes, d1, mul).transpose(1, 2).reshape(num_nodes, mul * d1)
                     grad_x_neighbor = None
 
         grad_x = None
         if need_x:
-            # input irreps no path reads get no gradient
-            read = {group[0] for group in module.groups}
-            parts = iter(grad_x_parts)
             grad_x = torch.cat(
-                [next(parts) if i in read else x.new_zeros(num_nodes, mul * dim) for i, (_, mul, dim) in enumerate(module.inputs)],
+                [
+                    part if part is not None else x.new_zeros(num_nodes, mul * dim)
+                    for part, (_, mul, dim) in zip(grad_x_parts, module.inputs)
+                ],
                 dim=1,
             )
         grad_radial, grad_weights = None, [None] * len(weights)

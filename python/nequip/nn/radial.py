@@ -86,7 +86,7 @@ class RadialMLP(torch.nn.Module):
     def forward(self, radial: torch.Tensor) -> torch.Tensor:
         weights = self.scaled_weights()
         hidden = radial_mlp_hidden(radial, weights[:-1], self.activation_scale)
-        return (hidden[-1] if len(hidden) > 0 else radial) @ weights[-1]
+        return hidden[-1] @ weights[-1]
 
 
 def radial_mlp_hidden(radial: torch.Tensor, weights: List[torch.Tensor], activation_scale: float) -> List[torch.Tensor]:
