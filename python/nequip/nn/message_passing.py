@@ -225,12 +225,12 @@ class _MessageSum(torch.autograd.Function):
         weight = weights[-1].index_select(1, module.weight_columns)
         grad_blocks = grad_out.split(module.block_sizes, dim=1)
 
-        # per input irrep; irreps no path reads get no gradient
+        # per input irrep (channels last, summed over each neighbour's edges); irreps no path reads get no gradient
         grad_x_parts: List[Optional[torch.Tensor]] = [None] * len(module.inputs)
         grad_sh = torch.zeros_like(edge_sh) if need_sh else None
         grad_hidden = torch.zeros_like(radial_hidden) if need_hidden else None
         grad_weight_parts: List[torch.Tensor] = []
-        x_neighbor, grad_x_neighbor = x, None
+        x_neighbor = x
         for g, (i, mul, d1, _, weight_column, num_paths, d3) in enumerate(module.groups):
             if g == 0 or module.groups[g - 1][0] != i:
                 x_neighbor = module._channels_last(x, i).index_select(0, edge_neighbor)  # (E, d1, mul)
@@ -254,26 +254,24 @@ class _MessageSum(torch.autograd.Function):
                 coefficients = module.coefficients.narrow(1, module.groups[g][3], d1 * num_paths * d3)
                 grad_sh = grad_sh + grad_a.reshape(num_edges, d1 * num_paths * d3) @ coefficients.t()
             if need_x:
-                # d/dx at the edge: sum over paths and k; summed over each neighbour's edges below
-                weighted = weighted.view(num_edges, num_paths * d3, mul)
-                grad_x_group = module.batched_matmul(a, weighted)  # (E, d1, mul)
-                grad_x_neighbor = grad_x_group if grad_x_neighbor is None else grad_x_neighbor + grad_x_group
-                last_of_input = g + 1 == len(module.groups) or module.groups[g + 1][0] != i
-                if last_of_input:
-                    summed = _neighbor_sum(grad_x_neighbor.flatten(1), edge_neighbor, num_nodes)
-                    # back from channels last to e3nn's (mul, 2l+1) layout
-                    grad_x_parts[i] = summed.view(num_nodes, d1, mul).transpose(1, 2).reshape(num_nodes, mul * d1)
-                    grad_x_neighbor = None
+                # d/dx: sum over paths and k at each edge, then over each neighbour's edges; one group
+                # at a time, so that no group's per-edge data waits for another's
+                grad_x_edge = module.batched_matmul(a, weighted.view(num_edges, num_paths * d3, mul))  # (E, d1, mul)
+                summed = _neighbor_sum(grad_x_edge.flatten(1), edge_neighbor, num_nodes)
+                previous = grad_x_parts[i]
+                grad_x_parts[i] = summed if previous is None else previous + summed
 
         grad_x = None
         if need_x:
-            grad_x = torch.cat(
-                [
-                    part if part is not None else x.new_zeros(num_nodes, mul * dim)
-                    for part, (_, mul, dim) in zip(grad_x_parts, module.inputs)
-                ],
-                dim=1,
-            )
+            parts: List[torch.Tensor] = []
+            for part, (_, mul, dim) in zip(grad_x_parts, module.inputs):
+                # back from channels last to e3nn's (mul, 2l+1) layout
+                parts.append(
+                    x.new_zeros(num_nodes, mul * dim)
+                    if part is None
+                    else part.view(num_nodes, dim, mul).transpose(1, 2).reshape(num_nodes, mul * dim)
+                )
+            grad_x = torch.cat(parts, dim=1)
         grad_radial, grad_weights = None, [None] * len(weights)
         if grad_hidden is not None:
             if need_weights:
