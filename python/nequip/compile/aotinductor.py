@@ -44,9 +44,6 @@ INDUCTOR_CONFIGS = {
     # the next layer's, so whole layers' radial-weight gradients (and the per-edge data they
     # read) would sink to the end of the graph and stay alive through every other layer.
     "reorder_for_locality": False,
-    # Neighbour sums as scatter-adds inside the kernels that compute the per-edge terms, instead
-    # of materialising a group's messages (E x paths x (2l+1) x channels) for ATen's kernel.
-    "cpp.fallback_scatter_reduce_sum": False,
     # Fuse unrelated kernels only if they share 16 MiB of reads: otherwise the twin path groups
     # of even and odd inputs, which read the same node gradients, run as one kernel with both
     # groups' per-edge buffers alive.
