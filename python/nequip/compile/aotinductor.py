@@ -37,7 +37,8 @@ _EXPORT_NUM_ATOMS = 512
 _EXPORT_NUM_EDGES = 24576
 
 # Inductor settings for the force graph, whose memory is per-edge data of the backward pass
-# (at 512 atoms of the benchmark model: peak resident memory 721 -> 357 MiB, 1.5x the time).
+# (512 atoms of the benchmark model: peak resident memory 721 -> 359 MiB, 0.69 -> 1.15 s per call;
+# docs/benchmarks.md).
 INDUCTOR_CONFIGS = {
     # The locality pass moves every producer to just before its first consumer. Each layer's
     # gradient with respect to the shared edge embeddings is first consumed where it is added to
