@@ -2,31 +2,20 @@
 
     python benchmarks/pt2_worker.py MODEL.nequip.pt2 INPUTS.pt THREADS
 
-Only torch is imported, and the file is loaded with torch's C++ package loader (as the LAMMPS
-plugin does) rather than ``torch._inductor.aoti_load_package``, whose Python package adds ~70 MiB:
-the peak resident memory of this process is the model's, not the tooling's. Reads commands from stdin, one per line, answers one JSON line each:
+Only torch (and a standard-library helper) is imported, and the file is loaded with torch's C++ package loader (as the LAMMPS
+plugin does) rather than ``torch._inductor.aoti_load_package``, whose Python package adds
+~70 MiB: the peak resident memory of this process is the model's, not the tooling's. Reads
+commands from stdin, one per line, answers one JSON line each:
 ``run K`` -> the seconds of K calls; ``check`` -> the outputs' sums; ``quit`` -> peak memory.
 """
 
 import json
-import resource
 import sys
 import time
 
 import torch
 
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory. Linux's VmHWM belongs to the current program image;
-    ``ru_maxrss`` carries over the parent's peak through fork and exec."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+from nequip.utils.memory import peak_rss_mib  # standard library only
 
 
 def main():

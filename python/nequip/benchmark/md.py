@@ -7,7 +7,6 @@ resident memory is its own; it prints one line of JSON.
 import argparse
 import json
 import os
-import resource
 import tempfile
 import time
 
@@ -17,6 +16,7 @@ import torch
 from ase import units
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
+from ..utils.memory import peak_rss_mib
 from .systems import system_for
 
 TIMESTEP_FS = 1.0
@@ -86,7 +86,6 @@ def run_case(engine: str, model_path: str, num_atoms: int, steps: int, warmup: i
     atoms = system_for(load_compiled(model_path).type_names, num_atoms)
     MaxwellBoltzmannDistribution(atoms, temperature_K=TEMPERATURE_K, rng=np.random.default_rng(0))
     seconds_per_step = ENGINES[engine](model_path, atoms, steps, warmup, device)
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return dict(
         engine=engine,
         format=model_path.rsplit(".", 1)[-1],
@@ -97,7 +96,7 @@ def run_case(engine: str, model_path: str, num_atoms: int, steps: int, warmup: i
         timesteps_per_s=1.0 / seconds_per_step,
         ns_per_day=86400.0 / seconds_per_step * TIMESTEP_FS * 1e-6,
         us_per_atom_step=1e6 * seconds_per_step / num_atoms,
-        peak_memory_mib=peak_kib / 1024,
+        peak_memory_mib=peak_rss_mib(),
     )
 
 

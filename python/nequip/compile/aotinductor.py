@@ -45,9 +45,9 @@ INDUCTOR_CONFIGS = {
     # the next layer's, so whole layers' radial-weight gradients (and the per-edge data they
     # read) would sink to the end of the graph and stay alive through every other layer.
     "reorder_for_locality": False,
-    # Fuse unrelated kernels only if they share 16 MiB of reads: otherwise the twin path groups
-    # of even and odd inputs, which read the same node gradients, run as one kernel with both
-    # groups' per-edge buffers alive.
+    # Fuse unrelated kernels only if they share 16 MiB of reads (sized at the export example):
+    # otherwise the twin path groups of even and odd inputs, which read the same node
+    # gradients, run as one kernel with both groups' per-edge buffers alive.
     "score_fusion_memory_threshold": 2**24,
     # One buffer per call, laid out ahead of time, instead of hundreds of malloc'd ones whose
     # fragmentation of the heap added half the live size again.
