@@ -1,6 +1,8 @@
 import re
+import zipfile
 
 import ase.io
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -35,12 +37,61 @@ def test_file_without_requested_labels_names_the_frame_and_label(tmp_path, make_
     frames[1].calc.results.pop("forces")
     ase.io.write(path, frames)
     formula = frames[1].get_chemical_formula()
-    message = (
-        f"frame 1: structure {formula} has no forces label; "
-        "add it to the data or drop it from labels"
-    )
-    with pytest.raises(ValueError, match=re.escape(message)):
+    message = f"{path}: frame 1: structure {formula} has no forces label; add it to the data"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
         AtomicDataset.from_file(path, si_c_mapper, 4.0, require_labels=True)
+
+
+def test_errors_number_frames_by_their_position_in_the_file(tmp_path, make_atoms, si_c_mapper):
+    path = tmp_path / "nan.xyz"
+    frames = [make_atoms(seed) for seed in range(4)]
+    frames[2].calc.results["energy"] = np.nan
+    ase.io.write(path, frames)
+    message = f"{path}: frame 2: label 'total_energy' is not finite (nan); fix or remove the frame"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        AtomicDataset.from_file(path, si_c_mapper, 4.0)
+    # a selection keeps the numbers of the file
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        AtomicDataset.from_file(path, si_c_mapper, 4.0, index="1:")
+    assert len(AtomicDataset.from_file(path, si_c_mapper, 4.0, index="3")) == 1
+
+
+@pytest.mark.parametrize(
+    "name, kind",
+    [
+        ("best.ckpt", "a training checkpoint"),
+        ("model.nequip.zip", "a model package"),
+        ("model.nequip.pt2", "a compiled model"),
+        ("frames.zip", "a zip archive"),
+    ],
+)
+def test_model_files_are_not_taken_for_structures(tmp_path, name, kind):
+    path = tmp_path / name
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", b"weights")
+    message = (
+        f"{path} is {kind}, not a file of structures; give structures with their labels"
+        " in a format ASE reads (e.g. extxyz)"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        read_frames(path)
+
+
+def test_unknown_format_names_the_format_and_where_to_find_valid_ones(aspirin_path, tmp_path):
+    message = (
+        "format 'extxy' is not a format ASE can read; did you mean 'extxyz'? give an ASE format name"
+        " (e.g. 'extxyz'; `ase info --formats` lists them)"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        read_frames(aspirin_path, format="extxy")
+    unguessable = tmp_path / "frames.yaml"
+    unguessable.write_text("a: 1\n")
+    message = (
+        f"could not read structures from {unguessable}: ASE cannot tell its format from the file's name"
+        " or contents; give the ASE format name (e.g. 'extxyz'; `ase info --formats` lists them)"
+    )
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        read_frames(unguessable)
 
 
 def test_dataset_from_file_keeps_neighbor_lists_and_batches(aspirin_path):

@@ -124,9 +124,28 @@ def test_unknown_species_is_named_with_the_model_types(si_c_mapper):
 
 def test_missing_required_label_is_named(aspirin_path):
     atoms = ase.io.read(aspirin_path, index=0)
-    message = "structure C9H8O4 has no stress label; add it to the data or drop it from labels"
+    message = (
+        "structure C9H8O4 has no stress label; add it to the data"
+        " or set loss.stress: 0 to train without stresses"
+    )
     with pytest.raises(ValueError, match=re.escape(message)):
         from_ase(atoms, TypeMapper(["C", "H", "O"]), 4.0, require_labels=True)
+
+
+@pytest.mark.parametrize(
+    "label, damage, reason",
+    [
+        (keys.TOTAL_ENERGY, lambda r: r.update(energy=np.nan), "nan"),
+        (keys.FORCES, lambda r: r["forces"].__setitem__((2, 1), np.inf), "inf on atom 2"),
+        (keys.STRESS, lambda r: r["stress"].__setitem__(4, -np.inf), "-inf"),
+    ],
+)
+def test_non_finite_labels_are_rejected(make_atoms, si_c_mapper, label, damage, reason):
+    atoms = make_atoms(seed=0, num_atoms=4)
+    damage(atoms.calc.results)
+    message = f"label {label!r} is not finite ({reason}); fix or remove the frame"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        from_ase(atoms, si_c_mapper, 4.0)
 
 
 def test_nan_positions_are_rejected(make_atoms, si_c_mapper):

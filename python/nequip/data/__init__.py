@@ -2,17 +2,20 @@
 
 from . import keys, statistics
 from .atomic_data import AtomicData, TypeMapper, batch_frames, from_ase
-from .dataset import AtomicDataset, read_frames
+from .dataset import AtomicDataset, ase_format_problem, read_frames
 from .neighbors import compute_neighbor_list
+from .synthetic import synthetic_frame
 
 __all__ = [
     "keys",
     "statistics",
     "AtomicData",
     "AtomicDataset",
+    "ase_format_problem",
     "TypeMapper",
     "batch_frames",
     "compute_neighbor_list",
     "from_ase",
     "read_frames",
+    "synthetic_frame",
 ]

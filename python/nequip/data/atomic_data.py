@@ -134,11 +134,12 @@ def from_ase(
         value = _find_label(atoms, label)
         if value is None:
             if require_labels:
-                raise ValueError(
-                    f"structure {name} has no {label} label; "
-                    "add it to the data or drop it from labels"
-                )
+                # only training requires labels, and only stresses are optional there
+                way_out = " or set loss.stress: 0 to train without stresses" if label == keys.STRESS else ""
+                raise ValueError(f"structure {name} has no {label} label; add it to the data{way_out}")
             continue
+        if not np.isfinite(value).all():
+            raise ValueError(f"label {label!r} is not finite ({_first_non_finite(value, label)}); fix or remove the frame")
         if label == keys.STRESS and value.size == 6:
             value = voigt_6_to_full_3x3_stress(value)
         if value.size != np.prod(shape[label]):
@@ -148,6 +149,15 @@ def from_ase(
             )
         frame[label] = torch.from_numpy(value.reshape(shape[label]) * unit[label])
     return frame
+
+
+def _first_non_finite(value: np.ndarray, label: str) -> str:
+    """The first NaN or infinite entry of a label, as a user finds it: 'nan', 'inf on atom 3'."""
+    flat_index = int(np.flatnonzero(~np.isfinite(value))[0])
+    entry = value.reshape(-1)[flat_index]
+    if label == keys.FORCES:
+        return f"{entry} on atom {flat_index // 3}"
+    return str(entry)
 
 
 def _find_label(atoms: ase.Atoms, label: str) -> Optional[np.ndarray]:

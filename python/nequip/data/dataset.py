@@ -1,14 +1,49 @@
 """Reading structure files, and a dataset of frames with their neighbour lists."""
 
+import difflib
+import zipfile
 from pathlib import Path
 from typing import List, Optional, Sequence, Union
 
 import ase
 import ase.io
+import ase.io.formats
 import torch
 
 from . import keys
 from .atomic_data import AtomicData, TypeMapper, batch_frames, from_ase
+
+
+def ase_format_problem(name: str) -> Optional[str]:
+    """Why ``name`` is not an ASE format that reads structures, or None when it is one."""
+    formats = ase.io.formats.ioformats
+    if name in formats and formats[name].can_read:
+        return None
+    readable = [key for key, io_format in formats.items() if io_format.can_read]
+    close = difflib.get_close_matches(name, readable, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    return (
+        f"{name!r} is not a format ASE can read; {hint}give an ASE format name"
+        " (e.g. 'extxyz'; `ase info --formats` lists them)"
+    )
+
+
+def _model_file_kind(path: Path) -> Optional[str]:
+    """What a file of this project that holds no structures is (checkpoint, package, ...), or None.
+
+    They are zip archives (torch's format), which no ASE reader takes; ASE's own error
+    would not say what the file is.
+    """
+    if not zipfile.is_zipfile(path):
+        return None
+    name = path.name
+    if name.endswith(".nequip.zip"):
+        return "a model package"
+    if name.endswith(".ckpt"):
+        return "a training checkpoint"
+    if name.endswith((".pth", ".pt2")):
+        return "a compiled model"
+    return "a zip archive"
 
 
 def read_frames(
@@ -18,6 +53,29 @@ def read_frames(
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"structure file {path} does not exist; check the path")
+    if path.is_dir():
+        raise ValueError(f"{path} is a directory; give a file of structures")
+    kind = _model_file_kind(path)
+    if kind is not None:
+        raise ValueError(
+            f"{path} is {kind}, not a file of structures; give structures with their labels"
+            " in a format ASE reads (e.g. extxyz)"
+        )
+    if format is not None:
+        problem = ase_format_problem(format)
+        if problem is not None:
+            raise ValueError(f"format {problem}")
+    else:
+        try:
+            # a name ASE guesses may still have no reader ("yaml")
+            guessed = ase.io.formats.filetype(str(path), read=True)
+        except Exception:  # ASE raises several types, with messages such as "yaml"
+            guessed = None
+        if guessed is None or ase_format_problem(guessed) is not None:
+            raise ValueError(
+                f"could not read structures from {path}: ASE cannot tell its format from the file's name"
+                " or contents; give the ASE format name (e.g. 'extxyz'; `ase info --formats` lists them)"
+            )
     try:
         frames = ase.io.read(path, index=index, format=format)
     except Exception as err:  # ASE's readers raise many exception types for a bad file
@@ -54,15 +112,25 @@ class AtomicDataset(torch.utils.data.Dataset):
         atoms_list: Sequence[ase.Atoms],
         type_mapper: TypeMapper,
         r_max: float,
+        source: Optional[Union[str, Path]] = None,
+        frame_numbers: Optional[Sequence[int]] = None,
         **from_ase_kwargs,
     ) -> "AtomicDataset":
-        """Dataset of ``atoms_list``; ``from_ase_kwargs`` as in :func:`nequip.data.from_ase`."""
+        """Dataset of ``atoms_list``; ``from_ase_kwargs`` as in :func:`nequip.data.from_ase`.
+
+        A frame that cannot be used is reported as ``<source>: frame <n>: <reason>``, with
+        ``n`` from ``frame_numbers`` (the frames' positions in their file; by default their
+        positions in ``atoms_list``).
+        """
+        if frame_numbers is None:
+            frame_numbers = range(len(atoms_list))
+        prefix = "" if source is None else f"{source}: "
         frames = []
-        for index, atoms in enumerate(atoms_list):
+        for number, atoms in zip(frame_numbers, atoms_list):
             try:
                 frames.append(from_ase(atoms, type_mapper, r_max, **from_ase_kwargs))
             except ValueError as err:
-                raise ValueError(f"frame {index}: {err}") from None
+                raise ValueError(f"{prefix}frame {number}: {err}") from None
         return cls(frames)
 
     @classmethod
@@ -76,7 +144,14 @@ class AtomicDataset(torch.utils.data.Dataset):
         **from_ase_kwargs,
     ) -> "AtomicDataset":
         """Dataset of the structures in ``path`` (see :func:`read_frames`)."""
-        return cls.from_ase(read_frames(path, index, format), type_mapper, r_max, **from_ase_kwargs)
+        frames = read_frames(path, format=format)
+        # select here, so that errors number the frames by their positions in the file
+        selection = ase.io.formats.string2index(index) if isinstance(index, str) else index
+        numbers = list(range(len(frames)))
+        numbers = numbers[selection] if isinstance(selection, slice) else [numbers[selection]]
+        return cls.from_ase(
+            [frames[n] for n in numbers], type_mapper, r_max, source=path, frame_numbers=numbers, **from_ase_kwargs
+        )
 
     def __len__(self) -> int:
         return len(self.frames)

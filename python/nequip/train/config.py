@@ -1,30 +1,34 @@
-"""The training configuration: a YAML file checked against dataclasses before anything runs.
+"""The training configuration: a YAML file checked against pydantic models before anything runs.
 
-Every section of the YAML file is one dataclass below; a field's type annotation is its
-schema and its default is the value used when the key is left out (``REQUIRED`` marks keys
-that must be given). ``validate_config(raw_dict)`` turns the parsed YAML into a
-``TrainingConfig`` or raises ``ConfigError`` with one message that names the key by its full
-path (``data.batch_size``), e.g.::
+Every section of the YAML file is one pydantic model below; a field's type annotation and
+bounds are its schema and its default is the value used when the key is left out.
+``validate_config(raw_dict)`` turns the parsed YAML into a ``TrainingConfig`` or raises
+``ConfigError`` with one message that names the key by its full path, e.g.::
 
     data.batch_sise: unknown key (did you mean 'batch_size'?)
     optimizer.lr: expected a number, got str 'fast'
+    optimizer.lr: must be greater than 0, got -1
     output_dir: required key is missing
 
 Command-line overrides ``key.sub=value`` are applied to the parsed YAML (values parsed as
-YAML) before validation, so they are checked exactly like the file.
+YAML) before validation, so they are checked exactly like the file. ``json_schema()`` is the
+JSON Schema of the file (``nequip-train --schema``), for editors.
 """
 
-import dataclasses
+import datetime
 import difflib
 import inspect
 import re
 import typing
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Union
 
+import annotated_types
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
 
+from ..data import ase_format_problem
 from ..model import NequIPModel
 
 __all__ = [
@@ -40,10 +44,13 @@ __all__ = [
     "EMAConfig",
     "EarlyStoppingConfig",
     "TrainerConfig",
+    "MODEL_ARGUMENTS",
     "load_config",
     "validate_config",
     "apply_overrides",
     "config_to_dict",
+    "json_schema",
+    "parse_max_time",
 ]
 
 
@@ -51,16 +58,10 @@ class ConfigError(ValueError):
     """A training configuration that cannot be used; the message names the key."""
 
 
-class _Required:
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-
-REQUIRED: Any = _Required()
-
-
-def _required():
-    return field(default=REQUIRED)
+class _Section(BaseModel):
+    # strict: YAML's types are taken as they are (no "3" -> 3, no true -> 1); an int is
+    # still accepted where a number is expected
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -68,18 +69,16 @@ def _required():
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class SplitConfig:
+class SplitConfig(_Section):
     """How one data file is divided: counts (integers) or fractions of the frames."""
 
-    train: Union[int, float] = _required()
-    val: Union[int, float] = _required()
+    train: Union[int, float]
+    val: Union[int, float]
     test: Union[int, float] = 0
     seed: int = 0
 
 
-@dataclass
-class DataConfig:
+class DataConfig(_Section):
     """Where the frames come from and how species become model types.
 
     Either ``train_file`` and ``val_file`` (and optionally ``test_file``), or one ``file``
@@ -94,11 +93,19 @@ class DataConfig:
     file: Optional[str] = None
     split: Optional[SplitConfig] = None
     format: Optional[str] = None  # ASE format name; None: guessed from the file name
-    energy_units_to_eV: float = 1.0
-    length_units_to_A: float = 1.0
-    batch_size: int = 4
-    val_batch_size: Optional[int] = None  # None: batch_size
-    num_workers: int = 0
+    energy_units_to_eV: float = Field(1.0, gt=0)
+    length_units_to_A: float = Field(1.0, gt=0)
+    batch_size: int = Field(4, ge=1)
+    val_batch_size: Optional[int] = Field(None, ge=1)  # None: batch_size
+    num_workers: int = Field(0, ge=0)
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, value: Optional[str]) -> Optional[str]:
+        problem = None if value is None else ase_format_problem(value)
+        if problem is not None:
+            raise ValueError(f"{problem}, or leave data.format out to guess it from the file name")
+        return value
 
 
 # NequIPModel's own defaults, so that the two cannot drift apart
@@ -108,9 +115,10 @@ _MODEL_DEFAULTS = {
     if parameter.default is not inspect.Parameter.empty
 }
 
+PerTypeValues = Optional[Union[float, List[float], Dict[str, float]]]
 
-@dataclass
-class ModelConfig:
+
+class ModelConfig(_Section):
     """NequIPModel's arguments (same names and defaults), or a model to fine-tune.
 
     ``avg_num_neighbors``, ``per_type_energy_shifts`` and ``per_type_energy_scales`` left
@@ -119,18 +127,18 @@ class ModelConfig:
     ``data.type_names``.
     """
 
-    r_max: Optional[float] = None  # required unless fine-tuning
-    l_max: int = _MODEL_DEFAULTS["l_max"]
+    r_max: Optional[float] = Field(None, gt=0)  # required unless fine-tuning
+    l_max: int = Field(_MODEL_DEFAULTS["l_max"], ge=0)
     parity: bool = _MODEL_DEFAULTS["parity"]
-    num_layers: int = _MODEL_DEFAULTS["num_layers"]
-    num_features: int = _MODEL_DEFAULTS["num_features"]
-    num_bessels: int = _MODEL_DEFAULTS["num_bessels"]
-    polynomial_cutoff_p: float = _MODEL_DEFAULTS["polynomial_cutoff_p"]
-    radial_mlp_depth: int = _MODEL_DEFAULTS["radial_mlp_depth"]
-    radial_mlp_width: int = _MODEL_DEFAULTS["radial_mlp_width"]
-    avg_num_neighbors: Optional[float] = None
-    per_type_energy_shifts: Optional[Union[float, List[float], Dict[str, float]]] = None
-    per_type_energy_scales: Optional[Union[float, List[float], Dict[str, float]]] = None
+    num_layers: int = Field(_MODEL_DEFAULTS["num_layers"], ge=1)
+    num_features: int = Field(_MODEL_DEFAULTS["num_features"], ge=1)
+    num_bessels: int = Field(_MODEL_DEFAULTS["num_bessels"], ge=1)
+    polynomial_cutoff_p: float = Field(_MODEL_DEFAULTS["polynomial_cutoff_p"], gt=0)
+    radial_mlp_depth: int = Field(_MODEL_DEFAULTS["radial_mlp_depth"], ge=1)
+    radial_mlp_width: int = Field(_MODEL_DEFAULTS["radial_mlp_width"], ge=1)
+    avg_num_neighbors: Optional[float] = Field(None, gt=0)
+    per_type_energy_shifts: PerTypeValues = None
+    per_type_energy_scales: PerTypeValues = None
     # {centre: r}, {centre: {neighbour: r}}, or num_types**2 numbers (row = centre type)
     per_edge_type_cutoff: Optional[Union[List[float], Dict[str, Union[float, Dict[str, float]]]]] = None
     model_dtype: Literal["float32", "float64"] = _MODEL_DEFAULTS["model_dtype"]
@@ -147,100 +155,142 @@ MODEL_ARGUMENTS = tuple(
 FINE_TUNING_KEYS = ("from_checkpoint", "from_package", "refit_energy_shifts")
 
 
-@dataclass
-class LossConfig:
+class LossConfig(_Section):
     """Weighted sum of per-quantity losses; a coefficient of 0 leaves the quantity out."""
 
-    energy_per_atom: float = 1.0
-    forces: float = 1.0
-    stress: float = 0.0
+    energy_per_atom: float = Field(1.0, ge=0)
+    forces: float = Field(1.0, ge=0)
+    stress: float = Field(0.0, ge=0)
     function: Literal["mse", "huber"] = "mse"
-    huber_delta: float = 0.01
+    huber_delta: float = Field(0.01, gt=0)
 
 
-@dataclass
-class MetricsConfig:
+class MetricsConfig(_Section):
     """MAE and RMSE of every learned quantity are always reported; these add more."""
 
     per_type_forces_mae: bool = True
 
 
-@dataclass
-class OptimizerConfig:
+class OptimizerConfig(_Section):
     name: Literal["adam", "adamw"] = "adam"
-    lr: float = 0.01
-    weight_decay: float = 0.0
+    lr: float = Field(0.01, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
     amsgrad: bool = False
 
 
-@dataclass
-class LRSchedulerConfig:
+class LRSchedulerConfig(_Section):
     """ReduceLROnPlateau on the validation loss."""
 
     name: Literal["reduce_on_plateau"] = "reduce_on_plateau"
-    factor: float = 0.5
-    patience: int = 10
-    min_lr: float = 1e-6
+    factor: float = Field(0.5, gt=0, lt=1)
+    patience: int = Field(10, ge=0)
+    min_lr: float = Field(1e-6, ge=0)
 
 
-@dataclass
-class EMAConfig:
+class EMAConfig(_Section):
     """Exponential moving average of the weights: used for validation and saved models."""
 
-    decay: float = 0.99
+    decay: float = Field(0.99, gt=0, lt=1)
 
 
-@dataclass
-class EarlyStoppingConfig:
+class EarlyStoppingConfig(_Section):
     """Stop when the validation loss has not improved by min_delta for patience epochs."""
 
-    patience: int = 50
-    min_delta: float = 0.0
+    patience: int = Field(50, ge=0)
+    min_delta: float = Field(0.0, ge=0)
 
 
-@dataclass
-class TrainerConfig:
+_MAX_TIME_FORMAT = re.compile(r"^(\d+):(\d+):(\d+):(\d+)$")
+
+
+def parse_max_time(value: Union[None, str, float]) -> Optional[datetime.timedelta]:
+    """``trainer.max_time`` ("DD:HH:MM:SS", as Lightning reads it, or seconds) as a duration."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        match = _MAX_TIME_FORMAT.match(value.strip())
+        if match is None:
+            raise ValueError(
+                f'expected "DD:HH:MM:SS" (e.g. "00:12:00:00" for 12 hours) or a number of seconds, got {value!r}'
+            )
+        days, hours, minutes, seconds = (int(part) for part in match.groups())
+        duration = datetime.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    else:
+        duration = datetime.timedelta(seconds=value)
+    if duration <= datetime.timedelta(0):
+        raise ValueError(f"must be a positive duration, got {value!r}")
+    return duration
+
+
+class TrainerConfig(_Section):
     """Lightning Trainer options (same names and meanings)."""
 
-    max_epochs: int = 100
+    max_epochs: int = Field(100, ge=1)
     max_time: Optional[Union[str, float]] = None  # "DD:HH:MM:SS" or seconds
     accelerator: str = "auto"
     devices: Union[int, str, List[int]] = "auto"
     strategy: str = "auto"
     # the model computes in model.model_dtype; "64-true" also needs model_dtype float64
     precision: Literal["32-true", "64-true"] = "32-true"
-    seed: int = 0
-    log_every_n_steps: int = 50
-    check_val_every_n_epoch: int = 1
-    gradient_clip_val: Optional[float] = None
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # the range of numpy's seeds
+    log_every_n_steps: int = Field(50, ge=1)
+    check_val_every_n_epoch: int = Field(1, ge=1)
+    gradient_clip_val: Optional[float] = Field(None, gt=0)
     enable_progress_bar: bool = True
 
+    @field_validator("max_time")
+    @classmethod
+    def _readable_max_time(cls, value):
+        parse_max_time(value)
+        return value
 
-@dataclass
-class TrainingConfig:
-    output_dir: str = _required()
-    data: DataConfig = _required()
-    model: ModelConfig = _required()
-    loss: LossConfig = field(default_factory=LossConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    lr_scheduler: Optional[LRSchedulerConfig] = field(default_factory=LRSchedulerConfig)
-    ema: Optional[EMAConfig] = field(default_factory=EMAConfig)
+
+class TrainingConfig(_Section):
+    model_config = ConfigDict(
+        json_schema_extra={"title": "nequip-train configuration"}, extra="forbid", strict=True
+    )
+
+    output_dir: str
+    data: DataConfig
+    model: ModelConfig
+    loss: LossConfig = Field(default_factory=LossConfig)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    lr_scheduler: Optional[LRSchedulerConfig] = Field(default_factory=LRSchedulerConfig)
+    ema: Optional[EMAConfig] = Field(default_factory=EMAConfig)
     early_stopping: Optional[EarlyStoppingConfig] = None
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
 
     @property
     def fine_tuning(self) -> bool:
         return self.model.from_checkpoint is not None or self.model.from_package is not None
 
 
+def json_schema() -> Dict[str, Any]:
+    """The JSON Schema of a configuration file (what editors complete and check keys with)."""
+    return TrainingConfig.model_json_schema()
+
+
 # ---------------------------------------------------------------------------------------
-# validation
+# pydantic's errors as one line each, named by the key's full path
 # ---------------------------------------------------------------------------------------
+
+
+def _strip_optional(tp):
+    if typing.get_origin(tp) is Union:
+        members = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(members) == 1:
+            return members[0]
+    return tp
+
+
+def _is_union(tp) -> bool:
+    return typing.get_origin(tp) is Union
 
 
 def _type_name(tp) -> str:
     """The schema type as a user reads it."""
+    tp = _strip_optional(tp)
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if tp is type(None):
@@ -253,7 +303,7 @@ def _type_name(tp) -> str:
         return "a number"
     if tp is str:
         return "a string"
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
         return "a mapping"
     if origin is list:
         return f"a list of {_type_name(args[0]).removeprefix('a ').removeprefix('an ')}s"
@@ -262,7 +312,8 @@ def _type_name(tp) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if origin is Union:
-        return " or ".join(_type_name(a) for a in args)
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return ", ".join(names[:-1]) + " or " + names[-1]
     return str(tp)
 
 
@@ -272,90 +323,128 @@ def _describe(value) -> str:
     return f"{type(value).__name__} {value!r}"
 
 
-def _shape(tp) -> str:
-    origin = typing.get_origin(tp) or tp
-    if dataclasses.is_dataclass(tp) or origin is dict:
-        return "mapping"
-    if origin is list:
-        return "list"
-    return "scalar"
+def _union_member(union, tag: str):
+    """The member of ``union`` that pydantic's loc ``tag`` (e.g. 'list[float]', 'float') names."""
+    members = [a for a in typing.get_args(union) if a is not type(None)]
+    for member in members:
+        origin = typing.get_origin(member)
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            name = member.__name__
+        elif origin is not None:
+            name = origin.__name__
+        else:
+            name = getattr(member, "__name__", str(member))
+        if tag == name or tag.startswith(name + "["):
+            return member
+    return None
 
 
-def _check(value, tp, path: str):
-    """Return ``value`` converted to ``tp`` (dataclasses built), or raise ConfigError."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
+class _Located(typing.NamedTuple):
+    path: str  # the key's full path as a user writes it (data.split.val, data.type_names[1])
+    annotation: Any  # the expected type there
+    field: Optional[FieldInfo]  # the field whose value it is (bounds, for range messages)
+    section: Optional[type]  # the section the last key belongs to (for unknown keys)
 
-    if origin is Union:
-        if value is None and type(None) in args:
-            return None
-        members = [a for a in args if a is not type(None)]
-        # where only one member has the value's shape (mapping, list, scalar), its own message is more precise
-        same_shape = [a for a in members if _shape(a) == _shape(type(value))]
-        if len(same_shape) == 1 and (len(members) == 1 or _shape(type(value)) != "scalar"):
-            return _check(value, same_shape[0], path)
-        for member in members:
-            try:
-                return _check(value, member, path)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_describe(value)}")
 
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {_describe(value)}")
-        return _build_dataclass(tp, value, path)
+def _locate(loc) -> _Located:
+    """Follow pydantic's error location through the schema: union tags are not keys."""
+    path = ""
+    annotation: Any = TrainingConfig
+    field = None
+    section = TrainingConfig
+    parts = list(loc)
+    while parts:
+        part = parts.pop(0)
+        annotation = _strip_optional(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            section = annotation
+            path = f"{path}.{part}" if path else str(part)
+            field = annotation.model_fields.get(part)
+            annotation = field.annotation if field is not None else Any
+        elif _is_union(annotation):
+            member = _union_member(annotation, str(part))
+            if member is None:  # not a tag: the union as a whole
+                parts.insert(0, part)
+                return _Located(path, annotation, field, section)
+            if not parts:
+                return _Located(path, annotation, field, section)
+            annotation = member
+        elif typing.get_origin(annotation) is list:
+            path = f"{path}[{part}]"
+            annotation = typing.get_args(annotation)[0]
+        elif typing.get_origin(annotation) is dict:
+            path = f"{path}.{part}"
+            annotation = typing.get_args(annotation)[1]
+        else:
+            path = f"{path}.{part}" if path else str(part)
+            annotation = Any
+    return _Located(path, annotation, field, section)
 
-    if origin is Literal:
-        if value in args and type(value) is type(args[args.index(value)]):
-            return value
-        message = f"{path}: must be one of {', '.join(repr(a) for a in args)}, got {_describe(value)}"
-        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+
+# Field(gt=...) and the like, as a user reads them
+_BOUND_WORDS = {"gt": "greater than", "ge": "at least", "lt": "less than", "le": "at most"}
+
+
+def _bounds(field: Optional[FieldInfo]) -> str:
+    """A field's range as a user reads it: 'greater than 0', 'between 0 and 1 (exclusive)'."""
+    bounds = {}
+    for constraint in field.metadata if field is not None else []:
+        for name in _BOUND_WORDS:
+            if isinstance(constraint, annotated_types.BaseMetadata) and hasattr(constraint, name):
+                bounds[name] = getattr(constraint, name)
+    if bounds.keys() == {"gt", "lt"}:
+        return f"between {bounds['gt']} and {bounds['lt']} (exclusive)"
+    return " and ".join(f"{_BOUND_WORDS[name]} {value}" for name, value in bounds.items())
+
+
+def _message(error: Dict[str, Any]) -> str:
+    """One pydantic error as ``key.path: what is wrong``."""
+    kind, value = error["type"], error.get("input")
+    if kind == "extra_forbidden":
+        located = _locate(error["loc"][:-1]) if len(error["loc"]) > 1 else None
+        section = TrainingConfig if located is None else _strip_optional(located.annotation)
+        key = str(error["loc"][-1])
+        path = key if located is None else f"{located.path}.{key}"
+        fields = list(section.model_fields)
+        message = f"{path}: unknown key"
+        close = difflib.get_close_matches(key, fields, n=1)
         if close:
-            message += f" (did you mean {close[0]!r}?)"
-        raise ConfigError(message)
+            return f"{message} (did you mean {close[0]!r}?)"
+        return f"{message} (valid keys: {', '.join(fields)})"
 
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_describe(value)}")
-        return [_check(item, args[0], f"{path}[{i}]") for i, item in enumerate(value)]
-
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_describe(value)}")
-        return {
-            _check(k, args[0], f"{path} (key {k!r})"): _check(v, args[1], f"{path}.{k}")
-            for k, v in value.items()
-        }
-
-    # scalars: YAML gives bool, int, float, str; bool is not a number here
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if tp in (int, str, bool) and type(value) is tp:
-        return value
-    raise ConfigError(f"{path}: expected {_type_name(tp)}, got {_describe(value)}")
+    located = _locate(error["loc"])
+    if kind == "missing":
+        return f"{located.path}: required key is missing"
+    if kind == "literal_error":
+        options = typing.get_args(_strip_optional(located.annotation))
+        message = f"{located.path}: must be one of {', '.join(repr(a) for a in options)}, got {_describe(value)}"
+        close = difflib.get_close_matches(str(value), [str(a) for a in options], n=1)
+        return f"{message} (did you mean {close[0]!r}?)" if close else message
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        return f"{located.path}: must be {_bounds(located.field)}, got {value!r}"
+    if kind == "value_error":
+        return f"{located.path}: {error['ctx']['error']}"
+    # a value of the wrong type (pydantic's *_type and *_parsing errors)
+    return f"{located.path}: expected {_type_name(located.annotation)}, got {_describe(value)}"
 
 
-def _build_dataclass(cls, raw: dict, path: str):
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    prefix = f"{path}." if path else ""
-    for key in raw:
-        if key not in fields:
-            message = f"{prefix}{key}: unknown key"
-            close = difflib.get_close_matches(str(key), list(fields), n=1)
-            if close:
-                message += f" (did you mean {close[0]!r}?)"
-            else:
-                message += f" (valid keys: {', '.join(fields)})"
-            raise ConfigError(message)
-    values = {}
-    for name, f in fields.items():
-        if name in raw:
-            values[name] = _check(raw[name], hints[name], f"{prefix}{name}")
-        elif f.default is REQUIRED:
-            raise ConfigError(f"{prefix}{name}: required key is missing")
-    return cls(**values)
+def _first_problem(err: ValidationError) -> str:
+    """The message of the first key in error; of a union's members, the one that got furthest."""
+    errors = err.errors(include_url=False)
+    if errors[0]["type"] == "extra_forbidden":
+        return _message(errors[0])
+    first = _locate(errors[0]["loc"]).path
+
+    def within_first(error) -> bool:
+        path = _locate(error["loc"]).path
+        return error["type"] != "extra_forbidden" and (path == first or path.startswith((f"{first}.", f"{first}[")))
+
+    return _message(max(filter(within_first, errors), key=lambda e: len(_locate(e["loc"]).path)))
+
+
+# ---------------------------------------------------------------------------------------
+# validation
+# ---------------------------------------------------------------------------------------
 
 
 def _check_consistency(config: TrainingConfig) -> None:
@@ -380,8 +469,6 @@ def _check_consistency(config: TrainingConfig) -> None:
         for key in ("train_file", "val_file"):
             if getattr(data, key) is None:
                 raise ConfigError(f"data.{key}: required key is missing (or give data.file with data.split)")
-    if data.batch_size < 1:
-        raise ConfigError(f"data.batch_size: must be at least 1, got {data.batch_size}")
 
     if model.from_checkpoint is not None and model.from_package is not None:
         raise ConfigError("model: give at most one of 'from_checkpoint' and 'from_package'")
@@ -402,10 +489,14 @@ def _check_consistency(config: TrainingConfig) -> None:
                 )
     if max(config.loss.energy_per_atom, config.loss.forces, config.loss.stress) <= 0:
         raise ConfigError("loss: at least one of energy_per_atom, forces and stress must be positive")
+    if config.trainer.check_val_every_n_epoch > config.trainer.max_epochs:
+        raise ConfigError(
+            f"trainer.check_val_every_n_epoch: {config.trainer.check_val_every_n_epoch} is more than"
+            f" trainer.max_epochs {config.trainer.max_epochs}, so no validation would run and no best.ckpt"
+            " be saved; lower it or raise max_epochs"
+        )
     if config.trainer.precision == "64-true" and not config.fine_tuning and model.model_dtype != "float64":
         raise ConfigError("trainer.precision: '64-true' needs model.model_dtype 'float64'")
-    if config.ema is not None and not 0.0 < config.ema.decay < 1.0:
-        raise ConfigError(f"ema.decay: must be between 0 and 1 (exclusive), got {config.ema.decay}")
 
 
 def validate_config(raw: Any) -> TrainingConfig:
@@ -423,13 +514,33 @@ def validate_config(raw: Any) -> TrainingConfig:
                 f"model.{given[0]}: a fine-tuned model keeps the hyperparameters of the model it"
                 " starts from; remove this key"
             )
-    config = _build_dataclass(TrainingConfig, raw, "")
+    try:
+        config = TrainingConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_first_problem(err)) from None
     _check_consistency(config)
     return config
 
 
 class _YAMLLoader(yaml.SafeLoader):
-    """YAML 1.2 numbers: PyYAML (YAML 1.1) reads ``1e-3`` as a string, a classic trap for ``lr``."""
+    """YAML 1.2 numbers (PyYAML, YAML 1.1, reads ``1e-3`` as a string, a classic trap for
+    ``lr``), and no duplicate keys (a second ``data:`` section would silently replace the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        first_line = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                seen = first_line.get(key)
+            except TypeError:  # an unhashable key: SafeLoader's own error says so
+                break
+            if seen is not None:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first on line {seen}); give each key once", key_node.start_mark
+                )
+            first_line[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 _YAMLLoader.add_implicit_resolver(
@@ -450,6 +561,16 @@ def parse_yaml(text: str):
     return yaml.load(text, Loader=_YAMLLoader)
 
 
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error as one line: the problem and where it is."""
+    problem = getattr(err, "problem", None)
+    mark = getattr(err, "problem_mark", None)
+    if problem is None:
+        return str(err).replace("\n", " ")
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
+
+
 def apply_overrides(raw: dict, overrides: List[str]) -> dict:
     """Apply ``key.sub=value`` strings (value parsed as YAML) to a parsed YAML document."""
     for override in overrides:
@@ -459,7 +580,7 @@ def apply_overrides(raw: dict, overrides: List[str]) -> dict:
         try:
             value = parse_yaml(text)
         except yaml.YAMLError as e:
-            raise ConfigError(f"override {override!r}: value is not valid YAML ({e})") from None
+            raise ConfigError(f"override {override!r}: value is not valid YAML ({_yaml_problem(e)})") from None
         parts = key.split(".")
         node = raw
         for i, part in enumerate(parts[:-1]):
@@ -477,13 +598,17 @@ def load_config(path, overrides: Optional[List[str]] = None) -> TrainingConfig:
     """Read, override and validate a YAML configuration file."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as e:
         raise ConfigError(f"cannot read configuration file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{path} is not a text file (not UTF-8); give the YAML configuration file (see examples/minimal.yaml)"
+        ) from None
     try:
         raw = parse_yaml(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path} is not valid YAML: {e}") from None
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(e)}") from None
     if raw is None:
         raise ConfigError(f"{path} is empty")
     if isinstance(raw, dict):
@@ -493,4 +618,4 @@ def load_config(path, overrides: Optional[List[str]] = None) -> TrainingConfig:
 
 def config_to_dict(config: TrainingConfig) -> dict:
     """Plain nested dict (YAML-safe) of a configuration; validate_config() reads it back."""
-    return dataclasses.asdict(config)
+    return config.model_dump()
