@@ -1,12 +1,16 @@
 """nequip-train: train (or resume, or fine-tune) a NequIP model from a YAML configuration.
 
     nequip-train config.yaml [key.sub=value ...]
+    nequip-train --schema > nequip-train.schema.json
 
 The configuration is checked before anything runs; overrides such as ``trainer.max_epochs=10``
 are checked the same way. Running the same command again resumes from ``output_dir/last.ckpt``.
+``--schema`` prints the configuration's JSON Schema (for editors, see docs/configuration.md).
 """
 
 import argparse
+import json
+import signal
 import sys
 
 
@@ -14,12 +18,33 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="nequip-train", description="Train a NequIP model from a YAML configuration."
     )
-    parser.add_argument("config", help="YAML configuration file (see examples/minimal.yaml)")
+    parser.add_argument("config", nargs="?", help="YAML configuration file (see examples/minimal.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override configuration values")
+    parser.add_argument("--schema", action="store_true", help="print the configuration's JSON Schema and exit")
     args = parser.parse_args(argv)
 
     from nequip.train import CheckpointError, ConfigError, load_config, train
+    from nequip.train.callbacks import NonFiniteLossError
+    from nequip.train.config import json_schema
+    from nequip.train.training import DataChangedError, OutputDirInUseError
+    from nequip.utils.atomic_io import WriteError
 
+    if args.schema:
+        if args.config is not None:
+            parser.error("--schema takes no configuration file")
+        try:
+            print(json.dumps(json_schema(), indent=2))
+            sys.stdout.flush()
+        except BrokenPipeError:  # `nequip-train --schema | head`: the reader has what it wanted
+            sys.stdout = None
+        return 0
+    if args.config is None:
+        parser.error("the following arguments are required: config")
+
+    # a file-size limit (ulimit -f) makes a write fail with EFBIG, reported below, instead of
+    # killing the process
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as err:
@@ -30,8 +55,19 @@ def main(argv=None) -> int:
     except ConfigError as err:
         print(f"nequip-train: invalid configuration {args.config}: {err}", file=sys.stderr)
         return 2
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
+    except (
+        CheckpointError,
+        DataChangedError,
+        FileNotFoundError,
+        NonFiniteLossError,
+        OutputDirInUseError,
+        ValueError,
+    ) as err:
         print(f"nequip-train: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:  # a write that failed (WriteError names the file) or another OS error
+        message = f"{err.filename}: {err.strerror}" if err.filename and not isinstance(err, WriteError) else err
+        print(f"nequip-train: {message}", file=sys.stderr)
         return 1
     return 0
 

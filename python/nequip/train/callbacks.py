@@ -97,3 +97,47 @@ class ExponentialMovingAverage(Callback):
         for name in self.averages:
             self.averages[name].copy_(checkpoint["state_dict"][name])
         pl_module.load_state_dict(checkpoint["current_model_state"])
+
+
+class NonFiniteLossError(RuntimeError):
+    """A training step's loss was NaN or infinite: the run stopped."""
+
+
+class StopOnNonFiniteLoss(Callback):
+    """Stops the run at the first training step whose loss is NaN or infinite.
+
+    That step's update has already been applied, so the weights are no longer usable: the
+    run ends without saving them, and the checkpoints of earlier epochs stay as they were.
+    Under DDP every process stops at the same step (a process left alone would wait forever).
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        finite = loss is None or bool(torch.isfinite(loss.detach()).all())
+        if not trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            return
+        last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        saved = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
+        value = "not finite" if finite else f"{loss.item()}"
+        raise NonFiniteLossError(
+            f"training stopped: the loss became {value} at epoch {trainer.current_epoch + 1}, batch {batch_idx}"
+            f" (step {trainer.global_step}); {saved}. Lower optimizer.lr or set trainer.gradient_clip_val,"
+            " then run again (it resumes from last.ckpt)"
+        )
+
+
+class DataFingerprint(Callback):
+    """Keeps the SHA-256 of every data file in the checkpoints, so that resuming on data that
+    changed is refused by name (the model's statistics would disagree without saying why)."""
+
+    def __init__(self, fingerprints: Dict[str, Dict[str, str]]):
+        self.fingerprints = fingerprints
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"files": self.fingerprints}
+
+    @classmethod
+    def saved_in(cls, checkpoint: Dict[str, Any]) -> Optional[Dict[str, Dict[str, str]]]:
+        """The fingerprints a checkpoint holds (None for one written before they were kept)."""
+        state = checkpoint.get("callbacks", {}).get(cls.__qualname__)
+        return None if state is None else state["files"]

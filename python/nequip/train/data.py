@@ -1,6 +1,7 @@
 """Training data: files read by ASE, split, and served as batches of frame dictionaries."""
 
-from typing import Dict, List, Optional, Sequence
+import hashlib
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import lightning as L
 import numpy as np
@@ -70,31 +71,41 @@ class NequIPDataModule(L.LightningDataModule):
         # reading the files once is enough
         if self.datasets:
             return
-        for split, frames in self._read_splits().items():
-            try:
-                self.datasets[split] = AtomicDataset.from_ase(
-                    frames,
-                    self.type_mapper,
-                    self.r_max,
-                    per_edge_type_cutoff=self.per_edge_type_cutoff,
-                    energy_units_to_eV=self.config.energy_units_to_eV,
-                    length_units_to_A=self.config.length_units_to_A,
-                    labels=self.labels,
-                    require_labels=True,
-                )
-            except ValueError as err:
-                raise ValueError(f"{split} data: {err}") from None
+        for split, (path, numbers, frames) in self._read_splits().items():
+            self.datasets[split] = AtomicDataset.from_ase(
+                frames,
+                self.type_mapper,
+                self.r_max,
+                source=path,
+                frame_numbers=numbers,
+                per_edge_type_cutoff=self.per_edge_type_cutoff,
+                energy_units_to_eV=self.config.energy_units_to_eV,
+                length_units_to_A=self.config.length_units_to_A,
+                labels=self.labels,
+                require_labels=True,
+            )
 
-    def _read_splits(self) -> Dict[str, List]:
+    def _read(self, key: str) -> List:
+        """The frames of the file that ``data.<key>`` names; a file that is not one is named by its key."""
+        try:
+            return read_frames(getattr(self.config, key), format=self.config.format)
+        except ValueError as err:
+            raise ValueError(f"data.{key}: {err}") from None
+
+    def _read_splits(self) -> Dict[str, Tuple[str, List[int], List]]:
+        """Per split: the file, the frames' positions in it (for messages) and the frames."""
         config = self.config
         if config.file is None:
-            splits = {"train": read_frames(config.train_file, format=config.format)}
-            splits["val"] = read_frames(config.val_file, format=config.format)
+            splits = {"train": "train_file", "val": "val_file"}
             if config.test_file is not None:
-                splits["test"] = read_frames(config.test_file, format=config.format)
-            return splits
+                splits["test"] = "test_file"
+            return {
+                split: (getattr(config, key), list(range(len(frames))), frames)
+                for split, key in splits.items()
+                for frames in [self._read(key)]
+            }
 
-        frames = read_frames(config.file, format=config.format)
+        frames = self._read("file")
         split = config.split
         sizes = [split.train, split.val, split.test]
         if any(isinstance(size, float) for size in sizes):
@@ -108,12 +119,11 @@ class NequIPDataModule(L.LightningDataModule):
                 raise ConfigError(f"data.split.{name}: gives no frames (of {len(frames)} in {config.file})")
         order = np.random.default_rng(split.seed).permutation(len(frames))
         bounds = np.cumsum([0] + sizes)
-        splits = {
-            name: [frames[i] for i in order[start:stop]]
-            for name, start, stop in zip(("train", "val", "test"), bounds[:-1], bounds[1:])
-        }
-        if not splits["test"]:
-            del splits["test"]
+        splits = {}
+        for name, start, stop in zip(("train", "val", "test"), bounds[:-1], bounds[1:]):
+            numbers = order[start:stop].tolist()
+            if numbers:
+                splits[name] = (config.file, numbers, [frames[i] for i in numbers])
         return splits
 
     @property
@@ -150,3 +160,18 @@ class NequIPDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+def data_fingerprints(config: DataConfig) -> Dict[str, Dict[str, str]]:
+    """``{"data.file": {"path": ..., "sha256": ...}, ...}``: what a resumed run must find again."""
+    fingerprints = {}
+    for key in ("file", "train_file", "val_file", "test_file"):
+        path = getattr(config, key)
+        if path is None:
+            continue
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        fingerprints[f"data.{key}"] = {"path": str(path), "sha256": digest.hexdigest()}
+    return fingerprints

@@ -4,13 +4,22 @@
 (the resolved configuration), ``best.ckpt`` (lowest validation loss), ``last.ckpt`` and
 ``logs/version_<n>/metrics.csv`` (one version per launch). When ``output_dir`` already holds
 ``last.ckpt`` the run resumes from it.
+
+For the length of a run ``output_dir`` holds ``nequip-train.lock`` (the process ID and host):
+a second run into the same directory is refused, and the lock of a process that died is
+taken over. Everything that can be checked without training (configuration, data, model,
+the directory itself) is checked before anything is written.
 """
 
-import datetime
+import contextlib
+import errno
+import fcntl
 import importlib.util
+import os
+import socket
 import warnings
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import lightning as L
 import yaml
@@ -20,14 +29,139 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from ..data import keys
 from ..model import NequIPModel, build_model
-from ..utils.atomic_io import atomic_open
-from .callbacks import EpochSummary, ExponentialMovingAverage
+from ..utils.atomic_io import WriteError, atomic_open, remove_stale_temporaries
+from .callbacks import DataFingerprint, EpochSummary, ExponentialMovingAverage, StopOnNonFiniteLoss
 from .checkpoint import AtomicCheckpointIO, CheckpointError, load_checkpoint, model_from_checkpoint, model_state_dict
-from .config import MODEL_ARGUMENTS, ConfigError, TrainingConfig, config_to_dict
-from .data import NequIPDataModule
+from .config import MODEL_ARGUMENTS, ConfigError, TrainingConfig, config_to_dict, parse_max_time
+from .data import NequIPDataModule, data_fingerprints
 from .lightning_module import NequIPLightningModule
 
 MONITOR = "val_loss"
+LOCK_NAME = "nequip-train.lock"
+
+
+class OutputDirInUseError(RuntimeError):
+    """Another training run holds the output directory."""
+
+
+class DataChangedError(RuntimeError):
+    """The data of a run to resume is not the data its checkpoint was trained on."""
+
+
+def check_output_dir(output_dir: Path) -> None:
+    """Refuse an output_dir that is a file or lies under one (before anything is written)."""
+    for path in (output_dir, *output_dir.parents):
+        if path.exists():
+            if path.is_dir():
+                return
+            if path == output_dir:
+                raise ConfigError(f"output_dir: {output_dir} is a file; give a directory (it is created if missing)")
+            raise ConfigError(
+                f"output_dir: {output_dir} is under {path}, which is a file; choose an output_dir in a directory"
+            )
+
+
+def _lock_holder(path: Path) -> Optional[tuple]:
+    """(pid, host) written in a lock file, or None when it holds none (yet)."""
+    try:
+        pid, host = path.read_text().split()
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def output_dir_lock(output_dir: Path) -> Iterator[Path]:
+    """Hold ``output_dir/nequip-train.lock`` for the length of a run.
+
+    The file names this process (``<pid> <host>``) for the message of a refused second run.
+    Exclusion is an flock on it, which the kernel drops when a process dies, so a lock left
+    by a killed run is taken over (with a note); a lock naming a live process on this host is
+    respected even without the flock.
+    """
+    path = output_dir / LOCK_NAME
+    host = socket.gethostname()
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteError(err.errno, err.strerror, str(output_dir)) from err
+
+    def in_use(holder) -> OutputDirInUseError:
+        who = "an unknown process" if holder is None else f"process {holder[0]} on {holder[1]}"
+        return OutputDirInUseError(
+            f"output_dir {output_dir} is in use by another training run ({who}, lock file {path});"
+            f" wait for it to end or choose another output_dir. If no run is using it, delete {path}"
+        )
+
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise WriteError(err.errno, err.strerror, str(path)) from err
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EAGAIN, errno.EACCES):
+                raise in_use(_lock_holder(path)) from None
+            raise WriteError(err.errno, err.strerror, str(path)) from err
+        # the holder before us may have removed the file while we opened it: lock the file in place
+        try:
+            same_file = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if same_file:
+            break
+        os.close(fd)
+
+    holder = _lock_holder(path)
+    if holder is not None and holder[0] != os.getpid():
+        if holder[1] == host and _is_running(holder[0]):
+            os.close(fd)
+            raise in_use(holder)
+        rank_zero_info(
+            f"note: {path} was left by process {holder[0]} on {holder[1]}, which is no longer running; taking it over"
+        )
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {host}\n".encode(), 0)
+    except OSError as err:
+        os.close(fd)
+        raise WriteError(err.errno, err.strerror, str(path)) from err
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+        os.close(fd)
+
+
+class _CSVLogger(CSVLogger):
+    """Lightning's CSV logger, with a failed write reported by file and OS error."""
+
+    @rank_zero_only
+    def save(self) -> None:
+        try:
+            super().save()
+        except OSError as err:
+            raise WriteError(err.errno, err.strerror, self.experiment.metrics_file_path) from err
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
+        try:
+            super().finalize(status)
+        except OSError:
+            if status != "failed":  # a failed run reports its own error, not this one's
+                raise
 
 
 def load_source_model(config: TrainingConfig) -> Optional[NequIPModel]:
@@ -99,7 +233,10 @@ def resolve_model(config: TrainingConfig, source: Optional[NequIPModel]):
 
 
 def build_trainer(config: TrainingConfig, extra_callbacks: Sequence[Callback] = ()) -> L.Trainer:
-    """The Lightning Trainer of a configuration: checkpoints, EMA, early stopping, CSV logs."""
+    """The Lightning Trainer of a configuration: checkpoints, EMA, early stopping, CSV logs.
+
+    The run stops at the first training step whose loss is not finite.
+    """
     output_dir = Path(config.output_dir)
     checkpoints = ModelCheckpoint(
         dirpath=output_dir,
@@ -111,7 +248,13 @@ def build_trainer(config: TrainingConfig, extra_callbacks: Sequence[Callback] = 
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
-    callbacks = [checkpoints, EpochSummary(), LearningRateMonitor(logging_interval="epoch"), *extra_callbacks]
+    callbacks = [
+        checkpoints,
+        StopOnNonFiniteLoss(),
+        EpochSummary(),
+        LearningRateMonitor(logging_interval="epoch"),
+        *extra_callbacks,
+    ]
     if config.trainer.enable_progress_bar:
         callbacks.append(TQDMProgressBar())
     if config.ema is not None:
@@ -126,17 +269,14 @@ def build_trainer(config: TrainingConfig, extra_callbacks: Sequence[Callback] = 
             )
         )
     # each launch, resumed ones included, logs to a new output_dir/logs/version_<n>/
-    loggers = [CSVLogger(output_dir, name="logs")]
+    loggers = [_CSVLogger(output_dir, name="logs")]
     if importlib.util.find_spec("tensorboard") is not None:
         loggers.append(TensorBoardLogger(output_dir, name="logs", version=loggers[0].version, default_hp_metric=False))
 
-    max_time = config.trainer.max_time
-    if isinstance(max_time, float):
-        max_time = datetime.timedelta(seconds=max_time)
     return L.Trainer(
         default_root_dir=output_dir,
         max_epochs=config.trainer.max_epochs,
-        max_time=max_time,
+        max_time=parse_max_time(config.trainer.max_time),
         accelerator=config.trainer.accelerator,
         devices=config.trainer.devices,
         strategy=config.trainer.strategy,
@@ -170,9 +310,50 @@ def _check_resume_matches(checkpoint: Dict[str, Any], model_config: Dict[str, An
             )
 
 
+def _check_same_data(checkpoint: Dict[str, Any], fingerprints: Dict[str, Dict[str, str]], path: Path) -> None:
+    """Refuse to resume on data other than the checkpoint's (the same bytes, wherever they are now)."""
+    saved = DataFingerprint.saved_in(checkpoint)
+    if saved is None:  # written before fingerprints were kept: the model check still applies
+        return
+    for key in sorted(saved.keys() | fingerprints.keys()):
+        before, now = saved.get(key), fingerprints.get(key)
+        if before is not None and now is not None and before["sha256"] == now["sha256"]:
+            continue
+        was = "not given" if before is None else f"{before['path']} (sha256 {before['sha256'][:12]})"
+        is_now = "not given" if now is None else f"{now['path']} (sha256 {now['sha256'][:12]})"
+        raise DataChangedError(
+            f"cannot resume from {path}: the data changed since it was saved ({key} is now {is_now},"
+            f" was {was}); restore that data to resume, or use a new output_dir to train on this data"
+        )
+
+
+def _remove_empty_dirs(directories: List[Path]) -> None:
+    """Remove the directories (deepest first) that a run created and left empty."""
+    for directory in directories:
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+
+
 def train(config: TrainingConfig) -> L.Trainer:
     """Run (or resume) the training that ``config`` describes; returns the fitted Trainer."""
     output_dir = Path(config.output_dir)
+    check_output_dir(output_dir)
+    # a run refused before writing anything leaves no directory behind either
+    created = [p for p in (output_dir, *output_dir.parents) if not p.exists()]
+    try:
+        # under DDP the launching process (rank 0) holds the lock for every rank
+        with output_dir_lock(output_dir) if rank_zero_only.rank == 0 else contextlib.nullcontext():
+            if rank_zero_only.rank == 0:
+                for path in remove_stale_temporaries(output_dir):
+                    rank_zero_info(f"note: removed {path}, an unfinished write of an earlier run that was stopped")
+            return _train(config, output_dir)
+    finally:
+        _remove_empty_dirs(created)
+
+
+def _train(config: TrainingConfig, output_dir: Path) -> L.Trainer:
     last = output_dir / "last.ckpt"
     resume_checkpoint = None
     if last.exists():
@@ -184,12 +365,14 @@ def train(config: TrainingConfig) -> L.Trainer:
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     source = load_source_model(config)
     model_config, datamodule = resolve_model(config, source)
+    fingerprints = data_fingerprints(config.data)
     if resume_checkpoint is not None:
+        _check_same_data(resume_checkpoint, fingerprints, last)
         _check_resume_matches(resume_checkpoint, model_config, last)
 
     config_dict = config_to_dict(config)
     module = NequIPLightningModule(model_config=model_config, config=config_dict)
-    trainer = build_trainer(config)
+    trainer = build_trainer(config, extra_callbacks=[DataFingerprint(fingerprints)])
     write_resolved_config(config_dict, model_config, output_dir)
 
     # output_dir holds config.yaml and the logs beside the checkpoints, on purpose
@@ -207,7 +390,10 @@ def train(config: TrainingConfig) -> L.Trainer:
     trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume_checkpoint is not None else None)
 
     if datamodule.has_test_data and trainer.is_global_zero:
-        evaluate_test_set(config, trainer, datamodule)
+        if trainer.checkpoint_callback.best_model_path:
+            evaluate_test_set(config, trainer, datamodule)
+        else:  # e.g. trainer.max_time ran out before the first validation
+            rank_zero_info("note: no validation ran, so there is no best.ckpt to evaluate on the test data")
     return trainer
 
 
@@ -227,4 +413,14 @@ def evaluate_test_set(config: TrainingConfig, trainer: L.Trainer, datamodule: Ne
     return metrics
 
 
-__all__ = ["train", "build_trainer", "resolve_model", "load_source_model", "evaluate_test_set", "model_state_dict"]
+__all__ = [
+    "DataChangedError",
+    "OutputDirInUseError",
+    "train",
+    "build_trainer",
+    "resolve_model",
+    "load_source_model",
+    "evaluate_test_set",
+    "model_state_dict",
+    "output_dir_lock",
+]
