@@ -1,4 +1,26 @@
-"""The package file format (FILE_CONTRACT §5), read without unpickling anything.
+"""Trained models from their files: the one reader of checkpoints and packages.
+
+Below ``nequip.train`` and ``nequip.package`` (it imports neither).
+
+``nequip.train`` writes checkpoints (``*.ckpt``, FILE_CONTRACT §6) and ``nequip.package``
+writes packages (``*.nequip.zip``, §5); both, and everything after them (``nequip-test``,
+``nequip-compile``, the ASE calculator, fine-tuning), read them here::
+
+    load_model(path)            # dispatches on the file name
+      ModelFromCheckpoint(path) # installed model code + the checkpoint's hyperparameters and weights
+      ModelFromPackage(path)    # the model code stored in the package (torch.package)
+
+Every reader raises the same errors with the same wording: ``FileNotFoundError``
+(``<path>: no such file``) and, both ``ModelFileError`` (a ValueError), ``CheckpointError``
+or ``PackageError``: ``<path>: not a nequip checkpoint|package: <why>`` for a file of
+another kind, ``<path>: damaged checkpoint|package: <what>`` for a truncated or corrupted
+one or one that lacks a key.
+
+What reading can execute: a checkpoint is read with ``torch.load(weights_only=True)``, which
+refuses anything but plain data (tensors, numbers, strings, containers) and runs no code; a
+package's model is unpickled with its own stored code, so load only packages you trust.
+:func:`read_package_metadata`, :func:`list_package_entries` and :func:`read_package_entry`
+use :mod:`zipfile` and :func:`yaml.safe_load` only and never execute anything.
 
 A package is a ``torch.package`` zip archive. torch.package puts every entry under one
 top-level folder (its name is of no meaning); below it, a package built by this project holds::
@@ -10,24 +32,37 @@ top-level folder (its name is of no meaning); below it, a package built by this 
     nequip/..., e3nn/...       the interned source of the code the model needs
     .data/...                  torch.package's own records (weights, extern module list, ...)
 
-Everything in this module uses :mod:`zipfile` and :func:`yaml.safe_load` only, so it is safe
-on files from anywhere: ``nequip-package info`` and ``list`` never execute package content.
-Loading a model (:mod:`nequip.package.loaders`) does execute pickled code.
-
-Format history (bump ``PACKAGE_FORMAT_VERSION`` on every change a loader must know about,
-and teach the loaders to read the old versions):
+Package format history (bump ``PACKAGE_FORMAT_VERSION`` on every change a loader must know
+about, and add a reader of the old version to ``PACKAGE_LOADERS``):
 
 1. First format: the layout above.
+
+A checkpoint is Lightning's dictionary; what is read here: ``hyper_parameters.model_config``
+(``NequIPModel(**model_config)`` rebuilds the model), ``hyper_parameters.config`` (the
+training configuration) and ``state_dict``, whose ``model.*`` entries are the weights to deploy
+(the exponential moving average when training kept one). :mod:`nequip.train.checkpoint`
+writes them.
 """
 
 import os
+import pickle
+import re
+import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Final, List, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Final, List, Tuple, Union
 
+import torch
 import yaml
+from torch.package import PackageImporter
 
 import nequip
+
+if TYPE_CHECKING:
+    from .model import NequIPModel
+
+# The installed model code (nequip.model, e3nn) is imported only when a checkpoint is read:
+# a package carries its own code and loads where the installed one is broken or different.
 
 PathLike = Union[str, os.PathLike]
 
@@ -49,11 +84,170 @@ CONFIG_ENTRY: Final[str] = f"{RESOURCE_PACKAGE}/{CONFIG_RESOURCE}"
 
 FORMAT_VERSION_KEY: Final[str] = "package_format_version"
 
+# the prefix of the model's weights in a checkpoint's state_dict (the LightningModule's ``model``)
+CHECKPOINT_MODEL_PREFIX: Final[str] = "model."
+
+# torch.save writes zip archives, as torch.package does
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-class PackageError(ValueError):
+class ModelFileError(ValueError):
+    """A file that is not a trained model this version of nequip can read."""
+
+
+class CheckpointError(ModelFileError):
+    """A checkpoint that cannot be used: another kind of file, a damaged one, or not ours."""
+
+
+class PackageError(ModelFileError):
     """A file that is not a nequip package this version of nequip can read."""
+
+
+def load_model(path: PathLike) -> torch.nn.Module:
+    """The model in ``path``, a checkpoint (``*.ckpt``) or a package (``*.nequip.zip``), in eval mode."""
+    if model_file_kind(path) == "package":
+        return ModelFromPackage(path)
+    return ModelFromCheckpoint(path)
+
+
+def model_file_kind(path: PathLike) -> str:
+    """``"checkpoint"`` or ``"package"``, from the file name; ModelFileError for any other name."""
+    name = Path(path).name
+    if name.endswith(PACKAGE_SUFFIX):
+        return "package"
+    if name.endswith(CHECKPOINT_SUFFIX):
+        return "checkpoint"
+    raise ModelFileError(
+        f"{path}: cannot tell the kind of model file from its name: "
+        f"expected a checkpoint ('{CHECKPOINT_SUFFIX}') or a package ('{PACKAGE_SUFFIX}')"
+    )
+
+
+# --- checkpoints ------------------------------------------------------------------------
+
+
+def load_checkpoint(path: PathLike) -> Dict[str, Any]:
+    """The training checkpoint at ``path``, read as plain data and checked to be nequip's.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        CheckpointError: another kind of file, one holding objects that are not plain data,
+            a truncated or corrupted one, or one without the keys of a nequip checkpoint.
+    """
+    path = Path(path)
+    _check_is_file(path)
+    with open(path, "rb") as f:
+        if f.read(len(_ZIP_MAGIC)) != _ZIP_MAGIC:
+            raise CheckpointError(f"{path}: not a nequip checkpoint: not a torch checkpoint (zip archive)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        # weights_only refuses every global that is not a tensor type or a plain container
+        found = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f" ({found.group(1)})" if found else ""
+        raise CheckpointError(
+            f"{path}: not a nequip checkpoint: it holds objects that are not plain data{what}, so it was not "
+            "written by nequip-train or it was tampered with; nothing in it was run"
+        ) from None
+    except Exception:  # torch raises several types for damaged archives
+        if _is_intact_zip(path):
+            message = f"{path}: not a nequip checkpoint: a zip archive, but not a torch checkpoint"
+            raise CheckpointError(message) from None
+        raise CheckpointError(f"{path}: damaged checkpoint: the file is truncated or corrupted") from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path}: not a nequip checkpoint: it holds a {type(checkpoint).__name__}, not a dict")
+    hyper_parameters = checkpoint.get("hyper_parameters")
+    missing = [key for key in ("state_dict", "hyper_parameters") if key not in checkpoint]
+    if isinstance(hyper_parameters, dict) and "model_config" not in hyper_parameters:
+        missing.append("hyper_parameters.model_config")
+    if missing:
+        raise CheckpointError(f"{path}: not a nequip checkpoint: it lacks the key(s) {', '.join(missing)}")
+    return checkpoint
+
+
+def model_state_dict(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+    """The model's weights in a checkpoint (the EMA weights when training kept them)."""
+    prefix = CHECKPOINT_MODEL_PREFIX
+    return {name[len(prefix) :]: value for name, value in checkpoint["state_dict"].items() if name.startswith(prefix)}
+
+
+def ModelFromCheckpoint(path: PathLike) -> "NequIPModel":
+    """The model trained in the checkpoint at ``path``, eager, in eval mode, on the CPU.
+
+    Rebuilt with the installed nequip from the checkpoint's resolved hyperparameters and given
+    the checkpoint's weights: the exponential moving average of the weights when training kept
+    one, otherwise the trained weights.
+
+    Raises:
+        FileNotFoundError, CheckpointError: see :func:`load_checkpoint`; also a checkpoint
+            whose model_config or weights do not make a model.
+    """
+    from .model import build_model
+
+    path = Path(path)
+    checkpoint = load_checkpoint(path)
+    try:
+        model = build_model(checkpoint["hyper_parameters"]["model_config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: damaged checkpoint: its model_config does not make a model ({err})") from None
+    try:
+        model.load_state_dict(model_state_dict(checkpoint))
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{path}: damaged checkpoint: its weights do not fit the model its model_config describes ({err})"
+        ) from None
+    return model.eval()
+
+
+# --- packages ---------------------------------------------------------------------------
+
+
+def ModelFromPackage(path: PathLike, variant: str = DEFAULT_VARIANT) -> torch.nn.Module:
+    """The model ``variant`` stored in the package at ``path``, in eval mode.
+
+    The model's classes come from the code stored in the package, not the installed one, so a
+    package keeps working when nequip or e3nn change. Its inputs and outputs follow
+    FILE_CONTRACT §1 (float64).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        PackageError: not a package, a damaged one, one in a format newer than this version
+            of nequip reads, or no such variant in it.
+    """
+    path = check_package_name(path)
+    metadata = read_package_metadata(path)
+    variants = metadata["model_variants"]
+    if variant not in variants:
+        raise PackageError(f"{path}: no model variant {variant!r} in the package; it has: {', '.join(variants)}")
+    return PACKAGE_LOADERS[metadata[FORMAT_VERSION_KEY]](path, variant).eval()
+
+
+def _load_format_1(path: Path, variant: str) -> torch.nn.Module:
+    with warnings.catch_warnings():
+        # torch.package warns about the deprecated TypedStorage it uses internally
+        warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+        importer = PackageImporter(str(path))
+        return importer.load_pickle(RESOURCE_PACKAGE, model_resource(variant), map_location="cpu")
+
+
+PACKAGE_LOADERS: Dict[int, Callable[[Path, str], torch.nn.Module]] = {1: _load_format_1}
+"""How to load the model of each package format version this nequip knows, oldest first."""
+
+
+def package_importers(model: torch.nn.Module) -> Tuple[PackageImporter, ...]:
+    """The package importers that the classes of ``model`` (and its submodules) came from.
+
+    A model loaded from a package is made of classes defined by that package's code; writing
+    it into a new package needs the old package's importer to find that code.
+    """
+    from torch.package.package_importer import _package_imported_modules
+
+    importers = []
+    for module in model.modules():
+        defining_module = _package_imported_modules.get(type(module).__module__)
+        if defining_module is not None and defining_module.__loader__ not in importers:
+            importers.append(defining_module.__loader__)
+    return tuple(importers)
 
 
 def model_resource(variant: str) -> str:
@@ -95,9 +289,21 @@ def list_package_entries(path: PathLike) -> List[Tuple[str, int]]:
         return [(info.filename, info.file_size) for info in archive.infolist()]
 
 
-def _open_archive(path: Path) -> zipfile.ZipFile:
+def _check_is_file(path: Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+
+
+def _is_intact_zip(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return False
+
+
+def _open_archive(path: Path) -> zipfile.ZipFile:
+    _check_is_file(path)
     try:
         return zipfile.ZipFile(path)
     except zipfile.BadZipFile:

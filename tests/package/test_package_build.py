@@ -75,9 +75,9 @@ def test_synthetic_frame_respects_per_edge_type_cutoffs():
 def test_example_frame_is_synthetic_when_the_training_data_is_gone(checkpoint_path):
     trained = read_checkpoint(checkpoint_path)
     config = dict(trained.training_config, data={**trained.training_config["data"], "file": "/nonexistent/emt.xyz"})
-    moved = type(trained)(trained.path, trained.model_config, trained.state_dict, config)
-    model = moved.build_model()
-    frame, origin = moved.example_frame(model)
+    moved = type(trained)(trained.path, trained.model, config)
+    model = moved.model
+    frame, origin = moved.example_frame()
     assert origin == "synthetic (training data file emt.xyz not found)"
     expected = synthetic_frame(model.type_names, model.r_max)
     assert all(torch.equal(frame[key], expected[key]) for key in expected)

@@ -1,7 +1,7 @@
 """Build a package (``*.nequip.zip``) from a checkpoint or from another package.
 
 The package holds the model (weights and the interned code that defines it), its metadata
-as plain YAML, and one example frame; see :mod:`nequip.package.format` for the layout and
+as plain YAML, and one example frame; see :mod:`nequip.load` for the layout and
 :mod:`nequip.package.dependencies` for what is interned, extern and mocked.
 
 A package built from a package keeps the code of the original: the classes of a model loaded
@@ -30,11 +30,7 @@ from torch.package.package_exporter import PackagingError
 import nequip
 from nequip.utils.atomic_io import atomic_path
 
-from . import dependencies
-from .checkpoint import read_checkpoint
-from .example_data import load_example_data, serialize_frame
-from .format import (
-    CHECKPOINT_SUFFIX,
+from ..load import (
     CONFIG_ENTRY,
     CONFIG_RESOURCE,
     DEFAULT_VARIANT,
@@ -42,17 +38,22 @@ from .format import (
     FORMAT_VERSION_KEY,
     METADATA_RESOURCE,
     PACKAGE_FORMAT_VERSION,
-    PACKAGE_SUFFIX,
+    PACKAGE_LOADERS,
     RESOURCE_PACKAGE,
+    ModelFromPackage,
     PackageError,
     PathLike,
     check_package_name,
     list_package_entries,
+    model_file_kind,
     model_resource,
+    package_importers,
     read_package_entry,
     read_package_metadata,
 )
-from .loaders import ModelFromPackage, _load_format_1, package_importers
+from . import dependencies
+from .checkpoint import read_checkpoint
+from .example_data import load_example_data, serialize_frame
 
 _OUTPUT_KEYS = ("atomic_energy", "total_energy", "forces", "stress", "virial")
 
@@ -75,17 +76,10 @@ def build_package(source: PathLike, output: PathLike, verify: bool = True) -> Di
     """
     source, output = Path(source), Path(output)
     check_package_name(output)
-    if source.name.endswith(PACKAGE_SUFFIX):
-        contents = _from_package(source)
-    elif source.name.endswith(CHECKPOINT_SUFFIX):
-        contents = _from_checkpoint(source)
-    else:
-        raise ValueError(
-            f"{source}: cannot tell the kind of model file from its name: "
-            f"expected a checkpoint ('{CHECKPOINT_SUFFIX}') or a package ('{PACKAGE_SUFFIX}')"
-        )
+    contents = _from_package(source) if model_file_kind(source) == "package" else _from_checkpoint(source)
     models, example_frame, config_text, origin, example_origin = contents
     _check_same_model_family(source, models)
+    _check_finite_weights(source, models)
 
     with atomic_path(output) as tmp:
         try:
@@ -119,8 +113,8 @@ def _from_package(source: Path):
 
 def _from_checkpoint(source: Path):
     checkpoint = read_checkpoint(source)
-    model = checkpoint.build_model().eval()
-    example_frame, example_origin = checkpoint.example_frame(model)
+    model = checkpoint.model
+    example_frame, example_origin = checkpoint.example_frame()
     config_text = None
     if checkpoint.training_config is not None:
         config_text = yaml.safe_dump(checkpoint.training_config, sort_keys=False)
@@ -134,6 +128,19 @@ def _check_same_model_family(source: Path, models: Dict[str, torch.nn.Module]) -
     type_names = {tuple(model.type_names) for model in models.values()}
     if len(type_names) != 1:
         raise PackageError(f"{source}: the model variants disagree on the type names: {sorted(type_names)}")
+
+
+def _check_finite_weights(source: Path, models: Dict[str, torch.nn.Module]) -> None:
+    """Refuse NaN or infinite weights (a diverged training run): such a model predicts only NaN."""
+    for variant, model in models.items():
+        weights = model.state_dict().items()
+        bad = [name for name, value in weights if value.is_floating_point() and not bool(value.isfinite().all())]
+        if bad:
+            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+            raise PackageError(
+                f"{source}: the model (variant {variant!r}) has non-finite (NaN or infinite) weights in {shown}; "
+                "training diverged: package a checkpoint saved before it did"
+            )
 
 
 def _write_archive(
@@ -171,7 +178,10 @@ def _write_archive(
                 # (the file is discarded anyway).
                 writer = getattr(exporter, "zip_file", None)
                 if writer is not None:
-                    writer.write_end_of_file()
+                    try:
+                        writer.write_end_of_file()
+                    except (OSError, RuntimeError):
+                        pass  # after a failed write; the error to report is that one
                 raise
     return metadata
 
@@ -268,7 +278,8 @@ def _verify(
     torch.set_num_threads(1)
     try:
         for variant, model in models.items():
-            packaged = _load_format_1(tmp, variant).eval()
+            # the temporary file's name does not end in .nequip.zip: call the format's loader directly
+            packaged = PACKAGE_LOADERS[PACKAGE_FORMAT_VERSION](tmp, variant).eval()
             expected = model(dict(example_frame))
             actual = packaged(dict(example_frame))
             for key in _OUTPUT_KEYS:

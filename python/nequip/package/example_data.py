@@ -11,54 +11,21 @@ import io
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-import numpy as np
 import torch
 
-from .format import EXAMPLE_DATA_ENTRY, PathLike, read_package_entry
+from ..load import EXAMPLE_DATA_ENTRY, PathLike, read_package_entry
 
 # nequip.data (and with it ase) is imported only where a frame is made: loading a package
 # must stay quick for the ASE calculator and nequip-compile
-
-# synthetic frame: a 2x2x2 simple cubic arrangement whose spacing is this fraction of r_max,
-# so every atom has neighbours (about 19) whatever the cutoff, rattled so no two edges coincide
-_SYNTHETIC_SPACING_PER_R_MAX = 0.6
-_SYNTHETIC_RATTLE_PER_SPACING = 0.05
-_SYNTHETIC_SEED = 0
 
 
 def synthetic_frame(
     type_names: Sequence[str], r_max: float, per_edge_type_cutoff: Optional[Sequence[float]] = None
 ) -> Dict[str, torch.Tensor]:
-    """A small periodic frame in which every type appears and every atom has neighbours.
+    """:func:`nequip.data.synthetic_frame`, for the callers that still import it from here."""
+    from nequip.data import synthetic_frame
 
-    Eight atoms on a 2×2×2 simple cubic arrangement of spacing ``0.6 r_max`` in a cubic periodic
-    cell (smaller than the cutoff, so edges to periodic images of an atom itself occur too),
-    types assigned in turn (``type_names[i % num_types]``; with more than eight types, one atom
-    per type), positions rattled by 5% of the spacing with a fixed seed. Deterministic.
-    """
-    from nequip.data import compute_neighbor_list, keys
-
-    num_types = len(type_names)
-    spacing = _SYNTHETIC_SPACING_PER_R_MAX * float(r_max)
-    cells_per_side = 2
-    while cells_per_side**3 < num_types:
-        cells_per_side += 1
-    grid = np.stack(np.meshgrid(*[np.arange(cells_per_side)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
-    rng = np.random.default_rng(_SYNTHETIC_SEED)
-    pos = grid * spacing + rng.normal(scale=_SYNTHETIC_RATTLE_PER_SPACING * spacing, size=grid.shape)
-    cell = np.eye(3) * cells_per_side * spacing
-    pbc = np.ones(3, dtype=bool)
-    atom_types = np.arange(len(pos), dtype=np.int64) % num_types
-    cutoffs = None if per_edge_type_cutoff is None else np.asarray(per_edge_type_cutoff).reshape(num_types, num_types)
-    edge_index, edge_cell_shift = compute_neighbor_list(pos, cell, pbc, r_max, atom_types, cutoffs)
-    return {
-        keys.POS: torch.as_tensor(pos, dtype=torch.float64),
-        keys.ATOM_TYPES: torch.as_tensor(atom_types, dtype=torch.int64),
-        keys.EDGE_INDEX: torch.as_tensor(edge_index, dtype=torch.int64),
-        keys.CELL: torch.as_tensor(cell, dtype=torch.float64).view(1, 3, 3),
-        keys.EDGE_CELL_SHIFT: torch.as_tensor(edge_cell_shift, dtype=torch.float64),
-        keys.PBC: torch.as_tensor(pbc).view(1, 3),
-    }
+    return synthetic_frame(type_names, r_max, per_edge_type_cutoff)
 
 
 def example_inputs(frame: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

@@ -7,13 +7,14 @@
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Optional, Sequence
 
 import yaml
 
-from nequip.package.format import PACKAGE_FORMAT_VERSION, list_package_entries, read_package_metadata
+from nequip.load import PACKAGE_FORMAT_VERSION, list_package_entries, read_package_metadata
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -49,8 +50,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.command == "info":
             return _info(args)
         return _list(args)
-    except (ValueError, FileNotFoundError) as e:
-        # PackageError and CheckpointError are ValueErrors whose message says what is wrong
+    except BrokenPipeError:
+        # the reader went away (`nequip-package info --json | head`): stop quietly, and keep
+        # Python from failing again on flushing stdout at exit (as the Python docs advise)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (ValueError, OSError) as e:
+        # PackageError and CheckpointError are ValueErrors, missing files and failed writes
+        # OSErrors, each with a message that names the file and what is wrong
         parser.exit(1, f"nequip-package: error: {e}\n")
 
 
@@ -82,6 +89,7 @@ def _info(args) -> int:
     else:
         print(f"# {args.package}")
         print(yaml.safe_dump(metadata, sort_keys=False), end="")
+    sys.stdout.flush()
     return 0
 
 
@@ -91,6 +99,7 @@ def _list(args) -> int:
     for name, size in entries:
         print(f"{size:>{width},}  {name}")
     print(f"{len(entries)} entries, {sum(size for _, size in entries):,} bytes")
+    sys.stdout.flush()
     return 0
 
 

@@ -1,4 +1,7 @@
-"""Training checkpoints (FILE_CONTRACT §6): atomic writes, checked reads, the model inside.
+"""Training checkpoints (FILE_CONTRACT §6): what is written, and atomic writes.
+
+They are read by :mod:`nequip.load` (``load_checkpoint``, ``ModelFromCheckpoint``),
+the one reader of trained-model files, re-exported here for the training code.
 
 A checkpoint is Lightning's dictionary plus our keys:
 
@@ -12,20 +15,19 @@ A checkpoint is Lightning's dictionary plus our keys:
 - ``nequip_versions``: versions of torch, e3nn, lightning and nequip that wrote it.
 """
 
-from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional
 
 import torch
 from lightning.fabric.plugins.io import TorchCheckpointIO
 
-from ..model import NequIPModel, build_model
+# the reader lives below train/ and package/, beside the package reader
+from ..load import CheckpointError, ModelFromCheckpoint, load_checkpoint, model_state_dict
 from ..utils.atomic_io import atomic_open
 
 VERSIONS_KEY = "nequip_versions"
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used (missing, truncated, corrupt, or not ours)."""
+# the name nequip.train has always exported (training.py fine-tunes with it)
+model_from_checkpoint = ModelFromCheckpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -58,35 +60,12 @@ def versions() -> Dict[str, str]:
     }
 
 
-def load_checkpoint(path: Union[str, Path]) -> Dict[str, Any]:
-    """Read a training checkpoint, refusing one that is missing, truncated, corrupt or foreign."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises several types for damaged archives
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read: the file is truncated or corrupt"
-        ) from err
-    if (
-        not isinstance(checkpoint, dict)
-        or "state_dict" not in checkpoint
-        or "model_config" not in checkpoint.get("hyper_parameters", {})
-    ):
-        raise CheckpointError(f"{path} is not a nequip training checkpoint (no model_config and state_dict)")
-    return checkpoint
-
-
-def model_state_dict(checkpoint: Dict[str, Any]) -> Dict[str, torch.Tensor]:
-    """The model's weights in a checkpoint (the EMA weights when EMA was on)."""
-    prefix = "model."
-    return {name[len(prefix) :]: value for name, value in checkpoint["state_dict"].items() if name.startswith(prefix)}
-
-
-def model_from_checkpoint(path: Union[str, Path]) -> NequIPModel:
-    """The trained model of a checkpoint, eager, in eval mode, on the CPU."""
-    checkpoint = load_checkpoint(path)
-    model = build_model(checkpoint["hyper_parameters"]["model_config"])
-    model.load_state_dict(model_state_dict(checkpoint))
-    return model.eval()
+__all__ = [
+    "AtomicCheckpointIO",
+    "CheckpointError",
+    "VERSIONS_KEY",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "model_state_dict",
+    "versions",
+]
