@@ -1,7 +1,10 @@
 """The training configuration is checked before anything runs, one exact message per mistake."""
 
 import copy
+import datetime
 import inspect
+import json
+import zipfile
 
 import pytest
 import yaml
@@ -12,12 +15,16 @@ from nequip.train.config import (
     MODEL_ARGUMENTS,
     ConfigError,
     ModelConfig,
+    TrainerConfig,
     TrainingConfig,
     apply_overrides,
     config_to_dict,
     load_config,
+    parse_max_time,
     validate_config,
 )
+
+from .helpers import REPO
 
 VALID = {
     "output_dir": "out",
@@ -100,6 +107,50 @@ def test_valid_config_gets_defaults():
             "data.species_to_type.Ag: 'Ag' is not one of data.type_names ['Cu', 'Au']",
         ),
         (with_changes(ema={"decay": 1.5}), "ema.decay: must be between 0 and 1 (exclusive), got 1.5"),
+        (with_changes(optimizer={"lr": -1}), "optimizer.lr: must be greater than 0, got -1"),
+        (with_changes(optimizer={"lr": 0.0}), "optimizer.lr: must be greater than 0, got 0.0"),
+        (with_changes(model={"l_max": -1}), "model.l_max: must be at least 0, got -1"),
+        (with_changes(model={"num_layers": 0}), "model.num_layers: must be at least 1, got 0"),
+        (with_changes(model={"num_features": 0}), "model.num_features: must be at least 1, got 0"),
+        (with_changes(model={"r_max": -4.0}), "model.r_max: must be greater than 0, got -4.0"),
+        (with_changes(model={"avg_num_neighbors": 0}), "model.avg_num_neighbors: must be greater than 0, got 0"),
+        (with_changes(data={"batch_size": 0}), "data.batch_size: must be at least 1, got 0"),
+        (with_changes(data={"val_batch_size": 0}), "data.val_batch_size: must be at least 1, got 0"),
+        (with_changes(data={"energy_units_to_eV": 0}), "data.energy_units_to_eV: must be greater than 0, got 0"),
+        (with_changes(loss={"huber_delta": 0}), "loss.huber_delta: must be greater than 0, got 0"),
+        (with_changes(loss={"forces": -1}), "loss.forces: must be at least 0, got -1"),
+        (with_changes(lr_scheduler={"factor": 1}), "lr_scheduler.factor: must be between 0 and 1 (exclusive), got 1"),
+        (with_changes(trainer={"max_epochs": 0}), "trainer.max_epochs: must be at least 1, got 0"),
+        (with_changes(trainer={"seed": -1}), "trainer.seed: must be at least 0 and at most 4294967295, got -1"),
+        (with_changes(trainer={"gradient_clip_val": 0}), "trainer.gradient_clip_val: must be greater than 0, got 0"),
+        (
+            with_changes(trainer={"max_time": "abc"}),
+            'trainer.max_time: expected "DD:HH:MM:SS" (e.g. "00:12:00:00" for 12 hours) or a number of seconds, got \'abc\'',
+        ),
+        (with_changes(trainer={"max_time": -5}), "trainer.max_time: must be a positive duration, got -5.0"),
+        (with_changes(trainer={"max_time": True}), "trainer.max_time: expected a string or a number, got bool True"),
+        (
+            with_changes(trainer={"max_epochs": 3, "check_val_every_n_epoch": 4}),
+            "trainer.check_val_every_n_epoch: 4 is more than trainer.max_epochs 3, so no validation would run and"
+            " no best.ckpt be saved; lower it or raise max_epochs",
+        ),
+        (
+            with_changes(data={"format": "foo"}),
+            "data.format: 'foo' is not a format ASE can read; give an ASE format name (e.g. 'extxyz';"
+            " `ase info --formats` lists them), or leave data.format out to guess it from the file name",
+        ),
+        (
+            with_changes(data={"format": "extxy"}),
+            "data.format: 'extxy' is not a format ASE can read; did you mean 'extxyz'? give an ASE format name"
+            " (e.g. 'extxyz'; `ase info --formats` lists them), or leave data.format out to guess it from the file name",
+        ),
+        (
+            with_changes(model={"per_edge_type_cutoff": {"Cu": {"Au": "far"}}}),
+            "model.per_edge_type_cutoff.Cu.Au: expected a number, got str 'far'",
+        ),
+        (with_changes(data={"split": {"train": "x", "val": 2}}), "data.split.train: expected an integer or a number, got str 'x'"),
+        (with_changes(lr_scheduler={"patiense": 3}), "lr_scheduler.patiense: unknown key (did you mean 'patience'?)"),
+        (with_changes(lr_scheduler={"zzz": 3}), "lr_scheduler.zzz: unknown key (valid keys: name, factor, patience, min_lr)"),
         (with_changes(trainer={"precision": "64-true"}), "trainer.precision: '64-true' needs model.model_dtype 'float64'"),
         (
             with_changes(loss={"energy_per_atom": 0, "forces": 0}),
@@ -155,6 +206,87 @@ def test_load_config_reports_unreadable_files(tmp_path):
     with pytest.raises(ConfigError) as error:
         load_config(tmp_path / "empty.yaml")
     assert str(error.value) == f"{tmp_path / 'empty.yaml'} is empty"
+
+
+def test_max_time_is_read_as_lightning_reads_it():
+    assert parse_max_time("01:02:03:04") == datetime.timedelta(days=1, hours=2, minutes=3, seconds=4)
+    assert parse_max_time(90) == datetime.timedelta(seconds=90)
+    assert validate_config(with_changes(trainer={"max_time": "00:12:00:00"})).trainer.max_time == "00:12:00:00"
+
+
+def test_load_config_refuses_duplicate_keys_at_any_level(tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        "output_dir: out\ndata:\n  file: a.xyz\nmodel:\n  r_max: 4.0\n  r_max: 5.0\n"
+    )
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == (
+        f"{path} is not valid YAML: line 6, column 3: duplicate key 'r_max' (first on line 5); give each key once"
+    )
+    path.write_text("output_dir: out\ndata:\n  file: a.xyz\ndata:\n  file: b.xyz\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert str(error.value) == (
+        f"{path} is not valid YAML: line 4, column 1: duplicate key 'data' (first on line 2); give each key once"
+    )
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["trainer.max_epochs=0"], "trainer.max_epochs: must be at least 1, got 0"),
+        (["optimizer.lr=-1"], "optimizer.lr: must be greater than 0, got -1"),
+        (
+            ["trainer.max_time=abc"],
+            'trainer.max_time: expected "DD:HH:MM:SS" (e.g. "00:12:00:00" for 12 hours) or a number of seconds, got \'abc\'',
+        ),
+        (["trainer.max_epochs=[1"], "override 'trainer.max_epochs=[1': value is not valid YAML (line 1, column 3: expected ',' or ']', but got '<stream end>')"),
+    ],
+)
+def test_cli_rejects_bad_overrides_before_anything_is_written(tmp_path, capsys, overrides, message):
+    raw = copy.deepcopy(VALID)
+    raw["output_dir"] = str(tmp_path / "out")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert nequip_train([str(path), *overrides]) == 2
+    assert capsys.readouterr().err == f"nequip-train: invalid configuration {path}: {message}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+def test_cli_refuses_a_binary_file_as_config(tmp_path, capsys):
+    path = tmp_path / "best.ckpt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", bytes(range(256)))
+    assert nequip_train([str(path)]) == 2
+    assert capsys.readouterr().err == (
+        f"nequip-train: invalid configuration {path}: {path} is not a text file (not UTF-8);"
+        " give the YAML configuration file (see examples/minimal.yaml)\n"
+    )
+
+
+def test_cli_prints_the_json_schema(capsys):
+    assert nequip_train(["--schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["title"] == "nequip-train configuration"
+    assert schema["required"] == ["output_dir", "data", "model"]
+    assert schema["additionalProperties"] is False
+    lr = schema["$defs"]["OptimizerConfig"]["properties"]["lr"]
+    assert lr["exclusiveMinimum"] == 0 and lr["default"] == 0.01
+    assert set(schema["$defs"]["TrainerConfig"]["properties"]) == set(TrainerConfig.model_fields)
+
+
+@pytest.mark.parametrize("path", sorted(REPO.glob("examples/*.yaml")), ids=lambda p: p.name)
+def test_example_configs_are_valid(path):
+    config = load_config(path)
+    assert config.output_dir.startswith("results/")
+    # every key the example sets is read back as it is written
+    raw = yaml.safe_load(path.read_text())
+    resolved = config_to_dict(config)
+    for section, values in raw.items():
+        if isinstance(values, dict):
+            for key, value in values.items():
+                assert resolved[section][key] == value, f"{section}.{key}"
 
 
 def test_cli_rejects_bad_config_before_anything_runs(tmp_path, capsys):

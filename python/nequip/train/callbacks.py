@@ -117,12 +117,17 @@ class StopOnNonFiniteLoss(Callback):
         if not trainer.strategy.reduce_boolean_decision(not finite, all=False):
             return
         last = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
-        saved = f"the last good checkpoint is {last}" if last else "no checkpoint was saved before it"
-        value = "not finite" if finite else f"{loss.item()}"
+        value = f"{loss.item()}" if not finite else "non-finite (in another process)"
+        if last:
+            way_out = (
+                f"the last good checkpoint is {last}, whose weights are intact. Train again into a new output_dir"
+                " with a lower optimizer.lr or a trainer.gradient_clip_val (model.from_checkpoint can start from"
+                " that checkpoint)"
+            )
+        else:
+            way_out = "no checkpoint was saved before it. Train again with a lower optimizer.lr or a trainer.gradient_clip_val"
         raise NonFiniteLossError(
-            f"training stopped: the loss became {value} at epoch {trainer.current_epoch + 1}, batch {batch_idx}"
-            f" (step {trainer.global_step}); {saved}. Lower optimizer.lr or set trainer.gradient_clip_val,"
-            " then run again (it resumes from last.ckpt)"
+            f"training stopped: the loss became {value} at epoch {trainer.current_epoch + 1}, batch {batch_idx}; {way_out}"
         )
 
 

@@ -1,0 +1,192 @@
+"""Training runs that cannot go on end in one message, and leave nothing half-done behind.
+
+Bad data, an output directory in use or under a file, data that changed under a run to
+resume, a loss that is no longer finite, a write that fails: each is one line from
+nequip-train (no traceback), and what a refused run would have written is not there.
+"""
+
+import hashlib
+import os
+import resource
+import shutil
+import subprocess
+import sys
+
+import ase.io
+import numpy as np
+import pytest
+import yaml
+
+from nequip.scripts.train import main as nequip_train
+from nequip.train import load_checkpoint, train, validate_config
+from nequip.train.lightning_module import NequIPLightningModule
+from nequip.train.training import LOCK_NAME, DataChangedError, OutputDirInUseError
+
+from .helpers import config_dict, make_emt_data
+
+
+def write_config(raw: dict, path) -> str:
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_output_dir_under_a_file_is_refused(tiny_data, tmp_path, capsys):
+    blocker = tmp_path / "results"
+    blocker.write_text("not a directory")
+    config = write_config(config_dict(tiny_data, blocker / "run"), tmp_path / "config.yaml")
+    assert nequip_train([config]) == 2
+    assert capsys.readouterr().err == (
+        f"nequip-train: invalid configuration {config}: output_dir: {blocker / 'run'} is under {blocker},"
+        " which is a file; choose an output_dir in a directory\n"
+    )
+    assert nequip_train([write_config(config_dict(tiny_data, blocker), tmp_path / "config.yaml")]) == 2
+    assert capsys.readouterr().err.endswith(
+        f"output_dir: {blocker} is a file; give a directory (it is created if missing)\n"
+    )
+    assert blocker.read_text() == "not a directory"
+
+
+def test_a_checkpoint_as_data_file_is_named_for_what_it_is(trained_run, tmp_path, capsys):
+    checkpoint = trained_run / "best.ckpt"
+    output_dir = tmp_path / "out"
+    config = write_config(config_dict(checkpoint, output_dir), tmp_path / "config.yaml")
+    assert nequip_train([config]) == 1
+    assert capsys.readouterr().err == (
+        f"nequip-train: data.file: {checkpoint} is a training checkpoint, not a file of structures;"
+        " give structures with their labels in a format ASE reads (e.g. extxyz)\n"
+    )
+    assert not output_dir.exists()
+
+
+def test_a_nan_label_is_refused_by_its_frame_in_the_file(tiny_data, tmp_path, capsys):
+    frames = ase.io.read(tiny_data, index=":")
+    frames[7].calc.results["energy"] = np.nan  # the third training frame after the split's shuffle
+    data = tmp_path / "nan.xyz"
+    ase.io.write(data, frames)
+    output_dir = tmp_path / "out"
+    config = write_config(config_dict(data, output_dir), tmp_path / "config.yaml")
+    assert nequip_train([config]) == 1
+    assert capsys.readouterr().err == (
+        f"nequip-train: {data}: frame 7: label 'total_energy' is not finite (nan); fix or remove the frame\n"
+    )
+    assert not output_dir.exists()
+
+
+def test_a_second_run_into_a_locked_output_dir_is_refused(tiny_data, tmp_path):
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    lock = output_dir / LOCK_NAME
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        host = os.uname().nodename
+        lock.write_text(f"{holder.pid} {host}\n")
+        with pytest.raises(OutputDirInUseError) as error:
+            train(validate_config(config_dict(tiny_data, output_dir, max_epochs=1)))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert str(error.value) == (
+        f"output_dir {output_dir} is in use by another training run (process {holder.pid} on {host}, lock file"
+        f" {lock}); wait for it to end or choose another output_dir. If no run is using it, delete {lock}"
+    )
+    assert sorted(p.name for p in output_dir.iterdir()) == [LOCK_NAME]
+    assert lock.read_text() == f"{holder.pid} {host}\n"
+
+
+def test_a_stale_lock_and_unfinished_writes_of_a_killed_run_are_cleaned_up(tiny_data, tmp_path, caplog):
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    host = os.uname().nodename
+    lock = output_dir / LOCK_NAME
+    lock.write_text(f"{dead.pid} {host}\n")
+    unfinished = output_dir / ".best.ckpt.k3x_9q2a.tmp"
+    unfinished.write_bytes(b"half a checkpoint")
+    kept = output_dir / "notes.tmp"  # not a temporary file of ours
+    kept.write_text("mine")
+
+    with caplog.at_level("INFO"):
+        train(validate_config(config_dict(tiny_data, output_dir, max_epochs=1)))
+    assert f"note: {lock} was left by process {dead.pid} on {host}, which is no longer running; taking it over" in caplog.messages
+    assert f"note: removed {unfinished}, an unfinished write of an earlier run that was stopped" in caplog.messages
+    assert sorted(p.name for p in output_dir.iterdir()) == ["best.ckpt", "config.yaml", "last.ckpt", "logs", "notes.tmp"]
+
+
+def test_resuming_on_changed_data_is_refused_as_such(trained_run, tmp_path):
+    output_dir = tmp_path / "out"
+    output_dir.mkdir()
+    shutil.copy(trained_run / "last.ckpt", output_dir / "last.ckpt")
+    saved = load_checkpoint(output_dir / "last.ckpt")["hyper_parameters"]["config"]["data"]["file"]
+    other = tmp_path / "other.xyz"
+    make_emt_data().write_emt_data(other, n_frames=10, seed=5, repeat=(1, 1, 2))
+    with pytest.raises(DataChangedError) as error:
+        train(validate_config(config_dict(other, output_dir, max_epochs=3)))
+
+    def sha(path):
+        return hashlib.sha256(open(path, "rb").read()).hexdigest()[:12]
+
+    assert str(error.value) == (
+        f"cannot resume from {output_dir / 'last.ckpt'}: the data changed since it was saved (data.file is now"
+        f" {other} (sha256 {sha(other)}), was {saved} (sha256 {sha(saved)})); restore that data to resume, or use"
+        " a new output_dir to train on this data"
+    )
+    assert sorted(p.name for p in output_dir.iterdir()) == ["last.ckpt"]
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch, capsys):
+    training_step = NequIPLightningModule.training_step
+
+    def diverging_step(self, batch, batch_idx):
+        loss = training_step(self, batch, batch_idx)
+        # 3 steps per epoch: the second batch of the second epoch diverges
+        return loss * float("nan") if self.global_step == 4 else loss
+
+    monkeypatch.setattr(NequIPLightningModule, "training_step", diverging_step)
+    output_dir = tmp_path / "out"
+    config = write_config(config_dict(tiny_data, output_dir, max_epochs=3), tmp_path / "config.yaml")
+    assert nequip_train([config]) == 1
+    last = output_dir / "last.ckpt"
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"nequip-train: training stopped: the loss became nan at epoch 2, batch 1; the last good checkpoint is {last},"
+        " whose weights are intact. Train again into a new output_dir with a lower optimizer.lr or a"
+        " trainer.gradient_clip_val (model.from_checkpoint can start from that checkpoint)"
+    )
+    assert load_checkpoint(last)["epoch"] == 0  # saved after the first epoch, not since
+    assert not (output_dir / LOCK_NAME).exists()
+
+
+def _limited_file_size(limit_bytes):
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return limit
+
+
+@pytest.mark.slow
+def test_a_failed_write_of_a_checkpoint_is_one_message_and_leaves_no_temporary_file(tiny_data, tmp_path):
+    output_dir = tmp_path / "out"
+    config = write_config(config_dict(tiny_data, output_dir, max_epochs=1), tmp_path / "config.yaml")
+    result = subprocess.run(
+        [sys.executable, "-m", "nequip.scripts.train", config],
+        capture_output=True,
+        text=True,
+        # as `ulimit -f 10`: config.yaml and the logs fit, a checkpoint (25 kB) does not; nequip-train
+        # ignores SIGXFSZ, so the write fails instead of the process dying
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (10 * 1024, 10 * 1024)),
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.splitlines()[-1] == f"nequip-train: cannot write {output_dir / 'best.ckpt'}: File too large"
+    assert sorted(p.name for p in output_dir.iterdir()) == ["config.yaml", "logs"]  # no temporary file, no lock
+
+
+def test_a_failed_write_of_the_config_is_one_message(tiny_data, tmp_path, capsys):
+    output_dir = tmp_path / "out"
+    (output_dir / "config.yaml").mkdir(parents=True)  # in the way of the resolved configuration
+    config = write_config(config_dict(tiny_data, output_dir, max_epochs=1), tmp_path / "config.yaml")
+    assert nequip_train([config]) == 1
+    assert capsys.readouterr().err == f"nequip-train: cannot write {output_dir / 'config.yaml'}: Is a directory\n"
+    assert sorted(p.name for p in output_dir.iterdir()) == ["config.yaml"]
+    assert not list((output_dir / "config.yaml").iterdir())
