@@ -6,6 +6,7 @@ import zipfile
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.calculators.calculator import PropertyNotImplementedError
 
@@ -83,3 +84,44 @@ def test_stress_of_a_non_periodic_system(calculator):
     assert np.isfinite(atoms.get_potential_energy())
     with raises(PropertyNotImplementedError, "stress is not available: the system is not periodic"):
         atoms.get_stress()
+
+
+@pytest.mark.parametrize(
+    "cell, pbc, lengths",
+    [
+        (np.zeros((3, 3)), True, "0, 0, 0"),
+        (np.diag([5.0, 5.0, 0.0]), True, "5, 5, 0"),
+        ([[4.0, 0, 0], [8.0, 0, 0], [0, 0, 4.0]], [True, True, False], "4, 8, 4"),
+    ],
+)
+def test_periodic_axes_without_volume(calculator, cell, pbc, lengths):
+    atoms = Atoms("SiC", positions=[[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], cell=cell, pbc=pbc)
+    atoms.calc = calculator
+    message = (
+        f"the cell has no volume along its periodic axes (pbc={atoms.pbc.tolist()}, cell lengths {lengths} A): "
+        "set the cell (atoms.set_cell), or set pbc=False along the axes that are not periodic"
+    )
+    with raises(ValueError, message):
+        atoms.get_potential_energy()
+
+
+def test_slab_with_a_zero_vector_along_its_open_axis(calculator):
+    atoms = Atoms("SiC", positions=[[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]], cell=np.diag([6.0, 6.0, 0.0]), pbc=[True, True, False])
+    atoms.calc = calculator
+    assert np.isfinite(atoms.get_potential_energy())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
+@pytest.mark.parametrize("name", ["m.nequip.zip", "last.ckpt"])
+def test_eager_model_on_cuda_without_cuda(tmp_path, name):
+    message = (
+        f"device 'cuda' requested, but CUDA is not available to this torch ({torch.__version__}): "
+        "use device='cpu', or a CUDA build of torch on a machine with a GPU"
+    )
+    with raises(ValueError, message):
+        NequIPCalculator(tmp_path / name, device="cuda")
+
+
+def test_eager_model_on_an_unknown_device(tmp_path):
+    with raises(ValueError, "invalid device 'tpu': expected 'cpu', 'cuda' or 'cuda:<index>'"):
+        NequIPCalculator(tmp_path / "m.nequip.zip", device="tpu")

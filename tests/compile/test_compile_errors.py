@@ -3,14 +3,22 @@ refused before any work, and no output file left behind."""
 
 import logging
 import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 from typing import Dict
 
 import pytest
 import torch
 
 from fixtures.compiled import build_tiny_model, example_frame
+from nequip._runtime import InputError, ModelFileError
 from nequip.compile import CompileError, MetadataError, compile_model, load_compiled
 from nequip.scripts import compile as cli
+
+TESTS = Path(__file__).resolve().parents[1]
 
 # Passed where a model is expected by requests that must be refused before the model is
 # touched: using it at all would raise AttributeError instead of the message under test.
@@ -77,6 +85,29 @@ def test_model_with_malformed_metadata_is_refused(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_model_with_non_finite_weights_is_refused_before_compiling(tmp_path):
+    model = build_tiny_model("float64")
+    with torch.no_grad():
+        model.readout.weight[0] = float("nan")
+        model.per_type_energy_shifts[1] = float("inf")
+    with pytest.raises(ValueError) as error:
+        compile_model(model, tmp_path / "m.nequip.pth", mode="torchscript", example_data=example_frame())
+    assert str(error.value) == (
+        "the model's weights are not finite: readout.weight, per_type_energy_shifts; retrain it "
+        "(from finite data, or from the last checkpoint whose weights are finite)"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_num_layers_below_one_is_refused_before_compiling(tmp_path):
+    model = build_tiny_model("float64")
+    model.metadata = lambda: {**type(model).metadata(model), "num_layers": "0"}
+    with pytest.raises(MetadataError) as error:
+        compile_model(model, tmp_path / "m.nequip.pth", mode="torchscript", example_data=example_frame())
+    assert str(error.value) == "the model: metadata key 'num_layers' is malformed: expected a positive decimal integer, got '0'"
+    assert list(tmp_path.iterdir()) == []
+
+
 class DiffersWhenScripted(torch.nn.Module):
     """A model whose TorchScript version is wrong: what the compiled-file check must catch."""
 
@@ -102,6 +133,37 @@ def test_compiled_file_that_disagrees_with_the_eager_model_is_not_written(tmp_pa
         "the compiled model disagrees with the eager model on 'forces': relative error "
     )
     assert list(tmp_path.iterdir()) == []  # neither the file nor its staging directory
+
+
+class NaNVirialWhenScripted(DiffersWhenScripted):
+    """Finite energy and forces, NaN virial, only in the compiled file."""
+
+    def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        out = self.model(data)
+        if torch.jit.is_scripting():
+            out["virial"] = out["virial"] * float("nan")
+        return out
+
+
+def test_nan_in_the_compiled_output_is_a_mismatch(tmp_path):
+    with pytest.raises(CompileError) as error:
+        compile_model(NaNVirialWhenScripted(build_tiny_model("float64")), tmp_path / "m.nequip.pth", "torchscript", example_data=example_frame())
+    assert str(error.value) == (
+        "the compiled model disagrees with the eager model on 'virial': relative error inf "
+        "(tolerance 1e-10), shape (1, 3, 3) (eager (1, 3, 3))"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_molecule_as_example_data_compiles_without_its_stress(tmp_path):
+    """The stress of a frame without a cell is NaN in the eager model and omitted by the runtime:
+    the one output left out of the check."""
+    molecule = example_frame()
+    del molecule["cell"], molecule["edge_cell_shift"]
+    molecule["edge_index"] = molecule["edge_index"][:, :0]
+    out = compile_model(build_tiny_model("float64"), tmp_path / "m.nequip.pth", "torchscript", example_data=molecule)
+    assert "stress" not in load_compiled(out)(molecule)
+    assert "stress" in load_compiled(out)(example_frame())
 
 
 def test_compiling_reports_progress_and_total_time(tmp_path, caplog):
@@ -171,14 +233,62 @@ def test_cli_reports_a_disagreeing_compiled_model_as_an_error(tmp_path, capsys, 
     assert sorted(os.listdir(tmp_path)) == ["in.nequip.zip"]
 
 
-# -- loader -----------------------------------------------------------------------------------
+# -- writes that fail -----------------------------------------------------------------------
+
+# nequip-compile in a subprocess limited to 100 KiB files (ulimit -f), on the tiny model: its
+# .nequip.pth is about 200 KiB.
+_LIMITED_CLI = """
+import sys
+sys.path.insert(0, {tests!r})
+from fixtures.compiled import build_tiny_model, example_frame
+from nequip.scripts import compile as cli
+cli._load = lambda path: (build_tiny_model("float64"), example_frame())
+sys.exit(cli.main(sys.argv[1:]))
+"""
 
 
-def test_loader_refuses_unknown_extension_and_missing_file(tmp_path):
-    with pytest.raises(ValueError, match=r"model\.pt: not a compiled model: expected a file name ending in '\.nequip\.pth' or '\.nequip\.pt2'"):
-        load_compiled(tmp_path / "model.pt")
-    with pytest.raises(FileNotFoundError, match=r"missing\.nequip\.pt2: no such compiled model file"):
-        load_compiled(tmp_path / "missing.nequip.pt2")
+def test_cli_reports_a_failed_write_and_leaves_nothing(tmp_path):
+    """One message with the path and the OS error, no abort; and the staging directories of
+    killed compiles go too (those of running ones stay)."""
+    source, script = tmp_path / "in.nequip.zip", tmp_path / "limited_cli.py"
+    source.write_bytes(b"stub")
+    script.write_text(_LIMITED_CLI.format(tests=str(TESTS)))
+    out = tmp_path / "out" / "m.nequip.pth"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = out.parent / f".nequip-compile-{int(dead.stdout)}-abc123"
+    legacy = out.parent / ".nequip-compile-x7k2q9_a"  # named before staging names carried the PID
+    live = out.parent / f".nequip-compile-{os.getpid()}-def456"
+    for directory in (stale, legacy, live):
+        directory.mkdir(parents=True)
+        (directory / "m.nequip.pth").write_bytes(b"partial")
+
+    command = f"ulimit -f 100; exec {sys.executable} {script} {source} {out} --mode torchscript"
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.splitlines()[-1] == f"nequip-compile: error: cannot write {out}: File too large"
+    assert "Traceback" not in result.stderr and "terminate called" not in result.stderr
+    assert [p.name for p in out.parent.iterdir()] == [live.name]
+
+
+def test_cli_refuses_an_output_below_a_file_or_a_directory_before_reading_the_input(tmp_path, capsys):
+    source = tmp_path / "in.nequip.zip"
+    source.write_bytes(b"stub")  # not a package: reading it would fail differently
+    out = source / "m.nequip.pth"
+    code, err = run_cli(capsys, source, out, "--mode", "torchscript")
+    assert (code, err) == (2, f"nequip-compile: error: cannot write {out}: {source} is not a directory\n")
+    directory = tmp_path / "d.nequip.pth"
+    directory.mkdir()
+    code, err = run_cli(capsys, source, directory, "--mode", "torchscript")
+    assert (code, err) == (2, f"nequip-compile: error: cannot write {directory}: it is a directory\n")
+
+
+# -- loader (the C++ runtime behind a tensor interface) ----------------------------------------
+
+
+def test_loader_reports_the_runtimes_refusal_of_a_missing_file(tmp_path):
+    path = tmp_path / "missing.nequip.pt2"
+    with pytest.raises(ModelFileError, match="^" + re.escape(f"{path}: no such file") + "$"):
+        load_compiled(path)
 
 
 @pytest.mark.slow
@@ -186,44 +296,16 @@ def test_loader_refuses_unknown_extension_and_missing_file(tmp_path):
 def test_loader_refuses_bad_inputs(key, loaded_models):
     compiled = loaded_models[key]
     frame = example_frame()
-
-    def refused(change, error, message):
-        data = dict(frame)
-        change(data)
-        with pytest.raises(error) as raised:
-            compiled(data)
-        assert str(raised.value).strip("'\"") == message
-
-    refused(lambda d: d.pop("pos"), KeyError, "input 'pos' is missing")
-    refused(
-        lambda d: d.update(atom_types=torch.full_like(d["atom_types"], 2)),
-        ValueError,
-        "input 'atom_types' must hold type indices 0..1 (Si C), got values in 2..2",
-    )
-    refused(
-        lambda d: d.update(atom_types=d["atom_types"].double()),
-        TypeError,
-        "input 'atom_types' must be an integer tensor, got torch.float64",
-    )
-    refused(
-        lambda d: d.update(pos=d["pos"][:0], atom_types=d["atom_types"][:0]),
-        ValueError,
-        "input 'pos' must have shape (N, 3) with N >= 1, got (0, 3)",
-    )
-    refused(
-        lambda d: d.update(edge_index=d["edge_index"] + 100),
-        ValueError,
-        "input 'edge_index' must hold atom indices 0..7",
-    )
-    refused(
-        lambda d: d.pop("edge_cell_shift"),
-        KeyError,
-        "inputs 'cell' and 'edge_cell_shift' must be given together, or neither",
-    )
+    with pytest.raises(KeyError, match="input 'pos' is missing"):
+        compiled({name: value for name, value in frame.items() if name != "pos"})
+    # checked by the runtime, like every input
+    message = "atom_types values must lie in [0, num_types) = [0, 2), got values in [2, 2]"
+    with pytest.raises(InputError, match="^" + re.escape(message) + "$"):
+        compiled(dict(frame, atom_types=torch.full_like(frame["atom_types"], 2)))
 
 
 @pytest.mark.slow
-def test_loader_prepares_inputs_an_aoti_model_would_misread(loaded_models, eager_outputs, systems):
+def test_loader_passes_inputs_an_aoti_model_would_misread_to_the_runtime(loaded_models, eager_outputs, systems):
     """float32 positions, int32 indices and non-contiguous tensors give the right answer."""
     compiled = loaded_models["float64", "aotinductor", "ase"]
     frame = systems["periodic_triclinic"]

@@ -70,6 +70,7 @@ class NequIPCalculator(Calculator):
         if not np.isfinite(atoms.positions).all():
             raise ValueError("the Atoms object has NaN or infinite positions")
         atom_types = self._atom_types(atoms)
+        _check_periodic_cell(atoms)
         has_volume = bool(atoms.pbc.any()) and atoms.cell.rank == 3
         if "stress" in properties:
             self._check_stress_available(atoms, has_volume)
@@ -119,6 +120,19 @@ class NequIPCalculator(Calculator):
             )
 
 
+def _check_periodic_cell(atoms: Atoms) -> None:
+    """The lattice vectors of the periodic axes must span a volume (an area, a length) of their
+    own: periodic images along a zero or dependent vector do not exist."""
+    periodic = atoms.pbc
+    if periodic.any() and np.linalg.matrix_rank(atoms.cell.array[periodic]) < periodic.sum():
+        lengths = ", ".join(f"{length:g}" for length in atoms.cell.lengths())
+        raise ValueError(
+            f"the cell has no volume along its periodic axes (pbc={periodic.tolist()}, cell lengths "
+            f"{lengths} A): set the cell (atoms.set_cell), or set pbc=False along the axes that "
+            "are not periodic"
+        )
+
+
 def _open_model(path: Path, device: str):
     name = path.name
     if name.endswith(COMPILED_SUFFIXES):
@@ -157,20 +171,18 @@ class _EagerModel:
     def __init__(self, path: Path, device: str):
         import torch
 
-        from nequip.compile import parse_metadata
         from nequip.package import load_model
 
         self._torch = torch
-        self._device = torch.device(device)
+        self._device = _torch_device(device)
         self._model = load_model(path).to(self._device).eval()
         self._model.compute_forces = True
         self._model.compute_stress = True
-        metadata = parse_metadata(self._model.metadata(), str(path))
-        self.type_names = list(metadata.type_names)
-        self.r_max = metadata.r_max
-        self.per_edge_type_cutoff = (
-            None if metadata.per_edge_type_cutoff is None else np.array(metadata.per_edge_type_cutoff)
-        )
+        self.type_names = list(self._model.type_names)
+        self.r_max = float(self._model.r_max)
+        cutoffs = self._model.config["per_edge_type_cutoff"]
+        num_types = len(self.type_names)
+        self.per_edge_type_cutoff = None if cutoffs is None else np.reshape(cutoffs, (num_types, num_types))
 
     def __call__(self, pos, atom_types, edge_index, edge_cell_shift, cell) -> Dict[str, np.ndarray]:
         torch = self._torch
@@ -193,3 +205,26 @@ class _EagerModel:
             "forces": out["forces"].detach().cpu().numpy(),
             "stress": out["stress"].detach().cpu().numpy().reshape(3, 3),
         }
+
+
+def _torch_device(device: str):
+    """``device`` as a torch.device the eager model can move to, or one clear error."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ValueError(f"invalid device {str(device)!r}: expected 'cpu', 'cuda' or 'cuda:<index>'")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {str(device)!r} requested, but CUDA is not available to this torch "
+            f"({torch.__version__}): use device='cpu', or a CUDA build of torch on a machine with a GPU"
+        )
+    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {str(device)!r} requested, but this machine has {torch.cuda.device_count()} CUDA "
+            "device(s): use one of them, or device='cpu'"
+        )
+    return parsed

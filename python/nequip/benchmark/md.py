@@ -23,13 +23,22 @@ TIMESTEP_FS = 1.0
 TEMPERATURE_K = 300.0
 
 
-def run_ase(model_path: str, atoms, steps: int, warmup: int, device: str) -> float:
+def thermalised_system(type_names, num_atoms: int):
+    """The benchmark system for a model with these types, with velocities at TEMPERATURE_K."""
+    atoms = system_for(type_names, num_atoms)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=TEMPERATURE_K, rng=np.random.default_rng(0))
+    return atoms
+
+
+def run_ase(model_path: str, num_atoms: int, steps: int, warmup: int, device: str) -> float:
     """Seconds per Velocity Verlet step with :class:`nequip.ase.NequIPCalculator`."""
     from ase.md.verlet import VelocityVerlet
 
     from ..ase import NequIPCalculator
 
-    atoms.calc = NequIPCalculator(model_path, device=device)
+    calculator = NequIPCalculator(model_path, device=device)
+    atoms = thermalised_system(calculator.model.type_names, num_atoms)
+    atoms.calc = calculator
     dynamics = VelocityVerlet(atoms, timestep=TIMESTEP_FS * units.fs)
     dynamics.run(warmup)
     start = time.perf_counter()
@@ -37,12 +46,17 @@ def run_ase(model_path: str, atoms, steps: int, warmup: int, device: str) -> flo
     return (time.perf_counter() - start) / steps
 
 
-def run_lammps(model_path: str, atoms, steps: int, warmup: int, device: str) -> float:
+def run_lammps(model_path: str, num_atoms: int, steps: int, warmup: int, device: str) -> float:
     """Seconds per ``fix nve`` step of LAMMPS with ``pair_style nequip``."""
+    from .. import _runtime
     from ..lammps import load_mpi
 
     if device != "cpu":
         raise ValueError("the LAMMPS benchmark runs on the device the model was compiled for; use --device cpu")
+    # The system needs the model's types before LAMMPS loads the model; this copy is released
+    # before LAMMPS starts, so the peak memory is that of the run.
+    type_names = list(_runtime.Model(model_path, device).type_names)
+    atoms = thermalised_system(type_names, num_atoms)
     load_mpi()
     from lammps import lammps
 
@@ -81,11 +95,7 @@ ENGINES = {"ase": run_ase, "lammps": run_lammps}
 def run_case(engine: str, model_path: str, num_atoms: int, steps: int, warmup: int, threads: int, device: str):
     torch.set_num_threads(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)  # LAMMPS passes its OpenMP setting on to torch
-    from ..compile import load_compiled
-
-    atoms = system_for(load_compiled(model_path).type_names, num_atoms)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=TEMPERATURE_K, rng=np.random.default_rng(0))
-    seconds_per_step = ENGINES[engine](model_path, atoms, steps, warmup, device)
+    seconds_per_step = ENGINES[engine](model_path, num_atoms, steps, warmup, device)
     return dict(
         engine=engine,
         format=model_path.rsplit(".", 1)[-1],

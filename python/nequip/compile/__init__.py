@@ -1,28 +1,28 @@
 """Compiled models: ``*.nequip.pth`` (TorchScript) and ``*.nequip.pt2`` (AOTInductor).
 
 ``compile_model`` turns an eager model into either file (FILE_CONTRACT §3, §4) and checks it
-against the eager model; ``load_compiled`` loads either file, checks its metadata and calls
-it from Python with correctly prepared inputs.
+on the C++ runtime against the eager model; ``load_compiled`` loads either file on that
+runtime (``nequip._runtime``, the one reader of compiled files) and calls it with tensors.
 """
 
-from .compiler import TOLERANCE, CompileError, check_arguments, compile_model, relative_error
-from .contract import (
-    AOTI_INPUTS,
-    AOTINDUCTOR,
-    EXTENSIONS,
-    MODES,
-    TARGET_OUTPUTS,
-    TARGETS,
-    TORCHSCRIPT,
+from .compiler import (
+    TOLERANCE,
+    CompileError,
     MetadataError,
-    ModelMetadata,
-    parse_metadata,
+    WriteError,
+    check_arguments,
+    check_model_metadata,
+    check_weights_finite,
+    compile_model,
+    relative_error,
 )
+from .contract import AOTI_INPUTS, AOTINDUCTOR, DEVICES, EXTENSIONS, MODES, TARGET_OUTPUTS, TARGETS, TORCHSCRIPT
 from .loader import CompiledModel, load_compiled
 
 __all__ = [
     "AOTI_INPUTS",
     "AOTINDUCTOR",
+    "DEVICES",
     "EXTENSIONS",
     "MODES",
     "TARGETS",
@@ -32,10 +32,11 @@ __all__ = [
     "CompileError",
     "CompiledModel",
     "MetadataError",
-    "ModelMetadata",
+    "WriteError",
     "check_arguments",
+    "check_model_metadata",
+    "check_weights_finite",
     "compile_model",
     "load_compiled",
     "relative_error",
-    "parse_metadata",
 ]

@@ -12,27 +12,23 @@ AOTInductor into a self-contained package.
       --aoti_compile_and_package--> *.nequip.pt2
 """
 
-import contextlib
 from pathlib import Path
-from typing import Dict, Mapping, Tuple
+from typing import Mapping, Optional, Tuple
 
 import torch
 import torch.fx.experimental._config as fx_config
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
-from nequip.data import keys
-from nequip.nn.message_passing import TensorProductSum
+from nequip.data import keys, synthetic_frame
 
 from .contract import TARGET_INPUTS, TARGET_OUTPUTS
 
-# Sizes of the synthetic frame the graph is traced on. Distinct and >= 2: symbolic tracing
-# specialises sizes 0 and 1, and equal sizes could be taken for the same dimension.
-_TRACE_NUM_ATOMS = 5
-_TRACE_NUM_EDGES = 7
-# Sizes of the frame it is exported with. Inductor takes them as the typical sizes of the
-# dynamic dimensions when it decides how to split loops across threads: with the tracing
-# sizes it would parallelise over channels instead of edges (1.5x slower at 512 atoms).
+# The graph is traced on the synthetic frame (8 atoms, about 150 edges: distinct sizes >= 2, as
+# symbolic tracing specialises sizes 0 and 1), then exported on that frame repeated to these
+# sizes. Inductor takes them as the typical sizes of the dynamic dimensions when it decides how
+# to split loops across threads (with tiny sizes it would parallelise over channels instead of
+# edges: 1.5x slower at 512 atoms) and which kernels share enough reads to fuse.
 _EXPORT_NUM_ATOMS = 512
 _EXPORT_NUM_EDGES = 24576
 
@@ -73,31 +69,30 @@ class FlatModel(torch.nn.Module):
 
 
 def tracing_inputs(
-    target: str,
-    num_types: int,
-    device: torch.device,
-    num_atoms: int = _TRACE_NUM_ATOMS,
-    num_edges: int = _TRACE_NUM_EDGES,
+    target: str, num_types: int, device: torch.device, num_atoms: Optional[int] = None, num_edges: Optional[int] = None
 ) -> Tuple[torch.Tensor, ...]:
-    """A synthetic frame of the given sizes in TARGET_INPUTS[target] order, dtypes and shapes per FILE_CONTRACT §1.
+    """The synthetic frame (:func:`nequip.data.synthetic_frame`) in TARGET_INPUTS[target] order,
+    its atoms and edges repeated in turn up to ``num_atoms`` and ``num_edges`` when given.
 
-    Only its sizes, dtypes and device matter: the graph has no data-dependent control
-    flow, and a frame of our own keeps export independent of the sizes of the example data
-    (which may well be a single atom).
+    Only its sizes, dtypes and device matter: the graph has no data-dependent control flow,
+    which is also why the frame is that of ``r_max = 1`` whatever the model's cutoff, and why
+    a frame of our own keeps export independent of the sizes of the example data (which may
+    well be a single atom). ``local_mask`` (a target with ghost atoms) marks every third atom
+    a ghost.
     """
-    generator = torch.Generator().manual_seed(0)
-    n, e = num_atoms, num_edges
-    centre = torch.arange(e) % n
-    neighbour = (centre + 1 + torch.arange(e) // n) % n
-    frame = {
-        keys.POS: 3.0 * torch.rand((n, 3), generator=generator, dtype=torch.float64),
-        keys.EDGE_INDEX: torch.stack([centre, neighbour]),
-        keys.ATOM_TYPES: torch.arange(n) % num_types,
-        keys.CELL: (6.0 * torch.eye(3, dtype=torch.float64)).unsqueeze(0),
-        keys.EDGE_CELL_SHIFT: torch.zeros((e, 3), dtype=torch.float64),
-        keys.LOCAL_MASK: torch.arange(n) % 3 != 0,
+    frame = synthetic_frame([f"type{t}" for t in range(num_types)], r_max=1.0)
+    atoms = torch.arange(frame[keys.POS].shape[0] if num_atoms is None else num_atoms)
+    edges = torch.arange(frame[keys.EDGE_INDEX].shape[1] if num_edges is None else num_edges)
+    atoms, edges = atoms % frame[keys.POS].shape[0], edges % frame[keys.EDGE_INDEX].shape[1]
+    inputs = {
+        keys.POS: frame[keys.POS][atoms],
+        keys.EDGE_INDEX: frame[keys.EDGE_INDEX][:, edges],
+        keys.ATOM_TYPES: frame[keys.ATOM_TYPES][atoms],
+        keys.CELL: frame[keys.CELL],
+        keys.EDGE_CELL_SHIFT: frame[keys.EDGE_CELL_SHIFT][edges],
+        keys.LOCAL_MASK: torch.arange(atoms.shape[0]) % 3 != 0,
     }
-    return tuple(frame[name].to(device) for name in TARGET_INPUTS[target])
+    return tuple(inputs[name].contiguous().to(device) for name in TARGET_INPUTS[target])
 
 
 def export(
@@ -109,7 +104,9 @@ def export(
 
     log("tracing the model, derivatives included (make_fx)")
     # Never merge two dimensions because their example sizes happen to agree.
-    with fx_config.patch(use_duck_shape=False), pointwise_contractions(model):
+    # The message passing traces its per-edge contractions as broadcast products and sums, which
+    # inductor fuses with the gathers and scatters around them (nequip.nn.message_passing).
+    with fx_config.patch(use_duck_shape=False):
         traced = make_fx(
             flat,
             tracing_mode="symbolic",
@@ -137,21 +134,6 @@ def export(
         dynamic_shapes=tuple(dynamic_shapes[name] for name in TARGET_INPUTS[target]),
         strict=False,
     )
-
-
-@contextlib.contextmanager
-def pointwise_contractions(model: torch.nn.Module):
-    """Trace the message passing's small per-edge matrix products as broadcast products and
-    sums (the same function): inductor fuses those with the gathers and scatters around them,
-    where bmm calls would need every operand materialised (2x the time, more memory)."""
-    modules = [m for m in model.modules() if isinstance(m, TensorProductSum)]
-    for module in modules:
-        module.pointwise_contractions = True
-    try:
-        yield
-    finally:
-        for module in modules:
-            module.pointwise_contractions = False
 
 
 def sum_scatters_into_one_row(graph_module: torch.fx.GraphModule) -> int:
@@ -212,13 +194,3 @@ def package(exported: torch.export.ExportedProgram, path: Path, metadata: Mappin
         package_path=str(path),
         inductor_configs={**INDUCTOR_CONFIGS, "aot_inductor.metadata": dict(metadata)},
     )
-
-
-def load(path: Path, device: str):
-    """Load a package: a callable on flat tensors, with ``get_metadata()``."""
-    device_index = -1 if device == "cpu" else torch.device(device).index or 0
-    return torch._inductor.aoti_load_package(str(path), device_index=device_index)
-
-
-def read_metadata(loaded) -> Dict[str, str]:
-    return dict(loaded.get_metadata())

@@ -1,13 +1,18 @@
 """Compile an eager NequIP model into a ``*.nequip.pth`` (TorchScript) or ``*.nequip.pt2``
-(AOTInductor) file, check the file against the eager model, and write it atomically."""
+(AOTInductor) file, check the file on the C++ runtime against the eager model, and write it
+atomically."""
 
+import io
 import logging
 import math
 import os
+import re
+import shutil
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Optional, Union
+from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
 import e3nn
 import torch
@@ -20,11 +25,19 @@ from .contract import (
     AOTI_INPUTS_KEY,
     AOTI_OUTPUTS_KEY,
     AOTINDUCTOR,
+    ALLOW_TF32,
     COMPILE_TARGET,
+    DEVICES,
     E3NN_VERSION,
     EXTENSIONS,
+    MODEL_DTYPE,
+    MODEL_DTYPES,
     MODES,
     NEQUIP_VERSION,
+    NUM_LAYERS,
+    NUM_TYPES,
+    PER_EDGE_TYPE_CUTOFF,
+    R_MAX,
     TARGET_INPUTS,
     TARGET_OUTPUTS,
     TARGETS,
@@ -34,9 +47,9 @@ from .contract import (
     TORCHSCRIPT_INPUTS_KEY,
     TORCHSCRIPT_OUTPUTS,
     TORCHSCRIPT_OUTPUTS_KEY,
-    parse_metadata,
+    TYPE_NAMES,
 )
-from .loader import CompiledModel, check_device
+from .loader import RUNTIME_ERRORS, CompiledModel
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +57,37 @@ logger = logging.getLogger(__name__)
 # relative_error(compiled, eager).
 TOLERANCE: Dict[str, float] = {"float64": 1e-10, "float32": 1e-5}
 
+# Files are staged in a directory beside the output named after the compiling process, so a
+# later compile can tell the leftovers of a killed one (its process gone) from a running one.
+_STAGING_PREFIX = ".nequip-compile-"
+_STAGING_PID = re.compile(re.escape(_STAGING_PREFIX) + r"(\d+)-")
+
 
 class CompileError(RuntimeError):
     """Compilation ran but its result cannot be trusted (it disagrees with the eager model)."""
+
+
+class MetadataError(ValueError):
+    """The model's metadata would make a file that readers refuse (FILE_CONTRACT §2)."""
+
+
+class WriteError(RuntimeError):
+    """The compiled file could not be written (disk full, file too large, no permission)."""
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch.device, refusing unknown devices and CUDA on a machine without it."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in DEVICES:
+        raise ValueError(f"unknown device {str(device)!r}: expected one of {', '.join(DEVICES)}")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {str(device)!r} requested, but CUDA is not available to this torch ({torch.__version__})"
+        )
+    return parsed
 
 
 def check_arguments(out_path: Union[str, Path], mode: str, device: str, target: Optional[str]) -> None:
@@ -68,6 +109,100 @@ def check_arguments(out_path: Union[str, Path], mode: str, device: str, target: 
             f"its name must end in '{extension}'"
         )
     check_device(device)
+    _check_writable_place(Path(out_path))
+
+
+def _check_writable_place(out_path: Path) -> None:
+    """Refuse an output that is a directory or lies below a file, before any work."""
+    if out_path.is_dir():
+        raise ValueError(f"cannot write {out_path}: it is a directory")
+    existing = next(parent for parent in out_path.absolute().parents if parent.exists())
+    if not existing.is_dir():
+        raise ValueError(f"cannot write {out_path}: {existing} is not a directory")
+
+
+class WrittenMetadata(NamedTuple):
+    """What compiling needs of the model's metadata, once it is known to be readable."""
+
+    model_dtype: str
+    type_names: Tuple[str, ...]
+    r_max: float
+    per_edge_type_cutoff: Optional[List[float]]  # num_types**2, row-major, or None
+
+
+def check_model_metadata(metadata: Mapping[str, str]) -> WrittenMetadata:
+    """Refuse metadata that the C++ reader would refuse (FILE_CONTRACT §2 and its rules on
+    ``num_layers``), before the slow compile; the compiled file is loaded by that reader
+    before it is written in any case.
+
+    Messages read ``the model: metadata key '<key>' ...``.
+    """
+
+    def malformed(key: str, expected: str) -> MetadataError:
+        return MetadataError(f"the model: metadata key '{key}' is malformed: expected {expected}, got {metadata[key]!r}")
+
+    for key in (MODEL_DTYPE, TYPE_NAMES, NUM_TYPES, R_MAX, ALLOW_TF32):
+        if key not in metadata:
+            raise MetadataError(f"the model: required metadata key '{key}' is missing")
+    for key, value in metadata.items():
+        if not (isinstance(value, str) and value.isascii() and value.isprintable()):
+            raise MetadataError(f"the model: metadata key '{key}' must be printable ASCII text, got {value!r}")
+
+    if metadata[MODEL_DTYPE] not in MODEL_DTYPES:
+        raise malformed(MODEL_DTYPE, " or ".join(repr(d) for d in MODEL_DTYPES))
+    type_names = tuple(metadata[TYPE_NAMES].split(" "))
+    if not all(type_names):  # (the only whitespace printable ASCII has is the space)
+        raise malformed(TYPE_NAMES, "non-empty type names joined by single spaces")
+    if len(set(type_names)) != len(type_names):
+        raise malformed(TYPE_NAMES, "distinct type names")
+    if not (_is_decimal_integer(metadata[NUM_TYPES]) and int(metadata[NUM_TYPES]) == len(type_names)):
+        raise malformed(NUM_TYPES, f"the number of type names ({len(type_names)})")
+    r_max = _decimal_float(metadata[R_MAX])
+    if r_max is None or not r_max > 0:
+        raise malformed(R_MAX, "a positive decimal number")
+    if metadata[ALLOW_TF32] not in ("0", "1"):
+        raise malformed(ALLOW_TF32, "'0' or '1'")
+    if NUM_LAYERS in metadata and not (_is_decimal_integer(metadata[NUM_LAYERS]) and int(metadata[NUM_LAYERS]) >= 1):
+        raise malformed(NUM_LAYERS, "a positive decimal integer")
+
+    cutoffs = None
+    if PER_EDGE_TYPE_CUTOFF in metadata:  # only when used: absent means r_max for every pair
+        num_pairs = len(type_names) ** 2
+        cutoffs = [_decimal_float(word) for word in metadata[PER_EDGE_TYPE_CUTOFF].split(" ")]
+        if len(cutoffs) != num_pairs or not all(c is not None and 0 < c <= r_max for c in cutoffs):
+            raise malformed(
+                PER_EDGE_TYPE_CUTOFF,
+                f"{len(type_names)}x{len(type_names)} = {num_pairs} space-separated numbers in (0, r_max = {r_max}]",
+            )
+    return WrittenMetadata(metadata[MODEL_DTYPE], type_names, r_max, cutoffs)
+
+
+def _is_decimal_integer(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+_DECIMAL_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def _decimal_float(text: str) -> Optional[float]:
+    # plain decimal notation only: float() would also take "inf", " 5", "5_0"
+    if not _DECIMAL_FLOAT.fullmatch(text):
+        return None
+    value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def check_weights_finite(model: torch.nn.Module) -> None:
+    """Refuse a model with NaN or infinite weights (parameters or buffers): its every output
+    would be NaN."""
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    bad = [name for name, tensor in tensors if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ValueError(
+            f"the model's weights are not finite: {shown}; retrain it (from finite data, or from "
+            "the last checkpoint whose weights are finite)"
+        )
 
 
 def compile_model(
@@ -96,9 +231,10 @@ def compile_model(
 
     The model is moved to ``device`` and put in eval mode.
 
-    Raises ValueError for a bad request (before any work), MetadataError (a ValueError) for
-    a model whose metadata breaks FILE_CONTRACT §2, and CompileError when the compiled file
-    disagrees with the eager model. No output file is left behind on any failure.
+    Raises ValueError for a bad request or model (before any work), MetadataError (a
+    ValueError) for a model whose metadata readers would refuse, CompileError when the
+    compiled file disagrees with the eager model (or the runtime refuses it), WriteError when
+    it cannot be written. No output file or staging directory is left behind on any failure.
     """
     start = time.perf_counter()
     check_arguments(out_path, mode, device, target)
@@ -106,9 +242,10 @@ def compile_model(
     torch_device = torch.device(device)
 
     # The model's metadata travels unchanged (FILE_CONTRACT §2 and whatever else it adds);
-    # the versions default to the ones compiling, then the AOTInductor interface keys.
+    # the versions default to the ones compiling, then the interface keys.
     model_metadata = model.metadata()
-    parsed = parse_metadata(model_metadata, "the model")
+    written = check_model_metadata(model_metadata)
+    check_weights_finite(model)
     metadata = {
         NEQUIP_VERSION: nequip.__version__,
         TORCH_VERSION: torch.__version__,
@@ -133,7 +270,7 @@ def compile_model(
     if example_data is None:
         from nequip.package import synthetic_frame  # the package stack is heavy: only on demand
 
-        example_data = synthetic_frame(parsed.type_names, parsed.r_max, _flat(parsed.per_edge_type_cutoff))
+        example_data = synthetic_frame(written.type_names, written.r_max, written.per_edge_type_cutoff)
 
     model = model.to(torch_device).eval()
     if not (getattr(model, "compute_forces", True) and getattr(model, "compute_stress", True)):
@@ -142,68 +279,133 @@ def compile_model(
     def log(message: str) -> None:
         logger.info("[%6.1f s] %s", time.perf_counter() - start, message)
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    # The file is staged under its final name (aoti_load_package insists on the .pt2 suffix,
+    with _writing(out_path):
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_staging(out_path.parent)
+        staging = tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=out_path.parent)
+    # The file is staged under its final name (the runtime tells the format by the suffix,
     # which rules out atomic_path's temporary name), checked, then renamed onto out_path in
     # one step; the staging directory, and anything in it, goes on any failure.
-    with tempfile.TemporaryDirectory(prefix=".nequip-compile-", dir=out_path.parent) as staging:
+    try:
         staged = Path(staging) / out_path.name
         if mode == TORCHSCRIPT:
             log("scripting the model (TorchScript)")
-            torchscript.save(torchscript.script_model(model), staged, metadata)
+            # torch writes the archive into memory and we write that to disk: a failed write
+            # in torch's archive writer throws from its destructor and aborts the process.
+            archive = io.BytesIO()
+            torchscript.save(torchscript.script_model(model), archive, metadata)
+            with _writing(out_path):
+                with open(staged, "wb") as file:
+                    file.write(archive.getbuffer())
+                    file.flush()
+                    os.fsync(file.fileno())
+            del archive
         else:
-            exported = aotinductor.export(model, target, parsed.num_types, torch_device, log)
+            exported = aotinductor.export(model, target, len(written.type_names), torch_device, log)
             log("compiling C++ (AOTInductor), the slow step")
-            aotinductor.package(exported, staged, metadata)
+            _package_aoti(exported, staged, metadata)
 
-        log("checking the compiled file against the eager model on the example data")
-        compiled = CompiledModel(staged, device, mode=mode)
-        _check_agreement(model, compiled, example_data, parsed.model_dtype)
-        os.replace(staged, out_path)
+        log("checking the compiled file against the eager model on the example data, on the C++ runtime")
+        try:
+            compiled = CompiledModel(staged, device)
+        except RUNTIME_ERRORS as error:
+            raise CompileError(f"the C++ runtime refuses the compiled file: {error}") from error
+        _check_agreement(model, compiled, example_data, written.model_dtype)
+        with _writing(out_path):
+            os.replace(staged, out_path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
     log(f"wrote {out_path} ({mode}" + (f", target {target}" if target else "") + ")")
     logger.info("compiled in %.1f s", time.perf_counter() - start)
     return out_path
 
 
-def _flat(table):
-    return None if table is None else [value for row in table for value in row]
+def _package_aoti(exported, staged: Path, metadata: Mapping[str, str]) -> None:
+    """AOTInductor's compile and package, an OSError on inductor's own files (its cache on a
+    full disk) as one WriteError naming the file."""
+    try:
+        aotinductor.package(exported, staged, metadata)
+    except OSError as error:
+        raise WriteError(f"cannot write {error.filename or staged}: {error.strerror or error}") from error
+
+
+@contextmanager
+def _writing(path: Path):
+    """Turn an OSError while writing ``path`` into one WriteError naming it and the cause."""
+    try:
+        yield
+    except OSError as error:
+        raise WriteError(f"cannot write {path}: {error.strerror or error}") from error
+
+
+def _remove_stale_staging(directory: Path) -> None:
+    """Remove staging directories of compiles whose process is gone (killed mid-compile)."""
+    for entry in directory.glob(f"{_STAGING_PREFIX}*"):
+        match = _STAGING_PID.match(entry.name)
+        if entry.is_dir() and not (match and _process_exists(int(match.group(1)))):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
 
 
 def _check_agreement(
     model: torch.nn.Module, compiled: CompiledModel, example_data: Dict[str, torch.Tensor], model_dtype: str
 ) -> None:
-    """Raise CompileError unless every output of ``compiled`` matches the eager model."""
+    """Raise CompileError unless every output of ``compiled`` matches the eager model.
+
+    A non-finite value anywhere is a mismatch; the runtime omits the stress of a cell without
+    volume, the one output that has no value there.
+    """
     data = dict(example_data)
     if keys.LOCAL_MASK in compiled.inputs and keys.LOCAL_MASK not in data:
         # the mask must reach the energy sum: check with every other atom not local
         data[keys.LOCAL_MASK] = torch.arange(data[keys.POS].shape[0]) % 2 == 0
-    inputs = compiled.prepare_inputs(data)
-    expected = model(dict(inputs))
-    got = compiled(inputs)
-    for name, value in got.items():
-        error = relative_error(value, expected[name])
-        if value.dtype != torch.float64 or not error <= TOLERANCE[model_dtype]:
+    try:
+        got = compiled(data)
+    except RUNTIME_ERRORS as error:
+        raise CompileError(f"the compiled model fails on the example data: {error}") from error
+    device = next(model.parameters()).device
+    expected = model({name: value.to(device) for name, value in data.items()})
+    for name in compiled.outputs:
+        if name not in got:
+            if name == keys.STRESS and not _has_volume(data):
+                continue
+            raise CompileError(f"the compiled model did not return '{name}'")
+        error = relative_error(got[name], expected[name])
+        if not error <= TOLERANCE[model_dtype]:
             raise CompileError(
                 f"the compiled model disagrees with the eager model on '{name}': "
                 f"relative error {error:.3g} (tolerance {TOLERANCE[model_dtype]:g}), "
-                f"shape {tuple(value.shape)} (eager {tuple(expected[name].shape)}), dtype {value.dtype}"
+                f"shape {tuple(got[name].shape)} (eager {tuple(expected[name].shape)})"
             )
+
+
+def _has_volume(data: Dict[str, torch.Tensor]) -> bool:
+    return keys.CELL in data and float(torch.linalg.det(data[keys.CELL].double().reshape(3, 3))) != 0.0
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     """max |value - reference| / max(1, max |reference|), the measure TOLERANCE bounds.
 
     Relative to the largest entry rather than entry by entry, so that near-zero force
-    components are not held to an impossible standard; NaN matches NaN (the stress of a
-    cell without volume). inf for a shape mismatch or a NaN on one side only.
+    components are not held to an impossible standard. inf for a shape mismatch or a
+    non-finite value on either side: NaN never agrees with anything, NaN included.
     """
     if value.shape != reference.shape:
         return math.inf
     value, reference = value.detach().double().cpu(), reference.detach().double().cpu()
-    if not torch.equal(value.isnan(), reference.isnan()):
+    if not (bool(torch.isfinite(value).all()) and bool(torch.isfinite(reference).all())):
         return math.inf
     if value.numel() == 0:
         return 0.0
-    scale = max(1.0, float(reference.nan_to_num(0.0).abs().max()))
-    return float((value - reference).nan_to_num(0.0).abs().max()) / scale
+    scale = max(1.0, float(reference.abs().max()))
+    return float((value - reference).abs().max()) / scale

@@ -2,9 +2,7 @@
 
 import contextlib
 import warnings
-import zipfile
-from pathlib import Path
-from typing import Dict, Mapping
+from typing import BinaryIO, Mapping
 
 import torch
 from e3nn.util.jit import script as e3nn_script
@@ -22,17 +20,11 @@ def script_model(model: torch.nn.Module) -> torch.jit.ScriptModule:
         return e3nn_script(model, in_place=False)
 
 
-def save(scripted: torch.jit.ScriptModule, path: Path, metadata: Mapping[str, str]) -> None:
-    """Write ``scripted`` with each metadata entry as an extra file named after its key."""
+def save(scripted: torch.jit.ScriptModule, file: BinaryIO, metadata: Mapping[str, str]) -> None:
+    """Write ``scripted`` to ``file`` with each metadata entry as an extra file named after its key."""
     extra_files = {key: value.encode("ascii") for key, value in metadata.items()}
     with _torchscript_not_deprecated():
-        torch.jit.save(scripted, str(path), _extra_files=extra_files)
-
-
-def load(path: Path, device: torch.device) -> torch.jit.ScriptModule:
-    with _torchscript_not_deprecated():
-        module = torch.jit.load(str(path), map_location=device)
-    return module.eval()
+        torch.jit.save(scripted, file, _extra_files=extra_files)
 
 
 @contextlib.contextmanager
@@ -42,19 +34,3 @@ def _torchscript_not_deprecated():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning, message=r"`torch\.jit\.")
         yield
-
-
-def read_metadata(path: Path) -> Dict[str, str]:
-    """The extra files of a TorchScript archive, by name, without loading the module.
-
-    ``torch.jit.load(_extra_files=...)`` can only look up names known in advance and
-    reports a missing one as empty, which a reader must tell apart from a malformed value.
-    A TorchScript archive is a zip with the extra files under ``<archive>/extra/<name>``.
-    """
-    with zipfile.ZipFile(path) as archive:
-        metadata = {}
-        for name in archive.namelist():
-            parts = name.split("/")
-            if len(parts) == 3 and parts[1] == "extra":
-                metadata[parts[2]] = archive.read(name).decode("ascii", errors="replace")
-        return metadata

@@ -6,12 +6,12 @@
 
 import argparse
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
 
-from nequip.compile import MODES, TARGETS, CompileError, check_arguments, compile_model
-from nequip.compile.contract import DEVICES, EXTENSIONS
+from nequip.compile import DEVICES, EXTENSIONS, MODES, TARGETS, CompileError, WriteError, check_arguments, compile_model
 
 PROG = "nequip-compile"
 
@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    # A file over the size limit (ulimit -f) kills the process by default: have the write fail
+    # (EFBIG) instead, so that it is reported and the staged files are removed.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     progress = _ProgressToStderr()
     logger = logging.getLogger("nequip.compile")
     logger.addHandler(progress)
@@ -60,24 +63,28 @@ def main(argv: Optional[List[str]] = None) -> int:
             target=args.target,
             example_data=example_data,
         )
-    except (ValueError, FileNotFoundError, CompileError) as error:
+    except (ValueError, FileNotFoundError, CompileError, WriteError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2 if not isinstance(error, CompileError) else 1
+        return 1 if isinstance(error, (CompileError, WriteError)) else 2
     finally:
         logger.removeHandler(progress)
     return 0
 
 
 def _load(path: Path):
-    """The eager model and the frame to check it on: a package's own example frame, or
-    (checkpoint) None, for compile_model's synthetic frame."""
+    """The eager model and the frame to check it on: the model's own example frame (a
+    package's stored one; for a checkpoint, the first frame of its training data if it can be
+    read, else a synthetic one)."""
     # imported here: the package and training stack are heavy, and --help should be quick
-    from nequip.package import load_example_data, load_model
-    from nequip.package.format import PACKAGE_SUFFIX
+    from nequip.package import PACKAGE_SUFFIX, load_example_data, load_model
+    from nequip.package.checkpoint import read_checkpoint
 
-    model = load_model(path)
-    example_data = load_example_data(path) if path.name.endswith(PACKAGE_SUFFIX) else None
-    return model, example_data
+    if path.name.endswith(PACKAGE_SUFFIX):
+        return load_model(path), load_example_data(path)
+    trained = read_checkpoint(path)
+    example_data, source = trained.example_frame()
+    logging.getLogger("nequip.compile").info("example frame: %s", source)
+    return trained.model, example_data
 
 
 class _ProgressToStderr(logging.Handler):
