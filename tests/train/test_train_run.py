@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from nequip.scripts.train import main as nequip_train
 from nequip.train import AtomicCheckpointIO, CheckpointError, ConfigError, load_checkpoint, train, validate_config
@@ -93,14 +94,21 @@ def test_resuming_with_a_different_model_is_refused(trained_run, tiny_data, tmp_
     )
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage"])
-def test_damaged_checkpoint_is_refused(trained_run, tiny_data, tmp_path, damage, capsys):
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        ("truncated", "damaged checkpoint: the file is truncated or corrupted"),
+        ("garbage", "not a nequip checkpoint: not a torch checkpoint (zip archive)"),
+    ],
+)
+def test_damaged_checkpoint_is_refused(trained_run, tiny_data, tmp_path, damage, problem, capsys):
     output_dir = tmp_path / "out"
     output_dir.mkdir()
     good = (trained_run / "last.ckpt").read_bytes()
+    damaged = good[: len(good) // 2] if damage == "truncated" else b"not a checkpoint" * 100
     last = output_dir / "last.ckpt"
-    last.write_bytes(good[: len(good) // 2] if damage == "truncated" else b"not a checkpoint" * 100)
-    message = f"checkpoint {last} cannot be read: the file is truncated or corrupt"
+    last.write_bytes(damaged)
+    message = f"{last}: {problem}"
 
     with pytest.raises(CheckpointError) as error:
         load_checkpoint(last)
@@ -108,16 +116,17 @@ def test_damaged_checkpoint_is_refused(trained_run, tiny_data, tmp_path, damage,
     with pytest.raises(CheckpointError) as error:
         train(validate_config(config_dict(tiny_data, output_dir, max_epochs=3)))
     assert str(error.value) == f"cannot resume: {message}; delete it to start over"
-    assert last.read_bytes() != good  # nothing was overwritten
+    # refused before anything was written: the damaged file is as it was, and alone
+    assert last.read_bytes() == damaged
+    assert [p.name for p in output_dir.iterdir()] == ["last.ckpt"]
 
     # and as the starting point of fine-tuning, through the command line
     raw = config_dict(tiny_data, tmp_path / "fine", model={"from_checkpoint": str(last)})
     config_path = tmp_path / "fine.yaml"
-    import yaml
-
     config_path.write_text(yaml.safe_dump(raw))
     assert nequip_train([str(config_path)]) == 1
     assert capsys.readouterr().err == f"nequip-train: {message}\n"
+    assert not (tmp_path / "fine").exists()
 
 
 def test_foreign_checkpoint_is_refused(tmp_path):
@@ -125,7 +134,7 @@ def test_foreign_checkpoint_is_refused(tmp_path):
     torch.save({"weights": torch.zeros(3)}, path)
     with pytest.raises(CheckpointError) as error:
         load_checkpoint(path)
-    assert str(error.value) == f"{path} is not a nequip training checkpoint (no model_config and state_dict)"
+    assert str(error.value) == f"{path}: not a nequip checkpoint: it lacks the key(s) state_dict, hyper_parameters"
 
 
 def test_checkpoint_write_is_atomic(tmp_path):
