@@ -6,6 +6,7 @@ import torch
 from e3nn import o3
 
 from e3nn.nn import FullyConnectedNet
+from torch.fx.experimental.proxy_tensor import make_fx
 
 from nequip.nn.message_passing import TensorProductSum
 from nequip.nn.radial import RadialMLP
@@ -80,29 +81,55 @@ def test_radial_mlp_is_e3nn_fully_connected_net():
     torch.testing.assert_close(mlp(radial), reference(radial), rtol=0, atol=1e-13)
 
 
-@pytest.mark.parametrize("pointwise_contractions", [False, True], ids=["bmm", "pointwise"])
+def output_and_gradients(module, inputs, grad_out):
+    """The node sums and their vector-Jacobian products with x, edge_sh, edge_radial and the radial weights."""
+    out = module(*inputs)
+    wrt = [*inputs[:3], *module.radial_mlp.weights]
+    return (out, *torch.autograd.grad(out, wrt, grad_out))
+
+
+def traced_for_aotinductor(module, inputs, grad_out):
+    """``output_and_gradients`` as compile/aotinductor.py records it: one make_fx graph, backward included."""
+    graph = make_fx(lambda *args: output_and_gradients(module, args[:-1], args[-1]))(*inputs, grad_out)
+    return graph, graph(*inputs, grad_out)
+
+
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "traced"])
 @pytest.mark.parametrize("irreps_in, irreps_out", CASES)
-def test_same_function_as_e3nn(irreps_in, irreps_out, pointwise_contractions):
+def test_same_function_as_e3nn(irreps_in, irreps_out, traced):
     irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
     reference = e3nn_tensor_product(irreps_in, irreps_out)
     module = build(irreps_in, irreps_out)
-    module.pointwise_contractions = pointwise_contractions  # as AOTInductor files trace it
     assert module.irreps_mid == reference.irreps_out
     assert module.weight_numel == reference.weight_numel
 
     x, edge_sh, edge_radial, center, neighbor = inputs = random_inputs(module)
     messages = reference(x[neighbor], edge_sh, module.radial_mlp(edge_radial))
     expected = torch.zeros(x.shape[0], reference.irreps_out.dim, dtype=torch.float64).index_add(0, center, messages)
-    got = module(*inputs)
+    grad_out = torch.randn_like(expected)
+    if traced:
+        graph, (got, *got_grads) = traced_for_aotinductor(module, inputs, grad_out)
+        # traced, the per-edge contractions are broadcast products that inductor fuses
+        assert not [node for node in graph.graph.nodes if node.target is torch.ops.aten.bmm.default]
+    else:
+        got, *got_grads = output_and_gradients(module, inputs, grad_out)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
     # first derivatives: the custom backward against autograd through e3nn
-    grad_out = torch.randn_like(got)
     wrt = [x, edge_sh, edge_radial, *module.radial_mlp.weights]
     expected_grads = torch.autograd.grad(expected, wrt, grad_out)
-    got_grads = torch.autograd.grad(got, wrt, grad_out)
+    assert len(got_grads) == len(expected_grads)
     for got_grad, expected_grad in zip(got_grads, expected_grads):
         torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-11)
+
+
+def test_eager_contractions_are_matrix_products():
+    # the other half of the switch: outside tracing, bmm (its speed on CPU; traced, inductor fuses)
+    module = build(ALL_L2, ALL_L2)
+    inputs = random_inputs(module)
+    with torch.profiler.profile() as profile:
+        module(*inputs)
+    assert "aten::bmm" in {event.name for event in profile.events()}
 
 
 @pytest.mark.parametrize("irreps_out", ["1x0e+1x0o+1x1e+1x1o+1x2e+1x2o", "1x0e"])

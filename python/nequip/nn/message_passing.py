@@ -26,13 +26,35 @@ TorchScript cannot run a custom autograd function, so scripted models differenti
 :meth:`TensorProductSum.message_sum` with autograd: the same function, with more memory.
 """
 
+import inspect
 import math
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional
 
 import torch
 from e3nn import o3
+from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 from .radial import RadialMLP, radial_mlp_hidden, radial_mlp_hidden_backward
+
+
+class InputIrrep(NamedTuple):
+    """Where one irrep of the node features lies in ``x``: ``x[:, offset : offset + mul * dim]``."""
+
+    offset: int
+    mul: int
+    dim: int  # 2l+1
+
+
+class PathGroup(NamedTuple):
+    """The paths of one (input irrep, output dimension) pair, computed together."""
+
+    input_irrep: int  # index into irreps_in (and TensorProductSum.inputs)
+    mul: int  # channels of that irrep
+    d1: int  # its 2l+1
+    a_column: int  # first column of the group's block of A in the coefficients
+    weight_column: int  # first column of its weights in W, in group order
+    num_paths: int
+    d3: int  # 2l+1 of every path's output
 
 
 class TensorProductSum(torch.nn.Module):
@@ -49,15 +71,13 @@ class TensorProductSum(torch.nn.Module):
     matrix ``W`` has ``self.weight_numel`` columns: ``mul`` per path, in path order.
     """
 
-    # one group per (input irrep, output dimension):
-    # (input irrep, mul, d1, column of A, column of W in group order, paths, d3)
-    groups: List[Tuple[int, int, int, int, int, int, int]]
+    # one group per (input irrep, output dimension)
+    groups: List[PathGroup]
     # for each group, the output block of each of its paths
     group_blocks: List[List[int]]
     block_sizes: List[int]
-    # for each input irrep: (offset in x, mul, 2l+1)
-    inputs: List[Tuple[int, int, int]]
-    pointwise_contractions: bool
+    # one per irrep of irreps_in
+    inputs: List[InputIrrep]
 
     def __init__(self, irreps_in: o3.Irreps, irreps_edge_sh: o3.Irreps, irreps_out: o3.Irreps, radial_sizes: List[int]):
         super().__init__()
@@ -76,7 +96,7 @@ class TensorProductSum(torch.nn.Module):
         self.irreps_in, self.irreps_edge_sh, self.irreps_mid = irreps_in, irreps_edge_sh, irreps_mid
         self.weight_numel = sum(irreps_in[i].mul for i, _, _ in paths)
         self.block_sizes = [mul * ir.dim for mul, ir in irreps_mid]
-        self.inputs = [(s.start, mul, ir.dim) for s, (mul, ir) in zip(irreps_in.slices(), irreps_in)]
+        self.inputs = [InputIrrep(s.start, mul, ir.dim) for s, (mul, ir) in zip(irreps_in.slices(), irreps_in)]
         weight_offsets = [sum(irreps_in[i].mul for i, _, _ in paths[:k]) for k in range(len(paths))]
         sh_slices = irreps_edge_sh.slices()
 
@@ -99,7 +119,7 @@ class TensorProductSum(torch.nn.Module):
                 cg = o3.wigner_3j(ir1.l, irreps_edge_sh[j].ir.l, ir3.l, dtype=torch.float64) * math.sqrt(ir3.dim)
                 block[sh_slices[j], :, q, :] = cg.permute(1, 0, 2)
             blocks.append(block.reshape(irreps_edge_sh.dim, -1))
-            self.groups.append((i, mul, d1, column, len(weight_columns), len(members), d3))
+            self.groups.append(PathGroup(i, mul, d1, column, len(weight_columns), len(members), d3))
             self.group_blocks.append([permutation[k] for k in members])
             weight_columns += [weight_offsets[k] + u for k in members for u in range(mul)]
             column += d1 * len(members) * d3
@@ -109,7 +129,6 @@ class TensorProductSum(torch.nn.Module):
         # W's columns in group order: each group's weights are one contiguous slice
         self.register_buffer("weight_columns", torch.tensor(weight_columns, dtype=torch.long), persistent=False)
         self.radial_mlp = RadialMLP(list(radial_sizes) + [self.weight_numel])
-        self.pointwise_contractions = False
 
     def forward(
         self,
@@ -143,47 +162,68 @@ class TensorProductSum(torch.nn.Module):
         blocks: List[torch.Tensor] = [x] * len(self.block_sizes)  # every entry is replaced
         x_neighbor = x  # the gathered features of the current group's input irrep
         for g in range(len(self.groups)):
-            i, mul, d1, _, _, num_paths, d3 = self.groups[g]
-            if g == 0 or self.groups[g - 1][0] != i:
-                x_neighbor = self._channels_last(x, i).index_select(0, edge_neighbor)
+            group = self.groups[g]
+            if g == 0 or self.groups[g - 1].input_irrep != group.input_irrep:
+                x_neighbor = self._channels_last(x, group.input_irrep).index_select(0, edge_neighbor)
             message = self._products(x_neighbor, self._a(edge_sh, g), g) * self._weights(radial_hidden, weight, g)
-            summed = _neighbor_sum(message.flatten(1), edge_center, num_nodes).view(num_nodes, num_paths, d3, mul)
+            summed = _neighbor_sum(message.flatten(1), edge_center, num_nodes)
+            summed = summed.view(num_nodes, group.num_paths, group.d3, group.mul)
             for q, block in enumerate(self.group_blocks[g]):
-                blocks[block] = summed[:, q].transpose(1, 2).reshape(num_nodes, mul * d3)
+                blocks[block] = summed[:, q].transpose(1, 2).reshape(num_nodes, group.mul * group.d3)
         return torch.cat(blocks, dim=1)
 
     def _channels_last(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """Input irrep ``i`` of the node features as (N, 2l+1, mul): channels innermost, so that
         per-edge products are vectorised over channels."""
-        offset, mul, dim = self.inputs[i]
-        return x.narrow(1, offset, mul * dim).view(x.shape[0], mul, dim).transpose(1, 2).contiguous()
+        irrep = self.inputs[i]
+        x_irrep = x.narrow(1, irrep.offset, irrep.mul * irrep.dim).view(x.shape[0], irrep.mul, irrep.dim)
+        return x_irrep.transpose(1, 2).contiguous()
 
     def _a(self, edge_sh: torch.Tensor, g: int) -> torch.Tensor:
         """A for a group's paths: (E, d1, paths * d3)."""
-        _, _, d1, column, _, num_paths, d3 = self.groups[g]
-        return (edge_sh @ self.coefficients.narrow(1, column, d1 * num_paths * d3)).view(-1, d1, num_paths * d3)
+        group = self.groups[g]
+        columns = group.d1 * group.num_paths * group.d3
+        a = edge_sh @ self.coefficients.narrow(1, group.a_column, columns)
+        return a.view(-1, group.d1, group.num_paths * group.d3)
 
     def _weights(self, radial_hidden: torch.Tensor, weight: torch.Tensor, g: int) -> torch.Tensor:
         """A group's per-edge path weights: (E, paths, 1, mul)."""
-        _, mul, _, _, weight_column, num_paths, _ = self.groups[g]
-        return (radial_hidden @ weight.narrow(1, weight_column, num_paths * mul)).view(-1, num_paths, 1, mul)
+        group = self.groups[g]
+        weights = radial_hidden @ weight.narrow(1, group.weight_column, group.num_paths * group.mul)
+        return weights.view(-1, group.num_paths, 1, group.mul)
 
     def _products(self, x_neighbor: torch.Tensor, a: torch.Tensor, g: int) -> torch.Tensor:
         """sum_i x[j(e), i, u] A[e, i, path, k] for a group: (E, paths, d3, mul)."""
-        _, mul, _, _, _, num_paths, d3 = self.groups[g]
-        return self.batched_matmul(a.transpose(1, 2), x_neighbor).view(-1, num_paths, d3, mul)
+        group = self.groups[g]
+        return self.batched_matmul(a.transpose(1, 2), x_neighbor).view(-1, group.num_paths, group.d3, group.mul)
 
     def batched_matmul(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-        """(E, m, k) @ (E, k, n) for every edge: torch.bmm, or (with ``pointwise_contractions``,
-        which AOTInductor export sets) a broadcast product summed over k, which inductor fuses
-        into the kernels around it instead of materialising both operands for a bmm call."""
-        if self.pointwise_contractions:
-            # inductor vectorises along the output's last axis: keep the channels there
-            if left.shape[2] > right.shape[2]:
-                # contracting over the channels: they are the sum's (last) axis
-                return (left.unsqueeze(2) * right.transpose(1, 2).unsqueeze(1)).sum(-1)
-            return (left.transpose(1, 2).unsqueeze(-1) * right.unsqueeze(2)).sum(1)
+        """(E, m, k) @ (E, k, n) for every edge: torch.bmm, or, while traced for AOTInductor
+        (:func:`traced_for_aotinductor`), a broadcast product summed over k (the same function),
+        which inductor fuses into the kernels around it instead of materialising both operands
+        for a bmm call (2x the time, more memory)."""
+        # TorchScript skips this branch (a condition of is_scripting() alone is decided when scripting)
+        if not torch.jit.is_scripting():
+            if traced_for_aotinductor():
+                # inductor vectorises along the output's last axis: keep the channels there
+                if left.shape[2] > right.shape[2]:
+                    # contracting over the channels: they are the sum's (last) axis
+                    return (left.unsqueeze(2) * right.transpose(1, 2).unsqueeze(1)).sum(-1)
+                return (left.transpose(1, 2).unsqueeze(-1) * right.unsqueeze(2)).sum(1)
         return torch.bmm(left, right)
+
+
+def traced_for_aotinductor() -> bool:
+    """Whether the model is being traced into an aten graph, as compile/aotinductor.py does
+    with ``make_fx`` before exporting (the project's only tracer).
+
+    ``torch.compiler.is_exporting()`` is False there: torch.export only runs later, on the
+    already traced graph. What is active exactly while ``make_fx`` runs the Python code
+    (including the autograd engine's backward, which it records) is its proxy dispatch mode;
+    eager calls never see it and TorchScript skips the check. torch.export of the model itself
+    traces through the same mode, so it would take the same branch.
+    """
+    return get_proxy_mode() is not None
 
 
 def _neighbor_sum(values: torch.Tensor, index: torch.Tensor, num_nodes: int) -> torch.Tensor:
@@ -215,8 +255,9 @@ class _MessageSum(torch.autograd.Function):
         module: TensorProductSum = ctx.module
         x, edge_sh, edge_radial, edge_center, edge_neighbor, *weights = ctx.saved_tensors
         num_nodes, num_edges = x.shape[0], edge_sh.shape[0]
-        need_x, need_sh, need_radial = ctx.needs_input_grad[1:4]
-        need_weights = any(ctx.needs_input_grad[6:])
+        needs_grad = dict(zip(_APPLY_ARGUMENTS, ctx.needs_input_grad))
+        need_x, need_sh, need_radial = needs_grad["x"], needs_grad["edge_sh"], needs_grad["edge_radial"]
+        need_weights = any(ctx.needs_input_grad[len(_APPLY_ARGUMENTS) :])
         need_hidden = need_radial or need_weights
         scale = module.radial_mlp.activation_scale
         # the radial MLP again: its per-edge activations were not kept
@@ -231,8 +272,9 @@ class _MessageSum(torch.autograd.Function):
         grad_hidden = torch.zeros_like(radial_hidden) if need_hidden else None
         grad_weight_parts: List[torch.Tensor] = []
         x_neighbor = x
-        for g, (i, mul, d1, _, weight_column, num_paths, d3) in enumerate(module.groups):
-            if g == 0 or module.groups[g - 1][0] != i:
+        for g, group in enumerate(module.groups):
+            i, mul, d1, num_paths, d3 = group.input_irrep, group.mul, group.d1, group.num_paths, group.d3
+            if g == 0 or module.groups[g - 1].input_irrep != i:
                 x_neighbor = module._channels_last(x, i).index_select(0, edge_neighbor)  # (E, d1, mul)
             # the output gradient of the group's paths, channels last, at each edge's centre
             grad_sums = torch.stack(
@@ -244,14 +286,14 @@ class _MessageSum(torch.autograd.Function):
                 # d/dw: sum over k of grad * (x . A)
                 grad_w = (grad_message * module._products(x_neighbor, a, g)).sum(2).reshape(num_edges, num_paths * mul)
                 if grad_hidden is not None:
-                    grad_hidden = grad_hidden + grad_w @ weight.narrow(1, weight_column, num_paths * mul).t()
+                    grad_hidden = grad_hidden + grad_w @ weight.narrow(1, group.weight_column, num_paths * mul).t()
                 if need_weights:
                     grad_weight_parts.append(radial_hidden.t() @ grad_w)
             weighted = grad_message * module._weights(radial_hidden, weight, g)  # (E, paths, d3, mul)
             if grad_sh is not None:
                 # d/dA: sum over channels; then through A = Y @ coefficients
                 grad_a = module.batched_matmul(x_neighbor, weighted.view(num_edges, num_paths * d3, mul).transpose(1, 2))
-                coefficients = module.coefficients.narrow(1, module.groups[g][3], d1 * num_paths * d3)
+                coefficients = module.coefficients.narrow(1, group.a_column, d1 * num_paths * d3)
                 grad_sh = grad_sh + grad_a.reshape(num_edges, d1 * num_paths * d3) @ coefficients.t()
             if need_x:
                 # d/dx: sum over paths and k at each edge, then over each neighbour's edges; one group
@@ -264,8 +306,9 @@ class _MessageSum(torch.autograd.Function):
         grad_x = None
         if need_x:
             parts: List[torch.Tensor] = []
-            for part, (_, mul, dim) in zip(grad_x_parts, module.inputs):
+            for part, irrep in zip(grad_x_parts, module.inputs):
                 # back from channels last to e3nn's (mul, 2l+1) layout
+                mul, dim = irrep.mul, irrep.dim
                 parts.append(
                     x.new_zeros(num_nodes, mul * dim)
                     if part is None
@@ -284,4 +327,10 @@ class _MessageSum(torch.autograd.Function):
             )
             if need_weights:
                 grad_weights[:-1] = grad_hidden_weights
-        return (None, grad_x, grad_sh, grad_radial if need_radial else None, None, None, *grad_weights)
+        grads = {"x": grad_x, "edge_sh": grad_sh, "edge_radial": grad_radial if need_radial else None}
+        return (*(grads.get(name) for name in _APPLY_ARGUMENTS), *grad_weights)
+
+
+# _MessageSum.forward's named arguments after ctx, in order (the radial MLP's weights follow):
+# backward reads ``needs_input_grad`` and returns its gradients by these names
+_APPLY_ARGUMENTS = tuple(inspect.signature(_MessageSum.forward).parameters)[1:-1]
