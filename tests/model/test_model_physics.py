@@ -250,3 +250,39 @@ def test_bad_hyperparameters_are_refused_with_a_clear_message(overrides, message
     config.update(overrides)
     with pytest.raises(ValueError, match=message):
         build_model(config)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(num_layers=0), "num_layers must be an integer >= 1, got 0"),
+        (dict(num_layers=2.5), "num_layers must be an integer >= 1, got 2.5"),
+        (dict(l_max=-1), "l_max must be an integer >= 0, got -1"),
+        (dict(num_features=0), "num_features must be an integer >= 1, got 0"),
+        (dict(num_bessels=0), "num_bessels must be an integer >= 1, got 0"),
+        (dict(radial_mlp_depth=-1), "radial_mlp_depth must be an integer >= 0, got -1"),
+        (dict(radial_mlp_width=0), "radial_mlp_width must be an integer >= 1, got 0"),
+        (dict(r_max=0.0), "r_max must be a positive finite number, got 0.0"),
+        (dict(r_max=float("inf")), "r_max must be a positive finite number, got inf"),
+        (dict(r_max=float("nan")), "r_max must be a positive finite number, got nan"),
+        (dict(polynomial_cutoff_p=-6.0), "polynomial_cutoff_p must be a positive finite number, got -6.0"),
+        (dict(avg_num_neighbors=0.0), "avg_num_neighbors must be a positive finite number, got 0.0"),
+        (dict(type_names=[]), "type_names is empty: the model needs at least one type name, e.g. ['Si', 'C']"),
+        (dict(type_names="Si C"), "type_names must be a list of names, got the string 'Si C'; e.g. ['Si', 'C']"),
+        (dict(type_names=["Si", "Si"]), "type_names must be distinct names ('Si' appears more than once)"),
+        *[
+            (
+                dict(type_names=["Si", bad]),
+                f"type_names: {bad!r} is not a valid type name: each must be one ASCII word, without whitespace "
+                "(the model's metadata joins the names with single spaces)",
+            )
+            for bad in ["", "C\t", "Si C", "\u00c5"]
+        ],
+    ],
+)
+def test_invalid_hyperparameter_values_are_refused_naming_the_argument(overrides, message):
+    config = dict(type_names=TYPE_NAMES, r_max=R_MAX, num_layers=1, num_features=2)
+    config.update(overrides)
+    with pytest.raises(ValueError) as error:
+        NequIPModel(**config)
+    assert str(error.value) == message

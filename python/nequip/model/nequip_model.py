@@ -1,6 +1,8 @@
 """The NequIP model: per-atom energies from an equivariant message-passing network,
 forces and stress as derivatives of their sum."""
 
+import math
+import numbers
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -67,15 +69,22 @@ class NequIPModel(torch.nn.Module):
         model_dtype: str = "float32",
     ):
         super().__init__()
-        type_names = [str(name) for name in type_names]
-        if len(type_names) == 0 or len(set(type_names)) != len(type_names):
-            raise ValueError(f"type_names must be a non-empty list of distinct names, got {type_names}")
-        if any(not name or " " in name for name in type_names):
-            raise ValueError(f"type names must be non-empty and contain no spaces, got {type_names}")
+        type_names = _check_type_names(type_names)
         if model_dtype not in _DTYPES:
             raise ValueError(f"model_dtype must be 'float32' or 'float64', got {model_dtype!r}")
-        if not r_max > 0:
-            raise ValueError(f"r_max must be positive, got {r_max}")
+        _check_positive("r_max", r_max)
+        _check_positive("polynomial_cutoff_p", polynomial_cutoff_p)
+        if avg_num_neighbors is not None:
+            _check_positive("avg_num_neighbors", avg_num_neighbors)
+        for name, value, minimum in (
+            ("l_max", l_max, 0),
+            ("num_layers", num_layers, 1),
+            ("num_features", num_features, 1),
+            ("num_bessels", num_bessels, 1),
+            ("radial_mlp_depth", radial_mlp_depth, 0),
+            ("radial_mlp_width", radial_mlp_width, 1),
+        ):
+            _check_integer(name, value, minimum)
         num_types = len(type_names)
         shifts = _per_type("per_type_energy_shifts", per_type_energy_shifts, type_names, default=0.0)
         scales = _per_type("per_type_energy_scales", per_type_energy_scales, type_names, default=1.0)
@@ -335,6 +344,40 @@ class NequIPModel(torch.nn.Module):
             # no volume (non-periodic): stress is undefined, the virial is not
             stress = torch.where(volume > 0, -virial / volume, torch.full_like(virial, float("nan")))
         return atomic_energy, total_energy, forces, virial, stress, atom_virial
+
+
+def _check_type_names(type_names: Sequence[str]) -> List[str]:
+    """The type names as strings: at least one, each one ASCII word (the metadata joins them
+    with single spaces, FILE_CONTRACT §2), no two alike."""
+    if isinstance(type_names, str):
+        raise ValueError(f"type_names must be a list of names, got the string {type_names!r}; e.g. ['Si', 'C']")
+    names = [str(name) for name in type_names]
+    if not names:
+        raise ValueError("type_names is empty: the model needs at least one type name, e.g. ['Si', 'C']")
+    for name in names:
+        if name.split() != [name] or not name.isascii():
+            raise ValueError(
+                f"type_names: {name!r} is not a valid type name: each must be one ASCII word, "
+                "without whitespace (the model's metadata joins the names with single spaces)"
+            )
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"type_names must be distinct names ({name!r} appears more than once)")
+    return names
+
+
+def _check_integer(name: str, value, minimum: int) -> None:
+    if not (_is_number(value) and math.isfinite(value) and value == int(value) and value >= minimum):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_positive(name: str, value) -> None:
+    if not (_is_number(value) and 0 < value < math.inf):
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _per_type(name: str, value: PerType, type_names: List[str], default: float) -> List[float]:
