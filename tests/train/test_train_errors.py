@@ -11,6 +11,7 @@ import resource
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -20,7 +21,8 @@ import yaml
 from nequip.scripts.train import main as nequip_train
 from nequip.train import load_checkpoint, train, validate_config
 from nequip.train.lightning_module import NequIPLightningModule
-from nequip.train.training import LOCK_NAME, DataChangedError, OutputDirInUseError
+from nequip.train.training import LOCK_NAME, DataChangedError, OutputDirInUseError, _CSVLogger
+from nequip.utils.atomic_io import WriteError
 
 from .helpers import config_dict, make_emt_data
 
@@ -190,3 +192,13 @@ def test_a_failed_write_of_the_config_is_one_message(tiny_data, tmp_path, capsys
     assert capsys.readouterr().err == f"nequip-train: cannot write {output_dir / 'config.yaml'}: Is a directory\n"
     assert sorted(p.name for p in output_dir.iterdir()) == ["config.yaml"]
     assert not list((output_dir / "config.yaml").iterdir())
+
+
+def test_a_failed_write_of_the_logs_names_the_file(tmp_path):
+    logger = _CSVLogger(tmp_path, name="logs")
+    logger.log_metrics({"val_loss": 1.0}, step=0)
+    metrics = Path(logger.experiment.metrics_file_path)
+    metrics.mkdir(parents=True)  # in the way of the metrics file
+    with pytest.raises(WriteError) as error:
+        logger.save()
+    assert str(error.value) == f"cannot write {metrics}: Is a directory"

@@ -58,6 +58,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except FileExistsError as err:  # mkdir met a file where a directory should be
+        raise WriteError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path)) from err
     except OSError as err:
         raise _write_error(err, path) from err
     os.close(fd)
