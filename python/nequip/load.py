@@ -112,7 +112,7 @@ def load_model(path: PathLike) -> torch.nn.Module:
 
 def model_file_kind(path: PathLike) -> str:
     """``"checkpoint"`` or ``"package"``, from the file name; ModelFileError for any other name."""
-    name = Path(path).name
+    name = _model_file_path(path, "model").name
     if name.endswith(PACKAGE_SUFFIX):
         return "package"
     if name.endswith(CHECKPOINT_SUFFIX):
@@ -134,7 +134,7 @@ def load_checkpoint(path: PathLike) -> Dict[str, Any]:
         CheckpointError: another kind of file, one holding objects that are not plain data,
             a truncated or corrupted one, or one without the keys of a nequip checkpoint.
     """
-    path = Path(path)
+    path = _model_file_path(path, "checkpoint")
     _check_is_file(path)
     with open(path, "rb") as f:
         if f.read(len(_ZIP_MAGIC)) != _ZIP_MAGIC:
@@ -257,7 +257,7 @@ def model_resource(variant: str) -> str:
 
 def check_package_name(path: PathLike) -> Path:
     """``path`` as a Path, after checking its name ends with ``.nequip.zip``."""
-    path = Path(path)
+    path = _model_file_path(path, "package")
     if not path.name.endswith(PACKAGE_SUFFIX) or path.name == PACKAGE_SUFFIX:
         raise PackageError(f"{path}: a nequip package file name must end with '{PACKAGE_SUFFIX}'")
     return path
@@ -292,6 +292,13 @@ def list_package_entries(path: PathLike) -> List[Tuple[str, int]]:
 def _check_is_file(path: Path) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
+
+
+def _model_file_path(path: PathLike, kind: str) -> Path:
+    # Path("") is the current directory: an empty name must not read as one
+    if os.fspath(path) == "":
+        raise FileNotFoundError(f"no {kind} to load: the path is empty")
+    return Path(path)
 
 
 def _is_intact_zip(path: Path) -> bool:

@@ -1,50 +1,93 @@
-"""nequip-test: metrics, predictions and parity plots of a trained model on labelled data.
+"""nequip-test: metrics, predictions and parity plots of a model on labelled data.
 
-    nequip-test MODEL DATA [--output DIR]
+    nequip-test MODEL DATA [--output DIR] [--index I] [--device D]
 
-MODEL is a training checkpoint (``*.ckpt``) or a package (``*.nequip.zip``); DATA any file
-ASE reads. Prints a table of MAE and RMSE (energy per atom, forces, per-type forces, stress)
-and writes ``predictions.extxyz``, ``parity.png`` and ``metrics.json`` to DIR.
+MODEL is any model file: a training checkpoint (``*.ckpt``), a package (``*.nequip.zip``) or
+a compiled file (``*.nequip.pth``, ``*.nequip.pt2``), which is run by the same C++ runtime as
+in ASE and LAMMPS, so what is tested is exactly what runs in MD. DATA is any file ASE reads.
+Prints a table of MAE and RMSE (energy per atom, forces, per-type forces, stress: those the
+data has labels for) and writes ``predictions.extxyz``, ``parity.png`` (with matplotlib) and
+``metrics.json`` to DIR.
 """
 
 import argparse
 import sys
+from pathlib import Path
+
+PROG = "nequip-test"
+COMPILED_SUFFIXES = (".nequip.pth", ".nequip.pt2")
+
+
+def load_any_model(path, device: str = "cpu"):
+    """The model in any model file: eager (checkpoint, package) or compiled (C++ runtime)."""
+    if Path(path).name.endswith(COMPILED_SUFFIXES):
+        from nequip.compile import load_compiled
+
+        return load_compiled(path, device)
+    import torch
+
+    from nequip.load import load_model
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"--device {device!r} is not a device: give cpu, cuda or cuda:<index>") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available to this torch ({torch.__version__})")
+    return load_model(path).to(parsed)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="nequip-test", description="Test a trained NequIP model on labelled data.")
-    parser.add_argument("model", help="checkpoint (.ckpt) or package (.nequip.zip)")
+    parser = argparse.ArgumentParser(prog=PROG, description="Test a NequIP model file on labelled data.")
+    parser.add_argument("model", help="checkpoint (.ckpt), package (.nequip.zip) or compiled file (.nequip.pth/.pt2)")
     parser.add_argument("data", help="structures with reference labels (extxyz or any ASE format)")
     parser.add_argument("--output", default="nequip-test", help="output directory (default: %(default)s)")
-    parser.add_argument("--index", default=":", help="ASE index of the frames to test (default: all)")
+    parser.add_argument("--index", default=":", help="frames to test, ASE syntax: 0, 10:20, ::2, or --index=-1 (default: all)")
     parser.add_argument("--format", default=None, help="ASE format of DATA (default: from the file name)")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (a compiled file: the device it was compiled for)")
+    parser.add_argument("--batch-size", type=_positive_int, default=8, help="frames per call of an eager model")
     parser.add_argument(
-        "--energy-units-to-eV", type=float, default=None, help="default: the checkpoint's training data setting, or 1"
+        "--energy-units-to-eV", type=float, default=None, help="default: the model's training data setting, or 1"
     )
     parser.add_argument(
-        "--length-units-to-A", type=float, default=None, help="default: the checkpoint's training data setting, or 1"
+        "--length-units-to-A", type=float, default=None, help="default: the model's training data setting, or 1"
     )
     args = parser.parse_args(argv)
 
-    from nequip.train.evaluation import evaluate, format_metrics
+    from nequip.train.evaluation import check_output_dir, data_settings_of, evaluate, format_metrics
 
     try:
-        metrics = evaluate(
-            args.model,
+        check_output_dir(args.output)
+        settings = data_settings_of(args.model)
+        for name in ("energy_units_to_eV", "length_units_to_A"):
+            if getattr(args, name) is not None:
+                settings[name] = getattr(args, name)
+        model = load_any_model(args.model, args.device)
+        result = evaluate(
+            model,
             args.data,
             args.output,
             index=args.index,
             format=args.format,
             batch_size=args.batch_size,
-            energy_units_to_eV=args.energy_units_to_eV,
-            length_units_to_A=args.length_units_to_A,
+            **settings,
         )
-    except (FileNotFoundError, ValueError) as err:
-        print(f"nequip-test: {err}", file=sys.stderr)
+    except (OSError, ValueError) as err:
+        # FileNotFoundError and write failures are OSErrors, every bad input a ValueError, each
+        # with a message that names the file and the problem
+        print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
-    print(format_metrics(metrics))
-    print(f"wrote predictions.extxyz, parity.png and metrics.json to {args.output}")
+    for note in result.notes:
+        print(f"{PROG}: note: {note}", file=sys.stderr)
+    print(format_metrics(result.metrics))
+    print(f"wrote {', '.join(result.written[:-1])} and {result.written[-1]} to {args.output}")
     return 0
 
 

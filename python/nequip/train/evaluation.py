@@ -1,145 +1,258 @@
-"""Evaluate a trained model on labelled structures: metrics, predictions, parity plots.
+"""Evaluate a model on labelled structures: metrics, predictions, parity plots.
 
-What ``nequip-test`` runs. Everything is in eV and Å: energies per atom in eV/atom, forces in
-eV/Å, stresses in eV/Å³.
+What ``nequip-test`` runs. The model is any of the files a user deploys, loaded by the
+command: an eager model (checkpoint or package, :func:`nequip.load.load_model`) or a compiled
+one (``nequip.compile.load_compiled``: the C++ runtime that ASE and LAMMPS run). Both are
+called the same way here and give the same table, predictions and plot. The metrics are
+:class:`nequip.train.metrics.ErrorMetrics`, the ones of validation and of the test stage after
+training.
+
+Everything is in eV and Å: energies per atom in eV/atom, forces in eV/Å, stresses in eV/Å³.
+A quantity is evaluated when every selected frame has its label (stress: and is periodic);
+the others are named in the notes.
 """
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import ase
+import ase.io
 import numpy as np
 import torch
+import yaml
 from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io.formats import string2index
 from ase.stress import full_3x3_to_voigt_6_stress
 
 from ..data import TypeMapper, batch_frames, from_ase, keys, read_frames
+from ..load import (
+    CHECKPOINT_SUFFIX,
+    CONFIG_ENTRY,
+    PACKAGE_SUFFIX,
+    list_package_entries,
+    load_checkpoint,
+    read_package_entry,
+)
 from ..utils.atomic_io import atomic_open, atomic_path
-from .checkpoint import load_checkpoint
+from .metrics import QUANTITIES, ErrorMetrics, predicted_and_reference
 
-UNITS = {"energy_per_atom": "eV/atom", "forces": "eV/Å", "stress": "eV/Å³"}
-
-
-def load_model_for_evaluation(path) -> torch.nn.Module:
-    """The model in a checkpoint or a package (``nequip.package.load_model``), in eval mode."""
-    try:
-        from ..package import load_model
-    except ImportError:  # packaging not installed: checkpoints still work
-        from .checkpoint import model_from_checkpoint as load_model
-    return load_model(path).eval()
+_DATA_SETTINGS = ("energy_units_to_eV", "length_units_to_A", "species_to_type")
 
 
-def data_settings_of_checkpoint(path) -> Dict[str, Any]:
-    """Units and species mapping of the data a checkpoint was trained on (defaults for testing)."""
-    if not str(path).endswith(".ckpt"):
-        return {}
-    data = load_checkpoint(path)["hyper_parameters"]["config"]["data"]
-    return {key: data[key] for key in ("energy_units_to_eV", "length_units_to_A", "species_to_type")}
+def data_settings_of(path) -> Dict[str, Any]:
+    """Units and species mapping of the data a model was trained on (defaults for testing).
+
+    From the training configuration in a checkpoint, or the one a package keeps; none for a
+    compiled file.
+    """
+    name = Path(path).name
+    config = None
+    if name.endswith(CHECKPOINT_SUFFIX):
+        config = load_checkpoint(path)["hyper_parameters"].get("config")
+    elif name.endswith(PACKAGE_SUFFIX):
+        if any(entry.partition("/")[2] == CONFIG_ENTRY for entry, _ in list_package_entries(path)):
+            config = yaml.safe_load(read_package_entry(path, CONFIG_ENTRY).decode("utf-8"))
+    data = (config or {}).get("data") or {}
+    return {key: data[key] for key in _DATA_SETTINGS if data.get(key) is not None}
+
+
+def select_frames(path, index: str = ":", format: Optional[str] = None) -> Tuple[List[int], List[ase.Atoms]]:
+    """The frames of ``path`` that ``index`` (ASE syntax: ``3``, ``-1``, ``10:20``, ``::2``) selects,
+    with their indices in the file."""
+    atoms_list = read_frames(path, index=":", format=format)
+    count = len(atoms_list)
+    selection = string2index(str(index))
+    if isinstance(selection, str):
+        raise ValueError(f"frame index {index!r} is neither a frame number nor a slice (such as 0, -1, 10:20, ::2)")
+    if isinstance(selection, int):
+        if not -count <= selection < count:
+            raise ValueError(
+                f"frame index {selection} is out of range: {path} has {count} frame{'s' if count > 1 else ''} "
+                f"(0 to {count - 1}, or -{count} to -1)"
+            )
+        indices = [selection % count]
+    else:
+        try:
+            indices = list(range(count)[selection])
+        except ValueError as err:  # a zero step
+            raise ValueError(f"frame index {index!r}: {err}") from None
+        if not indices:
+            raise ValueError(f"frame index {index!r} selects none of the {count} frames of {path}")
+    return indices, [atoms_list[i] for i in indices]
+
+
+def _per_edge_type_cutoff(model) -> Optional[np.ndarray]:
+    """The model's (T, T) per-edge-type cutoffs or None: eager models keep them in ``config``."""
+    cutoffs = model.config.get("per_edge_type_cutoff") if hasattr(model, "config") else model.per_edge_type_cutoff
+    if cutoffs is None:
+        return None
+    num_types = len(model.type_names)
+    return np.reshape(np.asarray(cutoffs, dtype=np.float64), (num_types, num_types))
 
 
 def predict(
-    model: torch.nn.Module,
+    model,
     atoms_list: Sequence[ase.Atoms],
     species_to_type: Optional[Dict[str, str]] = None,
     energy_units_to_eV: float = 1.0,
     length_units_to_A: float = 1.0,
     batch_size: int = 8,
-) -> List[Dict[str, Dict[str, np.ndarray]]]:
-    """Per frame, ``{"reference": labels, "predicted": outputs}`` as numpy arrays (eV, Å).
+    frame_indices: Optional[Sequence[int]] = None,
+    source=None,
+) -> List[Dict[str, Any]]:
+    """Per frame, ``{"reference": labels, "predicted": outputs, "atom_types": ...}`` as numpy arrays (eV, Å).
 
-    Predicted keys: total_energy (1,), atomic_energy (N,), forces (N, 3), and stress (3, 3)
-    when every frame is periodic and stress-labelled.
+    ``model`` is an eager model (a ``torch.nn.Module``, evaluated in batches of
+    ``batch_size`` frames) or a compiled one (called frame by frame). Predicted keys:
+    total_energy (1,), atomic_energy (N,), forces (N, 3), and stress (3, 3) when every frame
+    is periodic and stress-labelled. A frame that cannot be used is reported as
+    ``<source>: frame <n>: <reason>``, ``n`` from ``frame_indices`` (the frames' indices in
+    their file; by default their positions in ``atoms_list``).
     """
-    per_edge_type_cutoff = model.config.get("per_edge_type_cutoff")
-    num_types = len(model.type_names)
-    if per_edge_type_cutoff is not None:
-        per_edge_type_cutoff = np.reshape(per_edge_type_cutoff, (num_types, num_types))
-    type_mapper = TypeMapper(model.type_names, species_to_type)
+    frame_indices = list(range(len(atoms_list))) if frame_indices is None else list(frame_indices)
+    cutoffs = _per_edge_type_cutoff(model)
+    type_mapper = TypeMapper(list(model.type_names), species_to_type)
     frames = []
-    for index, atoms in enumerate(atoms_list):
+    for index, atoms in zip(frame_indices, atoms_list):
         try:
             frames.append(
                 from_ase(
                     atoms,
                     type_mapper,
                     model.r_max,
-                    per_edge_type_cutoff=per_edge_type_cutoff,
+                    per_edge_type_cutoff=cutoffs,
                     energy_units_to_eV=energy_units_to_eV,
                     length_units_to_A=length_units_to_A,
                 )
             )
         except ValueError as err:
-            raise ValueError(f"frame {index}: {err}") from None
-    model.compute_forces = True
-    model.compute_stress = all(keys.STRESS in frame and bool(frame[keys.PBC].all()) for frame in frames)
+            raise ValueError(f"{'' if source is None else f'{source}: '}frame {index}: {err}") from None
+    with_stress = all(keys.STRESS in frame and bool(frame[keys.PBC].all()) for frame in frames)
+    predicted = _eager_predictions if isinstance(model, torch.nn.Module) else _compiled_predictions
+    outputs = predicted(model, frames, batch_size, with_stress)
 
     results = []
-    for start in range(0, len(frames), batch_size):
-        chunk = frames[start : start + batch_size]
-        out = model(batch_frames(chunk))
-        first_atom = 0
-        for frame_index, frame in enumerate(chunk):
-            atoms_slice = slice(first_atom, first_atom + len(frame[keys.POS]))
-            first_atom = atoms_slice.stop
-            predicted = {
-                keys.TOTAL_ENERGY: out[keys.TOTAL_ENERGY][frame_index].detach().numpy(),
-                keys.ATOMIC_ENERGY: out[keys.ATOMIC_ENERGY][atoms_slice, 0].detach().numpy(),
-                keys.FORCES: out[keys.FORCES][atoms_slice].detach().numpy(),
-            }
-            if model.compute_stress:
-                predicted[keys.STRESS] = out[keys.STRESS][frame_index].detach().numpy()
-            reference = {
-                key: frame[key].numpy().reshape(predicted[key].shape)
-                for key in keys.LABEL_KEYS
-                if key in frame and key in predicted
-            }
-            results.append(
-                {"reference": reference, "predicted": predicted, "atom_types": frame[keys.ATOM_TYPES].numpy()}
-            )
+    for frame, out in zip(frames, outputs):
+        prediction = {
+            keys.TOTAL_ENERGY: out[keys.TOTAL_ENERGY].reshape(1).numpy(),
+            keys.ATOMIC_ENERGY: out[keys.ATOMIC_ENERGY].reshape(-1).numpy(),
+            keys.FORCES: out[keys.FORCES].reshape(-1, 3).numpy(),
+        }
+        if with_stress:
+            prediction[keys.STRESS] = out[keys.STRESS].reshape(3, 3).numpy()
+        reference = {
+            key: frame[key].numpy().reshape(prediction[key].shape)
+            for key in keys.LABEL_KEYS
+            if key in frame and key in prediction
+        }
+        results.append({"reference": reference, "predicted": prediction, "atom_types": frame[keys.ATOM_TYPES].numpy()})
     return results
 
 
-def _pairs(results, quantity: str, atom_type: Optional[int] = None):
-    """All (predicted, reference) values of one quantity, flattened."""
-    key = {"energy_per_atom": keys.TOTAL_ENERGY, "forces": keys.FORCES, "stress": keys.STRESS}[quantity]
-    predicted, reference = [], []
-    for result in results:
-        if key not in result["reference"]:
-            continue
-        p, r = result["predicted"][key], result["reference"][key]
-        if quantity == "energy_per_atom":
-            p, r = p / len(result["atom_types"]), r / len(result["atom_types"])
-        if atom_type is not None:
-            p, r = p[result["atom_types"] == atom_type], r[result["atom_types"] == atom_type]
-        predicted.append(p.ravel())
-        reference.append(r.ravel())
-    if not predicted:
-        return None
-    return np.concatenate(predicted), np.concatenate(reference)
+def _eager_predictions(model: torch.nn.Module, frames, batch_size: int, with_stress: bool):
+    """Each frame's outputs (detached, on the CPU), the frames evaluated in batches."""
+    device = next(model.parameters()).device
+    model.compute_forces = True
+    model.compute_stress = with_stress
+    outputs = []
+    for start in range(0, len(frames), batch_size):
+        # labels stay out: batching needs the same keys in every frame
+        chunk = [
+            {key: value for key, value in frame.items() if key not in keys.LABEL_KEYS}
+            for frame in frames[start : start + batch_size]
+        ]
+        out = model({key: value.to(device) for key, value in batch_frames(chunk).items()})
+        first_atom = 0
+        for frame_index, frame in enumerate(chunk):
+            atoms = slice(first_atom, first_atom + len(frame[keys.POS]))
+            first_atom = atoms.stop
+            per_frame = {keys.TOTAL_ENERGY: out[keys.TOTAL_ENERGY][frame_index]}
+            per_frame.update({key: out[key][atoms] for key in (keys.ATOMIC_ENERGY, keys.FORCES)})
+            if with_stress:
+                per_frame[keys.STRESS] = out[keys.STRESS][frame_index]
+            outputs.append({key: value.detach().cpu() for key, value in per_frame.items()})
+    return outputs
 
 
-def compute_metrics(results, type_names: Sequence[str]) -> Dict[str, Dict[str, float]]:
-    """MAE and RMSE per quantity present (``forces_<type>`` per type), as floats."""
-    metrics = {}
-    rows = [("energy_per_atom", "energy_per_atom", None), ("forces", "forces", None)]
-    rows += [(f"forces_{t}", "forces", i) for i, t in enumerate(type_names)]
-    rows += [("stress", "stress", None)]
-    for name, quantity, atom_type in rows:
-        pairs = _pairs(results, quantity, atom_type)
-        if pairs is None or len(pairs[0]) == 0:
-            continue
-        error = pairs[0] - pairs[1]
-        metrics[name] = {
-            "mae": float(np.mean(np.abs(error))),
-            "rmse": float(np.sqrt(np.mean(error**2))),
-            "unit": UNITS[quantity],
-            "count": int(error.size),
+def _compiled_predictions(model, frames, batch_size: int, with_stress: bool):
+    """Each frame's outputs from a compiled model, which takes one frame per call.
+
+    Files compiled for LAMMPS (target ``pair_nequip``) return per-atom energies and the virial
+    only: the total is their sum and the stress is −virial / volume (FILE_CONTRACT §1).
+    """
+    inputs = (keys.POS, keys.EDGE_INDEX, keys.ATOM_TYPES, keys.CELL, keys.EDGE_CELL_SHIFT)
+    outputs = []
+    for frame in frames:
+        out = model({key: frame[key] for key in inputs})
+        out = {key: torch.as_tensor(value).detach().cpu() for key, value in out.items()}
+        atomic_energy = out[keys.ATOMIC_ENERGY].reshape(-1, 1)
+        per_frame = {
+            keys.ATOMIC_ENERGY: atomic_energy,
+            keys.TOTAL_ENERGY: out[keys.TOTAL_ENERGY] if keys.TOTAL_ENERGY in out else atomic_energy.sum(),
+            keys.FORCES: out[keys.FORCES],
         }
-    return metrics
+        if with_stress:
+            if keys.STRESS in out:
+                per_frame[keys.STRESS] = out[keys.STRESS]
+            else:
+                volume = torch.linalg.det(frame[keys.CELL].reshape(3, 3)).abs()
+                per_frame[keys.STRESS] = -out[keys.VIRIAL].reshape(3, 3) / volume
+        outputs.append(per_frame)
+    return outputs
 
 
-def format_metrics(metrics: Dict[str, Dict[str, float]]) -> str:
+def evaluated_quantities(results, frame_indices: Optional[Sequence[int]] = None) -> Tuple[List[str], List[str]]:
+    """The quantities every frame has a label (and a prediction) for, and a note for each other one."""
+    frame_indices = list(range(len(results))) if frame_indices is None else list(frame_indices)
+    evaluated, notes = [], []
+    for quantity, (key, _) in QUANTITIES.items():
+        lacking = [index for index, result in zip(frame_indices, results) if key not in result["reference"]]
+        if not lacking:
+            evaluated.append(quantity)
+            continue
+        label = "energy" if key == keys.TOTAL_ENERGY else key
+        if len(lacking) == len(results):
+            why = "no frame has" if quantity != "stress" else "not every frame is periodic and has"
+            notes.append(f"{quantity} not evaluated: {why} the label '{label}'")
+        else:
+            shown = ", ".join(map(str, lacking[:5])) + (", ..." if len(lacking) > 5 else "")
+            notes.append(
+                f"{quantity} not evaluated: {len(lacking)} of {len(results)} frames lack the label '{label}' "
+                f"(frame{'s' if len(lacking) > 1 else ''} {shown})"
+            )
+    return evaluated, notes
+
+
+def _as_batch(result) -> Tuple[Dict[str, torch.Tensor], Dict[str, torch.Tensor]]:
+    """One frame's result as the (labelled batch, outputs) pair that training's metrics take."""
+    atom_types = torch.from_numpy(result["atom_types"])
+    batch = {keys.NUM_ATOMS: torch.tensor([len(atom_types)]), keys.ATOM_TYPES: atom_types}
+    batch.update({key: torch.from_numpy(value) for key, value in result["reference"].items()})
+    return batch, {key: torch.from_numpy(value) for key, value in result["predicted"].items()}
+
+
+def compute_metrics(results, type_names: Sequence[str], quantities: Optional[Sequence[str]] = None):
+    """``{row: {"mae", "rmse", "unit", "count"}}`` of the ``quantities`` (default: every one all
+    frames are labelled with), with per-type forces: :class:`ErrorMetrics`, as in training."""
+    if quantities is None:
+        quantities, _ = evaluated_quantities(results)
+    metrics = ErrorMetrics(quantities, type_names)
+    for result in results:
+        metrics.update(*_as_batch(result))
+    return {
+        row: {
+            "mae": float(values["mae"]),
+            "rmse": float(values["rmse"]),
+            "unit": ErrorMetrics.unit(row),
+            "count": int(values["count"]),
+        }
+        for row, values in metrics.compute().items()
+    }
+
+
+def format_metrics(metrics: Dict[str, Dict[str, Any]]) -> str:
     lines = [f"{'quantity':<22}{'MAE':>14}{'RMSE':>14}  unit"]
     for name, row in metrics.items():
         lines.append(f"{name:<22}{row['mae']:>14.6g}{row['rmse']:>14.6g}  {row['unit']}")
@@ -148,8 +261,6 @@ def format_metrics(metrics: Dict[str, Dict[str, float]]) -> str:
 
 def write_predictions(path, atoms_list: Sequence[ase.Atoms], results, length_units_to_A: float = 1.0) -> None:
     """extxyz, in eV and Å: predictions as the calculator results, labels as REF_* keys."""
-    import ase.io
-
     written = []
     for atoms, result in zip(atoms_list, results):
         atoms = atoms.copy()
@@ -172,31 +283,64 @@ def write_predictions(path, atoms_list: Sequence[ase.Atoms], results, length_uni
         ase.io.write(tmp, written, format="extxyz")
 
 
-def plot_parity(path, results) -> None:
-    """Predicted against reference energies per atom, force components (and stresses), PNG."""
-    import matplotlib
-
+def _pyplot():
+    """matplotlib.pyplot on the file-only Agg backend, or None: matplotlib is optional (the ``test`` extra)."""
+    try:
+        import matplotlib
+    except ImportError:
+        return None
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot
 
-    panels = [(q, _pairs(results, q)) for q in UNITS]
-    panels = [(q, pairs) for q, pairs in panels if pairs is not None]
-    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4.2), squeeze=False)
-    for ax, (quantity, (predicted, reference)) in zip(axes[0], panels):
+    return matplotlib.pyplot
+
+
+def plot_parity(path, results, metrics: Dict[str, Dict[str, Any]], plt) -> None:
+    """Predicted against reference values of each quantity in ``metrics`` (energies per atom), PNG."""
+    quantities = [quantity for quantity in QUANTITIES if quantity in metrics]
+    figure, axes = plt.subplots(1, len(quantities), figsize=(4.5 * len(quantities), 4.2), squeeze=False)
+    for ax, quantity in zip(axes[0], quantities):
+        pairs = [predicted_and_reference(*_as_batch(result), quantity) for result in results]
+        predicted = np.concatenate([p.numpy().ravel() for p, _ in pairs])
+        reference = np.concatenate([r.numpy().ravel() for _, r in pairs])
+        unit = metrics[quantity]["unit"]
         low, high = min(reference.min(), predicted.min()), max(reference.max(), predicted.max())
         ax.plot([low, high], [low, high], color="grey", linewidth=1)
         ax.scatter(reference, predicted, s=4, alpha=0.6)
-        ax.set_xlabel(f"reference {quantity.replace('_', ' ')} ({UNITS[quantity]})")
-        ax.set_ylabel(f"predicted ({UNITS[quantity]})")
-        ax.set_title(f"MAE {np.mean(np.abs(predicted - reference)):.3g} {UNITS[quantity]}")
+        ax.set_xlabel(f"reference {quantity.replace('_', ' ')} ({unit})")
+        ax.set_ylabel(f"predicted ({unit})")
+        ax.set_title(f"MAE {metrics[quantity]['mae']:.3g} {unit}")
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120)
     plt.close(figure)
 
 
+def check_output_dir(output_dir) -> Path:
+    """``output_dir`` as a Path, refused before any work if it is, or lies under, a file."""
+    output_dir = Path(output_dir)
+    existing = output_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == output_dir else f"lies under the file {existing}"
+        raise ValueError(f"output directory {output_dir} {where}; name a directory (it is created if needed)")
+    return output_dir
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """What :func:`evaluate` found and wrote."""
+
+    metrics: Dict[str, Dict[str, Any]]
+    notes: List[str]
+    """Quantities not evaluated, and outputs not written, with the reason."""
+    written: List[str]
+    """The files written to the output directory."""
+
+
 def evaluate(
-    model_path,
+    model,
     data_path,
     output_dir,
     index: str = ":",
@@ -204,29 +348,46 @@ def evaluate(
     batch_size: int = 8,
     energy_units_to_eV: Optional[float] = None,
     length_units_to_A: Optional[float] = None,
-) -> Dict[str, Dict[str, float]]:
-    """Test ``model_path`` on ``data_path``; write predictions.extxyz, parity.png, metrics.json.
+    species_to_type: Optional[Dict[str, str]] = None,
+) -> Evaluation:
+    """Test ``model`` on the frames of ``data_path``; write predictions.extxyz, parity.png, metrics.json.
 
-    Units and species mapping default to those the model was trained with (checkpoints) or 1.
+    Units and species mapping default to 1 and the model's type names (the command passes
+    those of the model's training data, :func:`data_settings_of`). Every input is checked
+    before anything is written; parity.png needs matplotlib.
     """
-    output_dir = Path(output_dir)
-    model = load_model_for_evaluation(model_path)
-    settings = data_settings_of_checkpoint(model_path)
-    energy_units_to_eV = energy_units_to_eV or settings.get("energy_units_to_eV", 1.0)
-    length_units_to_A = length_units_to_A or settings.get("length_units_to_A", 1.0)
-    atoms_list = read_frames(data_path, index=index, format=format)
+    output_dir = check_output_dir(output_dir)
+    energy_units_to_eV = 1.0 if energy_units_to_eV is None else energy_units_to_eV
+    length_units_to_A = 1.0 if length_units_to_A is None else length_units_to_A
+    frame_indices, atoms_list = select_frames(data_path, index=index, format=format)
     results = predict(
         model,
         atoms_list,
-        species_to_type=settings.get("species_to_type"),
+        species_to_type=species_to_type,
         energy_units_to_eV=energy_units_to_eV,
         length_units_to_A=length_units_to_A,
         batch_size=batch_size,
+        frame_indices=frame_indices,
+        source=data_path,
     )
-    metrics = compute_metrics(results, model.type_names)
+    quantities, notes = evaluated_quantities(results, frame_indices)
+    if not quantities:
+        raise ValueError(
+            f"the frames of {data_path} have no labels to test against: give frames with reference energies, "
+            "forces or stresses (extxyz: energy=... in the comment line, a forces column)"
+        )
+    metrics = compute_metrics(results, model.type_names, quantities)
+
     output_dir.mkdir(parents=True, exist_ok=True)
     write_predictions(output_dir / "predictions.extxyz", atoms_list, results, length_units_to_A)
-    plot_parity(output_dir / "parity.png", results)
+    written = ["predictions.extxyz"]
+    plt = _pyplot()
+    if plt is not None:
+        plot_parity(output_dir / "parity.png", results, metrics, plt)
+        written.append("parity.png")
+    else:
+        notes.append("parity.png not written: matplotlib is not installed (pip install matplotlib)")
     with atomic_open(output_dir / "metrics.json") as f:
         json.dump(metrics, f, indent=2)
-    return metrics
+    written.append("metrics.json")
+    return Evaluation(metrics=metrics, notes=notes, written=written)

@@ -4,24 +4,11 @@ from typing import Any, Dict
 
 import lightning as L
 import torch
-import torchmetrics
 
 from ..data import keys
 from ..model import build_model
-from .checkpoint import VERSIONS_KEY, versions
-
-# the quantities a model is fitted to and evaluated on: loss/metric name -> label key
-QUANTITIES = {"energy_per_atom": keys.TOTAL_ENERGY, "forces": keys.FORCES, "stress": keys.STRESS}
-
-
-def predicted_and_reference(batch: Dict[str, torch.Tensor], out: Dict[str, torch.Tensor], quantity: str):
-    """(prediction, label) of one quantity; energies are divided by the number of atoms."""
-    key = QUANTITIES[quantity]
-    predicted, reference = out[key], batch[key]
-    if quantity == "energy_per_atom":
-        num_atoms = batch[keys.NUM_ATOMS].unsqueeze(-1).to(predicted.dtype)
-        predicted, reference = predicted / num_atoms, reference / num_atoms
-    return predicted, reference
+from .checkpoint import VERSIONS_KEY, load_checkpoint, model_state_dict, versions
+from .metrics import QUANTITIES, ErrorMetrics, predicted_and_reference
 
 
 class NequIPLightningModule(L.LightningModule):
@@ -50,19 +37,22 @@ class NequIPLightningModule(L.LightningModule):
         # energies and forces are always labelled; stresses only when they are learned
         self.evaluated = ["energy_per_atom", "forces"] + (["stress"] if "stress" in self.loss_coefficients else [])
         self.model.compute_stress = "stress" in self.evaluated
-        self.metrics = torch.nn.ModuleDict(
-            {stage: self._make_metrics(config["metrics"]["per_type_forces_mae"]) for stage in ("val", "test")}
-        )
+        per_type = self.type_names if config["metrics"]["per_type_forces_mae"] else ()
+        self.metrics = torch.nn.ModuleDict({stage: ErrorMetrics(self.evaluated, per_type) for stage in ("val", "test")})
 
-    def _make_metrics(self, per_type_forces: bool) -> torch.nn.ModuleDict:
-        metrics = {}
-        for quantity in self.evaluated:
-            metrics[f"{quantity}_mae"] = torchmetrics.MeanAbsoluteError()
-            metrics[f"{quantity}_rmse"] = torchmetrics.MeanSquaredError(squared=False)
-        if per_type_forces:
-            for type_name in self.type_names:
-                metrics[f"forces_mae_{type_name}"] = torchmetrics.MeanAbsoluteError()
-        return torch.nn.ModuleDict(metrics)
+    @classmethod
+    def from_checkpoint(cls, path) -> "NequIPLightningModule":
+        """The module a training checkpoint holds, with its deployed (EMA) weights, on the CPU.
+
+        Read by the one checkpoint reader (:func:`nequip.load.load_checkpoint`), so that a
+        missing, empty or damaged path gets its message (Lightning's ``load_from_checkpoint``
+        would open an empty path as a directory).
+        """
+        checkpoint = load_checkpoint(path)
+        hyper_parameters = checkpoint["hyper_parameters"]
+        module = cls(model_config=hyper_parameters["model_config"], config=hyper_parameters["config"])
+        module.model.load_state_dict(model_state_dict(checkpoint))
+        return module
 
     def forward(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         return self.model(batch)
@@ -99,17 +89,26 @@ class NequIPLightningModule(L.LightningModule):
         self.log(f"{stage}_loss", total, batch_size=num_frames, sync_dist=True, prog_bar=True)
         self.log_dict({f"{stage}_{name}": term.detach() for name, term in terms.items()}, batch_size=num_frames, sync_dist=True)
 
+        self.metrics[stage].update(batch, out)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_metrics("test")
+
+    def _log_metrics(self, stage: str) -> None:
+        """``<stage>_<row>_mae`` and ``_rmse`` of the epoch (already summed over processes), then reset."""
         metrics = self.metrics[stage]
-        for quantity in self.evaluated:
-            predicted, reference = predicted_and_reference(batch, out, quantity)
-            metrics[f"{quantity}_mae"].update(predicted.detach(), reference)
-            metrics[f"{quantity}_rmse"].update(predicted.detach(), reference)
-        for type_index, type_name in enumerate(self.type_names):
-            name = f"forces_mae_{type_name}"
-            if name in metrics:
-                of_type = batch[keys.ATOM_TYPES] == type_index
-                metrics[name].update(out[keys.FORCES].detach()[of_type], batch[keys.FORCES][of_type])
-        self.log_dict({f"{stage}_{name}": metric for name, metric in metrics.items()}, batch_size=num_frames)
+        if not metrics.update_called:
+            return
+        values = {
+            f"{stage}_{row}_{statistic}": result[statistic]
+            for row, result in metrics.compute().items()
+            for statistic in ("mae", "rmse")
+        }
+        self.log_dict(values)
+        metrics.reset()
 
     def configure_optimizers(self):
         config = self.hparams.config
