@@ -8,14 +8,14 @@ the same 3C-SiC structures with the same neighbour lists.
 * The reference lives in its own venv, build/reference-venv (created on first use: torch 2.13.0
   first, then nequip==0.19.1 and what it needs); none of its code enters ours. It is built with
   its own workflow (``nequip-train`` for one epoch at learning rate 0, then ``nequip-compile``),
-  see benchmarks/reference/build_reference.py; the exact config and commands are printed.
+  see benchmarks/dev/reference/build_reference.py; the exact config and commands are printed.
 * Ours is compiled with ``nequip.compile.compile_model(..., "aotinductor", "cpu", "ase")``.
-* Each side runs in its own process (benchmarks/pt2_worker.py, torch only) so that its peak
+* Each side runs in its own process (benchmarks/dev/pt2_worker.py, torch only) so that its peak
   resident memory (VmHWM) is its own; calls alternate ours / reference, one at a time, so
   that load on a shared machine hits both alike. Quote the ratios.
 
-    .venv/bin/python benchmarks/compare_reference.py --sizes 64 512 4096 --json build/compare.json
-    .venv/bin/python benchmarks/compare_reference.py --check          # against docs/benchmark_baseline.json
+    .venv/bin/python benchmarks/dev/compare_reference.py --sizes 64 512 4096 --json build/compare.json
+    .venv/bin/python benchmarks/dev/compare_reference.py --check          # against docs/benchmark_baseline.json
 
 ``--check`` fails (exit 1) when our time per call or peak memory, relative to the reference
 measured in the same run, is more than 20% above the baseline's ratio (the ratio cancels the
@@ -31,7 +31,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 BUILD = ROOT / "build"
 REFERENCE_VENV = BUILD / "reference-venv"
 REFERENCE_VERSION = "0.19.1"
@@ -76,7 +77,7 @@ def build_reference(rebuild: bool) -> dict:
     ensure_reference_venv()
     log("building the reference model (nequip-train, nequip-compile): minutes")
     result = subprocess.run(
-        [str(reference_python()), str(ROOT / "benchmarks" / "reference" / "build_reference.py"), str(workdir)],
+        [str(reference_python()), str(HERE / "reference" / "build_reference.py"), str(workdir)],
         check=True, capture_output=True, text=True,
     )
     info = json.loads(result.stdout.strip().splitlines()[-1])
@@ -128,7 +129,7 @@ class Worker:
         self.name = name
         env = dict(os.environ)
         self.process = subprocess.Popen(
-            [sys.executable, str(ROOT / "benchmarks" / "pt2_worker.py"), model_path, str(inputs), str(threads)],
+            [sys.executable, str(HERE / "pt2_worker.py"), model_path, str(inputs), str(threads)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
         )
         self.ready = self.ask(None)

@@ -1,8 +1,8 @@
 """Compile the benchmark model (DESIGN.md) to both formats and time one energy + forces + stress
-call of the eager model, the ``.nequip.pth`` and the ``.nequip.pt2`` (ase target), all through
-the Python loaders, on the benchmark systems.
+call of the eager model, the ``.nequip.pth`` and the ``.nequip.pt2`` (ase target), the compiled
+files through ``nequip.compile.load_compiled`` (the C++ runtime), on the benchmark systems.
 
-    .venv/bin/python benchmarks/compile_and_call.py --sizes 64 512 4096 --repeats 5 \\
+    .venv/bin/python benchmarks/dev/compile_and_call.py --sizes 64 512 4096 --repeats 5 \\
         --out-dir outputs/compile_bench --json outputs/compile_bench/compile_and_call.json
 
 Compile times include each file's check against the eager model. The machine's load average

@@ -1,7 +1,7 @@
 """Eager model speed on the benchmark model and systems (DESIGN.md): energy + forces + stress per
 call, and the share of a step spent building the neighbour list.
 
-    .venv/bin/python benchmarks/eager_model.py --sizes 64 512 4096 --repeats 5 --json eager.json
+    .venv/bin/python benchmarks/dev/eager_model.py --sizes 64 512 4096 --repeats 5 --json eager.json
 """
 
 import argparse

@@ -1,6 +1,6 @@
 """Package size and build time for the benchmark model (DESIGN.md).
 
-    .venv/bin/python benchmarks/package_size.py --repeats 3 --json package_size.json
+    .venv/bin/python benchmarks/dev/package_size.py --repeats 3 --json package_size.json
 
 The source is a checkpoint in ``nequip-train``'s layout (``state_dict`` and ``hyper_parameters``
 of ``NequIPLightningModule``, no optimiser state) holding the benchmark model with random

@@ -1,5 +1,5 @@
 """A Lightning callback that times training steps; used by our training benchmark and, inside
-build/reference-venv, by the reference's (benchmarks/reference/train_reference.py), so that both
+build/reference-venv, by the reference's (benchmarks/dev/reference/train_reference.py), so that both
 sides are timed by the same code.
 
 Steps are timed from ``on_train_batch_start`` to ``on_train_batch_end`` (forward, forces by

@@ -8,12 +8,12 @@ time of a training step (forward, forces by autograd, backward through them, opt
 and the time of a training epoch without its validation.
 
 With ``--reference`` the reference release (nequip 0.19.1, in build/reference-venv, see
-benchmarks/compare_reference.py) then trains the same architecture on the same frame files,
+benchmarks/dev/compare_reference.py) then trains the same architecture on the same frame files,
 batch size and loss with its own ``nequip-train``, timed by the same callback
-(benchmarks/step_timer.py), and the ratio of the median step times is printed.
+(benchmarks/dev/step_timer.py), and the ratio of the median step times is printed.
 
-    .venv/bin/python benchmarks/train_throughput.py --frames 32 --epochs 3 --json train_throughput.json
-    .venv/bin/python benchmarks/train_throughput.py --frames 8 --epochs 3 --reference --json docs/train_throughput.json
+    .venv/bin/python benchmarks/dev/train_throughput.py --frames 32 --epochs 3 --json train_throughput.json
+    .venv/bin/python benchmarks/dev/train_throughput.py --frames 8 --epochs 3 --reference --json docs/train_throughput.json
 """
 
 import argparse
@@ -39,7 +39,7 @@ from nequip.train.training import build_trainer, resolve_model
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_timer import StepTimer  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
 
 
 def write_frames(path: Path, count: int, seed: int) -> None:
@@ -64,7 +64,7 @@ def run_reference(tmp: Path, args) -> dict:
 
     ensure_reference_venv()
     command = [
-        str(reference_python()), str(ROOT / "benchmarks" / "reference" / "train_reference.py"),
+        str(reference_python()), str(HERE / "reference" / "train_reference.py"),
         str(tmp / "reference"), str(tmp / "train.xyz"), str(tmp / "val.xyz"), str(args.epochs), str(args.batch_size),
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))

@@ -9,7 +9,7 @@ user workflow, so what is timed is what its users get:
   3. ``nequip-compile <ckpt> <out>.nequip.pt2 --mode aotinductor --device cpu --target ase``.
 
 Usage (from our venv, compare_reference.py does it):
-    build/reference-venv/bin/python benchmarks/reference/build_reference.py WORKDIR
+    build/reference-venv/bin/python benchmarks/dev/reference/build_reference.py WORKDIR
 Prints one JSON line: the checkpoint, the compiled file, the exact config and commands.
 """
 

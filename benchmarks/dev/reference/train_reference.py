@@ -2,9 +2,9 @@
 
 Runs inside build/reference-venv (never in ours), through the reference's own ``nequip-train``
 with the benchmark architecture, batch size, loss (energy per atom + forces) and an Adam
-optimiser, plus benchmarks/step_timer.py as a callback (the same timer as ours).
+optimiser, plus benchmarks/dev/step_timer.py as a callback (the same timer as ours).
 
-    build/reference-venv/bin/python benchmarks/reference/train_reference.py WORKDIR TRAIN.xyz VAL.xyz EPOCHS BATCH
+    build/reference-venv/bin/python benchmarks/dev/reference/train_reference.py WORKDIR TRAIN.xyz VAL.xyz EPOCHS BATCH
 Prints one JSON line: every step's (epoch, seconds), the config and the command.
 """
 
