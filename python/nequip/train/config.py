@@ -61,7 +61,7 @@ class ConfigError(ValueError):
 class _Section(BaseModel):
     # strict: YAML's types are taken as they are (no "3" -> 3, no true -> 1); an int is
     # still accepted where a number is expected
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=False)
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 # ---------------------------------------------------------------------------------------
@@ -343,7 +343,6 @@ class _Located(typing.NamedTuple):
     path: str  # the key's full path as a user writes it (data.split.val, data.type_names[1])
     annotation: Any  # the expected type there
     field: Optional[FieldInfo]  # the field whose value it is (bounds, for range messages)
-    section: Optional[type]  # the section the last key belongs to (for unknown keys)
 
 
 def _locate(loc) -> _Located:
@@ -351,13 +350,11 @@ def _locate(loc) -> _Located:
     path = ""
     annotation: Any = TrainingConfig
     field = None
-    section = TrainingConfig
     parts = list(loc)
     while parts:
         part = parts.pop(0)
         annotation = _strip_optional(annotation)
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-            section = annotation
             path = f"{path}.{part}" if path else str(part)
             field = annotation.model_fields.get(part)
             annotation = field.annotation if field is not None else Any
@@ -365,9 +362,9 @@ def _locate(loc) -> _Located:
             member = _union_member(annotation, str(part))
             if member is None:  # not a tag: the union as a whole
                 parts.insert(0, part)
-                return _Located(path, annotation, field, section)
+                return _Located(path, annotation, field)
             if not parts:
-                return _Located(path, annotation, field, section)
+                return _Located(path, annotation, field)
             annotation = member
         elif typing.get_origin(annotation) is list:
             path = f"{path}[{part}]"
@@ -378,7 +375,7 @@ def _locate(loc) -> _Located:
         else:
             path = f"{path}.{part}" if path else str(part)
             annotation = Any
-    return _Located(path, annotation, field, section)
+    return _Located(path, annotation, field)
 
 
 # Field(gt=...) and the like, as a user reads them
