@@ -14,7 +14,7 @@ from . import keys
 from .neighbors import compute_neighbor_list
 
 # a simple cubic arrangement whose spacing is this fraction of r_max, so every atom has
-# neighbours (about 18) whatever the cutoff, rattled so that no two edges coincide
+# neighbours (about 19) whatever the cutoff, rattled so that no two edges coincide
 _SPACING_PER_R_MAX = 0.6
 _RATTLE_PER_SPACING = 0.05
 _SEED = 0
@@ -26,8 +26,8 @@ def synthetic_frame(
     """A small periodic frame (FILE_CONTRACT §1 inputs) in which every type appears and every atom has neighbours.
 
     Eight atoms on a 2×2×2 simple cubic arrangement of spacing ``0.6 r_max`` in a cubic periodic
-    cell (smaller than the cutoff, so edges to periodic images of an atom itself occur too),
-    types assigned in turn (``type_names[i % num_types]``; with more than eight types, 3×3×3 or
+    cell of side ``1.2 r_max`` (so edges cross the cell boundary to periodic images), types
+    assigned in turn (``type_names[i % num_types]``; with more than eight types, 3×3×3 or
     more, so that every type has an atom), positions rattled by 5% of the spacing with a fixed
     seed. The neighbour list is that of ``r_max``, pruned by ``per_edge_type_cutoff``
     (``num_types**2`` values, row-major, row = centre type) when given. Deterministic: the same
