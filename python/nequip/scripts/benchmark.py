@@ -84,20 +84,39 @@ def format_table(rows: list) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list, path: Path) -> None:
+ENGINE_LABEL = {"ase": "ASE", "lammps": "LAMMPS"}
+FORMAT_LABEL = {"pt2": ".pt2 (AOTInductor)", "pth": ".pth (TorchScript)"}
+
+
+def plot(rows: list, path: Path, models: list) -> None:
+    """µs per atom-step against the number of atoms, one line per engine and file format."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, NullLocator
 
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure, axes = plt.subplots(figsize=(6.4, 4.4))
     for engine, fmt in sorted({(row["engine"], row["format"]) for row in rows}):
         series = sorted((row["atoms"], row["us_per_atom_step"]) for row in rows if (row["engine"], row["format"]) == (engine, fmt))
-        axes.plot(*zip(*series), marker="o", label=f"{engine} .{fmt}")
+        axes.plot(*zip(*series), marker="o", label=f"{ENGINE_LABEL[engine]}, {FORMAT_LABEL[fmt]}")
+    # the measured sizes are the ticks: a log axis with plain numbers, no minor ticks
+    sizes = sorted({row["atoms"] for row in rows})
     axes.set_xscale("log")
-    axes.set_xlabel("atoms")
-    axes.set_ylabel("µs / atom-step")
-    axes.set_title("NequIP MD speed (lower is better)")
+    axes.set_xticks(sizes, [str(size) for size in sizes])
+    axes.xaxis.set_minor_locator(NullLocator())
+    axes.xaxis.set_minor_formatter(NullFormatter())
+    axes.set_ylim(bottom=0)
+    axes.grid(True, alpha=0.3)
+    axes.set_xlabel("atoms in the periodic box")
+    axes.set_ylabel("time per atom per MD step (µs)")
+    threads = sorted({row["threads"] for row in rows})
+    devices = sorted({row["device"] for row in rows})
+    axes.set_title(
+        f"MD speed (lower is better); torch threads: {', '.join(map(str, threads))}; device: {', '.join(devices)}\n"
+        f"model: {', '.join(Path(model).name for model in models)}",
+        fontsize=10,
+    )
     axes.legend()
     figure.tight_layout()
     with atomic_open(path, "wb") as f:
@@ -149,7 +168,7 @@ def main(argv=None):
     )
     with atomic_open(args.output / "benchmark.json") as f:
         json.dump(report, f, indent=2)
-    plot(rows, args.output / "benchmark.png")
+    plot(rows, args.output / "benchmark.png", models)
     print(f"wrote {args.output / 'benchmark.json'} and {args.output / 'benchmark.png'} "
           f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
 
