@@ -2,9 +2,9 @@
 
 Each frame is an fcc supercell with a random Au fraction, a lattice constant between Cu's and
 Au's (Vegard's law) times a random strain, and rattled positions; labels are EMT's energy,
-forces and stress. Used by the demo config (examples/minimal.yaml) and the training tests.
+forces and stress. Used by the demo (examples/demo.py, examples/minimal.yaml) and the tests.
 
-    python examples/make_emt_data.py emt_cu_au.xyz --frames 60 --seed 0
+    python examples/make_emt_data.py emt_cu_au.xyz --frames 100 --seed 0
 """
 
 import argparse
