@@ -40,6 +40,8 @@
 
 #include <nequip/runtime.h>
 
+#include "standard_atomic_masses.h"
+
 #include <ATen/ops/from_blob.h>
 
 #include <algorithm>
@@ -126,6 +128,13 @@ void PairNequIP::compute(int eflag, int vflag)
       in.local_mask = at::from_blob(node_is_local.data(), {num_nodes},
                                     at::TensorOptions().dtype(at::kByte));
     out = model->compute(in);
+  } catch (const nequip::NonFiniteOutputError &e) {
+    // the runtime numbers atoms by node; a LAMMPS user knows them by atom ID
+    std::string pair;
+    if (e.closest_pair())
+      pair = fmt::format("atoms with IDs {} and {}", atom->tag[atom_of_node[e.closest_pair()->first]],
+                         atom->tag[atom_of_node[e.closest_pair()->second]]);
+    error->one(FLERR, "pair_style nequip: {}", e.message(pair));
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style nequip: evaluating model {} failed: {}", model->path(),
                e.what());
@@ -241,7 +250,16 @@ void PairNequIP::coeff(int narg, char **arg)
   std::vector<int> type_map(ntypes + 1, -1);
   for (int itype = 1; itype <= ntypes; itype++) {
     const std::string name = arg[2 + itype];
-    if (name == "NULL") continue;
+    if (name == "NULL") {
+      // a sub-style of hybrid is not force->pair itself
+      if (force->pair == this)
+        error->all(FLERR,
+                   "pair_coeff: atom type {} is NULL, which leaves it to another pair style and "
+                   "needs 'pair_style hybrid' or 'hybrid/overlay'; give it one of the types of "
+                   "model {} ({}), or use pair_style hybrid/overlay with a style for type {}",
+                   itype, arg[2], known_names, itype);
+      continue;
+    }
     auto found = std::find(type_names.begin(), type_names.end(), name);
     if (found == type_names.end())
       error->all(FLERR, "pair_coeff: model {} has no type named '{}' (for atom type {}); its "
@@ -263,6 +281,7 @@ void PairNequIP::coeff(int narg, char **arg)
   num_model_types = num_types;
   model_type = std::move(type_map);
   model_cutsq = std::move(cut_squared);
+  masses_checked = false;
 
   for (int i = 1; i <= ntypes; i++)
     for (int j = i; j <= ntypes; j++)
@@ -329,6 +348,9 @@ void PairNequIP::init_style()
     neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
   }
 
+  if (!masses_checked && comm->me == 0) warn_of_mismatched_masses();
+  masses_checked = true;
+
   // torch's intra-op threads follow LAMMPS' OpenMP thread count: comm->nthreads is set from
   // OMP_NUM_THREADS (1 when unset) and changed by `-pk omp N` / `package omp N`. Set once per
   // run, so torch uses the cores LAMMPS was given and no more (MPI ranks x threads = cores).
@@ -353,6 +375,36 @@ double PairNequIP::init_one(int i, int j)
   // neighbours of ghost atoms (domain mode) within the same cutoff
   cutghost[i][j] = cutghost[j][i] = cut;
   return cut;
+}
+
+/* ----------------------------------------------------------------------
+   One warning (rank 0, once per pair_coeff) naming every LAMMPS type whose
+   mass is more than 5% from the standard atomic mass of the element that
+   pair_coeff names for it: element names in another order than the data
+   file's types run silently with the wrong species otherwise. Model type
+   names that are not element symbols are not checked. Called in init_style,
+   since the masses may be set after pair_coeff.
+------------------------------------------------------------------------- */
+
+void PairNequIP::warn_of_mismatched_masses()
+{
+  if (atom->mass == nullptr || atom->rmass_flag) return;    // per-atom masses
+  std::string mismatches;
+  for (int itype = 1; itype <= atom->ntypes; itype++) {
+    if (model_type[itype] < 0 || !atom->mass_setflag[itype]) continue;
+    const std::string &name = model->type_names()[model_type[itype]];
+    const double element_mass = nequip_plugin::standard_atomic_mass(name.c_str());
+    const double mass = atom->mass[itype];
+    if (element_mass == 0.0 || std::fabs(mass - element_mass) <= 0.05 * element_mass) continue;
+    mismatches += fmt::format("{}atom type {} has mass {:g}, but pair_coeff names it {} "
+                              "(standard atomic mass {:g})",
+                              mismatches.empty() ? "" : "; ", itype, mass, name, element_mass);
+  }
+  if (!mismatches.empty())
+    error->warning(FLERR,
+                   "pair_style nequip: {}: the element names in pair_coeff must follow the "
+                   "order of the atom types; reorder them to match the data file's types",
+                   mismatches);
 }
 
 /* ----------------------------------------------------------------------

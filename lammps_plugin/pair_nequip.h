@@ -7,6 +7,8 @@
 
    NAME_k is the model type name (see the model's type_names) of LAMMPS atom
    type k, or NULL for types left to other styles of pair_style hybrid.
+   When NAME_k is an element symbol, the mass of type k is compared with the
+   element's (a warning when they differ by more than 5%).
 
    On one MPI rank any compiled model works; on several, the model must take
    local_mask and give num_layers (nequip-compile --target pair_nequip_domain,
@@ -69,7 +71,11 @@ class PairNequIP : public Pair {
   // of each rank's work the ghost shell adds.
   double tally_steps = 0.0, tally_local_nodes = 0.0, tally_nodes = 0.0, tally_edges = 0.0;
 
+  // Whether this pair_coeff's element names were checked against the types' masses.
+  bool masses_checked = false;
+
   void allocate();
+  void warn_of_mismatched_masses();
   int add_node(int atom_index, int mtype);
   void map_ghosts_to_owners();
   void build_graph();

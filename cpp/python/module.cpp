@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -111,21 +112,46 @@ py::dict compute(nequip::Model& model, const py::array& pos, const py::array& at
 PYBIND11_MODULE(_runtime, m) {
   m.doc() = "The NequIP C++ runtime: load and evaluate compiled models (.nequip.pth, .nequip.pt2).";
 
-  // Base first: pybind11 tries the most recently registered translator first.
-  py::register_exception<nequip::Error>(m, "Error", PyExc_RuntimeError);
-  py::register_exception<nequip::TorchError>(m, "TorchError", PyExc_RuntimeError);
-  py::register_exception<nequip::ModelFileError>(m, "ModelFileError", PyExc_ValueError);
-  py::register_exception<nequip::DeviceError>(m, "DeviceError", PyExc_ValueError);
-  py::register_exception<nequip::InputError>(m, "InputError", PyExc_ValueError);
+  // Base first: pybind11 tries the most recently registered translator first. Every class
+  // derives from Error (a RuntimeError), so `except Error` catches all the runtime raises;
+  // the errors of a bad argument (file, device, inputs) are ValueErrors as well.
+  const py::object error = py::register_exception<nequip::Error>(m, "Error", PyExc_RuntimeError);
+  const py::tuple error_and_value_error = py::make_tuple(error, py::handle(PyExc_ValueError));
+  py::register_exception<nequip::TorchError>(m, "TorchError", error);
+  py::register_exception<nequip::ModelFileError>(m, "ModelFileError", error_and_value_error);
+  py::register_exception<nequip::DeviceError>(m, "DeviceError", error_and_value_error);
+  py::register_exception<nequip::InputError>(m, "InputError", error_and_value_error);
+  // Raised after the model ran: the energy or forces are NaN or infinite (the message names
+  // overlapping atoms when they are the likely cause). A RuntimeError, not a ValueError: the
+  // inputs passed every check.
+  py::register_exception<nequip::NonFiniteOutputError>(m, "NonFiniteOutputError", error);
+  // What loading found that does not stop the model from running (Model.warnings).
+  const py::object warning = py::reinterpret_steal<py::object>(PyErr_NewExceptionWithDoc(
+      "nequip._runtime.ModelFileWarning",
+      "A compiled file loads, but something about it may be wrong (e.g. another torch minor "
+      "version).",
+      PyExc_UserWarning, nullptr));
+  m.attr("ModelFileWarning") = warning;
 
   py::class_<nequip::Model>(m, "Model", R"doc(
 A compiled NequIP model (.nequip.pth TorchScript or .nequip.pt2 AOTInductor) on one device.
 
 Model(path, device="cpu"): the format is chosen by the extension and confirmed by content.
-Raises ModelFileError (bad file or metadata), DeviceError, TorchError.
+Raises ModelFileError (bad file or metadata, a .pt2 of another torch major version),
+DeviceError (another device, or a .pt2 for another machine or CPU), TorchError; warns
+(ModelFileWarning) of a .pt2 of another torch minor version.
 )doc")
-      .def(py::init<const std::string&, const std::string&>(), py::arg("path"),
-           py::arg("device") = "cpu")
+      .def(py::init([warning](const std::string& path, const std::string& device) {
+             auto model = std::make_unique<nequip::Model>(path, device);
+             // Shown once per load, through Python's warnings (filters apply).
+             for (const std::string& message : model->warnings()) {
+               if (PyErr_WarnEx(warning.ptr(), message.c_str(), 1) != 0) {
+                 throw py::error_already_set();
+               }
+             }
+             return model;
+           }),
+           py::arg("path"), py::arg("device") = "cpu")
       .def_property_readonly("path", &nequip::Model::path)
       .def_property_readonly("format",
                              [](const nequip::Model& model) {
@@ -164,6 +190,9 @@ Raises ModelFileError (bad file or metadata), DeviceError, TorchError.
       .def_property_readonly(
           "metadata", [](const nequip::Model& model) { return model.metadata().raw; },
           "every metadata key of the file, as stored")
+      .def_property_readonly("warnings", &nequip::Model::warnings,
+                             "what loading found that does not stop the model from running "
+                             "(each also issued as a ModelFileWarning when loading)")
       .def("compute", &compute, py::arg("pos"), py::arg("atom_types"), py::arg("edge_index"),
            py::arg("edge_cell_shift") = std::nullopt, py::arg("cell") = std::nullopt,
            py::arg("local_mask") = std::nullopt,
@@ -174,6 +203,8 @@ local_mask (N,) bool or integer (nonzero = true): the atoms whose energy is coun
 models with 'local_mask' among input_names (InputError for others); None = every atom.
 Returns a dict: total_energy (float), atomic_energy (N,), forces (N, 3), and, when
 available, virial (3, 3), stress (3, 3) (ASE sign) and atom_virial (N, 3, 3), all float64.
+Raises InputError for bad inputs, NonFiniteOutputError when the energy or forces are not
+finite (naming the closest pair of atoms when they overlap), TorchError when torch fails.
 )doc");
 
   m.def("set_num_threads", &nequip::set_num_threads, py::arg("num_threads"),

@@ -1,6 +1,8 @@
 #include "metadata.h"
 
+#include <algorithm>
 #include <cerrno>
+#include <cctype>
 #include <cmath>
 #include <cstdlib>
 #include <sstream>
@@ -26,7 +28,7 @@ class MetadataReader {
 
   [[noreturn]] void malformed(const std::string& key, const std::string& expected) const {
     throw ModelFileError(path_ + ": metadata key '" + key + "' is malformed: expected " +
-                         expected + ", got '" + raw_.at(key) + "'");
+                         expected + ", got '" + printable(raw_.at(key)) + "'");
   }
 
   double parse_float(const std::string& key, const std::string& word,
@@ -35,7 +37,9 @@ class MetadataReader {
     char* end = nullptr;
     errno = 0;
     double value = std::strtod(begin, &end);
-    if (word.empty() || end != begin + word.size() || errno != 0 || !std::isfinite(value)) {
+    // strtod would skip leading whitespace: a tab or newline is not a separator here
+    if (word.empty() || std::isspace(static_cast<unsigned char>(word[0])) ||
+        end != begin + word.size() || errno != 0 || !std::isfinite(value)) {
       malformed(key, expected);
     }
     return value;
@@ -57,6 +61,36 @@ class MetadataReader {
 };
 
 }  // namespace
+
+std::string printable(const std::string& text) {
+  static const char* hex = "0123456789abcdef";
+  std::string shown;
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    if (c == '\t') {
+      shown += "\\t";
+    } else if (c == '\n') {
+      shown += "\\n";
+    } else if (c == '\r') {
+      shown += "\\r";
+    } else if (byte < 0x20 || byte > 0x7e) {
+      shown += std::string("\\x") + hex[byte >> 4] + hex[byte & 0xf];
+    } else {
+      shown += c;
+    }
+  }
+  return shown;
+}
+
+std::vector<std::string> split_on_spaces(const std::string& text) {
+  std::vector<std::string> words;
+  size_t begin = 0;
+  for (size_t end; (end = text.find(' ', begin)) != std::string::npos; begin = end + 1) {
+    words.push_back(text.substr(begin, end - begin));
+  }
+  words.push_back(text.substr(begin));
+  return words;
+}
 
 std::vector<std::string> split_words(const std::string& text) {
   std::istringstream stream(text);
@@ -83,15 +117,29 @@ Metadata parse_metadata(const std::string& path, std::map<std::string, std::stri
   metadata.num_types = reader.parse_int("num_types", num_types_words[0], positive_integer);
   if (metadata.num_types < 1) reader.malformed("num_types", positive_integer);
 
-  metadata.type_names = split_words(reader.required("type_names"));
+  // FILE_CONTRACT §2: names joined by single spaces. Anything else (an empty name from a
+  // leading, trailing or double space; a tab or newline inside a name) is refused rather than
+  // guessed at: every reader must see the same names.
+  metadata.type_names = split_on_spaces(reader.required("type_names"));
+  for (const std::string& name : metadata.type_names) {
+    const bool visible_ascii =
+        !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+          return static_cast<unsigned char>(c) > 0x20 && static_cast<unsigned char>(c) < 0x7f;
+        });
+    if (!visible_ascii) {
+      reader.malformed("type_names",
+                       "names of visible ASCII characters joined by single spaces");
+    }
+  }
   if (static_cast<int64_t>(metadata.type_names.size()) != metadata.num_types) {
     reader.malformed("type_names", std::to_string(metadata.num_types) +
-                                       " space-separated names (num_types)");
+                                       " names joined by single spaces (num_types)");
   }
   for (size_t i = 0; i < metadata.type_names.size(); ++i) {
     for (size_t j = 0; j < i; ++j) {
       if (metadata.type_names[i] == metadata.type_names[j]) {
-        reader.malformed("type_names", "distinct names");
+        reader.malformed("type_names",
+                         "distinct names ('" + metadata.type_names[i] + "' appears twice)");
       }
     }
   }
@@ -102,23 +150,23 @@ Metadata parse_metadata(const std::string& path, std::map<std::string, std::stri
   metadata.r_max = reader.parse_float("r_max", r_max_words[0], positive_float);
   if (!(metadata.r_max > 0.0)) reader.malformed("r_max", positive_float);
 
-  // Optional: absent (or empty) means every pair uses r_max.
+  // Optional, present only when used (absent: every pair uses r_max); an empty value is
+  // malformed, like any other list of the wrong length.
   if (reader.has("per_edge_type_cutoff")) {
-    std::vector<std::string> words = split_words(raw.at("per_edge_type_cutoff"));
-    if (!words.empty()) {
-      const int64_t num_pairs = metadata.num_types * metadata.num_types;
-      const std::string expected = std::to_string(num_pairs) +
-                                   " (num_types squared) floats in (0, r_max]";
-      if (static_cast<int64_t>(words.size()) != num_pairs) {
+    std::vector<std::string> words = split_on_spaces(raw.at("per_edge_type_cutoff"));
+    const int64_t num_pairs = metadata.num_types * metadata.num_types;
+    const std::string expected = std::to_string(num_pairs) +
+                                 " (num_types squared) floats in (0, r_max] joined by single "
+                                 "spaces";
+    if (static_cast<int64_t>(words.size()) != num_pairs) {
+      reader.malformed("per_edge_type_cutoff", expected);
+    }
+    for (const std::string& word : words) {
+      double cutoff = reader.parse_float("per_edge_type_cutoff", word, expected);
+      if (!(cutoff > 0.0) || cutoff > metadata.r_max) {
         reader.malformed("per_edge_type_cutoff", expected);
       }
-      for (const std::string& word : words) {
-        double cutoff = reader.parse_float("per_edge_type_cutoff", word, expected);
-        if (!(cutoff > 0.0) || cutoff > metadata.r_max) {
-          reader.malformed("per_edge_type_cutoff", expected);
-        }
-        metadata.per_edge_type_cutoff.push_back(cutoff);
-      }
+      metadata.per_edge_type_cutoff.push_back(cutoff);
     }
   }
 

@@ -2,13 +2,17 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/Utils.h>
 #include <c10/util/Exception.h>
 #include <caffe2/serialize/inline_container.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/cuda.h>
+#include <torch/headeronly/version.h>
 #include <torch/script.h>
+#include <sys/utsname.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <optional>
 #include <sstream>
@@ -19,6 +23,40 @@
 
 namespace nequip {
 namespace {
+
+// Three significant digits: enough for distances in messages ("0", "0.4", "1.23e-05").
+std::string short_number(double value) {
+  std::ostringstream stream;
+  stream.precision(3);
+  stream << value;
+  return stream.str();
+}
+
+std::string non_finite_message(const std::string& path, double r_max,
+                               const std::optional<NonFiniteOutputError::ClosestPair>& closest,
+                               bool overlap, const std::string& pair) {
+  const std::string what = path + ": the model gave a non-finite energy or forces (NaN or infinity)";
+  const std::string threshold = short_number(NonFiniteOutputError::kOverlapFraction) +
+                                " * r_max = " +
+                                short_number(NonFiniteOutputError::kOverlapFraction * r_max) +
+                                " Å";
+  if (overlap) {
+    return what + ": " + pair + " are " + short_number(closest->distance) +
+           " Å apart (closer than " + threshold +
+           "); overlapping atoms are the likely cause: check the structure";
+  }
+  const std::string closest_text =
+      closest ? "the closest two atoms are " + short_number(closest->distance) + " Å apart"
+              : "no two atoms are within the cutoff";
+  return what + " for finite inputs (" + closest_text +
+         "); its weights may be non-finite: check the file";
+}
+
+std::string default_pair(const std::optional<NonFiniteOutputError::ClosestPair>& closest) {
+  return closest ? "atoms " + std::to_string(closest->first) + " and " +
+                       std::to_string(closest->second)
+                 : std::string();
+}
 
 // Field names of FILE_CONTRACT §1 that cross the runtime's boundary.
 constexpr const char* kPos = "pos";
@@ -193,6 +231,108 @@ std::vector<std::string> model_fields(const Metadata& metadata, const std::strin
 }
 
 // ---------------------------------------------------------------------------------------
+// What a .pt2 needs of the machine: its native code runs as is
+
+constexpr const char* kAotiMachineKey = "AOTI_MACHINE";  // written by torch: uname -m
+constexpr const char* kAotiCpuIsaKey = "AOTI_CPU_ISA";   // torch's vector ISA, e.g. "AVX512"
+constexpr const char* kTorchVersionKey = "torch_version";  // ours, written by nequip-compile
+
+// The words of AOTI_CPU_ISA on x86 (torch's inductor names) and the CPU features each needs
+// (the compiler flags torch builds the kernels with; names of at::cpu::get_cpu_capabilities).
+struct VectorIsa {
+  const char* name;
+  std::vector<const char*> features;
+};
+const std::vector<VectorIsa> kX86VectorIsas = {
+    {"AVX2", {"avx2", "fma3"}},
+    {"AVX512", {"avx512_f", "avx512_dq", "avx512_vl", "avx512_bw", "fma3"}},
+    {"AVX512_VNNI", {"avx512_vnni"}},
+    {"AMX_TILE", {"amx_tile", "amx_bf16", "amx_int8"}},
+};
+
+std::string this_machine() {
+  struct utsname name;
+  return uname(&name) == 0 ? name.machine : "";
+}
+
+// Refuses a CPU package whose native code needs another machine or vector instructions this
+// CPU lacks: loading it would crash the process (SIGILL) on the first call, not fail cleanly.
+void check_cpu_isa(const std::string& path, const Metadata& metadata) {
+  const std::string machine = this_machine();
+  auto compiled_machine = metadata.raw.find(kAotiMachineKey);
+  if (compiled_machine != metadata.raw.end() && !machine.empty() &&
+      compiled_machine->second != machine) {
+    throw DeviceError(path + ": compiled for " + compiled_machine->second +
+                      " machines (metadata key " + kAotiMachineKey + "), this one is " +
+                      machine + "; compile it again on this machine");
+  }
+  auto compiled_isa = metadata.raw.find(kAotiCpuIsaKey);
+  // Only x86 ISAs are known here; on other machines the machine check is all there is.
+  if (compiled_isa == metadata.raw.end() || machine != "x86_64") return;
+
+  const std::unordered_map<std::string, c10::IValue> capabilities =
+      at::cpu::get_cpu_capabilities();
+  auto has = [&](const VectorIsa& isa) {
+    return std::all_of(isa.features.begin(), isa.features.end(), [&](const char* feature) {
+      auto it = capabilities.find(feature);
+      return it != capabilities.end() && it->second.isBool() && it->second.toBool();
+    });
+  };
+  std::vector<std::string> lacking;
+  for (const std::string& word : detail::split_words(compiled_isa->second)) {
+    if (word == "INVALID_VEC_ISA") continue;  // torch's name for "no vector instructions"
+    auto isa = std::find_if(kX86VectorIsas.begin(), kX86VectorIsas.end(),
+                            [&](const VectorIsa& known) { return word == known.name; });
+    if (isa == kX86VectorIsas.end() || !has(*isa)) lacking.push_back(word);
+  }
+  if (lacking.empty()) return;
+  std::vector<std::string> offered;
+  for (const VectorIsa& isa : kX86VectorIsas) {
+    if (has(isa)) offered.push_back(isa.name);
+  }
+  const bool has_avx2 = has(kX86VectorIsas[0]);
+  throw DeviceError(
+      path + ": compiled for CPUs with " + compiled_isa->second + " (metadata key " +
+      kAotiCpuIsaKey + "), but this CPU lacks " + join(lacking) + " (it offers " +
+      (offered.empty() ? std::string("none of AVX2 AVX512") : join(offered)) +
+      "): its native code cannot run here; compile it again on this machine, or with "
+      "ATEN_CPU_CAPABILITY=" + (has_avx2 ? "avx2" : "default") + " set for nequip-compile");
+}
+
+// The torch version that made a .pt2 against the running one (the runtime is built against
+// the torch that runs it). Its native code calls libtorch: another major version is refused,
+// another minor version is reported in `warnings`. Files of other producers lack the key.
+void check_torch_version(const std::string& path, const Metadata& metadata,
+                         std::vector<std::string>& warnings) {
+  auto stored = metadata.raw.find(kTorchVersionKey);
+  if (stored == metadata.raw.end()) return;
+  const std::string running = std::to_string(TORCH_VERSION_MAJOR) + "." +
+                              std::to_string(TORCH_VERSION_MINOR) + "." +
+                              std::to_string(TORCH_VERSION_PATCH);
+  long long major = -1, minor = -1;
+  char dot = 0;
+  std::istringstream stream(stored->second);
+  if (!(stream >> major >> dot >> minor) || dot != '.' || major < 0 || minor < 0) {
+    throw ModelFileError(path + ": metadata key '" + kTorchVersionKey +
+                         "' is malformed: expected a torch version such as '" + running +
+                         "', got '" + detail::printable(stored->second) + "'");
+  }
+  const std::string made_with = path + ": made with torch " + stored->second +
+                                " (metadata key " + kTorchVersionKey + "), this runtime uses torch " +
+                                running;
+  if (major != TORCH_VERSION_MAJOR) {
+    throw ModelFileError(made_with + ": an AOTInductor package of another major version of torch "
+                                     "cannot run here; compile it again with torch " +
+                         running);
+  }
+  if (minor != TORCH_VERSION_MINOR) {
+    warnings.push_back(made_with + ": AOTInductor packages are not guaranteed to work across "
+                                   "torch versions; if results look wrong, compile it again "
+                                   "with torch " + running);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
 // Inputs
 
 // Converted inputs, exactly as the compiled models need them (FILE_CONTRACT §1, §4).
@@ -211,7 +351,10 @@ struct PreparedInputs {
     if (name == kAtomTypes) return atom_types;
     if (name == kCell) return cell;
     if (name == kLocalMask) return local_mask;
-    return edge_cell_shift;
+    if (name == kEdgeCellShift) return edge_cell_shift;
+    // model_fields() admits kKnownInputs only, so this is a bug in the runtime, never a file's
+    throw Error("internal error of the nequip runtime: no prepared input named '" + name +
+                "' (known: " + join(kKnownInputs) + ")");
   }
 };
 
@@ -366,7 +509,49 @@ PreparedInputs prepare_inputs(const Inputs& inputs, int64_t num_types,
   return prepared;
 }
 
+// Whether every value of a contiguous float64 CPU tensor is finite (the runtime's outputs).
+bool all_finite(const at::Tensor& tensor) {
+  const double* values = tensor.data_ptr<double>();
+  return std::all_of(values, values + tensor.numel(),
+                     [](double value) { return std::isfinite(value); });
+}
+
+// The two atoms of the shortest edge and its length; empty without edges.
+std::optional<NonFiniteOutputError::ClosestPair> closest_pair(const PreparedInputs& inputs) {
+  if (inputs.edge_index.size(1) == 0) return std::nullopt;
+  const at::Tensor centre = inputs.edge_index[0];
+  const at::Tensor neighbour = inputs.edge_index[1];
+  const at::Tensor vectors = inputs.pos.index_select(0, neighbour) -
+                             inputs.pos.index_select(0, centre) +
+                             at::matmul(inputs.edge_cell_shift, inputs.cell[0]);
+  const at::Tensor lengths = at::linalg_vector_norm(vectors, 2, {1});
+  const int64_t shortest = lengths.argmin().item<int64_t>();
+  return NonFiniteOutputError::ClosestPair{centre[shortest].item<int64_t>(),
+                                           neighbour[shortest].item<int64_t>(),
+                                           lengths[shortest].item<double>()};
+}
+
 }  // namespace
+
+// ---------------------------------------------------------------------------------------
+// NonFiniteOutputError
+
+NonFiniteOutputError::NonFiniteOutputError(const std::string& path, double r_max,
+                                           std::optional<ClosestPair> closest)
+    : Error(non_finite_message(path, r_max, closest,
+                               closest && closest->distance < kOverlapFraction * r_max,
+                               default_pair(closest))),
+      path_(path),
+      r_max_(r_max),
+      closest_(closest) {}
+
+bool NonFiniteOutputError::atoms_overlap() const {
+  return closest_ && closest_->distance < kOverlapFraction * r_max_;
+}
+
+std::string NonFiniteOutputError::message(const std::string& pair) const {
+  return non_finite_message(path_, r_max_, closest_, atoms_overlap(), pair);
+}
 
 // ---------------------------------------------------------------------------------------
 // Model
@@ -416,7 +601,17 @@ class Model::Impl {
           return format_ == ModelFormat::TorchScript ? run_torchscript(prepared)
                                                      : run_aoti(prepared);
         });
-    return collect_outputs(std::move(raw), prepared);
+    Outputs outputs = collect_outputs(std::move(raw), prepared);
+    // A NaN would otherwise travel on into ASE's results or LAMMPS' positions, far from its
+    // cause. One pass over the outputs; the cause is looked for only when there is one.
+    if (!std::isfinite(outputs.total_energy) || !all_finite(outputs.atomic_energy) ||
+        !all_finite(outputs.forces)) {
+      throw NonFiniteOutputError(
+          path_, metadata_.r_max,
+          translate_torch_errors(path_ + ": finding the closest atoms",
+                                 [&] { return closest_pair(prepared); }));
+    }
+    return outputs;
   }
 
   std::string path_;
@@ -425,6 +620,7 @@ class Model::Impl {
   Metadata metadata_;
   std::vector<std::string> input_names_;
   std::vector<std::string> output_names_;
+  std::vector<std::string> warnings_;
 
  private:
   void load_torchscript(std::map<std::string, std::string> extra_files) {
@@ -462,6 +658,10 @@ class Model::Impl {
                         "', cannot run on device '" + device_name + "'; compile it again for '" +
                         device_name + "'");
     }
+    // The CPU runs the kernels of a CPU package and the host code of a CUDA one; torch
+    // records the vector ISA of the kernels.
+    if (device_.is_cpu()) check_cpu_isa(path_, metadata_);
+    check_torch_version(path_, metadata_, warnings_);
     aoti_ = translate_torch_errors(path_ + ": loading the AOTInductor package", [&] {
       return std::make_unique<torch::inductor::AOTIModelPackageLoader>(
           path_, "model", /*run_single_threaded=*/false, /*num_runners=*/1,
@@ -580,6 +780,7 @@ const std::vector<std::string>& Model::output_names() const { return impl_->outp
 bool Model::returns(const std::string& output_name) const {
   return impl_->returns(output_name);
 }
+const std::vector<std::string>& Model::warnings() const { return impl_->warnings_; }
 
 Outputs Model::compute(const Inputs& inputs) { return impl_->compute(inputs); }
 

