@@ -309,7 +309,7 @@ def plot_parity(path, results, metrics: Dict[str, Dict[str, Any]], plt) -> None:
         ax.scatter(reference, predicted, s=4, alpha=0.6)
         ax.set_xlabel(f"reference {quantity.replace('_', ' ')} ({unit})")
         ax.set_ylabel(f"predicted ({unit})")
-        ax.set_title(f"MAE {metrics[quantity]['mae']:.3g} {unit}")
+        ax.set_title(f"{quantity.replace('_', ' ')}: MAE {metrics[quantity]['mae']:.3g} {unit}")
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120)
