@@ -48,9 +48,10 @@ def learning_figures(predictions: Path) -> dict:
 
     Forces: MAE over all components, and the RMS of the reference forces of the same frames;
     energies: MAE per atom; stresses: Pearson correlation of predicted and reference
-    components (the six independent ones of every frame), and their MAE.
+    components, and their MAE (all nine of every frame, as nequip-test's metrics and plot).
     """
     import ase.io
+    from ase.stress import voigt_6_to_full_3x3_stress
     from ase.units import GPa
 
     frames = ase.io.read(predictions, index=":")
@@ -58,8 +59,8 @@ def learning_figures(predictions: Path) -> dict:
     reference_forces = np.concatenate([atoms.arrays["REF_forces"].ravel() for atoms in frames])
     energy = np.array([atoms.get_potential_energy() / len(atoms) for atoms in frames])
     reference_energy = np.array([atoms.info["REF_energy"] / len(atoms) for atoms in frames])
-    stress = np.concatenate([atoms.get_stress(voigt=True) for atoms in frames])
-    reference_stress = np.concatenate([atoms.info["REF_stress"] for atoms in frames])
+    stress = np.concatenate([atoms.get_stress(voigt=False).ravel() for atoms in frames])
+    reference_stress = np.concatenate([voigt_6_to_full_3x3_stress(atoms.info["REF_stress"]).ravel() for atoms in frames])
     force_mae = float(np.mean(np.abs(forces - reference_forces)))
     force_rms = float(np.sqrt(np.mean(reference_forces**2)))
     return dict(
