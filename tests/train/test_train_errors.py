@@ -202,3 +202,18 @@ def test_a_failed_write_of_the_logs_names_the_file(tmp_path):
     with pytest.raises(WriteError) as error:
         logger.save()
     assert str(error.value) == f"cannot write {metrics}: Is a directory"
+
+
+def test_trainer_options_lightning_refuses_are_one_message_before_anything_is_written(tiny_data, tmp_path, capsys):
+    output_dir = tmp_path / "out"
+    raw = config_dict(tiny_data, output_dir)
+    raw["trainer"]["accelerator"] = "foo"
+    config = write_config(raw, tmp_path / "config.yaml")
+    assert nequip_train([config]) == 2
+    message, names = capsys.readouterr().err.split(" Available names are: ")
+    assert message == (
+        f"nequip-train: invalid configuration {config}: trainer (accelerator 'foo', devices 1, strategy 'auto'):"
+        " You selected an invalid accelerator name: `accelerator='foo'`."
+    )
+    assert "cpu" in names.rstrip(".\n").split(", ")  # Lightning's list, in its registry's order
+    assert not output_dir.exists()

@@ -25,6 +25,7 @@ import lightning as L
 import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from ..data import keys
@@ -273,7 +274,7 @@ def build_trainer(config: TrainingConfig, extra_callbacks: Sequence[Callback] = 
     if importlib.util.find_spec("tensorboard") is not None:
         loggers.append(TensorBoardLogger(output_dir, name="logs", version=loggers[0].version, default_hp_metric=False))
 
-    return L.Trainer(
+    options = dict(
         default_root_dir=output_dir,
         max_epochs=config.trainer.max_epochs,
         max_time=parse_max_time(config.trainer.max_time),
@@ -292,6 +293,14 @@ def build_trainer(config: TrainingConfig, extra_callbacks: Sequence[Callback] = 
         inference_mode=False,
         num_sanity_val_steps=0,
     )
+    try:
+        return L.Trainer(**options)
+    except (MisconfigurationException, TypeError, ValueError) as err:
+        # what Lightning refuses is the trainer section's accelerator, devices or strategy
+        trainer = config.trainer
+        given = f"accelerator {trainer.accelerator!r}, devices {trainer.devices!r}, strategy {trainer.strategy!r}"
+        message = " ".join(str(err).split())
+        raise ConfigError(f"trainer ({given}): {message}") from err
 
 
 @rank_zero_only
