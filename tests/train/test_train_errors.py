@@ -217,3 +217,12 @@ def test_trainer_options_lightning_refuses_are_one_message_before_anything_is_wr
     )
     assert "cpu" in names.rstrip(".\n").split(", ")  # Lightning's list, in its registry's order
     assert not output_dir.exists()
+
+
+def test_a_missing_data_file_is_named_by_its_key(tmp_path, capsys):
+    output_dir = tmp_path / "out"
+    missing = tmp_path / "missing.xyz"
+    config = write_config(config_dict(missing, output_dir), tmp_path / "config.yaml")
+    assert nequip_train([config]) == 1
+    assert capsys.readouterr().err == f"nequip-train: data.file: structure file {missing} does not exist; check the path\n"
+    assert not output_dir.exists()

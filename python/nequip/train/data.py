@@ -89,8 +89,8 @@ class NequIPDataModule(L.LightningDataModule):
         """The frames of the file that ``data.<key>`` names; a file that is not one is named by its key."""
         try:
             return read_frames(getattr(self.config, key), format=self.config.format)
-        except ValueError as err:
-            raise ValueError(f"data.{key}: {err}") from None
+        except (FileNotFoundError, ValueError) as err:
+            raise type(err)(f"data.{key}: {err}") from None
 
     def _read_splits(self) -> Dict[str, Tuple[str, List[int], List]]:
         """Per split: the file, the frames' positions in it (for messages) and the frames."""
