@@ -96,14 +96,14 @@ class NequIPDataModule(L.LightningDataModule):
         """Per split: the file, the frames' positions in it (for messages) and the frames."""
         config = self.config
         if config.file is None:
-            splits = {"train": "train_file", "val": "val_file"}
+            keys_of_splits = {"train": "train_file", "val": "val_file"}
             if config.test_file is not None:
-                splits["test"] = "test_file"
-            return {
-                split: (getattr(config, key), list(range(len(frames))), frames)
-                for split, key in splits.items()
-                for frames in [self._read(key)]
-            }
+                keys_of_splits["test"] = "test_file"
+            splits = {}
+            for split, key in keys_of_splits.items():
+                frames = self._read(key)
+                splits[split] = (getattr(config, key), list(range(len(frames))), frames)
+            return splits
 
         frames = self._read("file")
         split = config.split
