@@ -21,7 +21,7 @@ import yaml
 from nequip.scripts.train import main as nequip_train
 from nequip.train import load_checkpoint, train, validate_config
 from nequip.train.lightning_module import NequIPLightningModule
-from nequip.train.training import LOCK_NAME, DataChangedError, OutputDirInUseError, _CSVLogger
+from nequip.train.training import LOCK_NAME, DataChangedError, OutputDirInUseError, _CSVLogger, output_dir_lock
 from nequip.utils.atomic_io import WriteError
 
 from .helpers import config_dict, make_emt_data
@@ -202,6 +202,11 @@ def test_a_failed_write_of_the_logs_names_the_file(tmp_path):
     with pytest.raises(WriteError) as error:
         logger.save()
     assert str(error.value) == f"cannot write {metrics}: Is a directory"
+    hparams = Path(logger.log_dir) / "hparams.yaml"
+    hparams.mkdir()
+    with pytest.raises(WriteError) as error:
+        logger.log_hyperparams({"lr": 0.01})
+    assert str(error.value) == f"cannot write {hparams}: Is a directory"
 
 
 def test_trainer_options_lightning_refuses_are_one_message_before_anything_is_written(tiny_data, tmp_path, capsys):
@@ -226,3 +231,17 @@ def test_a_missing_data_file_is_named_by_its_key(tmp_path, capsys):
     assert nequip_train([config]) == 1
     assert capsys.readouterr().err == f"nequip-train: data.file: structure file {missing} does not exist; check the path\n"
     assert not output_dir.exists()
+
+
+def test_a_run_holding_the_lock_keeps_a_second_one_out(tiny_data, tmp_path):
+    output_dir = tmp_path / "out"
+    host = os.uname().nodename
+    with output_dir_lock(output_dir) as lock:
+        assert lock.read_text() == f"{os.getpid()} {host}\n"
+        with pytest.raises(OutputDirInUseError) as error:
+            train(validate_config(config_dict(tiny_data, output_dir, max_epochs=1)))
+        assert str(error.value) == (
+            f"output_dir {output_dir} is in use by another training run (process {os.getpid()} on {host}, lock file"
+            f" {lock}); wait for it to end or choose another output_dir. If no run is using it, delete {lock}"
+        )
+    assert list(output_dir.iterdir()) == []  # released

@@ -150,6 +150,14 @@ class _CSVLogger(CSVLogger):
     """Lightning's CSV logger, with a failed write reported by file and OS error."""
 
     @rank_zero_only
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        try:
+            super().log_hyperparams(params, *args, **kwargs)
+        except OSError as err:
+            path = os.path.join(self.log_dir, self.experiment.NAME_HPARAMS_FILE)
+            raise WriteError(err.errno, err.strerror, path) from err
+
+    @rank_zero_only
     def save(self) -> None:
         try:
             super().save()
