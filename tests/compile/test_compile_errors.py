@@ -222,6 +222,30 @@ def test_cli_compiles_what_the_loader_gives_it(tmp_path, capsys, monkeypatch):
     assert load_compiled(out).type_names == ("Si", "C")
 
 
+def test_cli_checks_a_checkpoint_on_the_models_own_example_frame(tmp_path, capsys, monkeypatch):
+    """From a checkpoint, the frame is the one the checkpoint reader gives (the first frame of
+    the training data), not a synthetic one."""
+    import nequip.package.checkpoint
+
+    source = tmp_path / "best.ckpt"
+    source.write_bytes(b"stub")
+    frame = example_frame()
+
+    class Trained:
+        model = build_tiny_model("float64")
+
+        def example_frame(self):
+            return frame, "first frame of the training data file train.xyz"
+
+    monkeypatch.setattr(nequip.package.checkpoint, "read_checkpoint", lambda path: Trained())
+    compiled_with = {}
+    monkeypatch.setattr(cli, "compile_model", lambda model, out, **kwargs: compiled_with.update(kwargs))
+    code, err = run_cli(capsys, source, tmp_path / "m.nequip.pth", "--mode", "torchscript")
+    assert code == 0, err
+    assert compiled_with["example_data"] is frame
+    assert err == "nequip-compile: example frame: first frame of the training data file train.xyz\n"
+
+
 def test_cli_reports_a_disagreeing_compiled_model_as_an_error(tmp_path, capsys, monkeypatch):
     source = tmp_path / "in.nequip.zip"
     source.write_bytes(b"stub")
@@ -268,6 +292,25 @@ def test_cli_reports_a_failed_write_and_leaves_nothing(tmp_path):
     assert result.stderr.splitlines()[-1] == f"nequip-compile: error: cannot write {out}: File too large"
     assert "Traceback" not in result.stderr and "terminate called" not in result.stderr
     assert [p.name for p in out.parent.iterdir()] == [live.name]
+
+
+@pytest.mark.slow
+def test_cli_reports_a_failed_aotinductor_write_and_leaves_nothing(tmp_path):
+    """The limit hits AOTInductor's own files first (its generated code, in its cache): one
+    message too, and no output nor staging directory."""
+    source, script = tmp_path / "in.nequip.zip", tmp_path / "limited_cli.py"
+    source.write_bytes(b"stub")
+    script.write_text(_LIMITED_CLI.format(tests=str(TESTS)))
+    out = tmp_path / "out" / "m.nequip.pt2"
+    out.parent.mkdir()
+    # a cache of its own, so that inductor has everything to write
+    environment = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor_cache"))
+    command = f"ulimit -f 100; exec {sys.executable} {script} {source} {out} --mode aotinductor --target ase"
+    result = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=environment)
+    assert result.returncode == 1, result.stderr
+    assert re.fullmatch(r"nequip-compile: error: cannot write .+: File too large", result.stderr.splitlines()[-1])
+    assert "Traceback" not in result.stderr and "terminate called" not in result.stderr
+    assert list(out.parent.iterdir()) == []
 
 
 def test_cli_refuses_an_output_below_a_file_or_a_directory_before_reading_the_input(tmp_path, capsys):

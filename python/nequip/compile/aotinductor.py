@@ -12,8 +12,7 @@ AOTInductor into a self-contained package.
       --aoti_compile_and_package--> *.nequip.pt2
 """
 
-from pathlib import Path
-from typing import Mapping, Optional, Tuple
+from typing import BinaryIO, Mapping, Optional, Tuple
 
 import torch
 import torch.fx.experimental._config as fx_config
@@ -187,10 +186,10 @@ def sum_scatters_into_one_row(graph_module: torch.fx.GraphModule) -> int:
     return rewritten
 
 
-def package(exported: torch.export.ExportedProgram, path: Path, metadata: Mapping[str, str]) -> None:
-    """Compile ``exported`` to C++ and write the AOTInductor package to ``path`` (``*.pt2``)."""
+def package(exported: torch.export.ExportedProgram, file: BinaryIO, metadata: Mapping[str, str]) -> None:
+    """Compile ``exported`` to C++ and write the AOTInductor package (a ``*.pt2``) into ``file``."""
     torch._inductor.aoti_compile_and_package(
         exported,
-        package_path=str(path),
+        package_path=file,
         inductor_configs={**INDUCTOR_CONFIGS, "aot_inductor.metadata": dict(metadata)},
     )

@@ -2,6 +2,7 @@
 (AOTInductor) file, check the file on the C++ runtime against the eager model, and write it
 atomically."""
 
+import errno
 import io
 import logging
 import math
@@ -61,6 +62,10 @@ TOLERANCE: Dict[str, float] = {"float64": 1e-10, "float32": 1e-5}
 # later compile can tell the leftovers of a killed one (its process gone) from a running one.
 _STAGING_PREFIX = ".nequip-compile-"
 _STAGING_PID = re.compile(re.escape(_STAGING_PREFIX) + r"(\d+)-")
+
+
+# The OS errors of a write that failed for want of room or permission.
+_WRITE_ERRNOS = (errno.EFBIG, errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 class CompileError(RuntimeError):
@@ -288,22 +293,26 @@ def compile_model(
     # one step; the staging directory, and anything in it, goes on any failure.
     try:
         staged = Path(staging) / out_path.name
+        # torch writes the archive into memory and we write that to disk: a failed write in
+        # torch's archive writer throws from its destructor, which aborts the process.
+        archive = io.BytesIO()
         if mode == TORCHSCRIPT:
             log("scripting the model (TorchScript)")
-            # torch writes the archive into memory and we write that to disk: a failed write
-            # in torch's archive writer throws from its destructor and aborts the process.
-            archive = io.BytesIO()
             torchscript.save(torchscript.script_model(model), archive, metadata)
-            with _writing(out_path):
-                with open(staged, "wb") as file:
-                    file.write(archive.getbuffer())
-                    file.flush()
-                    os.fsync(file.fileno())
-            del archive
         else:
             exported = aotinductor.export(model, target, len(written.type_names), torch_device, log)
             log("compiling C++ (AOTInductor), the slow step")
-            _package_aoti(exported, staged, metadata)
+            try:
+                aotinductor.package(exported, archive, metadata)
+            except Exception as error:
+                _raise_if_inductor_could_not_write(error)
+                raise
+        with _writing(out_path):
+            with open(staged, "wb") as file:
+                file.write(archive.getbuffer())
+                file.flush()
+                os.fsync(file.fileno())
+        del archive
 
         log("checking the compiled file against the eager model on the example data, on the C++ runtime")
         try:
@@ -321,13 +330,17 @@ def compile_model(
     return out_path
 
 
-def _package_aoti(exported, staged: Path, metadata: Mapping[str, str]) -> None:
-    """AOTInductor's compile and package, an OSError on inductor's own files (its cache on a
-    full disk) as one WriteError naming the file."""
-    try:
-        aotinductor.package(exported, staged, metadata)
-    except OSError as error:
-        raise WriteError(f"cannot write {error.filename or staged}: {error.strerror or error}") from error
+def _raise_if_inductor_could_not_write(error: BaseException) -> None:
+    """A WriteError naming the place, when inductor failed writing its own files (generated code
+    and libraries, in its cache directory) on a full disk; inductor wraps the OSError."""
+    cause: Optional[BaseException] = error
+    while cause is not None and not isinstance(cause, OSError):
+        cause = getattr(cause, "inner_exception", None) or cause.__cause__
+    if cause is not None and cause.errno in _WRITE_ERRNOS:
+        from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+        place = cause.filename or f"AOTInductor's generated code in {cache_dir()}"
+        raise WriteError(f"cannot write {place}: {cause.strerror or cause}") from error
 
 
 @contextmanager
