@@ -1,19 +1,18 @@
 """Trained models from their files: the one reader of checkpoints and packages.
 
-Below ``nequip.train`` and ``nequip.package`` (it imports neither).
-
 ``nequip.train`` writes checkpoints (``*.ckpt``, FILE_CONTRACT §6) and ``nequip.package``
 writes packages (``*.nequip.zip``, §5); both, and everything after them (``nequip-test``,
-``nequip-compile``, the ASE calculator, fine-tuning), read them here::
+``nequip-compile``, the ASE calculator, fine-tuning), read them here. This module sits below
+both stages and imports neither::
 
     load_model(path)            # dispatches on the file name
       ModelFromCheckpoint(path) # installed model code + the checkpoint's hyperparameters and weights
       ModelFromPackage(path)    # the model code stored in the package (torch.package)
 
-Every reader raises the same errors with the same wording: ``FileNotFoundError``
-(``<path>: no such file``) and, both ``ModelFileError`` (a ValueError), ``CheckpointError``
-or ``PackageError``: ``<path>: not a nequip checkpoint|package: <why>`` for a file of
-another kind, ``<path>: damaged checkpoint|package: <what>`` for a truncated or corrupted
+Every reader raises the same errors in the same words: ``FileNotFoundError`` (``<path>: no
+such file``), and the ``ModelFileError`` subclasses (ValueErrors) ``CheckpointError`` and
+``PackageError``: ``<path>: not a nequip checkpoint: <why>`` (or ``package``) for another kind
+of file, ``<path>: damaged checkpoint: <what>`` (or ``package``) for a truncated or corrupted
 one or one that lacks a key.
 
 What reading can execute: a checkpoint is read with ``torch.load(weights_only=True)``, which

@@ -14,6 +14,7 @@ from nequip.data import AtomicDataset, TypeMapper, read_frames
 from nequip.scripts.evaluate import main as nequip_test
 from nequip.train import NequIPLightningModule, model_from_checkpoint
 from nequip.train.evaluation import evaluate, predict
+from nequip.train.metrics import ErrorMetrics
 
 
 def test_nequip_test_writes_metrics_predictions_and_parity_plot(trained_run, tiny_data, tmp_path, capsys):
@@ -240,3 +241,26 @@ def test_test_stage_refuses_an_empty_checkpoint_path():
     with pytest.raises(FileNotFoundError) as error:
         NequIPLightningModule.from_checkpoint("")
     assert str(error.value) == "no checkpoint to load: the path is empty"
+
+
+def test_error_metrics_divide_energies_by_atoms_and_split_forces_by_type():
+    metrics = ErrorMetrics(["energy_per_atom", "forces"], type_names=["A", "B"])
+    batch = {
+        "num_atoms": torch.tensor([1, 2]),
+        "atom_types": torch.tensor([0, 1, 0]),
+        "total_energy": torch.tensor([[1.0], [0.0]], dtype=torch.float64),
+        "forces": torch.zeros(3, 3, dtype=torch.float64),
+    }
+    forces = torch.tensor([[1.0, 0, 0], [0, -2.0, 0], [0, 0, 3.0]], dtype=torch.float64)
+    metrics.update(batch, {"total_energy": torch.tensor([[2.0], [-6.0]], dtype=torch.float64), "forces": forces})
+    # a second batch of one atom of type A, with no error
+    metrics.update(
+        {key: batch[key][:1] for key in batch} | {"num_atoms": torch.tensor([1])},
+        {"total_energy": torch.tensor([[1.0]], dtype=torch.float64), "forces": torch.zeros(1, 3, dtype=torch.float64)},
+    )
+    result = {row: {name: float(value) for name, value in values.items()} for row, values in metrics.compute().items()}
+    # energy errors per atom: 1/1, -6/2, 0/1
+    assert result["energy_per_atom"] == pytest.approx({"mae": 4 / 3, "rmse": (10 / 3) ** 0.5, "count": 3})
+    assert result["forces"] == pytest.approx({"mae": 6 / 12, "rmse": (14 / 12) ** 0.5, "count": 12})
+    assert result["forces_A"] == pytest.approx({"mae": 4 / 9, "rmse": (10 / 9) ** 0.5, "count": 9})
+    assert result["forces_B"] == pytest.approx({"mae": 2 / 3, "rmse": (4 / 3) ** 0.5, "count": 3})
