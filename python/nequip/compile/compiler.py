@@ -19,6 +19,7 @@ import e3nn
 import torch
 
 import nequip
+from nequip import _runtime
 from nequip.data import keys
 
 from . import aotinductor, torchscript
@@ -50,7 +51,7 @@ from .contract import (
     TORCHSCRIPT_OUTPUTS_KEY,
     TYPE_NAMES,
 )
-from .loader import RUNTIME_ERRORS, CompiledModel
+from .loader import CompiledModel
 
 logger = logging.getLogger(__name__)
 
@@ -317,7 +318,7 @@ def compile_model(
         log("checking the compiled file against the eager model on the example data, on the C++ runtime")
         try:
             compiled = CompiledModel(staged, device)
-        except RUNTIME_ERRORS as error:
+        except _runtime.Error as error:
             raise CompileError(f"the C++ runtime refuses the compiled file: {error}") from error
         _check_agreement(model, compiled, example_data, written.model_dtype)
         with _writing(out_path):
@@ -384,7 +385,7 @@ def _check_agreement(
         data[keys.LOCAL_MASK] = torch.arange(data[keys.POS].shape[0]) % 2 == 0
     try:
         got = compiled(data)
-    except RUNTIME_ERRORS as error:
+    except _runtime.Error as error:
         raise CompileError(f"the compiled model fails on the example data: {error}") from error
     device = next(model.parameters()).device
     expected = model({name: value.to(device) for name, value in data.items()})

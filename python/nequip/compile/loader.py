@@ -18,16 +18,6 @@ from nequip.data import keys
 
 PathLike = Union[str, Path]
 
-# Everything the runtime raises: ModelFileError, DeviceError and InputError are ValueErrors,
-# TorchError and Error RuntimeErrors.
-RUNTIME_ERRORS = (
-    _runtime.Error,
-    _runtime.TorchError,
-    _runtime.ModelFileError,
-    _runtime.DeviceError,
-    _runtime.InputError,
-)
-
 # FILE_CONTRACT §1 shapes of the outputs (N atoms, one frame); the runtime drops the frame axis.
 _OUTPUT_SHAPES = {
     keys.TOTAL_ENERGY: lambda n: (1, 1),
@@ -46,7 +36,8 @@ class CompiledModel:
     (every key of the file, as strings), ``type_names``, ``r_max``, ``per_edge_type_cutoff``
     ((T, T) nested tuple, row = centre type, or None), ``inputs`` (the fields the file takes;
     ``local_mask`` is optional) and ``outputs`` (the fields it returns).
-    Raises the runtime's ModelFileError or DeviceError (ValueErrors) for a file it refuses.
+    Raises the runtime's errors (``nequip._runtime.Error``; ModelFileError and DeviceError for
+    a file it refuses, InputError for bad inputs, NonFiniteOutputError for NaN energies or forces).
     """
 
     def __init__(self, path: PathLike, device: str = "cpu"):
