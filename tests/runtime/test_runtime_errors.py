@@ -2,19 +2,18 @@
 missing or malformed metadata, wrong devices, a .pt2 for another CPU or torch, bad inputs,
 and outputs that are not finite (overlapping atoms, a broken model)."""
 
-import json
 import os
 import re
 import shutil
 import warnings
 import zipfile
-from pathlib import Path
 from typing import Dict
 
 import numpy as np
 import pytest
 import torch
 
+from runtime_cases import with_pt2_metadata, with_pth_metadata
 from nequip._runtime import (
     DeviceError,
     Error,
@@ -32,51 +31,6 @@ PT2 = ("float64", "aotinductor", "pair_nequip")
 
 def raises(exception, message: str):
     return pytest.raises(exception, match="^" + re.escape(message) + "$")
-
-
-def rewrite_zip(source: Path, destination: Path, edit, add=None) -> Path:
-    """Copy the zip archive ``source`` to ``destination``, passing each entry through
-    ``edit(name, data) -> data``, or None to leave the entry out; then ``add(prefix)``
-    returns {name: data} of entries to add under the archive's top directory."""
-    with zipfile.ZipFile(source) as old, zipfile.ZipFile(destination, "w") as new:
-        for item in old.infolist():
-            data = edit(item.filename, old.read(item.filename))
-            if data is not None:
-                new.writestr(item, data)
-        prefix = old.namelist()[0].split("/")[0]
-        for name, data in (add(prefix) if add else {}).items():
-            new.writestr(name, data)
-    return destination
-
-
-def with_pth_metadata(source: Path, destination: Path, key: str, value) -> Path:
-    """A TorchScript file whose extra file ``key`` is ``value`` (None: removed)."""
-    with zipfile.ZipFile(source) as archive:
-        present = any(name.endswith(f"/extra/{key}") for name in archive.namelist())
-
-    def edit(name, data):
-        return (None if value is None else value.encode()) if name.endswith(f"/extra/{key}") else data
-
-    def add(prefix):
-        return {} if present or value is None else {f"{prefix}/extra/{key}": value.encode()}
-
-    return rewrite_zip(source, destination, edit, add)
-
-
-def with_pt2_metadata(source: Path, destination: Path, key: str, value) -> Path:
-    """An AOTInductor package whose metadata ``key`` is ``value`` (None: removed)."""
-
-    def edit(name, data):
-        if not name.endswith("_metadata.json"):
-            return data
-        metadata = json.loads(data)
-        if value is None:
-            del metadata[key]
-        else:
-            metadata[key] = value
-        return json.dumps(metadata).encode()
-
-    return rewrite_zip(source, destination, edit)
 
 
 # -- files ---------------------------------------------------------------------------------
