@@ -36,3 +36,23 @@ def test_nve_conserves_energy(compiled_models):
     drift = np.polyfit(times, energies, 1)[0]  # eV/atom/ps
     assert abs(drift) < MAX_DRIFT_EV_PER_ATOM_PS, f"drift {drift * 1e3:.3f} meV/atom/ps"
     assert abs(energies[-1] - energies[0]) < MAX_DRIFT_EV_PER_ATOM_PS
+
+
+def test_md_benchmark_loads_the_model_once(compiled_models, monkeypatch):
+    """Its peak memory is that of one loaded model: the system's types come from the
+    calculator's own model."""
+    from nequip import _runtime
+    from nequip.benchmark import md
+
+    path = str(compiled_models["float64", "torchscript", None])  # compiled (and checked) first
+    loads = []
+
+    class CountedModel(_runtime.Model):
+        def __init__(self, *args, **kwargs):
+            loads.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(_runtime, "Model", CountedModel)
+    result = md.run_case("ase", path, num_atoms=64, steps=1, warmup=0, threads=1, device="cpu")
+    assert loads == [path]
+    assert result["atoms"] == 64 and result["timesteps_per_s"] > 0
