@@ -85,18 +85,20 @@ class DataConfig(_Section):
     with a ``split``.
     """
 
-    type_names: Optional[List[str]] = None  # required unless fine-tuning (then: the model's)
-    species_to_type: Optional[Dict[str, str]] = None
+    type_names: Optional[List[str]] = Field(
+        None, description="the model's type names, in type-index order; required unless fine-tuning (then: the model's)"
+    )
+    species_to_type: Optional[Dict[str, str]] = Field(None, description="chemical symbol -> type name")
     train_file: Optional[str] = None
     val_file: Optional[str] = None
     test_file: Optional[str] = None
-    file: Optional[str] = None
+    file: Optional[str] = Field(None, description="one file of structures, divided by split")
     split: Optional[SplitConfig] = None
-    format: Optional[str] = None  # ASE format name; None: guessed from the file name
-    energy_units_to_eV: float = Field(1.0, gt=0)
-    length_units_to_A: float = Field(1.0, gt=0)
+    format: Optional[str] = Field(None, description="ASE format name; left out: guessed from the file name")
+    energy_units_to_eV: float = Field(1.0, gt=0, description="factor from the data's energy unit to eV")
+    length_units_to_A: float = Field(1.0, gt=0, description="factor from the data's length unit to Å")
     batch_size: int = Field(4, ge=1)
-    val_batch_size: Optional[int] = Field(None, ge=1)  # None: batch_size
+    val_batch_size: Optional[int] = Field(None, ge=1, description="left out: batch_size")
     num_workers: int = Field(0, ge=0)
 
     @field_validator("format")
@@ -127,7 +129,7 @@ class ModelConfig(_Section):
     ``data.type_names``.
     """
 
-    r_max: Optional[float] = Field(None, gt=0)  # required unless fine-tuning
+    r_max: Optional[float] = Field(None, gt=0, description="cutoff radius, Å; required unless fine-tuning")
     l_max: int = Field(_MODEL_DEFAULTS["l_max"], ge=0)
     parity: bool = _MODEL_DEFAULTS["parity"]
     num_layers: int = Field(_MODEL_DEFAULTS["num_layers"], ge=1)
@@ -136,23 +138,23 @@ class ModelConfig(_Section):
     polynomial_cutoff_p: float = Field(_MODEL_DEFAULTS["polynomial_cutoff_p"], gt=0)
     radial_mlp_depth: int = Field(_MODEL_DEFAULTS["radial_mlp_depth"], ge=1)
     radial_mlp_width: int = Field(_MODEL_DEFAULTS["radial_mlp_width"], ge=1)
-    avg_num_neighbors: Optional[float] = Field(None, gt=0)
-    per_type_energy_shifts: PerTypeValues = None
-    per_type_energy_scales: PerTypeValues = None
-    # {centre: r}, {centre: {neighbour: r}}, or num_types**2 numbers (row = centre type)
-    per_edge_type_cutoff: Optional[Union[List[float], Dict[str, Union[float, Dict[str, float]]]]] = None
+    avg_num_neighbors: Optional[float] = Field(None, gt=0, description="left out: from the training data")
+    per_type_energy_shifts: PerTypeValues = Field(None, description="left out: least squares of the energies")
+    per_type_energy_scales: PerTypeValues = Field(None, description="left out: the force RMS")
+    per_edge_type_cutoff: Optional[Union[List[float], Dict[str, Union[float, Dict[str, float]]]]] = Field(
+        None, description="{centre: r}, {centre: {neighbour: r}}, or num_types**2 numbers (row = centre type)"
+    )
     model_dtype: Literal["float32", "float64"] = _MODEL_DEFAULTS["model_dtype"]
     # fine-tuning: start from a trained model instead of the hyperparameters above
-    from_checkpoint: Optional[str] = None
-    from_package: Optional[str] = None
-    refit_energy_shifts: bool = False
+    from_checkpoint: Optional[str] = Field(None, description="fine-tune the model of this training checkpoint")
+    from_package: Optional[str] = Field(None, description="fine-tune the model of this package")
+    refit_energy_shifts: bool = Field(False, description="fine-tuning: refit the energy shifts on the new data")
 
 
 # NequIPModel arguments that ModelConfig carries (everything but type_names)
 MODEL_ARGUMENTS = tuple(
     name for name in inspect.signature(NequIPModel.__init__).parameters if name not in ("self", "type_names")
 )
-FINE_TUNING_KEYS = ("from_checkpoint", "from_package", "refit_energy_shifts")
 
 
 class LossConfig(_Section):
@@ -226,13 +228,14 @@ class TrainerConfig(_Section):
     """Lightning Trainer options (same names and meanings)."""
 
     max_epochs: int = Field(100, ge=1)
-    max_time: Optional[Union[str, float]] = None  # "DD:HH:MM:SS" or seconds
+    max_time: Optional[Union[str, float]] = Field(None, description='"DD:HH:MM:SS" or a number of seconds')
     accelerator: str = "auto"
     devices: Union[int, str, List[int]] = "auto"
     strategy: str = "auto"
-    # the model computes in model.model_dtype; "64-true" also needs model_dtype float64
-    precision: Literal["32-true", "64-true"] = "32-true"
-    seed: int = Field(0, ge=0, le=2**32 - 1)  # the range of numpy's seeds
+    precision: Literal["32-true", "64-true"] = Field(
+        "32-true", description="the model computes in model.model_dtype; '64-true' also needs model_dtype float64"
+    )
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="numpy's range of seeds")
     log_every_n_steps: int = Field(50, ge=1)
     check_val_every_n_epoch: int = Field(1, ge=1)
     gradient_clip_val: Optional[float] = Field(None, gt=0)
