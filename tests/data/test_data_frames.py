@@ -157,6 +157,14 @@ def test_nan_positions_are_rejected(make_atoms, si_c_mapper):
         from_ase(atoms, si_c_mapper, 4.0)
 
 
+def test_nan_cell_is_rejected(make_atoms, si_c_mapper):
+    atoms = make_atoms(seed=0, num_atoms=4)
+    atoms.cell[1, 2] = np.nan
+    message = f"structure {atoms.get_chemical_formula()} has a NaN or infinite cell; fix or remove the frame"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        from_ase(atoms, si_c_mapper, 4.0)
+
+
 def test_empty_structure_is_rejected(si_c_mapper):
     message = "structure has no atoms; remove empty frames from the data"
     with pytest.raises(ValueError, match=re.escape(message)):

@@ -100,6 +100,8 @@ def from_ase(
     if not np.isfinite(pos).all():
         raise ValueError(f"structure {name} has NaN or infinite positions; fix or remove the frame")
     cell = atoms.cell.array * length_units_to_A
+    if not np.isfinite(cell).all():
+        raise ValueError(f"structure {name} has a NaN or infinite cell; fix or remove the frame")
     pbc = atoms.pbc.copy()
     if np.linalg.matrix_rank(cell[pbc]) < pbc.sum():
         raise ValueError(
