@@ -305,3 +305,17 @@ def test_cli_rejects_bad_config_before_anything_runs(tmp_path, capsys):
         f"nequip-train: invalid configuration {path}: data.batch_sise: unknown key (did you mean 'batch_size'?)\n"
     )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "name, lowest",
+    [("l_max", 0), ("num_layers", 1), ("num_features", 1), ("num_bessels", 1), ("radial_mlp_depth", 0), ("radial_mlp_width", 1)],
+)
+def test_model_bounds_are_the_models_own(name, lowest):
+    # the configuration refuses what NequIPModel would refuse, and only that
+    assert getattr(validate_config(with_changes(model={name: lowest})).model, name) == lowest
+    with pytest.raises(ConfigError) as error:
+        validate_config(with_changes(model={name: lowest - 1}))
+    assert str(error.value) == f"model.{name}: must be at least {lowest}, got {lowest - 1}"
+    with pytest.raises(ValueError):
+        NequIPModel(type_names=["Cu", "Au"], r_max=4.0, **{name: lowest - 1})

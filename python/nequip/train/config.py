@@ -136,7 +136,7 @@ class ModelConfig(_Section):
     num_features: int = Field(_MODEL_DEFAULTS["num_features"], ge=1)
     num_bessels: int = Field(_MODEL_DEFAULTS["num_bessels"], ge=1)
     polynomial_cutoff_p: float = Field(_MODEL_DEFAULTS["polynomial_cutoff_p"], gt=0)
-    radial_mlp_depth: int = Field(_MODEL_DEFAULTS["radial_mlp_depth"], ge=1)
+    radial_mlp_depth: int = Field(_MODEL_DEFAULTS["radial_mlp_depth"], ge=0)
     radial_mlp_width: int = Field(_MODEL_DEFAULTS["radial_mlp_width"], ge=1)
     avg_num_neighbors: Optional[float] = Field(None, gt=0, description="left out: from the training data")
     per_type_energy_shifts: PerTypeValues = Field(None, description="left out: least squares of the energies")
