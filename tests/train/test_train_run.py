@@ -173,3 +173,10 @@ def test_refit_energy_shifts_takes_new_data_statistics(trained_run, tiny_data, t
     assert {k: v for k, v in model_config.items() if k != "per_type_energy_shifts"} == {
         k: v for k, v in source.config.items() if k != "per_type_energy_shifts"
     }
+
+
+def test_test_frames_are_evaluated_with_the_best_checkpoint(tiny_data, tmp_path, capsys):
+    split = {"train": 6, "val": 2, "test": 2, "seed": 1}
+    train(validate_config(config_dict(tiny_data, tmp_path / "out", split=split, max_epochs=1)))
+    table = capsys.readouterr().out
+    assert "test_forces_mae" in table and "test_energy_per_atom_mae" in table

@@ -417,7 +417,7 @@ def _train(config: TrainingConfig, output_dir: Path) -> L.Trainer:
 def evaluate_test_set(config: TrainingConfig, trainer: L.Trainer, datamodule: NequIPDataModule) -> Dict[str, float]:
     """Metrics of the best checkpoint on the test data, on one device, printed and returned."""
     best = trainer.checkpoint_callback.best_model_path
-    module = NequIPLightningModule.load_from_checkpoint(best, map_location="cpu", weights_only=True)
+    module = NequIPLightningModule.from_checkpoint(best)
     tester = L.Trainer(
         accelerator=config.trainer.accelerator,
         devices=1,
