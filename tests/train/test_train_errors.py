@@ -146,7 +146,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny
 
     monkeypatch.setattr(NequIPLightningModule, "training_step", diverging_step)
     output_dir = tmp_path / "out"
-    config = write_config(config_dict(tiny_data, output_dir, max_epochs=3), tmp_path / "config.yaml")
+    config = write_config(config_dict(tiny_data, output_dir, max_epochs=2), tmp_path / "config.yaml")
     assert nequip_train([config]) == 1
     last = output_dir / "last.ckpt"
     assert capsys.readouterr().err.splitlines()[-1] == (
