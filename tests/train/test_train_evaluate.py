@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from nequip.data import AtomicDataset, TypeMapper, read_frames
+from nequip.load import ModelFromCheckpoint
 from nequip.scripts.evaluate import main as nequip_test
-from nequip.train import NequIPLightningModule, model_from_checkpoint
+from nequip.train import NequIPLightningModule
 from nequip.train.evaluation import evaluate, predict
 from nequip.train.metrics import ErrorMetrics
 
@@ -36,7 +37,7 @@ def test_nequip_test_writes_metrics_predictions_and_parity_plot(trained_run, tin
     reference = ase.io.read(tiny_data, ":")
     written = ase.io.read(output / "predictions.extxyz", ":")
     assert len(written) == len(reference)
-    expected = predict(model_from_checkpoint(trained_run / "best.ckpt"), reference)
+    expected = predict(ModelFromCheckpoint(trained_run / "best.ckpt"), reference)
     for atoms, original, result in zip(written, reference, expected):
         assert atoms.info["REF_energy"] == pytest.approx(original.get_potential_energy())
         np.testing.assert_allclose(atoms.arrays["REF_forces"], original.get_forces())
