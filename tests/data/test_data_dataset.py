@@ -116,3 +116,13 @@ def test_dataset_from_dicts_requires_geometry():
     message = "frame 0 lacks ['edge_index']; build frames with from_ase, which adds them"
     with pytest.raises(ValueError, match=re.escape(message)):
         AtomicDataset([frame])
+
+
+def test_read_frames_names_an_index_past_the_last_frame(tmp_path):
+    from ase.build import bulk
+
+    path = tmp_path / "two.xyz"
+    ase.io.write(path, [bulk("Cu", "fcc", a=3.6)] * 2, format="extxyz")
+    with pytest.raises(ValueError) as error:
+        read_frames(path, index=100)
+    assert str(error.value) == f"could not read structures from {path}: no frame at index 100"

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from nequip.data import synthetic_frame
 from nequip.package import (
     ModelFromCheckpoint,
     ModelFromPackage,
@@ -10,7 +11,6 @@ from nequip.package import (
     build_package,
     dependencies,
     read_package_metadata,
-    synthetic_frame,
 )
 from nequip.package import build as build_module
 from nequip.package.checkpoint import read_checkpoint
@@ -44,32 +44,6 @@ def test_failed_verification_leaves_no_file(package_path, tmp_path, monkeypatch)
         "'atomic_energy' on the example frame; no package was written"
     )
     assert list(tmp_path.iterdir()) == []
-
-
-def test_synthetic_frame_has_every_type_and_neighbours():
-    type_names = ["H", "C", "N"]
-    frame = synthetic_frame(type_names, r_max=3.0)
-    assert frame["pos"].shape == (8, 3) and frame["pos"].dtype == torch.float64
-    assert frame["atom_types"].dtype == torch.int64
-    assert sorted(set(frame["atom_types"].tolist())) == [0, 1, 2]
-    assert frame["cell"].shape == (1, 3, 3) and frame["cell"].dtype == torch.float64
-    assert frame["pbc"].tolist() == [[True, True, True]]
-    edge_index = frame["edge_index"]
-    assert edge_index.dtype == torch.int64 and frame["edge_cell_shift"].shape == (edge_index.shape[1], 3)
-    assert sorted(set(edge_index[0].tolist())) == list(range(8)), "an atom without neighbours"
-    again = synthetic_frame(type_names, r_max=3.0)
-    assert all(torch.equal(frame[key], again[key]) for key in frame)
-
-
-def test_synthetic_frame_has_one_atom_per_type_beyond_eight_types():
-    frame = synthetic_frame([f"T{i}" for i in range(10)], r_max=2.0)
-    assert sorted(set(frame["atom_types"].tolist())) == list(range(10))
-
-
-def test_synthetic_frame_respects_per_edge_type_cutoffs():
-    full = synthetic_frame(["A", "B"], r_max=3.0)
-    pruned = synthetic_frame(["A", "B"], r_max=3.0, per_edge_type_cutoff=[3.0, 2.0, 2.0, 3.0])
-    assert 0 < pruned["edge_index"].shape[1] < full["edge_index"].shape[1]
 
 
 def test_example_frame_is_synthetic_when_the_training_data_is_gone(checkpoint_path):

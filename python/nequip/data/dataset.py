@@ -78,6 +78,8 @@ def read_frames(
             )
     try:
         frames = ase.io.read(path, index=index, format=format)
+    except (StopIteration, IndexError) as err:  # an integer index past the last frame
+        raise ValueError(f"could not read structures from {path}: no frame at index {index!r}") from err
     except Exception as err:  # ASE's readers raise many exception types for a bad file
         raise ValueError(f"could not read structures from {path}: {err}") from err
     frames = [frames] if isinstance(frames, ase.Atoms) else list(frames)

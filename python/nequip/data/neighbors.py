@@ -37,7 +37,7 @@ def compute_neighbor_list(
     cell = np.ascontiguousarray(cell, dtype=np.float64).reshape(3, 3)
     pbc = np.asarray(pbc, dtype=bool).reshape(3)
 
-    # vesin 0.6 takes periodicity per axis and ignores the box vector of a non-periodic
+    # vesin (>= 0.4) takes periodicity per axis and ignores the box vector of a non-periodic
     # axis, so slabs and wires need no padding of the cell.
     i, j, shift = vesin.NeighborList(cutoff=float(r_max), full_list=True).compute(
         points=pos, box=cell, periodic=pbc, quantities="ijS"

@@ -31,7 +31,7 @@ from .dependencies import (
     INTERN_MODULES,
     register_libraries_as_external_for_packaging,
 )
-from .example_data import load_example_data, synthetic_frame
+from .example_data import load_example_data
 
 __all__ = [
     "DEFAULT_EXTERN_MODULES",
@@ -50,5 +50,4 @@ __all__ = [
     "load_model",
     "read_package_metadata",
     "register_libraries_as_external_for_packaging",
-    "synthetic_frame",
 ]

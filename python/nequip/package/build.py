@@ -64,7 +64,7 @@ def build_package(source: PathLike, output: PathLike, verify: bool = True) -> Di
     From a checkpoint: the model with the checkpoint's EMA weights if training kept them
     (otherwise its trained weights), and as example data the first frame of the training data
     named by the checkpoint's configuration, or a synthetic frame
-    (:func:`nequip.package.example_data.synthetic_frame`) when that file is not available.
+    (:func:`nequip.data.synthetic_frame`) when that file is not available.
     From a package: every model variant, the example data and the configuration of the
     original, with the original's code.
 

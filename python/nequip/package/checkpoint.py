@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..load import ModelFromCheckpoint, PathLike, load_checkpoint
-from .example_data import example_inputs, synthetic_frame
+from .example_data import example_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,7 +48,7 @@ class TrainedModel:
 
         The first frame of the training data named by the configuration (``data.train_file``,
         else ``data.file``, resolved against the current directory), if that file can be read
-        and its species map onto the model's types; otherwise :func:`synthetic_frame`.
+        and its species map onto the model's types; otherwise :func:`nequip.data.synthetic_frame`.
         """
         model = self.model
         data = (self.training_config or {}).get("data") or {}
@@ -75,6 +75,8 @@ class TrainedModel:
                 return example_inputs(frame), f"first frame of the training data file {Path(file).name}"
         else:
             reason = "no training data file" if file is None else f"training data file {Path(file).name} not found"
+        from nequip.data import synthetic_frame  # nequip.data (and ase) only when needed
+
         frame = synthetic_frame(model.type_names, model.r_max, per_edge_type_cutoff)
         return frame, f"synthetic ({reason})"
 

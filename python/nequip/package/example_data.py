@@ -9,7 +9,7 @@ edge_cell_shift, pbc``; labels are dropped). It is stored with :func:`torch.save
 
 import io
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Dict
 
 import torch
 
@@ -17,15 +17,6 @@ from ..load import EXAMPLE_DATA_ENTRY, PathLike, read_package_entry
 
 # nequip.data (and with it ase) is imported only where a frame is made: loading a package
 # must stay quick for the ASE calculator and nequip-compile
-
-
-def synthetic_frame(
-    type_names: Sequence[str], r_max: float, per_edge_type_cutoff: Optional[Sequence[float]] = None
-) -> Dict[str, torch.Tensor]:
-    """:func:`nequip.data.synthetic_frame`, for the callers that still import it from here."""
-    from nequip.data import synthetic_frame
-
-    return synthetic_frame(type_names, r_max, per_edge_type_cutoff)
 
 
 def example_inputs(frame: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

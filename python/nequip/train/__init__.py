@@ -1,6 +1,7 @@
 """Training with Lightning: configuration, data module, LightningModule, checkpoints, runs."""
 
-from .checkpoint import AtomicCheckpointIO, CheckpointError, load_checkpoint, model_from_checkpoint
+from ..load import CheckpointError, load_checkpoint
+from .checkpoint import AtomicCheckpointIO
 from .config import ConfigError, TrainingConfig, load_config, validate_config
 from .data import NequIPDataModule
 from .lightning_module import NequIPLightningModule
@@ -15,7 +16,6 @@ __all__ = [
     "TrainingConfig",
     "load_checkpoint",
     "load_config",
-    "model_from_checkpoint",
     "train",
     "validate_config",
 ]

@@ -21,14 +21,10 @@ import torch
 from lightning.fabric.plugins.io import TorchCheckpointIO
 
 # the reader lives below train/ and package/, beside the package reader
-from ..load import CheckpointError, ModelFromCheckpoint, load_checkpoint, model_state_dict
+from ..load import CheckpointError, load_checkpoint, model_state_dict
 from ..utils.atomic_io import atomic_open
 
 VERSIONS_KEY = "nequip_versions"
-
-# the name nequip.train has always exported (training.py fine-tunes with it)
-model_from_checkpoint = ModelFromCheckpoint
-
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file beside it, then renames it into place.
@@ -65,7 +61,6 @@ __all__ = [
     "CheckpointError",
     "VERSIONS_KEY",
     "load_checkpoint",
-    "model_from_checkpoint",
     "model_state_dict",
     "versions",
 ]

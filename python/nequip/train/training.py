@@ -32,7 +32,8 @@ from ..data import keys
 from ..model import NequIPModel, build_model
 from ..utils.atomic_io import WriteError, atomic_open, remove_stale_temporaries
 from .callbacks import DataFingerprint, EpochSummary, ExponentialMovingAverage, StopOnNonFiniteLoss
-from .checkpoint import AtomicCheckpointIO, CheckpointError, load_checkpoint, model_from_checkpoint, model_state_dict
+from ..load import CheckpointError, ModelFromCheckpoint, ModelFromPackage, load_checkpoint, model_state_dict
+from .checkpoint import AtomicCheckpointIO
 from .config import MODEL_ARGUMENTS, ConfigError, TrainingConfig, config_to_dict, parse_max_time
 from .data import NequIPDataModule, data_fingerprints
 from .lightning_module import NequIPLightningModule
@@ -176,10 +177,8 @@ class _CSVLogger(CSVLogger):
 def load_source_model(config: TrainingConfig) -> Optional[NequIPModel]:
     """The model a fine-tuning run starts from, or None for a new model."""
     if config.model.from_checkpoint is not None:
-        return model_from_checkpoint(config.model.from_checkpoint)
+        return ModelFromCheckpoint(config.model.from_checkpoint)
     if config.model.from_package is not None:
-        from ..package import ModelFromPackage
-
         return ModelFromPackage(config.model.from_package)
     return None
 
