@@ -1,9 +1,10 @@
 """The demo's model learns (examples/demo.py): figures on held-out frames, and their definitions.
 
 The end-to-end test trains the demo's configuration (examples/minimal.yaml) on the demo's data
-with fewer epochs than the demo (the suite's budget), so its thresholds are looser than
-demo.LEARNED but still far from what an untrained model gets: per-type energy shifts alone
-(what a model starts from) leave about 30 meV/atom, and zero forces give MAE/RMS about 0.8.
+with fewer epochs than the demo (the suite's budget) and holds the demo's own thresholds
+(demo.LEARNED); measured at 15 epochs: force MAE 0.094 x RMS, energy MAE 3.5 meV/atom, stress
+correlation 0.97 (the demo's 40 epochs: 0.061, 2.1, 0.99). For scale: per-type energy shifts
+alone (where a model starts) leave about 30 meV/atom.
 """
 
 import importlib.util
@@ -16,9 +17,8 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 REPO = Path(__file__).resolve().parents[2]
 
-# the suite's budget: about a third of the demo's epochs (trainer.max_epochs of minimal.yaml)
+# the suite's budget: under half of the demo's epochs (trainer.max_epochs of minimal.yaml)
 EPOCHS = 15
-REDUCED_BUDGET = dict(force_mae_over_rms=0.25, energy_mae_mev_per_atom=10.0, stress_correlation=0.9)
 
 
 def load_demo():
@@ -84,6 +84,7 @@ def test_demo_model_learns_on_held_out_frames(tmp_path):
     demo = load_demo()
     figures = demo.train_and_test(tmp_path, [f"trainer.max_epochs={EPOCHS}", "trainer.enable_progress_bar=false"])
     assert figures["frames"] == demo.TEST_FRAMES
-    assert figures["force_mae_over_rms"] <= REDUCED_BUDGET["force_mae_over_rms"], figures
-    assert figures["energy_mae_mev_per_atom"] <= REDUCED_BUDGET["energy_mae_mev_per_atom"], figures
-    assert figures["stress_correlation"] >= REDUCED_BUDGET["stress_correlation"], figures
+    assert demo.LEARNED == dict(force_mae_over_rms=0.25, energy_mae_mev_per_atom=5.0, stress_correlation=0.9)
+    assert figures["force_mae_over_rms"] <= demo.LEARNED["force_mae_over_rms"], figures
+    assert figures["energy_mae_mev_per_atom"] <= demo.LEARNED["energy_mae_mev_per_atom"], figures
+    assert figures["stress_correlation"] >= demo.LEARNED["stress_correlation"], figures
