@@ -54,7 +54,7 @@ def run_lammps(model_path: str, num_atoms: int, steps: int, warmup: int, device:
     if device != "cpu":
         raise ValueError("the LAMMPS benchmark runs on the device the model was compiled for; use --device cpu")
     # The system needs the model's types before LAMMPS loads the model; this copy is released
-    # before LAMMPS starts, so the peak memory is that of the run.
+    # before LAMMPS loads its own, so the two are never held at once.
     type_names = list(_runtime.Model(model_path, device).type_names)
     atoms = thermalised_system(type_names, num_atoms)
     load_mpi()
