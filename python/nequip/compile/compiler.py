@@ -232,7 +232,7 @@ def compile_model(
             ranks, per-atom virials). A TorchScript file serves every target; a target given
             with it is only checked.
         example_data: one frame (FILE_CONTRACT §1) on which the compiled file must reproduce
-            the eager model; packages carry one. Default: ``nequip.package.synthetic_frame``
+            the eager model; packages carry one. Default: ``nequip.data.synthetic_frame``
             for the model's types and cutoffs.
 
     The model is moved to ``device`` and put in eval mode.
@@ -274,7 +274,7 @@ def compile_model(
             }
         )
     if example_data is None:
-        from nequip.package import synthetic_frame  # the package stack is heavy: only on demand
+        from nequip.data import synthetic_frame  # nequip.data (and ase) only on demand
 
         example_data = synthetic_frame(written.type_names, written.r_max, written.per_edge_type_cutoff)
 
