@@ -94,7 +94,7 @@ def plot(rows: list, path: Path, models: list) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter, NullLocator
+    from matplotlib.ticker import FuncFormatter, NullFormatter, NullLocator
 
     figure, axes = plt.subplots(figsize=(6.4, 4.4))
     for engine, fmt in sorted({(row["engine"], row["format"]) for row in rows}):
@@ -106,7 +106,9 @@ def plot(rows: list, path: Path, models: list) -> None:
     axes.set_xticks(sizes, [str(size) for size in sizes])
     axes.xaxis.set_minor_locator(NullLocator())
     axes.xaxis.set_minor_formatter(NullFormatter())
-    axes.set_ylim(bottom=0)
+    # engines and sizes differ by orders of magnitude: log time, labelled in plain µs
+    axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
     axes.grid(True, alpha=0.3)
     axes.set_xlabel("atoms in the periodic box")
     axes.set_ylabel("time per atom per MD step (µs)")
