@@ -295,6 +295,21 @@ def _pyplot():
     return matplotlib.pyplot
 
 
+def _parity_title(quantity: str, metric: Dict[str, Any], predicted: np.ndarray, reference: np.ndarray) -> str:
+    """The figure a reader judges the panel by: the MAE, and what it is measured against."""
+    mae, unit = metric["mae"], metric["unit"]
+    name = quantity.replace("_", " ")
+    if quantity == "energy_per_atom":
+        return f"{name}: MAE {1000 * mae:.2f} meV/atom"
+    if quantity == "forces":
+        rms = float(np.sqrt(np.mean(reference**2)))
+        return f"{name}: MAE {mae:.3g} {unit}\n= {mae / rms:.2f} x the reference RMS ({rms:.3g} {unit})"
+    text = f"{name}: MAE {mae:.3g} {unit}"
+    if quantity == "stress" and reference.size > 1 and np.std(reference) > 0 and np.std(predicted) > 0:
+        text += f"\ncorrelation {np.corrcoef(predicted, reference)[0, 1]:.3f}"
+    return text
+
+
 def plot_parity(path, results, metrics: Dict[str, Dict[str, Any]], plt) -> None:
     """Predicted against reference values of each quantity in ``metrics`` (energies per atom), PNG."""
     quantities = [quantity for quantity in QUANTITIES if quantity in metrics]
@@ -309,7 +324,11 @@ def plot_parity(path, results, metrics: Dict[str, Dict[str, Any]], plt) -> None:
         ax.scatter(reference, predicted, s=4, alpha=0.6)
         ax.set_xlabel(f"reference {quantity.replace('_', ' ')} ({unit})")
         ax.set_ylabel(f"predicted ({unit})")
-        ax.set_title(f"{quantity.replace('_', ' ')}: MAE {metrics[quantity]['mae']:.3g} {unit}")
+        ax.set_title(_parity_title(quantity, metrics[quantity], predicted, reference), fontsize=10)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.xaxis.set_major_locator(plt.MaxNLocator(5))
+        ax.yaxis.set_major_locator(plt.MaxNLocator(5))
+    figure.suptitle(f"{len(results)} frames: predicted against reference")
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=120)
