@@ -14,7 +14,6 @@ Prints one JSON line: the checkpoint, the compiled file, the exact config and co
 """
 
 import json
-import os
 import subprocess
 import sys
 import time

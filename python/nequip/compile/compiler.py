@@ -21,6 +21,7 @@ import torch
 import nequip
 from nequip import _runtime
 from nequip.data import keys
+from nequip.utils.processes import is_running
 
 from . import aotinductor, torchscript
 from .contract import (
@@ -357,18 +358,9 @@ def _remove_stale_staging(directory: Path) -> None:
     """Remove staging directories of compiles whose process is gone (killed mid-compile)."""
     for entry in directory.glob(f"{_STAGING_PREFIX}*"):
         match = _STAGING_PID.match(entry.name)
-        if entry.is_dir() and not (match and _process_exists(int(match.group(1)))):
+        if entry.is_dir() and not (match and is_running(int(match.group(1)))):
             shutil.rmtree(entry, ignore_errors=True)
 
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def _check_agreement(

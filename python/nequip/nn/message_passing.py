@@ -28,7 +28,7 @@ TorchScript cannot run a custom autograd function, so scripted models differenti
 
 import inspect
 import math
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from e3nn import o3

@@ -31,6 +31,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from ..data import keys
 from ..model import NequIPModel, build_model
 from ..utils.atomic_io import WriteError, atomic_open, remove_stale_temporaries
+from ..utils.processes import is_running
 from .callbacks import DataFingerprint, EpochSummary, ExponentialMovingAverage, StopOnNonFiniteLoss
 from ..load import CheckpointError, ModelFromCheckpoint, ModelFromPackage, load_checkpoint, model_state_dict
 from .checkpoint import AtomicCheckpointIO
@@ -71,15 +72,6 @@ def _lock_holder(path: Path) -> Optional[tuple]:
     except (OSError, ValueError):
         return None
 
-
-def _is_running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 @contextlib.contextmanager
@@ -128,7 +120,7 @@ def output_dir_lock(output_dir: Path) -> Iterator[Path]:
 
     holder = _lock_holder(path)
     if holder is not None and holder[0] != os.getpid():
-        if holder[1] == host and _is_running(holder[0]):
+        if holder[1] == host and is_running(holder[0]):
             os.close(fd)
             raise in_use(holder)
         rank_zero_info(
