@@ -192,7 +192,8 @@ c10::Device parse_device(const std::string& name) {
   }
   if (device->is_cuda()) {
     if (!torch::cuda::is_available()) {
-      throw DeviceError("device '" + name + "' requested but CUDA is not available to torch");
+      throw DeviceError("device '" + name + "' requested but CUDA is not available to torch: "
+                        "use device 'cpu', or a CUDA build of torch on a machine with a GPU");
     }
     if (!device->has_index()) device->set_index(0);
     const int count = torch::cuda::device_count();

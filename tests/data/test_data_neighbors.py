@@ -105,3 +105,19 @@ def test_per_edge_type_cutoff_without_atom_types_is_rejected(make_atoms):
             4.0,
             per_edge_type_cutoff=np.full((2, 2), 3.0),
         )
+
+
+def test_periodic_axes_without_volume_are_refused_with_the_way_out():
+    pos = np.zeros((2, 3))
+    pos[1, 0] = 1.0
+    cell = np.diag([4.0, 4.0, 0.0])
+    with pytest.raises(ValueError) as error:
+        compute_neighbor_list(pos, cell, [True, True, True], 3.0)
+    assert str(error.value) == (
+        "the cell has no volume along its periodic axes (x, y, z; cell [[4.0, 0.0, 0.0], [0.0, 4.0, 0.0], "
+        "[0.0, 0.0, 0.0]]): give the cell vectors of the periodic axes, or make those axes non-periodic "
+        "(pbc=False for a molecule)"
+    )
+    # the same cell is fine for a slab periodic along x and y only
+    edge_index, _ = compute_neighbor_list(pos, cell, [True, True, False], 3.0)
+    assert edge_index.shape[1] > 0

@@ -187,7 +187,10 @@ def test_cuda_device_that_does_not_exist(compiled_models):
     count = torch.cuda.device_count()
     device = f"cuda:{count}"
     if count == 0:
-        message = f"device '{device}' requested but CUDA is not available to torch"
+        message = (
+            f"device '{device}' requested but CUDA is not available to torch: "
+            "use device 'cpu', or a CUDA build of torch on a machine with a GPU"
+        )
     else:
         message = f"device '{device}' requested but only {count} CUDA device(s) are visible"
     with raises(DeviceError, message):

@@ -36,6 +36,13 @@ def compute_neighbor_list(
     pos = np.ascontiguousarray(pos, dtype=np.float64).reshape(-1, 3)
     cell = np.ascontiguousarray(cell, dtype=np.float64).reshape(3, 3)
     pbc = np.asarray(pbc, dtype=bool).reshape(3)
+    if pbc.any() and np.linalg.matrix_rank(cell[pbc]) < pbc.sum():
+        # vesin would say only "the box matrix is not invertible"
+        axes = ", ".join("xyz"[axis] for axis in np.flatnonzero(pbc))
+        raise ValueError(
+            f"the cell has no volume along its periodic axes ({axes}; cell {cell.tolist()}): "
+            "give the cell vectors of the periodic axes, or make those axes non-periodic (pbc=False for a molecule)"
+        )
 
     # vesin (>= 0.4) takes periodicity per axis and ignores the box vector of a non-periodic
     # axis, so slabs and wires need no padding of the cell.
