@@ -207,6 +207,31 @@ Raises InputError for bad inputs, NonFiniteOutputError when the energy or forces
 finite (naming the closest pair of atoms when they overlap), TorchError when torch fails.
 )doc");
 
+  m.def(
+      "read_metadata",
+      [](const std::string& path) {
+        const nequip::Metadata metadata = nequip::read_metadata(path);
+        py::dict result;
+        result["model_dtype"] = metadata.model_dtype;
+        result["type_names"] = metadata.type_names;
+        result["num_types"] = metadata.num_types;
+        result["r_max"] = metadata.r_max;
+        result["per_edge_type_cutoff"] =
+            metadata.per_edge_type_cutoff.empty() ? py::object(py::none())
+                                                  : py::cast(metadata.per_edge_type_cutoff);
+        result["allow_tf32"] = metadata.allow_tf32;
+        result["num_layers"] = metadata.num_layers == 0 ? py::object(py::none())
+                                                        : py::cast(metadata.num_layers);
+        result["raw"] = metadata.raw;
+        return result;
+      },
+      py::arg("path"), R"doc(
+The checked metadata of a .nequip.pth / .nequip.pt2 file, without loading its model: a dict
+of model_dtype, type_names (list), num_types, r_max, per_edge_type_cutoff (num_types**2
+floats, row-major, or None), allow_tf32, num_layers (or None) and raw (every key as stored).
+Raises ModelFileError for a bad file or metadata.
+)doc");
+
   m.def("set_num_threads", &nequip::set_num_threads, py::arg("num_threads"),
         "Number of intra-op threads torch uses in this process.");
 }

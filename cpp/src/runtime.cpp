@@ -555,21 +555,37 @@ std::string NonFiniteOutputError::message(const std::string& pair) const {
 }
 
 // ---------------------------------------------------------------------------------------
+// Metadata without the model
+
+Metadata read_metadata(const std::string& path) {
+  const ModelFormat format = format_from_extension(path);
+  if (!std::filesystem::is_regular_file(path)) throw ModelFileError(path + ": no such file");
+  ArchiveContents contents = read_archive(path);
+  if (*contents.format != format) {
+    throw ModelFileError(path + ": the file name says " + format_description(format) +
+                         " but the file is " + format_description(*contents.format));
+  }
+  if (format == ModelFormat::TorchScript) {
+    return detail::parse_metadata(path, std::move(contents.extra_files));
+  }
+  std::unordered_map<std::string, std::string> stored = translate_torch_errors(
+      path + ": reading the AOTInductor metadata", [&] {
+        return torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(path,
+                                                                                   "model");
+      });
+  return detail::parse_metadata(path, {stored.begin(), stored.end()});
+}
+
+// ---------------------------------------------------------------------------------------
 // Model
 
 class Model::Impl {
  public:
   Impl(const std::string& path, const std::string& device_name)
-      : path_(path), format_(format_from_extension(path)) {
-    if (!std::filesystem::is_regular_file(path)) throw ModelFileError(path + ": no such file");
-    ArchiveContents contents = read_archive(path);
-    if (*contents.format != format_) {
-      throw ModelFileError(path + ": the file name says " + format_description(format_) +
-                           " but the file is " + format_description(*contents.format));
-    }
+      : path_(path), format_(format_from_extension(path)), metadata_(read_metadata(path)) {
     device_ = parse_device(device_name);
     if (format_ == ModelFormat::TorchScript) {
-      load_torchscript(std::move(contents.extra_files));
+      load_torchscript();
     } else {
       load_aoti(device_name);
     }
@@ -624,8 +640,7 @@ class Model::Impl {
   std::vector<std::string> warnings_;
 
  private:
-  void load_torchscript(std::map<std::string, std::string> extra_files) {
-    metadata_ = detail::parse_metadata(path_, std::move(extra_files));
+  void load_torchscript() {
     // Our files list their fields; those of other producers take and give §3's.
     input_names_ = model_fields(metadata_, path_, "nequip_torchscript_inputs", kRequiredInputs,
                                 kKnownInputs, kRequiredInputs);
@@ -639,12 +654,6 @@ class Model::Impl {
   }
 
   void load_aoti(const std::string& device_name) {
-    std::unordered_map<std::string, std::string> stored = translate_torch_errors(
-        path_ + ": reading the AOTInductor metadata", [&] {
-          return torch::inductor::AOTIModelPackageLoader::load_metadata_from_package(path_,
-                                                                                     "model");
-        });
-    metadata_ = detail::parse_metadata(path_, {stored.begin(), stored.end()});
     input_names_ = model_fields(metadata_, path_, "nequip_aoti_inputs", kRequiredInputs,
                                 kKnownInputs, kRequiredInputs);
     output_names_ = model_fields(metadata_, path_, "nequip_aoti_outputs", kAotiDefaultOutputs,

