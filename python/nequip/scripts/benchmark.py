@@ -108,7 +108,10 @@ def plot(rows: list, path: Path, models: list) -> None:
     axes.xaxis.set_minor_formatter(NullFormatter())
     # engines and sizes differ by orders of magnitude: log time, labelled in plain µs
     axes.set_yscale("log")
-    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    # within one decade matplotlib labels minor ticks too, by default as 6x10^1
+    axes.yaxis.set_major_formatter(plain)
+    axes.yaxis.set_minor_formatter(plain)
     axes.grid(True, alpha=0.3)
     axes.set_xlabel("atoms in the periodic box")
     axes.set_ylabel("time per atom per MD step (µs)")
