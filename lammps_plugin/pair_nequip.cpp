@@ -209,13 +209,75 @@ void PairNequIP::finish()
 }
 
 /* ----------------------------------------------------------------------
-   pair_style nequip (no arguments)
+   pair_style nequip [device cpu|cuda|cuda:K]
 ------------------------------------------------------------------------- */
 
-void PairNequIP::settings(int narg, char ** /*arg*/)
+void PairNequIP::settings(int narg, char **arg)
 {
-  if (narg != 0)
-    error->all(FLERR, "Illegal pair_style nequip command: it takes no arguments, got {}", narg);
+  requested_device.clear();
+  int iarg = 0;
+  while (iarg < narg) {
+    const std::string keyword = arg[iarg];
+    if (keyword != "device")
+      error->all(FLERR, "Illegal pair_style nequip command: unknown keyword '{}' (expected "
+                        "'pair_style nequip [device cpu|cuda|cuda:K]')", keyword);
+    if (iarg + 1 >= narg)
+      error->all(FLERR, "Illegal pair_style nequip command: 'device' needs a value: cpu, cuda "
+                        "or cuda:K");
+    requested_device = arg[iarg + 1];
+    try {
+      // the name only: whether the device exists is found when the model is loaded
+      nequip::select_device(requested_device, "", 0, 1);
+    } catch (const std::exception &e) {
+      error->all(FLERR, "Illegal pair_style nequip command: {}", e.what());
+    }
+    iarg += 2;
+  }
+}
+
+/* ----------------------------------------------------------------------
+   The device this rank runs the model of `path` on: pair_style's `device`,
+   else the one the file was compiled for; a `cuda` without an index is the
+   GPU of index (node-local rank mod GPUs), the node's ranks found by MPI's
+   shared-memory split of the world communicator.
+------------------------------------------------------------------------- */
+
+std::string PairNequIP::device_for(const std::string &path)
+{
+  MPI_Comm node;
+  MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
+  int local_rank = 0;
+  MPI_Comm_rank(node, &local_rank);
+  MPI_Comm_free(&node);
+  const nequip::Metadata metadata = nequip::read_metadata(path);
+  return nequip::select_device(requested_device, metadata.compiled_for, local_rank,
+                               nequip::cuda_device_count());
+}
+
+/* ----------------------------------------------------------------------
+   One log line (rank 0) saying where every rank runs the model
+------------------------------------------------------------------------- */
+
+void PairNequIP::log_devices()
+{
+  const std::string mine = model->device().str();
+  char name[32] = {0};
+  std::strncpy(name, mine.c_str(), sizeof(name) - 1);
+  std::vector<char> all(comm->me == 0 ? sizeof(name) * comm->nprocs : 0);
+  MPI_Gather(name, sizeof(name), MPI_CHAR, all.data(), sizeof(name), MPI_CHAR, 0, world);
+  if (comm->me != 0) return;
+  // runs of ranks on the same device: "ranks 0-3 on cpu", "rank 0 on cuda:0, rank 1 on cuda:1"
+  std::string said;
+  int first = 0;
+  for (int rank = 1; rank <= comm->nprocs; rank++) {
+    const char *current = &all[sizeof(name) * first];
+    if (rank < comm->nprocs && std::strcmp(&all[sizeof(name) * rank], current) == 0) continue;
+    const std::string ranks = rank - 1 == first ? fmt::format("rank {}", first)
+                                                : fmt::format("ranks {}-{}", first, rank - 1);
+    said += fmt::format("{}{} on {}", said.empty() ? "" : ", ", ranks, current);
+    first = rank;
+  }
+  utils::logmesg(lmp, "pair_style nequip: model {} runs on {}\n", model->path(), said);
 }
 
 /* ----------------------------------------------------------------------
@@ -233,7 +295,7 @@ void PairNequIP::coeff(int narg, char **arg)
   // load first, so that a failure leaves a previously set up pair style untouched
   std::unique_ptr<nequip::Model> loaded;
   try {
-    loaded = std::make_unique<nequip::Model>(arg[2], "cpu");
+    loaded = std::make_unique<nequip::Model>(arg[2], device_for(arg[2]));
   } catch (const std::exception &e) {
     // the runtime's messages name the file
     error->all(FLERR, "pair_style nequip cannot use the model: {}", e.what());
@@ -282,6 +344,7 @@ void PairNequIP::coeff(int narg, char **arg)
 
   if (!allocated) allocate();
   model = std::move(loaded);
+  log_devices();
   num_model_types = num_types;
   model_type = std::move(type_map);
   model_cutsq = std::move(cut_squared);

@@ -2,8 +2,12 @@
    pair_style nequip: a compiled NequIP model (*.nequip.pt2 | *.nequip.pth)
    evaluated through the nequip C++ runtime.
 
-     pair_style nequip
+     pair_style nequip [device cpu|cuda|cuda:K]
      pair_coeff * * model.nequip.pt2 NAME_1 ... NAME_ntypes
+
+   The model runs on the device it was compiled for; a CUDA model on the GPU of index
+   (node-local MPI rank mod GPUs of the node), so that the ranks of a node share its GPUs.
+   `device` overrides this: `cuda` (one GPU per rank of a node), `cuda:K`, or `cpu`.
 
    NAME_k is the model type name (see the model's type_names) of LAMMPS atom
    type k, or NULL for types left to other styles of pair_style hybrid.
@@ -23,6 +27,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace nequip {
@@ -45,6 +50,7 @@ class PairNequIP : public Pair {
 
  protected:
   std::unique_ptr<nequip::Model> model;
+  std::string requested_device;     // pair_style's `device`, "" = the model's own
   int num_model_types;
   std::vector<int> model_type;      // LAMMPS atom type (1..ntypes) -> model type, -1 = NULL
   std::vector<double> model_cutsq;  // squared cutoff per (centre, neighbour) model type pair
@@ -75,6 +81,8 @@ class PairNequIP : public Pair {
   bool masses_checked = false;
 
   void allocate();
+  std::string device_for(const std::string &path);
+  void log_devices();
   void warn_of_mismatched_masses();
   int add_node(int atom_index, int mtype);
   void map_ghosts_to_owners();

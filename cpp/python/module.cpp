@@ -136,13 +136,14 @@ PYBIND11_MODULE(_runtime, m) {
   py::class_<nequip::Model>(m, "Model", R"doc(
 A compiled NequIP model (.nequip.pth TorchScript or .nequip.pt2 AOTInductor) on one device.
 
-Model(path, device="cpu"): the format is chosen by the extension and confirmed by content.
+Model(path, device=None): the format is chosen by the extension and confirmed by content;
+device "cpu", "cuda" or "cuda:k", None = the device the file was compiled for.
 Raises ModelFileError (bad file or metadata, a .pt2 of another torch major version),
 DeviceError (another device, or a .pt2 for another machine or CPU), TorchError; warns
 (ModelFileWarning) of a .pt2 of another torch minor version.
 )doc")
-      .def(py::init([warning](const std::string& path, const std::string& device) {
-             auto model = std::make_unique<nequip::Model>(path, device);
+      .def(py::init([warning](const std::string& path, const std::optional<std::string>& device) {
+             auto model = std::make_unique<nequip::Model>(path, device.value_or(""));
              // Shown once per load, through Python's warnings (filters apply).
              for (const std::string& message : model->warnings()) {
                if (PyErr_WarnEx(warning.ptr(), message.c_str(), 1) != 0) {
@@ -151,7 +152,7 @@ DeviceError (another device, or a .pt2 for another machine or CPU), TorchError; 
              }
              return model;
            }),
-           py::arg("path"), py::arg("device") = "cpu")
+           py::arg("path"), py::arg("device") = std::nullopt)
       .def_property_readonly("path", &nequip::Model::path)
       .def_property_readonly("format",
                              [](const nequip::Model& model) {
@@ -222,16 +223,28 @@ finite (naming the closest pair of atoms when they overlap), TorchError when tor
         result["allow_tf32"] = metadata.allow_tf32;
         result["num_layers"] = metadata.num_layers == 0 ? py::object(py::none())
                                                         : py::cast(metadata.num_layers);
+        result["compiled_for"] = metadata.compiled_for.empty() ? py::object(py::none())
+                                                               : py::cast(metadata.compiled_for);
         result["raw"] = metadata.raw;
         return result;
       },
       py::arg("path"), R"doc(
 The checked metadata of a .nequip.pth / .nequip.pt2 file, without loading its model: a dict
 of model_dtype, type_names (list), num_types, r_max, per_edge_type_cutoff (num_types**2
-floats, row-major, or None), allow_tf32, num_layers (or None) and raw (every key as stored).
+floats, row-major, or None), allow_tf32, num_layers (or None), compiled_for ("cpu", "cuda",
+or None when the file does not say) and raw (every key as stored).
 Raises ModelFileError for a bad file or metadata.
 )doc");
 
+  m.def("select_device", &nequip::select_device, py::arg("requested"), py::arg("compiled_for"),
+        py::arg("local_rank"), py::arg("num_cuda_devices"), R"doc(
+The device a front end opens a file on: requested ("" = the file's compiled_for, or "cpu"
+when that is empty; else "cpu", "cuda", "cuda:k"); a "cuda" without an index becomes
+"cuda:(local_rank % num_cuda_devices)" (LAMMPS: one GPU per rank of a node). Raises
+DeviceError for a malformed name, or "cuda" with no CUDA device.
+)doc");
+  m.def("cuda_device_count", &nequip::cuda_device_count,
+        "CUDA devices visible to torch in this process (0 with a CPU-only torch).");
   m.def("set_num_threads", &nequip::set_num_threads, py::arg("num_threads"),
         "Number of intra-op threads torch uses in this process.");
 }

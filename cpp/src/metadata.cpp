@@ -184,6 +184,16 @@ Metadata parse_metadata(const std::string& path, std::map<std::string, std::stri
     if (metadata.num_layers < 1) reader.malformed("num_layers", positive_integer);
   }
 
+  // The device type the file was compiled for: torch's key in a .pt2, ours in a .pth;
+  // absent (files of other producers, older files) means any.
+  for (const char* key : {"AOTI_DEVICE_KEY", "compile_device"}) {
+    if (!reader.has(key)) continue;
+    const std::string& value = raw.at(key);
+    if (value != "cpu" && value != "cuda") reader.malformed(key, "'cpu' or 'cuda'");
+    metadata.compiled_for = value;
+    break;
+  }
+
   metadata.raw = std::move(raw);
   return metadata;
 }

@@ -181,7 +181,8 @@ ArchiveContents read_archive(const std::string& path) {
   });
 }
 
-c10::Device parse_device(const std::string& name) {
+// `name` as a device of a type the runtime runs on, its availability not yet checked.
+c10::Device device_from_name(const std::string& name) {
   std::optional<c10::Device> device;
   try {
     device.emplace(name);
@@ -190,6 +191,11 @@ c10::Device parse_device(const std::string& name) {
   if (!device || !(device->is_cpu() || device->is_cuda()) || (device->is_cpu() && device->has_index())) {
     throw DeviceError("invalid device '" + name + "': expected 'cpu', 'cuda' or 'cuda:<index>'");
   }
+  return *device;
+}
+
+c10::Device parse_device(const std::string& name) {
+  std::optional<c10::Device> device = device_from_name(name);
   if (device->is_cuda()) {
     if (!torch::cuda::is_available()) {
       throw DeviceError("device '" + name + "' requested but CUDA is not available to torch: "
@@ -417,11 +423,17 @@ at::Tensor convert(const at::Tensor& tensor, const c10::Device& device, at::Scal
   return tensor.to(device, dtype).contiguous();
 }
 
+// `tensor` in `dtype` where it is: the inputs are checked there (on the CPU for every front
+// end), so that checking a call on a GPU reads nothing back from the GPU.
+at::Tensor as_dtype(const at::Tensor& tensor, at::ScalarType dtype) {
+  return tensor.to(dtype).contiguous();
+}
+
 // `takes_local_mask`: whether the model has a local_mask input (checked by the caller, who
 // knows the file to name when a mask is given to a model without one).
 PreparedInputs prepare_inputs(const Inputs& inputs, int64_t num_types,
                               const c10::Device& device, bool takes_local_mask) {
-  // Converted first, checked after: the checks run wherever the model does.
+  // Converted to their dtypes and checked where they are given, then moved to the device.
   check_defined(inputs.pos, kPos);
   check_real(inputs.pos, kPos);
   if (inputs.pos.dim() != 2 || inputs.pos.size(1) != 3) {
@@ -429,7 +441,7 @@ PreparedInputs prepare_inputs(const Inputs& inputs, int64_t num_types,
   }
   const int64_t num_atoms = inputs.pos.size(0);
   if (num_atoms == 0) throw InputError("pos must hold at least one atom, got shape (0, 3)");
-  at::Tensor pos = convert(inputs.pos, device, at::kDouble);
+  at::Tensor pos = as_dtype(inputs.pos, at::kDouble);
   check_finite(pos, kPos);
 
   check_defined(inputs.atom_types, kAtomTypes);
@@ -438,7 +450,7 @@ PreparedInputs prepare_inputs(const Inputs& inputs, int64_t num_types,
     throw InputError("atom_types must have shape (N,) = (" + std::to_string(num_atoms) +
                      ",), got " + shape_string(inputs.atom_types));
   }
-  at::Tensor atom_types = convert(inputs.atom_types, device, at::kLong);
+  at::Tensor atom_types = as_dtype(inputs.atom_types, at::kLong);
   check_range(atom_types, num_types, kAtomTypes, "num_types");
 
   check_defined(inputs.edge_index, kEdgeIndex);
@@ -448,7 +460,7 @@ PreparedInputs prepare_inputs(const Inputs& inputs, int64_t num_types,
                      shape_string(inputs.edge_index));
   }
   const int64_t num_edges = inputs.edge_index.size(1);
-  at::Tensor edge_index = convert(inputs.edge_index, device, at::kLong);
+  at::Tensor edge_index = as_dtype(inputs.edge_index, at::kLong);
   check_range(edge_index, num_atoms, kEdgeIndex, "N");
 
   at::Tensor edge_cell_shift;
@@ -460,10 +472,10 @@ PreparedInputs prepare_inputs(const Inputs& inputs, int64_t num_types,
                        std::to_string(num_edges) + ", 3), got " +
                        shape_string(inputs.edge_cell_shift));
     }
-    edge_cell_shift = convert(inputs.edge_cell_shift, device, at::kDouble);
+    edge_cell_shift = as_dtype(inputs.edge_cell_shift, at::kDouble);
     check_finite(edge_cell_shift, kEdgeCellShift);
   } else {
-    edge_cell_shift = at::zeros({num_edges, 3}, at::TensorOptions(at::kDouble).device(device));
+    edge_cell_shift = at::zeros({num_edges, 3}, at::TensorOptions(at::kDouble));
   }
 
   at::Tensor cell;
@@ -477,10 +489,10 @@ PreparedInputs prepare_inputs(const Inputs& inputs, int64_t num_types,
       throw InputError("cell must have shape (3, 3) or (1, 3, 3), got " +
                        shape_string(inputs.cell));
     }
-    cell = convert(inputs.cell, device, at::kDouble).reshape({1, 3, 3});
+    cell = as_dtype(inputs.cell, at::kDouble).reshape({1, 3, 3});
     check_finite(cell, kCell);
   } else {
-    cell = at::zeros({1, 3, 3}, at::TensorOptions(at::kDouble).device(device));
+    cell = at::zeros({1, 3, 3}, at::TensorOptions(at::kDouble));
   }
 
   // Every atom is local unless told otherwise: the model then sums every atomic energy.
@@ -494,19 +506,22 @@ PreparedInputs prepare_inputs(const Inputs& inputs, int64_t num_types,
       throw InputError("local_mask must have shape (N,) = (" + std::to_string(num_atoms) +
                        ",), got " + shape_string(inputs.local_mask));
     }
-    local_mask = convert(inputs.local_mask, device, at::kBool);
+    local_mask = as_dtype(inputs.local_mask, at::kBool);
   } else if (takes_local_mask) {
-    local_mask = at::ones({num_atoms}, at::TensorOptions(at::kBool).device(device));
+    local_mask = at::ones({num_atoms}, at::TensorOptions(at::kBool));
   }
 
   PreparedInputs prepared;
-  prepared.local_mask = std::move(local_mask);
   prepared.volume = std::abs(at::linalg_det(cell[0].cpu()).item<double>());
-  prepared.pos = std::move(pos);
-  prepared.atom_types = std::move(atom_types);
-  prepared.edge_index = std::move(edge_index);
-  prepared.edge_cell_shift = std::move(edge_cell_shift);
-  prepared.cell = std::move(cell);
+  auto to_device = [&](at::Tensor& tensor) {
+    return tensor.defined() ? tensor.to(device, /*non_blocking=*/false) : tensor;
+  };
+  prepared.local_mask = to_device(local_mask);
+  prepared.pos = to_device(pos);
+  prepared.atom_types = to_device(atom_types);
+  prepared.edge_index = to_device(edge_index);
+  prepared.edge_cell_shift = to_device(edge_cell_shift);
+  prepared.cell = to_device(cell);
   return prepared;
 }
 
@@ -581,18 +596,23 @@ Metadata read_metadata(const std::string& path) {
 
 class Model::Impl {
  public:
-  Impl(const std::string& path, const std::string& device_name)
+  Impl(const std::string& path, const std::string& requested_device)
       : path_(path), format_(format_from_extension(path)), metadata_(read_metadata(path)) {
+    const std::string device_name =
+        requested_device.empty()
+            ? select_device("", metadata_.compiled_for, /*local_rank=*/0, cuda_device_count())
+            : requested_device;
     device_ = parse_device(device_name);
+    const std::string device_type = c10::DeviceTypeName(device_.type(), /*lower_case=*/true);
+    if (!metadata_.compiled_for.empty() && metadata_.compiled_for != device_type) {
+      throw DeviceError(path_ + ": compiled for device '" + metadata_.compiled_for +
+                        "', cannot run on device '" + device_name + "'; compile it again for '" +
+                        device_type + "' (nequip-compile ... --device " + device_type + ")");
+    }
     if (format_ == ModelFormat::TorchScript) {
       load_torchscript();
     } else {
-      load_aoti(device_name);
-    }
-    if (device_.is_cuda()) {
-      // The model's choice (FILE_CONTRACT §2 allow_tf32); torch keeps it process-wide.
-      at::globalContext().setAllowTF32CuBLAS(metadata_.allow_tf32);
-      at::globalContext().setAllowTF32CuDNN(metadata_.allow_tf32);
+      load_aoti();
     }
   }
 
@@ -613,6 +633,12 @@ class Model::Impl {
     }
     PreparedInputs prepared =
         prepare_inputs(inputs, metadata_.num_types, device_, takes(kLocalMask));
+    if (device_.is_cuda()) {
+      // The model's choice (FILE_CONTRACT §2 allow_tf32) for torch's own matmuls; torch keeps
+      // it process-wide, so it is set for every call (another model may have changed it).
+      at::globalContext().setAllowTF32CuBLAS(metadata_.allow_tf32);
+      at::globalContext().setAllowTF32CuDNN(metadata_.allow_tf32);
+    }
     std::map<std::string, at::Tensor> raw = translate_torch_errors(
         path_ + ": running the model", [&] {
           return format_ == ModelFormat::TorchScript ? run_torchscript(prepared)
@@ -653,20 +679,14 @@ class Model::Impl {
     });
   }
 
-  void load_aoti(const std::string& device_name) {
+  void load_aoti() {
     input_names_ = model_fields(metadata_, path_, "nequip_aoti_inputs", kRequiredInputs,
                                 kKnownInputs, kRequiredInputs);
     output_names_ = model_fields(metadata_, path_, "nequip_aoti_outputs", kAotiDefaultOutputs,
                                  kKnownOutputs, kRequiredOutputs);
-
-    auto compiled_for = metadata_.raw.find(kAotiDeviceKey);
-    if (compiled_for == metadata_.raw.end()) {
+    // torch's packages always say their device (checked against device_ by the constructor)
+    if (metadata_.raw.find(kAotiDeviceKey) == metadata_.raw.end()) {
       throw ModelFileError(path_ + ": required metadata key '" + kAotiDeviceKey + "' is missing");
-    }
-    if (compiled_for->second != c10::DeviceTypeName(device_.type(), /*lower_case=*/true)) {
-      throw DeviceError(path_ + ": compiled for device '" + compiled_for->second +
-                        "', cannot run on device '" + device_name + "'; compile it again for '" +
-                        device_name + "'");
     }
     // The CPU runs the kernels of a CPU package and the host code of a CUDA one; torch
     // records the vector ISA of the kernels.
@@ -719,6 +739,7 @@ class Model::Impl {
   Outputs collect_outputs(std::map<std::string, at::Tensor> raw,
                           const PreparedInputs& inputs) const {
     const int64_t num_atoms = inputs.pos.size(0);
+    if (device_.is_cuda()) raw = copy_to_cpu(std::move(raw));
     auto take = [&](const char* name, std::vector<int64_t> shape) -> std::optional<at::Tensor> {
       auto it = raw.find(name);
       if (it == raw.end()) return std::nullopt;
@@ -760,6 +781,23 @@ class Model::Impl {
     return outputs;
   }
 
+  // The outputs of a call on a GPU, brought to the CPU in one copy (one synchronisation):
+  // float64, flattened and concatenated on the device, split again on the host.
+  std::map<std::string, at::Tensor> copy_to_cpu(std::map<std::string, at::Tensor> raw) const {
+    return translate_torch_errors(path_ + ": copying the outputs to the CPU", [&] {
+      std::vector<at::Tensor> flat;
+      for (const auto& [name, tensor] : raw) flat.push_back(tensor.to(at::kDouble).reshape({-1}));
+      const at::Tensor host = at::cat(flat).cpu();
+      std::map<std::string, at::Tensor> outputs;
+      int64_t offset = 0;
+      for (const auto& [name, tensor] : raw) {
+        outputs[name] = host.narrow(0, offset, tensor.numel()).view(tensor.sizes());
+        offset += tensor.numel();
+      }
+      return outputs;
+    });
+  }
+
   std::optional<torch::jit::Module> module_;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> aoti_;
 };
@@ -793,6 +831,24 @@ bool Model::returns(const std::string& output_name) const {
 const std::vector<std::string>& Model::warnings() const { return impl_->warnings_; }
 
 Outputs Model::compute(const Inputs& inputs) { return impl_->compute(inputs); }
+
+std::string select_device(const std::string& requested, const std::string& compiled_for,
+                          int local_rank, int num_cuda_devices) {
+  const std::string name =
+      !requested.empty() ? requested : (compiled_for.empty() ? "cpu" : compiled_for);
+  const c10::Device device = device_from_name(name);
+  if (!device.is_cuda() || device.has_index()) return name;
+  if (num_cuda_devices < 1) {
+    throw DeviceError("device 'cuda' requested but no CUDA device is visible to torch: use "
+                      "device 'cpu' (and a model compiled for it), or a CUDA build of torch on "
+                      "a machine with a GPU");
+  }
+  return "cuda:" + std::to_string(std::max(local_rank, 0) % num_cuda_devices);
+}
+
+int cuda_device_count() {
+  return torch::cuda::is_available() ? static_cast<int>(torch::cuda::device_count()) : 0;
+}
 
 void set_num_threads(int num_threads) {
   if (num_threads < 1) {

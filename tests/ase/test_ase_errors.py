@@ -59,7 +59,7 @@ def test_pt2_compiled_for_another_device(compiled_models, tmp_path):
             if item.filename.endswith("_metadata.json"):
                 data = json.dumps(dict(json.loads(data), AOTI_DEVICE_KEY="cuda")).encode()
             new.writestr(item, data)
-    with raises(DeviceError, f"{path}: compiled for device 'cuda', cannot run on device 'cpu'; compile it again for 'cpu'"):
+    with raises(DeviceError, f"{path}: compiled for device 'cuda', cannot run on device 'cpu'; compile it again for 'cpu' (nequip-compile ... --device cpu)"):
         NequIPCalculator(path, device="cpu")
 
 
@@ -116,7 +116,7 @@ def test_slab_with_a_zero_vector_along_its_open_axis(calculator):
 def test_eager_model_on_cuda_without_cuda(tmp_path, name):
     message = (
         f"device 'cuda' requested, but CUDA is not available to this torch ({torch.__version__}): "
-        "use device='cpu', or a CUDA build of torch on a machine with a GPU"
+        "use device 'cpu', or a CUDA build of torch on a machine with a GPU"
     )
     with raises(ValueError, message):
         NequIPCalculator(tmp_path / name, device="cuda")

@@ -23,6 +23,9 @@ from nequip._runtime import (
     ModelFileWarning,
     NonFiniteOutputError,
     TorchError,
+    cuda_device_count,
+    read_metadata,
+    select_device,
 )
 
 PTH = ("float64", "torchscript", None)
@@ -173,8 +176,67 @@ def test_files_of_older_producers_use_the_pair_nequip_order(compiled_models, tmp
 
 def test_aotinductor_compiled_for_another_device(compiled_models, tmp_path):
     path = with_pt2_metadata(compiled_models[PT2], tmp_path / "model.nequip.pt2", "AOTI_DEVICE_KEY", "cuda")
-    with raises(DeviceError, f"{path}: compiled for device 'cuda', cannot run on device 'cpu'; compile it again for 'cpu'"):
+    with raises(DeviceError, f"{path}: compiled for device 'cuda', cannot run on device 'cpu'; compile it again for 'cpu' (nequip-compile ... --device cpu)"):
         Model(str(path), "cpu")
+
+
+@pytest.mark.parametrize("fmt", [PTH, PT2])
+def test_files_say_their_device_and_open_on_it_by_default(compiled_models, fmt):
+    assert read_metadata(str(compiled_models[fmt]))["compiled_for"] == "cpu"
+    assert Model(str(compiled_models[fmt])).device == "cpu"
+
+
+def test_torchscript_compiled_for_another_device(compiled_models, tmp_path):
+    path = with_pth_metadata(compiled_models[PTH], tmp_path / "model.nequip.pth", "compile_device", "cuda")
+    with raises(DeviceError, f"{path}: compiled for device 'cuda', cannot run on device 'cpu'; compile it again for 'cpu' (nequip-compile ... --device cpu)"):
+        Model(str(path), "cpu")
+
+
+def test_files_that_do_not_say_their_device_run_anywhere(compiled_models, tmp_path):
+    path = with_pth_metadata(compiled_models[PTH], tmp_path / "model.nequip.pth", "compile_device", None)
+    assert read_metadata(str(path))["compiled_for"] is None
+    assert Model(str(path)).device == "cpu"
+
+
+def test_malformed_compile_device(compiled_models, tmp_path):
+    path = with_pth_metadata(compiled_models[PTH], tmp_path / "model.nequip.pth", "compile_device", "gpu")
+    with pytest.raises(ModelFileError, match=re.escape(f"{path}: metadata key 'compile_device' is malformed")):
+        Model(str(path))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
+def test_cuda_file_without_cuda_by_default(compiled_models, tmp_path):
+    path = with_pt2_metadata(compiled_models[PT2], tmp_path / "model.nequip.pt2", "AOTI_DEVICE_KEY", "cuda")
+    with raises(DeviceError, "device 'cuda' requested but no CUDA device is visible to torch: use device 'cpu' (and a model compiled for it), or a CUDA build of torch on a machine with a GPU"):
+        Model(str(path))
+
+
+@pytest.mark.parametrize(
+    "requested, compiled_for, local_rank, gpus, expected",
+    [
+        ("", "", 3, 0, "cpu"),  # a file that does not say: the CPU
+        ("", "cpu", 3, 4, "cpu"),
+        ("", "cuda", 0, 4, "cuda:0"),
+        ("", "cuda", 5, 4, "cuda:1"),  # node-local rank 5 of a node with 4 GPUs
+        ("cuda", "cuda", 2, 2, "cuda:0"),
+        ("cuda", "cpu", 1, 2, "cuda:1"),  # asked for: the runtime then refuses a CPU file
+        ("cuda:1", "cuda", 0, 2, "cuda:1"),  # an index given is kept
+        ("cpu", "cuda", 7, 8, "cpu"),
+    ],
+)
+def test_select_device(requested, compiled_for, local_rank, gpus, expected):
+    assert select_device(requested, compiled_for, local_rank, gpus) == expected
+
+
+def test_select_device_errors():
+    with raises(DeviceError, "device 'cuda' requested but no CUDA device is visible to torch: use device 'cpu' (and a model compiled for it), or a CUDA build of torch on a machine with a GPU"):
+        select_device("", "cuda", 0, 0)
+    with raises(DeviceError, "invalid device 'gpu:0': expected 'cpu', 'cuda' or 'cuda:<index>'"):
+        select_device("gpu:0", "cpu", 0, 1)
+
+
+def test_cuda_device_count_is_torchs():
+    assert cuda_device_count() == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
 
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "cpu:1", "mps"])

@@ -118,6 +118,9 @@ struct Metadata {
   // Project key `num_layers`: message-passing layers, so an atom's energy depends only on
   // atoms within num_layers * r_max (what a domain decomposition needs). 0 when absent.
   int64_t num_layers = 0;
+  // The device type the file was compiled for, "cpu" or "cuda" (a .pt2: torch's key
+  // AOTI_DEVICE_KEY; a .pth: our key compile_device); empty when the file does not say.
+  std::string compiled_for;
   // Every key of the file as stored (contract keys, project keys, torch's own AOTI keys).
   std::map<std::string, std::string> raw;
 };
@@ -155,14 +158,16 @@ struct Outputs {
 
 class Model {
  public:
-  // Opens `path` on `device` ("cpu", "cuda" or "cuda:k"). The format is chosen by the
-  // extension (".nequip.pth" or ".nequip.pt2") and confirmed by the archive's content.
+  // Opens `path` on `device` ("cpu", "cuda" or "cuda:k"; "" = the device type the file was
+  // compiled for, index 0). The format is chosen by the extension (".nequip.pth" or
+  // ".nequip.pt2") and confirmed by the archive's content. A file is refused (DeviceError) on
+  // another device type than it was compiled for (Metadata::compiled_for).
   // A .pt2 holds native code, run as is; before loading it, the runtime refuses (DeviceError)
-  // one compiled for another device, another machine (AOTI_MACHINE) or for x86 vector
+  // one compiled for another machine (AOTI_MACHINE) or for x86 vector
   // instructions this CPU lacks (AOTI_CPU_ISA), and (ModelFileError) one made with another
   // major version of torch (our key torch_version; another minor version: warnings()).
   // Throws ModelFileError, DeviceError or TorchError.
-  explicit Model(const std::string& path, const std::string& device = "cpu");
+  explicit Model(const std::string& path, const std::string& device = "");
   ~Model();
   Model(Model&&) noexcept;
   Model& operator=(Model&&) noexcept;
@@ -202,7 +207,9 @@ class Model {
 
   // Evaluates the model on one frame. Throws InputError for bad inputs, TorchError when
   // torch fails, NonFiniteOutputError when the energy or forces are not finite. Not safe to
-  // call concurrently on the same Model.
+  // call concurrently on the same Model. On a GPU, inputs given on the CPU are checked there
+  // and copied to the device once; the outputs come back in one copy: no other
+  // host-device synchronisation.
   Outputs compute(const Inputs& inputs);
 
  private:
@@ -213,6 +220,17 @@ class Model {
 // The checked metadata of a compiled file, without loading its model (cheap: a front end
 // that needs only the type names or the cutoff). Throws ModelFileError or TorchError.
 Metadata read_metadata(const std::string& path);
+
+// The device a front end should open a file on: `requested` ("" = the file's own device type,
+// `compiled_for`, or "cpu" when that is empty; else "cpu", "cuda" or "cuda:k"). A "cuda"
+// without an index becomes "cuda:(local_rank mod num_cuda_devices)", so that the processes of
+// one node (LAMMPS' MPI ranks, by node-local rank) spread over its GPUs. Throws DeviceError
+// for a malformed name and for "cuda" when num_cuda_devices is 0.
+std::string select_device(const std::string& requested, const std::string& compiled_for,
+                          int local_rank, int num_cuda_devices);
+
+// CUDA devices visible to torch in this process (0 with a CPU-only torch).
+int cuda_device_count();
 
 // Number of intra-op threads torch uses in this process (e.g. LAMMPS' OpenMP thread count).
 void set_num_threads(int num_threads);

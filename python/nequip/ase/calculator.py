@@ -29,8 +29,9 @@ class NequIPCalculator(Calculator):
         path: a compiled model (``*.nequip.pth`` or ``*.nequip.pt2``, run by the C++
             runtime ``nequip._runtime``) or a package (``*.nequip.zip``) or checkpoint
             (``*.ckpt``), run as the eager model.
-        device: ``"cpu"``, ``"cuda"`` or ``"cuda:k"``; a ``.nequip.pt2`` runs only on the
-            device it was compiled for.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:k"``. A compiled file runs on the type of
+            device it was compiled for, by default that one (``cuda`` = ``cuda:0``); a package
+            or checkpoint by default on the CPU.
         species_to_type_map: chemical symbol -> model type name; by default each type name
             is the chemical symbol it stands for.
         energy_units_to_eV, length_units_to_A: the model's units in eV and Å.
@@ -44,7 +45,7 @@ class NequIPCalculator(Calculator):
     def __init__(
         self,
         path: PathLike,
-        device: str = "cpu",
+        device: Optional[str] = None,
         species_to_type_map: Optional[Mapping[str, str]] = None,
         energy_units_to_eV: float = 1.0,
         length_units_to_A: float = 1.0,
@@ -133,7 +134,7 @@ def _check_periodic_cell(atoms: Atoms) -> None:
         )
 
 
-def _open_model(path: Path, device: str):
+def _open_model(path: Path, device: Optional[str]):
     name = path.name
     if name.endswith(COMPILED_SUFFIXES):
         return _CompiledModel(path, device)
@@ -148,7 +149,7 @@ def _open_model(path: Path, device: str):
 class _CompiledModel:
     """A ``.nequip.pth`` / ``.nequip.pt2`` file on the C++ runtime."""
 
-    def __init__(self, path: Path, device: str):
+    def __init__(self, path: Path, device: Optional[str]):
         from nequip import _runtime
 
         self._model = _runtime.Model(str(path), device)
@@ -168,13 +169,15 @@ class _EagerModel:
     output_names = ("atomic_energy", "total_energy", "forces", "stress", "virial")
     gives_stress = True
 
-    def __init__(self, path: Path, device: str):
+    def __init__(self, path: Path, device: Optional[str]):
         import torch
 
         from nequip.package import load_model
 
         self._torch = torch
-        self._device = _torch_device(device)
+        from nequip.utils.devices import torch_device
+
+        self._device = torch_device(device or "cpu")
         self._model = load_model(path).to(self._device).eval()
         self._model.compute_forces = True
         self._model.compute_stress = True
@@ -205,26 +208,3 @@ class _EagerModel:
             "forces": out["forces"].detach().cpu().numpy(),
             "stress": out["stress"].detach().cpu().numpy().reshape(3, 3),
         }
-
-
-def _torch_device(device: str):
-    """``device`` as a torch.device the eager model can move to, or one clear error."""
-    import torch
-
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        parsed = None
-    if parsed is None or parsed.type not in ("cpu", "cuda"):
-        raise ValueError(f"invalid device {str(device)!r}: expected 'cpu', 'cuda' or 'cuda:<index>'")
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {str(device)!r} requested, but CUDA is not available to this torch "
-            f"({torch.__version__}): use device='cpu', or a CUDA build of torch on a machine with a GPU"
-        )
-    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
-        raise ValueError(
-            f"device {str(device)!r} requested, but this machine has {torch.cuda.device_count()} CUDA "
-            "device(s): use one of them, or device='cpu'"
-        )
-    return parsed

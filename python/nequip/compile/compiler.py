@@ -29,6 +29,7 @@ from .contract import (
     AOTI_OUTPUTS_KEY,
     AOTINDUCTOR,
     ALLOW_TF32,
+    COMPILE_DEVICE,
     COMPILE_TARGET,
     DEVICES,
     E3NN_VERSION,
@@ -59,6 +60,8 @@ logger = logging.getLogger(__name__)
 # How closely a compiled file must reproduce the eager model, output by output, as
 # relative_error(compiled, eager).
 TOLERANCE: Dict[str, float] = {"float64": 1e-10, "float32": 1e-5}
+# With TensorFloat-32 matmuls (--tf32, CUDA): 10 bits of mantissa in every matmul, on both sides.
+TF32_TOLERANCE = 1e-2
 
 # Files are staged in a directory beside the output named after the compiling process, so a
 # later compile can tell the leftovers of a killed one (its process gone) from a running one.
@@ -92,14 +95,18 @@ def check_device(device: str) -> torch.device:
         raise ValueError(f"unknown device {str(device)!r}: expected one of {', '.join(DEVICES)}")
     if parsed.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(
-            f"device {str(device)!r} requested, but CUDA is not available to this torch ({torch.__version__})"
+            f"device {str(device)!r} requested, but CUDA is not available to this torch ({torch.__version__}): "
+            "compile for CUDA on a machine with an NVIDIA GPU and a CUDA build of torch, or use --device cpu"
         )
     return parsed
 
 
-def check_arguments(out_path: Union[str, Path], mode: str, device: str, target: Optional[str]) -> None:
+def check_arguments(
+    out_path: Union[str, Path], mode: str, device: str, target: Optional[str], tf32: bool = False
+) -> None:
     """Refuse a bad request before any work is done: the mode, target and device must be
-    known, the device available, and the output extension must match the mode."""
+    known, the device available, TF32 asked for a CUDA device only, and the output extension
+    must match the mode."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
     if target is not None and target not in TARGETS:
@@ -115,7 +122,11 @@ def check_arguments(out_path: Union[str, Path], mode: str, device: str, target: 
             f"output file {str(out_path)!r} does not match mode {mode}: "
             f"its name must end in '{extension}'"
         )
-    check_device(device)
+    if check_device(device).type != "cuda" and tf32:
+        raise ValueError(
+            f"TF32 (TensorFloat-32 matmuls, --tf32) is a CUDA setting, but the device is {str(device)!r}: "
+            "drop --tf32, or compile with --device cuda"
+        )
     _check_writable_place(Path(out_path))
 
 
@@ -219,6 +230,7 @@ def compile_model(
     device: str = "cpu",
     target: Optional[str] = None,
     example_data: Optional[Dict[str, torch.Tensor]] = None,
+    tf32: bool = False,
 ) -> Path:
     """Compile ``model`` to ``out_path`` and return the path.
 
@@ -235,8 +247,12 @@ def compile_model(
         example_data: one frame (FILE_CONTRACT §1) on which the compiled file must reproduce
             the eager model; packages carry one. Default: ``nequip.data.synthetic_frame``
             for the model's types and cutoffs.
+        tf32: let CUDA matmuls use TensorFloat-32 (faster, about 3 significant digits): recorded
+            as ``allow_tf32 = 1``, which the runtime honours; the self-check then allows a
+            relative error of ``TF32_TOLERANCE``. CUDA only.
 
-    The model is moved to ``device`` and put in eval mode.
+    The model is moved to ``device`` and put in eval mode. The file records the device type
+    (``compile_device``); the runtime runs it on that type of device only.
 
     Raises ValueError for a bad request or model (before any work), MetadataError (a
     ValueError) for a model whose metadata readers would refuse, CompileError when the
@@ -244,7 +260,7 @@ def compile_model(
     it cannot be written. No output file or staging directory is left behind on any failure.
     """
     start = time.perf_counter()
-    check_arguments(out_path, mode, device, target)
+    check_arguments(out_path, mode, device, target, tf32)
     out_path = Path(out_path)
     torch_device = torch.device(device)
 
@@ -259,6 +275,8 @@ def compile_model(
         E3NN_VERSION: e3nn.__version__,
     }
     metadata.update(model_metadata)
+    metadata[ALLOW_TF32] = "1" if tf32 else "0"
+    metadata[COMPILE_DEVICE] = torch_device.type
     if mode == AOTINDUCTOR:
         metadata.update(
             {
@@ -294,36 +312,39 @@ def compile_model(
     # which rules out atomic_path's temporary name), checked, then renamed onto out_path in
     # one step; the staging directory, and anything in it, goes on any failure.
     try:
-        staged = Path(staging) / out_path.name
-        # torch writes the archive into memory and we write that to disk: a failed write in
-        # torch's archive writer throws from its destructor, which aborts the process.
-        archive = io.BytesIO()
-        if mode == TORCHSCRIPT:
-            log("scripting the model (TorchScript)")
-            torchscript.save(torchscript.script_model(model), archive, metadata)
-        else:
-            exported = aotinductor.export(model, target, len(written.type_names), torch_device, log)
-            log("compiling C++ (AOTInductor), the slow step")
-            try:
-                aotinductor.package(exported, archive, metadata)
-            except Exception as error:
-                _raise_if_inductor_could_not_write(error)
-                raise
-        with _writing(out_path):
-            with open(staged, "wb") as file:
-                file.write(archive.getbuffer())
-                file.flush()
-                os.fsync(file.fileno())
-        del archive
+        # tracing, compiling and the eager side of the check use the file's matmul precision
+        with _tf32_matmuls(tf32):
+            staged = Path(staging) / out_path.name
+            # torch writes the archive into memory and we write that to disk: a failed write in
+            # torch's archive writer throws from its destructor, which aborts the process.
+            archive = io.BytesIO()
+            if mode == TORCHSCRIPT:
+                log("scripting the model (TorchScript)")
+                torchscript.save(torchscript.script_model(model), archive, metadata)
+            else:
+                exported = aotinductor.export(model, target, len(written.type_names), torch_device, log)
+                log("compiling C++ (AOTInductor), the slow step")
+                try:
+                    aotinductor.package(exported, archive, metadata)
+                except Exception as error:
+                    _raise_if_inductor_could_not_write(error)
+                    raise
+            with _writing(out_path):
+                with open(staged, "wb") as file:
+                    file.write(archive.getbuffer())
+                    file.flush()
+                    os.fsync(file.fileno())
+            del archive
 
-        log("checking the compiled file against the eager model on the example data, on the C++ runtime")
-        try:
-            compiled = CompiledModel(staged, device)
-        except _runtime.Error as error:
-            raise CompileError(f"the C++ runtime refuses the compiled file: {error}") from error
-        _check_agreement(model, compiled, example_data, written.model_dtype)
-        with _writing(out_path):
-            os.replace(staged, out_path)
+            log("checking the compiled file against the eager model on the example data, on the C++ runtime")
+            try:
+                compiled = CompiledModel(staged, device)
+            except _runtime.Error as error:
+                raise CompileError(f"the C++ runtime refuses the compiled file: {error}") from error
+            tolerance = TF32_TOLERANCE if tf32 else TOLERANCE[written.model_dtype]
+            _check_agreement(model, compiled, example_data, tolerance)
+            with _writing(out_path):
+                os.replace(staged, out_path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -346,6 +367,17 @@ def _raise_if_inductor_could_not_write(error: BaseException) -> None:
 
 
 @contextmanager
+def _tf32_matmuls(enabled: bool):
+    """CUDA matmuls (and convolutions) in TensorFloat-32 or not, restored after."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+@contextmanager
 def _writing(path: Path):
     """Turn an OSError while writing ``path`` into one WriteError naming it and the cause."""
     try:
@@ -364,7 +396,7 @@ def _remove_stale_staging(directory: Path) -> None:
 
 
 def _check_agreement(
-    model: torch.nn.Module, compiled: CompiledModel, example_data: Dict[str, torch.Tensor], model_dtype: str
+    model: torch.nn.Module, compiled: CompiledModel, example_data: Dict[str, torch.Tensor], tolerance: float
 ) -> None:
     """Raise CompileError unless every output of ``compiled`` matches the eager model.
 
@@ -387,10 +419,10 @@ def _check_agreement(
                 continue
             raise CompileError(f"the compiled model did not return '{name}'")
         error = relative_error(got[name], expected[name])
-        if not error <= TOLERANCE[model_dtype]:
+        if not error <= tolerance:
             raise CompileError(
                 f"the compiled model disagrees with the eager model on '{name}': "
-                f"relative error {error:.3g} (tolerance {TOLERANCE[model_dtype]:g}), "
+                f"relative error {error:.3g} (tolerance {tolerance:g}), "
                 f"shape {tuple(got[name].shape)} (eager {tuple(expected[name].shape)})"
             )
 

@@ -65,3 +65,6 @@ NEQUIP_VERSION = "nequip_version"
 TORCH_VERSION = "torch_version"
 E3NN_VERSION = "e3nn_version"
 COMPILE_TARGET = "compile_target"
+# The device type a file was compiled for ("cpu" or "cuda"); the runtime refuses it on another.
+# (A .pt2 also carries torch's own AOTI_DEVICE_KEY; a .pth has only this.)
+COMPILE_DEVICE = "compile_device"

@@ -40,7 +40,7 @@ class CompiledModel:
     a file it refuses, InputError for bad inputs, NonFiniteOutputError for NaN energies or forces).
     """
 
-    def __init__(self, path: PathLike, device: str = "cpu"):
+    def __init__(self, path: PathLike, device: Optional[str] = None):
         self.path = Path(path)
         self.runtime = _runtime.Model(str(self.path), device)
         self.mode: str = self.runtime.format
@@ -90,6 +90,7 @@ class CompiledModel:
         }
 
 
-def load_compiled(path: PathLike, device: str = "cpu") -> CompiledModel:
-    """Load a ``*.nequip.pth`` or ``*.nequip.pt2`` file for calls on ``device``."""
+def load_compiled(path: PathLike, device: Optional[str] = None) -> CompiledModel:
+    """Load a ``*.nequip.pth`` or ``*.nequip.pt2`` file for calls on ``device`` (default: the
+    device it was compiled for)."""
     return CompiledModel(path, device)

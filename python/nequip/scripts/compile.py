@@ -2,6 +2,7 @@
 
     nequip-compile model.nequip.zip model.nequip.pth --mode torchscript --device cpu
     nequip-compile model.nequip.zip model.nequip.pt2 --mode aotinductor --device cpu --target pair_nequip
+    nequip-compile model.nequip.zip model.nequip.pt2 --mode aotinductor --device cuda --target ase [--tf32]
 """
 
 import argparse
@@ -33,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--mode", required=True, help=" | ".join(MODES))
     parser.add_argument("--device", default="cpu", help=" | ".join(DEVICES) + " (default: cpu)")
     parser.add_argument(
+        "--tf32",
+        action="store_true",
+        help="let CUDA matmuls use TensorFloat-32 (faster, ~3 significant digits; recorded in the "
+        "file's allow_tf32 and honoured where it runs); off by default",
+    )
+    parser.add_argument(
         "--target",
         default=None,
         help=" | ".join(TARGETS) + ": order of the flat inputs and outputs of an AOTInductor "
@@ -51,7 +58,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     logger.addHandler(progress)
     logger.setLevel(logging.INFO)
     try:
-        check_arguments(args.output, args.mode, args.device, args.target)
+        check_arguments(args.output, args.mode, args.device, args.target, args.tf32)
         if not args.input.is_file():
             raise FileNotFoundError(f"input file {str(args.input)!r} does not exist")
         model, example_data = _load(args.input)
@@ -62,6 +69,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             device=args.device,
             target=args.target,
             example_data=example_data,
+            tf32=args.tf32,
         )
     except (ValueError, FileNotFoundError, CompileError, WriteError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)

@@ -13,28 +13,23 @@ data has labels for) and writes ``predictions.extxyz``, ``parity.png`` (with mat
 import argparse
 import sys
 from pathlib import Path
+from typing import Optional
 
 PROG = "nequip-test"
 COMPILED_SUFFIXES = (".nequip.pth", ".nequip.pt2")
 
 
-def load_any_model(path, device: str = "cpu"):
-    """The model in any model file: eager (checkpoint, package) or compiled (C++ runtime)."""
+def load_any_model(path, device: Optional[str] = None):
+    """The model in any model file: eager (checkpoint, package; default device the CPU) or
+    compiled (C++ runtime; default device the one it was compiled for)."""
     if Path(path).name.endswith(COMPILED_SUFFIXES):
         from nequip.compile import load_compiled
 
         return load_compiled(path, device)
-    import torch
-
     from nequip.load import load_model
+    from nequip.utils.devices import torch_device
 
-    try:
-        parsed = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"--device {device!r} is not a device: give cpu, cuda or cuda:<index>") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available to this torch ({torch.__version__})")
-    return load_model(path).to(parsed)
+    return load_model(path).to(torch_device(device or "cpu"))
 
 
 def _positive_int(text: str) -> int:
@@ -51,7 +46,9 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="nequip-test", help="output directory (default: %(default)s)")
     parser.add_argument("--index", default=":", help="frames to test, ASE syntax: 0, 10:20, ::2, or --index=-1 (default: all)")
     parser.add_argument("--format", default=None, help="ASE format of DATA (default: from the file name)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (a compiled file: the device it was compiled for)")
+    parser.add_argument(
+        "--device", default=None, help="cpu, cuda or cuda:K (default: a compiled file's own device, else cpu)"
+    )
     parser.add_argument("--batch-size", type=_positive_int, default=8, help="frames per call of an eager model")
     parser.add_argument(
         "--energy-units-to-eV", type=float, default=None, help="default: the model's training data setting, or 1"
