@@ -75,6 +75,29 @@ def test_cuda_without_gpu_is_refused(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_cuda_without_gpu_is_one_message(tmp_path, capsys):
+    out = tmp_path / "m.nequip.pt2"
+    code, err = run_cli(capsys, tmp_path / "in.nequip.zip", out, "--mode", "aotinductor", "--target", "ase", "--device", "cuda")
+    assert code == 2
+    assert err == (
+        f"nequip-compile: error: device 'cuda' requested, but CUDA is not available to this torch ({torch.__version__}): "
+        "compile for CUDA on a machine with an NVIDIA GPU and a CUDA build of torch, or use --device cpu\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode, name", [("torchscript", "m.nequip.pth"), ("aotinductor", "m.nequip.pt2")])
+def test_tf32_on_the_cpu_is_refused(mode, name, tmp_path, capsys):
+    code, err = run_cli(capsys, tmp_path / "in.nequip.zip", tmp_path / name, "--mode", mode, "--target", "ase", "--tf32")
+    assert code == 2
+    assert err == (
+        "nequip-compile: error: TF32 (TensorFloat-32 matmuls, --tf32) is a CUDA setting, but the device is 'cpu': "
+        "drop --tf32, or compile with --device cuda\n"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_model_with_malformed_metadata_is_refused(tmp_path):
     model = build_tiny_model("float64")
     model.metadata = lambda: {**type(model).metadata(model), "r_max": "four"}

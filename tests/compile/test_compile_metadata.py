@@ -37,6 +37,7 @@ def test_compiled_file_carries_the_model_metadata_in_contract_format(key, compil
     assert metadata["num_types"] == "2"
     assert float(metadata["r_max"]) == R_MAX
     assert metadata["allow_tf32"] == "0"
+    assert metadata["compile_device"] == "cpu"
     if dtype == "float32":
         cutoffs = [float(c) for c in metadata["per_edge_type_cutoff"].split(" ")]
         assert cutoffs == [c for row in PER_EDGE_TYPE_CUTOFF for c in row]

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from lammps_harness import new_lammps, run_lmp
 
@@ -40,10 +41,49 @@ def metal_box(lmp, atom_modify=("atom_modify map yes",), units="metal"):
     lmp.commands_list([f"units {units}", *atom_modify, *BOX])
 
 
-def test_pair_style_takes_no_arguments(lmp):
+def test_pair_style_takes_only_a_device(lmp):
     metal_box(lmp)
-    with raises_lammps_error("Illegal pair_style nequip command: it takes no arguments, got 1"):
+    with raises_lammps_error(
+        "Illegal pair_style nequip command: unknown keyword '5.0' (expected "
+        "'pair_style nequip [device cpu|cuda|cuda:K]')"
+    ):
         lmp.command("pair_style nequip 5.0")
+
+
+def test_pair_style_device_needs_a_value(lmp):
+    metal_box(lmp)
+    with raises_lammps_error("Illegal pair_style nequip command: 'device' needs a value: cpu, cuda or cuda:K"):
+        lmp.command("pair_style nequip device")
+
+
+def test_pair_style_device_must_be_a_device(lmp):
+    metal_box(lmp)
+    with raises_lammps_error(
+        "Illegal pair_style nequip command: invalid device 'gpu0': expected 'cpu', 'cuda' or 'cuda:<index>'"
+    ):
+        lmp.command("pair_style nequip device gpu0")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_device_cuda_without_a_gpu(lmp, model_file):
+    metal_box(lmp)
+    lmp.command("pair_style nequip device cuda")
+    with raises_lammps_error(
+        "pair_style nequip cannot use the model: device 'cuda' requested but no CUDA device is visible to "
+        "torch: use device 'cpu' (and a model compiled for it), or a CUDA build of torch on a machine with a GPU"
+    ):
+        lmp.command(f"pair_coeff * * {model_file} Si C")
+
+
+def test_the_device_is_said_in_the_log(tmp_path, model_file):
+    log = tmp_path / "log.lammps"
+    lmp = new_lammps(log)
+    try:
+        lmp.commands_list(["units metal", "atom_modify map yes", *BOX, "pair_style nequip device cpu"])
+        lmp.command(f"pair_coeff * * {model_file} Si C")
+    finally:
+        lmp.close()
+    assert f"pair_style nequip: model {model_file} runs on rank 0 on cpu\n" in log.read_text()
 
 
 def test_pair_coeff_without_model(lmp):

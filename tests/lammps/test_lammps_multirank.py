@@ -188,6 +188,13 @@ def test_ranks_give_the_one_rank_results(single_points, system, ranks):
     assert_close(many.atoms[:, atom_stress], one.atoms[:, atom_stress], 1e-10, "per-atom virials")
 
 
+def test_every_ranks_device_is_said_once(single_points):
+    for ranks in RANKS:
+        log = single_points[sorted(SYSTEMS)[0], ranks].log
+        said = re.findall(r"pair_style nequip: model \S+ runs on (.*)", log)
+        assert said == ["rank 0 on cpu" if ranks == 1 else f"ranks 0-{ranks - 1} on cpu"]
+
+
 @pytest.mark.parametrize("system", sorted(SYSTEMS))
 def test_ghost_shell_is_set_and_reported(single_points, system):
     assert "communication cutoff" not in single_points[system, 1].log
