@@ -250,8 +250,12 @@ std::string PairNequIP::device_for(const std::string &path)
   MPI_Comm_rank(node, &local_rank);
   MPI_Comm_free(&node);
   const nequip::Metadata metadata = nequip::read_metadata(path);
-  return nequip::select_device(requested_device, metadata.compiled_for, local_rank,
-                               nequip::cuda_device_count());
+  try {
+    return nequip::select_device(requested_device, metadata.compiled_for, local_rank,
+                                 nequip::cuda_device_count());
+  } catch (const nequip::DeviceError &e) {
+    throw nequip::DeviceError(path + ": " + e.what());
+  }
 }
 
 /* ----------------------------------------------------------------------

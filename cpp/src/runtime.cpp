@@ -598,15 +598,16 @@ class Model::Impl {
  public:
   Impl(const std::string& path, const std::string& requested_device)
       : path_(path), format_(format_from_extension(path)), metadata_(read_metadata(path)) {
-    const std::string device_name =
-        requested_device.empty()
-            ? select_device("", metadata_.compiled_for, /*local_rank=*/0, cuda_device_count())
-            : requested_device;
-    device_ = parse_device(device_name);
+    try {
+      device_ = parse_device(select_device(requested_device, metadata_.compiled_for,
+                                           /*local_rank=*/0, cuda_device_count()));
+    } catch (const DeviceError& error) {
+      throw DeviceError(path_ + ": " + error.what());
+    }
     const std::string device_type = c10::DeviceTypeName(device_.type(), /*lower_case=*/true);
     if (!metadata_.compiled_for.empty() && metadata_.compiled_for != device_type) {
       throw DeviceError(path_ + ": compiled for device '" + metadata_.compiled_for +
-                        "', cannot run on device '" + device_name + "'; compile it again for '" +
+                        "', cannot run on device '" + device_.str() + "'; compile it again for '" +
                         device_type + "' (nequip-compile ... --device " + device_type + ")");
     }
     if (format_ == ModelFormat::TorchScript) {

@@ -69,8 +69,9 @@ def test_device_cuda_without_a_gpu(lmp, model_file):
     metal_box(lmp)
     lmp.command("pair_style nequip device cuda")
     with raises_lammps_error(
-        "pair_style nequip cannot use the model: device 'cuda' requested but no CUDA device is visible to "
-        "torch: use device 'cpu' (and a model compiled for it), or a CUDA build of torch on a machine with a GPU"
+        f"pair_style nequip cannot use the model: {model_file}: device 'cuda' requested but no CUDA device is "
+        "visible to torch: use device 'cpu' (and a model compiled for it), or a CUDA build of torch on a machine "
+        "with a GPU"
     ):
         lmp.command(f"pair_coeff * * {model_file} Si C")
 

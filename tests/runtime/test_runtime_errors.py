@@ -207,7 +207,7 @@ def test_malformed_compile_device(compiled_models, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a torch without CUDA")
 def test_cuda_file_without_cuda_by_default(compiled_models, tmp_path):
     path = with_pt2_metadata(compiled_models[PT2], tmp_path / "model.nequip.pt2", "AOTI_DEVICE_KEY", "cuda")
-    with raises(DeviceError, "device 'cuda' requested but no CUDA device is visible to torch: use device 'cpu' (and a model compiled for it), or a CUDA build of torch on a machine with a GPU"):
+    with raises(DeviceError, f"{path}: device 'cuda' requested but no CUDA device is visible to torch: use device 'cpu' (and a model compiled for it), or a CUDA build of torch on a machine with a GPU"):
         Model(str(path))
 
 
@@ -241,8 +241,9 @@ def test_cuda_device_count_is_torchs():
 
 @pytest.mark.parametrize("device", ["gpu", "cuda:x", "cpu:1", "mps"])
 def test_invalid_device(compiled_models, device):
-    with raises(DeviceError, f"invalid device '{device}': expected 'cpu', 'cuda' or 'cuda:<index>'"):
-        Model(str(compiled_models[PTH]), device)
+    path = compiled_models[PTH]
+    with raises(DeviceError, f"{path}: invalid device '{device}': expected 'cpu', 'cuda' or 'cuda:<index>'"):
+        Model(str(path), device)
 
 
 def test_cuda_device_that_does_not_exist(compiled_models):
@@ -255,8 +256,9 @@ def test_cuda_device_that_does_not_exist(compiled_models):
         )
     else:
         message = f"device '{device}' requested but only {count} CUDA device(s) are visible"
-    with raises(DeviceError, message):
-        Model(str(compiled_models[PTH]), device)
+    path = compiled_models[PTH]
+    with raises(DeviceError, f"{path}: {message}"):
+        Model(str(path), device)
 
 
 # -- inputs --------------------------------------------------------------------------------
