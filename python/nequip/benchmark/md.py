@@ -51,8 +51,6 @@ def run_lammps(model_path: str, num_atoms: int, steps: int, warmup: int, device:
     from .. import _runtime
     from ..lammps import load_mpi
 
-    if device != "cpu":
-        raise ValueError("the LAMMPS benchmark runs on the device the model was compiled for; use --device cpu")
     # The system needs the model's types before LAMMPS loads the model: read from the file's
     # metadata, so that the model is loaded once, by LAMMPS.
     type_names = _runtime.read_metadata(model_path)["type_names"]
@@ -73,7 +71,7 @@ def run_lammps(model_path: str, num_atoms: int, steps: int, warmup: int, device:
                     "atom_modify map yes",
                     "newton on",
                     f"read_data {data_file}",
-                    "pair_style nequip",
+                    f"pair_style nequip device {device}",
                     f"pair_coeff * * {model_path} {' '.join(species)}",
                     f"velocity all create {TEMPERATURE_K} 12345 mom yes rot yes",
                     f"timestep {TIMESTEP_FS / 1000}",
