@@ -18,10 +18,12 @@ OUT=${OUT:-build/gpu_check}
 PYTHON=${PYTHON:-python3}
 # what the project needs beyond torch, numpy, scipy, e3nn and lightning (installed there)
 PACKAGES=(ase vesin pydantic pyyaml tqdm torchmetrics pytest pytest-timeout "scikit-build-core>=0.10" "pybind11>=2.12")
-WHEEL_CLOSURE=(ase matplotlib contourpy cycler fonttools kiwisolver pillow pyparsing python-dateutil six
-  vesin pydantic pydantic-core annotated-types typing-extensions typing-inspection pyyaml tqdm
-  torchmetrics lightning-utilities packaging pytest pytest-timeout iniconfig pluggy
-  scikit-build-core pathspec pybind11)
+# ... and their dependencies, listed (pip download --no-deps): contourpy 1.4 needs numpy 2, the
+# GPU machine's numpy may be older; pydantic needs a newer typing-extensions than torch's
+WHEEL_CLOSURE=(ase matplotlib "contourpy==1.3.3" cycler fonttools kiwisolver pillow pyparsing
+  python-dateutil tzdata vesin pydantic pydantic-core annotated-types "typing-extensions>=4.14"
+  typing-inspection pyyaml tqdm torchmetrics lightning-utilities packaging pytest pytest-timeout
+  iniconfig pluggy pygments scikit-build-core pathspec pybind11)
 
 if [[ "${1:-}" == "--download-wheels" ]]; then
   mkdir -p "$WHEELS"
