@@ -1,7 +1,8 @@
 """What pair_style nequip adds to the model call (issue 22): in one process, the bare C++
 runtime call on the benchmark system (the neighbour list made beforehand, as ASE's calculator
-passes it) against a LAMMPS ``fix nve`` step with the same file, alternating, plus LAMMPS' own
-timer breakdown (Pair = the plugin's graph building, the runtime call and the force copies).
+passes it) against a LAMMPS ``fix nve`` step with the same file (graph building, the runtime
+call, force copies, the integrator), alternating. The timed LAMMPS runs skip their set-up
+(``run N pre no``), which would evaluate the forces once more.
 
     .venv/bin/python benchmarks/dev/lammps_overhead.py MODEL.nequip.pt2 --atoms 4096 --rounds 3 --json out.json
 
@@ -12,7 +13,6 @@ plugin's overhead (1.0 = none). Torch threads = OMP_NUM_THREADS = --threads.
 import argparse
 import json
 import os
-import re
 import statistics
 import tempfile
 import time
@@ -58,8 +58,7 @@ def main(argv=None) -> int:
     species = sorted(set(atoms.get_chemical_symbols()))
     data_file = os.path.join(directory, "system.data")
     ase.io.write(data_file, atoms, format="lammps-data", specorder=species, masses=True)
-    log_file = os.path.join(directory, "log.lammps")
-    lmp = lammps(cmdargs=["-nocite", "-log", log_file, "-screen", "none"])
+    lmp = lammps(cmdargs=["-nocite", "-log", "none", "-screen", "none"])
     lmp.commands_list(
         ["units metal", "atom_style atomic", "atom_modify map yes", "newton on", f"read_data {data_file}",
          "pair_style nequip", f"pair_coeff * * {args.model} {' '.join(species)}",
@@ -69,25 +68,22 @@ def main(argv=None) -> int:
     model = _runtime.Model(str(args.model))
     bare_call()  # warm-up
 
-    bare, step, pair_share = [], [], []
+    bare, step = [], []
     for _ in range(args.rounds):
         bare.append(bare_call())
         start = time.perf_counter()
-        lmp.command(f"run {args.steps}")
+        lmp.command(f"run {args.steps} pre no post no")  # no set-up: it evaluates the forces once more
         step.append((time.perf_counter() - start) / args.steps)
-        # LAMMPS' "MPI task timing breakdown": the Pair row's %total of the last run
-        table = Path(log_file).read_text().rsplit("MPI task timing breakdown", 1)[-1]
-        pair_share.append(float(re.search(r"^Pair\s*\|.*\|\s*([\d.]+)\s*$", table, re.M).group(1)) / 100)
     lmp.close()
 
     result = dict(
         date=time.strftime("%Y-%m-%d"), machine=machine_description(), model=str(args.model), atoms=args.atoms,
         threads=args.threads, bare_seconds=statistics.median(bare), lammps_step_seconds=statistics.median(step),
-        lammps_pair_share=statistics.median(pair_share), bare_rounds=bare, lammps_rounds=step,
+        bare_rounds=bare, lammps_rounds=step,
     )
     result["ratio"] = result["lammps_step_seconds"] / result["bare_seconds"]
     print(f"{args.atoms} atoms, {args.threads} threads: bare runtime call {result['bare_seconds']:.3f} s, "
-          f"LAMMPS step {result['lammps_step_seconds']:.3f} s (Pair {100 * result['lammps_pair_share']:.1f}%), "
+          f"LAMMPS step {result['lammps_step_seconds']:.3f} s, "
           f"ratio {result['ratio']:.3f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")

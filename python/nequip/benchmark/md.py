@@ -80,8 +80,11 @@ def run_lammps(model_path: str, num_atoms: int, steps: int, warmup: int, device:
                     f"run {warmup}",
                 ]
             )
+            # `pre no`: no set-up before the timed steps (nothing changed since the warm-up run).
+            # A set-up evaluates the forces once more, which timed 4 evaluations for 3 steps: the
+            # "plugin overhead" of a third that earlier figures showed (docs/benchmarks.md).
             start = time.perf_counter()
-            lmp.command(f"run {steps}")
+            lmp.command(f"run {steps} pre no post no")
             return (time.perf_counter() - start) / steps
         finally:
             lmp.close()
