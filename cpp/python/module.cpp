@@ -84,6 +84,8 @@ py::array_t<double> to_numpy(const at::Tensor& tensor) {
   return array;
 }
 
+py::dict outputs_to_dict(const nequip::Outputs& outputs);
+
 py::dict compute(nequip::Model& model, const py::array& pos, const py::array& atom_types,
                  const py::array& edge_index, const std::optional<py::array>& edge_cell_shift,
                  const std::optional<py::array>& cell,
@@ -97,6 +99,10 @@ py::dict compute(nequip::Model& model, const py::array& pos, const py::array& at
     py::gil_scoped_release release;  // the arrays are kept alive by the caller's references
     outputs = model.compute(inputs);
   }
+  return outputs_to_dict(outputs);
+}
+
+py::dict outputs_to_dict(const nequip::Outputs& outputs) {
   py::dict result;
   result["total_energy"] = outputs.total_energy;
   result["atomic_energy"] = to_numpy(outputs.atomic_energy);
@@ -105,6 +111,53 @@ py::dict compute(nequip::Model& model, const py::array& pos, const py::array& at
   if (outputs.stress) result["stress"] = to_numpy(*outputs.stress);
   if (outputs.atom_virial) result["atom_virial"] = to_numpy(*outputs.atom_virial);
   return result;
+}
+
+// The exchange of one process whose ghost nodes are copies of its own nodes (the periodic
+// images a single LAMMPS rank sees): owner[n] is the node that node n copies (n itself for
+// an owned node).
+class OwnerExchange : public nequip::FeatureExchange {
+ public:
+  explicit OwnerExchange(at::Tensor owner) : owner_(std::move(owner)) {
+    ghost_ = owner_ != at::arange(owner_.size(0), owner_.options());
+  }
+  void forward(at::Tensor& features) override { features.copy_(features.index_select(0, owner_)); }
+  void reverse(at::Tensor& gradients) override {
+    const at::Tensor ghosts = gradients * ghost_.unsqueeze(-1).to(gradients.scalar_type());
+    gradients.index_add_(0, owner_, ghosts);
+    gradients.masked_fill_(ghost_.unsqueeze(-1), 0.0);
+  }
+
+ private:
+  at::Tensor owner_, ghost_;
+};
+
+py::dict compute_exchanging(nequip::Model& model, const py::array& pos,
+                            const py::array& atom_types, const py::array& edge_index,
+                            const py::array& owner, const std::optional<py::array>& cell) {
+  const at::Tensor owner_index = as_tensor(owner, "owner").to(at::kLong).contiguous();
+  const int64_t num_nodes = owner_index.size(0);
+  if (owner_index.dim() != 1 || num_nodes != static_cast<int64_t>(pos.shape(0))) {
+    throw nequip::InputError("owner must have shape (N,), one owner node per node");
+  }
+  if (num_nodes > 0 && (owner_index.min().item<int64_t>() < 0 ||
+                        owner_index.max().item<int64_t>() >= num_nodes)) {
+    throw nequip::InputError("owner holds a node index outside [0, N)");
+  }
+  const at::Tensor own = at::arange(num_nodes, owner_index.options());
+  if (!owner_index.index_select(0, owner_index).equal(owner_index)) {
+    throw nequip::InputError("owner: an owner node must be owned (its own owner)");
+  }
+  nequip::Inputs inputs{as_tensor(pos, "pos"), as_tensor(atom_types, "atom_types"),
+                        as_tensor(edge_index, "edge_index"), at::Tensor(),
+                        optional_tensor(cell, "cell"), owner_index == own};
+  OwnerExchange exchange(owner_index);
+  nequip::Outputs outputs;
+  {
+    py::gil_scoped_release release;
+    outputs = model.compute_exchanging(inputs, exchange);
+  }
+  return outputs_to_dict(outputs);
 }
 
 }  // namespace
@@ -133,7 +186,7 @@ PYBIND11_MODULE(_runtime, m) {
       PyExc_UserWarning, nullptr));
   m.attr("ModelFileWarning") = warning;
 
-  py::class_<nequip::Model>(m, "Model", R"doc(
+  py::class_<nequip::Model> model_class(m, "Model", R"doc(
 A compiled NequIP model (.nequip.pth TorchScript or .nequip.pt2 AOTInductor) on one device.
 
 Model(path, device=None): the format is chosen by the extension and confirmed by content;
@@ -141,7 +194,8 @@ device "cpu", "cuda" or "cuda:k", None = the device the file was compiled for.
 Raises ModelFileError (bad file or metadata, a .pt2 of another torch major version),
 DeviceError (another device, or a .pt2 for another machine or CPU), TorchError; warns
 (ModelFileWarning) of a .pt2 of another torch minor version.
-)doc")
+)doc");
+  model_class
       .def(py::init([warning](const std::string& path, const std::optional<std::string>& device) {
              auto model = std::make_unique<nequip::Model>(path, device.value_or(""));
              // Shown once per load, through Python's warnings (filters apply).
@@ -206,6 +260,21 @@ Returns a dict: total_energy (float), atomic_energy (N,), forces (N, 3), and, wh
 available, virial (3, 3), stress (3, 3) (ASE sign) and atom_virial (N, 3, 3), all float64.
 Raises InputError for bad inputs, NonFiniteOutputError when the energy or forces are not
 finite (naming the closest pair of atoms when they overlap), TorchError when torch fails.
+)doc");
+
+  model_class.def_property_readonly("exchanges_features", &nequip::Model::exchanges_features,
+                                    "whether the file runs layer by layer with a feature "
+                                    "exchange (compute_exchanging; LAMMPS on several ranks)");
+  model_class.def("compute_exchanging", &compute_exchanging, py::arg("pos"),
+                  py::arg("atom_types"), py::arg("edge_index"), py::arg("owner"),
+                  py::arg("cell") = std::nullopt,
+                  R"doc(
+Evaluates one frame layer by layer, as one LAMMPS rank of a domain decomposition does, on
+nodes that include ghost copies of other nodes (periodic images, at their images' positions):
+owner (N,) integers, the node each node copies (itself for an owned node). Edges are centred
+on owned nodes only. Between layers the ghosts get their owners' features, and in the backward
+pass their gradients go back to the owners. Returns what compute() does, with forces on
+ghosts (to be added to their owners') and zero energies on them.
 )doc");
 
   m.def(

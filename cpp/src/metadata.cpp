@@ -184,6 +184,27 @@ Metadata parse_metadata(const std::string& path, std::map<std::string, std::stri
     if (metadata.num_layers < 1) reader.malformed("num_layers", positive_integer);
   }
 
+  // Project key, optional: the width of the node features out of each layer, for the
+  // per-layer feature exchange of LAMMPS on several ranks (files that lack it cannot do it).
+  if (reader.has("layer_feature_widths")) {
+    const std::string expected =
+        std::to_string(metadata.num_layers) +
+        " (num_layers) positive decimal integers joined by single spaces";
+    if (metadata.num_layers < 1) {
+      throw ModelFileError(path + ": metadata key 'layer_feature_widths' needs the key "
+                           "'num_layers', which is missing");
+    }
+    std::vector<std::string> words = split_on_spaces(raw.at("layer_feature_widths"));
+    if (static_cast<int64_t>(words.size()) != metadata.num_layers) {
+      reader.malformed("layer_feature_widths", expected);
+    }
+    for (const std::string& word : words) {
+      const int64_t width = reader.parse_int("layer_feature_widths", word, expected);
+      if (width < 1) reader.malformed("layer_feature_widths", expected);
+      metadata.layer_feature_widths.push_back(width);
+    }
+  }
+
   // The device type the file was compiled for: torch's key in a .pt2, ours in a .pth;
   // absent (files of other producers, older files) means any.
   for (const char* key : {"AOTI_DEVICE_KEY", "compile_device"}) {

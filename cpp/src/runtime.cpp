@@ -5,6 +5,7 @@
 #include <ATen/cpu/Utils.h>
 #include <c10/util/Exception.h>
 #include <caffe2/serialize/inline_container.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/inductor/aoti_package/model_package_loader.h>
 #include <torch/cuda.h>
 #include <torch/headeronly/version.h>
@@ -658,6 +659,38 @@ class Model::Impl {
     return outputs;
   }
 
+  bool exchanges_features() const {
+    return format_ == ModelFormat::TorchScript && !metadata_.layer_feature_widths.empty() &&
+           takes(kLocalMask);
+  }
+
+  Outputs compute_exchanging(const Inputs& inputs, FeatureExchange& exchange) {
+    if (!exchanges_features()) {
+      throw InputError(path_ + ": this file cannot run layer by layer with a feature exchange "
+                       "(LAMMPS on several MPI ranks); compile the model again with this "
+                       "version of nequip: nequip-compile ... --mode torchscript");
+    }
+    if (!inputs.local_mask.defined()) {
+      throw InputError("the layer-by-layer evaluation needs local_mask (the owned atoms)");
+    }
+    PreparedInputs prepared = prepare_inputs(inputs, metadata_.num_types, device_, true);
+    if (device_.is_cuda()) {
+      at::globalContext().setAllowTF32CuBLAS(metadata_.allow_tf32);
+      at::globalContext().setAllowTF32CuDNN(metadata_.allow_tf32);
+    }
+    std::map<std::string, at::Tensor> raw = translate_torch_errors(
+        path_ + ": running the model layer by layer", [&] { return run_layered(prepared, exchange); });
+    Outputs outputs = collect_outputs(std::move(raw), prepared);
+    if (!std::isfinite(outputs.total_energy) || !all_finite(outputs.atomic_energy) ||
+        !all_finite(outputs.forces)) {
+      throw NonFiniteOutputError(
+          path_, metadata_.r_max,
+          translate_torch_errors(path_ + ": finding the closest atoms",
+                                 [&] { return closest_pair(prepared); }));
+    }
+    return outputs;
+  }
+
   std::string path_;
   ModelFormat format_;
   c10::Device device_{at::kCPU};
@@ -718,6 +751,104 @@ class Model::Impl {
       }
     }
     return outputs;
+  }
+
+  // The model's parts (NequIPModel.edge_embedding, node_attributes, node_embedding, layer,
+  // energy_readout) one after the other, the exchange between layers, and the backward pass
+  // layer by layer in reverse with the gradients' exchange, all with torch's autograd: each
+  // layer's input features (and the shared edge embeddings) are leaves of their own, so the
+  // gradients can leave for the other ranks between layers and come back.
+  std::map<std::string, at::Tensor> run_layered(const PreparedInputs& in,
+                                                FeatureExchange& exchange) {
+    at::AutoGradMode enable_grad(true);
+    torch::jit::Module& module = *module_;
+    auto call = [&](const char* method, std::vector<c10::IValue> args) {
+      return module.get_method(method)(std::move(args));
+    };
+    const int64_t num_nodes = in.pos.size(0);
+    const int64_t num_layers = metadata_.num_layers;
+    const at::Tensor centre = in.edge_index[0];
+    const at::Tensor neighbour = in.edge_index[1];
+
+    // The node rows of the features (after them come the model's reference atoms, one per
+    // type, which have no neighbours and never travel), through the exchange and back.
+    auto exchanged = [&](const at::Tensor& values, bool forward) {
+      at::Tensor rows = values.narrow(0, 0, num_nodes).to(at::kCPU, at::kDouble).contiguous();
+      forward ? exchange.forward(rows) : exchange.reverse(rows);
+      return at::cat({rows.to(values.device(), values.scalar_type()),
+                      values.narrow(0, num_nodes, values.size(0) - num_nodes)});
+    };
+
+    const at::Tensor edge_vec =
+        (in.pos.index_select(0, neighbour) - in.pos.index_select(0, centre) +
+         at::matmul(in.edge_cell_shift, in.cell[0]))
+            .detach()
+            .requires_grad_(true);
+    auto embedded = call("edge_embedding", {edge_vec, in.atom_types, in.edge_index}).toTuple();
+    const at::Tensor edge_sh = embedded->elements()[0].toTensor();
+    const at::Tensor edge_radial = embedded->elements()[1].toTensor();
+    const at::Tensor sh_leaf = edge_sh.detach().requires_grad_(true);
+    const at::Tensor radial_leaf = edge_radial.detach().requires_grad_(true);
+    const at::Tensor node_attrs = call("node_attributes", {in.atom_types}).toTensor().detach();
+    at::Tensor x = call("node_embedding", {node_attrs}).toTensor().detach();
+
+    // the first layer's input is a function of the types: no gradient, no exchange
+    std::vector<at::Tensor> layer_inputs, layer_outputs;
+    for (int64_t layer = 0; layer < num_layers; ++layer) {
+      const at::Tensor input = layer == 0 ? x : x.detach().requires_grad_(true);
+      const at::Tensor output =
+          call("layer", {layer, input, node_attrs, sh_leaf, radial_leaf, in.edge_index})
+              .toTensor();
+      layer_inputs.push_back(input);
+      layer_outputs.push_back(output);
+      // ghosts have no edges here: their features are their owners'
+      x = layer + 1 < num_layers ? exchanged(output.detach(), true) : output.detach();
+    }
+    const at::Tensor last = x.requires_grad_(true);
+    at::Tensor atomic_energy = call("energy_readout", {last, in.atom_types}).toTensor();
+    atomic_energy =
+        at::where(in.local_mask.unsqueeze(-1), atomic_energy, at::zeros_like(atomic_energy));
+    const at::Tensor total_energy = atomic_energy.sum().reshape({1});
+
+    at::Tensor gradient = torch::autograd::grad({total_energy}, {last})[0];
+    at::Tensor sh_gradient = at::zeros_like(edge_sh);
+    at::Tensor radial_gradient = at::zeros_like(edge_radial);
+    for (int64_t layer = num_layers - 1; layer >= 0; --layer) {
+      std::vector<at::Tensor> wrt = {sh_leaf, radial_leaf};
+      if (layer > 0) wrt.push_back(layer_inputs[layer]);
+      std::vector<at::Tensor> grads = torch::autograd::grad(
+          {layer_outputs[layer]}, wrt, {gradient}, /*retain_graph=*/false,
+          /*create_graph=*/false, /*allow_unused=*/true);
+      if (grads[0].defined()) sh_gradient += grads[0];
+      if (grads[1].defined()) radial_gradient += grads[1];
+      if (layer > 0) {
+        // the ghosts' part of a gradient belongs to their owners
+        gradient = grads[2].defined() ? exchanged(grads[2], false)
+                                      : at::zeros_like(layer_inputs[layer]);
+      }
+    }
+    std::vector<at::Tensor> edge_grads = torch::autograd::grad(
+        {edge_sh, edge_radial}, {edge_vec}, {sh_gradient, radial_gradient},
+        /*retain_graph=*/false, /*create_graph=*/false, /*allow_unused=*/true);
+    const at::Tensor edge_grad = edge_grads[0].defined() ? edge_grads[0]
+                                                         : at::zeros_like(edge_vec);
+
+    // forces and virials from dE/d(edge vector), as NequIPModel._energy_and_derivatives
+    at::NoGradGuard no_grad;
+    const at::Tensor forces = at::zeros({num_nodes, 3}, edge_grad.options())
+                                  .index_add(0, centre, edge_grad)
+                                  .index_add(0, neighbour, edge_grad, -1.0);
+    const at::Tensor outer = edge_vec.detach().unsqueeze(-1) * edge_grad.unsqueeze(-2);
+    const at::Tensor edge_virial = -0.5 * (outer + outer.transpose(-1, -2));
+    const at::Tensor half = 0.5 * edge_virial;
+    const at::Tensor atom_virial = at::zeros({num_nodes, 3, 3}, edge_virial.options())
+                                       .index_add(0, centre, half)
+                                       .index_add(0, neighbour, half);
+    return {{kAtomicEnergy, atomic_energy.detach()},
+            {kTotalEnergy, total_energy.detach()},
+            {kForces, forces},
+            {kVirial, edge_virial.sum(0)},
+            {kAtomVirial, atom_virial}};
   }
 
   std::map<std::string, at::Tensor> run_aoti(const PreparedInputs& inputs) {
@@ -832,6 +963,10 @@ bool Model::returns(const std::string& output_name) const {
 const std::vector<std::string>& Model::warnings() const { return impl_->warnings_; }
 
 Outputs Model::compute(const Inputs& inputs) { return impl_->compute(inputs); }
+bool Model::exchanges_features() const { return impl_->exchanges_features(); }
+Outputs Model::compute_exchanging(const Inputs& inputs, FeatureExchange& exchange) {
+  return impl_->compute_exchanging(inputs, exchange);
+}
 
 std::string select_device(const std::string& requested, const std::string& compiled_for,
                           int local_rank, int num_cuda_devices) {

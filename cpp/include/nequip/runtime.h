@@ -118,6 +118,10 @@ struct Metadata {
   // Project key `num_layers`: message-passing layers, so an atom's energy depends only on
   // atoms within num_layers * r_max (what a domain decomposition needs). 0 when absent.
   int64_t num_layers = 0;
+  // Project key `layer_feature_widths`: the width of the node features out of each of the
+  // num_layers layers; empty when absent (the file cannot exchange features, see
+  // Model::compute_exchanging).
+  std::vector<int64_t> layer_feature_widths;
   // The device type the file was compiled for, "cpu" or "cuda" (a .pt2: torch's key
   // AOTI_DEVICE_KEY; a .pth: our key compile_device); empty when the file does not say.
   std::string compiled_for;
@@ -154,6 +158,20 @@ struct Outputs {
   // so they sum to the virial. Given by models returning "atom_virial" (TorchScript files
   // of this project, AOTI target `pair_nequip_domain`).
   std::optional<at::Tensor> atom_virial;
+};
+
+// How the ranks of a domain decomposition share node features between the layers of
+// Model::compute_exchanging. The nodes are a rank's atoms: those it owns and ghost copies of
+// atoms owned by it or by other ranks (LAMMPS' nlocal + nghost). Each call gets a (N, width)
+// float64, contiguous CPU tensor, one row per node, to change in place.
+class FeatureExchange {
+ public:
+  virtual ~FeatureExchange() = default;
+  // After a layer: every ghost row becomes a copy of its owner's row (LAMMPS forward_comm).
+  virtual void forward(at::Tensor& features) = 0;
+  // In the backward pass, with gradients by the node features: every ghost row is added to
+  // its owner's row, and then set to zero (LAMMPS reverse_comm).
+  virtual void reverse(at::Tensor& gradients) = 0;
 };
 
 class Model {
@@ -211,6 +229,22 @@ class Model {
   // and copied to the device once; the outputs come back in one copy: no other
   // host-device synchronisation.
   Outputs compute(const Inputs& inputs);
+
+  // Whether the file can run layer by layer with compute_exchanging (our TorchScript files
+  // that record layer_feature_widths).
+  bool exchanges_features() const;
+
+  // Evaluates the model layer by layer on one rank's share of a domain decomposition, calling
+  // `exchange` between layers so that every node's features are those of the whole system:
+  // exact, with each rank computing only the edges of the atoms it owns. Inputs: `pos` and
+  // `atom_types` of all N nodes (owned atoms and ghosts), `local_mask` marking the owned
+  // nodes whose energy counts (required), edges centred on owned nodes only (neighbours may
+  // be ghosts; shifts are usually undefined: ghosts are at their images' positions).
+  // Outputs as compute(): atomic energies (0 on nodes not local), forces on every node (a
+  // ghost's belong to its owner), the virial of this rank's edges and per-atom virials;
+  // summed over the ranks they are those of the whole system. Throws InputError when the
+  // model cannot (exchanges_features() false), else as compute().
+  Outputs compute_exchanging(const Inputs& inputs, FeatureExchange& exchange);
 
  private:
   class Impl;

@@ -168,6 +168,8 @@ class NequIPModel(torch.nn.Module):
             "nequip_version": __version__,
             # an atom's energy depends only on atoms within num_layers * r_max (LAMMPS ghosts)
             "num_layers": str(self.config["num_layers"]),
+            # node features out of each layer: what LAMMPS ranks exchange between layers
+            "layer_feature_widths": " ".join(str(layer.irreps_out.dim) for layer in self.layers),
         }
         if self.config["per_edge_type_cutoff"] is not None:
             metadata["per_edge_type_cutoff"] = " ".join(repr(c) for c in self.config["per_edge_type_cutoff"])
@@ -198,24 +200,64 @@ class NequIPModel(torch.nn.Module):
 
         The energy depends on positions and cell only through the edge vectors, so forces,
         virial and per-atom virials all follow from its gradient with respect to them.
+        It is the composition of the four parts below, which a LAMMPS run on several MPI
+        ranks calls one by one, exchanging the ghost atoms' node features between layers.
         """
-        edge_center = edge_index[0]
-        edge_neighbor = edge_index[1]
-        edge_length = torch.linalg.norm(edge_vec, dim=-1)
-        edge_cutoff = self.edge_type_cutoff[atom_types[edge_center], atom_types[edge_neighbor]]
-        envelope = self.cutoff(edge_length / edge_cutoff)
+        edge_sh, edge_radial = self.edge_embedding(edge_vec, atom_types, edge_index)
+        node_attrs = self.node_attributes(atom_types)
+        x = self.node_embedding(node_attrs)
+        for layer in self.layers:
+            x = layer(x, node_attrs, edge_sh, edge_radial, edge_index[0], edge_index[1])
+        return self.energy_readout(x, atom_types)
 
+    # -- the parts of atomic_energy, exported as methods of TorchScript files ----------------
+
+    @torch.jit.export
+    def edge_embedding(
+        self, edge_vec: torch.Tensor, atom_types: torch.Tensor, edge_index: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Edge harmonics (E, sh dim) and radial embedding times the cutoff envelope (E, num_bessels),
+        in model_dtype, from the edge vectors (E, 3) in float64."""
+        edge_length = torch.linalg.norm(edge_vec, dim=-1)
+        edge_cutoff = self.edge_type_cutoff[atom_types[edge_index[0]], atom_types[edge_index[1]]]
+        envelope = self.cutoff(edge_length / edge_cutoff)
         dtype = self.model_dtype
         edge_sh = self.spherical_harmonics(edge_vec.to(dtype))
         edge_radial = self.bessel(edge_length.to(dtype)) * envelope.to(dtype).unsqueeze(-1)
+        return edge_sh, edge_radial
 
-        # one reference atom of each type, with no neighbours, after the N real atoms
-        num_atoms = atom_types.shape[0]
+    @torch.jit.export
+    def node_attributes(self, atom_types: torch.Tensor) -> torch.Tensor:
+        """One-hot types (N + num_types, num_types) in model_dtype: the N atoms, then one reference
+        atom of each type, which has no neighbours (:meth:`energy_readout` subtracts its energy)."""
         all_types = torch.cat([atom_types, torch.arange(self.num_types, device=atom_types.device)])
-        node_attrs = torch.nn.functional.one_hot(all_types, self.num_types).to(dtype)
-        x = self.type_embedding(node_attrs)
-        for layer in self.layers:
-            x = layer(x, node_attrs, edge_sh, edge_radial, edge_center, edge_neighbor)
+        return torch.nn.functional.one_hot(all_types, self.num_types).to(self.model_dtype)
+
+    @torch.jit.export
+    def node_embedding(self, node_attrs: torch.Tensor) -> torch.Tensor:
+        """The features before the first layer (N + num_types, num_features): a function of the type."""
+        return self.type_embedding(node_attrs)
+
+    @torch.jit.export
+    def layer(
+        self,
+        index: int,
+        x: torch.Tensor,
+        node_attrs: torch.Tensor,
+        edge_sh: torch.Tensor,
+        edge_radial: torch.Tensor,
+        edge_index: torch.Tensor,
+    ) -> torch.Tensor:
+        """Layer ``index`` (0-based) on the node features x (N + num_types, width of its input)."""
+        for i, layer in enumerate(self.layers):
+            if i == index:
+                return layer(x, node_attrs, edge_sh, edge_radial, edge_index[0], edge_index[1])
+        raise IndexError(f"layer index {index} out of range: the model has {len(self.layers)} layers")
+
+    @torch.jit.export
+    def energy_readout(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
+        """Per-atom energies (N, 1), float64, from the last layer's features (N + num_types, width)."""
+        num_atoms = atom_types.shape[0]
         readout = self.readout(x).to(torch.float64)
         readout = readout[:num_atoms] - readout[num_atoms:][atom_types]
         scales = self.per_type_energy_scales[atom_types].unsqueeze(-1)
