@@ -12,7 +12,17 @@
        edge vector = pos[j] - pos[i] + shift . cell.
    On one MPI rank every ghost folds: forces exist on owned atoms only.
 
-   On several ranks ("domain mode"), the other ghosts matter: an atom's energy
+   On several ranks with a model that runs layer by layer (a .nequip.pth of
+   this version: "exchange mode"), every owned and ghost atom is a node, the
+   edges are those of the owned atoms only, and between two layers the ghosts
+   receive their owners' node features through LAMMPS' communication of this
+   pair style (forward_comm); in the backward pass their feature gradients go
+   back to the owners (reverse_comm). Each rank thus evaluates its own edges
+   only, and ghosts are needed within one cutoff plus the skin (LAMMPS' own
+   communication cutoff).
+
+   Several ranks with a ghost-shell file (target pair_nequip_domain of a .pt2:
+   "domain mode"), the other ghosts matter: an atom's energy
    depends only on atoms within num_layers hops along the model's edges, so
    each rank adds the ghost atoms of other ranks within num_layers hops of its
    own as nodes, with local_mask marking the owned ones: the model sums their
@@ -57,10 +67,29 @@ using namespace LAMMPS_NS;
 static constexpr double SHIFT_TOLERANCE = 1.0e-6;
 static constexpr double ZERO_SHIFT[3] = {0.0, 0.0, 0.0};
 
+/* ----------------------------------------------------------------------
+   The runtime's side of the per-layer exchange: the rows it gives are the
+   nodes, one per owned and ghost atom, in atom order
+------------------------------------------------------------------------- */
+
+class PairNequIP::RankExchange : public nequip::FeatureExchange {
+ public:
+  explicit RankExchange(PairNequIP &pair) : pair(pair) {}
+  void forward(at::Tensor &features) override { exchange(features, true); }
+  void reverse(at::Tensor &gradients) override { exchange(gradients, false); }
+
+ private:
+  void exchange(at::Tensor &rows, bool forward)
+  {
+    pair.exchange_rows(rows.data_ptr<double>(), (int) rows.size(1), forward);
+  }
+  PairNequIP &pair;
+};
+
 /* ---------------------------------------------------------------------- */
 
 PairNequIP::PairNequIP(LAMMPS *lmp) :
-    Pair(lmp), num_model_types(0), domain_mode(false), num_local_nodes(0)
+    Pair(lmp), num_model_types(0), domain_mode(false), exchange_mode(false), num_local_nodes(0)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -99,16 +128,26 @@ void PairNequIP::compute(int eflag, int vflag)
                "(.pt2) or again with this version of nequip (.pth)",
                model->path());
 
-  build_graph();
+  exchange_mode ? build_exchange_graph() : build_graph();
   const int64_t num_nodes = (int64_t) node_type.size();
   const int64_t num_edges = (int64_t) edge_index.size() / 2;
-  if (domain_mode) {
+  if (domain_mode || exchange_mode) {
     tally_steps += 1.0;
     tally_local_nodes += num_local_nodes;
     tally_nodes += num_nodes;
     tally_edges += num_edges;
   }
-  if (num_nodes == 0) return;
+  if (num_nodes == 0) {
+    // no atoms, not even ghosts: the other ranks' exchanges still need this one's part
+    if (exchange_mode) {
+      const std::vector<int64_t> &widths = model->metadata().layer_feature_widths;
+      for (size_t layer = 0; layer + 1 < widths.size(); layer++)
+        exchange_rows(nullptr, (int) widths[layer], true);
+      for (size_t layer = widths.size() - 1; layer-- > 0;)
+        exchange_rows(nullptr, (int) widths[layer], false);
+    }
+    return;
+  }
 
   // the cell as rows of lattice vectors a, b, c (h = xprd yprd zprd yz xz xy)
   const double *h = domain->h;
@@ -122,12 +161,18 @@ void PairNequIP::compute(int eflag, int vflag)
     in.pos = at::from_blob(node_pos.data(), {num_nodes, 3}, f64);
     in.atom_types = at::from_blob(node_type.data(), {num_nodes}, i64);
     in.edge_index = at::from_blob(edge_index.data(), {2, num_edges}, i64);
-    in.edge_cell_shift = at::from_blob(edge_cell_shift.data(), {num_edges, 3}, f64);
     in.cell = at::from_blob(cell, {3, 3}, f64);
-    if (domain_mode)
+    if (domain_mode || exchange_mode)
       in.local_mask = at::from_blob(node_is_local.data(), {num_nodes},
                                     at::TensorOptions().dtype(at::kByte));
-    out = model->compute(in);
+    if (exchange_mode) {
+      // ghosts sit at their images' positions: no shifts
+      RankExchange exchange(*this);
+      out = model->compute_exchanging(in, exchange);
+    } else {
+      in.edge_cell_shift = at::from_blob(edge_cell_shift.data(), {num_edges, 3}, f64);
+      out = model->compute(in);
+    }
   } catch (const nequip::NonFiniteOutputError &e) {
     // the runtime numbers atoms by node; a LAMMPS user knows them by atom ID
     std::string pair;
@@ -153,8 +198,8 @@ void PairNequIP::compute(int eflag, int vflag)
     f[i][2] += forces[3 * node + 2];
   }
   if (eflag_atom)
-    for (int node = 0; node < num_local_nodes; node++)
-      eatom[atom_of_node[node]] += atomic_energy[node];
+    for (int64_t node = 0; node < num_nodes; node++)
+      if (node_is_local[node]) eatom[atom_of_node[node]] += atomic_energy[node];
 
   if (eflag_global) eng_vdwl += out.total_energy;
 
@@ -172,8 +217,8 @@ void PairNequIP::compute(int eflag, int vflag)
   }
 
   if (vflag_atom) {
-    // each edge's virial split half to each end (LAMMPS' convention for pair styles); in
-    // domain mode the ghosts' halves go back to their owners with compute stress/atom's
+    // each edge's virial split half to each end (LAMMPS' convention for pair styles); on
+    // several ranks the ghosts' halves go back to their owners with compute stress/atom's
     // reverse communication (newton_pair on)
     const double *w = out.atom_virial->data_ptr<double>();    // (N, 3, 3) row-major
     for (int64_t node = 0; node < num_nodes; node++) {
@@ -189,6 +234,59 @@ void PairNequIP::compute(int eflag, int vflag)
   }
 }
 
+void PairNequIP::exchange_rows(double *rows, int width, bool forward)
+{
+  if (width > comm_forward)
+    error->one(FLERR, "pair_style nequip: model {} exchanges {} features per atom, more than "
+                      "its metadata (layer_feature_widths) says",
+               model->path(), width);
+  exchanged_rows = rows;
+  exchanged_width = width;
+  if (forward) {
+    comm->forward_comm(this, width);
+  } else {
+    comm->reverse_comm(this, width);
+    const int nlocal = atom->nlocal;
+    const int nall = nlocal + atom->nghost;
+    std::fill(rows + (size_t) nlocal * width, rows + (size_t) nall * width, 0.0);
+  }
+  exchanged_rows = nullptr;
+}
+
+int PairNequIP::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/,
+                                  int * /*pbc*/)
+{
+  // features are invariant under the periodic shift of a ghost
+  int m = 0;
+  for (int i = 0; i < n; i++) {
+    const double *row = exchanged_rows + (size_t) list[i] * exchanged_width;
+    for (int k = 0; k < exchanged_width; k++) buf[m++] = row[k];
+  }
+  return m;
+}
+
+void PairNequIP::unpack_forward_comm(int n, int first, double *buf)
+{
+  std::copy(buf, buf + (size_t) n * exchanged_width,
+            exchanged_rows + (size_t) first * exchanged_width);
+}
+
+int PairNequIP::pack_reverse_comm(int n, int first, double *buf)
+{
+  std::copy(exchanged_rows + (size_t) first * exchanged_width,
+            exchanged_rows + (size_t) (first + n) * exchanged_width, buf);
+  return n * exchanged_width;
+}
+
+void PairNequIP::unpack_reverse_comm(int n, int *list, double *buf)
+{
+  int m = 0;
+  for (int i = 0; i < n; i++) {
+    double *row = exchanged_rows + (size_t) list[i] * exchanged_width;
+    for (int k = 0; k < exchanged_width; k++) row[k] += buf[m++];
+  }
+}
+
 /* ----------------------------------------------------------------------
    End of a run: in domain mode, the model's graph size per owned atom, the
    factor by which the ghost shell multiplies the work (1 on one rank)
@@ -196,16 +294,19 @@ void PairNequIP::compute(int eflag, int vflag)
 
 void PairNequIP::finish()
 {
-  if (!domain_mode) return;
+  if (!domain_mode && !exchange_mode) return;
   double local[4] = {tally_steps, tally_local_nodes, tally_nodes, tally_edges};
   double total[4];
   MPI_Allreduce(local, total, 4, MPI_DOUBLE, MPI_SUM, world);
   tally_steps = tally_local_nodes = tally_nodes = tally_edges = 0.0;
   if (comm->me != 0 || total[1] == 0.0) return;
+  const std::string scheme =
+      exchange_mode ? "edges of owned atoms only, node features exchanged after every layer"
+                    : fmt::format("ghost shell of num_layers = {} cutoffs", model->num_layers());
   utils::logmesg(lmp,
                  "pair_style nequip: on {} ranks the model evaluated {:.3f} atoms and {:.1f} "
-                 "edges per owned atom (ghost shell of num_layers = {} cutoffs)\n",
-                 comm->nprocs, total[2] / total[1], total[3] / total[1], model->num_layers());
+                 "edges per owned atom ({})\n",
+                 comm->nprocs, total[2] / total[1], total[3] / total[1], scheme);
 }
 
 /* ----------------------------------------------------------------------
@@ -374,8 +475,24 @@ void PairNequIP::init_style()
     error->all(FLERR, "pair_style nequip requires an atom map: add 'atom_modify map yes' "
                       "before the simulation box is defined");
 
-  domain_mode = comm->nprocs > 1;
-  if (!domain_mode) {
+  exchange_mode = comm->nprocs > 1 && model->exchanges_features();
+  domain_mode = comm->nprocs > 1 && !exchange_mode;
+  if (exchange_mode) {
+    // ghosts' forces, per-atom virials and feature gradients go back to their owners
+    if (force->newton_pair == 0)
+      error->all(FLERR, "pair_style nequip on {} MPI ranks requires 'newton on' (or "
+                        "'newton on off'): forces on ghost atoms are sent to their owners",
+                 comm->nprocs);
+    // The features of the widest layer that sends them (the last layer's stay put), as
+    // doubles; read by comm->init(), which LAMMPS calls after force->init() (this).
+    const std::vector<int64_t> &widths = model->metadata().layer_feature_widths;
+    comm_forward = comm_reverse = 1;
+    for (size_t layer = 0; layer + 1 < widths.size(); layer++)
+      comm_forward = comm_reverse = std::max<int>(comm_forward, (int) widths[layer]);
+    // Edges are centred on owned atoms, whose neighbours LAMMPS' communication cutoff
+    // (never below the largest pair cutoff plus the skin) covers: no ghost neighbours.
+    neighbor->add_request(this, NeighConst::REQ_FULL);
+  } else if (!domain_mode) {
     // A full list of the owned atoms' neighbours is all the model needs: every edge is
     // centred on an owned atom, and every ghost folds onto its owner in build_graph().
     neighbor->add_request(this, NeighConst::REQ_FULL);
@@ -643,4 +760,60 @@ void PairNequIP::build_graph()
 
   node_is_local.assign(atom_of_node.size(), 0);
   std::fill(node_is_local.begin(), node_is_local.begin() + num_local_nodes, 1);
+}
+
+/* ----------------------------------------------------------------------
+   The graph of exchange mode: every owned and ghost atom is a node (node =
+   atom index; atoms of NULL types get type 0, no edges and no energy), the
+   edges are those of the owned atoms (centre i owned, |r_ij| < cutoff of
+   (type i, type j)), and the ghosts stand at their own positions: their
+   features come from their owners between layers, not from edges here.
+------------------------------------------------------------------------- */
+
+void PairNequIP::build_exchange_graph()
+{
+  const int nlocal = atom->nlocal;
+  const int nall = nlocal + atom->nghost;
+  const int *type = atom->type;
+  double **x = atom->x;
+  const int inum = list->inum;
+  const int *ilist = list->ilist;
+  const int *numneigh = list->numneigh;
+  int **firstneigh = list->firstneigh;
+
+  atom_of_node.resize(nall);
+  node_type.resize(nall);
+  node_is_local.assign(nall, 0);
+  node_pos.assign(nall > 0 ? &x[0][0] : nullptr, nall > 0 ? &x[0][0] + 3 * (size_t) nall : nullptr);
+  num_local_nodes = 0;
+  for (int i = 0; i < nall; i++) {
+    const int mtype = model_type[type[i]];
+    atom_of_node[i] = i;
+    node_type[i] = mtype >= 0 ? mtype : 0;
+    if (i < nlocal && mtype >= 0) {
+      node_is_local[i] = 1;
+      num_local_nodes++;
+    }
+  }
+
+  edge_index.clear();
+  edge_neighbour.clear();
+  for (int ii = 0; ii < inum; ii++) {
+    const int i = ilist[ii];
+    const int itype = model_type[type[i]];
+    if (itype < 0) continue;
+    const int *jlist = firstneigh[i];
+    for (int jj = 0; jj < numneigh[i]; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      const int jtype = model_type[type[j]];
+      if (jtype < 0) continue;
+      const double dx = x[j][0] - x[i][0];
+      const double dy = x[j][1] - x[i][1];
+      const double dz = x[j][2] - x[i][2];
+      if (dx * dx + dy * dy + dz * dz >= model_cutsq[itype * num_model_types + jtype]) continue;
+      edge_index.push_back(i);
+      edge_neighbour.push_back(j);
+    }
+  }
+  edge_index.insert(edge_index.end(), edge_neighbour.begin(), edge_neighbour.end());
 }

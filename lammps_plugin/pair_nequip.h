@@ -14,10 +14,12 @@
    When NAME_k is an element symbol, the mass of type k is compared with the
    element's (a warning when they differ by more than 5%).
 
-   On one MPI rank any compiled model works; on several, the model must take
-   local_mask and give num_layers (nequip-compile --target pair_nequip_domain,
-   or a .nequip.pth of this version). compute stress/atom needs a model that
-   returns atom_virial (the same files).
+   On one MPI rank any compiled model works. On several, a .nequip.pth of this
+   version runs layer by layer, the ranks exchanging the ghost atoms' node
+   features after every layer (each rank evaluates the edges of its own atoms);
+   a .nequip.pt2 of target pair_nequip_domain evaluates a ghost shell of
+   num_layers cutoffs instead. compute stress/atom needs a model that returns
+   atom_virial (the same files).
 ------------------------------------------------------------------------- */
 
 #ifndef LMP_PAIR_NEQUIP_H
@@ -48,6 +50,17 @@ class PairNequIP : public Pair {
   double init_one(int, int) override;
   void finish() override;
 
+  // the node features of the per-layer exchange (rows of atom indices, exchange_width wide)
+  int pack_forward_comm(int, int *, double *, int, int *) override;
+  void unpack_forward_comm(int, int, double *) override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
+
+  // Between two layers: ghost rows := their owners' (forward), or owners' rows += their
+  // ghosts' and ghost rows := 0 (reverse). rows: (nlocal + nghost) x width doubles.
+  void exchange_rows(double *rows, int width, bool forward);
+  class RankExchange;    // nequip::FeatureExchange through exchange_rows()
+
  protected:
   std::unique_ptr<nequip::Model> model;
   std::string requested_device;     // pair_style's `device`, "" = the model's own
@@ -59,6 +72,13 @@ class PairNequIP : public Pair {
   // atoms of other ranks they need, counting the energy of the owned ones only. Ghosts that
   // are images of owned atoms are folded onto them (on one rank, all are).
   bool domain_mode;
+  // Several ranks with a model that runs layer by layer (Model::exchanges_features): the
+  // nodes are all owned and ghost atoms (node = atom index), the edges those of the owned
+  // atoms, and the ghosts' features come from their owners after every layer. Otherwise
+  // (a ghost-shell file of target pair_nequip_domain) the graph spans num_layers cutoffs.
+  bool exchange_mode;
+  double *exchanged_rows = nullptr;  // the features being exchanged, during exchange_rows()
+  int exchanged_width = 0;
 
   // The model's graph for one step, rebuilt in compute(); the buffers keep their capacity.
   std::vector<int> node_of_atom;             // atom (owned, and ghost in domain mode) -> node, or -1
@@ -87,6 +107,7 @@ class PairNequIP : public Pair {
   int add_node(int atom_index, int mtype);
   void map_ghosts_to_owners();
   void build_graph();
+  void build_exchange_graph();
   double largest_cutoff() const;
 };
 
