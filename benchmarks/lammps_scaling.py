@@ -14,11 +14,17 @@ with ``OMP_NUM_THREADS`` torch threads per rank:
   them at the end of each run), beside the geometric estimate: the volume within w of a cube of
   side s per volume of the cube, about ((s + 2w) / s)^3.
 
-The model is the benchmark architecture of DESIGN.md made shallow (``--num-layers``, default 2)
-and narrow (``--num-features``, ``--l-max``): with the benchmark model's 4 layers x 5 Å the
-ghost shell is 20 Å wide, and a 4096-atom system split in two would make each rank evaluate
-about 15 times its own atoms, which does not fit this machine. The model is compiled once to
-``--out-dir`` (target pair_nequip_domain) and reused.
+The model is the benchmark architecture of DESIGN.md, by default made shallow (``--num-layers``,
+default 2) and narrow (``--num-features``, ``--l-max``). ``--mode aotinductor`` (the default)
+compiles a ``.nequip.pt2`` of target pair_nequip_domain, which evaluates a ghost shell of
+num_layers cutoffs on several ranks: with the benchmark model's 4 layers x 5 Å the shell is 20 Å
+wide, and a 4096-atom system split in two would make each rank evaluate about 15 times its own
+atoms, which does not fit this machine. ``--mode torchscript`` compiles a ``.nequip.pth``, which
+runs layer by layer with the per-layer feature exchange: each rank evaluates the edges of its
+own atoms only. The file is compiled once to ``--out-dir`` and reused.
+
+    .venv/bin/python benchmarks/lammps_scaling.py --mode torchscript --num-layers 4 \
+        --num-features 32 --l-max 2 --parts strong --configurations 1x1 2x1 --steps 1
 """
 
 import argparse
@@ -154,6 +160,10 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--parts", nargs="+", choices=["strong", "weak", "work"], default=["strong", "weak", "work"],
                         help="what to measure; the others are kept from an existing --json file")  # fmt: skip
+    parser.add_argument("--mode", choices=["aotinductor", "torchscript"], default="aotinductor",
+                        help="the file: a ghost-shell .pt2 or a .pth with the per-layer exchange")
+    parser.add_argument("--configurations", nargs="+", default=["1x1", "1x2", "2x1"],
+                        help="strong scaling's RANKSxTHREADS, the first the reference of the speed-ups")
     parser.add_argument("--out-dir", type=Path, default=Path("outputs/lammps_scaling"))
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
@@ -162,11 +172,13 @@ def main(argv=None):
 
     overrides = dict(num_layers=args.num_layers, num_features=args.num_features, l_max=args.l_max)
     model = benchmark_model(**overrides)
-    name = f"scaling_{args.num_layers}x{args.num_features}_l{args.l_max}.nequip.pt2"
+    extension = ".nequip.pt2" if args.mode == "aotinductor" else ".nequip.pth"
+    name = f"scaling_{args.num_layers}x{args.num_features}_l{args.l_max}{extension}"
     model_path = args.out_dir / name
     if not model_path.exists():
         start = time.perf_counter()
-        compile_model(model, model_path, mode="aotinductor", device="cpu", target="pair_nequip_domain")
+        target = "pair_nequip_domain" if args.mode == "aotinductor" else None
+        compile_model(model, model_path, mode=args.mode, device="cpu", target=target)
         print(f"compiled {model_path} in {time.perf_counter() - start:.0f} s", flush=True)
     r_max = model.r_max
     unit = sic((4, 4, 4))
@@ -178,10 +190,14 @@ def main(argv=None):
         directory = Path(scratch)
         if "strong" in args.parts:
             print("strong scaling", flush=True)
-            rows = strong_scaling(directory, model_path, (args.strong_cells,) * 3, [(1, 1), (1, 2), (2, 1)],
+            configurations = [tuple(int(n) for n in c.split("x")) for c in args.configurations]
+            rows = strong_scaling(directory, model_path, (args.strong_cells,) * 3, configurations,
                                   args.repeats, args.steps, args.warmup)  # fmt: skip
-            # one list for every size measured, this size's rows replaced
-            kept = [row for row in report.get("strong", []) if row["atoms"] != rows[0]["atoms"]]
+            for row in rows:
+                row.update(file=name, scheme="per-layer exchange" if args.mode == "torchscript" else "ghost shell")
+            # one list for every size and file measured, this pair's rows replaced
+            kept = [row for row in report.get("strong", [])
+                    if (row["atoms"], row.get("file")) != (rows[0]["atoms"], name)]  # fmt: skip
             report["strong"] = sorted(kept + rows, key=lambda row: row["atoms"])
             for row in rows:
                 print(f"  {row['atoms']} atoms, {row['ranks']} rank(s) x {row['threads']} thread(s): "
