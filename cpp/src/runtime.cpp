@@ -660,15 +660,16 @@ class Model::Impl {
   }
 
   bool exchanges_features() const {
-    return format_ == ModelFormat::TorchScript && !metadata_.layer_feature_widths.empty() &&
-           takes(kLocalMask);
+    if (metadata_.layer_feature_widths.empty() || !takes(kLocalMask)) return false;
+    return format_ == ModelFormat::TorchScript || !aoti_parts_.empty();
   }
 
   Outputs compute_exchanging(const Inputs& inputs, FeatureExchange& exchange) {
     if (!exchanges_features()) {
       throw InputError(path_ + ": this file cannot run layer by layer with a feature exchange "
                        "(LAMMPS on several MPI ranks); compile the model again with this "
-                       "version of nequip: nequip-compile ... --mode torchscript");
+                       "version of nequip: `nequip-compile ... --target pair_nequip_domain` "
+                       "(.pt2) or `--mode torchscript` (.pth)");
     }
     if (!inputs.local_mask.defined()) {
       throw InputError("the layer-by-layer evaluation needs local_mask (the owned atoms)");
@@ -726,11 +727,32 @@ class Model::Impl {
     // records the vector ISA of the kernels.
     if (device_.is_cpu()) check_cpu_isa(path_, metadata_);
     check_torch_version(path_, metadata_, warnings_);
-    aoti_ = translate_torch_errors(path_ + ": loading the AOTInductor package", [&] {
-      return std::make_unique<torch::inductor::AOTIModelPackageLoader>(
-          path_, "model", /*run_single_threaded=*/false, /*num_runners=*/1,
-          device_.is_cuda() ? device_.index() : c10::DeviceIndex(-1));
-    });
+    auto load = [&](const std::string& name) {
+      return translate_torch_errors(path_ + ": loading the AOTInductor package", [&] {
+        return std::make_unique<torch::inductor::AOTIModelPackageLoader>(
+            path_, name, /*run_single_threaded=*/false, /*num_runners=*/1,
+            device_.is_cuda() ? device_.index() : c10::DeviceIndex(-1));
+      });
+    };
+    aoti_ = load("model");
+    // the layer-by-layer parts of target pair_nequip_domain, each a model of the package
+    auto parts = metadata_.raw.find("nequip_aoti_parts");
+    if (parts != metadata_.raw.end()) {
+      std::vector<std::string> expected = {"node_embedding", "edge_embedding"};
+      for (int64_t k = 0; k < metadata_.num_layers; ++k) expected.push_back("layer_" + std::to_string(k));
+      expected.push_back("energy_readout_vjp");
+      for (int64_t k = metadata_.num_layers - 1; k >= 0; --k) {
+        expected.push_back("layer_" + std::to_string(k) + "_vjp");
+      }
+      expected.push_back("edge_embedding_vjp");
+      if (metadata_.num_layers < 1 || detail::split_words(parts->second) != expected) {
+        throw ModelFileError(path_ + ": metadata key 'nequip_aoti_parts' is malformed: expected '" +
+                             join(expected) + "' (num_layers " +
+                             std::to_string(metadata_.num_layers) + "), got '" +
+                             detail::printable(parts->second) + "'");
+      }
+      for (const std::string& name : expected) aoti_parts_[name] = load(name);
+    }
   }
 
   std::map<std::string, at::Tensor> run_torchscript(const PreparedInputs& inputs) {
@@ -753,18 +775,17 @@ class Model::Impl {
     return outputs;
   }
 
-  // The model's parts (NequIPModel.edge_embedding, node_attributes, node_embedding, layer,
-  // energy_readout) one after the other, the exchange between layers, and the backward pass
-  // layer by layer in reverse with the gradients' exchange, all with torch's autograd: each
-  // layer's input features (and the shared edge embeddings) are leaves of their own, so the
-  // gradients can leave for the other ranks between layers and come back.
+  // The layer-by-layer evaluation: the model's parts one after the other, the exchange
+  // between layers, then the backward pass layer by layer in reverse, with the exchange of
+  // the gradients by the features (the ghosts' part belongs to their owners).
   std::map<std::string, at::Tensor> run_layered(const PreparedInputs& in,
                                                 FeatureExchange& exchange) {
-    at::AutoGradMode enable_grad(true);
-    torch::jit::Module& module = *module_;
-    auto call = [&](const char* method, std::vector<c10::IValue> args) {
-      return module.get_method(method)(std::move(args));
-    };
+    std::unique_ptr<LayeredParts> parts;
+    if (format_ == ModelFormat::TorchScript) {
+      parts = std::make_unique<TorchScriptParts>(*module_);
+    } else {
+      parts = std::make_unique<AotiParts>(aoti_parts_);
+    }
     const int64_t num_nodes = in.pos.size(0);
     const int64_t num_layers = metadata_.num_layers;
     const at::Tensor centre = in.edge_index[0];
@@ -779,77 +800,212 @@ class Model::Impl {
                       values.narrow(0, num_nodes, values.size(0) - num_nodes)});
     };
 
-    const at::Tensor edge_vec =
-        (in.pos.index_select(0, neighbour) - in.pos.index_select(0, centre) +
-         at::matmul(in.edge_cell_shift, in.cell[0]))
-            .detach()
-            .requires_grad_(true);
-    auto embedded = call("edge_embedding", {edge_vec, in.atom_types, in.edge_index}).toTuple();
-    const at::Tensor edge_sh = embedded->elements()[0].toTensor();
-    const at::Tensor edge_radial = embedded->elements()[1].toTensor();
-    const at::Tensor sh_leaf = edge_sh.detach().requires_grad_(true);
-    const at::Tensor radial_leaf = edge_radial.detach().requires_grad_(true);
-    const at::Tensor node_attrs = call("node_attributes", {in.atom_types}).toTensor().detach();
-    at::Tensor x = call("node_embedding", {node_attrs}).toTensor().detach();
-
-    // the first layer's input is a function of the types: no gradient, no exchange
-    std::vector<at::Tensor> layer_inputs, layer_outputs;
+    const at::Tensor edge_vec = in.pos.index_select(0, neighbour) -
+                                in.pos.index_select(0, centre) +
+                                at::matmul(in.edge_cell_shift, in.cell[0]);
+    auto [node_attrs, x] = parts->node_embedding(in.atom_types);
+    auto [edge_sh, edge_radial] = parts->edge_embedding(edge_vec, in.atom_types, in.edge_index);
+    std::vector<at::Tensor> layer_inputs;
     for (int64_t layer = 0; layer < num_layers; ++layer) {
-      const at::Tensor input = layer == 0 ? x : x.detach().requires_grad_(true);
-      const at::Tensor output =
-          call("layer", {layer, input, node_attrs, sh_leaf, radial_leaf, in.edge_index})
-              .toTensor();
-      layer_inputs.push_back(input);
-      layer_outputs.push_back(output);
+      layer_inputs.push_back(x);
+      at::Tensor out = parts->layer(layer, x, node_attrs, edge_sh, edge_radial, in.edge_index);
       // ghosts have no edges here: their features are their owners'
-      x = layer + 1 < num_layers ? exchanged(output.detach(), true) : output.detach();
+      x = layer + 1 < num_layers ? exchanged(out, true) : out;
     }
-    const at::Tensor last = x.requires_grad_(true);
-    at::Tensor atomic_energy = call("energy_readout", {last, in.atom_types}).toTensor();
-    atomic_energy =
-        at::where(in.local_mask.unsqueeze(-1), atomic_energy, at::zeros_like(atomic_energy));
-    const at::Tensor total_energy = atomic_energy.sum().reshape({1});
-
-    at::Tensor gradient = torch::autograd::grad({total_energy}, {last})[0];
+    auto [atomic_energy, gradient] = parts->energy_readout_vjp(x, in.atom_types, in.local_mask);
     at::Tensor sh_gradient = at::zeros_like(edge_sh);
     at::Tensor radial_gradient = at::zeros_like(edge_radial);
     for (int64_t layer = num_layers - 1; layer >= 0; --layer) {
-      std::vector<at::Tensor> wrt = {sh_leaf, radial_leaf};
-      if (layer > 0) wrt.push_back(layer_inputs[layer]);
-      std::vector<at::Tensor> grads = torch::autograd::grad(
-          {layer_outputs[layer]}, wrt, {gradient}, /*retain_graph=*/false,
-          /*create_graph=*/false, /*allow_unused=*/true);
-      if (grads[0].defined()) sh_gradient += grads[0];
-      if (grads[1].defined()) radial_gradient += grads[1];
-      if (layer > 0) {
-        // the ghosts' part of a gradient belongs to their owners
-        gradient = grads[2].defined() ? exchanged(grads[2], false)
-                                      : at::zeros_like(layer_inputs[layer]);
-      }
+      std::vector<at::Tensor> grads = parts->layer_vjp(layer, layer_inputs[layer], node_attrs,
+                                                       edge_sh, edge_radial, in.edge_index,
+                                                       gradient);
+      sh_gradient += grads[0];
+      radial_gradient += grads[1];
+      if (layer > 0) gradient = exchanged(grads[2], false);
     }
-    std::vector<at::Tensor> edge_grads = torch::autograd::grad(
-        {edge_sh, edge_radial}, {edge_vec}, {sh_gradient, radial_gradient},
-        /*retain_graph=*/false, /*create_graph=*/false, /*allow_unused=*/true);
-    const at::Tensor edge_grad = edge_grads[0].defined() ? edge_grads[0]
-                                                         : at::zeros_like(edge_vec);
+    const at::Tensor edge_grad = parts->edge_embedding_vjp(edge_vec, in.atom_types, in.edge_index,
+                                                           sh_gradient, radial_gradient);
 
     // forces and virials from dE/d(edge vector), as NequIPModel._energy_and_derivatives
-    at::NoGradGuard no_grad;
     const at::Tensor forces = at::zeros({num_nodes, 3}, edge_grad.options())
                                   .index_add(0, centre, edge_grad)
                                   .index_add(0, neighbour, edge_grad, -1.0);
-    const at::Tensor outer = edge_vec.detach().unsqueeze(-1) * edge_grad.unsqueeze(-2);
+    const at::Tensor outer = edge_vec.unsqueeze(-1) * edge_grad.unsqueeze(-2);
     const at::Tensor edge_virial = -0.5 * (outer + outer.transpose(-1, -2));
     const at::Tensor half = 0.5 * edge_virial;
     const at::Tensor atom_virial = at::zeros({num_nodes, 3, 3}, edge_virial.options())
                                        .index_add(0, centre, half)
                                        .index_add(0, neighbour, half);
-    return {{kAtomicEnergy, atomic_energy.detach()},
-            {kTotalEnergy, total_energy.detach()},
+    return {{kAtomicEnergy, atomic_energy},
+            {kTotalEnergy, atomic_energy.sum().reshape({1})},
             {kForces, forces},
             {kVirial, edge_virial.sum(0)},
             {kAtomVirial, atom_virial}};
   }
+
+  // The parts of a layer-by-layer evaluation (the methods of NequIPModel of the same names;
+  // aotinductor.part_names), called in the order of run_layered. Tensors in and out carry
+  // no autograd history.
+  class LayeredParts {
+   public:
+    virtual ~LayeredParts() = default;
+    // (node_attrs, features), both with N + num_types rows (the reference atoms last)
+    virtual std::pair<at::Tensor, at::Tensor> node_embedding(const at::Tensor& atom_types) = 0;
+    // (edge_sh, edge_radial)
+    virtual std::pair<at::Tensor, at::Tensor> edge_embedding(const at::Tensor& edge_vec,
+                                                             const at::Tensor& atom_types,
+                                                             const at::Tensor& edge_index) = 0;
+    virtual at::Tensor layer(int64_t index, const at::Tensor& x, const at::Tensor& node_attrs,
+                             const at::Tensor& edge_sh, const at::Tensor& edge_radial,
+                             const at::Tensor& edge_index) = 0;
+    // (atomic energies (N, 1), 0 where not local; their sum's gradient by x)
+    virtual std::pair<at::Tensor, at::Tensor> energy_readout_vjp(const at::Tensor& x,
+                                                                 const at::Tensor& atom_types,
+                                                                 const at::Tensor& local_mask) = 0;
+    // gradients by edge_sh, edge_radial and (index > 0) x, from the gradient by the output
+    virtual std::vector<at::Tensor> layer_vjp(int64_t index, const at::Tensor& x,
+                                              const at::Tensor& node_attrs,
+                                              const at::Tensor& edge_sh,
+                                              const at::Tensor& edge_radial,
+                                              const at::Tensor& edge_index,
+                                              const at::Tensor& grad_out) = 0;
+    // the gradient by the edge vectors
+    virtual at::Tensor edge_embedding_vjp(const at::Tensor& edge_vec, const at::Tensor& atom_types,
+                                          const at::Tensor& edge_index, const at::Tensor& grad_sh,
+                                          const at::Tensor& grad_radial) = 0;
+  };
+
+  // TorchScript: the exported methods, differentiated by torch's autograd at run time. Each
+  // layer's input features and the edge embeddings are leaves of their own, and the graphs
+  // of the forward pass are kept until the backward pass (nothing is computed twice).
+  class TorchScriptParts : public LayeredParts {
+   public:
+    explicit TorchScriptParts(torch::jit::Module& module) : module_(module) {}
+
+    std::pair<at::Tensor, at::Tensor> node_embedding(const at::Tensor& atom_types) override {
+      at::Tensor node_attrs = call("node_attributes", {atom_types}).toTensor().detach();
+      return {node_attrs, call("node_embedding", {node_attrs}).toTensor().detach()};
+    }
+    std::pair<at::Tensor, at::Tensor> edge_embedding(const at::Tensor& edge_vec,
+                                                     const at::Tensor& atom_types,
+                                                     const at::Tensor& edge_index) override {
+      edge_vec_ = edge_vec.detach().requires_grad_(true);
+      auto out = call("edge_embedding", {edge_vec_, atom_types, edge_index}).toTuple();
+      edge_sh_ = out->elements()[0].toTensor();
+      edge_radial_ = out->elements()[1].toTensor();
+      sh_leaf_ = edge_sh_.detach().requires_grad_(true);
+      radial_leaf_ = edge_radial_.detach().requires_grad_(true);
+      return {edge_sh_.detach(), edge_radial_.detach()};
+    }
+    at::Tensor layer(int64_t index, const at::Tensor& x, const at::Tensor& node_attrs,
+                     const at::Tensor&, const at::Tensor&, const at::Tensor& edge_index) override {
+      // the first layer's input is a function of the types: no gradient
+      at::Tensor input = index == 0 ? x : x.detach().requires_grad_(true);
+      at::Tensor out =
+          call("layer", {index, input, node_attrs, sh_leaf_, radial_leaf_, edge_index}).toTensor();
+      layer_inputs_.push_back(input);
+      layer_outputs_.push_back(out);
+      return out.detach();
+    }
+    std::pair<at::Tensor, at::Tensor> energy_readout_vjp(const at::Tensor& x,
+                                                         const at::Tensor& atom_types,
+                                                         const at::Tensor& local_mask) override {
+      at::Tensor input = x.detach().requires_grad_(true);
+      at::Tensor energy = call("energy_readout", {input, atom_types}).toTensor();
+      energy = at::where(local_mask.unsqueeze(-1), energy, at::zeros_like(energy));
+      at::Tensor grad = torch::autograd::grad({energy.sum()}, {input})[0];
+      return {energy.detach(), grad};
+    }
+    std::vector<at::Tensor> layer_vjp(int64_t index, const at::Tensor&, const at::Tensor&,
+                                      const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                      const at::Tensor& grad_out) override {
+      std::vector<at::Tensor> wrt = {sh_leaf_, radial_leaf_};
+      if (index > 0) wrt.push_back(layer_inputs_[index]);
+      std::vector<at::Tensor> grads =
+          torch::autograd::grad({layer_outputs_[index]}, wrt, {grad_out},
+                                /*retain_graph=*/false, /*create_graph=*/false,
+                                /*allow_unused=*/true);
+      for (size_t i = 0; i < grads.size(); ++i) {
+        if (!grads[i].defined()) grads[i] = at::zeros_like(wrt[i]);
+      }
+      return grads;
+    }
+    at::Tensor edge_embedding_vjp(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                  const at::Tensor& grad_sh,
+                                  const at::Tensor& grad_radial) override {
+      at::Tensor grad = torch::autograd::grad({edge_sh_, edge_radial_}, {edge_vec_},
+                                              {grad_sh, grad_radial}, /*retain_graph=*/false,
+                                              /*create_graph=*/false, /*allow_unused=*/true)[0];
+      return grad.defined() ? grad : at::zeros_like(edge_vec_);
+    }
+
+   private:
+    c10::IValue call(const char* method, std::vector<c10::IValue> args) {
+      return module_.get_method(method)(std::move(args));
+    }
+    at::AutoGradMode enable_grad_{true};
+    torch::jit::Module& module_;
+    at::Tensor edge_vec_, edge_sh_, edge_radial_, sh_leaf_, radial_leaf_;
+    std::vector<at::Tensor> layer_inputs_, layer_outputs_;
+  };
+
+  // AOTInductor: one compiled model per part, VJPs included (each recomputes its forward).
+  class AotiParts : public LayeredParts {
+   public:
+    using Loaders = std::map<std::string, std::unique_ptr<torch::inductor::AOTIModelPackageLoader>>;
+    explicit AotiParts(Loaders& loaders) : loaders_(loaders) {}
+
+    std::pair<at::Tensor, at::Tensor> node_embedding(const at::Tensor& atom_types) override {
+      std::vector<at::Tensor> out = run("node_embedding", {atom_types}, 2);
+      return {out[0], out[1]};
+    }
+    std::pair<at::Tensor, at::Tensor> edge_embedding(const at::Tensor& edge_vec,
+                                                     const at::Tensor& atom_types,
+                                                     const at::Tensor& edge_index) override {
+      std::vector<at::Tensor> out = run("edge_embedding", {edge_vec, atom_types, edge_index}, 2);
+      return {out[0], out[1]};
+    }
+    at::Tensor layer(int64_t index, const at::Tensor& x, const at::Tensor& node_attrs,
+                     const at::Tensor& edge_sh, const at::Tensor& edge_radial,
+                     const at::Tensor& edge_index) override {
+      return run("layer_" + std::to_string(index),
+                 {x, node_attrs, edge_sh, edge_radial, edge_index}, 1)[0];
+    }
+    std::pair<at::Tensor, at::Tensor> energy_readout_vjp(const at::Tensor& x,
+                                                         const at::Tensor& atom_types,
+                                                         const at::Tensor& local_mask) override {
+      std::vector<at::Tensor> out = run("energy_readout_vjp", {x, atom_types, local_mask}, 2);
+      return {out[0], out[1]};
+    }
+    std::vector<at::Tensor> layer_vjp(int64_t index, const at::Tensor& x,
+                                      const at::Tensor& node_attrs, const at::Tensor& edge_sh,
+                                      const at::Tensor& edge_radial, const at::Tensor& edge_index,
+                                      const at::Tensor& grad_out) override {
+      return run("layer_" + std::to_string(index) + "_vjp",
+                 {x, node_attrs, edge_sh, edge_radial, edge_index, grad_out}, index > 0 ? 3 : 2);
+    }
+    at::Tensor edge_embedding_vjp(const at::Tensor& edge_vec, const at::Tensor& atom_types,
+                                  const at::Tensor& edge_index, const at::Tensor& grad_sh,
+                                  const at::Tensor& grad_radial) override {
+      return run("edge_embedding_vjp", {edge_vec, atom_types, edge_index, grad_sh, grad_radial},
+                 1)[0];
+    }
+
+   private:
+    std::vector<at::Tensor> run(const std::string& name, std::vector<at::Tensor> inputs,
+                                size_t num_outputs) {
+      for (at::Tensor& tensor : inputs) tensor = tensor.contiguous();
+      std::vector<at::Tensor> out = loaders_.at(name)->run(inputs);
+      if (out.size() != num_outputs) {
+        throw TorchError("the AOTInductor part '" + name + "' returned " +
+                         std::to_string(out.size()) + " outputs, expected " +
+                         std::to_string(num_outputs));
+      }
+      return out;
+    }
+    c10::InferenceMode inference_;
+    Loaders& loaders_;
+  };
 
   std::map<std::string, at::Tensor> run_aoti(const PreparedInputs& inputs) {
     c10::InferenceMode inference;
@@ -932,6 +1088,7 @@ class Model::Impl {
 
   std::optional<torch::jit::Module> module_;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> aoti_;
+  std::map<std::string, std::unique_ptr<torch::inductor::AOTIModelPackageLoader>> aoti_parts_;
 };
 
 Model::Model(const std::string& path, const std::string& device)

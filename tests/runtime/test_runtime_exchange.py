@@ -10,34 +10,29 @@ import numpy as np
 import pytest
 
 from nequip._runtime import InputError, Model
+from nequip.compile.loader import images_as_ghosts
 from runtime_cases import assert_matches, eager_outputs, random_frames
 
 
 def unfolded(frame):
-    """The frame with one ghost node per (atom, nonzero image shift) its edges reach: (pos,
-    atom_types, edge_index, owner), edges from owned atoms to owned atoms or ghosts, no shifts."""
-    num_atoms = len(frame["pos"])
-    pos, types, owner = list(frame["pos"]), list(frame["atom_types"]), list(range(num_atoms))
-    ghost_of = {}
-    neighbours = []
-    for (i, j), shift in zip(frame["edge_index"].T, frame["edge_cell_shift"]):
-        if not shift.any():
-            neighbours.append(j)
-            continue
-        key = (int(j), tuple(shift))
-        if key not in ghost_of:
-            ghost_of[key] = len(pos)
-            pos.append(frame["pos"][j] + shift @ frame["cell"])
-            types.append(frame["atom_types"][j])
-            owner.append(int(j))
-        neighbours.append(ghost_of[key])
-    edge_index = np.stack([frame["edge_index"][0], np.array(neighbours, dtype=np.int64)])
-    return np.array(pos).reshape(-1, 3), np.array(types), edge_index, np.array(owner)
+    """(pos, atom_types, edge_index, owner) of the frame with its images as ghost nodes."""
+    pos, edge_index, owner = images_as_ghosts(frame["pos"], frame["edge_index"], frame["edge_cell_shift"], frame["cell"])
+    return pos, frame["atom_types"][owner], edge_index, owner
 
 
 @pytest.fixture(scope="module")
 def deep(deep_model):
     return Model(str(deep_model.pth)), deep_model.eager
+
+
+@pytest.fixture(params=["pth-3-layers", "pt2-float64", "pt2-float32"], scope="module")
+def layered(request, deep_model, compiled_models):
+    """(runtime model, eager model, dtype) of files that run layer by layer."""
+    if request.param == "pth-3-layers":
+        return Model(str(deep_model.pth)), deep_model.eager, "float64"
+    dtype = request.param.split("-")[1]
+    key = (dtype, "aotinductor", "pair_nequip_domain")
+    return Model(str(compiled_models[key])), compiled_models.eager[dtype], dtype
 
 
 def test_deep_torchscript_file_exchanges_features(deep):
@@ -49,10 +44,10 @@ def test_deep_torchscript_file_exchanges_features(deep):
 
 
 @pytest.mark.parametrize("seed", [3, 4])
-def test_layer_by_layer_with_ghost_images_is_the_folded_frame(deep, seed):
-    model, eager = deep
+def test_layer_by_layer_with_ghost_images_is_the_folded_frame(layered, seed):
+    model, eager, dtype = layered
     compared = 0
-    for frame in random_frames(12, seed=seed):
+    for frame in random_frames(12, seed=seed, per_edge_type_cutoff=model.per_edge_type_cutoff):
         pos, types, edge_index, owner = unfolded(frame)
         if len(pos) == len(frame["pos"]):
             continue  # no images: nothing to exchange
@@ -64,12 +59,12 @@ def test_layer_by_layer_with_ghost_images_is_the_folded_frame(deep, seed):
         np.add.at(forces, owner, got["forces"])
         atom_virial = np.zeros((num_atoms, 3, 3))
         np.add.at(atom_virial, owner, got["atom_virial"])
-        assert_matches(got["total_energy"], expected["total_energy"], "float64", "total_energy")
-        assert_matches(got["atomic_energy"][:num_atoms], expected["atomic_energy"], "float64", "atomic_energy")
+        assert_matches(got["total_energy"], expected["total_energy"], dtype, "total_energy")
+        assert_matches(got["atomic_energy"][:num_atoms], expected["atomic_energy"], dtype, "atomic_energy")
         assert not got["atomic_energy"][num_atoms:].any()
-        assert_matches(forces, expected["forces"], "float64", "forces")
-        assert_matches(got["virial"], expected["virial"], "float64", "virial")
-        assert_matches(atom_virial, expected["atom_virial"], "float64", "atom_virial")
+        assert_matches(forces, expected["forces"], dtype, "forces")
+        assert_matches(got["virial"], expected["virial"], dtype, "virial")
+        assert_matches(atom_virial, expected["atom_virial"], dtype, "atom_virial")
         compared += 1
     assert compared >= 4
 
@@ -97,8 +92,8 @@ def test_an_owner_that_is_a_ghost_is_refused(deep):
         model.compute_exchanging(pos, types, edge_index, owner, cell=frame["cell"])
 
 
-def test_files_without_layer_widths_cannot_exchange(compiled_models):
-    model = Model(str(compiled_models["float64", "aotinductor", "pair_nequip_domain"]))
+def test_files_without_the_parts_cannot_exchange(compiled_models):
+    model = Model(str(compiled_models["float64", "aotinductor", "pair_nequip"]))
     assert not model.exchanges_features
     frame = random_frames(3, seed=3)[2]
     with pytest.raises(InputError, match="cannot run layer by layer with a feature exchange"):

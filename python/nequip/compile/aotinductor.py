@@ -12,7 +12,7 @@ AOTInductor into a self-contained package.
       --aoti_compile_and_package--> *.nequip.pt2
 """
 
-from typing import BinaryIO, Mapping, Optional, Tuple
+from typing import BinaryIO, Dict, Mapping, Optional, Tuple
 
 import torch
 import torch.fx.experimental._config as fx_config
@@ -193,3 +193,209 @@ def package(exported: torch.export.ExportedProgram, file: BinaryIO, metadata: Ma
         package_path=file,
         inductor_configs={**INDUCTOR_CONFIGS, "aot_inductor.metadata": dict(metadata)},
     )
+
+
+# -- the layer-by-layer parts (target pair_nequip_domain) -----------------------------------
+#
+# LAMMPS on several MPI ranks evaluates the model one layer at a time and exchanges the ghost
+# atoms' node features between layers (Model::compute_exchanging in the C++ runtime). A package
+# of that target holds, beside the whole model ("model", what one rank runs), the parts below,
+# each its own AOTI model: forward parts to go forward, vector-Jacobian products (VJPs) to come
+# back. A VJP recomputes its part's forward (nothing is kept between calls), so the forward of
+# every layer runs twice; the TorchScript file, with autograd at run time, does not.
+
+
+def part_names(num_layers: int) -> Tuple[str, ...]:
+    """The AOTI model names of the parts, in the order of one evaluation."""
+    return (
+        ("node_embedding", "edge_embedding")
+        + tuple(f"layer_{k}" for k in range(num_layers))
+        + ("energy_readout_vjp",)
+        + tuple(f"layer_{k}_vjp" for k in reversed(range(num_layers)))
+        + ("edge_embedding_vjp",)
+    )
+
+
+def _leaf(tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.detach().requires_grad_(True)
+
+
+def _vjp(outputs, inputs, grad_outputs):
+    """Gradients of ``outputs`` by ``inputs`` (zeros where they do not depend on one)."""
+    grads = torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True)
+    return tuple(torch.zeros_like(x) if g is None else g for g, x in zip(grads, inputs))
+
+
+class NodeEmbedding(torch.nn.Module):
+    """atom_types (N,) -> node_attrs, features (N + num_types rows: the reference atoms last)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, atom_types):
+        node_attrs = self.model.node_attributes(atom_types)
+        return node_attrs, self.model.node_embedding(node_attrs)
+
+
+class EdgeEmbedding(torch.nn.Module):
+    """edge_vec (E, 3) float64, atom_types, edge_index -> edge_sh, edge_radial."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, edge_vec, atom_types, edge_index):
+        return self.model.edge_embedding(edge_vec, atom_types, edge_index)
+
+
+class EdgeEmbeddingVJP(torch.nn.Module):
+    """... grad_sh, grad_radial -> the gradient by the edge vectors (E, 3) float64."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, edge_vec, atom_types, edge_index, grad_sh, grad_radial):
+        with torch.enable_grad():
+            edge_vec = _leaf(edge_vec)
+            edge_sh, edge_radial = self.model.edge_embedding(edge_vec, atom_types, edge_index)
+            return _vjp([edge_sh, edge_radial], [edge_vec], [grad_sh, grad_radial])
+
+
+class Layer(torch.nn.Module):
+    """Layer ``index``: x, node_attrs, edge_sh, edge_radial, edge_index -> its output features."""
+
+    def __init__(self, model, index: int):
+        super().__init__()
+        self.model = model
+        self.index = index
+
+    def forward(self, x, node_attrs, edge_sh, edge_radial, edge_index):
+        return self.model.layer(self.index, x, node_attrs, edge_sh, edge_radial, edge_index)
+
+
+class LayerVJP(Layer):
+    """... grad_out -> the gradients by edge_sh and edge_radial, then by x (not for the first
+    layer, whose input is a function of the types)."""
+
+    def forward(self, x, node_attrs, edge_sh, edge_radial, edge_index, grad_out):
+        with torch.enable_grad():
+            edge_sh, edge_radial = _leaf(edge_sh), _leaf(edge_radial)
+            inputs = [edge_sh, edge_radial]
+            if self.index > 0:
+                x = _leaf(x)
+                inputs.append(x)
+            out = self.model.layer(self.index, x, node_attrs, edge_sh, edge_radial, edge_index)
+            return _vjp([out], inputs, [grad_out])
+
+
+class EnergyReadoutVJP(torch.nn.Module):
+    """x (N + num_types rows), atom_types, local_mask -> atomic energies (N, 1), 0 where not
+    local, and the gradient of their sum by x."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, atom_types, local_mask):
+        with torch.enable_grad():
+            x = _leaf(x)
+            atomic_energy = self.model.energy_readout(x, atom_types)
+            atomic_energy = torch.where(local_mask.unsqueeze(-1), atomic_energy, torch.zeros_like(atomic_energy))
+            (grad,) = _vjp([atomic_energy.sum()], [x], None)
+            return atomic_energy.detach(), grad
+
+
+def _part_inputs(model, num_types: int, device, num_atoms=None, num_edges=None):
+    """Example inputs of every part (name -> tuple), from the synthetic frame as tracing_inputs
+    makes it, with the intermediate tensors the model gives on it."""
+    pos, edge_index, atom_types, cell, shift, local_mask = tracing_inputs(
+        "pair_nequip_domain", num_types, device, num_atoms, num_edges
+    )
+    batch = torch.zeros(pos.shape[0], dtype=torch.long, device=device)
+    with torch.no_grad():
+        edge_vec = model.edge_vectors(pos, cell.view(-1, 3, 3), edge_index, shift, batch)
+        edge_sh, edge_radial = model.edge_embedding(edge_vec, atom_types, edge_index)
+        node_attrs = model.node_attributes(atom_types)
+        features = [model.node_embedding(node_attrs)]
+        for k in range(len(model.layers)):
+            features.append(model.layer(k, features[-1], node_attrs, edge_sh, edge_radial, edge_index))
+    inputs = {
+        "node_embedding": (atom_types,),
+        "edge_embedding": (edge_vec, atom_types, edge_index),
+        "edge_embedding_vjp": (edge_vec, atom_types, edge_index, torch.ones_like(edge_sh), torch.ones_like(edge_radial)),
+        "energy_readout_vjp": (features[-1], atom_types, local_mask),
+    }
+    for k in range(len(model.layers)):
+        common = (features[k], node_attrs, edge_sh, edge_radial, edge_index)
+        inputs[f"layer_{k}"] = common
+        inputs[f"layer_{k}_vjp"] = common + (torch.ones_like(features[k + 1]),)
+    return inputs
+
+
+def _part_module(model, name: str) -> torch.nn.Module:
+    if name.startswith("layer_"):
+        index = int(name.split("_")[1])
+        return (LayerVJP if name.endswith("_vjp") else Layer)(model, index)
+    return {"node_embedding": NodeEmbedding, "edge_embedding": EdgeEmbedding,
+            "edge_embedding_vjp": EdgeEmbeddingVJP, "energy_readout_vjp": EnergyReadoutVJP}[name](model)  # fmt: skip
+
+
+def _part_dynamic_shapes(name: str, num_types: int):
+    atoms = torch.export.Dim("num_atoms", min=1)
+    edges = torch.export.Dim("num_edges", min=0)
+    rows = torch.export.Dim("num_rows", min=1)
+    edge_inputs = ({0: edges}, {0: atoms}, {1: edges})
+    if name == "node_embedding":
+        return ({0: atoms},)
+    if name == "edge_embedding":
+        return edge_inputs
+    if name == "edge_embedding_vjp":
+        return edge_inputs + ({0: edges}, {0: edges})
+    if name == "energy_readout_vjp":
+        return ({0: atoms + num_types}, {0: atoms}, {0: atoms})
+    layer = ({0: rows}, {0: rows}, {0: edges}, {0: edges}, {1: edges})
+    return layer + ({0: rows},) if name.endswith("_vjp") else layer
+
+
+def export_parts(
+    model: torch.nn.Module, num_types: int, device: torch.device, log
+) -> Dict[str, torch.export.ExportedProgram]:
+    """Every part of :func:`part_names`, traced (VJPs included) and exported with dynamic sizes."""
+    trace_inputs = _part_inputs(model, num_types, device)
+    export_inputs = _part_inputs(model, num_types, device, _EXPORT_NUM_ATOMS, _EXPORT_NUM_EDGES)
+    exported = {}
+    for name in part_names(len(model.layers)):
+        log(f"tracing and exporting part {name}")
+        with fx_config.patch(use_duck_shape=False):
+            traced = make_fx(
+                _part_module(model, name).eval(),
+                tracing_mode="symbolic",
+                _allow_non_fake_inputs=True,
+                _error_on_data_dependent_ops=True,
+            )(*trace_inputs[name])
+        sum_scatters_into_one_row(traced)
+        exported[name] = torch.export.export(
+            traced, export_inputs[name], dynamic_shapes=_part_dynamic_shapes(name, num_types), strict=False
+        )
+    return exported
+
+
+def package_with_parts(
+    whole: torch.export.ExportedProgram,
+    parts: Dict[str, torch.export.ExportedProgram],
+    file: BinaryIO,
+    metadata: Mapping[str, str],
+    log,
+) -> None:
+    """One package: the whole model as "model" (with the metadata) and each part under its name."""
+    from torch._inductor.package import package_aoti
+
+    options = {**INDUCTOR_CONFIGS, "aot_inductor.package": True, "aot_inductor.metadata": dict(metadata)}
+    files = {}
+    for name, program in {"model": whole, **parts}.items():
+        log(f"compiling C++ of {name} (AOTInductor)")
+        args, kwargs = program.example_inputs
+        files[name] = torch._inductor.aot_compile(program.module(check_guards=False), args, kwargs, options=dict(options))
+    package_aoti(file, files)

@@ -26,11 +26,13 @@ from nequip.utils.processes import is_running
 from . import aotinductor, torchscript
 from .contract import (
     AOTI_INPUTS_KEY,
+    AOTI_PARTS_KEY,
     AOTI_OUTPUTS_KEY,
     AOTINDUCTOR,
     ALLOW_TF32,
     COMPILE_DEVICE,
     COMPILE_TARGET,
+    DOMAIN_TARGET,
     DEVICES,
     E3NN_VERSION,
     EXTENSIONS,
@@ -285,6 +287,8 @@ def compile_model(
                 AOTI_OUTPUTS_KEY: " ".join(TARGET_OUTPUTS[target]),
             }
         )
+        if target == DOMAIN_TARGET:
+            metadata[AOTI_PARTS_KEY] = " ".join(aotinductor.part_names(len(model.layers)))
     else:
         metadata.update(
             {
@@ -323,9 +327,15 @@ def compile_model(
                 torchscript.save(torchscript.script_model(model), archive, metadata)
             else:
                 exported = aotinductor.export(model, target, len(written.type_names), torch_device, log)
+                parts = None
+                if target == DOMAIN_TARGET:
+                    parts = aotinductor.export_parts(model, len(written.type_names), torch_device, log)
                 log("compiling C++ (AOTInductor), the slow step")
                 try:
-                    aotinductor.package(exported, archive, metadata)
+                    if parts is None:
+                        aotinductor.package(exported, archive, metadata)
+                    else:
+                        aotinductor.package_with_parts(exported, parts, archive, metadata, log)
                 except Exception as error:
                     _raise_if_inductor_could_not_write(error)
                     raise
@@ -413,15 +423,28 @@ def _check_agreement(
         raise CompileError(f"the compiled model fails on the example data: {error}") from error
     device = next(model.parameters()).device
     expected = model({name: value.to(device) for name, value in data.items()})
-    for name in compiled.outputs:
+    _check_outputs(compiled.outputs, got, expected, data, tolerance, "the compiled model")
+    if compiled.exchanges_features:
+        # the layer-by-layer parts of LAMMPS on several ranks, periodic images as ghosts
+        data = {name: value for name, value in example_data.items() if name != keys.LOCAL_MASK}
+        try:
+            got = compiled.call_exchanging(data)
+        except _runtime.Error as error:
+            raise CompileError(f"the compiled model fails layer by layer on the example data: {error}") from error
+        expected = model({name: value.to(device) for name, value in data.items()})
+        _check_outputs(compiled.outputs, got, expected, data, tolerance, "the compiled model, layer by layer,")
+
+
+def _check_outputs(names, got, expected, data, tolerance: float, what: str) -> None:
+    for name in names:
         if name not in got:
             if name == keys.STRESS and not _has_volume(data):
                 continue
-            raise CompileError(f"the compiled model did not return '{name}'")
+            raise CompileError(f"{what} did not return '{name}'")
         error = relative_error(got[name], expected[name])
         if not error <= tolerance:
             raise CompileError(
-                f"the compiled model disagrees with the eager model on '{name}': "
+                f"{what} disagrees with the eager model on '{name}': "
                 f"relative error {error:.3g} (tolerance {tolerance:g}), "
                 f"shape {tuple(got[name].shape)} (eager {tuple(expected[name].shape)})"
             )

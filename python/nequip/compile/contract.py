@@ -57,6 +57,9 @@ NUM_LAYERS = "num_layers"
 # FILE_CONTRACT §4: field names of the flat AOTInductor interface, space-separated.
 AOTI_INPUTS_KEY = "nequip_aoti_inputs"
 AOTI_OUTPUTS_KEY = "nequip_aoti_outputs"
+# Ours, on .pt2 files of DOMAIN_TARGET: the names of the AOTI models of the layer-by-layer
+# parts (aotinductor.part_names), space-separated, beside the whole model "model".
+AOTI_PARTS_KEY = "nequip_aoti_parts"
 # Ours, on TorchScript files: the input and output fields, space-separated.
 TORCHSCRIPT_INPUTS_KEY = "nequip_torchscript_inputs"
 TORCHSCRIPT_OUTPUTS_KEY = "nequip_torchscript_outputs"

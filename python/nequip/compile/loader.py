@@ -55,6 +55,36 @@ class CompiledModel:
         self.inputs: Tuple[str, ...] = tuple(self.runtime.input_names)
         self.outputs: Tuple[str, ...] = tuple(self.runtime.output_names)
 
+    @property
+    def exchanges_features(self) -> bool:
+        """Whether the file also runs layer by layer with a feature exchange (LAMMPS on several
+        MPI ranks; :meth:`call_exchanging`)."""
+        return self.runtime.exchanges_features
+
+    def call_exchanging(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Evaluate one frame as one LAMMPS rank with the per-layer exchange does: the periodic
+        images its edges reach are ghost nodes (:func:`images_as_ghosts`) whose features come
+        from their atoms between layers. Returns what ``__call__`` does, the ghosts' forces and
+        per-atom virials added to their atoms'."""
+        arrays = {name: value.detach().cpu().numpy() for name, value in data.items()}
+        num_atoms = arrays[keys.POS].shape[0]
+        pos, edge_index, owner = images_as_ghosts(
+            arrays[keys.POS], arrays[keys.EDGE_INDEX], arrays.get(keys.EDGE_CELL_SHIFT), arrays.get(keys.CELL)
+        )
+        atom_types = arrays[keys.ATOM_TYPES][owner]
+        out = self.runtime.compute_exchanging(pos, atom_types, edge_index, owner, cell=arrays.get(keys.CELL))
+        folded = {}
+        for name, value in out.items():
+            value = torch.as_tensor(np.asarray(value, dtype=np.float64))
+            if name in (keys.FORCES, keys.ATOM_VIRIAL):
+                value = torch.zeros((num_atoms,) + value.shape[1:], dtype=value.dtype).index_add(
+                    0, torch.from_numpy(owner), value
+                )
+            elif name == keys.ATOMIC_ENERGY:
+                value = value[:num_atoms]
+            folded[name] = value.reshape(_OUTPUT_SHAPES[name](num_atoms))
+        return folded
+
     def __repr__(self) -> str:
         return f"CompiledModel({str(self.path)!r}, mode={self.mode!r}, device={self.device!r})"
 
@@ -88,6 +118,30 @@ class CompiledModel:
             for name in self.outputs
             if name in out
         }
+
+
+def images_as_ghosts(
+    pos: np.ndarray, edge_index: np.ndarray, edge_cell_shift: Optional[np.ndarray], cell: Optional[np.ndarray]
+) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A frame's periodic images as ghost nodes, as a LAMMPS rank sees them: one ghost per
+    (atom, nonzero image shift) that an edge reaches, at its image's position.
+
+    Returns ``(pos, edge_index, owner)``: the N atoms then the ghosts, the edges with each
+    image neighbour replaced by its ghost (and no shifts), and each node's atom (its own index
+    for the N atoms).
+    """
+    num_atoms = pos.shape[0]
+    neighbours = edge_index[1].copy()
+    if edge_cell_shift is None or cell is None:
+        return pos, edge_index, np.arange(num_atoms)
+    image = np.any(edge_cell_shift != 0, axis=1)
+    reached = np.concatenate([edge_index[1][image, None].astype(np.float64), edge_cell_shift[image]], axis=1)
+    ghosts, ghost_of_edge = np.unique(reached, axis=0, return_inverse=True)
+    ghost_atoms = ghosts[:, 0].astype(np.int64)
+    neighbours[image] = num_atoms + ghost_of_edge.reshape(-1)
+    all_pos = np.concatenate([pos, pos[ghost_atoms] + ghosts[:, 1:] @ np.asarray(cell).reshape(3, 3)])
+    owner = np.concatenate([np.arange(num_atoms), ghost_atoms])
+    return all_pos, np.stack([edge_index[0], neighbours]), owner
 
 
 def load_compiled(path: PathLike, device: Optional[str] = None) -> CompiledModel:
