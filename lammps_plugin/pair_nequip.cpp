@@ -12,25 +12,18 @@
        edge vector = pos[j] - pos[i] + shift . cell.
    On one MPI rank every ghost folds: forces exist on owned atoms only.
 
-   On several ranks with a model that runs layer by layer (a .nequip.pth of
-   this version: "exchange mode"), every owned and ghost atom is a node, the
-   edges are those of the owned atoms only, and between two layers the ghosts
-   receive their owners' node features through LAMMPS' communication of this
-   pair style (forward_comm); in the backward pass their feature gradients go
-   back to the owners (reverse_comm). Each rank thus evaluates its own edges
-   only, and ghosts are needed within one cutoff plus the skin (LAMMPS' own
-   communication cutoff).
-
-   Several ranks with a ghost-shell file (target pair_nequip_domain of a .pt2:
-   "domain mode"), the other ghosts matter: an atom's energy
-   depends only on atoms within num_layers hops along the model's edges, so
-   each rank adds the ghost atoms of other ranks within num_layers hops of its
-   own as nodes, with local_mask marking the owned ones: the model sums their
-   energies only and returns forces on every node. LAMMPS sends the forces
-   and per-atom virials of ghosts to their owners (newton_pair on); each
-   rank's virial is that of its energy, and LAMMPS sums them. The
-   communication cutoff is raised to num_layers times the largest cutoff plus
-   the skin, and ghost atoms get neighbour lists.
+   On several ranks ("exchange mode", files that run layer by layer: target
+   pair_nequip_domain of a .pt2, or a .nequip.pth of this version), every
+   owned and ghost atom is a node, the edges are those of the owned atoms
+   only, and between two layers the ghosts receive their owners' node
+   features through LAMMPS' communication of this pair style (forward_comm);
+   in the backward pass their feature gradients go back to the owners
+   (reverse_comm). Each rank thus evaluates its own edges only, and needs
+   ghosts within one cutoff plus the skin (LAMMPS' own communication cutoff).
+   The model sums the owned atoms' energies (local_mask) and gives forces on
+   every node; LAMMPS sends the ghosts' forces and per-atom virials to their
+   owners (newton_pair on). Each rank's virial is that of its own edges, and
+   LAMMPS sums them.
 
    Either way the virial is the model's, never virial_fdotr_compute().
 ------------------------------------------------------------------------- */
@@ -89,7 +82,7 @@ class PairNequIP::RankExchange : public nequip::FeatureExchange {
 /* ---------------------------------------------------------------------- */
 
 PairNequIP::PairNequIP(LAMMPS *lmp) :
-    Pair(lmp), num_model_types(0), domain_mode(false), exchange_mode(false), num_local_nodes(0)
+    Pair(lmp), num_model_types(0), exchange_mode(false), num_local_nodes(0)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -100,8 +93,6 @@ PairNequIP::PairNequIP(LAMMPS *lmp) :
   // atoms; several ranks: the model's virial is exact as well, and cheaper
   no_virial_fdotr_compute = 1;
   centroidstressflag = CENTROID_NOTAVAIL;
-  // domain mode needs the neighbours of ghost atoms (cutghost, set in init_one)
-  ghostneigh = 1;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -112,7 +103,6 @@ PairNequIP::~PairNequIP()
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);
-    memory->destroy(cutghost);
   }
 }
 
@@ -131,7 +121,7 @@ void PairNequIP::compute(int eflag, int vflag)
   exchange_mode ? build_exchange_graph() : build_graph();
   const int64_t num_nodes = (int64_t) node_type.size();
   const int64_t num_edges = (int64_t) edge_index.size() / 2;
-  if (domain_mode || exchange_mode) {
+  if (exchange_mode) {
     tally_steps += 1.0;
     tally_local_nodes += num_local_nodes;
     tally_nodes += num_nodes;
@@ -162,7 +152,7 @@ void PairNequIP::compute(int eflag, int vflag)
     in.atom_types = at::from_blob(node_type.data(), {num_nodes}, i64);
     in.edge_index = at::from_blob(edge_index.data(), {2, num_edges}, i64);
     in.cell = at::from_blob(cell, {3, 3}, f64);
-    if (domain_mode || exchange_mode)
+    if (exchange_mode)
       in.local_mask = at::from_blob(node_is_local.data(), {num_nodes},
                                     at::TensorOptions().dtype(at::kByte));
     if (exchange_mode) {
@@ -288,25 +278,23 @@ void PairNequIP::unpack_reverse_comm(int n, int *list, double *buf)
 }
 
 /* ----------------------------------------------------------------------
-   End of a run: in domain mode, the model's graph size per owned atom, the
-   factor by which the ghost shell multiplies the work (1 on one rank)
+   End of a run on several ranks: the model's graph size per owned atom (its
+   edges are the system's edges per atom: each rank evaluates its own)
 ------------------------------------------------------------------------- */
 
 void PairNequIP::finish()
 {
-  if (!domain_mode && !exchange_mode) return;
+  if (!exchange_mode) return;
   double local[4] = {tally_steps, tally_local_nodes, tally_nodes, tally_edges};
   double total[4];
   MPI_Allreduce(local, total, 4, MPI_DOUBLE, MPI_SUM, world);
   tally_steps = tally_local_nodes = tally_nodes = tally_edges = 0.0;
   if (comm->me != 0 || total[1] == 0.0) return;
-  const std::string scheme =
-      exchange_mode ? "edges of owned atoms only, node features exchanged after every layer"
-                    : fmt::format("ghost shell of num_layers = {} cutoffs", model->num_layers());
   utils::logmesg(lmp,
                  "pair_style nequip: on {} ranks the model evaluated {:.3f} atoms and {:.1f} "
-                 "edges per owned atom ({})\n",
-                 comm->nprocs, total[2] / total[1], total[3] / total[1], scheme);
+                 "edges per owned atom (edges of owned atoms only, node features exchanged "
+                 "after every layer)\n",
+                 comm->nprocs, total[2] / total[1], total[3] / total[1]);
 }
 
 /* ----------------------------------------------------------------------
@@ -475,9 +463,21 @@ void PairNequIP::init_style()
     error->all(FLERR, "pair_style nequip requires an atom map: add 'atom_modify map yes' "
                       "before the simulation box is defined");
 
-  exchange_mode = comm->nprocs > 1 && model->exchanges_features();
-  domain_mode = comm->nprocs > 1 && !exchange_mode;
-  if (exchange_mode) {
+  exchange_mode = comm->nprocs > 1;
+  if (!exchange_mode) {
+    // A full list of the owned atoms' neighbours is all the model needs: every edge is
+    // centred on an owned atom, and every ghost folds onto its owner in build_graph().
+    neighbor->add_request(this, NeighConst::REQ_FULL);
+  } else {
+    if (!model->exchanges_features())
+      error->all(FLERR,
+                 "pair_style nequip on {} MPI ranks needs a model that runs layer by layer "
+                 "(each rank evaluates the edges of its own atoms, exchanging node features "
+                 "with the other ranks after every layer); model {} does not: compile it "
+                 "with this version of nequip, `nequip-compile ... --target "
+                 "pair_nequip_domain` (.pt2) or `--mode torchscript` (.pth), or run on one "
+                 "MPI rank",
+                 comm->nprocs, model->path());
     // ghosts' forces, per-atom virials and feature gradients go back to their owners
     if (force->newton_pair == 0)
       error->all(FLERR, "pair_style nequip on {} MPI ranks requires 'newton on' (or "
@@ -492,48 +492,6 @@ void PairNequIP::init_style()
     // Edges are centred on owned atoms, whose neighbours LAMMPS' communication cutoff
     // (never below the largest pair cutoff plus the skin) covers: no ghost neighbours.
     neighbor->add_request(this, NeighConst::REQ_FULL);
-  } else if (!domain_mode) {
-    // A full list of the owned atoms' neighbours is all the model needs: every edge is
-    // centred on an owned atom, and every ghost folds onto its owner in build_graph().
-    neighbor->add_request(this, NeighConst::REQ_FULL);
-  } else {
-    const std::string recompile =
-        "compile it with `nequip-compile ... --target pair_nequip_domain` (.pt2) or again "
-        "with this version of nequip (.pth), or run on one MPI rank";
-    if (!model->takes("local_mask"))
-      error->all(FLERR,
-                 "pair_style nequip on {} MPI ranks needs a model that takes local_mask; "
-                 "model {} does not: {}",
-                 comm->nprocs, model->path(), recompile);
-    if (model->num_layers() < 1)
-      error->all(FLERR,
-                 "pair_style nequip on {} MPI ranks needs the model's number of layers "
-                 "(metadata key num_layers), which model {} does not give: {}",
-                 comm->nprocs, model->path(), recompile);
-    // ghosts' forces (and per-atom virials) must go back to their owners
-    if (force->newton_pair == 0)
-      error->all(FLERR, "pair_style nequip on {} MPI ranks requires 'newton on' (or "
-                        "'newton on off'): forces on ghost atoms are sent to their owners",
-                 comm->nprocs);
-    if (comm->mode != Comm::SINGLE)
-      error->all(FLERR, "pair_style nequip on several MPI ranks requires 'comm_modify mode "
-                        "single' (it sets the communication cutoff itself)");
-
-    // The model's graph reaches num_layers edges from an owned atom, and atoms move by up
-    // to half the skin on either side between neighbour list builds. LAMMPS calls
-    // force->init() (this) before comm->init(), which reads cutghostuser.
-    const double needed = model->num_layers() * largest_cutoff() + neighbor->skin;
-    if (comm->cutghostuser < needed) {
-      comm->cutghostuser = needed;
-      if (comm->me == 0)
-        utils::logmesg(lmp,
-                       "pair_style nequip: communication cutoff set to {:.8g} = num_layers {} x "
-                       "cutoff {:.8g} + skin {:.8g} (ghost atoms within num_layers edges of "
-                       "each rank's atoms)\n",
-                       needed, model->num_layers(), largest_cutoff(), neighbor->skin);
-    }
-    // the neighbours of ghost atoms too: the graph continues through them
-    neighbor->add_request(this, NeighConst::REQ_FULL | NeighConst::REQ_GHOST);
   }
 
   if (!masses_checked && comm->me == 0) warn_of_mismatched_masses();
@@ -560,8 +518,6 @@ double PairNequIP::init_one(int i, int j)
   const double cutsq_ij = model_cutsq[ti * num_model_types + tj];
   const double cutsq_ji = model_cutsq[tj * num_model_types + ti];
   const double cut = std::sqrt(std::max(cutsq_ij, cutsq_ji));
-  // neighbours of ghost atoms (domain mode) within the same cutoff
-  cutghost[i][j] = cutghost[j][i] = cut;
   return cut;
 }
 
@@ -595,21 +551,6 @@ void PairNequIP::warn_of_mismatched_masses()
                    mismatches);
 }
 
-/* ----------------------------------------------------------------------
-   Largest model cutoff between the model types used by LAMMPS types
-------------------------------------------------------------------------- */
-
-double PairNequIP::largest_cutoff() const
-{
-  double cutsq_max = 0.0;
-  for (int i = 1; i <= atom->ntypes; i++)
-    for (int j = 1; j <= atom->ntypes; j++)
-      if (model_type[i] >= 0 && model_type[j] >= 0)
-        cutsq_max =
-            std::max(cutsq_max, model_cutsq[model_type[i] * num_model_types + model_type[j]]);
-  return std::sqrt(cutsq_max);
-}
-
 /* ---------------------------------------------------------------------- */
 
 void PairNequIP::allocate()
@@ -620,7 +561,6 @@ void PairNequIP::allocate()
   for (int i = 1; i < np1; i++)
     for (int j = i; j < np1; j++) setflag[i][j] = 0;
   memory->create(cutsq, np1, np1, "pair:cutsq");
-  memory->create(cutghost, np1, np1, "pair:cutghost");
 }
 
 /* ----------------------------------------------------------------------
@@ -644,13 +584,9 @@ void PairNequIP::map_ghosts_to_owners()
     const int j = nlocal + g;
     // the map prefers owned atoms over ghost copies of the same tag
     const int owner = atom->map(tag[j]);
-    if (owner < 0 || owner >= nlocal) {
-      if (!domain_mode)
-        error->one(FLERR, "pair_style nequip: ghost atom {} has no owned copy on this rank",
-                   tag[j]);
-      ghost_owner[g] = -1;
-      continue;
-    }
+    if (owner < 0 || owner >= nlocal)
+      error->one(FLERR, "pair_style nequip: ghost atom {} has no owned copy on this rank",
+                 tag[j]);
     const double dx = x[j][0] - x[owner][0];
     const double dy = x[j][1] - x[owner][1];
     const double dz = x[j][2] - x[owner][2];
@@ -683,17 +619,12 @@ int PairNequIP::add_node(int atom_index, int mtype)
 }
 
 /* ----------------------------------------------------------------------
-   The model's graph: a breadth-first search along its edges (centre i,
-   neighbour j, |r_ij| < cutoff of (type i, type j)). Hop 0 = the owned atoms
-   of non-NULL types. A ghost that is an image of an owned atom is folded onto
-   it: the edge goes to the owned atom's node with the ghost's image shift, so
-   the model sees the periodic system as ASE does (FILE_CONTRACT §1). Other
-   ghosts (several ranks only) become nodes of their own, without shifts: every
-   node of hop k < num_layers contributes all its edges, and its neighbours not
-   yet seen become nodes of hop k + 1. The energy of an owned atom depends on
-   the features of hop-k nodes after num_layers - k layers, which depend on the
-   edges of nodes of hop < num_layers only, so these nodes and edges give it
-   exactly. On one rank there are no such ghosts: the search ends at hop 0.
+   The model's graph on one rank: the owned atoms of non-NULL types, and the
+   edges of their full neighbour lists (centre i, neighbour j, |r_ij| < cutoff
+   of (type i, type j)). Every ghost is an image of an owned atom and is
+   folded onto it: the edge goes to the owned atom's node with the ghost's
+   image shift, so the model sees the periodic system as ASE does
+   (FILE_CONTRACT §1).
 ------------------------------------------------------------------------- */
 
 void PairNequIP::build_graph()
@@ -720,46 +651,29 @@ void PairNequIP::build_graph()
   num_local_nodes = (int) atom_of_node.size();
   map_ghosts_to_owners();
 
-  // nodes are appended in order of hop: those of hop k are [hop_begin, hop_end)
-  const int num_hops = std::max<int>(1, (int) model->num_layers());
-  int hop_begin = 0;
-  for (int hop = 0; hop < num_hops && hop_begin < (int) atom_of_node.size(); hop++) {
-    const int hop_end = (int) atom_of_node.size();
-    for (int inode = hop_begin; inode < hop_end; inode++) {
-      const int i = atom_of_node[inode];
-      const int itype = (int) node_type[inode];
-      const int *jlist = firstneigh[i];
-      for (int jj = 0; jj < numneigh[i]; jj++) {
-        const int j = jlist[jj] & NEIGHMASK;
-        const int jtype = model_type[type[j]];
-        if (jtype < 0) continue;
-        const double dx = x[j][0] - x[i][0];
-        const double dy = x[j][1] - x[i][1];
-        const double dz = x[j][2] - x[i][2];
-        if (dx * dx + dy * dy + dz * dz >= model_cutsq[itype * num_model_types + jtype])
-          continue;
-
-        const int owner = j < nlocal ? j : ghost_owner[j - nlocal];
-        int jnode;
-        if (owner >= 0) {
-          jnode = node_of_atom[owner];
-          const double *shift = j < nlocal ? ZERO_SHIFT : &ghost_shift[3 * (size_t) (j - nlocal)];
-          edge_cell_shift.insert(edge_cell_shift.end(), shift, shift + 3);
-        } else {
-          jnode = node_of_atom[j] >= 0 ? node_of_atom[j] : add_node(j, jtype);
-          edge_cell_shift.insert(edge_cell_shift.end(), ZERO_SHIFT, ZERO_SHIFT + 3);
-        }
-        edge_index.push_back(inode);
-        edge_neighbour.push_back(jnode);
-      }
+  for (int inode = 0; inode < num_local_nodes; inode++) {
+    const int i = atom_of_node[inode];
+    const int itype = (int) node_type[inode];
+    const int *jlist = firstneigh[i];
+    for (int jj = 0; jj < numneigh[i]; jj++) {
+      const int j = jlist[jj] & NEIGHMASK;
+      const int jtype = model_type[type[j]];
+      if (jtype < 0) continue;
+      const double dx = x[j][0] - x[i][0];
+      const double dy = x[j][1] - x[i][1];
+      const double dz = x[j][2] - x[i][2];
+      if (dx * dx + dy * dy + dz * dz >= model_cutsq[itype * num_model_types + jtype]) continue;
+      const int owner = j < nlocal ? j : ghost_owner[j - nlocal];
+      const double *shift = j < nlocal ? ZERO_SHIFT : &ghost_shift[3 * (size_t) (j - nlocal)];
+      edge_cell_shift.insert(edge_cell_shift.end(), shift, shift + 3);
+      edge_index.push_back(inode);
+      edge_neighbour.push_back(node_of_atom[owner]);
     }
-    hop_begin = hop_end;
   }
   // edge_index is (2, E), row-major: the centres, then the neighbours
   edge_index.insert(edge_index.end(), edge_neighbour.begin(), edge_neighbour.end());
 
-  node_is_local.assign(atom_of_node.size(), 0);
-  std::fill(node_is_local.begin(), node_is_local.begin() + num_local_nodes, 1);
+  node_is_local.assign(atom_of_node.size(), 1);
 }
 
 /* ----------------------------------------------------------------------

@@ -14,12 +14,11 @@
    When NAME_k is an element symbol, the mass of type k is compared with the
    element's (a warning when they differ by more than 5%).
 
-   On one MPI rank any compiled model works. On several, a .nequip.pth of this
-   version runs layer by layer, the ranks exchanging the ghost atoms' node
-   features after every layer (each rank evaluates the edges of its own atoms);
-   a .nequip.pt2 of target pair_nequip_domain evaluates a ghost shell of
-   num_layers cutoffs instead. compute stress/atom needs a model that returns
-   atom_virial (the same files).
+   On one MPI rank any compiled model works. On several, the model runs layer
+   by layer, the ranks exchanging the ghost atoms' node features after every
+   layer, so that each rank evaluates the edges of its own atoms only: files
+   of target pair_nequip_domain (.pt2) and .nequip.pth files of this version.
+   compute stress/atom needs a model that returns atom_virial (the same files).
 ------------------------------------------------------------------------- */
 
 #ifndef LMP_PAIR_NEQUIP_H
@@ -68,33 +67,29 @@ class PairNequIP : public Pair {
   std::vector<int> model_type;      // LAMMPS atom type (1..ntypes) -> model type, -1 = NULL
   std::vector<double> model_cutsq;  // squared cutoff per (centre, neighbour) model type pair
 
-  // Several MPI ranks (set in init_style): each rank evaluates its owned atoms and the ghost
-  // atoms of other ranks they need, counting the energy of the owned ones only. Ghosts that
-  // are images of owned atoms are folded onto them (on one rank, all are).
-  bool domain_mode;
-  // Several ranks with a model that runs layer by layer (Model::exchanges_features): the
-  // nodes are all owned and ghost atoms (node = atom index), the edges those of the owned
-  // atoms, and the ghosts' features come from their owners after every layer. Otherwise
-  // (a ghost-shell file of target pair_nequip_domain) the graph spans num_layers cutoffs.
+  // Several MPI ranks (set in init_style), the model layer by layer
+  // (Model::compute_exchanging): the nodes are all owned and ghost atoms (node = atom index),
+  // the edges those of the owned atoms, and the ghosts' features come from their owners after
+  // every layer. On one rank the ghosts are folded onto their owned images instead.
   bool exchange_mode;
   double *exchanged_rows = nullptr;  // the features being exchanged, during exchange_rows()
   int exchanged_width = 0;
 
   // The model's graph for one step, rebuilt in compute(); the buffers keep their capacity.
-  std::vector<int> node_of_atom;             // atom (owned, and ghost in domain mode) -> node, or -1
+  std::vector<int> node_of_atom;             // atom -> node, or -1 (one rank)
   std::vector<int> atom_of_node;             // node -> atom index
   int num_local_nodes;                       // nodes 0..num_local_nodes-1 are owned atoms
-  std::vector<int> ghost_owner;              // ghost (index - nlocal) -> owned atom, or -1
+  std::vector<int> ghost_owner;              // ghost (index - nlocal) -> owned atom (one rank)
   std::vector<double> ghost_shift;           // ghost -> integer image shift (3 per ghost)
   std::vector<double> node_pos;              // (N, 3)
   std::vector<int64_t> node_type;            // (N,)
-  std::vector<uint8_t> node_is_local;        // (N,) local_mask, domain mode
+  std::vector<uint8_t> node_is_local;        // (N,) local_mask: owned atoms of non-NULL types
   std::vector<int64_t> edge_index;           // (2, E): centre nodes, then neighbour nodes
   std::vector<int64_t> edge_neighbour;       // neighbour nodes, while edge_index is built
   std::vector<double> edge_cell_shift;       // (E, 3)
 
-  // Graph sizes summed over the steps of a run (domain mode), reported by finish(): how much
-  // of each rank's work the ghost shell adds.
+  // Graph sizes summed over the steps of a run (several ranks), reported by finish(): each
+  // rank's work per owned atom.
   double tally_steps = 0.0, tally_local_nodes = 0.0, tally_nodes = 0.0, tally_edges = 0.0;
 
   // Whether this pair_coeff's element names were checked against the types' masses.
@@ -108,7 +103,6 @@ class PairNequIP : public Pair {
   void map_ghosts_to_owners();
   void build_graph();
   void build_exchange_graph();
-  double largest_cutoff() const;
 };
 
 }    // namespace LAMMPS_NS

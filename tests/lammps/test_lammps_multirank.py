@@ -2,9 +2,11 @@
 the same energies, forces, pressure, per-atom virials and NVE trajectory as one rank, and per-atom
 virials (compute stress/atom) equal to the eager model's.
 
-Each rank evaluates its own atoms plus a ghost shell of num_layers cutoffs, so these runs use
-files of the `pair_nequip_domain` target (inputs with local_mask). 4 ranks oversubscribe this
-machine's 2 cores, which changes the timing, not the results.
+Each rank evaluates the edges of its own atoms, layer by layer, and exchanges the ghosts' node
+features with the other ranks between layers, so these runs use files of the
+`pair_nequip_domain` target (the whole model and its parts; tests/lammps/test_lammps_exchange.py
+runs a TorchScript file of three layers). 4 ranks oversubscribe this machine's 2 cores, which
+changes the timing, not the results.
 """
 
 import os
@@ -23,6 +25,7 @@ from ase.io import write
 
 from fixtures.compiled import R_MAX, TYPE_NAMES
 from lammps_harness import reference_calculator
+from runtime.runtime_cases import with_pt2_metadata, with_pth_metadata
 from nequip.data import TypeMapper, from_ase
 
 BIN = Path(sys.executable).parent
@@ -196,15 +199,13 @@ def test_every_ranks_device_is_said_once(single_points):
 
 
 @pytest.mark.parametrize("system", sorted(SYSTEMS))
-def test_ghost_shell_is_set_and_reported(single_points, system):
-    assert "communication cutoff" not in single_points[system, 1].log
+def test_no_ghost_shell_and_the_work_is_reported(single_points, system):
     assert "per owned atom" not in single_points[system, 1].log
     for ranks in RANKS[1:]:
         log = single_points[system, ranks].log
-        assert "pair_style nequip: communication cutoff set to 10 = num_layers 2 x cutoff 4 + skin 2" in log
-        # the work the ghost shell adds: more atoms than owned ones, the more the more ranks
-        (factor,) = re.findall(rf"pair_style nequip: on {ranks} ranks the model evaluated (\S+) atoms", log)
-        assert 1.0 < float(factor) < 20.0
+        assert "communication cutoff" not in log
+        (report,) = re.findall(rf"pair_style nequip: on {ranks} ranks the model evaluated .*", log)
+        assert report.endswith("(edges of owned atoms only, node features exchanged after every layer)")
 
 
 @pytest.mark.parametrize("system", sorted(SYSTEMS))
@@ -241,8 +242,8 @@ def test_per_atom_virials_equal_the_eager_model(compiled_models, domain_file, tm
 
 
 def test_float32_per_edge_type_cutoffs(compiled_models, tmp_path):
-    """The float32 domain file (Si-Si 4.0, Si-C 3.5, C-C 3.0 Å): the ghost shell follows the
-    largest cutoff, the graph each pair's; float32 agreement."""
+    """The float32 domain file (Si-Si 4.0, Si-C 3.5, C-C 3.0 Å): each pair's cutoff, exchanged
+    float32 features; float32 agreement."""
     model = compiled_models["float32", "aotinductor", "pair_nequip_domain"]
     data = write_data(bulk_sic(), tmp_path / "bulk.data")
     one, two = (lammps(tmp_path / str(ranks), ranks, data, model, SINGLE_POINT) for ranks in (1, 2))
@@ -278,15 +279,33 @@ def test_newton_off_is_refused(domain_file, tmp_path):
     )
 
 
-def test_file_without_local_mask_is_refused(compiled_models, tmp_path):
+CANNOT_EXCHANGE = (
+    "ERROR: pair_style nequip on 2 MPI ranks needs a model that runs layer by layer (each rank evaluates "
+    "the edges of its own atoms, exchanging node features with the other ranks after every layer); model "
+    "{} does not: compile it with this version of nequip, `nequip-compile ... --target pair_nequip_domain` "
+    "(.pt2) or `--mode torchscript` (.pth), or run on one MPI rank"
+)
+
+
+def test_file_of_a_one_rank_target_is_refused(compiled_models, tmp_path):
     model = compiled_models["float64", "aotinductor", "pair_nequip"]
     data = write_data(small_sic(), tmp_path / "small.data")
     run = lammps(tmp_path, 2, data, model, SINGLE_POINT, check=False)
-    assert (
-        f"ERROR: pair_style nequip on 2 MPI ranks needs a model that takes local_mask; model {model} "
-        "does not: compile it with `nequip-compile ... --target pair_nequip_domain` (.pt2) or again with "
-        "this version of nequip (.pth), or run on one MPI rank" in run.log
-    )
+    assert CANNOT_EXCHANGE.format(model) in run.log
+
+
+def test_ghost_shell_files_of_earlier_versions_are_refused(compiled_models, domain_file, tmp_path):
+    """A pair_nequip_domain .pt2 without the parts (the ghost-shell kind), a .pth without
+    layer_feature_widths: both were made by earlier versions, and must be compiled again."""
+    old_pt2 = with_pt2_metadata(domain_file, tmp_path / "old.nequip.pt2", "nequip_aoti_parts", None)
+    old_pth = with_pth_metadata(compiled_models["float64", "torchscript", None], tmp_path / "old.nequip.pth",
+                                "layer_feature_widths", None)  # fmt: skip
+    data = write_data(small_sic(), tmp_path / "small.data")
+    for model in (old_pt2, old_pth):
+        run = lammps(tmp_path / model.suffix[1:], 2, data, model, SINGLE_POINT, check=False)
+        assert CANNOT_EXCHANGE.format(model) in run.log
+    # on one rank they still run
+    lammps(tmp_path / "one", 1, data, old_pt2, SINGLE_POINT)
 
 
 def test_atom_map_is_required(domain_file, tmp_path):
@@ -299,10 +318,11 @@ def test_atom_map_is_required(domain_file, tmp_path):
     )
 
 
-def test_comm_mode_multi_is_refused(domain_file, tmp_path):
+def test_comm_mode_multi_gives_the_same_results(domain_file, tmp_path):
     data = write_data(small_sic(), tmp_path / "small.data")
-    run = lammps(tmp_path, 2, data, domain_file, "neighbor 2.0 multi\ncomm_modify mode multi\n" + SINGLE_POINT, check=False)
-    assert (
-        "ERROR: pair_style nequip on several MPI ranks requires 'comm_modify mode single' (it sets the "
-        "communication cutoff itself)" in run.log
-    )
+    single = lammps(tmp_path / "single", 2, data, domain_file, SINGLE_POINT)
+    multi = lammps(tmp_path / "multi", 2, data, domain_file, "neighbor 2.0 multi\ncomm_modify mode multi\n" + SINGLE_POINT)
+    assert multi.thermo[0, 1] == pytest.approx(single.thermo[0, 1], rel=1e-12, abs=0.0)
+    # forces and per-atom energies; per-atom virials (bar·Å^3) to rounding of their scale
+    np.testing.assert_allclose(multi.atoms[:, :4], single.atoms[:, :4], rtol=0, atol=1e-10)
+    assert_close(multi.atoms[:, 4:10], single.atoms[:, 4:10], 1e-10, "per-atom virials")

@@ -24,9 +24,9 @@ AOTI_INPUTS: Tuple[str, ...] = (
     keys.CELL,
     keys.EDGE_CELL_SHIFT,
 )
-# pair_nequip_domain (ours): a LAMMPS rank's owned atoms plus the ghosts they need, as plain
-# atoms; local_mask picks the owned ones, whose energies alone are summed. Runs on any number
-# of MPI ranks and gives per-atom virials (compute stress/atom).
+# pair_nequip_domain (ours): what LAMMPS on several MPI ranks runs. The whole model takes
+# local_mask (the owned atoms, whose energies alone are summed) and gives per-atom virials
+# (compute stress/atom); the package also holds the layer-by-layer parts (AOTI_PARTS_KEY).
 DOMAIN_TARGET = "pair_nequip_domain"
 TARGET_INPUTS: Dict[str, Tuple[str, ...]] = {
     "ase": AOTI_INPUTS,
@@ -52,7 +52,7 @@ R_MAX = "r_max"
 ALLOW_TF32 = "allow_tf32"
 PER_EDGE_TYPE_CUTOFF = "per_edge_type_cutoff"
 MODEL_DTYPES: Tuple[str, ...] = ("float32", "float64")
-# Project keys of the model: message-passing layers (what LAMMPS' ghost shell needs).
+# Project keys of the model: message-passing layers (and the widths of their outputs).
 NUM_LAYERS = "num_layers"
 # FILE_CONTRACT §4: field names of the flat AOTInductor interface, space-separated.
 AOTI_INPUTS_KEY = "nequip_aoti_inputs"
