@@ -675,6 +675,18 @@ class Model::Impl {
       throw InputError("the layer-by-layer evaluation needs local_mask (the owned atoms)");
     }
     PreparedInputs prepared = prepare_inputs(inputs, metadata_.num_types, device_, true);
+    // an edge centred on a ghost would count its owner's edges twice (the exchange already
+    // brings them): every centre must be a local node
+    const at::Tensor centred_off = prepared.local_mask.index_select(0, prepared.edge_index[0])
+                                       .logical_not()
+                                       .nonzero();
+    if (centred_off.size(0) > 0) {
+      const int64_t edge = centred_off[0].item<int64_t>();
+      throw InputError("edge " + std::to_string(edge) + " is centred on node " +
+                       std::to_string(prepared.edge_index[0][edge].item<int64_t>()) +
+                       ", which is not local: in a layer-by-layer evaluation every edge is "
+                       "centred on a local node (local_mask)");
+    }
     if (device_.is_cuda()) {
       at::globalContext().setAllowTF32CuBLAS(metadata_.allow_tf32);
       at::globalContext().setAllowTF32CuDNN(metadata_.allow_tf32);

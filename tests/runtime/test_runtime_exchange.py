@@ -98,3 +98,15 @@ def test_files_without_the_parts_cannot_exchange(compiled_models):
     frame = random_frames(3, seed=3)[2]
     with pytest.raises(InputError, match="cannot run layer by layer with a feature exchange"):
         model.compute_exchanging(frame["pos"], frame["atom_types"], frame["edge_index"], np.arange(len(frame["pos"])))
+
+
+def test_an_edge_centred_on_a_ghost_is_refused(deep):
+    """Its owner's edges are already there: counting them again would be silently wrong."""
+    model, _ = deep
+    frame = next(f for f in random_frames(12, seed=3) if len(unfolded(f)[0]) > len(f["pos"]))
+    pos, types, edge_index, owner = unfolded(frame)
+    ghost = len(frame["pos"])
+    edge_index = np.concatenate([edge_index, [[ghost], [0]]], axis=1)
+    message = f"edge {edge_index.shape[1] - 1} is centred on node {ghost}, which is not local"
+    with pytest.raises(InputError, match=re.escape(message)):
+        model.compute_exchanging(pos, types, edge_index, owner, cell=frame["cell"])
