@@ -254,7 +254,8 @@ def test_float32_per_edge_type_cutoffs(compiled_models, tmp_path):
 
 @pytest.mark.slow
 def test_nve_trajectory_is_the_same_on_1_2_and_4_ranks(domain_file, tmp_path):
-    data = write_data(bulk_sic(), tmp_path / "bulk.data")
+    # 512 atoms (17.4 Å): on 4 ranks, sub-domains of 8.7 Å, not much wider than the ghost cutoff
+    data = write_data(small_sic().repeat(2), tmp_path / "bulk.data")
     runs = {ranks: lammps(tmp_path / str(ranks), ranks, data, domain_file, NVE) for ranks in RANKS}
     one = runs[1]
     assert len(one.thermo) == NVE_STEPS // NVE_THERMO_EVERY + 1
