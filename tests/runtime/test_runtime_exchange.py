@@ -110,3 +110,20 @@ def test_an_edge_centred_on_a_ghost_is_refused(deep):
     message = f"edge {edge_index.shape[1] - 1} is centred on node {ghost}, which is not local"
     with pytest.raises(InputError, match=re.escape(message)):
         model.compute_exchanging(pos, types, edge_index, owner, cell=frame["cell"])
+
+
+def test_a_package_whose_parts_do_not_match_its_layers_is_refused(compiled_models, tmp_path):
+    from nequip._runtime import ModelFileError
+    from runtime_cases import with_pt2_metadata
+
+    source = compiled_models["float64", "aotinductor", "pair_nequip_domain"]
+    path = with_pt2_metadata(source, tmp_path / "m.nequip.pt2", "nequip_aoti_parts", "node_embedding layer_0")
+    expected = (
+        "node_embedding edge_embedding layer_0 layer_1 energy_readout_vjp layer_1_vjp layer_0_vjp edge_embedding_vjp"
+    )
+    message = (
+        f"{path}: metadata key 'nequip_aoti_parts' is malformed: expected '{expected}' (num_layers 2), "
+        "got 'node_embedding layer_0'"
+    )
+    with pytest.raises(ModelFileError, match="^" + re.escape(message) + "$"):
+        Model(str(path))
