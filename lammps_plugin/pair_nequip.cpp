@@ -127,17 +127,8 @@ void PairNequIP::compute(int eflag, int vflag)
     tally_nodes += num_nodes;
     tally_edges += num_edges;
   }
-  if (num_nodes == 0) {
-    // no atoms, not even ghosts: the other ranks' exchanges still need this one's part
-    if (exchange_mode) {
-      const std::vector<int64_t> &widths = model->metadata().layer_feature_widths;
-      for (size_t layer = 0; layer + 1 < widths.size(); layer++)
-        exchange_rows(nullptr, (int) widths[layer], true);
-      for (size_t layer = widths.size() - 1; layer-- > 0;)
-        exchange_rows(nullptr, (int) widths[layer], false);
-    }
-    return;
-  }
+  // a rank without atoms still takes its part in the other ranks' exchanges (the runtime's)
+  if (num_nodes == 0 && !exchange_mode) return;
 
   // the cell as rows of lattice vectors a, b, c (h = xprd yprd zprd yz xz xy)
   const double *h = domain->h;
@@ -619,6 +610,22 @@ int PairNequIP::add_node(int atom_index, int mtype)
 }
 
 /* ----------------------------------------------------------------------
+   Whether neighbour j of atom i (of model type itype) is an edge of the
+   model: j of a non-NULL type within the cutoff of (type i, type j)
+------------------------------------------------------------------------- */
+
+bool PairNequIP::is_edge(int i, int itype, int j) const
+{
+  const int jtype = model_type[atom->type[j]];
+  if (jtype < 0) return false;
+  double **x = atom->x;
+  const double dx = x[j][0] - x[i][0];
+  const double dy = x[j][1] - x[i][1];
+  const double dz = x[j][2] - x[i][2];
+  return dx * dx + dy * dy + dz * dz < model_cutsq[itype * num_model_types + jtype];
+}
+
+/* ----------------------------------------------------------------------
    The model's graph on one rank: the owned atoms of non-NULL types, and the
    edges of their full neighbour lists (centre i, neighbour j, |r_ij| < cutoff
    of (type i, type j)). Every ghost is an image of an owned atom and is
@@ -632,7 +639,6 @@ void PairNequIP::build_graph()
   const int nlocal = atom->nlocal;
   const int nall = nlocal + atom->nghost;
   const int *type = atom->type;
-  double **x = atom->x;
   const int *numneigh = list->numneigh;
   int **firstneigh = list->firstneigh;
 
@@ -657,12 +663,7 @@ void PairNequIP::build_graph()
     const int *jlist = firstneigh[i];
     for (int jj = 0; jj < numneigh[i]; jj++) {
       const int j = jlist[jj] & NEIGHMASK;
-      const int jtype = model_type[type[j]];
-      if (jtype < 0) continue;
-      const double dx = x[j][0] - x[i][0];
-      const double dy = x[j][1] - x[i][1];
-      const double dz = x[j][2] - x[i][2];
-      if (dx * dx + dy * dy + dz * dz >= model_cutsq[itype * num_model_types + jtype]) continue;
+      if (!is_edge(i, itype, j)) continue;
       const int owner = j < nlocal ? j : ghost_owner[j - nlocal];
       const double *shift = j < nlocal ? ZERO_SHIFT : &ghost_shift[3 * (size_t) (j - nlocal)];
       edge_cell_shift.insert(edge_cell_shift.end(), shift, shift + 3);
@@ -719,12 +720,7 @@ void PairNequIP::build_exchange_graph()
     const int *jlist = firstneigh[i];
     for (int jj = 0; jj < numneigh[i]; jj++) {
       const int j = jlist[jj] & NEIGHMASK;
-      const int jtype = model_type[type[j]];
-      if (jtype < 0) continue;
-      const double dx = x[j][0] - x[i][0];
-      const double dy = x[j][1] - x[i][1];
-      const double dz = x[j][2] - x[i][2];
-      if (dx * dx + dy * dy + dz * dz >= model_cutsq[itype * num_model_types + jtype]) continue;
+      if (!is_edge(i, itype, j)) continue;
       edge_index.push_back(i);
       edge_neighbour.push_back(j);
     }

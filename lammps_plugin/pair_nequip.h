@@ -103,6 +103,7 @@ class PairNequIP : public Pair {
   void map_ghosts_to_owners();
   void build_graph();
   void build_exchange_graph();
+  bool is_edge(int i, int itype, int j) const;
 };
 
 }    // namespace LAMMPS_NS

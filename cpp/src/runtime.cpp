@@ -635,28 +635,13 @@ class Model::Impl {
     }
     PreparedInputs prepared =
         prepare_inputs(inputs, metadata_.num_types, device_, takes(kLocalMask));
-    if (device_.is_cuda()) {
-      // The model's choice (FILE_CONTRACT §2 allow_tf32) for torch's own matmuls; torch keeps
-      // it process-wide, so it is set for every call (another model may have changed it).
-      at::globalContext().setAllowTF32CuBLAS(metadata_.allow_tf32);
-      at::globalContext().setAllowTF32CuDNN(metadata_.allow_tf32);
-    }
+    set_tf32();
     std::map<std::string, at::Tensor> raw = translate_torch_errors(
         path_ + ": running the model", [&] {
           return format_ == ModelFormat::TorchScript ? run_torchscript(prepared)
                                                      : run_aoti(prepared);
         });
-    Outputs outputs = collect_outputs(std::move(raw), prepared);
-    // A NaN would otherwise travel on into ASE's results or LAMMPS' positions, far from its
-    // cause. One pass over the outputs; the cause is looked for only when there is one.
-    if (!std::isfinite(outputs.total_energy) || !all_finite(outputs.atomic_energy) ||
-        !all_finite(outputs.forces)) {
-      throw NonFiniteOutputError(
-          path_, metadata_.r_max,
-          translate_torch_errors(path_ + ": finding the closest atoms",
-                                 [&] { return closest_pair(prepared); }));
-    }
-    return outputs;
+    return checked_outputs(std::move(raw), prepared);
   }
 
   bool exchanges_features() const {
@@ -674,6 +659,10 @@ class Model::Impl {
     if (!inputs.local_mask.defined()) {
       throw InputError("the layer-by-layer evaluation needs local_mask (the owned atoms)");
     }
+    // a rank without atoms, not even ghosts: the others' exchanges still need its part
+    if (inputs.pos.defined() && inputs.pos.dim() == 2 && inputs.pos.size(0) == 0) {
+      return exchange_nothing(exchange);
+    }
     PreparedInputs prepared = prepare_inputs(inputs, metadata_.num_types, device_, true);
     // an edge centred on a ghost would count its owner's edges twice (the exchange already
     // brings them): every centre must be a local node
@@ -687,21 +676,10 @@ class Model::Impl {
                        ", which is not local: in a layer-by-layer evaluation every edge is "
                        "centred on a local node (local_mask)");
     }
-    if (device_.is_cuda()) {
-      at::globalContext().setAllowTF32CuBLAS(metadata_.allow_tf32);
-      at::globalContext().setAllowTF32CuDNN(metadata_.allow_tf32);
-    }
+    set_tf32();
     std::map<std::string, at::Tensor> raw = translate_torch_errors(
         path_ + ": running the model layer by layer", [&] { return run_layered(prepared, exchange); });
-    Outputs outputs = collect_outputs(std::move(raw), prepared);
-    if (!std::isfinite(outputs.total_energy) || !all_finite(outputs.atomic_energy) ||
-        !all_finite(outputs.forces)) {
-      throw NonFiniteOutputError(
-          path_, metadata_.r_max,
-          translate_torch_errors(path_ + ": finding the closest atoms",
-                                 [&] { return closest_pair(prepared); }));
-    }
-    return outputs;
+    return checked_outputs(std::move(raw), prepared);
   }
 
   std::string path_;
@@ -784,6 +762,50 @@ class Model::Impl {
         outputs[name] = item.value().toTensor().detach();
       }
     }
+    return outputs;
+  }
+
+  // The model's choice (FILE_CONTRACT §2 allow_tf32) for torch's own matmuls; torch keeps it
+  // process-wide, so it is set for every call (another model may have changed it).
+  void set_tf32() const {
+    if (!device_.is_cuda()) return;
+    at::globalContext().setAllowTF32CuBLAS(metadata_.allow_tf32);
+    at::globalContext().setAllowTF32CuDNN(metadata_.allow_tf32);
+  }
+
+  // The outputs of a call, collected and checked. A NaN would otherwise travel on into ASE's
+  // results or LAMMPS' positions, far from its cause. One pass over the outputs; the cause is
+  // looked for only when there is one.
+  Outputs checked_outputs(std::map<std::string, at::Tensor> raw, const PreparedInputs& prepared) {
+    Outputs outputs = collect_outputs(std::move(raw), prepared);
+    if (!std::isfinite(outputs.total_energy) || !all_finite(outputs.atomic_energy) ||
+        !all_finite(outputs.forces)) {
+      throw NonFiniteOutputError(
+          path_, metadata_.r_max,
+          translate_torch_errors(path_ + ": finding the closest atoms",
+                                 [&] { return closest_pair(prepared); }));
+    }
+    return outputs;
+  }
+
+  // The exchanges of a layer-by-layer call (as run_layered makes them) with no rows, and the
+  // outputs of no atoms.
+  Outputs exchange_nothing(FeatureExchange& exchange) const {
+    const std::vector<int64_t>& widths = metadata_.layer_feature_widths;
+    const auto f64 = at::TensorOptions(at::kDouble);
+    for (size_t layer = 0; layer + 1 < widths.size(); ++layer) {
+      at::Tensor rows = at::zeros({0, widths[layer]}, f64);
+      exchange.forward(rows);
+    }
+    for (size_t layer = widths.size() - 1; layer-- > 0;) {
+      at::Tensor rows = at::zeros({0, widths[layer]}, f64);
+      exchange.reverse(rows);
+    }
+    Outputs outputs;
+    outputs.atomic_energy = at::zeros({0}, f64);
+    outputs.forces = at::zeros({0, 3}, f64);
+    outputs.virial = at::zeros({3, 3}, f64);
+    outputs.atom_virial = at::zeros({0, 3, 3}, f64);
     return outputs;
   }
 

@@ -17,7 +17,9 @@ from test_lammps_multirank import (
     RANKS,
     SINGLE_POINT,
     SYSTEMS,
+    assert_atom_virials_sum_to_the_virial,
     assert_close,
+    assert_same_single_point,
     lammps,
     small_sic,
     write_data,
@@ -72,22 +74,13 @@ def exchange_runs(deep_pth, tmp_path_factory):
 @pytest.mark.parametrize("system", sorted(EXCHANGE_SYSTEMS))
 @pytest.mark.parametrize("ranks", RANKS[1:])
 def test_ranks_give_the_one_rank_results(exchange_runs, system, ranks):
-    one, many = exchange_runs[system, 1], exchange_runs[system, ranks]
-    # thermo: step pe virial(6) vol
-    assert many.thermo[0, 1] == pytest.approx(one.thermo[0, 1], rel=1e-10, abs=0.0)
-    assert_close(many.thermo[0, 2:8], one.thermo[0, 2:8], 1e-10, "pressure (virial part)")
-    forces, atom_energy, atom_stress = slice(0, 3), 3, slice(4, 10)
-    np.testing.assert_allclose(many.atoms[:, forces], one.atoms[:, forces], rtol=0, atol=1e-8, err_msg="forces")
-    np.testing.assert_allclose(many.atoms[:, atom_energy], one.atoms[:, atom_energy], rtol=0, atol=1e-10)
-    assert_close(many.atoms[:, atom_stress], one.atoms[:, atom_stress], 1e-10, "per-atom virials")
+    assert_same_single_point(exchange_runs[system, ranks], exchange_runs[system, 1])
 
 
 @pytest.mark.parametrize("system", sorted(EXCHANGE_SYSTEMS))
 @pytest.mark.parametrize("ranks", RANKS)
 def test_per_atom_virials_sum_to_the_global_virial(exchange_runs, system, ranks):
-    run = exchange_runs[system, ranks]
-    pressure_volume = run.thermo[0, 2:8] * run.thermo[0, 8]
-    assert_close(-run.atoms[:, 4:10].sum(axis=0), pressure_volume, 1e-10, f"{ranks} ranks")
+    assert_atom_virials_sum_to_the_virial(exchange_runs[system, ranks], f"{ranks} ranks")
 
 
 @pytest.mark.parametrize("system", sorted(EXCHANGE_SYSTEMS))

@@ -180,7 +180,12 @@ def single_points(domain_file, tmp_path_factory) -> Dict[Tuple[str, int], Run]:
 @pytest.mark.parametrize("system", sorted(SYSTEMS))
 @pytest.mark.parametrize("ranks", RANKS[1:])
 def test_ranks_give_the_one_rank_results(single_points, system, ranks):
-    one, many = single_points[system, 1], single_points[system, ranks]
+    assert_same_single_point(single_points[system, ranks], single_points[system, 1])
+
+
+def assert_same_single_point(many: Run, one: Run) -> None:
+    """SINGLE_POINT on several ranks equals one rank: energy, pressure, forces, per-atom
+    energies and per-atom virials."""
     # thermo: step pe virial(6) vol
     assert many.thermo[0, 1] == pytest.approx(one.thermo[0, 1], rel=1e-10, abs=0.0)
     assert_close(many.thermo[0, 2:8], one.thermo[0, 2:8], 1e-10, "pressure (virial part)")
@@ -189,6 +194,12 @@ def test_ranks_give_the_one_rank_results(single_points, system, ranks):
     np.testing.assert_allclose(many.atoms[:, atom_energy], one.atoms[:, atom_energy], rtol=0, atol=1e-10)
     # per-atom virials, in bar·Å^3: scale of one atom's
     assert_close(many.atoms[:, atom_stress], one.atoms[:, atom_stress], 1e-10, "per-atom virials")
+
+
+def assert_atom_virials_sum_to_the_virial(run: Run, what: str) -> None:
+    # stress/atom is minus the per-atom virial in pressure·volume: its sum is -P_virial·V
+    pressure_volume = run.thermo[0, 2:8] * run.thermo[0, 8]
+    assert_close(-run.atoms[:, 4:10].sum(axis=0), pressure_volume, 1e-10, what)
 
 
 def test_every_ranks_device_is_said_once(single_points):
@@ -211,10 +222,7 @@ def test_no_ghost_shell_and_the_work_is_reported(single_points, system):
 @pytest.mark.parametrize("system", sorted(SYSTEMS))
 @pytest.mark.parametrize("ranks", RANKS)
 def test_per_atom_virials_sum_to_the_global_virial(single_points, system, ranks):
-    run = single_points[system, ranks]
-    # stress/atom is minus the per-atom virial in pressure·volume: its sum is -P_virial·V
-    pressure_volume = run.thermo[0, 2:8] * run.thermo[0, 8]
-    assert_close(-run.atoms[:, 4:10].sum(axis=0), pressure_volume, 1e-10, f"{ranks} ranks")
+    assert_atom_virials_sum_to_the_virial(single_points[system, ranks], f"{ranks} ranks")
 
 
 def test_one_rank_matches_the_ase_calculator(single_points, compiled_models):

@@ -242,8 +242,9 @@ class Model {
   // be ghosts; shifts are usually undefined: ghosts are at their images' positions).
   // Outputs as compute(): atomic energies (0 on nodes not local), forces on every node (a
   // ghost's belong to its owner), the virial of this rank's edges and per-atom virials;
-  // summed over the ranks they are those of the whole system. Throws InputError when the
-  // model cannot (exchanges_features() false), else as compute().
+  // summed over the ranks they are those of the whole system. With no nodes at all (a rank
+  // that sees no atoms) it still takes its part in every exchange, and returns zeros. Throws
+  // InputError when the model cannot (exchanges_features() false), else as compute().
   Outputs compute_exchanging(const Inputs& inputs, FeatureExchange& exchange);
 
  private:
