@@ -983,7 +983,8 @@ class Model::Impl {
     std::vector<at::Tensor> layer_inputs_, layer_outputs_;
   };
 
-  // AOTInductor: one compiled model per part, VJPs included (each recomputes its forward).
+  // AOTInductor: one compiled model per part. A layer's forward part returns its output and
+  // residuals, which its VJP takes back (aotinductor.split_joint).
   class AotiParts : public LayeredParts {
    public:
     using Loaders = std::map<std::string, std::unique_ptr<torch::inductor::AOTIModelPackageLoader>>;
@@ -1002,8 +1003,11 @@ class Model::Impl {
     at::Tensor layer(int64_t index, const at::Tensor& x, const at::Tensor& node_attrs,
                      const at::Tensor& edge_sh, const at::Tensor& edge_radial,
                      const at::Tensor& edge_index) override {
-      return run("layer_" + std::to_string(index),
-                 {x, node_attrs, edge_sh, edge_radial, edge_index}, 1)[0];
+      // the output, then what its VJP reads (kept until the backward pass)
+      std::vector<at::Tensor> out =
+          run("layer_" + std::to_string(index), {x, node_attrs, edge_sh, edge_radial, edge_index});
+      residuals_.push_back(out);
+      return out[0];
     }
     std::pair<at::Tensor, at::Tensor> energy_readout_vjp(const at::Tensor& x,
                                                          const at::Tensor& atom_types,
@@ -1015,8 +1019,12 @@ class Model::Impl {
                                       const at::Tensor& node_attrs, const at::Tensor& edge_sh,
                                       const at::Tensor& edge_radial, const at::Tensor& edge_index,
                                       const at::Tensor& grad_out) override {
-      return run("layer_" + std::to_string(index) + "_vjp",
-                 {x, node_attrs, edge_sh, edge_radial, edge_index, grad_out}, index > 0 ? 3 : 2);
+      std::vector<at::Tensor> inputs = {x, node_attrs, edge_sh, edge_radial, edge_index};
+      std::vector<at::Tensor>& kept = residuals_.at(index);
+      inputs.insert(inputs.end(), kept.begin(), kept.end());
+      inputs.push_back(grad_out);
+      kept.clear();  // freed as soon as used
+      return run("layer_" + std::to_string(index) + "_vjp", std::move(inputs), index > 0 ? 3 : 2);
     }
     at::Tensor edge_embedding_vjp(const at::Tensor& edge_vec, const at::Tensor& atom_types,
                                   const at::Tensor& edge_index, const at::Tensor& grad_sh,
@@ -1026,11 +1034,12 @@ class Model::Impl {
     }
 
    private:
+    // num_outputs 0: any number, at least one
     std::vector<at::Tensor> run(const std::string& name, std::vector<at::Tensor> inputs,
-                                size_t num_outputs) {
+                                size_t num_outputs = 0) {
       for (at::Tensor& tensor : inputs) tensor = tensor.contiguous();
       std::vector<at::Tensor> out = loaders_.at(name)->run(inputs);
-      if (out.size() != num_outputs) {
+      if (num_outputs ? out.size() != num_outputs : out.empty()) {
         throw TorchError("the AOTInductor part '" + name + "' returned " +
                          std::to_string(out.size()) + " outputs, expected " +
                          std::to_string(num_outputs));
@@ -1039,6 +1048,7 @@ class Model::Impl {
     }
     c10::InferenceMode inference_;
     Loaders& loaders_;
+    std::vector<std::vector<at::Tensor>> residuals_;  // per layer: its output, then residuals
   };
 
   std::map<std::string, at::Tensor> run_aoti(const PreparedInputs& inputs) {

@@ -12,6 +12,7 @@ AOTInductor into a self-contained package.
       --aoti_compile_and_package--> *.nequip.pt2
 """
 
+import operator
 from typing import BinaryIO, Dict, Mapping, Optional, Tuple
 
 import torch
@@ -201,8 +202,10 @@ def package(exported: torch.export.ExportedProgram, file: BinaryIO, metadata: Ma
 # atoms' node features between layers (Model::compute_exchanging in the C++ runtime). A package
 # of that target holds, beside the whole model ("model", what one rank runs), the parts below,
 # each its own AOTI model: forward parts to go forward, vector-Jacobian products (VJPs) to come
-# back. A VJP recomputes its part's forward (nothing is kept between calls), so the forward of
-# every layer runs twice; the TorchScript file, with autograd at run time, does not.
+# back. Each layer is traced once with its VJP (a joint graph) and split in two, as AOTAutograd
+# does: the forward part returns its output and the intermediate values the backward pass
+# reads ("residuals", kept by the runtime until then); the VJP takes them back instead of
+# recomputing the layer. The edge embedding's VJP recomputes it (cheap: harmonics and Bessels).
 
 
 def part_names(num_layers: int) -> Tuple[str, ...]:
@@ -263,21 +266,15 @@ class EdgeEmbeddingVJP(torch.nn.Module):
             return _vjp([edge_sh, edge_radial], [edge_vec], [grad_sh, grad_radial])
 
 
-class Layer(torch.nn.Module):
-    """Layer ``index``: x, node_attrs, edge_sh, edge_radial, edge_index -> its output features."""
+class LayerJoint(torch.nn.Module):
+    """Layer ``index`` and its VJP in one graph: x, node_attrs, edge_sh, edge_radial,
+    edge_index, grad_out -> its output features, then the gradients by edge_sh and edge_radial,
+    and by x (not for the first layer, whose input is a function of the types)."""
 
     def __init__(self, model, index: int):
         super().__init__()
         self.model = model
         self.index = index
-
-    def forward(self, x, node_attrs, edge_sh, edge_radial, edge_index):
-        return self.model.layer(self.index, x, node_attrs, edge_sh, edge_radial, edge_index)
-
-
-class LayerVJP(Layer):
-    """... grad_out -> the gradients by edge_sh and edge_radial, then by x (not for the first
-    layer, whose input is a function of the types)."""
 
     def forward(self, x, node_attrs, edge_sh, edge_radial, edge_index, grad_out):
         with torch.enable_grad():
@@ -287,7 +284,98 @@ class LayerVJP(Layer):
                 x = _leaf(x)
                 inputs.append(x)
             out = self.model.layer(self.index, x, node_attrs, edge_sh, edge_radial, edge_index)
-            return _vjp([out], inputs, [grad_out])
+            grads = _vjp([out], inputs, [grad_out])
+        return (out.detach(),) + grads
+
+
+def layer_joint_graph(model, index: int, inputs) -> torch.fx.GraphModule:
+    """:class:`LayerJoint` traced to aten operations without in-place ones (what reads a value
+    is then all that orders it), its views kept as views (Inductor lowers them to indexing;
+    their ``_copy`` forms would be copies, some of them run outside the compiled code)."""
+    joint = _trace(LayerJoint(model, index).eval(), inputs)
+    return _trace(torch.func.functionalize(joint, remove="mutations"), inputs)
+
+
+def split_joint(joint: torch.fx.GraphModule) -> Tuple[torch.fx.GraphModule, torch.fx.GraphModule, int]:
+    """The forward and backward graphs of a functional joint graph whose last input is the
+    gradient by its first output (the tangent) and whose other outputs are gradients.
+
+    ``forward(*primals) -> (out, *residuals)``, ``backward(*primals, out, *residuals, tangent)
+    -> gradients``, and the number of residuals. What to keep is AOTAutograd's min-cut choice:
+    the outputs of matmuls and other costly values are kept, what is cheap to recompute from
+    them (products, broadcasts, views) is recomputed in the backward graph, where Inductor fuses
+    it into the kernels that read it. Keeping every forward value that the backward pass reads
+    would cost ~20 KB per edge and layer, several times what recomputing the whole layer costs.
+    """
+    import torch._functorch.config as functorch_config
+    from torch._functorch.partitioners import min_cut_rematerialization_partition
+
+    placeholders = list(joint.graph.find_nodes(op="placeholder"))
+    primals = placeholders[:-1]
+    # the partitioner tells the forward's inputs from the tangents by their names
+    for index, node in enumerate(primals):
+        node.name = node.target = f"primals_{index + 1}"
+    placeholders[-1].name = placeholders[-1].target = "tangents_1"
+    joint.recompile()
+    # aggressive: the gathers of node features onto edges (index_select) are recomputed too
+    with functorch_config.patch(aggressive_recomputation=True):
+        forward, partitioned_backward = min_cut_rematerialization_partition(joint, None, num_fwd_outputs=1)
+
+    # The partitioner's forward also returns the symbolic sizes its backward reads; an AOTI
+    # model returns tensors only, so the backward recomputes them from its inputs' sizes.
+    (forward_output,) = forward.graph.find_nodes(op="output")
+    out, *kept = forward_output.args[0]
+    kept_tensors = [node for node in kept if isinstance(node.meta.get("val"), torch.Tensor)]
+    residuals = [node for node in kept_tensors if node.op != "placeholder" and node is not out]
+    forward_output.args = ((out, *residuals),)
+    forward.graph.eliminate_dead_code()
+    forward.recompile()
+
+    graph, env = torch.fx.Graph(), {}
+    new_primals = []
+    for node in primals:
+        new_primals.append(graph.placeholder(node.name))
+        new_primals[-1].meta = dict(node.meta)
+    by_name = {node.name: new for node, new in zip(primals, new_primals)}
+    by_name[out.name] = graph.placeholder("out")
+    by_name[out.name].meta = dict(out.meta)
+    for index, node in enumerate(residuals):
+        by_name[node.name] = graph.placeholder(f"residual_{index}")
+        by_name[node.name].meta = dict(node.meta)
+    tangent = graph.placeholder("tangents_1")
+    by_name["tangents_1"] = tangent
+    tangent.meta = dict(placeholders[-1].meta)
+    sizes = {}  # symbol -> a node of that size, read from the primals
+    for node, new in zip(primals, new_primals):
+        for dim, size in enumerate(node.meta["val"].shape):
+            if isinstance(size, torch.SymInt) and size.node.expr.is_Symbol:
+                sizes.setdefault(size.node.expr, (new, dim))
+
+    def size_node(expr):
+        """A node computing ``expr``, linear in one symbol, from the primals' sizes."""
+        (symbol,) = expr.free_symbols
+        scale, offset = expr.coeff(symbol), expr.subs(symbol, 0)
+        if expr != scale * symbol + offset or symbol not in sizes:
+            raise NotImplementedError(f"a size of the backward graph, {expr}, is not one of its inputs' sizes")
+        value = graph.call_function(torch.ops.aten.sym_size.int, sizes[symbol])
+        if scale != 1:
+            value = graph.call_function(operator.mul, (value, int(scale)))
+        if offset != 0:
+            value = graph.call_function(operator.add, (value, int(offset)))
+        return value
+
+    for node in partitioned_backward.graph.nodes:
+        if node.op == "placeholder":
+            value = node.meta.get("val")
+            env[node] = by_name[node.name] if isinstance(value, torch.Tensor) else size_node(value.node.expr)
+        elif node.op == "output":
+            graph.output(torch.fx.map_arg(node.args[0], lambda arg: env[arg]))
+        else:
+            env[node] = graph.node_copy(node, lambda arg: env[arg])
+    backward = torch.fx.GraphModule(partitioned_backward, graph)
+    backward.graph.eliminate_dead_code()
+    backward.recompile()
+    return forward, backward, len(residuals)
 
 
 class EnergyReadoutVJP(torch.nn.Module):
@@ -335,9 +423,6 @@ def _part_inputs(model, num_types: int, device, num_atoms=None, num_edges=None):
 
 
 def _part_module(model, name: str) -> torch.nn.Module:
-    if name.startswith("layer_"):
-        index = int(name.split("_")[1])
-        return (LayerVJP if name.endswith("_vjp") else Layer)(model, index)
     return {"node_embedding": NodeEmbedding, "edge_embedding": EdgeEmbedding,
             "edge_embedding_vjp": EdgeEmbeddingVJP, "energy_readout_vjp": EnergyReadoutVJP}[name](model)  # fmt: skip
 
@@ -359,6 +444,37 @@ def _part_dynamic_shapes(name: str, num_types: int):
     return layer + ({0: rows},) if name.endswith("_vjp") else layer
 
 
+def _trace(module: torch.nn.Module, inputs) -> torch.fx.GraphModule:
+    # Never merge two dimensions because their example sizes happen to agree.
+    with fx_config.patch(use_duck_shape=False):
+        return make_fx(module, tracing_mode="symbolic", _allow_non_fake_inputs=True, _error_on_data_dependent_ops=True)(
+            *inputs
+        )
+
+
+def _residual_dynamic_shapes(residuals, rows_symbol, edges_symbol, rows, edges):
+    """Each residual's dynamic sizes, from its symbolic sizes in the joint graph: the number
+    of rows or edges, a multiple of either plus a constant, or static."""
+    specs = []
+    for node in residuals:
+        spec = {}
+        for dim, size in enumerate(node.meta["val"].shape):
+            if isinstance(size, int) or size.node.expr.is_number:
+                continue
+            expr = size.node.expr
+            for symbol, base in ((rows_symbol, rows), (edges_symbol, edges)):
+                if expr.free_symbols == {symbol}:
+                    scale, offset = expr.as_coefficients_dict().get(symbol, 0), expr.subs(symbol, 0)
+                    if expr != scale * symbol + offset:
+                        raise NotImplementedError(f"residual size {expr} is not linear in {symbol}")
+                    spec[dim] = base if (scale, offset) == (1, 0) else int(scale) * base + int(offset)
+                    break
+            else:
+                raise NotImplementedError(f"residual size {expr} is not one of the rows or the edges")
+        specs.append(spec or None)
+    return tuple(specs)
+
+
 def export_parts(
     model: torch.nn.Module, num_types: int, device: torch.device, log
 ) -> Dict[str, torch.export.ExportedProgram]:
@@ -367,18 +483,40 @@ def export_parts(
     export_inputs = _part_inputs(model, num_types, device, _EXPORT_NUM_ATOMS, _EXPORT_NUM_EDGES)
     exported = {}
     for name in part_names(len(model.layers)):
+        if name.startswith("layer_"):
+            continue
         log(f"tracing and exporting part {name}")
-        with fx_config.patch(use_duck_shape=False):
-            traced = make_fx(
-                _part_module(model, name).eval(),
-                tracing_mode="symbolic",
-                _allow_non_fake_inputs=True,
-                _error_on_data_dependent_ops=True,
-            )(*trace_inputs[name])
+        traced = _trace(_part_module(model, name).eval(), trace_inputs[name])
         sum_scatters_into_one_row(traced)
         exported[name] = torch.export.export(
             traced, export_inputs[name], dynamic_shapes=_part_dynamic_shapes(name, num_types), strict=False
         )
+    for index in range(len(model.layers)):
+        name = f"layer_{index}"
+        log(f"tracing, splitting and exporting {name} and its VJP")
+        joint = layer_joint_graph(model, index, trace_inputs[f"{name}_vjp"])
+        forward, backward, num_residuals = split_joint(joint)
+        for graph_module in (forward, backward):
+            sum_scatters_into_one_row(graph_module)
+        layer_shapes = _part_dynamic_shapes(name, num_types)
+        exported[name] = torch.export.export(forward, export_inputs[name], dynamic_shapes=layer_shapes, strict=False)
+        placeholders = [node for node in joint.graph.nodes if node.op == "placeholder"]
+        rows_symbol = placeholders[0].meta["val"].shape[0].node.expr
+        edges_symbol = placeholders[2].meta["val"].shape[0].node.expr
+        residual_nodes = list(forward.graph.find_nodes(op="output"))[0].args[0][1:]
+        rows, edges = layer_shapes[0][0], layer_shapes[2][0]
+        with torch.no_grad():
+            out, *residuals = forward(*export_inputs[name])
+        exported[f"{name}_vjp"] = torch.export.export(
+            backward,
+            tuple(export_inputs[name]) + (out, *residuals, export_inputs[f"{name}_vjp"][-1]),
+            dynamic_shapes=layer_shapes
+            + ({0: rows},)
+            + _residual_dynamic_shapes(residual_nodes, rows_symbol, edges_symbol, rows, edges)
+            + ({0: rows},),
+            strict=False,
+        )
+        assert len(residuals) == num_residuals
     return exported
 
 
