@@ -202,10 +202,11 @@ def package(exported: torch.export.ExportedProgram, file: BinaryIO, metadata: Ma
 # atoms' node features between layers (Model::compute_exchanging in the C++ runtime). A package
 # of that target holds, beside the whole model ("model", what one rank runs), the parts below,
 # each its own AOTI model: forward parts to go forward, vector-Jacobian products (VJPs) to come
-# back. Each layer is traced once with its VJP (a joint graph) and split in two, as AOTAutograd
-# does: the forward part returns its output and the intermediate values the backward pass
-# reads ("residuals", kept by the runtime until then); the VJP takes them back instead of
-# recomputing the layer. The edge embedding's VJP recomputes it (cheap: harmonics and Bessels).
+# back. Each layer is traced once with its VJP (a joint graph) and split in two by AOTAutograd's
+# min-cut partitioner (split_joint): the forward part returns its output and the values costly
+# to recompute ("residuals": per edge, the radial MLP's hidden activations), which the runtime
+# keeps until the VJP takes them back; the VJP recomputes the cheap rest. The edge embedding's
+# VJP recomputes the embedding (cheap: harmonics and Bessels).
 
 
 def part_names(num_layers: int) -> Tuple[str, ...]:
