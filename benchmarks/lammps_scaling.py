@@ -64,6 +64,7 @@ fix integrate all nve
 thermo 0
 run {warmup}
 run {steps} pre no
+write_dump all custom {forces} id fx fy fz modify sort id format float %.10g
 """
 LOOP_TIME = re.compile(r"^Loop time of (\S+) on (\d+) procs for (\d+) steps with (\d+) atoms", re.MULTILINE)
 # LAMMPS' breakdown of the last run: "Comm    | min | avg | max | %varavg | %total"
@@ -87,7 +88,9 @@ def run_lammps(directory: Path, atoms, model: Path, ranks: int, threads: int, st
     if not data.exists():
         ase.io.write(data, atoms, format="lammps-data", specorder=["Si", "C"], masses=True)
     script = directory / "in.lammps"
-    script.write_text(INPUT.format(data=data, processors=processors, model=model, warmup=warmup, steps=steps))
+    forces = directory / "forces.dump"
+    script.write_text(INPUT.format(data=data, processors=processors, model=model, warmup=warmup, steps=steps,
+                                   forces=forces))  # fmt: skip
     log = directory / "log.lammps"
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     # each rank's peak resident memory, when GNU time is there to say it
@@ -113,6 +116,7 @@ def run_lammps(directory: Path, atoms, model: Path, ranks: int, threads: int, st
     header = max(i for i, line in enumerate(lines) if line.split()[:1] == ["Step"])
     end = next(i for i in range(header, len(lines)) if lines[i].startswith("Loop time"))
     row["final_thermo"] = [float(word) for word in lines[end - 1].split()]
+    row["forces"] = np.loadtxt(forces, skiprows=9)[:, 1:]  # by atom ID; not written to the JSON
     reports = GRAPH_SIZE.findall(text)
     if reports:
         row["atoms_per_owned_atom"], row["edges_per_owned_atom"] = map(float, reports[-1])
@@ -131,9 +135,12 @@ def strong_scaling(directory, model, cells, configurations, repeats, steps, warm
     rows = []
     base = statistics.median(times[configurations[0]])
     reference_pe = report[configurations[0]]["final_thermo"][2]
+    reference_forces = report[configurations[0]]["forces"]
     for configuration in configurations:
         row = dict(report[configuration], seconds_per_step=statistics.median(times[configuration]),
                    runs=times[configuration])  # fmt: skip
+        row["max_force_difference_eV_per_A"] = float(np.abs(row.pop("forces") - reference_forces).max())
+        row["max_force_eV_per_A"] = float(np.abs(reference_forces).max())
         row["us_per_atom_step"] = 1e6 * row["seconds_per_step"] / len(atoms)
         row["speedup"] = base / row["seconds_per_step"]
         row["potential_energy_eV"] = row["final_thermo"][2]
@@ -155,6 +162,7 @@ def redundant_work(directory, model, sizes, w_nodes, edges_per_atom):
     for n in sizes:
         atoms = sic((n, n, n))
         row = run_lammps(directory, atoms, model, ranks=8, threads=1, steps=0, warmup=0, processors="processors 2 2 2")
+        del row["forces"]
         side = n * SIC_A / 2
         row.update(
             subdomain_side=side,
@@ -230,6 +238,8 @@ def main(argv=None):
                           f"{row['seconds_per_step']:.2f} s/step, {row['us_per_atom_step']:.1f} µs/atom-step, "
                           f"speed-up {row['speedup']:.2f}, Comm {row.get('comm_percent', 0):.1f}%{memory}, "
                           f"energy vs first {row['relative_energy_difference']:.1e}, "
+                          f"forces vs first {row['max_force_difference_eV_per_A']:.1e} eV/Å "
+                          f"(largest {row['max_force_eV_per_A']:.2f}), "
                           f"work factor {row.get('work_factor', 1.0):.3f}", flush=True)  # fmt: skip
 
         if "weak" in args.parts:
