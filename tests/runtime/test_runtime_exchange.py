@@ -82,14 +82,39 @@ def test_without_the_exchange_the_result_differs(deep):
     assert abs(alone["atomic_energy"][:num_atoms].sum() - exchanged["total_energy"]) > 1e-6
 
 
-def test_an_owner_that_is_a_ghost_is_refused(deep):
+def owned_by_a_ghost(owner):
+    owner = owner.copy()
+    owner[0] = np.flatnonzero(owner != np.arange(len(owner)))[0]  # node 0 copies a ghost
+    return owner
+
+
+def with_first(value):
+    def change(owner):
+        owner = owner.copy()
+        owner[0] = value(owner)
+        return owner
+
+    return change
+
+
+@pytest.mark.parametrize(
+    "malformed, message",
+    [
+        (owned_by_a_ghost, "owner: an owner node must be owned (its own owner)"),
+        (lambda owner: owner[:-1], "owner must have shape (N,), one owner node per node"),
+        (lambda owner: owner.reshape(1, -1), "owner must have shape (N,), one owner node per node"),
+        (with_first(len), "owner holds a node index outside [0, N)"),
+        (with_first(lambda owner: -1), "owner holds a node index outside [0, N)"),
+    ],
+    ids=["ghost-owner", "short", "two-dimensional", "past-the-end", "negative"],
+)
+def test_a_malformed_owner_is_refused(deep, malformed, message):
     model, _ = deep
     frame = random_frames(3, seed=3)[2]
     pos, types, edge_index, owner = unfolded(frame)
-    owner = owner.copy()
-    owner[0] = len(pos) - 1 if owner[-1] != len(pos) - 1 else 1
-    with pytest.raises(InputError, match=re.escape("owner: an owner node must be owned (its own owner)")):
-        model.compute_exchanging(pos, types, edge_index, owner, cell=frame["cell"])
+    assert (owner != np.arange(len(owner))).any()  # the frame has ghosts
+    with pytest.raises(InputError, match=re.escape(message)):
+        model.compute_exchanging(pos, types, edge_index, malformed(owner), cell=frame["cell"])
 
 
 def test_files_without_the_parts_cannot_exchange(compiled_models):
