@@ -134,7 +134,8 @@ class OwnerExchange : public nequip::FeatureExchange {
 
 py::dict compute_exchanging(nequip::Model& model, const py::array& pos,
                             const py::array& atom_types, const py::array& edge_index,
-                            const py::array& owner, const std::optional<py::array>& cell) {
+                            const py::array& owner, const std::optional<py::array>& cell,
+                            const std::optional<py::array>& edge_cell_shift) {
   const at::Tensor owner_index = as_tensor(owner, "owner").to(at::kLong).contiguous();
   const int64_t num_nodes = owner_index.size(0);
   if (owner_index.dim() != 1 || num_nodes != static_cast<int64_t>(pos.shape(0))) {
@@ -149,7 +150,8 @@ py::dict compute_exchanging(nequip::Model& model, const py::array& pos,
     throw nequip::InputError("owner: an owner node must be owned (its own owner)");
   }
   nequip::Inputs inputs{as_tensor(pos, "pos"), as_tensor(atom_types, "atom_types"),
-                        as_tensor(edge_index, "edge_index"), at::Tensor(),
+                        as_tensor(edge_index, "edge_index"),
+                        optional_tensor(edge_cell_shift, "edge_cell_shift"),
                         optional_tensor(cell, "cell"), owner_index == own};
   OwnerExchange exchange(owner_index);
   nequip::Outputs outputs;
@@ -267,14 +269,16 @@ finite (naming the closest pair of atoms when they overlap), TorchError when tor
                                     "exchange (compute_exchanging; LAMMPS on several ranks)");
   model_class.def("compute_exchanging", &compute_exchanging, py::arg("pos"),
                   py::arg("atom_types"), py::arg("edge_index"), py::arg("owner"),
-                  py::arg("cell") = std::nullopt,
+                  py::arg("cell") = std::nullopt, py::arg("edge_cell_shift") = std::nullopt,
                   R"doc(
 Evaluates one frame layer by layer, as one LAMMPS rank of a domain decomposition does, on
 nodes that include ghost copies of other nodes (periodic images, at their images' positions):
 owner (N,) integers, the node each node copies (itself for an owned node). Edges are centred
 on owned nodes only. Between layers the ghosts get their owners' features, and in the backward
 pass their gradients go back to the owners. Returns what compute() does, with forces on
-ghosts (to be added to their owners') and zero energies on them.
+ghosts (to be added to their owners') and zero energies on them. edge_cell_shift (E, 3), as
+in compute(), lets an edge reach a periodic image without a ghost node (owner = arange(N):
+the whole frame on one process, layer by layer).
 )doc");
 
   m.def(

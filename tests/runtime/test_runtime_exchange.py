@@ -69,6 +69,22 @@ def test_layer_by_layer_with_ghost_images_is_the_folded_frame(layered, seed):
     assert compared >= 4
 
 
+def test_layer_by_layer_with_periodic_edges_and_no_ghosts_is_the_frame(layered):
+    """Every node owned (nothing to exchange) and edges that reach periodic images by their
+    cell shifts: the parts give the whole frame's results, as compute() does."""
+    model, eager, dtype = layered
+    frames = random_frames(12, seed=5, per_edge_type_cutoff=model.per_edge_type_cutoff)
+    shifted = [frame for frame in frames if frame["edge_cell_shift"].any()]
+    assert len(shifted) >= 3
+    for frame in frames:
+        num_atoms = len(frame["pos"])
+        got = model.compute_exchanging(frame["pos"], frame["atom_types"], frame["edge_index"], np.arange(num_atoms),
+                                       cell=frame["cell"], edge_cell_shift=frame["edge_cell_shift"])  # fmt: skip
+        expected = eager_outputs(eager, frame)
+        for name in ("total_energy", "atomic_energy", "forces", "virial", "atom_virial"):
+            assert_matches(got[name], expected[name], dtype, name)
+
+
 def test_without_the_exchange_the_result_differs(deep):
     """Ghosts that keep their own (neighbourless) features give other energies: the exchange is
     what makes the result exact, not an accident of the frame."""
