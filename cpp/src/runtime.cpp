@@ -1042,7 +1042,7 @@ class Model::Impl {
       if (num_outputs ? out.size() != num_outputs : out.empty()) {
         throw TorchError("the AOTInductor part '" + name + "' returned " +
                          std::to_string(out.size()) + " outputs, expected " +
-                         std::to_string(num_outputs));
+                         (num_outputs ? std::to_string(num_outputs) : "at least one"));
       }
       return out;
     }

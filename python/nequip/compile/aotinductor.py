@@ -297,12 +297,22 @@ def layer_joint_graph(model, index: int, inputs) -> torch.fx.GraphModule:
     return _trace(torch.func.functionalize(joint, remove="mutations"), inputs)
 
 
-def split_joint(joint: torch.fx.GraphModule) -> Tuple[torch.fx.GraphModule, torch.fx.GraphModule, int]:
+def _linear_in_one_symbol(expr):
+    """(symbol, scale, offset) of a symbolic size ``scale * symbol + offset``."""
+    if len(expr.free_symbols) == 1:
+        (symbol,) = expr.free_symbols
+        scale, offset = expr.coeff(symbol), expr.subs(symbol, 0)
+        if expr == scale * symbol + offset:
+            return symbol, int(scale), int(offset)
+    raise NotImplementedError(f"the size {expr} is not linear in one of the graph's input sizes")
+
+
+def split_joint(joint: torch.fx.GraphModule) -> Tuple[torch.fx.GraphModule, torch.fx.GraphModule]:
     """The forward and backward graphs of a functional joint graph whose last input is the
     gradient by its first output (the tangent) and whose other outputs are gradients.
 
-    ``forward(*primals) -> (out, *residuals)``, ``backward(*primals, out, *residuals, tangent)
-    -> gradients``, and the number of residuals. What to keep is AOTAutograd's min-cut choice:
+    ``forward(*primals) -> (out, *residuals)`` and ``backward(*primals, out, *residuals,
+    tangent) -> gradients`` (``joint``'s inputs are renamed on the way). What to keep is AOTAutograd's min-cut choice:
     the outputs of matmuls and other costly values are kept, what is cheap to recompute from
     them (products, broadcasts, views) is recomputed in the backward graph, where Inductor fuses
     it into the kernels that read it. Keeping every forward value that the backward pass reads
@@ -353,16 +363,15 @@ def split_joint(joint: torch.fx.GraphModule) -> Tuple[torch.fx.GraphModule, torc
                 sizes.setdefault(size.node.expr, (new, dim))
 
     def size_node(expr):
-        """A node computing ``expr``, linear in one symbol, from the primals' sizes."""
-        (symbol,) = expr.free_symbols
-        scale, offset = expr.coeff(symbol), expr.subs(symbol, 0)
-        if expr != scale * symbol + offset or symbol not in sizes:
+        """A node computing ``expr`` from the primals' sizes."""
+        symbol, scale, offset = _linear_in_one_symbol(expr)
+        if symbol not in sizes:
             raise NotImplementedError(f"a size of the backward graph, {expr}, is not one of its inputs' sizes")
         value = graph.call_function(torch.ops.aten.sym_size.int, sizes[symbol])
         if scale != 1:
-            value = graph.call_function(operator.mul, (value, int(scale)))
+            value = graph.call_function(operator.mul, (value, scale))
         if offset != 0:
-            value = graph.call_function(operator.add, (value, int(offset)))
+            value = graph.call_function(operator.add, (value, offset))
         return value
 
     for node in partitioned_backward.graph.nodes:
@@ -376,7 +385,7 @@ def split_joint(joint: torch.fx.GraphModule) -> Tuple[torch.fx.GraphModule, torc
     backward = torch.fx.GraphModule(partitioned_backward, graph)
     backward.graph.eliminate_dead_code()
     backward.recompile()
-    return forward, backward, len(residuals)
+    return forward, backward
 
 
 class EnergyReadoutVJP(torch.nn.Module):
@@ -441,8 +450,7 @@ def _part_dynamic_shapes(name: str, num_types: int):
         return edge_inputs + ({0: edges}, {0: edges})
     if name == "energy_readout_vjp":
         return ({0: atoms + num_types}, {0: atoms}, {0: atoms})
-    layer = ({0: rows}, {0: rows}, {0: edges}, {0: edges}, {1: edges})
-    return layer + ({0: rows},) if name.endswith("_vjp") else layer
+    return ({0: rows}, {0: rows}, {0: edges}, {0: edges}, {1: edges})  # a layer's forward part
 
 
 def _trace(module: torch.nn.Module, inputs) -> torch.fx.GraphModule:
@@ -453,25 +461,21 @@ def _trace(module: torch.nn.Module, inputs) -> torch.fx.GraphModule:
         )
 
 
-def _residual_dynamic_shapes(residuals, rows_symbol, edges_symbol, rows, edges):
+def _residual_dynamic_shapes(residuals, dims_by_symbol):
     """Each residual's dynamic sizes, from its symbolic sizes in the joint graph: the number
-    of rows or edges, a multiple of either plus a constant, or static."""
+    of rows or edges (``dims_by_symbol``: symbol -> export Dim), a multiple of either plus a
+    constant, or static."""
     specs = []
     for node in residuals:
         spec = {}
         for dim, size in enumerate(node.meta["val"].shape):
             if isinstance(size, int) or size.node.expr.is_number:
                 continue
-            expr = size.node.expr
-            for symbol, base in ((rows_symbol, rows), (edges_symbol, edges)):
-                if expr.free_symbols == {symbol}:
-                    scale, offset = expr.as_coefficients_dict().get(symbol, 0), expr.subs(symbol, 0)
-                    if expr != scale * symbol + offset:
-                        raise NotImplementedError(f"residual size {expr} is not linear in {symbol}")
-                    spec[dim] = base if (scale, offset) == (1, 0) else int(scale) * base + int(offset)
-                    break
-            else:
-                raise NotImplementedError(f"residual size {expr} is not one of the rows or the edges")
+            symbol, scale, offset = _linear_in_one_symbol(size.node.expr)
+            if symbol not in dims_by_symbol:
+                raise NotImplementedError(f"residual size {size.node.expr} is not one of the rows or the edges")
+            base = dims_by_symbol[symbol]
+            spec[dim] = base if (scale, offset) == (1, 0) else scale * base + offset
         specs.append(spec or None)
     return tuple(specs)
 
@@ -496,16 +500,15 @@ def export_parts(
         name = f"layer_{index}"
         log(f"tracing, splitting and exporting {name} and its VJP")
         joint = layer_joint_graph(model, index, trace_inputs[f"{name}_vjp"])
-        forward, backward, num_residuals = split_joint(joint)
+        forward, backward = split_joint(joint)
         for graph_module in (forward, backward):
             sum_scatters_into_one_row(graph_module)
         layer_shapes = _part_dynamic_shapes(name, num_types)
         exported[name] = torch.export.export(forward, export_inputs[name], dynamic_shapes=layer_shapes, strict=False)
-        placeholders = [node for node in joint.graph.nodes if node.op == "placeholder"]
-        rows_symbol = placeholders[0].meta["val"].shape[0].node.expr
-        edges_symbol = placeholders[2].meta["val"].shape[0].node.expr
-        residual_nodes = list(forward.graph.find_nodes(op="output"))[0].args[0][1:]
+        x, _, edge_sh = list(joint.graph.find_nodes(op="placeholder"))[:3]
         rows, edges = layer_shapes[0][0], layer_shapes[2][0]
+        dims_by_symbol = {x.meta["val"].shape[0].node.expr: rows, edge_sh.meta["val"].shape[0].node.expr: edges}
+        (forward_output,) = forward.graph.find_nodes(op="output")
         with torch.no_grad():
             out, *residuals = forward(*export_inputs[name])
         exported[f"{name}_vjp"] = torch.export.export(
@@ -513,11 +516,10 @@ def export_parts(
             tuple(export_inputs[name]) + (out, *residuals, export_inputs[f"{name}_vjp"][-1]),
             dynamic_shapes=layer_shapes
             + ({0: rows},)
-            + _residual_dynamic_shapes(residual_nodes, rows_symbol, edges_symbol, rows, edges)
+            + _residual_dynamic_shapes(forward_output.args[0][1:], dims_by_symbol)
             + ({0: rows},),
             strict=False,
         )
-        assert len(residuals) == num_residuals
     return exported
 
 
