@@ -1,9 +1,10 @@
-"""The graph rewrite that keeps inductor's CPU code generation away from single-row scatters."""
+"""The graph rewrites before export: single-row scatters as sums (inductor's CPU code generation
+cannot vectorise them), and gathered node tensors made buffers of their own."""
 
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from nequip.compile.aotinductor import sum_scatters_into_one_row
+from nequip.compile.aotinductor import materialize_gathered, sum_scatters_into_one_row
 
 
 def frame_sums(per_atom, per_edge, edge_center, atom_features):
@@ -37,4 +38,49 @@ def test_single_row_scatters_become_sums_with_the_same_values():
     # no edges at all: the sums are empty, the result is the destination
     no_edges = (inputs[0], inputs[1][:0], inputs[2][:0], inputs[3])
     for got, expected in zip(traced(*no_edges), frame_sums(*no_edges)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
+MIX = torch.linspace(-1.0, 1.0, 144, dtype=torch.float64).view(12, 12)
+
+
+def gathers(x, grad_a, grad_b, edge_index):
+    """The message passing's three kinds of gather: channels-last node features (a transposed
+    copy), a stack of transposed gradient blocks, and a tensor that is already a buffer."""
+    # as in the model, the feature widths are fixed by weights, the numbers of rows are not
+    x, grad_a, grad_b = x @ MIX, grad_a @ MIX, grad_b @ MIX
+    x_channels_last = x.view(-1, 4, 3).transpose(1, 2).contiguous()  # (N, 3, 4)
+    grad_sums = torch.stack([grad_a.view(-1, 4, 3).transpose(1, 2), grad_b.view(-1, 4, 3).transpose(1, 2)], dim=1)
+    return (
+        x_channels_last.index_select(0, edge_index[1]),
+        grad_sums.index_select(0, edge_index[0]),
+        x_channels_last.index_select(0, edge_index[0]),  # the same source again: one buffer
+        x.index_select(0, edge_index[0]),  # already a buffer (a matmul's): left alone
+    )
+
+
+def test_gathered_node_tensors_become_contiguous_buffers_with_the_same_values():
+    generator = torch.Generator().manual_seed(1)
+    num_atoms, num_edges = 6, 11
+    inputs = (
+        torch.randn((num_atoms, 12), generator=generator, dtype=torch.float64),
+        torch.randn((num_atoms, 12), generator=generator, dtype=torch.float64),
+        torch.randn((num_atoms, 12), generator=generator, dtype=torch.float64),
+        torch.randint(num_atoms, (2, num_edges), generator=generator),
+    )
+    traced = make_fx(gathers, tracing_mode="symbolic", _allow_non_fake_inputs=True)(*inputs)
+
+    assert materialize_gathered(traced) == 2
+    force_stride_order = torch.ops.prims.inductor_force_stride_order.default
+    sources = [node.args[0] for node in traced.graph.find_nodes(op="call_function", target=torch.ops.aten.index_select.default)]
+    assert [source.target for source in sources] == [force_stride_order] * 3 + [torch.ops.aten.mm.default]
+    # row-major, channels innermost: (N, 3, 4) and (N, 2, 3, 4)
+    assert [source.args[1] for source in sources[:3]] == [[12, 4, 1], [24, 12, 4, 1], [12, 4, 1]]
+    assert materialize_gathered(traced) == 0  # nothing left to do
+
+    for got, expected in zip(traced(*inputs), gathers(*inputs)):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    # other sizes than the traced ones
+    fewer = (inputs[0][:2], inputs[1][:2], inputs[2][:2], inputs[3][:, :3] % 2)
+    for got, expected in zip(traced(*fewer), gathers(*fewer)):
         torch.testing.assert_close(got, expected, rtol=0, atol=0)
