@@ -49,6 +49,10 @@ INDUCTOR_CONFIGS = {
     # One buffer per call, laid out ahead of time, instead of hundreds of malloc'd ones whose
     # fragmentation of the heap added half the live size again.
     "memory_planning": True,
+    # The wrapper (the code that calls the kernels and lays out their buffers, not the kernels)
+    # unoptimised: g++ -O1 spent most of the benchmark model's compile time on it (380 s of CPU
+    # against 84 s at -O0), and what it runs is a few thousand calls per model call.
+    "aot_inductor.compile_wrapper_opt_level": "O0",
 }
 
 
