@@ -222,10 +222,9 @@ def materialize_gathered(graph_module: torch.fx.GraphModule) -> int:
                 buffers[source] = graph.call_function(force_stride_order, (source, strides))
             buffers[source].meta["val"] = source.meta["val"].contiguous()
         node.replace_input_with(source, buffers[source])
-    rewritten = len(buffers)
     graph.lint()
     graph_module.recompile()
-    return rewritten
+    return len(buffers)
 
 
 def package(exported: torch.export.ExportedProgram, file: BinaryIO, metadata: Mapping[str, str]) -> None:
@@ -353,8 +352,8 @@ def split_joint(joint: torch.fx.GraphModule) -> Tuple[torch.fx.GraphModule, torc
     gradient by its first output (the tangent) and whose other outputs are gradients.
 
     ``forward(*primals) -> (out, *residuals)`` and ``backward(*primals, out, *residuals,
-    tangent) -> gradients`` (``joint``'s inputs are renamed on the way). What to keep is AOTAutograd's min-cut choice:
-    the outputs of matmuls and other costly values are kept, what is cheap to recompute from
+    tangent) -> gradients`` (``joint``'s inputs are renamed on the way). What to keep is
+    AOTAutograd's min-cut choice: the outputs of matmuls and other costly values are kept, what is cheap to recompute from
     them (products, broadcasts, views) is recomputed in the backward graph, where Inductor fuses
     it into the kernels that read it. Keeping every forward value that the backward pass reads
     would cost ~20 KB per edge and layer, several times what recomputing the whole layer costs.
