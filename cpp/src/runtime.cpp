@@ -20,6 +20,7 @@
 #include <string_view>
 #include <utility>
 
+#include "call_memory.h"
 #include "metadata.h"
 
 namespace nequip {
@@ -618,6 +619,12 @@ class Model::Impl {
     }
   }
 
+  ~Impl() {
+    aoti_.reset();
+    aoti_parts_.clear();
+    detail::release_kept_block();
+  }
+
   bool takes(const std::string& name) const {
     return std::find(input_names_.begin(), input_names_.end(), name) != input_names_.end();
   }
@@ -636,6 +643,7 @@ class Model::Impl {
     PreparedInputs prepared =
         prepare_inputs(inputs, metadata_.num_types, device_, takes(kLocalMask));
     set_tf32();
+    detail::ReuseLargeBlocksInThisCall reuse_blocks;
     std::map<std::string, at::Tensor> raw = translate_torch_errors(
         path_ + ": running the model", [&] {
           return format_ == ModelFormat::TorchScript ? run_torchscript(prepared)
@@ -677,6 +685,7 @@ class Model::Impl {
                        "centred on a local node (local_mask)");
     }
     set_tf32();
+    detail::ReuseLargeBlocksInThisCall reuse_blocks;
     std::map<std::string, at::Tensor> raw = translate_torch_errors(
         path_ + ": running the model layer by layer", [&] { return run_layered(prepared, exchange); });
     return checked_outputs(std::move(raw), prepared);

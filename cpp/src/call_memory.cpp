@@ -1,0 +1,157 @@
+// AOTInductor's code allocates all of a call's intermediate buffers as one pool (Inductor's
+// memory planning) and frees it before the call returns: 122 MiB for the benchmark model at 512
+// atoms, 973 MiB at 4096. glibc maps a block that large fresh from the kernel each time and
+// unmaps it when it is freed, so every call faulted in and zeroed the same memory again, 7% of
+// the call's CPU time spent in the kernel (docs/benchmarks.md). Here the torch CPU allocator is
+// wrapped: a large block freed during a model call is kept, one at most, for the next large
+// request of a call that it can hold without wasting more than a quarter of it. Smaller blocks,
+// and every allocation outside a model call, go to torch's allocator unchanged.
+//
+// Memory: the kept block is given back before a larger block is allocated, and at the end of a
+// call that did not use it (after the system grew smaller), so the process keeps between calls
+// only what the last call used, as torch's CUDA allocator keeps its cache on a GPU.
+
+#include "call_memory.h"
+
+#include <c10/core/Allocator.h>
+#include <c10/core/CPUAllocator.h>
+
+#include <cstddef>
+#include <mutex>
+#include <unordered_map>
+#include <utility>
+
+namespace nequip::detail {
+namespace {
+
+// Below this, glibc's own reuse of freed memory is good enough.
+constexpr std::size_t kLargeBlockBytes = std::size_t{1} << 20;
+
+thread_local int calls_on_this_thread = 0;
+
+class KeptBlockAllocator final : public c10::Allocator {
+ public:
+  explicit KeptBlockAllocator(c10::Allocator* next)
+      : next_(next), next_delete_(next->raw_deleter()) {}
+
+  c10::DataPtr allocate(std::size_t nbytes) override {
+    if (nbytes < kLargeBlockBytes || calls_on_this_thread == 0 || next_delete_ == nullptr) {
+      return next_->allocate(nbytes);
+    }
+    bool too_small = false;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (kept_ != nullptr && nbytes <= kept_bytes_ && nbytes >= kept_bytes_ / 4 * 3) {
+        void* block = std::exchange(kept_, nullptr);
+        lent_[block] = std::exchange(kept_bytes_, 0);
+        kept_in_use_ = true;
+        return {block, block, &give_back, c10::Device(c10::DeviceType::CPU)};
+      }
+      too_small = kept_ != nullptr && nbytes > kept_bytes_;
+    }
+    if (too_small) release_kept();  // a smaller request leaves it for a larger one to come
+    c10::DataPtr fresh = next_->allocate(nbytes);
+    if (fresh.get() == nullptr || fresh.get() != fresh.get_context() ||
+        fresh.get_deleter() != next_delete_) {
+      return fresh;  // not a plain block of the allocator below: not ours to keep
+    }
+    void* block = fresh.release_context();
+    std::lock_guard<std::mutex> lock(mutex_);
+    lent_[block] = nbytes;
+    return {block, block, &give_back, c10::Device(c10::DeviceType::CPU)};
+  }
+
+  // A raw block (raw_allocate) is freed through here too: ours if lent, else the next's.
+  c10::DeleterFnPtr raw_deleter() const override { return next_delete_ ? &give_back : nullptr; }
+
+  void copy_data(void* dest, const void* src, std::size_t count) const override {
+    default_copy_data(dest, src, count);
+  }
+
+  void begin_call() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    kept_in_use_ = false;
+  }
+
+  // A block kept from before this call and of no use to it is given back.
+  void end_call() {
+    void* block = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!kept_in_use_) {
+        block = std::exchange(kept_, nullptr);
+        kept_bytes_ = 0;
+      }
+    }
+    if (block != nullptr) next_delete_(block);
+  }
+
+  void release_kept() {
+    void* block = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      block = std::exchange(kept_, nullptr);
+      kept_bytes_ = 0;
+    }
+    if (block != nullptr) next_delete_(block);
+  }
+
+  static KeptBlockAllocator* installed;
+
+ private:
+  static void give_back(void* block) { installed->take_back(block); }
+
+  void take_back(void* block) {
+    void* to_free = block;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      auto lent = lent_.find(block);
+      if (lent != lent_.end()) {
+        const std::size_t bytes = lent->second;
+        lent_.erase(lent);
+        if (bytes >= kept_bytes_) {  // keep the larger of the two
+          to_free = std::exchange(kept_, block);
+          kept_bytes_ = bytes;
+          kept_in_use_ = true;
+        }
+      }
+    }
+    if (to_free != nullptr) next_delete_(to_free);
+  }
+
+  c10::Allocator* next_;
+  c10::DeleterFnPtr next_delete_;
+  std::mutex mutex_;
+  std::unordered_map<void*, std::size_t> lent_;  // large blocks out now, and their sizes
+  void* kept_ = nullptr;
+  std::size_t kept_bytes_ = 0;
+  bool kept_in_use_ = false;  // lent or freed by the current call
+};
+
+KeptBlockAllocator* KeptBlockAllocator::installed = nullptr;
+
+void install_once() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    // never destroyed: blocks it lent may be freed at any time, up to the process's exit
+    KeptBlockAllocator::installed = new KeptBlockAllocator(c10::GetCPUAllocator());
+    c10::SetCPUAllocator(KeptBlockAllocator::installed, /*priority=*/1);
+  });
+}
+
+}  // namespace
+
+ReuseLargeBlocksInThisCall::ReuseLargeBlocksInThisCall() {
+  install_once();
+  if (calls_on_this_thread++ == 0) KeptBlockAllocator::installed->begin_call();
+}
+
+ReuseLargeBlocksInThisCall::~ReuseLargeBlocksInThisCall() {
+  if (--calls_on_this_thread == 0) KeptBlockAllocator::installed->end_call();
+}
+
+void release_kept_block() {
+  if (KeptBlockAllocator::installed != nullptr) KeptBlockAllocator::installed->release_kept();
+}
+
+}  // namespace nequip::detail

@@ -1,0 +1,96 @@
+"""A compiled model's call reuses the large block its previous call freed
+(cpp/src/call_memory.cpp): no fresh pages to fault in and zero, the same numbers as from fresh
+memory, and no more peak memory than the largest call needs.
+
+The calls run in a fresh process, so that page faults and peak RSS are the model's alone."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from fixtures.compiled import R_MAX, TYPE_NAMES
+from nequip.data import TypeMapper, from_ase
+from runtime_cases import assert_matches, eager_outputs
+
+# 1728 atoms and 216 atoms of rattled 3C-SiC: the tiny float64 model's buffers of one call are
+# about 50 MiB and 6 MiB.
+LARGE, SMALL = 6, 3
+# the order of calls: the large system, the small one, the large one again
+SEQUENCE = (LARGE, LARGE, LARGE, SMALL, SMALL, LARGE, LARGE)
+
+CALLS = r"""
+import json, resource, sys
+import numpy as np
+from nequip._runtime import Model
+path, frames, out = sys.argv[1], np.load(sys.argv[2]), sys.argv[3]
+model = Model(path)
+rows, results = [], {}
+for index, repeat in enumerate(json.loads(sys.argv[4])):
+    f = {k: frames[f"{repeat}_{k}"] for k in ("pos", "atom_types", "edge_index", "edge_cell_shift", "cell")}
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    got = model.compute(f["pos"], f["atom_types"], f["edge_index"], f["edge_cell_shift"], f["cell"])
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    rows.append(dict(faults=after.ru_minflt - before, peak_kib=after.ru_maxrss))
+    for name in ("total_energy", "forces", "stress"):
+        results[f"{index}_{name}"] = np.asarray(got[name])
+np.savez(out, **results)
+print(json.dumps(rows))
+"""
+
+
+def sic(repeat: int):
+    atoms = bulk("SiC", "zincblende", a=4.36, cubic=True).repeat(repeat)
+    atoms.rattle(0.05, seed=repeat)
+    frame = {k: v.numpy() for k, v in from_ase(atoms, TypeMapper(list(TYPE_NAMES)), R_MAX).items()}
+    frame["cell"] = frame["cell"].reshape(3, 3)
+    return frame
+
+
+@pytest.fixture(scope="module")
+def calls(compiled_models, tmp_path_factory):
+    """(rows of faults and peak RSS per call, outputs per call, frames by repeat)."""
+    directory = tmp_path_factory.mktemp("call_memory")
+    frames = {repeat: sic(repeat) for repeat in (LARGE, SMALL)}
+    np.savez(directory / "frames.npz", **{f"{r}_{k}": v for r, f in frames.items() for k, v in f.items()})
+    path = compiled_models["float64", "aotinductor", "ase"]
+    result = subprocess.run(
+        [sys.executable, "-c", CALLS, str(path), str(directory / "frames.npz"), str(directory / "out.npz"),
+         json.dumps(SEQUENCE)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    return rows, dict(np.load(directory / "out.npz")), frames
+
+
+def test_a_repeated_call_faults_in_no_new_memory(calls):
+    rows, _, _ = calls
+    first = rows[0]["faults"]
+    assert first * 4096 > 40 * 2**20, f"the first call faulted in only {first} pages: the test system is too small"
+    for index in (1, 2, 6):  # the large system after itself, and after the small one's calls
+        assert rows[index]["faults"] < first / 20, (
+            f"call {index} faulted in {rows[index]['faults']} pages, the first {first}: "
+            "the buffers of the previous call were not reused"
+        )
+
+
+def test_the_peak_is_that_of_the_largest_call(calls):
+    rows, _, _ = calls
+    first = rows[0]
+    # Holding two blocks, or glibc's heap keeping all freed memory, grows the peak by a whole
+    # call's buffers; the small system's calls, run while the large block is kept, and Python's
+    # own allocations add a few MiB.
+    slack_kib = first["faults"] * 4 // 4
+    assert rows[-1]["peak_kib"] <= first["peak_kib"] + slack_kib, [row["peak_kib"] for row in rows]
+
+
+def test_reused_memory_gives_the_eager_numbers(calls, compiled_models):
+    _, outputs, frames = calls
+    eager = {repeat: eager_outputs(compiled_models.eager["float64"], frame) for repeat, frame in frames.items()}
+    for index, repeat in enumerate(SEQUENCE):
+        for name in ("total_energy", "forces", "stress"):
+            assert_matches(outputs[f"{index}_{name}"], eager[repeat][name], "float64", f"call {index}: {name}")
