@@ -38,7 +38,7 @@ class KeptBlockAllocator final : public c10::Allocator {
     if (nbytes < kLargeBlockBytes || calls_on_this_thread == 0 || next_delete_ == nullptr) {
       return next_->allocate(nbytes);
     }
-    bool too_small = false;
+    bool kept_too_small = false;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (kept_ != nullptr && nbytes <= kept_bytes_ && nbytes >= kept_bytes_ / 4 * 3) {
@@ -47,9 +47,10 @@ class KeptBlockAllocator final : public c10::Allocator {
         kept_in_use_ = true;
         return {block, block, &give_back, c10::Device(c10::DeviceType::CPU)};
       }
-      too_small = kept_ != nullptr && nbytes > kept_bytes_;
+      kept_too_small = kept_ != nullptr && nbytes > kept_bytes_;
     }
-    if (too_small) release_kept();  // a smaller request leaves it for a larger one to come
+    // a kept block too small goes first; one too large stays for a larger request to come
+    if (kept_too_small) release_kept();
     c10::DataPtr fresh = next_->allocate(nbytes);
     if (fresh.get() == nullptr || fresh.get() != fresh.get_context() ||
         fresh.get_deleter() != next_delete_) {
