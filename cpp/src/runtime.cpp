@@ -619,11 +619,7 @@ class Model::Impl {
     }
   }
 
-  ~Impl() {
-    aoti_.reset();
-    aoti_parts_.clear();
-    detail::release_kept_block();
-  }
+  ~Impl() { detail::release_kept_block(); }
 
   bool takes(const std::string& name) const {
     return std::find(input_names_.begin(), input_names_.end(), name) != input_names_.end();
