@@ -17,7 +17,6 @@ batch size and loss with its own ``nequip-train``, timed by the same callback
 """
 
 import argparse
-import ctypes
 import json
 import os
 import statistics
@@ -35,6 +34,7 @@ from nequip.benchmark import BENCHMARK_MODEL_CONFIG, machine_description, sic_su
 from nequip.train import NequIPLightningModule, validate_config
 from nequip.train.config import config_to_dict
 from nequip.train.training import build_trainer, resolve_model
+from nequip.utils.memory import keep_freed_memory
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from step_timer import StepTimer  # noqa: E402
@@ -73,15 +73,6 @@ def run_reference(tmp: Path, args) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def tune_malloc() -> None:
-    """Keep glibc from returning large buffers to the OS between steps (DESIGN.md)."""
-    libc = ctypes.CDLL("libc.so.6")
-    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-    for option, value in ((M_MMAP_THRESHOLD, 32 << 20), (M_TRIM_THRESHOLD, 1 << 30), (M_TOP_PAD, 256 << 20)):
-        if libc.mallopt(option, value) != 1:
-            raise RuntimeError(f"mallopt({option}, {value}) failed")
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--frames", type=int, default=32, help="training frames (64 atoms each)")
@@ -89,15 +80,18 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=3, help="including one warm-up epoch")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--stress", action="store_true", help="also fit stresses (adds the strain derivative)")
-    parser.add_argument("--tune-malloc", action="store_true", help="mallopt: no trimming, large mmap threshold")
+    parser.add_argument(
+        "--glibc-malloc-defaults", action="store_true",
+        help="leave glibc's malloc as it is (nequip-train keeps freed memory: nequip.utils.memory.keep_freed_memory)",
+    )
     parser.add_argument("--reference", action="store_true", help="also time the reference release on the same frames")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
     if args.epochs < 2:
         parser.error("--epochs must be at least 2 (the first is warm-up)")
     torch.set_num_threads(args.threads)
-    if args.tune_malloc:
-        tune_malloc()
+    # what nequip-train does (nequip.train.train) before it builds the trainer
+    kept_freed_memory = False if args.glibc_malloc_defaults else keep_freed_memory()
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -150,12 +144,12 @@ def main(argv=None):
         "frames_per_s": args.batch_size / step_s,
         "median_train_epoch_s": epoch_s,
         "frames_per_s_epoch": args.frames / epoch_s,
-        "tune_malloc": args.tune_malloc,
+        "keep_freed_memory": kept_freed_memory,
         "machine": machine_description(),
     }
     print(
         f"benchmark model, 64-atom SiC, batch {args.batch_size}, float32, {report['loss']}, "
-        f"{args.threads} threads{', tuned malloc' if args.tune_malloc else ''}:\n"
+        f"{args.threads} threads{'' if kept_freed_memory else ', glibc malloc defaults'}:\n"
         f"  median step {step_s:.3f} s -> {report['frames_per_s']:.2f} frames/s; "
         f"train epoch ({args.frames} frames) {epoch_s:.2f} s -> {report['frames_per_s_epoch']:.2f} frames/s"
     )

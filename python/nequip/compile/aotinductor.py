@@ -24,6 +24,7 @@ from torch.fx.experimental.symbolic_shapes import statically_known_true
 from nequip.data import keys, synthetic_frame
 
 from .contract import TARGET_INPUTS, TARGET_OUTPUTS
+from .inductor_speedups import faster_compile
 
 # The graph is traced on the synthetic frame (8 atoms, about 150 edges: distinct sizes >= 2, as
 # symbolic tracing specialises sizes 0 and 1), then exported on that frame repeated to these
@@ -229,11 +230,12 @@ def materialize_gathered(graph_module: torch.fx.GraphModule) -> int:
 
 def package(exported: torch.export.ExportedProgram, file: BinaryIO, metadata: Mapping[str, str]) -> None:
     """Compile ``exported`` to C++ and write the AOTInductor package (a ``*.pt2``) into ``file``."""
-    torch._inductor.aoti_compile_and_package(
-        exported,
-        package_path=file,
-        inductor_configs={**INDUCTOR_CONFIGS, "aot_inductor.metadata": dict(metadata)},
-    )
+    with faster_compile():
+        torch._inductor.aoti_compile_and_package(
+            exported,
+            package_path=file,
+            inductor_configs={**INDUCTOR_CONFIGS, "aot_inductor.metadata": dict(metadata)},
+        )
 
 
 # -- the layer-by-layer parts (target pair_nequip_domain) -----------------------------------
@@ -599,5 +601,6 @@ def package_with_parts(
     for name, program in {"model": whole, **parts}.items():
         log(f"compiling C++ of {name} (AOTInductor)")
         args, kwargs = program.example_inputs
-        files[name] = torch._inductor.aot_compile(program.module(check_guards=False), args, kwargs, options=dict(options))
+        with faster_compile():
+            files[name] = torch._inductor.aot_compile(program.module(check_guards=False), args, kwargs, options=dict(options))
     package_aoti(file, files)

@@ -31,6 +31,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 from ..data import keys
 from ..model import NequIPModel, build_model
 from ..utils.atomic_io import WriteError, atomic_open, remove_stale_temporaries
+from ..utils.memory import keep_freed_memory
 from ..utils.processes import is_running
 from .callbacks import DataFingerprint, EpochSummary, ExponentialMovingAverage, StopOnNonFiniteLoss
 from ..load import CheckpointError, ModelFromCheckpoint, ModelFromPackage, load_checkpoint, model_state_dict
@@ -371,6 +372,7 @@ def _train(config: TrainingConfig, output_dir: Path) -> L.Trainer:
             raise CheckpointError(f"cannot resume: {err}; delete it to start over") from err.__cause__
 
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
+    keep_freed_memory()
     source = load_source_model(config)
     model_config, datamodule = resolve_model(config, source)
     fingerprints = data_fingerprints(config.data)
