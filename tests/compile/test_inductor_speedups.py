@@ -55,7 +55,9 @@ def test_index_analysis_gives_the_same_strides_without_simplify(monkeypatch):
     assert sizevars.stride_at_vec_range.cache_info().currsize == 0
 
 
-class FakeBuilder:
+class FakeBuilder(CppBuilder):
+    """A builder of one file, whose build (CppBuilder.build, patched by each test) records it."""
+
     def __init__(self, target):
         self.target = target
 
@@ -82,7 +84,7 @@ def test_the_wrapper_builds_beside_the_kernels_and_the_link_waits_for_it(monkeyp
     monkeypatch.setattr(CppBuilder, "build", build)
     with _wrapper_built_beside_kernels():
         for target in ("m.wrapper.o", "m.kernel.o", "m.wrapper.so"):
-            CppBuilder.build(FakeBuilder(target))
+            FakeBuilder(target).build()
         # every object is built when the kernels' build returns
         assert events.index("end m.wrapper.o") < events.index("start m.wrapper.so")
     assert CppBuilder.build is build
@@ -96,11 +98,11 @@ def test_a_failed_wrapper_build_fails_the_compile(monkeypatch):
     monkeypatch.setattr(CppBuilder, "build", build)
     with pytest.raises(RuntimeError, match="g\\+\\+ failed on the wrapper"):
         with _wrapper_built_beside_kernels():
-            CppBuilder.build(FakeBuilder("m.wrapper.o"))
-            CppBuilder.build(FakeBuilder("m.kernel.o"))
+            FakeBuilder("m.wrapper.o").build()
+            FakeBuilder("m.kernel.o").build()
     assert CppBuilder.build is build
     # a wrapper whose build was never waited for inside the context is waited for on the way out
     with pytest.raises(RuntimeError, match="g\\+\\+ failed on the wrapper"):
         with _wrapper_built_beside_kernels():
-            CppBuilder.build(FakeBuilder("m.wrapper.o"))
+            FakeBuilder("m.wrapper.o").build()
     assert CppBuilder.build is build

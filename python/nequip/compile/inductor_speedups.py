@@ -84,7 +84,11 @@ def _wrapper_built_beside_kernels() -> Iterator[None]:
         yield
         return
     builds = _BuildsBesideWrapper(original)
-    CppBuilder.build = builds.build
+
+    def build(builder) -> None:
+        builds.build(builder)
+
+    CppBuilder.build = build
     try:
         yield
     finally:

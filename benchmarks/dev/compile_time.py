@@ -1,0 +1,101 @@
+"""Cold compile time of the benchmark model to ``.pt2`` (target ``ase``): ours against the reference.
+
+Each compile runs in its own process with an empty Inductor cache (``TORCHINDUCTOR_CACHE_DIR``
+a new temporary directory), so nothing is reused from an earlier compile; the sides alternate,
+round after round, so that load on a shared machine hits them alike. Timed: the whole command.
+
+* ours: ``compile_model(benchmark_model(), out, "aotinductor", "cpu", "ase")``, its check
+  against the eager model included (what ``nequip-compile`` runs);
+* ``--without-speedups``: ours again with nequip.compile.inductor_speedups switched off, to
+  measure what they save;
+* ``--reference``: the reference release's ``nequip-compile <checkpoint> out.nequip.pt2 --mode
+  aotinductor --device cpu --target ase`` on its checkpoint of the same architecture
+  (benchmarks/dev/compare_reference.py builds it on first use).
+
+    .venv/bin/python benchmarks/dev/compile_time.py --reference --without-speedups --rounds 2 --json build/compile_time.json
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+_COMPILE_OURS = """
+import contextlib, sys
+import nequip.compile.aotinductor as aotinductor
+from nequip.benchmark import benchmark_model
+from nequip.compile import compile_model
+if sys.argv[2] == "without-speedups":
+    aotinductor.faster_compile = contextlib.nullcontext
+compile_model(benchmark_model(), sys.argv[1], "aotinductor", "cpu", "ase")
+"""
+
+
+def timed(command, scratch: Path) -> float:
+    cache = scratch / "inductor-cache"
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache))
+    start = time.perf_counter()
+    subprocess.run(command, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--reference", action="store_true", help="also time the reference release's nequip-compile")
+    parser.add_argument("--without-speedups", action="store_true", help="also time ours without inductor_speedups")
+    parser.add_argument("--json", help="write the figures here")
+    args = parser.parse_args(argv)
+
+    sides = {"ours": lambda out: [sys.executable, "-c", _COMPILE_OURS, str(out), "with-speedups"]}
+    if args.without_speedups:
+        sides["ours without speedups"] = lambda out: [sys.executable, "-c", _COMPILE_OURS, str(out), "without-speedups"]
+    reference = None
+    if args.reference:
+        sys.path.insert(0, str(HERE))
+        from compare_reference import build_reference, reference_python
+
+        reference = build_reference(rebuild=False)
+        nequip_compile = reference_python().parent / "nequip-compile"
+        sides["reference"] = lambda out: [
+            str(nequip_compile), reference["checkpoint"], str(out), "--mode", "aotinductor", "--device", "cpu", "--target", "ase",
+        ]
+
+    seconds = {name: [] for name in sides}
+    for round_index in range(args.rounds):
+        for name, command in sides.items():
+            with tempfile.TemporaryDirectory() as scratch:
+                scratch = Path(scratch)
+                seconds[name].append(timed(command(scratch / "model.nequip.pt2"), scratch))
+            print(f"round {round_index + 1}: {name} {seconds[name][-1]:.1f} s", file=sys.stderr, flush=True)
+
+    from nequip.benchmark import machine_description
+
+    report = {
+        "benchmark": "cold compile time, benchmark model, .pt2 target ase",
+        "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+        "seconds": seconds,
+        "median_s": {name: statistics.median(values) for name, values in seconds.items()},
+        "machine": machine_description(),
+    }
+    if reference is not None:
+        report["reference_command"] = " ".join(sides["reference"](Path("out.nequip.pt2")))
+        report["ours_over_reference"] = report["median_s"]["ours"] / report["median_s"]["reference"]
+    for name, value in report["median_s"].items():
+        print(f"{name}: median {value:.1f} s over {len(seconds[name])} compiles")
+    if reference is not None:
+        print(f"ours / reference: {report['ours_over_reference']:.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
