@@ -1,8 +1,8 @@
 """Two changes to how Inductor compiles an AOTInductor file, for compile time alone.
 
 Neither changes what is generated: the benchmark model's kernel and wrapper sources come out
-byte for byte the same with and without them (docs/benchmarks.md), and the compile's cold time
-on 2 cores went from 282 to 188 s.
+byte for byte the same with and without them, and its cold compile on 2 cores went from 257 to
+177 s (docs/benchmarks.md, "Compile time").
 
 * **Index analysis without ``sympy.simplify``.** Before vectorising a loop, Inductor's C++
   backend asks, for every index expression, how it steps with the loop variable
