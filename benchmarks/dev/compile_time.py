@@ -12,7 +12,8 @@ round after round, so that load on a shared machine hits them alike. Timed: the 
   aotinductor --device cpu --target ase`` on its checkpoint of the same architecture
   (benchmarks/dev/compare_reference.py builds it on first use).
 
-    .venv/bin/python benchmarks/dev/compile_time.py --reference --without-speedups --rounds 2 --json build/compile_time.json
+    .venv/bin/python benchmarks/dev/compile_time.py --reference --without-speedups --rounds 2 \
+        --json build/compile_time.json
 """
 
 import argparse
@@ -66,7 +67,8 @@ def main(argv=None):
         reference = build_reference(rebuild=False)
         nequip_compile = reference_python().parent / "nequip-compile"
         sides["reference"] = lambda out: [
-            str(nequip_compile), reference["checkpoint"], str(out), "--mode", "aotinductor", "--device", "cpu", "--target", "ase",
+            str(nequip_compile), reference["checkpoint"], str(out),
+            "--mode", "aotinductor", "--device", "cpu", "--target", "ase",
         ]
 
     seconds = {name: [] for name in sides}

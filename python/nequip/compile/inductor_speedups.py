@@ -59,7 +59,8 @@ def _index_analysis_by_expand() -> Iterator[None]:
     except ImportError:
         sizevars = None
     cached = [getattr(sizevars, name, None) for name in ("stride_at_vec_range", "simplify_index_in_vec_range")]
-    if sizevars is None or getattr(sizevars, "sympy", None) is not sympy or not all(hasattr(f, "cache_clear") for f in cached):
+    # a torch whose analysis is not what this replaces (or a patch already in place): as it is
+    if getattr(sizevars, "sympy", None) is not sympy or not all(hasattr(f, "cache_clear") for f in cached):
         yield
         return
     for function in cached:
