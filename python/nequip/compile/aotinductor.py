@@ -9,7 +9,7 @@ AOTInductor into a self-contained package.
 
     model --FlatModel--> flat tensors in/out --make_fx--> aten graph, derivatives included
       --sum_scatters_into_one_row--> --torch.export (N >= 1, E >= 0)--> ExportedProgram
-      --aoti_compile_and_package--> *.nequip.pt2
+      --aoti_compile_and_package (inductor_speedups.faster_compile)--> *.nequip.pt2
 """
 
 import math

@@ -1,4 +1,5 @@
-"""Memory of this process: its peak (for the benchmarks) and glibc's handling of freed blocks (for training)."""
+"""Memory of this process: its peak (for the benchmarks) and what glibc does with freed blocks
+(for training)."""
 
 import resource
 
