@@ -54,8 +54,8 @@ print(applied, on_heap, (end - start) >> 20)
 
 
 def heap_block(keep: bool):
-    out = subprocess.run([sys.executable, "-c", f"KEEP = {keep}" + HEAP_BLOCK], check=True, capture_output=True, text=True)
-    applied, on_heap, heap_mib = out.stdout.split()
+    command = [sys.executable, "-c", f"KEEP = {keep}" + HEAP_BLOCK]
+    applied, on_heap, heap_mib = subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()
     return applied, on_heap == "True", int(heap_mib)
 
 
