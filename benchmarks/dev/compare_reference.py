@@ -87,7 +87,7 @@ def build_reference(rebuild: bool) -> dict:
 
 def build_ours(rebuild: bool) -> dict:
     out = BUILD / "perf" / "ours.nequip.pt2"
-    command = [sys.executable, "-c", _COMPILE_OURS, str(out)]
+    command = [sys.executable, "-c", COMPILE_OURS, str(out)]
     if rebuild or not out.exists():
         log(f"compiling ours to {out}: minutes")
         start = time.perf_counter()
@@ -102,7 +102,7 @@ def build_ours(rebuild: bool) -> dict:
     )
 
 
-_COMPILE_OURS = """
+COMPILE_OURS = """
 import sys
 from nequip.benchmark import benchmark_model
 from nequip.compile import compile_model

@@ -29,14 +29,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 
-_COMPILE_OURS = """
-import contextlib, sys
+sys.path.insert(0, str(HERE))
+from compare_reference import COMPILE_OURS  # noqa: E402  (the compile that compare_reference.py times)
+
+_WITHOUT_SPEEDUPS = """
+import contextlib
 import nequip.compile.aotinductor as aotinductor
-from nequip.benchmark import benchmark_model
-from nequip.compile import compile_model
-if sys.argv[2] == "without-speedups":
-    aotinductor.faster_compile = contextlib.nullcontext
-compile_model(benchmark_model(), sys.argv[1], "aotinductor", "cpu", "ase")
+aotinductor.faster_compile = contextlib.nullcontext
 """
 
 
@@ -56,12 +55,11 @@ def main(argv=None):
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
 
-    sides = {"ours": lambda out: [sys.executable, "-c", _COMPILE_OURS, str(out), "with-speedups"]}
+    sides = {"ours": lambda out: [sys.executable, "-c", COMPILE_OURS, str(out)]}
     if args.without_speedups:
-        sides["ours without speedups"] = lambda out: [sys.executable, "-c", _COMPILE_OURS, str(out), "without-speedups"]
+        sides["ours without speedups"] = lambda out: [sys.executable, "-c", _WITHOUT_SPEEDUPS + COMPILE_OURS, str(out)]
     reference = None
     if args.reference:
-        sys.path.insert(0, str(HERE))
         from compare_reference import build_reference, reference_python
 
         reference = build_reference(rebuild=False)

@@ -8,9 +8,13 @@ from nequip.utils.memory import peak_rss_mib
 BARE = "from nequip.utils.memory import peak_rss_mib; before = peak_rss_mib(); "
 
 
+def run_python(code: str) -> list:
+    """What a fresh interpreter running ``code`` prints, split into words."""
+    return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout.split()
+
+
 def run_bare(code: str) -> list:
-    out = subprocess.run([sys.executable, "-c", BARE + code], check=True, capture_output=True, text=True).stdout
-    return [float(value) for value in out.split()]
+    return [float(value) for value in run_python(BARE + code)]
 
 
 def test_peak_grows_with_written_memory():
@@ -26,7 +30,6 @@ def test_a_child_reports_its_own_peak_not_its_parents():
     (child,) = run_bare("print(before)")
     assert peak_rss_mib() > 100
     assert child < 50
-
 
 
 # In a bare interpreter: where glibc puts a 20 MiB block, and what is left of its heap once the
@@ -54,8 +57,7 @@ print(applied, on_heap, (end - start) >> 20)
 
 
 def heap_block(keep: bool):
-    command = [sys.executable, "-c", f"KEEP = {keep}" + HEAP_BLOCK]
-    applied, on_heap, heap_mib = subprocess.run(command, check=True, capture_output=True, text=True).stdout.split()
+    applied, on_heap, heap_mib = run_python(f"KEEP = {keep}" + HEAP_BLOCK)
     return applied, on_heap == "True", int(heap_mib)
 
 
@@ -89,7 +91,6 @@ print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
 
 
 def test_training_steps_fault_in_no_pages_once_warm():
-    out = subprocess.run([sys.executable, "-c", STEPS], check=True, capture_output=True, text=True)
-    faults = float(out.stdout)
+    (faults,) = map(float, run_python(STEPS))
     pages_per_step = 12 * (22 << 20) // 4096
     assert faults < pages_per_step / 1000, f"{faults} page faults per step with freed memory kept"

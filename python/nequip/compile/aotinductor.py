@@ -598,9 +598,11 @@ def package_with_parts(
 
     options = {**INDUCTOR_CONFIGS, "aot_inductor.package": True, "aot_inductor.metadata": dict(metadata)}
     files = {}
-    for name, program in {"model": whole, **parts}.items():
-        log(f"compiling C++ of {name} (AOTInductor)")
-        args, kwargs = program.example_inputs
-        with faster_compile():
-            files[name] = torch._inductor.aot_compile(program.module(check_guards=False), args, kwargs, options=dict(options))
+    # one context for all: the parts share index expressions, and so the analysis' cached answers
+    with faster_compile():
+        for name, program in {"model": whole, **parts}.items():
+            log(f"compiling C++ of {name} (AOTInductor)")
+            args, kwargs = program.example_inputs
+            module = program.module(check_guards=False)
+            files[name] = torch._inductor.aot_compile(module, args, kwargs, options=dict(options))
     package_aoti(file, files)
