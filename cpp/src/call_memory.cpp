@@ -12,10 +12,10 @@
 // only what the last call used, as torch's CUDA allocator keeps its cache on a GPU.
 //
 // A fresh large block is also advised into transparent huge pages (Linux, where THP is
-// "madvise" or "always"): the kernels sweep the pool, and with 4 KiB pages every few rows of a
-// per-edge buffer cost a TLB miss, a two-level page walk under a hypervisor. Calls at 512
-// atoms took 0.29 s instead of 0.31 s (docs/benchmarks.md). torch's own switch for this,
-// THP_MEM_ALLOC_ENABLE, is read once at its first allocation, before the runtime can set it.
+// "madvise" or "always"): the kernels sweep the pool, and with 4 KiB pages they take a TLB miss
+// every few rows of a per-edge buffer. The benchmark model's calls took 0.94x the time at 512
+// atoms and 0.96x at 4096, with the same peak memory (docs/benchmarks.md). torch's own switch,
+// THP_MEM_ALLOC_ENABLE, is read once at its first allocation, before the runtime could set it.
 
 #include "call_memory.h"
 

@@ -123,13 +123,17 @@ def test_same_function_as_e3nn(irreps_in, irreps_out, traced):
         torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-11)
 
 
-def test_eager_contractions_are_matrix_products():
-    # the other half of the switch: outside tracing, bmm (its speed on CPU; traced, inductor fuses)
+def test_eager_contractions_are_matrix_products_by_input_irrep():
+    # the other half of the switch: outside tracing, bmm (its speed on CPU; traced, inductor
+    # fuses), one per input irrep for all its path groups (larger matrices, twice the speed),
+    # except over scalar inputs, an outer product per edge (a broadcast product)
     module = build(ALL_L2, ALL_L2)
+    assert len(module.runs) < len(module.groups)
     inputs = random_inputs(module)
     with torch.profiler.profile() as profile:
         module(*inputs)
-    assert "aten::bmm" in {event.name for event in profile.events()}
+    bmm_calls = [event for event in profile.events() if event.name == "aten::bmm"]
+    assert len(bmm_calls) == sum(run.d1 > 1 for run in module.runs) > 0
 
 
 @pytest.mark.parametrize("irreps_out", ["1x0e+1x0o+1x1e+1x1o+1x2e+1x2o", "1x0e"])

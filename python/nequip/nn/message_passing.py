@@ -15,10 +15,12 @@ each centre's edges (NequIP's interaction, Batzner et al. 2022), organised for s
 * paths are grouped by input irrep and output dimension; for each group, ``A`` (a few numbers
   per edge, shared by all channels ``u``) and ``w`` are small matmuls, and the message is a
   product over at most five terms, vectorised over channels (features are channels-last here);
+  eager code contracts all groups of one input irrep (a :class:`PathRun`) with one ``bmm``,
+  traced code one group at a time, which inductor fuses into the kernels around it;
 * the neighbour sum is a scatter-add with an expanded index, which PyTorch's CPU kernel does by
   sorting the index once (no atomics), eager and in AOTInductor files alike;
 * the backward pass (:class:`_MessageSum`) recomputes ``A``, ``w`` and the gathered features one
-  group at a time instead of keeping them: per edge it keeps only ``Y`` and ``h``. No tensor of
+  input irrep at a time instead of keeping them: per edge it keeps only ``Y`` and ``h``. No tensor of
   all the messages of an edge, ``(E, paths * channels * (2l+1))``, ever exists, which is what
   lets forces and stress of large systems fit in memory.
 
@@ -27,6 +29,7 @@ TorchScript cannot run a custom autograd function, so scripted models differenti
 """
 
 import inspect
+import itertools
 import math
 from typing import List, NamedTuple, Optional, Tuple
 
@@ -57,6 +60,17 @@ class PathGroup(NamedTuple):
     d3: int  # 2l+1 of every path's output
 
 
+class PathRun(NamedTuple):
+    """The groups of one input irrep (consecutive in ``groups``), contracted together in eager code."""
+
+    input_irrep: int
+    first: int  # its first group
+    end: int  # one past its last group
+    d1: int
+    rows: int  # sum over its groups of paths * d3: the rows of its per-edge contractions
+    a_column: int  # first column of its block of A in the run coefficients
+
+
 class TensorProductSum(torch.nn.Module):
     """Neighbour sum of the radial-weighted "uvu" tensor products of NequIP's interaction block.
 
@@ -78,6 +92,10 @@ class TensorProductSum(torch.nn.Module):
     block_sizes: List[int]
     # one per irrep of irreps_in
     inputs: List[InputIrrep]
+    # one per input irrep that some path reads
+    runs: List[PathRun]
+    # for each group, the first of its rows in its run
+    group_rows: List[int]
 
     def __init__(self, irreps_in: o3.Irreps, irreps_edge_sh: o3.Irreps, irreps_out: o3.Irreps, radial_sizes: List[int]):
         super().__init__()
@@ -124,8 +142,23 @@ class TensorProductSum(torch.nn.Module):
             weight_columns += [weight_offsets[k] + u for k in members for u in range(mul)]
             column += d1 * len(members) * d3
         coefficients = torch.cat(blocks, dim=1) if blocks else torch.zeros(irreps_edge_sh.dim, 0, dtype=torch.float64)
+        # Runs: eager code contracts all groups of an input irrep with one bmm per edge-batched
+        # product, twice as fast as one per group for the benchmark model (the per-edge matrices,
+        # at most 5 x 15, are then larger). A run's columns of A are ordered (i, group, path, k).
+        self.runs, self.group_rows, run_blocks = [], [], []
+        column = 0
+        for input_irrep, run_groups in itertools.groupby(range(len(self.groups)), lambda h: self.groups[h].input_irrep):
+            members = list(run_groups)
+            widths = [self.groups[h].num_paths * self.groups[h].d3 for h in members]
+            d1 = self.groups[members[0]].d1
+            self.group_rows += [sum(widths[:k]) for k in range(len(members))]
+            run_blocks.append(torch.cat([blocks[h].view(-1, d1, w) for h, w in zip(members, widths)], dim=2).flatten(1))
+            self.runs.append(PathRun(input_irrep, members[0], members[-1] + 1, d1, sum(widths), column))
+            column += d1 * sum(widths)
+        run_coefficients = torch.cat(run_blocks, dim=1) if run_blocks else coefficients
         # derived from the irreps alone, so not in the state_dict; .to(dtype) sets their precision
         self.register_buffer("coefficients", coefficients, persistent=False)
+        self.register_buffer("run_coefficients", run_coefficients, persistent=False)
         # W's columns in group order: each group's weights are one contiguous slice
         self.register_buffer("weight_columns", torch.tensor(weight_columns, dtype=torch.long), persistent=False)
         self.radial_mlp = RadialMLP(list(radial_sizes) + [self.weight_numel])
@@ -160,16 +193,24 @@ class TensorProductSum(torch.nn.Module):
         radial_hidden = radial_mlp_hidden(edge_radial, weights[:-1], self.radial_mlp.activation_scale)[-1]
         weight = weights[-1].index_select(1, self.weight_columns)
         blocks: List[torch.Tensor] = [x] * len(self.block_sizes)  # every entry is replaced
-        x_neighbor = x  # the gathered features of the current group's input irrep
-        for g in range(len(self.groups)):
-            group = self.groups[g]
-            if g == 0 or self.groups[g - 1].input_irrep != group.input_irrep:
-                x_neighbor = self._channels_last(x, group.input_irrep).index_select(0, edge_neighbor)
-            message = self._products(x_neighbor, self._a(edge_sh, g), g) * self._weights(radial_hidden, weight, g)
-            summed = _neighbor_sum(message.flatten(1), edge_center, num_nodes)
-            summed = summed.view(num_nodes, group.num_paths, group.d3, group.mul)
-            for q, block in enumerate(self.group_blocks[g]):
-                blocks[block] = summed[:, q].transpose(1, 2).reshape(num_nodes, group.mul * group.d3)
+        by_run = contract_by_run()
+        for run in self.runs:
+            # the gathered features of the run's input irrep
+            x_neighbor = self._channels_last(x, run.input_irrep).index_select(0, edge_neighbor)
+            run_products: Optional[torch.Tensor] = None
+            if by_run:
+                run_products = self.batched_matmul(self._run_a(edge_sh, run).transpose(1, 2), x_neighbor)
+            for g in range(run.first, run.end):
+                group = self.groups[g]
+                if run_products is None:
+                    products = self._products(x_neighbor, self._a(edge_sh, g), g)
+                else:
+                    products = self._group_rows(run_products, g)
+                message = products * self._weights(radial_hidden, weight, g)
+                summed = _neighbor_sum(message.flatten(1), edge_center, num_nodes)
+                summed = summed.view(num_nodes, group.num_paths, group.d3, group.mul)
+                for q, block in enumerate(self.group_blocks[g]):
+                    blocks[block] = summed[:, q].transpose(1, 2).reshape(num_nodes, group.mul * group.d3)
         return torch.cat(blocks, dim=1)
 
     def _channels_last(self, x: torch.Tensor, i: int) -> torch.Tensor:
@@ -186,6 +227,17 @@ class TensorProductSum(torch.nn.Module):
         a = edge_sh @ self.coefficients.narrow(1, group.a_column, columns)
         return a.view(-1, group.d1, group.num_paths * group.d3)
 
+    def _run_a(self, edge_sh: torch.Tensor, run: PathRun) -> torch.Tensor:
+        """A for all the paths of a run: (E, d1, rows)."""
+        a = edge_sh @ self.run_coefficients.narrow(1, run.a_column, run.d1 * run.rows)
+        return a.view(-1, run.d1, run.rows)
+
+    def _group_rows(self, run_values: torch.Tensor, g: int) -> torch.Tensor:
+        """A group's rows of a run's (E, rows, mul) per-edge values: (E, paths, d3, mul)."""
+        group = self.groups[g]
+        rows = run_values.narrow(1, self.group_rows[g], group.num_paths * group.d3)
+        return rows.view(-1, group.num_paths, group.d3, group.mul)
+
     def _weights(self, radial_hidden: torch.Tensor, weight: torch.Tensor, g: int) -> torch.Tensor:
         """A group's per-edge path weights: (E, paths, 1, mul)."""
         group = self.groups[g]
@@ -199,20 +251,17 @@ class TensorProductSum(torch.nn.Module):
 
     def _weight_gradient(self, grad_message: torch.Tensor, x_neighbor: torch.Tensor, a: torch.Tensor, g: int) -> torch.Tensor:
         """The gradient of a group's messages by their path weights, (E, paths * mul):
-        sum over i and k of grad[e, path, k, u] x[j(e), i, u] A[e, i, path, k]."""
+        sum over i and k of grad[e, path, k, u] x[j(e), i, u] A[e, i, path, k].
+
+        One sum over (i, k), which inductor fuses whole (the backward contracts one group at a
+        time only while traced for AOTInductor). As two sums, the products' over i and then over
+        k, it stored the products, (E, paths, d3, mul), to memory between them: for the benchmark
+        model 1.9 KB per edge, the largest buffer of the call."""
         group = self.groups[g]
         num_edges = grad_message.shape[0]
-        if not torch.jit.is_scripting():
-            if traced_for_aotinductor():
-                # One sum over (i, k), which inductor fuses whole. As two sums, the products'
-                # over i and then over k, it stored the products, (E, paths, d3, mul), to
-                # memory between them: for the benchmark model 1.9 KB per edge, the largest
-                # buffer of the call.
-                a_paths = a.view(num_edges, group.d1, group.num_paths, group.d3).transpose(1, 2)
-                terms = a_paths.unsqueeze(-1) * x_neighbor.unsqueeze(1).unsqueeze(3) * grad_message.unsqueeze(2)
-                return terms.sum((2, 3)).reshape(num_edges, group.num_paths * group.mul)
-        products = self._products(x_neighbor, a, g)
-        return (grad_message * products).sum(2).reshape(num_edges, group.num_paths * group.mul)
+        a_paths = a.view(num_edges, group.d1, group.num_paths, group.d3).transpose(1, 2)
+        terms = a_paths.unsqueeze(-1) * x_neighbor.unsqueeze(1).unsqueeze(3) * grad_message.unsqueeze(2)
+        return terms.sum((2, 3)).reshape(num_edges, group.num_paths * group.mul)
 
     def batched_matmul(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """(E, m, k) @ (E, k, n) for every edge: torch.bmm, or, while traced for AOTInductor
@@ -227,6 +276,9 @@ class TensorProductSum(torch.nn.Module):
                     # contracting over the channels: they are the sum's (last) axis
                     return (left.unsqueeze(2) * right.transpose(1, 2).unsqueeze(1)).sum(-1)
                 return (left.transpose(1, 2).unsqueeze(-1) * right.unsqueeze(2)).sum(1)
+        if left.shape[2] == 1:
+            # an outer product per edge (scalar inputs): a broadcast product is 3x faster than bmm
+            return left * right
         return torch.bmm(left, right)
 
 
@@ -241,6 +293,16 @@ def traced_for_aotinductor() -> bool:
     traces through the same mode, so it would take the same branch.
     """
     return get_proxy_mode() is not None
+
+
+def contract_by_run() -> bool:
+    """Whether a run's groups are contracted together (eager and TorchScript), or one group at a
+    time (traced for AOTInductor: inductor fuses each group's contractions into the kernels
+    around them, and a run's per-edge products would all be live at once, more memory)."""
+    if not torch.jit.is_scripting():
+        if traced_for_aotinductor():
+            return False
+    return True
 
 
 def _neighbor_sum(values: torch.Tensor, index: torch.Tensor, num_nodes: int) -> torch.Tensor:
@@ -288,37 +350,64 @@ class _MessageSum(torch.autograd.Function):
         grad_sh = torch.zeros_like(edge_sh) if need_sh else None
         grad_hidden = torch.zeros_like(radial_hidden) if need_hidden else None
         grad_weight_parts: List[torch.Tensor] = []
-        x_neighbor = x
-        for g, group in enumerate(module.groups):
-            i, mul, d1, num_paths, d3 = group.input_irrep, group.mul, group.d1, group.num_paths, group.d3
-            if g == 0 or module.groups[g - 1].input_irrep != i:
-                x_neighbor = module._channels_last(x, i).index_select(0, edge_neighbor)  # (E, d1, mul)
-            # the output gradient of the group's paths, channels last, at each edge's centre
-            grad_sums = torch.stack(
-                [grad_blocks[block].view(num_nodes, mul, d3).transpose(1, 2) for block in module.group_blocks[g]], dim=1
-            )
-            grad_message = grad_sums.index_select(0, edge_center)  # (E, paths, d3, mul)
-            a = module._a(edge_sh, g)  # (E, d1, paths * d3)
-            if need_hidden:
-                # d/dw: sum over k of grad * (x . A)
-                grad_w = module._weight_gradient(grad_message, x_neighbor, a, g)  # (E, paths * mul)
-                if grad_hidden is not None:
-                    grad_hidden = grad_hidden + grad_w @ weight.narrow(1, group.weight_column, num_paths * mul).t()
-                if need_weights:
-                    grad_weight_parts.append(radial_hidden.t() @ grad_w)
-            weighted = grad_message * module._weights(radial_hidden, weight, g)  # (E, paths, d3, mul)
-            if grad_sh is not None:
-                # d/dA: sum over channels; then through A = Y @ coefficients
-                grad_a = module.batched_matmul(x_neighbor, weighted.view(num_edges, num_paths * d3, mul).transpose(1, 2))
-                coefficients = module.coefficients.narrow(1, group.a_column, d1 * num_paths * d3)
-                grad_sh = grad_sh + grad_a.reshape(num_edges, d1 * num_paths * d3) @ coefficients.t()
-            if need_x:
-                # d/dx: sum over paths and k at each edge, then over each neighbour's edges; one group
-                # at a time, so that no group's per-edge data waits for another's
-                grad_x_edge = module.batched_matmul(a, weighted.view(num_edges, num_paths * d3, mul))  # (E, d1, mul)
-                summed = _neighbor_sum(grad_x_edge.flatten(1), edge_neighbor, num_nodes)
-                previous = grad_x_parts[i]
-                grad_x_parts[i] = summed if previous is None else previous + summed
+        by_run = contract_by_run()
+        for run in module.runs:
+            i, d1 = run.input_irrep, run.d1
+            x_neighbor = module._channels_last(x, i).index_select(0, edge_neighbor)  # (E, d1, mul)
+            run_a: Optional[torch.Tensor] = module._run_a(edge_sh, run) if by_run else None  # (E, d1, rows)
+            run_products: Optional[torch.Tensor] = None
+            if run_a is not None and need_hidden:
+                run_products = module.batched_matmul(run_a.transpose(1, 2), x_neighbor)  # (E, rows, mul)
+            run_weighted: List[torch.Tensor] = []
+            for g in range(run.first, run.end):
+                group = module.groups[g]
+                mul, num_paths, d3 = group.mul, group.num_paths, group.d3
+                # the output gradient of the group's paths, channels last, at each edge's centre
+                grad_sums = torch.stack(
+                    [grad_blocks[block].view(num_nodes, mul, d3).transpose(1, 2) for block in module.group_blocks[g]],
+                    dim=1,
+                )
+                grad_message = grad_sums.index_select(0, edge_center)  # (E, paths, d3, mul)
+                a = module._a(edge_sh, g) if run_a is None else None  # (E, d1, paths * d3)
+                if need_hidden:
+                    # d/dw: sum over k of grad * (x . A)
+                    if run_products is not None:
+                        products = module._group_rows(run_products, g)
+                        grad_w = (grad_message * products).sum(2).reshape(num_edges, num_paths * mul)
+                    else:
+                        grad_w = module._weight_gradient(grad_message, x_neighbor, a, g)  # (E, paths * mul)
+                    if grad_hidden is not None:
+                        grad_hidden = grad_hidden + grad_w @ weight.narrow(1, group.weight_column, num_paths * mul).t()
+                    if need_weights:
+                        grad_weight_parts.append(radial_hidden.t() @ grad_w)
+                weighted = grad_message * module._weights(radial_hidden, weight, g)  # (E, paths, d3, mul)
+                if a is None:
+                    run_weighted.append(weighted.view(num_edges, num_paths * d3, mul))
+                    continue
+                # one group at a time, so that no group's per-edge data waits for another's
+                if grad_sh is not None:
+                    # d/dA: sum over channels; then through A = Y @ coefficients
+                    rows = weighted.view(num_edges, num_paths * d3, mul)
+                    grad_a = module.batched_matmul(x_neighbor, rows.transpose(1, 2))
+                    coefficients = module.coefficients.narrow(1, group.a_column, d1 * num_paths * d3)
+                    grad_sh = grad_sh + grad_a.reshape(num_edges, d1 * num_paths * d3) @ coefficients.t()
+                if need_x:
+                    # d/dx: sum over paths and k at each edge, then over each neighbour's edges
+                    rows = weighted.view(num_edges, num_paths * d3, mul)
+                    grad_x_edge = module.batched_matmul(a, rows)  # (E, d1, mul)
+                    summed = _neighbor_sum(grad_x_edge.flatten(1), edge_neighbor, num_nodes)
+                    previous = grad_x_parts[i]
+                    grad_x_parts[i] = summed if previous is None else previous + summed
+            if run_a is not None and len(run_weighted) > 0:
+                # the run's groups together: (E, rows, mul)
+                weighted = torch.cat(run_weighted, dim=1) if len(run_weighted) > 1 else run_weighted[0]
+                if grad_sh is not None:
+                    grad_a = module.batched_matmul(x_neighbor, weighted.transpose(1, 2))  # (E, d1, rows)
+                    coefficients = module.run_coefficients.narrow(1, run.a_column, d1 * run.rows)
+                    grad_sh = grad_sh + grad_a.reshape(num_edges, d1 * run.rows) @ coefficients.t()
+                if need_x:
+                    grad_x_edge = module.batched_matmul(run_a, weighted)  # (E, d1, mul)
+                    grad_x_parts[i] = _neighbor_sum(grad_x_edge.flatten(1), edge_neighbor, num_nodes)
 
         grad_x = None
         if need_x:
