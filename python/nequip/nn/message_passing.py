@@ -94,8 +94,6 @@ class TensorProductSum(torch.nn.Module):
     inputs: List[InputIrrep]
     # one per input irrep that some path reads
     runs: List[PathRun]
-    # for each group, the first of its rows in its run
-    group_rows: List[int]
 
     def __init__(self, irreps_in: o3.Irreps, irreps_edge_sh: o3.Irreps, irreps_out: o3.Irreps, radial_sizes: List[int]):
         super().__init__()
@@ -145,13 +143,12 @@ class TensorProductSum(torch.nn.Module):
         # Runs: eager code contracts all groups of an input irrep with one bmm per edge-batched
         # product, twice as fast as one per group for the benchmark model (the per-edge matrices,
         # at most 5 x 15, are then larger). A run's columns of A are ordered (i, group, path, k).
-        self.runs, self.group_rows, run_blocks = [], [], []
+        self.runs, run_blocks = [], []
         column = 0
         for input_irrep, run_groups in itertools.groupby(range(len(self.groups)), lambda h: self.groups[h].input_irrep):
             members = list(run_groups)
             widths = [self.groups[h].num_paths * self.groups[h].d3 for h in members]
             d1 = self.groups[members[0]].d1
-            self.group_rows += [sum(widths[:k]) for k in range(len(members))]
             run_blocks.append(torch.cat([blocks[h].view(-1, d1, w) for h, w in zip(members, widths)], dim=2).flatten(1))
             self.runs.append(PathRun(input_irrep, members[0], members[-1] + 1, d1, sum(widths), column))
             column += d1 * sum(widths)
@@ -197,15 +194,16 @@ class TensorProductSum(torch.nn.Module):
         for run in self.runs:
             # the gathered features of the run's input irrep
             x_neighbor = self._channels_last(x, run.input_irrep).index_select(0, edge_neighbor)
-            run_products: Optional[torch.Tensor] = None
+            group_products: List[torch.Tensor] = []
             if by_run:
                 run_products = self.batched_matmul(self._run_a(edge_sh, run).transpose(1, 2), x_neighbor)
+                group_products = self._split_by_group(run_products, run)
             for g in range(run.first, run.end):
                 group = self.groups[g]
-                if run_products is None:
-                    products = self._products(x_neighbor, self._a(edge_sh, g), g)
+                if by_run:
+                    products = group_products[g - run.first]
                 else:
-                    products = self._group_rows(run_products, g)
+                    products = self._products(x_neighbor, self._a(edge_sh, g), g)
                 message = products * self._weights(radial_hidden, weight, g)
                 summed = _neighbor_sum(message.flatten(1), edge_center, num_nodes)
                 summed = summed.view(num_nodes, group.num_paths, group.d3, group.mul)
@@ -232,11 +230,13 @@ class TensorProductSum(torch.nn.Module):
         a = edge_sh @ self.run_coefficients.narrow(1, run.a_column, run.d1 * run.rows)
         return a.view(-1, run.d1, run.rows)
 
-    def _group_rows(self, run_values: torch.Tensor, g: int) -> torch.Tensor:
-        """A group's rows of a run's (E, rows, mul) per-edge values: (E, paths, d3, mul)."""
-        group = self.groups[g]
-        rows = run_values.narrow(1, self.group_rows[g], group.num_paths * group.d3)
-        return rows.view(-1, group.num_paths, group.d3, group.mul)
+    def _split_by_group(self, run_values: torch.Tensor, run: PathRun) -> List[torch.Tensor]:
+        """A run's (E, rows, mul) per-edge values as its groups' (E, paths, d3, mul). One split:
+        differentiated (training differentiates the backward), it gives one concatenation,
+        where a slice per group would give each a zero-filled tensor of the run's size."""
+        groups = [self.groups[g] for g in range(run.first, run.end)]
+        parts = run_values.split([group.num_paths * group.d3 for group in groups], dim=1)
+        return [part.view(-1, group.num_paths, group.d3, group.mul) for part, group in zip(parts, groups)]
 
     def _weights(self, radial_hidden: torch.Tensor, weight: torch.Tensor, g: int) -> torch.Tensor:
         """A group's per-edge path weights: (E, paths, 1, mul)."""
@@ -355,9 +355,10 @@ class _MessageSum(torch.autograd.Function):
             i, d1 = run.input_irrep, run.d1
             x_neighbor = module._channels_last(x, i).index_select(0, edge_neighbor)  # (E, d1, mul)
             run_a: Optional[torch.Tensor] = module._run_a(edge_sh, run) if by_run else None  # (E, d1, rows)
-            run_products: Optional[torch.Tensor] = None
+            group_products: List[torch.Tensor] = []
             if run_a is not None and need_hidden:
                 run_products = module.batched_matmul(run_a.transpose(1, 2), x_neighbor)  # (E, rows, mul)
+                group_products = module._split_by_group(run_products, run)
             run_weighted: List[torch.Tensor] = []
             for g in range(run.first, run.end):
                 group = module.groups[g]
@@ -371,8 +372,8 @@ class _MessageSum(torch.autograd.Function):
                 a = module._a(edge_sh, g) if run_a is None else None  # (E, d1, paths * d3)
                 if need_hidden:
                     # d/dw: sum over k of grad * (x . A)
-                    if run_products is not None:
-                        products = module._group_rows(run_products, g)
+                    if group_products:
+                        products = group_products[g - run.first]
                         grad_w = (grad_message * products).sum(2).reshape(num_edges, num_paths * mul)
                     else:
                         grad_w = module._weight_gradient(grad_message, x_neighbor, a, g)  # (E, paths * mul)
