@@ -7,6 +7,7 @@ from e3nn import o3
 
 from e3nn.nn import FullyConnectedNet
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from nequip.nn.message_passing import TensorProductSum
 from nequip.nn.radial import RadialMLP
@@ -183,3 +184,38 @@ def test_no_edges():
     assert out.shape == (x.shape[0], module.irreps_mid.dim) and not out.any()
     grads = torch.autograd.grad(out.sum(), [x, *module.radial_mlp.weights])
     assert not any(grad.any() for grad in grads)
+
+
+def weight_gradient_products(module, run_backward):
+    """The matmuls of ``run_backward`` whose output has the shape of a radial weight matrix, or
+    of a path group's columns of the last one: the weight gradients it computed."""
+    shapes = {tuple(weight.shape) for weight in module.radial_mlp.weights}
+    last = module.radial_mlp.weights[-1].shape[0]
+    shapes |= {(last, group.num_paths * group.mul) for group in module.groups}
+
+    class Count(TorchDispatchMode):
+        found = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default) and tuple(out.shape) in shapes:
+                Count.found += 1
+            return out
+
+    with Count():
+        run_backward()
+    return Count.found
+
+
+def test_a_force_pass_computes_no_weight_gradients():
+    # training's force pass differentiates the energy by positions only, with weights that
+    # require grad: their gradients would be thrown away
+    module = build(ALL_L2, ALL_L2)
+    x, edge_sh, edge_radial, center, neighbor = random_inputs(module)
+    out = module(x, edge_sh, edge_radial, center, neighbor).square().sum()
+    force_like = weight_gradient_products(
+        module, lambda: torch.autograd.grad(out, [x, edge_sh, edge_radial], create_graph=True, retain_graph=True)
+    )
+    assert force_like == 0
+    # the control: a backward that wants them computes them, through the same code
+    assert weight_gradient_products(module, lambda: torch.autograd.grad(out, list(module.radial_mlp.weights))) > 0

@@ -336,7 +336,7 @@ class _MessageSum(torch.autograd.Function):
         num_nodes, num_edges = x.shape[0], edge_sh.shape[0]
         needs_grad = dict(zip(_APPLY_ARGUMENTS, ctx.needs_input_grad))
         need_x, need_sh, need_radial = needs_grad["x"], needs_grad["edge_sh"], needs_grad["edge_radial"]
-        need_weights = any(ctx.needs_input_grad[len(_APPLY_ARGUMENTS) :])
+        need_weights = any(ctx.needs_input_grad[len(_APPLY_ARGUMENTS) :]) and _gradient_used(weights)
         need_hidden = need_radial or need_weights
         scale = module.radial_mlp.activation_scale
         # the radial MLP again: its per-edge activations were not kept
@@ -436,6 +436,30 @@ class _MessageSum(torch.autograd.Function):
                 grad_weights[:-1] = grad_hidden_weights
         grads = {"x": grad_x, "edge_sh": grad_sh, "edge_radial": grad_radial if need_radial else None}
         return (*(grads.get(name) for name in _APPLY_ARGUMENTS), *grad_weights)
+
+
+def _gradient_used(tensors: List[torch.Tensor]) -> bool:
+    """Whether the backward pass running now wants the gradient of any of ``tensors``.
+
+    ``ctx.needs_input_grad`` says only which inputs require grad. Training's force pass,
+    ``autograd.grad(energy, positions, create_graph=True)``, runs the backward with radial
+    weights that require grad but whose gradients it never uses (the loss's own backward takes
+    them later): asked here, the engine says whether it will reach them. Where it cannot tell
+    (another torch), they are computed."""
+    will_execute = getattr(torch._C, "_will_engine_execute_node", None)
+    if will_execute is None:
+        return True
+    for tensor in tensors:
+        if not tensor.requires_grad:
+            continue
+        # a leaf's gradient goes to its accumulator, the node behind a view of it
+        node = tensor.grad_fn if tensor.grad_fn is not None else tensor.view_as(tensor).grad_fn.next_functions[0][0]
+        try:
+            if will_execute(node):
+                return True
+        except RuntimeError:  # not inside a backward pass of the engine
+            return True
+    return False
 
 
 # _MessageSum.forward's named arguments after ctx, in order (the radial MLP's weights follow):
