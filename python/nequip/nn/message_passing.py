@@ -382,24 +382,23 @@ class _MessageSum(torch.autograd.Function):
                     if need_weights:
                         grad_weight_parts.append(radial_hidden.t() @ grad_w)
                 weighted = grad_message * module._weights(radial_hidden, weight, g)  # (E, paths, d3, mul)
+                rows = weighted.view(num_edges, num_paths * d3, mul)
                 if a is None:
-                    run_weighted.append(weighted.view(num_edges, num_paths * d3, mul))
+                    run_weighted.append(rows)
                     continue
                 # one group at a time, so that no group's per-edge data waits for another's
                 if grad_sh is not None:
                     # d/dA: sum over channels; then through A = Y @ coefficients
-                    rows = weighted.view(num_edges, num_paths * d3, mul)
                     grad_a = module.batched_matmul(x_neighbor, rows.transpose(1, 2))
                     coefficients = module.coefficients.narrow(1, group.a_column, d1 * num_paths * d3)
                     grad_sh = grad_sh + grad_a.reshape(num_edges, d1 * num_paths * d3) @ coefficients.t()
                 if need_x:
                     # d/dx: sum over paths and k at each edge, then over each neighbour's edges
-                    rows = weighted.view(num_edges, num_paths * d3, mul)
                     grad_x_edge = module.batched_matmul(a, rows)  # (E, d1, mul)
                     summed = _neighbor_sum(grad_x_edge.flatten(1), edge_neighbor, num_nodes)
                     previous = grad_x_parts[i]
                     grad_x_parts[i] = summed if previous is None else previous + summed
-            if run_a is not None and len(run_weighted) > 0:
+            if run_a is not None:
                 # the run's groups together: (E, rows, mul)
                 weighted = torch.cat(run_weighted, dim=1) if len(run_weighted) > 1 else run_weighted[0]
                 if grad_sh is not None:
