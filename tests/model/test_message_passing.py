@@ -1,5 +1,6 @@
 """TensorProductSum is e3nn's "uvu" TensorProduct followed by the neighbour sum: the same values,
-first and second derivatives (its backward is our own), also when scripted."""
+first and second derivatives (its backward is our own: on CPU by the kernels of nequip._kernels,
+elsewhere by torch operations, both tested here), also when scripted."""
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from e3nn.nn import FullyConnectedNet
 from torch.fx.experimental.proxy_tensor import make_fx
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from nequip.nn import message_passing
 from nequip.nn.message_passing import TensorProductSum
 from nequip.nn.radial import RadialMLP
 
@@ -49,6 +51,16 @@ def _e3nn_tensor_product(irreps_in, irreps_out):
     return o3.TensorProduct(
         irreps_in, IRREPS_SH, irreps_mid, instructions, shared_weights=False, internal_weights=False
     ).to(torch.float64)
+
+
+@pytest.fixture(params=[True, False], ids=["cpu-kernels", "torch-ops"])
+def backward_by_kernels(request, monkeypatch):
+    """The eager backward on CPU by the kernels (the default, so they must load) or by the torch
+    operations that other devices run."""
+    if request.param:
+        assert message_passing.use_cpu_kernels(), "nequip._kernels did not load: the package was built without it"
+    monkeypatch.setattr(message_passing, "_cpu_kernels", request.param)
+    return request.param
 
 
 def random_inputs(module, num_nodes=7, num_edges=30, seed=0):
@@ -97,7 +109,7 @@ def traced_for_aotinductor(module, inputs, grad_out):
 
 @pytest.mark.parametrize("traced", [False, True], ids=["eager", "traced"])
 @pytest.mark.parametrize("irreps_in, irreps_out", CASES)
-def test_same_function_as_e3nn(irreps_in, irreps_out, traced):
+def test_same_function_as_e3nn(irreps_in, irreps_out, traced, backward_by_kernels):
     irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
     reference = e3nn_tensor_product(irreps_in, irreps_out)
     module = build(irreps_in, irreps_out)
@@ -138,7 +150,7 @@ def test_eager_contractions_are_matrix_products_by_input_irrep():
 
 
 @pytest.mark.parametrize("irreps_out", ["1x0e+1x0o+1x1e+1x1o+1x2e+1x2o", "1x0e"])
-def test_second_derivatives(irreps_out):
+def test_second_derivatives(irreps_out, backward_by_kernels):
     # training differentiates forces, i.e. the custom backward itself (one channel: fast)
     module = build("1x0e+1x0o+1x1e+1x1o+1x2e+1x2o", irreps_out, radial_sizes=(2, 3))
     x, edge_sh, edge_radial, center, neighbor = random_inputs(module, num_nodes=3, num_edges=5)
@@ -147,7 +159,7 @@ def test_second_derivatives(irreps_out):
     )
 
 
-def test_second_derivatives_by_weights_match_autograd():
+def test_second_derivatives_by_weights_match_autograd(backward_by_kernels):
     # a force-like loss differentiated by the radial MLP's weights: custom backward vs autograd
     module = build(ALL_L2, ALL_L2)
     x, edge_sh, edge_radial, center, neighbor = random_inputs(module)
@@ -177,7 +189,7 @@ def test_scripted_is_the_same_function():
         torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-11)
 
 
-def test_no_edges():
+def test_no_edges(backward_by_kernels):
     module = build(ALL_L2, ALL_L2)
     x, edge_sh, edge_radial, center, neighbor = random_inputs(module, num_edges=0)
     out = module(x, edge_sh, edge_radial, center, neighbor)
@@ -192,6 +204,7 @@ def weight_gradient_products(module, run_backward):
     shapes = {tuple(weight.shape) for weight in module.radial_mlp.weights}
     last = module.radial_mlp.weights[-1].shape[0]
     shapes |= {(last, group.num_paths * group.mul) for group in module.groups}
+    shapes |= {(last, run.num_paths * module.inputs[run.input_irrep].mul) for run in module.runs}
 
     class Count(TorchDispatchMode):
         found = 0
@@ -207,7 +220,7 @@ def weight_gradient_products(module, run_backward):
     return Count.found
 
 
-def test_a_force_pass_computes_no_weight_gradients():
+def test_a_force_pass_computes_no_weight_gradients(backward_by_kernels):
     # training's force pass differentiates the energy by positions only, with weights that
     # require grad: their gradients would be thrown away
     module = build(ALL_L2, ALL_L2)
@@ -219,3 +232,32 @@ def test_a_force_pass_computes_no_weight_gradients():
     assert force_like == 0
     # the control: a backward that wants them computes them, through the same code
     assert weight_gradient_products(module, lambda: torch.autograd.grad(out, list(module.radial_mlp.weights))) > 0
+
+
+def test_eager_backward_on_cpu_runs_the_kernels():
+    # a force-like backward (create_graph) by message_backward; the loss's backward through it by
+    # message_double_backward, and through the node sums themselves by message_backward again
+    module = build(ALL_L2, ALL_L2)
+    x, edge_sh, edge_radial, center, neighbor = random_inputs(module)
+    out = module(x, edge_sh, edge_radial, center, neighbor)
+    with torch.profiler.profile() as profile:
+        grads = torch.autograd.grad(out.square().sum(), [x, edge_sh, edge_radial], create_graph=True)
+        sum(grad.square().sum() for grad in grads).backward()
+    names = [event.name for event in profile.events()]
+    assert names.count("nequip::message_backward") == 2 * len(module.runs)
+    assert names.count("nequip::message_double_backward") == len(module.runs)
+
+
+def test_the_kernels_refuse_indices_out_of_range():
+    # a wrong index would read outside the node tensors: one clear error instead
+    assert message_passing.use_cpu_kernels()
+    edges, nodes, d1, rows, paths, mul = 4, 3, 3, 2, 2, 5
+    a, w = torch.randn(edges, d1, rows), torch.randn(edges, paths, mul)
+    x, g = torch.randn(nodes, d1, mul), torch.randn(nodes, rows, mul)
+    center, row_path = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1])
+    with pytest.raises(RuntimeError, match="edge index is outside"):
+        torch.ops.nequip.message_backward(a, x, g, w, center, torch.tensor([0, 1, 3, 0]), row_path)
+    with pytest.raises(RuntimeError, match="row_path is outside"):
+        torch.ops.nequip.message_backward(a, x, g, w, center, center, torch.tensor([0, 2]))
+    with pytest.raises(RuntimeError, match="expected"):
+        torch.ops.nequip.message_backward(a, x, g[:, :1], w, center, center, row_path)

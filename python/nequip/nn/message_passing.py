@@ -28,6 +28,7 @@ TorchScript cannot run a custom autograd function, so scripted models differenti
 :meth:`TensorProductSum.message_sum` with autograd: the same function, with more memory.
 """
 
+import importlib
 import inspect
 import itertools
 import math
@@ -35,6 +36,7 @@ from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from e3nn import o3
+from torch.autograd.function import once_differentiable
 from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
 from .radial import RadialMLP, radial_mlp_hidden, radial_mlp_hidden_backward
@@ -69,6 +71,9 @@ class PathRun(NamedTuple):
     d1: int
     rows: int  # sum over its groups of paths * d3: the rows of its per-edge contractions
     a_column: int  # first column of its block of A in the run coefficients
+    weight_column: int  # first column of its weights in W, in group order
+    num_paths: int
+    row_offset: int  # first of its rows in ``row_paths``
 
 
 class TensorProductSum(torch.nn.Module):
@@ -143,19 +148,32 @@ class TensorProductSum(torch.nn.Module):
         # Runs: eager code contracts all groups of an input irrep with one bmm per edge-batched
         # product, twice as fast as one per group for the benchmark model (the per-edge matrices,
         # at most 5 x 15, are then larger). A run's columns of A are ordered (i, group, path, k).
-        self.runs, run_blocks = [], []
+        self.runs, run_blocks, row_paths = [], [], []
         column = 0
         for input_irrep, run_groups in itertools.groupby(range(len(self.groups)), lambda h: self.groups[h].input_irrep):
             members = list(run_groups)
-            widths = [self.groups[h].num_paths * self.groups[h].d3 for h in members]
-            d1 = self.groups[members[0]].d1
+            run_group_list = [self.groups[h] for h in members]
+            widths = [group.num_paths * group.d3 for group in run_group_list]
+            d1 = run_group_list[0].d1
             run_blocks.append(torch.cat([blocks[h].view(-1, d1, w) for h, w in zip(members, widths)], dim=2).flatten(1))
-            self.runs.append(PathRun(input_irrep, members[0], members[-1] + 1, d1, sum(widths), column))
+            num_paths = sum(group.num_paths for group in run_group_list)
+            self.runs.append(
+                PathRun(
+                    input_irrep, members[0], members[-1] + 1, d1, sum(widths), column,
+                    run_group_list[0].weight_column, num_paths, len(row_paths),
+                )
+            )
+            # the path (numbered within the run) of each row
+            first_path = 0
+            for group in run_group_list:
+                row_paths += [first_path + q for q in range(group.num_paths) for _ in range(group.d3)]
+                first_path += group.num_paths
             column += d1 * sum(widths)
         run_coefficients = torch.cat(run_blocks, dim=1) if run_blocks else coefficients
         # derived from the irreps alone, so not in the state_dict; .to(dtype) sets their precision
         self.register_buffer("coefficients", coefficients, persistent=False)
         self.register_buffer("run_coefficients", run_coefficients, persistent=False)
+        self.register_buffer("row_paths", torch.tensor(row_paths, dtype=torch.long), persistent=False)
         # W's columns in group order: each group's weights are one contiguous slice
         self.register_buffer("weight_columns", torch.tensor(weight_columns, dtype=torch.long), persistent=False)
         self.radial_mlp = RadialMLP(list(radial_sizes) + [self.weight_numel])
@@ -229,6 +247,15 @@ class TensorProductSum(torch.nn.Module):
         """A for all the paths of a run: (E, d1, rows)."""
         a = edge_sh @ self.run_coefficients.narrow(1, run.a_column, run.d1 * run.rows)
         return a.view(-1, run.d1, run.rows)
+
+    def _run_rows(self, node_values: List[torch.Tensor], run: PathRun) -> torch.Tensor:
+        """The blocks of a run's paths from per-block node values (N, mul * d3) as (N, rows, mul), channels last."""
+        parts: List[torch.Tensor] = []
+        for g in range(run.first, run.end):
+            group = self.groups[g]
+            for block in self.group_blocks[g]:
+                parts.append(node_values[block].view(-1, group.mul, group.d3).transpose(1, 2))
+        return torch.cat(parts, dim=1)
 
     def _split_by_group(self, run_values: torch.Tensor, run: PathRun) -> List[torch.Tensor]:
         """A run's (E, rows, mul) per-edge values as its groups' (E, paths, d3, mul). One split:
@@ -351,8 +378,34 @@ class _MessageSum(torch.autograd.Function):
         grad_hidden = torch.zeros_like(radial_hidden) if need_hidden else None
         grad_weight_parts: List[torch.Tensor] = []
         by_run = contract_by_run()
+        by_kernel = by_run and x.device.type == "cpu" and use_cpu_kernels()
         for run in module.runs:
             i, d1 = run.input_irrep, run.d1
+            if by_kernel:
+                # the run's per-edge work in one CPU kernel (and its derivative in another)
+                mul = module.inputs[i].mul
+                run_weight = weight.narrow(1, run.weight_column, run.num_paths * mul)
+                grad_w, grad_a, grad_x_edge = _RunBackward.apply(
+                    module._run_a(edge_sh, run),
+                    module._channels_last(x, i),
+                    module._run_rows(grad_blocks, run),
+                    (radial_hidden @ run_weight).view(num_edges, run.num_paths, mul),
+                    edge_center,
+                    edge_neighbor,
+                    module.row_paths.narrow(0, run.row_offset, run.rows),
+                )
+                if need_hidden:
+                    grad_w = grad_w.view(num_edges, run.num_paths * mul)
+                    if grad_hidden is not None:
+                        grad_hidden = grad_hidden + grad_w @ run_weight.t()
+                    if need_weights:
+                        grad_weight_parts.append(radial_hidden.t() @ grad_w)
+                if grad_sh is not None:
+                    coefficients = module.run_coefficients.narrow(1, run.a_column, d1 * run.rows)
+                    grad_sh = grad_sh + grad_a.view(num_edges, d1 * run.rows) @ coefficients.t()
+                if need_x:
+                    grad_x_parts[i] = _neighbor_sum(grad_x_edge.flatten(1), edge_neighbor, num_nodes)
+                continue
             x_neighbor = module._channels_last(x, i).index_select(0, edge_neighbor)  # (E, d1, mul)
             run_a: Optional[torch.Tensor] = module._run_a(edge_sh, run) if by_run else None  # (E, d1, rows)
             group_products: List[torch.Tensor] = []
@@ -435,6 +488,59 @@ class _MessageSum(torch.autograd.Function):
                 grad_weights[:-1] = grad_hidden_weights
         grads = {"x": grad_x, "edge_sh": grad_sh, "edge_radial": grad_radial if need_radial else None}
         return (*(grads.get(name) for name in _APPLY_ARGUMENTS), *grad_weights)
+
+
+class _RunBackward(torch.autograd.Function):
+    """The first derivatives of one run's node sums, by the CPU kernel ``nequip::message_backward``
+    (cpp/kernels/message_backward.cpp, which states the formulas), differentiable once more by
+    ``nequip::message_double_backward``: training's loss on forces differentiates them.
+
+    Inputs: the run's A (E, d1, rows), its input irrep's node features (N, d1, mul) and output
+    gradients (N, rows, mul), both channels last, the path weights (E, paths, mul), centre and
+    neighbour indices and the path of each row. Outputs, per edge: the gradients by the path
+    weights (E, paths, mul), by A (E, d1, rows) and by the neighbour's features (E, d1, mul).
+    """
+
+    @staticmethod
+    def forward(ctx, a, x, g, w, center, neighbor, row_path):
+        a, x, g, w, center, neighbor = (t.contiguous() for t in (a, x, g, w, center, neighbor))
+        ctx.save_for_backward(a, x, g, w, center, neighbor, row_path)
+        return torch.ops.nequip.message_backward(a, x, g, w, center, neighbor, row_path)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_w, grad_a, grad_x):
+        a, x, g, w, center, neighbor, row_path = ctx.saved_tensors
+        cotangents = [
+            torch.zeros_like(like) if grad is None else grad.contiguous()
+            for grad, like in ((grad_w, w), (grad_a, a), (grad_x, a.new_empty(a.shape[0], a.shape[1], x.shape[2])))
+        ]
+        da, dx_edge, dg_edge, dw = torch.ops.nequip.message_double_backward(
+            a, x, g, w, center, neighbor, row_path, *cotangents
+        )
+        num_nodes = x.shape[0]
+        dx = _neighbor_sum(dx_edge.flatten(1), neighbor, num_nodes).view(x.shape)
+        dg = _neighbor_sum(dg_edge.flatten(1), center, num_nodes).view(g.shape)
+        return da, dx, dg, dw, None, None, None
+
+
+_cpu_kernels: Optional[bool] = None
+
+
+def use_cpu_kernels() -> bool:
+    """Whether eager message passing on CPU runs its backward by the kernels of ``nequip._kernels``:
+    True where that extension (built with the package) loads. The module is imported by name,
+    so that a package's interned copy of this code uses the installed kernels too; where it is
+    missing (a package loaded without nequip installed), the same function runs as torch
+    operations."""
+    global _cpu_kernels
+    if _cpu_kernels is None:
+        try:
+            importlib.import_module("nequip._kernels")
+            _cpu_kernels = True
+        except ImportError:
+            _cpu_kernels = False
+    return _cpu_kernels
 
 
 def _gradient_used(tensors: List[torch.Tensor]) -> bool:
