@@ -67,10 +67,13 @@ NEQUIP_INLINE EdgeInputs<T> edge_inputs(const T* a, const T* x, const T* g, cons
           w + e * run.paths * run.mul};
 }
 
+// MUL: the channels, where known at compile time (the common widths, whose loops the compiler
+// then unrolls into whole vectors), or 0 for run.mul.
+
 // P and R of row r into p_row and r_row (mul each).
-template <typename T>
+template <typename T, int MUL>
 NEQUIP_INLINE void products_row(const EdgeInputs<T>& in, const Run& run, int64_t r, T* p_row, T* r_row) {
-  const int64_t mul = run.mul;
+  const int64_t mul = MUL > 0 ? MUL : run.mul;
   const T* w_row = in.w + run.row_path[r] * mul;
   const T* g_row = in.g + r * mul;
   {
@@ -88,11 +91,11 @@ NEQUIP_INLINE void products_row(const EdgeInputs<T>& in, const Run& run, int64_t
   for (int64_t u = 0; u < mul; ++u) r_row[u] = g_row[u] * w_row[u];
 }
 
-template <typename T>
+template <typename T, int MUL>
 NEQUIP_INLINE void backward_edges(const T* a, const T* x, const T* g, const T* w, const int64_t* center,
                            const int64_t* neighbor, const Run& run, T* gw, T* ga, T* gx, int64_t begin, int64_t end,
                            T* scratch) {
-  const int64_t mul = run.mul, d1 = run.d1, rows = run.rows;
+  const int64_t mul = MUL > 0 ? MUL : run.mul, d1 = run.d1, rows = run.rows;
   T* p_row = scratch;
   T* r_row = scratch + mul;
   for (int64_t e = begin; e < end; ++e) {
@@ -103,7 +106,7 @@ NEQUIP_INLINE void backward_edges(const T* a, const T* x, const T* g, const T* w
     std::fill(gw_e, gw_e + run.paths * mul, T(0));
     std::fill(gx_e, gx_e + d1 * mul, T(0));
     for (int64_t r = 0; r < rows; ++r) {
-      products_row(in, run, r, p_row, r_row);
+      products_row<T, MUL>(in, run, r, p_row, r_row);
       const T* g_row = in.g + r * mul;
       T* gw_row = gw_e + run.row_path[r] * mul;
 #pragma omp simd
@@ -123,11 +126,11 @@ NEQUIP_INLINE void backward_edges(const T* a, const T* x, const T* g, const T* w
   }
 }
 
-template <typename T>
+template <typename T, int MUL>
 NEQUIP_INLINE void double_backward_edges(const T* a, const T* x, const T* g, const T* w, const int64_t* center,
                                   const int64_t* neighbor, const Run& run, const T* hw, const T* ha, const T* hx,
                                   T* da, T* dx, T* dg, T* dw, int64_t begin, int64_t end, T* scratch) {
-  const int64_t mul = run.mul, d1 = run.d1, rows = run.rows;
+  const int64_t mul = MUL > 0 ? MUL : run.mul, d1 = run.d1, rows = run.rows;
   T* p_row = scratch;
   T* r_row = scratch + mul;
   T* dp_row = scratch + 2 * mul;
@@ -144,7 +147,7 @@ NEQUIP_INLINE void double_backward_edges(const T* a, const T* x, const T* g, con
     std::fill(dx_e, dx_e + d1 * mul, T(0));
     std::fill(dw_e, dw_e + run.paths * mul, T(0));
     for (int64_t r = 0; r < rows; ++r) {
-      products_row(in, run, r, p_row, r_row);
+      products_row<T, MUL>(in, run, r, p_row, r_row);
       const int64_t p = run.row_path[r];
       const T* g_row = in.g + r * mul;
       const T* w_row = in.w + p * mul;
@@ -184,21 +187,59 @@ NEQUIP_INLINE void double_backward_edges(const T* a, const T* x, const T* g, con
   }
 }
 
-// One compiled copy per instruction set (target_clones cannot clone templates).
-#define NEQUIP_INSTANTIATE(T)                                                                                        \
-  NEQUIP_VECTOR_CLONES void backward_kernel(const T* a, const T* x, const T* g, const T* w, const int64_t* center,   \
-                                            const int64_t* neighbor, const Run& run, T* gw, T* ga, T* gx,            \
-                                            int64_t begin, int64_t end, T* scratch) {                                \
-    backward_edges(a, x, g, w, center, neighbor, run, gw, ga, gx, begin, end, scratch);                              \
+// One compiled copy per instruction set (target_clones cannot clone templates) and channel width.
+#define NEQUIP_INSTANTIATE(T, MUL)                                                                                   \
+  NEQUIP_VECTOR_CLONES void backward_kernel_##MUL(const T* a, const T* x, const T* g, const T* w,                    \
+                                                  const int64_t* center, const int64_t* neighbor, const Run& run,   \
+                                                  T* gw, T* ga, T* gx, int64_t begin, int64_t end, T* scratch) {     \
+    backward_edges<T, MUL>(a, x, g, w, center, neighbor, run, gw, ga, gx, begin, end, scratch);                      \
   }                                                                                                                  \
-  NEQUIP_VECTOR_CLONES void double_backward_kernel(                                                                  \
+  NEQUIP_VECTOR_CLONES void double_backward_kernel_##MUL(                                                            \
       const T* a, const T* x, const T* g, const T* w, const int64_t* center, const int64_t* neighbor, const Run& run, \
       const T* hw, const T* ha, const T* hx, T* da, T* dx, T* dg, T* dw, int64_t begin, int64_t end, T* scratch) {   \
-    double_backward_edges(a, x, g, w, center, neighbor, run, hw, ha, hx, da, dx, dg, dw, begin, end, scratch);       \
+    double_backward_edges<T, MUL>(a, x, g, w, center, neighbor, run, hw, ha, hx, da, dx, dg, dw, begin, end,         \
+                                  scratch);                                                                          \
   }
-NEQUIP_INSTANTIATE(float)
-NEQUIP_INSTANTIATE(double)
+#define NEQUIP_INSTANTIATE_WIDTHS(T) \
+  NEQUIP_INSTANTIATE(T, 0)           \
+  NEQUIP_INSTANTIATE(T, 16)          \
+  NEQUIP_INSTANTIATE(T, 32)          \
+  NEQUIP_INSTANTIATE(T, 64)
+NEQUIP_INSTANTIATE_WIDTHS(float)
+NEQUIP_INSTANTIATE_WIDTHS(double)
+#undef NEQUIP_INSTANTIATE_WIDTHS
 #undef NEQUIP_INSTANTIATE
+
+template <typename T>
+void backward_kernel(const T* a, const T* x, const T* g, const T* w, const int64_t* center, const int64_t* neighbor,
+                     const Run& run, T* gw, T* ga, T* gx, int64_t begin, int64_t end, T* scratch) {
+  switch (run.mul) {
+    case 16: return backward_kernel_16(a, x, g, w, center, neighbor, run, gw, ga, gx, begin, end, scratch);
+    case 32: return backward_kernel_32(a, x, g, w, center, neighbor, run, gw, ga, gx, begin, end, scratch);
+    case 64: return backward_kernel_64(a, x, g, w, center, neighbor, run, gw, ga, gx, begin, end, scratch);
+    default: return backward_kernel_0(a, x, g, w, center, neighbor, run, gw, ga, gx, begin, end, scratch);
+  }
+}
+
+template <typename T>
+void double_backward_kernel(const T* a, const T* x, const T* g, const T* w, const int64_t* center,
+                            const int64_t* neighbor, const Run& run, const T* hw, const T* ha, const T* hx, T* da,
+                            T* dx, T* dg, T* dw, int64_t begin, int64_t end, T* scratch) {
+  switch (run.mul) {
+    case 16:
+      return double_backward_kernel_16(a, x, g, w, center, neighbor, run, hw, ha, hx, da, dx, dg, dw, begin, end,
+                                       scratch);
+    case 32:
+      return double_backward_kernel_32(a, x, g, w, center, neighbor, run, hw, ha, hx, da, dx, dg, dw, begin, end,
+                                       scratch);
+    case 64:
+      return double_backward_kernel_64(a, x, g, w, center, neighbor, run, hw, ha, hx, da, dx, dg, dw, begin, end,
+                                       scratch);
+    default:
+      return double_backward_kernel_0(a, x, g, w, center, neighbor, run, hw, ha, hx, da, dx, dg, dw, begin, end,
+                                      scratch);
+  }
+}
 
 // Edges per task: enough work to amortise a task, enough tasks for the threads.
 int64_t grain(const Run& run) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, run.rows * run.d1 * run.mul)); }

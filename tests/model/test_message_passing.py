@@ -261,3 +261,26 @@ def test_the_kernels_refuse_indices_out_of_range():
         torch.ops.nequip.message_backward(a, x, g, w, center, center, torch.tensor([0, 2]))
     with pytest.raises(RuntimeError, match="expected"):
         torch.ops.nequip.message_backward(a, x, g[:, :1], w, center, center, row_path)
+
+
+@pytest.mark.parametrize("mul", [16, 32, 64])
+def test_kernels_at_their_compiled_widths_match_torch_operations(mul, monkeypatch):
+    # 16, 32 and 64 channels run copies of the kernels compiled for that width (the e3nn cases
+    # above have fewer): a force-like first derivative and its derivative by every input, both ways
+    irreps = f"{mul}x0e+{mul}x1o+{mul}x2e"
+    module = build(irreps, irreps)
+    inputs = random_inputs(module, num_nodes=5, num_edges=40)
+
+    def first_and_second_derivatives():
+        out = module(*inputs)
+        wrt = [*inputs[:3], *module.radial_mlp.weights]
+        grads = torch.autograd.grad(out.square().sum(), inputs[:3], create_graph=True)
+        return (*grads, *torch.autograd.grad(sum((grad.sin()).sum() for grad in grads), wrt))
+
+    assert message_passing.use_cpu_kernels()
+    got = first_and_second_derivatives()
+    monkeypatch.setattr(message_passing, "_cpu_kernels", False)
+    expected = first_and_second_derivatives()
+    # float64 sums of up to 64 channels in another order: agreement to ~1e-13 of the values
+    for got_grad, expected_grad in zip(got, expected):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-9, atol=1e-9 * expected_grad.abs().max().item())
