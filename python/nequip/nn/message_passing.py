@@ -22,7 +22,11 @@ each centre's edges (NequIP's interaction, Batzner et al. 2022), organised for s
 * the backward pass (:class:`_MessageSum`) recomputes ``A``, ``w`` and the gathered features one
   input irrep at a time instead of keeping them: per edge it keeps only ``Y`` and ``h``. No tensor of
   all the messages of an edge, ``(E, paths * channels * (2l+1))``, ever exists, which is what
-  lets forces and stress of large systems fit in memory.
+  lets forces and stress of large systems fit in memory;
+* eager on CPU (training), each input irrep's backward is one C++ kernel, and so is its own
+  derivative, which training's loss on forces takes (:class:`_RunBackward`,
+  ``cpp/kernels/message_backward.cpp``): per-edge data stays in scratch rows instead of being
+  written out as (E, rows, channels) tensors and read back by each torch operation.
 
 TorchScript cannot run a custom autograd function, so scripted models differentiate
 :meth:`TensorProductSum.message_sum` with autograd: the same function, with more memory.
