@@ -18,13 +18,15 @@
 //   dP = hw[p(r)] g,  dR = sum_i (x ha[i] + a[i] hx[i])
 //   dg[e,r,u] = hw[p(r),u] P[r,u] + dR[r,u] w[p(r),u]    (per edge, summed at centres by the caller)
 //   dw[e,p,u] = sum_{r in p} dR[r,u] g[c,r,u]
-//   da[e,i,r] = sum_u x[j,i,u] dP[r,u] + hx[i,u] R[r,u]
-//   dx[e,i,u] = sum_r a[i,r] dP[r,u] + ha[i,r] R[r,u]    (per edge, summed at neighbours by the caller)
+//   da[e,i,r] = sum_u (x[j,i,u] dP[r,u] + hx[i,u] R[r,u])
+//   dx[e,i,u] = sum_r (a[i,r] dP[r,u] + ha[i,r] R[r,u])  (per edge, summed at neighbours by the caller)
 //
-// Everything per edge stays in a few rows of scratch memory: the torch version of the same
+// Everything per edge stays in a few rows of scratch memory (only dg, which the caller sums at
+// the centres, is written out as a full (edges, rows, channels) tensor): the torch version of the same
 // (bmm, products, concatenations) writes and reads tensors of (edges, rows, channels) several
 // times over, and its speed is that of main memory. Loops over channels are innermost and
-// vectorised; the functions are compiled for AVX-512, AVX2 and baseline x86-64, chosen at load.
+// vectorised; the functions are compiled for AVX-512, AVX2 and baseline x86-64, chosen at load,
+// each also for 16, 32 and 64 channels.
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -244,45 +246,47 @@ void double_backward_kernel(const T* a, const T* x, const T* g, const T* w, cons
 // Edges per task: enough work to amortise a task, enough tasks for the threads.
 int64_t grain(const Run& run) { return std::max<int64_t>(1, 65536 / std::max<int64_t>(1, run.rows * run.d1 * run.mul)); }
 
-void check_shape(const Tensor& t, const char* name, std::initializer_list<int64_t> shape, const Tensor& like) {
-  TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), "nequip::message_backward: ", name, " has shape ", t.sizes(),
-              ", expected ", at::IntArrayRef(shape));
-  TORCH_CHECK(t.is_contiguous() && t.device().is_cpu() && t.scalar_type() == like.scalar_type(),
-              "nequip::message_backward: ", name, " must be a contiguous CPU tensor of dtype ", like.scalar_type());
+// `op` names the operator in the error messages.
+void check_shape(const char* op, const Tensor& t, const char* name, std::initializer_list<int64_t> shape,
+                 const Tensor& like) {
+  TORCH_CHECK(t.sizes() == at::IntArrayRef(shape), op, ": ", name, " has shape ", t.sizes(), ", expected ",
+              at::IntArrayRef(shape));
+  TORCH_CHECK(t.is_contiguous() && t.device().is_cpu() && t.scalar_type() == like.scalar_type(), op, ": ", name,
+              " must be a contiguous CPU tensor of dtype ", like.scalar_type());
 }
 
 // Checks a, x, g, w, the indices and the row -> path map; returns the run's shapes.
-Run check_run(const Tensor& a, const Tensor& x, const Tensor& g, const Tensor& w, const Tensor& center,
-              const Tensor& neighbor, const Tensor& row_path) {
+Run check_run(const char* op, const Tensor& a, const Tensor& x, const Tensor& g, const Tensor& w,
+              const Tensor& center, const Tensor& neighbor, const Tensor& row_path) {
   TORCH_CHECK(a.dim() == 3 && x.dim() == 3 && g.dim() == 3 && w.dim() == 3,
-              "nequip::message_backward: a, x, g and w must be 3-dimensional");
+              op, ": a, x, g and w must be 3-dimensional");
   TORCH_CHECK(a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble,
-              "nequip::message_backward: float32 or float64 expected, got ", a.scalar_type());
+              op, ": float32 or float64 expected, got ", a.scalar_type());
   const int64_t edges = a.size(0), d1 = a.size(1), rows = a.size(2), nodes = x.size(0), mul = x.size(2);
   const int64_t paths = w.size(1);
-  check_shape(a, "a", {edges, d1, rows}, a);
-  check_shape(x, "x", {nodes, d1, mul}, a);
-  check_shape(g, "g", {nodes, rows, mul}, a);
-  check_shape(w, "w", {edges, paths, mul}, a);
+  check_shape(op, a, "a", {edges, d1, rows}, a);
+  check_shape(op, x, "x", {nodes, d1, mul}, a);
+  check_shape(op, g, "g", {nodes, rows, mul}, a);
+  check_shape(op, w, "w", {edges, paths, mul}, a);
   for (const Tensor* index : {&center, &neighbor}) {
     TORCH_CHECK(index->sizes() == at::IntArrayRef{edges} && index->scalar_type() == at::kLong &&
                     index->is_contiguous() && index->device().is_cpu(),
-                "nequip::message_backward: centre and neighbour indices must be contiguous int64 CPU tensors of ",
+                op, ": centre and neighbour indices must be contiguous int64 CPU tensors of ",
                 edges, " edges");
   }
   TORCH_CHECK(row_path.sizes() == at::IntArrayRef{rows} && row_path.scalar_type() == at::kLong &&
                   row_path.is_contiguous(),
-              "nequip::message_backward: row_path must be a contiguous int64 tensor of ", rows, " rows");
+              op, ": row_path must be a contiguous int64 tensor of ", rows, " rows");
   // an index out of range would read outside the tensors: refused, not undefined
   if (edges > 0) {
     for (const Tensor* index : {&center, &neighbor}) {
       TORCH_CHECK(index->min().item<int64_t>() >= 0 && index->max().item<int64_t>() < nodes,
-                  "nequip::message_backward: an edge index is outside [0, ", nodes, ")");
+                  op, ": an edge index is outside [0, ", nodes, ")");
     }
   }
   if (rows > 0) {
     TORCH_CHECK(row_path.min().item<int64_t>() >= 0 && row_path.max().item<int64_t>() < paths,
-                "nequip::message_backward: row_path is outside [0, ", paths, ")");
+                op, ": row_path is outside [0, ", paths, ")");
   }
   return {d1, rows, paths, mul, row_path.data_ptr<int64_t>()};
 }
@@ -290,7 +294,7 @@ Run check_run(const Tensor& a, const Tensor& x, const Tensor& g, const Tensor& w
 std::tuple<Tensor, Tensor, Tensor> message_backward(const Tensor& a, const Tensor& x, const Tensor& g, const Tensor& w,
                                                     const Tensor& center, const Tensor& neighbor,
                                                     const Tensor& row_path) {
-  const Run run = check_run(a, x, g, w, center, neighbor, row_path);
+  const Run run = check_run("nequip::message_backward", a, x, g, w, center, neighbor, row_path);
   const int64_t edges = a.size(0);
   Tensor gw = at::empty({edges, run.paths, run.mul}, a.options());
   Tensor ga = at::empty({edges, run.d1, run.rows}, a.options());
@@ -313,11 +317,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> message_double_backward(const Tensor&
                                                                    const Tensor& neighbor, const Tensor& row_path,
                                                                    const Tensor& hw, const Tensor& ha,
                                                                    const Tensor& hx) {
-  const Run run = check_run(a, x, g, w, center, neighbor, row_path);
+  const char* op = "nequip::message_double_backward";
+  const Run run = check_run(op, a, x, g, w, center, neighbor, row_path);
   const int64_t edges = a.size(0);
-  check_shape(hw, "the cotangent of gw", {edges, run.paths, run.mul}, a);
-  check_shape(ha, "the cotangent of ga", {edges, run.d1, run.rows}, a);
-  check_shape(hx, "the cotangent of gx", {edges, run.d1, run.mul}, a);
+  check_shape(op, hw, "the cotangent of gw", {edges, run.paths, run.mul}, a);
+  check_shape(op, ha, "the cotangent of ga", {edges, run.d1, run.rows}, a);
+  check_shape(op, hx, "the cotangent of gx", {edges, run.d1, run.mul}, a);
   Tensor da = at::empty({edges, run.d1, run.rows}, a.options());
   Tensor dx = at::empty({edges, run.d1, run.mul}, a.options());
   Tensor dg = at::empty({edges, run.rows, run.mul}, a.options());

@@ -2,6 +2,8 @@
 first and second derivatives (its backward is our own: on CPU by the kernels of nequip._kernels,
 elsewhere by torch operations, both tested here), also when scripted."""
 
+import re
+
 import pytest
 import torch
 from e3nn import o3
@@ -255,12 +257,17 @@ def test_the_kernels_refuse_indices_out_of_range():
     a, w = torch.randn(edges, d1, rows), torch.randn(edges, paths, mul)
     x, g = torch.randn(nodes, d1, mul), torch.randn(nodes, rows, mul)
     center, row_path = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1])
-    with pytest.raises(RuntimeError, match="edge index is outside"):
+    with pytest.raises(RuntimeError, match=re.escape("nequip::message_backward: an edge index is outside [0, 3)")):
         torch.ops.nequip.message_backward(a, x, g, w, center, torch.tensor([0, 1, 3, 0]), row_path)
-    with pytest.raises(RuntimeError, match="row_path is outside"):
+    with pytest.raises(RuntimeError, match=re.escape("nequip::message_backward: row_path is outside [0, 2)")):
         torch.ops.nequip.message_backward(a, x, g, w, center, center, torch.tensor([0, 2]))
-    with pytest.raises(RuntimeError, match="expected"):
+    shape_error = "nequip::message_backward: g has shape [3, 1, 5], expected [3, 2, 5]"
+    with pytest.raises(RuntimeError, match=re.escape(shape_error)):
         torch.ops.nequip.message_backward(a, x, g[:, :1], w, center, center, row_path)
+    cotangents = (torch.zeros(edges, paths, mul), torch.zeros(edges, d1, rows), torch.zeros(edges, d1, mul + 1))
+    cotangent_error = "nequip::message_double_backward: the cotangent of gx has shape [4, 3, 6], expected [4, 3, 5]"
+    with pytest.raises(RuntimeError, match=re.escape(cotangent_error)):
+        torch.ops.nequip.message_double_backward(a, x, g, w, center, center, row_path, *cotangents)
 
 
 @pytest.mark.parametrize("mul", [16, 32, 64])

@@ -515,9 +515,10 @@ class _RunBackward(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_w, grad_a, grad_x):
         a, x, g, w, center, neighbor, row_path = ctx.saved_tensors
+        # outputs that nothing used have no cotangent: zeros of their shapes
+        shapes = (w.shape, a.shape, (a.shape[0], a.shape[1], x.shape[2]))
         cotangents = [
-            torch.zeros_like(like) if grad is None else grad.contiguous()
-            for grad, like in ((grad_w, w), (grad_a, a), (grad_x, a.new_empty(a.shape[0], a.shape[1], x.shape[2])))
+            a.new_zeros(shape) if grad is None else grad.contiguous() for grad, shape in zip((grad_w, grad_a, grad_x), shapes)
         ]
         da, dx_edge, dg_edge, dw = torch.ops.nequip.message_double_backward(
             a, x, g, w, center, neighbor, row_path, *cotangents
