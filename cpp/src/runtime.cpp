@@ -534,19 +534,59 @@ bool all_finite(const at::Tensor& tensor) {
                      [](double value) { return std::isfinite(value); });
 }
 
-// The two atoms of the shortest edge and its length; empty without edges.
-std::optional<NonFiniteOutputError::ClosestPair> closest_pair(const PreparedInputs& inputs) {
-  if (inputs.edge_index.size(1) == 0) return std::nullopt;
-  const at::Tensor centre = inputs.edge_index[0];
-  const at::Tensor neighbour = inputs.edge_index[1];
-  const at::Tensor vectors = inputs.pos.index_select(0, neighbour) -
-                             inputs.pos.index_select(0, centre) +
-                             at::matmul(inputs.edge_cell_shift, inputs.cell[0]);
+// The two atoms of the shortest edge and its length; empty without edges. `pos` (N, 3),
+// `edge_cell_shift` (E, 3) and `cell` (3, 3) float64, `edge_index` (2, E) int64.
+std::optional<NonFiniteOutputError::ClosestPair> closest_pair(const at::Tensor& pos,
+                                                              const at::Tensor& edge_index,
+                                                              const at::Tensor& edge_cell_shift,
+                                                              const at::Tensor& cell) {
+  if (edge_index.size(1) == 0) return std::nullopt;
+  const at::Tensor centre = edge_index[0];
+  const at::Tensor neighbour = edge_index[1];
+  const at::Tensor vectors = pos.index_select(0, neighbour) - pos.index_select(0, centre) +
+                             at::matmul(edge_cell_shift, cell);
   const at::Tensor lengths = at::linalg_vector_norm(vectors, 2, {1});
   const int64_t shortest = lengths.argmin().item<int64_t>();
   return NonFiniteOutputError::ClosestPair{centre[shortest].item<int64_t>(),
                                            neighbour[shortest].item<int64_t>(),
                                            lengths[shortest].item<double>()};
+}
+
+std::optional<NonFiniteOutputError::ClosestPair> closest_pair(const PreparedInputs& inputs) {
+  return closest_pair(inputs.pos, inputs.edge_index, inputs.edge_cell_shift, inputs.cell[0]);
+}
+
+// The closest pair of an unchecked frame (Inputs, any dtypes, on any device), on the CPU.
+std::optional<NonFiniteOutputError::ClosestPair> closest_pair(const Inputs& frame) {
+  const auto f64 = at::TensorOptions(at::kDouble);
+  const at::Tensor pos = frame.pos.to(at::kCPU, at::kDouble).reshape({-1, 3});
+  const at::Tensor edge_index = frame.edge_index.to(at::kCPU, at::kLong).reshape({2, -1});
+  const int64_t num_edges = edge_index.size(1);
+  const at::Tensor shift = frame.edge_cell_shift.defined()
+                               ? frame.edge_cell_shift.to(at::kCPU, at::kDouble).reshape({num_edges, 3})
+                               : at::zeros({num_edges, 3}, f64);
+  const at::Tensor cell =
+      frame.cell.defined() ? frame.cell.to(at::kCPU, at::kDouble).reshape({3, 3}) : at::zeros({3, 3}, f64);
+  return closest_pair(pos, edge_index, shift, cell);
+}
+
+// A metadata value that must be a positive decimal number (r_max, closest_training_pair).
+double positive_number(const std::string& path, const std::map<std::string, std::string>& metadata,
+                       const std::string& key) {
+  const auto found = metadata.find(key);
+  if (found == metadata.end()) throw ModelFileError(path + ": required metadata key '" + key + "' is missing");
+  double value = 0.0;
+  size_t used = 0;
+  try {
+    value = std::stod(found->second, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != found->second.size() || !std::isfinite(value) || value <= 0.0) {
+    throw ModelFileError(path + ": metadata key '" + key +
+                         "' is malformed: expected a positive decimal number, got '" + found->second + "'");
+  }
+  return value;
 }
 
 }  // namespace
@@ -569,6 +609,39 @@ bool NonFiniteOutputError::atoms_overlap() const {
 
 std::string NonFiniteOutputError::message(const std::string& pair) const {
   return non_finite_message(path_, r_max_, closest_, atoms_overlap(), pair);
+}
+
+// ---------------------------------------------------------------------------------------
+// The guards of a model's outputs
+
+void check_finite_outputs(const std::string& path, double r_max, const Inputs& frame,
+                          const at::Tensor& atomic_energy, const at::Tensor& forces) {
+  const auto finite = [](const at::Tensor& tensor) {
+    return tensor.numel() == 0 || at::isfinite(tensor).all().item<bool>();
+  };
+  if (finite(atomic_energy) && finite(forces)) return;
+  throw NonFiniteOutputError(path, r_max,
+                             translate_torch_errors(path + ": finding the closest atoms",
+                                                    [&] { return closest_pair(frame); }));
+}
+
+std::optional<std::string> close_pair_warning(const std::string& path,
+                                              const std::map<std::string, std::string>& metadata,
+                                              const Inputs& frame) {
+  const double r_max = positive_number(path, metadata, "r_max");
+  const bool recorded = metadata.count("closest_training_pair") != 0;
+  const double threshold = recorded ? positive_number(path, metadata, "closest_training_pair")
+                                    : NonFiniteOutputError::kOverlapFraction * r_max;
+  const std::optional<NonFiniteOutputError::ClosestPair> closest =
+      translate_torch_errors(path + ": finding the closest atoms", [&] { return closest_pair(frame); });
+  if (!closest || !(closest->distance < threshold)) return std::nullopt;
+  const std::string bound =
+      recorded ? "the closest pair the model was trained on, " + short_number(threshold) + " Å"
+               : short_number(NonFiniteOutputError::kOverlapFraction) + " * r_max = " + short_number(threshold) + " Å";
+  return path + ": " + default_pair(closest) + " are " + short_number(closest->distance) +
+         " Å apart, closer than " + bound +
+         ": the model extrapolates there and its energy and forces may be far off; check the structure "
+         "(this warning is given once per model)";
 }
 
 // ---------------------------------------------------------------------------------------
