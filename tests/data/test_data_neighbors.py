@@ -8,7 +8,7 @@ import pytest
 from ase.build import bulk, fcc111, graphene
 from ase.neighborlist import primitive_neighbor_list
 
-from nequip.data import compute_neighbor_list, neighbors
+from nequip.data import compute_neighbor_list, keys, neighbors, synthetic_frame
 
 
 def edge_set(edge_index, edge_cell_shift):
@@ -235,3 +235,11 @@ def test_real_structures_give_no_density_warning(r_max, aspirin_path, make_atoms
         for name, atoms in real_structures(aspirin_path, make_atoms).items():
             edge_index, _ = compute_neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, r_max)
             assert edge_index.shape[1] > 0, name
+
+
+def test_frame_in_units_of_a_small_r_max_gives_no_density_warning():
+    # AOTInductor traces on the synthetic frame of r_max = 1 Å: 4.6 atoms/Å³, but 19 neighbours each
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        frame = synthetic_frame(["A", "B"], r_max=1.0)
+    assert frame[keys.EDGE_INDEX].shape[1] > 0

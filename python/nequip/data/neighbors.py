@@ -13,10 +13,13 @@ import vesin
 # 100 times too small has 8·10^4 atoms/Å³, and 3·10^7 neighbours per atom at r_max = 4.5 Å
 # (a list that outgrew 24 GB); at 10^-6 of its size vesin would loop over some 10^18 images.
 MAX_ATOMS_PER_A3 = 1000.0
-# Atoms per Å³ above which the list is built with a warning: atoms 1 Å apart on average, five
-# times denser than diamond (0.18 atoms/Å³, the densest solid at ambient pressure). Still
-# possible for hydrogen at terapascals, so not refused; but mostly a cell 2-10 times too small.
+# A list is built with a warning above both of these: atoms 1 Å apart on average, five times
+# denser than diamond (0.18 atoms/Å³, the densest solid at ambient pressure), and more neighbours
+# per atom than diamond has within 5 Å (92). Mostly a cell 2-10 times too small; possible for
+# hydrogen at terapascals, so not refused. The second bound spares frames made in units of a
+# small r_max (the synthetic frame traced for AOTInductor: 4.6 atoms/Å³, 19 neighbours at 1 Å).
 DENSE_ATOMS_PER_A3 = 1.0
+CROWDED_NEIGHBOURS_PER_ATOM = 100.0
 _UNITS_ADVICE = (
     "check the cell's units (Å; not nm, not units of the lattice constant, not fractional "
     "coordinates read as Å) and that it is the cell of these positions"
@@ -52,7 +55,8 @@ def compute_neighbor_list(
 
     A periodic structure denser than ``MAX_ATOMS_PER_A3`` (a cell in the wrong units) is
     refused with a ValueError before the list is built; one denser than ``DENSE_ATOMS_PER_A3``
-    gets a UserWarning (once per message, Python's default filter).
+    with more than ``CROWDED_NEIGHBOURS_PER_ATOM`` neighbours per atom gets a UserWarning (once
+    per message, Python's default filter).
     """
     pos = np.ascontiguousarray(pos, dtype=np.float64).reshape(-1, 3)
     cell = np.ascontiguousarray(cell, dtype=np.float64).reshape(3, 3)
@@ -125,7 +129,10 @@ def _check_atoms_per_volume(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, 
     extent = np.ptp(pos @ across.T, axis=0)  # (3 - num_periodic,)
     volume = covolume * float(np.prod(np.maximum(extent, 4.0 / 3.0 * r_max)))
     density = len(pos) / volume
-    if density <= DENSE_ATOMS_PER_A3:
+    neighbours = density * 4.0 / 3.0 * math.pi * r_max**3
+    if density <= MAX_ATOMS_PER_A3 and (
+        density <= DENSE_ATOMS_PER_A3 or neighbours <= CROWDED_NEIGHBOURS_PER_ATOM
+    ):
         return
 
     lengths = ", ".join(f"{length:.3g}" for length in np.linalg.norm(periodic, axis=1))
@@ -143,7 +150,6 @@ def _check_atoms_per_volume(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, 
             f"cell length {lengths} Å along the periodic axis {axes} (in a column counted "
             f"{across_extent:.3g} Å² across: the atoms' extent, at least 4/3 r_max each way)"
         )
-    neighbours = density * 4.0 / 3.0 * math.pi * r_max**3
     spacing = density ** (-1.0 / 3.0)
     if density > MAX_ATOMS_PER_A3:
         raise ValueError(
