@@ -15,7 +15,7 @@ import vesin
 MAX_ATOMS_PER_A3 = 1000.0
 # A list is built with a warning above both of these: atoms 1 Å apart on average, five times
 # denser than diamond (0.18 atoms/Å³, the densest solid at ambient pressure), and more neighbours
-# per atom than diamond has within 5 Å (92). Mostly a cell 2-10 times too small; possible for
+# per atom than diamond has within 5 Å (92). Mostly a cell 3-20 times too short; possible for
 # hydrogen at terapascals, so not refused. The second bound spares frames made in units of a
 # small r_max (the synthetic frame traced for AOTInductor: 4.6 atoms/Å³, 19 neighbours at 1 Å).
 DENSE_ATOMS_PER_A3 = 1.0
