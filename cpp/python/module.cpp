@@ -192,6 +192,24 @@ py::dict compute_exchanging(nequip::Model& model, const py::array& pos, const py
   return outputs_to_dict(outputs);
 }
 
+py::dict metadata_dict(const nequip::Metadata& metadata) {
+  py::dict result;
+  result["model_dtype"] = metadata.model_dtype;
+  result["type_names"] = metadata.type_names;
+  result["num_types"] = metadata.num_types;
+  result["r_max"] = metadata.r_max;
+  result["per_edge_type_cutoff"] = metadata.per_edge_type_cutoff.empty()
+                                       ? py::object(py::none())
+                                       : py::cast(metadata.per_edge_type_cutoff);
+  result["allow_tf32"] = metadata.allow_tf32;
+  result["num_layers"] =
+      metadata.num_layers == 0 ? py::object(py::none()) : py::cast(metadata.num_layers);
+  result["compiled_for"] =
+      metadata.compiled_for.empty() ? py::object(py::none()) : py::cast(metadata.compiled_for);
+  result["raw"] = metadata.raw;
+  return result;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_runtime, m) {
@@ -316,30 +334,24 @@ exchange does (nequip::FeatureExchange); what they raise reaches the caller unch
 
   m.def(
       "read_metadata",
-      [](const std::string& path) {
-        const nequip::Metadata metadata = nequip::read_metadata(path);
-        py::dict result;
-        result["model_dtype"] = metadata.model_dtype;
-        result["type_names"] = metadata.type_names;
-        result["num_types"] = metadata.num_types;
-        result["r_max"] = metadata.r_max;
-        result["per_edge_type_cutoff"] = metadata.per_edge_type_cutoff.empty()
-                                             ? py::object(py::none())
-                                             : py::cast(metadata.per_edge_type_cutoff);
-        result["allow_tf32"] = metadata.allow_tf32;
-        result["num_layers"] =
-            metadata.num_layers == 0 ? py::object(py::none()) : py::cast(metadata.num_layers);
-        result["compiled_for"] = metadata.compiled_for.empty() ? py::object(py::none())
-                                                               : py::cast(metadata.compiled_for);
-        result["raw"] = metadata.raw;
-        return result;
-      },
+      [](const std::string& path) { return metadata_dict(nequip::read_metadata(path)); },
       py::arg("path"), R"doc(
 The checked metadata of a .nequip.pth / .nequip.pt2 file, without loading its model: a dict
 of model_dtype, type_names (list), num_types, r_max, per_edge_type_cutoff (num_types**2
 floats, row-major, or None), allow_tf32, num_layers (or None), compiled_for ("cpu", "cuda",
 or None when the file does not say) and raw (every key as stored).
 Raises ModelFileError for a bad file or metadata.
+)doc");
+
+  m.def(
+      "check_metadata",
+      [](const std::map<std::string, std::string>& metadata, const std::string& source) {
+        return metadata_dict(nequip::check_metadata(source, metadata));
+      },
+      py::arg("metadata"), py::arg("source") = "the model", R"doc(
+Metadata (a dict of strings) parsed and checked as the runtime reads a file's: the one check of
+FILE_CONTRACT §2 and the project's keys (the compiler asks it before writing a file). Returns
+what read_metadata does; raises ModelFileError, its message naming `source` and the key.
 )doc");
 
   m.def("select_device", &nequip::select_device, py::arg("requested"), py::arg("compiled_for"),

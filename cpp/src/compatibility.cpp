@@ -37,14 +37,14 @@ c10::Device available_device(const std::string& name) {
   if (device.is_cuda()) {
     if (!torch::cuda::is_available()) {
       throw DeviceError("device '" + name +
-                        "' requested but CUDA is not available to torch: use device 'cpu', or "
+                        "' requested, but CUDA is not available to torch: use device 'cpu', or "
                         "a CUDA build of torch on a machine with a GPU");
     }
     if (!device.has_index()) device.set_index(0);
     const int count = cuda_device_count();
     if (device.index() >= count) {
-      throw DeviceError("device '" + name + "' requested but only " + std::to_string(count) +
-                        " CUDA device(s) are visible");
+      throw DeviceError("device '" + name + "' requested, but only " + std::to_string(count) +
+                        " CUDA device(s) are visible: use one of them, or device 'cpu'");
     }
   }
   return device;

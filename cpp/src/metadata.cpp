@@ -183,3 +183,11 @@ Metadata parse_metadata(const std::string& path, std::map<std::string, std::stri
 }
 
 }  // namespace nequip::detail
+
+namespace nequip {
+
+Metadata check_metadata(const std::string& source, std::map<std::string, std::string> raw) {
+  return detail::parse_metadata(source, std::move(raw));
+}
+
+}  // namespace nequip

@@ -24,6 +24,7 @@ from nequip._runtime import (
     NonFiniteOutputError,
     TorchError,
     cuda_device_count,
+    parse_device,
     read_metadata,
     select_device,
 )
@@ -251,14 +252,36 @@ def test_cuda_device_that_does_not_exist(compiled_models):
     device = f"cuda:{count}"
     if count == 0:
         message = (
-            f"device '{device}' requested but CUDA is not available to torch: "
+            f"device '{device}' requested, but CUDA is not available to torch: "
             "use device 'cpu', or a CUDA build of torch on a machine with a GPU"
         )
     else:
-        message = f"device '{device}' requested but only {count} CUDA device(s) are visible"
+        message = f"device '{device}' requested, but only {count} CUDA device(s) are visible: use one of them, or device 'cpu'"
     path = compiled_models[PTH]
     with raises(DeviceError, f"{path}: {message}"):
         Model(str(path), device)
+    with raises(DeviceError, message):
+        parse_device(device)
+
+
+@pytest.mark.parametrize("name, parsed", [("cpu", "cpu"), ("cuda", "cuda"), ("cuda:1", "cuda:1")])
+def test_parse_device_without_the_machine_checks_the_name_only(name, parsed):
+    assert parse_device(name, on_this_machine=False) == parsed
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "cpu:1", "mps", ""])
+@pytest.mark.parametrize("on_this_machine", [True, False])
+def test_parse_device_refuses_a_malformed_name(name, on_this_machine):
+    """The project's one parser of device names: the compiler, the eager front ends and
+    pair_style nequip give this message."""
+    with raises(DeviceError, f"invalid device '{name}': expected 'cpu', 'cuda' or 'cuda:<index>'"):
+        parse_device(name, on_this_machine=on_this_machine)
+
+
+def test_parse_device_gives_the_canonical_name_of_a_device_here():
+    assert parse_device("cpu") == "cpu"
+    if torch.cuda.is_available():
+        assert parse_device("cuda") == "cuda:0"
 
 
 # -- inputs --------------------------------------------------------------------------------

@@ -264,6 +264,11 @@ class Model {
 // that needs only the type names or the cutoff). Throws ModelFileError or TorchError.
 Metadata read_metadata(const std::string& path);
 
+// `raw` parsed and checked as the metadata of a file is read: the one check of FILE_CONTRACT
+// §2 and the project's keys, which the compiler asks before it writes a file. `source` names
+// the metadata in messages (a path, "the model"). Throws ModelFileError.
+Metadata check_metadata(const std::string& source, std::map<std::string, std::string> raw);
+
 // The device a front end should open a file on: `requested` ("" = the file's own device type,
 // `compiled_for`, or "cpu" when that is empty; else "cpu", "cuda" or "cuda:k"). A "cuda"
 // without an index becomes "cuda:(local_rank mod num_cuda_devices)", so that the processes of
