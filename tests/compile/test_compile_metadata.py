@@ -104,34 +104,40 @@ def test_writer_requires_each_contract_key(key):
         check_model_metadata(metadata)
 
 
-# Each is refused by the C++ reader too (see tests/runtime/test_runtime_errors.py).
+# The writer asks the reader (_runtime.check_metadata): its message, naming the model.
 @pytest.mark.parametrize(
     "key, value, expected",
     [
         ("model_dtype", "float16", "'float32' or 'float64'"),
-        ("type_names", "Si  C", "non-empty type names joined by single spaces"),
-        ("type_names", "Si C ", "non-empty type names joined by single spaces"),
-        ("type_names", "Si Si", "distinct type names"),
-        ("num_types", "two", "the number of type names (2)"),
-        ("num_types", " 2", "the number of type names (2)"),
-        ("num_types", "3", "the number of type names (2)"),
-        ("r_max", "-1.0", "a positive decimal number"),
-        ("r_max", "nan", "a positive decimal number"),
-        ("r_max", "inf", "a positive decimal number"),
-        ("r_max", "5_0", "a positive decimal number"),
+        ("type_names", "Si  C", "names of visible ASCII characters joined by single spaces"),
+        ("type_names", "Si C ", "names of visible ASCII characters joined by single spaces"),
+        ("type_names", "Si Si", "distinct names ('Si' appears twice)"),
+        ("num_types", "two", "a positive decimal integer"),
+        ("num_types", "0", "a positive decimal integer"),
+        ("r_max", "-1.0", "a positive decimal float"),
+        ("r_max", "nan", "a positive decimal float"),
+        ("r_max", "inf", "a positive decimal float"),
+        ("r_max", "5_0", "a positive decimal float"),
         ("allow_tf32", "true", "'0' or '1'"),
         ("num_layers", "0", "a positive decimal integer"),
         ("num_layers", "-1", "a positive decimal integer"),
-        ("per_edge_type_cutoff", "", "2x2 = 4 space-separated numbers in (0, r_max = 5.0]"),
-        ("per_edge_type_cutoff", "5.0 4.5 4.5", "2x2 = 4 space-separated numbers in (0, r_max = 5.0]"),
-        ("per_edge_type_cutoff", "5.0 4.5 4.5 6.0", "2x2 = 4 space-separated numbers in (0, r_max = 5.0]"),
-        ("per_edge_type_cutoff", "5.0 4.5 4.5 0", "2x2 = 4 space-separated numbers in (0, r_max = 5.0]"),
+        ("per_edge_type_cutoff", "", "4 (num_types squared) floats in (0, r_max] joined by single spaces"),
+        ("per_edge_type_cutoff", "5.0 4.5 4.5", "4 (num_types squared) floats in (0, r_max] joined by single spaces"),
+        ("per_edge_type_cutoff", "5.0 4.5 4.5 6.0", "4 (num_types squared) floats in (0, r_max] joined by single spaces"),
+        ("per_edge_type_cutoff", "5.0 4.5 4.5 0", "4 (num_types squared) floats in (0, r_max] joined by single spaces"),
     ],
 )
 def test_writer_refuses_metadata_the_reader_refuses(key, value, expected):
     with pytest.raises(MetadataError) as error:
         check_model_metadata({**GOOD, key: value})
-    assert str(error.value) == f"the model: metadata key '{key}' is malformed: expected {expected}, got {value!r}"
+    assert str(error.value) == f"the model: metadata key '{key}' is malformed: expected {expected}, got '{value}'"
+
+
+def test_writer_refuses_a_number_of_types_other_than_the_names():
+    with pytest.raises(MetadataError) as error:
+        check_model_metadata({**GOOD, "num_types": "3"})
+    message = "the model: metadata key 'type_names' is malformed: expected 3 names joined by single spaces (num_types), got 'Si C'"
+    assert str(error.value) == message
 
 
 @pytest.mark.parametrize("value", ["Si Č", "Si\tC", "Si\nC"])
