@@ -182,8 +182,8 @@ def test_nequip_test_on_unknown_species_says_what_it_can_do(model_files, tmp_pat
 @pytest.mark.parametrize(
     "argument, message",
     [
-        ("directory", "{path}: a directory, not a model file; give the file itself (a checkpoint ('.ckpt'), a "
-         "package ('.nequip.zip') or a compiled model ('.nequip.pth', '.nequip.pt2'))"),
+        ("directory", "{path}: a directory, not a model file; give the file itself (a checkpoint ('.ckpt') or a "
+         "package ('.nequip.zip'))"),
         ("pth", "{path}: a compiled model (.nequip.pth), which only the C++ runtime runs: give the package "
          "('.nequip.zip') or checkpoint ('.ckpt') it was compiled from"),
     ],
