@@ -5,10 +5,8 @@ resume, a loss that is no longer finite, a write that fails: each is one line fr
 nequip-train (no traceback), and what a refused run would have written is not there.
 """
 
-import hashlib
 import os
 import resource
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,10 +19,10 @@ import yaml
 from nequip.scripts.train import main as nequip_train
 from nequip.train import load_checkpoint, train, validate_config
 from nequip.train.lightning_module import NequIPLightningModule
-from nequip.train.training import LOCK_NAME, DataChangedError, OutputDirInUseError, _CSVLogger, output_dir_lock
+from nequip.train.training import LOCK_NAME, OutputDirInUseError, _CSVLogger, output_dir_lock
 from nequip.utils.atomic_io import WriteError
 
-from .helpers import config_dict, make_emt_data
+from .helpers import config_dict
 
 
 def write_config(raw: dict, path) -> str:
@@ -113,27 +111,6 @@ def test_a_stale_lock_and_unfinished_writes_of_a_killed_run_are_cleaned_up(tiny_
     assert f"note: {lock} was left by process {dead.pid} on {host}, which is no longer running; taking it over" in caplog.messages
     assert f"note: removed {unfinished}, an unfinished write of an earlier run that was stopped" in caplog.messages
     assert sorted(p.name for p in output_dir.iterdir()) == ["best.ckpt", "config.yaml", "last.ckpt", "logs", "notes.tmp"]
-
-
-def test_resuming_on_changed_data_is_refused_as_such(trained_run, tmp_path):
-    output_dir = tmp_path / "out"
-    output_dir.mkdir()
-    shutil.copy(trained_run / "last.ckpt", output_dir / "last.ckpt")
-    saved = load_checkpoint(output_dir / "last.ckpt")["hyper_parameters"]["config"]["data"]["file"]
-    other = tmp_path / "other.xyz"
-    make_emt_data().write_emt_data(other, n_frames=10, seed=5, repeat=(1, 1, 2))
-    with pytest.raises(DataChangedError) as error:
-        train(validate_config(config_dict(other, output_dir, max_epochs=3)))
-
-    def sha(path):
-        return hashlib.sha256(open(path, "rb").read()).hexdigest()[:12]
-
-    assert str(error.value) == (
-        f"cannot resume from {output_dir / 'last.ckpt'}: the data changed since it was saved (data.file is now"
-        f" {other} (sha256 {sha(other)}), was {saved} (sha256 {sha(saved)})); restore that data to resume, or use"
-        " a new output_dir to train on this data"
-    )
-    assert sorted(p.name for p in output_dir.iterdir()) == ["last.ckpt"]
 
 
 def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch, capsys):

@@ -1,6 +1,5 @@
 """Training runs: learning, checkpoints, exact resumption, fine-tuning, damaged checkpoints."""
 
-import shutil
 
 import numpy as np
 import pytest
@@ -8,7 +7,7 @@ import torch
 import yaml
 
 from nequip.scripts.train import main as nequip_train
-from nequip.train import AtomicCheckpointIO, CheckpointError, ConfigError, load_checkpoint, train, validate_config
+from nequip.train import AtomicCheckpointIO, CheckpointError, load_checkpoint, train, validate_config
 from nequip.train.evaluation import compute_metrics, predict
 from nequip.load import ModelFromCheckpoint
 from nequip.train.training import load_source_model, resolve_model
@@ -60,38 +59,6 @@ def test_checkpoint_holds_weights_ema_optimizer_config_and_versions(trained_run)
     assert averaged.keys() == raw.keys()
     assert any(not torch.equal(averaged[name], raw[name]) for name in averaged)
     assert len(logged_column(trained_run, "val_loss")) == 2
-
-
-def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tiny_data, tmp_path):
-    train(validate_config(config_dict(tiny_data, tmp_path / "straight", max_epochs=4)))
-    train(validate_config(config_dict(tiny_data, tmp_path / "resumed", max_epochs=2)))
-    # the same command again, allowed two more epochs: picks up last.ckpt
-    train(validate_config(config_dict(tiny_data, tmp_path / "resumed", max_epochs=4)))
-
-    straight = load_checkpoint(tmp_path / "straight" / "last.ckpt")
-    resumed = load_checkpoint(tmp_path / "resumed" / "last.ckpt")
-    assert straight["global_step"] == resumed["global_step"] == 12
-    for key in ("state_dict", "current_model_state"):
-        assert straight[key].keys() == resumed[key].keys()
-        for name in straight[key]:
-            assert torch.equal(straight[key][name], resumed[key][name]), (key, name)
-    for name, state in straight["optimizer_states"][0]["state"].items():
-        assert torch.equal(state["exp_avg"], resumed["optimizer_states"][0]["state"][name]["exp_avg"])
-    assert logged_column(tmp_path / "straight", "val_loss") == logged_column(tmp_path / "resumed", "val_loss")
-
-
-def test_resuming_with_a_different_model_is_refused(trained_run, tiny_data, tmp_path):
-    output_dir = tmp_path / "out"
-    output_dir.mkdir()
-    shutil.copy(trained_run / "last.ckpt", output_dir / "last.ckpt")
-    raw = config_dict(tiny_data, output_dir, max_epochs=3)
-    raw["model"]["num_features"] = 8
-    with pytest.raises(ConfigError) as error:
-        train(validate_config(raw))
-    assert str(error.value) == (
-        f"model.num_features: 8 differs from 4 in {output_dir / 'last.ckpt'}, which this run would resume;"
-        " use a new output_dir to train a different model"
-    )
 
 
 @pytest.mark.parametrize(

@@ -39,6 +39,14 @@ from .checkpoint import AtomicCheckpointIO
 from .config import MODEL_ARGUMENTS, ConfigError, TrainingConfig, config_to_dict, parse_max_time
 from .data import NequIPDataModule, data_fingerprints
 from .lightning_module import NequIPLightningModule
+from .resume import (
+    DataChangedError,
+    batches_into_epoch,
+    check_resume_settings,
+    check_same_data,
+    check_same_model,
+    epochs_trained,
+)
 
 MONITOR = "val_loss"
 LOCK_NAME = "nequip-train.lock"
@@ -46,10 +54,6 @@ LOCK_NAME = "nequip-train.lock"
 
 class OutputDirInUseError(RuntimeError):
     """Another training run holds the output directory."""
-
-
-class DataChangedError(RuntimeError):
-    """The data of a run to resume is not the data its checkpoint was trained on."""
 
 
 def check_output_dir(output_dir: Path) -> None:
@@ -309,33 +313,6 @@ def write_resolved_config(config_dict: Dict[str, Any], model_config: Dict[str, A
         yaml.safe_dump({**config_dict, "resolved_model": model_config}, f, sort_keys=False)
 
 
-def _check_resume_matches(checkpoint: Dict[str, Any], model_config: Dict[str, Any], path: Path) -> None:
-    trained = checkpoint["hyper_parameters"]["model_config"]
-    for name in model_config:
-        if trained.get(name) != model_config[name]:
-            raise ConfigError(
-                f"model.{name}: {model_config[name]!r} differs from {trained.get(name)!r} in {path}, which this"
-                " run would resume; use a new output_dir to train a different model"
-            )
-
-
-def _check_same_data(checkpoint: Dict[str, Any], fingerprints: Dict[str, Dict[str, str]], path: Path) -> None:
-    """Refuse to resume on data other than the checkpoint's (the same bytes, wherever they are now)."""
-    saved = DataFingerprint.saved_in(checkpoint)
-    if saved is None:  # written before fingerprints were kept: the model check still applies
-        return
-    for key in sorted(saved.keys() | fingerprints.keys()):
-        before, now = saved.get(key), fingerprints.get(key)
-        if before is not None and now is not None and before["sha256"] == now["sha256"]:
-            continue
-        was = "not given" if before is None else f"{before['path']} (sha256 {before['sha256'][:12]})"
-        is_now = "not given" if now is None else f"{now['path']} (sha256 {now['sha256'][:12]})"
-        raise DataChangedError(
-            f"cannot resume from {path}: the data changed since it was saved ({key} is now {is_now},"
-            f" was {was}); restore that data to resume, or use a new output_dir to train on this data"
-        )
-
-
 def _remove_empty_dirs(directories: List[Path]) -> None:
     """Remove the directories (deepest first) that a run created and left empty."""
     for directory in directories:
@@ -370,6 +347,8 @@ def _train(config: TrainingConfig, output_dir: Path) -> L.Trainer:
             resume_checkpoint = load_checkpoint(last)
         except CheckpointError as err:
             raise CheckpointError(f"cannot resume: {err}; delete it to start over") from err.__cause__
+        # the settings first: they need no data, and a refused resume writes nothing
+        check_resume_settings(resume_checkpoint, config, last)
 
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     keep_freed_memory()
@@ -377,8 +356,8 @@ def _train(config: TrainingConfig, output_dir: Path) -> L.Trainer:
     model_config, datamodule = resolve_model(config, source)
     fingerprints = data_fingerprints(config.data)
     if resume_checkpoint is not None:
-        _check_same_data(resume_checkpoint, fingerprints, last)
-        _check_resume_matches(resume_checkpoint, model_config, last)
+        check_same_data(resume_checkpoint, fingerprints, last)
+        check_same_model(resume_checkpoint, model_config, last)
 
     config_dict = config_to_dict(config)
     module = NequIPLightningModule(model_config=model_config, config=config_dict)
@@ -388,7 +367,9 @@ def _train(config: TrainingConfig, output_dir: Path) -> L.Trainer:
     # output_dir holds config.yaml and the logs beside the checkpoints, on purpose
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     if resume_checkpoint is not None:
-        rank_zero_info(f"resuming from {last}, saved after epoch {resume_checkpoint['epoch'] + 1}")
+        done, into_epoch = epochs_trained(resume_checkpoint), batches_into_epoch(resume_checkpoint)
+        where = f"in epoch {done + 1} after batch {into_epoch}" if into_epoch else f"after epoch {done}"
+        rank_zero_info(f"resuming from {last}, saved {where}")
     elif source is not None:
         weights = source.state_dict()
         # refitted shifts replace the source's; everything else starts where the source ended
