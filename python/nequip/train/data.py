@@ -1,6 +1,7 @@
 """Training data: files read by ASE, split, and served as batches of frame dictionaries."""
 
 import hashlib
+import itertools
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import lightning as L
@@ -31,6 +32,26 @@ class EpochSeededRandomSampler(RandomSampler):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+class SkippingDataLoader(DataLoader):
+    """A DataLoader whose first pass starts ``skip_batches`` batches into its epoch.
+
+    A run stopped mid-epoch (SIGTERM) resumes there: Lightning restores its count of the epoch's
+    batches, and this loader leaves out the batches already trained on, so the resumed run sees
+    the batches an uninterrupted one would. Later passes are whole epochs. The skipped batches
+    are drawn and collated (frames in memory: cheap), not evaluated.
+    """
+
+    def __init__(self, *args, skip_batches: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skip_batches = skip_batches
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        skip, self.skip_batches = self.skip_batches, 0
+        # lazy: the skip happens at the first batch, after Lightning has set the sampler's epoch
+        return itertools.islice(iterator, skip, None) if skip else iterator
 
 
 class NequIPDataModule(L.LightningDataModule):
@@ -65,6 +86,8 @@ class NequIPDataModule(L.LightningDataModule):
         self.labels = tuple(labels)
         self.seed = seed
         self.datasets: Dict[str, AtomicDataset] = {}
+        # training batches of the first epoch that a run resumed mid-epoch has already done
+        self.resume_after_batches = 0
 
     def setup(self, stage: Optional[str] = None) -> None:
         # the datasets are needed before the model exists (statistics), so this may run early;
@@ -140,26 +163,32 @@ class NequIPDataModule(L.LightningDataModule):
             "force_rms": statistics.force_rms(train),
         }
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, loader_class=DataLoader, **options) -> DataLoader:
         dataset = self.datasets[split]
         batch_size = self.config.batch_size if split == "train" else (self.config.val_batch_size or self.config.batch_size)
-        return DataLoader(
+        return loader_class(
             dataset,
             batch_size=batch_size,
-            sampler=EpochSeededRandomSampler(dataset, self.seed) if shuffle else None,
             collate_fn=AtomicDataset.collate_fn,
             num_workers=self.config.num_workers,
             persistent_workers=self.config.num_workers > 0,
+            **options,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        dataset = self.datasets["train"]
+        return self._loader(
+            "train",
+            SkippingDataLoader,
+            sampler=EpochSeededRandomSampler(dataset, self.seed),
+            skip_batches=self.resume_after_batches,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
 
 
 def data_fingerprints(config: DataConfig) -> Dict[str, Dict[str, str]]:

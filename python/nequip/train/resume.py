@@ -83,23 +83,49 @@ def as_yaml(value: Any) -> str:
     return text.removesuffix("\n...").removesuffix("...").strip()
 
 
+def _progress(checkpoint: Dict[str, Any]) -> Tuple[int, int, bool]:
+    """(epochs whose end Lightning has processed, training batches done in the epoch after them,
+    whether those were all of that epoch's batches), from the loops' state of a checkpoint."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {})
+    epochs = loop.get("epoch_progress", {}).get("current")
+    batches = loop.get("epoch_loop.batch_progress")
+    if epochs is None or batches is None:  # not a Lightning training checkpoint of this version
+        return int(checkpoint["epoch"]) + 1, 0, False
+    if epochs["started"] == epochs["processed"]:  # saved at the end of an epoch (train epoch end)
+        return int(epochs["processed"]), 0, False
+    return int(epochs["processed"]), int(batches["current"]["processed"]), bool(batches["is_last_batch"])
+
+
 def epochs_trained(checkpoint: Dict[str, Any]) -> int:
-    """The epochs a checkpoint has finished (Lightning's count: what ``max_epochs`` is compared with)."""
-    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress")
-    if progress is None:  # not a Lightning training checkpoint of this version: its epoch index
-        return int(checkpoint["epoch"]) + 1
-    return int(progress["current"]["processed"])
+    """The epochs whose training batches a checkpoint has all done (what ``max_epochs`` counts).
+
+    Lightning saves ``last.ckpt`` at the end of an epoch, or, when validation does not run every
+    epoch, at the end of the validation after the epoch's last batch (the epoch counts as done:
+    resuming finishes it without training); a run stopped by SIGTERM saves it mid-epoch.
+    """
+    processed, _, finished = _progress(checkpoint)
+    return processed + int(finished)
 
 
 def batches_into_epoch(checkpoint: Dict[str, Any]) -> int:
     """Training batches (per process) of an unfinished epoch that a checkpoint saved mid-epoch
-    has done; 0 for a checkpoint saved at the end of an epoch."""
-    loop = checkpoint.get("loops", {}).get("fit_loop", {})
-    epochs = loop.get("epoch_progress", {}).get("current")
-    batches = loop.get("epoch_loop.batch_progress", {}).get("current")
-    if epochs is None or batches is None or epochs["started"] == epochs["processed"]:
-        return 0
-    return int(batches["processed"])
+    has done; 0 for a checkpoint saved after an epoch's last batch."""
+    _, batches, finished = _progress(checkpoint)
+    return 0 if finished else batches
+
+
+def missed_scheduler_step(checkpoint: Dict[str, Any]) -> Optional[float]:
+    """The validation loss of the learning-rate scheduler step that a checkpoint saved at the end
+    of an epoch lacks (Lightning saves it before that step; see ResumedSchedulerSteps), or None."""
+    schedulers = checkpoint.get("lr_schedulers") or []
+    if not schedulers or batches_into_epoch(checkpoint):
+        return None
+    every = checkpoint["hyper_parameters"]["config"]["trainer"]["check_val_every_n_epoch"]
+    if schedulers[0]["last_epoch"] >= epochs_trained(checkpoint) // every:
+        return None
+    (state,) = [v for k, v in checkpoint.get("callbacks", {}).items() if k.startswith("ModelCheckpoint")]
+    score = state.get("current_score")
+    return None if score is None else float(score)
 
 
 def training_time(checkpoint: Dict[str, Any]) -> Optional[datetime.timedelta]:
@@ -183,5 +209,6 @@ __all__ = [
     "check_same_data",
     "check_same_model",
     "epochs_trained",
+    "missed_scheduler_step",
     "training_time",
 ]

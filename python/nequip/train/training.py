@@ -33,7 +33,16 @@ from ..model import NequIPModel, build_model
 from ..utils.atomic_io import WriteError, atomic_open, remove_stale_temporaries
 from ..utils.memory import keep_freed_memory
 from ..utils.processes import is_running
-from .callbacks import DataFingerprint, EpochSummary, ExponentialMovingAverage, StopOnNonFiniteLoss
+from .callbacks import (
+    DataFingerprint,
+    EpochSummary,
+    ExponentialMovingAverage,
+    ResumedSchedulerSteps,
+    SaveLastCheckpoint,
+    StopOnNonFiniteLoss,
+    StopOnSIGTERM,
+    TrainingStopped,
+)
 from ..load import CheckpointError, ModelFromCheckpoint, ModelFromPackage, load_checkpoint, model_state_dict
 from .checkpoint import AtomicCheckpointIO
 from .config import MODEL_ARGUMENTS, ConfigError, TrainingConfig, config_to_dict, parse_max_time
@@ -46,6 +55,7 @@ from .resume import (
     check_same_data,
     check_same_model,
     epochs_trained,
+    missed_scheduler_step,
 )
 
 MONITOR = "val_loss"
@@ -240,21 +250,22 @@ def resolve_model(config: TrainingConfig, source: Optional[NequIPModel]):
 def build_trainer(config: TrainingConfig, extra_callbacks: Sequence[Callback] = ()) -> L.Trainer:
     """The Lightning Trainer of a configuration: checkpoints, EMA, early stopping, CSV logs.
 
-    The run stops at the first training step whose loss is not finite.
+    The run stops at the first training step whose loss is not finite, and at the end of the
+    training step during which SIGTERM arrived (saving last.ckpt).
     """
     output_dir = Path(config.output_dir)
-    checkpoints = ModelCheckpoint(
+    best = ModelCheckpoint(
         dirpath=output_dir,
         filename="best",
         monitor=MONITOR,
         mode="min",
         save_top_k=1,
-        save_last=True,
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
     callbacks = [
-        checkpoints,
+        best,
+        SaveLastCheckpoint(output_dir / "last.ckpt"),  # after best: it saves its state too
         StopOnNonFiniteLoss(),
         EpochSummary(),
         LearningRateMonitor(logging_interval="epoch"),
@@ -273,6 +284,8 @@ def build_trainer(config: TrainingConfig, extra_callbacks: Sequence[Callback] = 
                 min_delta=config.early_stopping.min_delta,
             )
         )
+    # last: the checkpoint it saves must hold every other callback's state after the batch (EMA's)
+    callbacks.append(StopOnSIGTERM(output_dir / "last.ckpt"))
     # each launch, resumed ones included, logs to a new output_dir/logs/version_<n>/
     loggers = [_CSVLogger(output_dir, name="logs")]
     if importlib.util.find_spec("tensorboard") is not None:
@@ -361,7 +374,10 @@ def _train(config: TrainingConfig, output_dir: Path) -> L.Trainer:
 
     config_dict = config_to_dict(config)
     module = NequIPLightningModule(model_config=model_config, config=config_dict)
-    trainer = build_trainer(config, extra_callbacks=[DataFingerprint(fingerprints)])
+    extra_callbacks = [DataFingerprint(fingerprints)]
+    if resume_checkpoint is not None:
+        extra_callbacks.append(ResumedSchedulerSteps(missed_scheduler_step(resume_checkpoint)))
+    trainer = build_trainer(config, extra_callbacks=extra_callbacks)
     write_resolved_config(config_dict, model_config, output_dir)
 
     # output_dir holds config.yaml and the logs beside the checkpoints, on purpose
@@ -370,6 +386,9 @@ def _train(config: TrainingConfig, output_dir: Path) -> L.Trainer:
         done, into_epoch = epochs_trained(resume_checkpoint), batches_into_epoch(resume_checkpoint)
         where = f"in epoch {done + 1} after batch {into_epoch}" if into_epoch else f"after epoch {done}"
         rank_zero_info(f"resuming from {last}, saved {where}")
+        # the training loader leaves out the batches done (SkippingDataLoader), which Lightning cannot see
+        datamodule.resume_after_batches = into_epoch
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     elif source is not None:
         weights = source.state_dict()
         # refitted shifts replace the source's; everything else starts where the source ended
@@ -380,6 +399,15 @@ def _train(config: TrainingConfig, output_dir: Path) -> L.Trainer:
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume_checkpoint is not None else None)
 
+    stop = next(c for c in trainer.callbacks if isinstance(c, StopOnSIGTERM))
+    if stop.stopped() is not None:
+        raise stop.stopped()
+    if stop.received and datamodule.has_test_data:  # SIGTERM in the last validation: training is done
+        raise TrainingStopped(
+            f"stopped by SIGTERM after the last epoch: {last} holds the finished run, but the test data were not"
+            f" evaluated (nequip-test {trainer.checkpoint_callback.best_model_path or last} evaluates them)",
+            resumable=False,
+        )
     if datamodule.has_test_data and trainer.is_global_zero:
         if trainer.checkpoint_callback.best_model_path:
             evaluate_test_set(config, trainer, datamodule)
@@ -407,6 +435,7 @@ def evaluate_test_set(config: TrainingConfig, trainer: L.Trainer, datamodule: Ne
 __all__ = [
     "DataChangedError",
     "OutputDirInUseError",
+    "TrainingStopped",
     "train",
     "build_trainer",
     "resolve_model",
