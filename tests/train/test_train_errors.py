@@ -1,7 +1,8 @@
 """Training runs that cannot go on end in one message, and leave nothing half-done behind.
 
-Bad data, an output directory in use or under a file, data that changed under a run to
-resume, a loss that is no longer finite, a write that fails: each is one line from
+Bad data (empty, non-finite or too large labels), a model to fine-tune whose weights are not
+finite, an output directory in use or under a file, a loss that is no longer finite, a write
+that fails: each is one line from
 nequip-train (no traceback), and what a refused run would have written is not there.
 """
 
@@ -14,8 +15,11 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
+import torch
 import yaml
 
+import nequip.package.build
+from nequip.package import build_package
 from nequip.scripts.train import main as nequip_train
 from nequip.train import load_checkpoint, train, validate_config
 from nequip.train.lightning_module import NequIPLightningModule
@@ -68,6 +72,67 @@ def test_a_nan_label_is_refused_by_its_frame_in_the_file(tiny_data, tmp_path, ca
     assert nequip_train([config]) == 1
     assert capsys.readouterr().err == (
         f"nequip-train: {data}: frame 7: label 'total_energy' is not finite (nan); fix or remove the frame\n"
+    )
+    assert not output_dir.exists()
+
+
+@pytest.mark.parametrize(
+    "label, value, shown",
+    [
+        ("energy", 1e300, "'total_energy' is 1e+300 eV (1.25e+299 eV per atom)"),
+        ("forces", 1e160, "'forces' is 1e+160 eV/Å on atom 5"),
+    ],
+)
+def test_a_label_whose_loss_overflows_is_refused_by_its_frame(tiny_data, tmp_path, capsys, label, value, shown):
+    frames = ase.io.read(tiny_data, index=":")
+    if label == "energy":
+        frames[7].calc.results["energy"] = value
+    else:
+        frames[7].calc.results["forces"][5, 1] = value
+    data = tmp_path / "huge.xyz"
+    ase.io.write(data, frames)
+    output_dir = tmp_path / "out"
+    config = write_config(config_dict(data, output_dir), tmp_path / "config.yaml")
+    assert nequip_train([config]) == 1
+    assert capsys.readouterr().err == (
+        f"nequip-train: {data}: frame 7: label {shown}, too large to train on (its squared error in the loss"
+        " overflows float64); fix or remove the frame, or check data.energy_units_to_eV\n"
+    )
+    assert not output_dir.exists()
+
+
+def test_an_empty_data_file_is_named_empty(tmp_path, capsys):
+    data = tmp_path / "train.xyz"
+    data.write_bytes(b"")
+    output_dir = tmp_path / "out"
+    config = write_config(config_dict(data, output_dir), tmp_path / "config.yaml")
+    assert nequip_train([config]) == 1
+    assert capsys.readouterr().err == (
+        f"nequip-train: data.file: {data} is empty; give a file of structures with their labels (e.g. extxyz)\n"
+    )
+    assert not output_dir.exists()
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "package"])
+def test_fine_tuning_from_non_finite_weights_names_them(trained_run, tiny_data, tmp_path, capsys, monkeypatch, kind):
+    checkpoint = torch.load(trained_run / "best.ckpt", weights_only=True)
+    name = "readout.weight"
+    checkpoint["state_dict"][f"model.{name}"][0] = float("nan")
+    source = tmp_path / "diverged.ckpt"
+    torch.save(checkpoint, source)
+    if kind == "package":
+        # packaging refuses such weights itself: skip that check to make the file
+        monkeypatch.setattr(nequip.package.build, "_check_finite_weights", lambda *_: None)
+        package = tmp_path / "diverged.nequip.zip"
+        build_package(source, package, verify=False)
+        source = package
+    output_dir = tmp_path / "fine"
+    raw = config_dict(tiny_data, output_dir, model={f"from_{kind}": str(source)})
+    del raw["data"]["type_names"]
+    assert nequip_train([write_config(raw, tmp_path / "config.yaml")]) == 1
+    assert capsys.readouterr().err == (
+        f"nequip-train: {source}: the model's weights are not finite (NaN or infinite), first in {name}; fine-tune"
+        " from a checkpoint saved before its training diverged\n"
     )
     assert not output_dir.exists()
 

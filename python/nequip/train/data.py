@@ -2,6 +2,7 @@
 
 import hashlib
 import itertools
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import lightning as L
@@ -95,7 +96,7 @@ class NequIPDataModule(L.LightningDataModule):
         if self.datasets:
             return
         for split, (path, numbers, frames) in self._read_splits().items():
-            self.datasets[split] = AtomicDataset.from_ase(
+            dataset = AtomicDataset.from_ase(
                 frames,
                 self.type_mapper,
                 self.r_max,
@@ -107,6 +108,8 @@ class NequIPDataModule(L.LightningDataModule):
                 labels=self.labels,
                 require_labels=True,
             )
+            check_labels_can_be_learned(dataset.frames, path, numbers)
+            self.datasets[split] = dataset
 
     def _read(self, key: str) -> List:
         """The frames of the file that ``data.<key>`` names; a file that is not one is named by its key."""
@@ -189,6 +192,40 @@ class NequIPDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test")
+
+
+# the largest label (in eV, Å) whose square, as the loss sums it in float64, is finite
+_LARGEST_LABEL = math.sqrt(torch.finfo(torch.float64).max)
+_UNITS = {keys.TOTAL_ENERGY: "eV", keys.FORCES: "eV/Å", keys.STRESS: "eV/Å³"}
+
+
+def check_labels_can_be_learned(frames: Sequence[Dict[str, torch.Tensor]], source: str, numbers: Sequence[int]) -> None:
+    """Refuse a label so large that its loss overflows (a squared error of more than float64 holds).
+
+    Training would stop at its first step with an infinite loss, and the learning rate would
+    look like the cause. Energies enter the loss per atom. Frames are named by ``numbers``,
+    their positions in ``source``.
+    """
+    for number, frame in zip(numbers, frames):
+        for label in (keys.TOTAL_ENERGY, keys.FORCES, keys.STRESS):
+            if label not in frame:
+                continue
+            value = frame[label]
+            learned = value.abs() / len(frame[keys.POS]) if label == keys.TOTAL_ENERGY else value.abs()
+            if float(learned.max()) < _LARGEST_LABEL:
+                continue
+            unit = _UNITS[label]
+            if label == keys.TOTAL_ENERGY:
+                shown = f"{float(value):.6g} {unit} ({float(value) / len(frame[keys.POS]):.6g} {unit} per atom)"
+            elif label == keys.FORCES:
+                atom, component = divmod(int(learned.argmax()), 3)
+                shown = f"{float(value[atom, component]):.6g} {unit} on atom {atom}"
+            else:
+                shown = f"{float(value.view(-1)[int(learned.argmax())]):.6g} {unit}"
+            raise ValueError(
+                f"{source}: frame {number}: label '{label}' is {shown}, too large to train on (its squared error"
+                " in the loss overflows float64); fix or remove the frame, or check data.energy_units_to_eV"
+            )
 
 
 def data_fingerprints(config: DataConfig) -> Dict[str, Dict[str, str]]:

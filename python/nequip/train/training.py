@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import lightning as L
+import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -43,7 +44,14 @@ from .callbacks import (
     StopOnSIGTERM,
     TrainingStopped,
 )
-from ..load import CheckpointError, ModelFromCheckpoint, ModelFromPackage, load_checkpoint, model_state_dict
+from ..load import (
+    CheckpointError,
+    ModelFileError,
+    ModelFromCheckpoint,
+    ModelFromPackage,
+    load_checkpoint,
+    model_state_dict,
+)
 from .checkpoint import AtomicCheckpointIO
 from .config import MODEL_ARGUMENTS, ConfigError, TrainingConfig, config_to_dict, parse_max_time
 from .data import NequIPDataModule, data_fingerprints
@@ -184,10 +192,27 @@ class _CSVLogger(CSVLogger):
 def load_source_model(config: TrainingConfig) -> Optional[NequIPModel]:
     """The model a fine-tuning run starts from, or None for a new model."""
     if config.model.from_checkpoint is not None:
-        return ModelFromCheckpoint(config.model.from_checkpoint)
-    if config.model.from_package is not None:
-        return ModelFromPackage(config.model.from_package)
-    return None
+        path, model = config.model.from_checkpoint, ModelFromCheckpoint(config.model.from_checkpoint)
+    elif config.model.from_package is not None:
+        path, model = config.model.from_package, ModelFromPackage(config.model.from_package)
+    else:
+        return None
+    check_finite_weights(model, path)
+    return model
+
+
+def check_finite_weights(model: torch.nn.Module, path) -> None:
+    """Refuse a model to fine-tune whose weights are NaN or infinite (its training diverged):
+    its first training step would end the run with an infinite loss blamed on the learning rate.
+
+    (To be replaced by the same check in the loaders of nequip.load, which every reader passes.)
+    """
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ModelFileError(
+                f"{path}: the model's weights are not finite (NaN or infinite), first in {name}; fine-tune from a"
+                " checkpoint saved before its training diverged"
+            )
 
 
 def data_labels(config: TrainingConfig):
