@@ -41,7 +41,7 @@ def test_output_dir_under_a_file_is_refused(tiny_data, tmp_path, capsys):
     assert nequip_train([config]) == 2
     assert capsys.readouterr().err == (
         f"nequip-train: invalid configuration {config}: output_dir: {blocker / 'run'} is under {blocker},"
-        " which is a file; choose an output_dir in a directory\n"
+        " which is a file; give a directory elsewhere\n"
     )
     assert nequip_train([write_config(config_dict(tiny_data, blocker), tmp_path / "config.yaml")]) == 2
     assert capsys.readouterr().err.endswith(

@@ -30,8 +30,8 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from ..data import keys
-from ..model import NequIPModel, build_model
-from ..utils.atomic_io import WriteError, atomic_open, remove_stale_temporaries
+from ..model import NequIPModel, resolve_hyperparameters
+from ..utils.atomic_io import WriteError, atomic_open, check_output_dir, remove_stale_temporaries
 from ..utils.memory import keep_freed_memory
 from ..utils.processes import is_running
 from .callbacks import (
@@ -53,7 +53,7 @@ from ..load import (
     model_state_dict,
 )
 from .checkpoint import AtomicCheckpointIO
-from .config import MODEL_ARGUMENTS, ConfigError, TrainingConfig, config_to_dict, parse_max_time
+from .config import ConfigError, TrainingConfig, config_to_dict, parse_max_time
 from .data import NequIPDataModule, data_fingerprints
 from .lightning_module import NequIPLightningModule
 from .resume import (
@@ -72,19 +72,6 @@ LOCK_NAME = "nequip-train.lock"
 
 class OutputDirInUseError(RuntimeError):
     """Another training run holds the output directory."""
-
-
-def check_output_dir(output_dir: Path) -> None:
-    """Refuse an output_dir that is a file or lies under one (before anything is written)."""
-    for path in (output_dir, *output_dir.parents):
-        if path.exists():
-            if path.is_dir():
-                return
-            if path == output_dir:
-                raise ConfigError(f"output_dir: {output_dir} is a file; give a directory (it is created if missing)")
-            raise ConfigError(
-                f"output_dir: {output_dir} is under {path}, which is a file; choose an output_dir in a directory"
-            )
 
 
 def _lock_holder(path: Path) -> Optional[tuple]:
@@ -248,11 +235,10 @@ def resolve_model(config: TrainingConfig, source: Optional[NequIPModel]):
                 f" fine-tuned, {model_config['type_names']}; leave it out or list them in that order"
             )
     else:
-        given = {name: getattr(config.model, name) for name in MODEL_ARGUMENTS}
-        given["type_names"] = config.data.type_names
-        # building it checks the hyperparameters before any data is read, and puts the
-        # per-edge-type cutoffs into the form the neighbour lists need
-        model_config = build_model(given).config
+        given = {"type_names": config.data.type_names, **config.model.hyperparameters()}
+        # resolved before any data is read: the per-edge-type cutoffs in the form the neighbour
+        # lists need (validate_config has checked the values)
+        model_config = resolve_hyperparameters(**given)
     datamodule = build_datamodule(config, model_config)
 
     if source is None or config.model.refit_energy_shifts:
@@ -268,7 +254,7 @@ def resolve_model(config: TrainingConfig, source: Optional[NequIPModel]):
             for name, value in defaults.items():
                 if getattr(config.model, name) is None:
                     given[name] = value
-            model_config = build_model(given).config
+            model_config = resolve_hyperparameters(**given)
     return model_config, datamodule
 
 
@@ -362,8 +348,10 @@ def _remove_empty_dirs(directories: List[Path]) -> None:
 
 def train(config: TrainingConfig) -> L.Trainer:
     """Run (or resume) the training that ``config`` describes; returns the fitted Trainer."""
-    output_dir = Path(config.output_dir)
-    check_output_dir(output_dir)
+    try:
+        output_dir = check_output_dir(config.output_dir)
+    except ValueError as err:
+        raise ConfigError(f"output_dir: {err}") from None
     # a run refused before writing anything leaves no directory behind either
     created = [p for p in (output_dir, *output_dir.parents) if not p.exists()]
     try:
