@@ -195,6 +195,7 @@ NON_DEFAULT_MODEL = {
     "per_type_energy_scales": [0.5, 0.7],
     "per_edge_type_cutoff": {"Cu": {"Au": 4.0}},
     "model_dtype": "float64",
+    "closest_training_pair": 1.9,
 }
 
 

@@ -155,3 +155,15 @@ def test_resuming_on_changed_data_is_refused_as_such(finished_run, tmp_path):
         " a new output_dir to train on this data"
     )
     assert files(output_dir) == before
+
+
+def test_a_checkpoint_that_predates_closest_training_pair_resumes_and_records_it(finished_run):
+    output_dir, config = finished_run
+    last = output_dir / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    recorded = checkpoint["hyper_parameters"]["model_config"].pop("closest_training_pair")
+    torch.save(checkpoint, last)
+    assert nequip_train([config, "trainer.max_epochs=3"]) == 0
+    resumed = load_checkpoint(last)
+    assert resumed["epoch"] == 2
+    assert resumed["hyper_parameters"]["model_config"]["closest_training_pair"] == recorded

@@ -1,9 +1,12 @@
 """Training runs: learning, checkpoints, exact resumption, fine-tuning, damaged checkpoints."""
 
 
+import ase.io
 import numpy as np
 import pytest
 import torch
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.neighborlist import neighbor_list
 import yaml
 
 from nequip.scripts.train import main as nequip_train
@@ -147,3 +150,71 @@ def test_test_frames_are_evaluated_with_the_best_checkpoint(tiny_data, tmp_path,
     train(validate_config(config_dict(tiny_data, tmp_path / "out", split=split, max_epochs=1)))
     table = capsys.readouterr().out
     assert "test_forces_mae" in table and "test_energy_per_atom_mae" in table
+
+
+def _closest_pair_by_ase(frames, r_max):
+    """The shortest distance between two atoms (periodic images included) within r_max, by ASE."""
+    return min(float(neighbor_list("d", atoms, r_max).min()) for atoms in frames)
+
+
+def _squeezed(frames, distance):
+    """The frames with the first frame's atom 1 moved to ``distance`` Å from its atom 0 (labels kept)."""
+    first = frames[0]
+    labels = dict(energy=first.get_potential_energy(), forces=first.get_forces())
+    direction = first.positions[1] - first.positions[0]
+    first.positions[1] = first.positions[0] + distance * direction / np.linalg.norm(direction)
+    first.calc = SinglePointCalculator(first, **labels)
+    return frames
+
+
+@pytest.fixture
+def train_and_val_files(tiny_data, tmp_path):
+    """Training frames whose closest pair is 1.8 Å, and validation frames with a closer one (1.5 Å)."""
+    frames = ase.io.read(tiny_data, index=":")
+    files = {"train": tmp_path / "train.xyz", "val": tmp_path / "val.xyz"}
+    ase.io.write(files["train"], _squeezed(frames[:6], 1.8))
+    ase.io.write(files["val"], _squeezed(frames[6:], 1.5))
+    return files
+
+
+def _separate_files_config(files, output_dir, **model):
+    raw = config_dict(files["train"], output_dir, model=model or None)
+    raw["data"] = {"type_names": TYPE_NAMES, "train_file": str(files["train"]), "val_file": str(files["val"])}
+    if model:
+        del raw["data"]["type_names"]
+    return raw
+
+
+def test_closest_training_pair_is_the_shortest_distance_in_the_training_frames(train_and_val_files, tmp_path):
+    config = validate_config(_separate_files_config(train_and_val_files, tmp_path / "out"))
+    model_config, _ = resolve_model(config, None)
+    expected = _closest_pair_by_ase(ase.io.read(train_and_val_files["train"], index=":"), config.model.r_max)
+    assert expected == pytest.approx(1.8, abs=1e-7)  # the squeezed pair (extxyz keeps 8 decimals), not the validation frames' 1.5 Å
+    assert model_config["closest_training_pair"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_closest_training_pair_is_recorded_in_checkpoints_and_metadata(trained_run):
+    recorded = load_checkpoint(trained_run / "best.ckpt")["hyper_parameters"]["model_config"]["closest_training_pair"]
+    assert 2.0 < recorded < 3.0  # Cu/Au nearest neighbours, rattled
+    metadata = ModelFromCheckpoint(trained_run / "best.ckpt").metadata()
+    assert float(metadata["closest_training_pair"]) == recorded
+
+
+@pytest.mark.parametrize("parent, expected", [(None, 1.8), (1.2, 1.2), (2.5, 1.8)])
+def test_fine_tuning_records_the_closer_of_the_parents_and_the_new_datas_closest_pair(
+    trained_run, train_and_val_files, tmp_path, parent, expected
+):
+    checkpoint = torch.load(trained_run / "best.ckpt", weights_only=True)
+    # None: a checkpoint written before the record existed, which still loads
+    if parent is None:
+        del checkpoint["hyper_parameters"]["model_config"]["closest_training_pair"]
+    else:
+        checkpoint["hyper_parameters"]["model_config"]["closest_training_pair"] = parent
+    source_path = tmp_path / "parent.ckpt"
+    torch.save(checkpoint, source_path)
+    source = ModelFromCheckpoint(source_path)
+    assert ("closest_training_pair" in source.metadata()) == (parent is not None)
+
+    config = validate_config(_separate_files_config(train_and_val_files, tmp_path / "fine", from_checkpoint=str(source_path)))
+    model_config, _ = resolve_model(config, load_source_model(config))
+    assert model_config["closest_training_pair"] == pytest.approx(expected, abs=1e-7)

@@ -49,6 +49,9 @@ class NequIPModel(torch.nn.Module):
             ``{centre: r}`` or ``{centre: {neighbour: r}}`` (missing pairs use ``r_max``), or
             ``num_types**2`` numbers in row-major order (row = centre type).
         model_dtype: ``"float32"`` or ``"float64"``.
+        closest_training_pair: the shortest distance between two atoms in the data the model was
+            trained on (Å), a record (the ``closest_training_pair`` metadata key, against which the
+            runtime warns about closer pairs); None when unknown. It does not change the model.
     """
 
     def __init__(
@@ -68,6 +71,7 @@ class NequIPModel(torch.nn.Module):
         per_type_energy_scales: PerType = None,
         per_edge_type_cutoff: Union[None, Sequence[float], Dict[str, Union[float, Dict[str, float]]]] = None,
         model_dtype: str = "float32",
+        closest_training_pair: Optional[float] = None,
     ):
         super().__init__()
         self.config = resolve_hyperparameters(
@@ -86,6 +90,7 @@ class NequIPModel(torch.nn.Module):
             per_type_energy_scales=per_type_energy_scales,
             per_edge_type_cutoff=per_edge_type_cutoff,
             model_dtype=model_dtype,
+            closest_training_pair=closest_training_pair,
         )
         # the resolved values from here on
         type_names, r_max, l_max = self.config["type_names"], self.config["r_max"], self.config["l_max"]
@@ -158,6 +163,9 @@ class NequIPModel(torch.nn.Module):
         }
         if self.config["per_edge_type_cutoff"] is not None:
             metadata["per_edge_type_cutoff"] = " ".join(repr(c) for c in self.config["per_edge_type_cutoff"])
+        # a record of the training data: pairs closer than any it held are extrapolation
+        if self.config["closest_training_pair"] is not None:
+            metadata["closest_training_pair"] = repr(self.config["closest_training_pair"])
         return metadata
 
     def edge_vectors(
@@ -400,6 +408,7 @@ def resolve_hyperparameters(
     per_type_energy_scales: PerType,
     per_edge_type_cutoff,
     model_dtype: str,
+    closest_training_pair: Optional[float],
 ) -> Dict[str, Any]:
     """NequIPModel's arguments checked and resolved (``model.config``): per-type values as lists
     in type order, per-edge-type cutoffs as num_types² floats (or None), numbers as floats and ints.
@@ -413,6 +422,8 @@ def resolve_hyperparameters(
     _check_positive("polynomial_cutoff_p", polynomial_cutoff_p)
     if avg_num_neighbors is not None:
         _check_positive("avg_num_neighbors", avg_num_neighbors)
+    if closest_training_pair is not None:
+        _check_positive("closest_training_pair", closest_training_pair)
     for name, value, minimum in (
         ("l_max", l_max, 0),
         ("num_layers", num_layers, 1),
@@ -440,6 +451,7 @@ def resolve_hyperparameters(
         per_type_energy_scales=_per_type("per_type_energy_scales", per_type_energy_scales, type_names, default=1.0),
         per_edge_type_cutoff=_edge_type_cutoffs(per_edge_type_cutoff, type_names, float(r_max)),
         model_dtype=model_dtype,
+        closest_training_pair=None if closest_training_pair is None else float(closest_training_pair),
     )
 
 

@@ -122,9 +122,9 @@ PerTypeValues = Optional[Union[float, List[float], Dict[str, float]]]
 class ModelConfig(_Section):
     """NequIPModel's arguments (same names and defaults), or a model to fine-tune.
 
-    ``avg_num_neighbors``, ``per_type_energy_shifts`` and ``per_type_energy_scales`` left
-    out (null) are computed from the training data (average number of neighbours,
-    least-squares per-type energies, force RMS). ``type_names`` comes from
+    ``avg_num_neighbors``, ``per_type_energy_shifts``, ``per_type_energy_scales`` and
+    ``closest_training_pair`` left out (null) are computed from the training data (average
+    number of neighbours, least-squares per-type energies, force RMS, shortest edge). ``type_names`` comes from
     ``data.type_names``. The schema gives each argument's type; its values are checked by
     NequIPModel's own check (``resolve_hyperparameters``), whose messages are reported here.
     """
@@ -145,6 +145,9 @@ class ModelConfig(_Section):
         None, description="{centre: r}, {centre: {neighbour: r}}, or num_types**2 numbers (row = centre type)"
     )
     model_dtype: Literal["float32", "float64"] = _MODEL_DEFAULTS["model_dtype"]
+    closest_training_pair: Optional[float] = Field(
+        None, description="Å, a record for the runtime's close-pair warning; left out: from the training data"
+    )
     # fine-tuning: start from a trained model instead of the hyperparameters above
     from_checkpoint: Optional[str] = Field(None, description="fine-tune the model of this training checkpoint")
     from_package: Optional[str] = Field(None, description="fine-tune the model of this package")

@@ -164,6 +164,7 @@ class NequIPDataModule(L.LightningDataModule):
             "avg_num_neighbors": statistics.average_num_neighbors(train),
             "per_type_energy_shifts": statistics.per_type_energy_shifts(train, num_types).tolist(),
             "force_rms": statistics.force_rms(train),
+            "closest_pair": statistics.shortest_edge_length(train),
         }
 
     def _loader(self, split: str, loader_class=DataLoader, **options) -> DataLoader:

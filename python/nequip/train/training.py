@@ -223,9 +223,11 @@ def build_datamodule(config: TrainingConfig, model_config: Dict[str, Any]) -> Ne
 def resolve_model(config: TrainingConfig, source: Optional[NequIPModel]):
     """The model's full hyperparameters and the data module; statistics fill the gaps.
 
-    ``avg_num_neighbors``, ``per_type_energy_shifts`` and ``per_type_energy_scales`` not given
-    become the training data's average number of neighbours, least-squares per-type energies
-    and force RMS. A fine-tuned model keeps its own, except shifts with ``refit_energy_shifts``.
+    ``avg_num_neighbors``, ``per_type_energy_shifts``, ``per_type_energy_scales`` and
+    ``closest_training_pair`` not given become the training data's average number of
+    neighbours, least-squares per-type energies, force RMS and shortest edge. A fine-tuned model
+    keeps its own, except shifts with ``refit_energy_shifts``, and records the closer of its
+    parent's closest pair and the new data's.
     """
     if source is not None:
         model_config = dict(source.config)
@@ -241,20 +243,24 @@ def resolve_model(config: TrainingConfig, source: Optional[NequIPModel]):
         model_config = resolve_hyperparameters(**given)
     datamodule = build_datamodule(config, model_config)
 
-    if source is None or config.model.refit_energy_shifts:
-        statistics = datamodule.statistics()
-        if source is not None:
+    statistics = datamodule.statistics()
+    if source is not None:
+        if config.model.refit_energy_shifts:
             model_config["per_type_energy_shifts"] = statistics["per_type_energy_shifts"]
-        else:
-            defaults = {
-                "avg_num_neighbors": statistics["avg_num_neighbors"],
-                "per_type_energy_shifts": statistics["per_type_energy_shifts"],
-                "per_type_energy_scales": statistics["force_rms"],
-            }
-            for name, value in defaults.items():
-                if getattr(config.model, name) is None:
-                    given[name] = value
-            model_config = resolve_hyperparameters(**given)
+        # the parent's record may predate closest_training_pair (None)
+        known = [d for d in (model_config.get("closest_training_pair"), statistics["closest_pair"]) if d is not None]
+        model_config["closest_training_pair"] = min(known, default=None)
+    else:
+        defaults = {
+            "avg_num_neighbors": statistics["avg_num_neighbors"],
+            "per_type_energy_shifts": statistics["per_type_energy_shifts"],
+            "per_type_energy_scales": statistics["force_rms"],
+            "closest_training_pair": statistics["closest_pair"],
+        }
+        for name, value in defaults.items():
+            if getattr(config.model, name) is None:
+                given[name] = value
+        model_config = resolve_hyperparameters(**given)
     return model_config, datamodule
 
 
