@@ -26,7 +26,7 @@ from nequip.train.lightning_module import NequIPLightningModule
 from nequip.train.training import LOCK_NAME, OutputDirInUseError, _CSVLogger, output_dir_lock
 from nequip.utils.atomic_io import WriteError
 
-from .helpers import config_dict
+from fixtures.training import training_config
 
 
 def write_config(raw: dict, path) -> str:
@@ -37,13 +37,13 @@ def write_config(raw: dict, path) -> str:
 def test_output_dir_under_a_file_is_refused(tiny_data, tmp_path, capsys):
     blocker = tmp_path / "results"
     blocker.write_text("not a directory")
-    config = write_config(config_dict(tiny_data, blocker / "run"), tmp_path / "config.yaml")
+    config = write_config(training_config(tiny_data, blocker / "run"), tmp_path / "config.yaml")
     assert nequip_train([config]) == 2
     assert capsys.readouterr().err == (
         f"nequip-train: invalid configuration {config}: output_dir: {blocker / 'run'} is under {blocker},"
         " which is a file; give a directory elsewhere\n"
     )
-    assert nequip_train([write_config(config_dict(tiny_data, blocker), tmp_path / "config.yaml")]) == 2
+    assert nequip_train([write_config(training_config(tiny_data, blocker), tmp_path / "config.yaml")]) == 2
     assert capsys.readouterr().err.endswith(
         f"output_dir: {blocker} is a file; give a directory (it is created if missing)\n"
     )
@@ -53,7 +53,7 @@ def test_output_dir_under_a_file_is_refused(tiny_data, tmp_path, capsys):
 def test_a_checkpoint_as_data_file_is_named_for_what_it_is(trained_run, tmp_path, capsys):
     checkpoint = trained_run / "best.ckpt"
     output_dir = tmp_path / "out"
-    config = write_config(config_dict(checkpoint, output_dir), tmp_path / "config.yaml")
+    config = write_config(training_config(checkpoint, output_dir), tmp_path / "config.yaml")
     assert nequip_train([config]) == 1
     assert capsys.readouterr().err == (
         f"nequip-train: data.file: {checkpoint} is a training checkpoint, not a file of structures;"
@@ -68,7 +68,7 @@ def test_a_nan_label_is_refused_by_its_frame_in_the_file(tiny_data, tmp_path, ca
     data = tmp_path / "nan.xyz"
     ase.io.write(data, frames)
     output_dir = tmp_path / "out"
-    config = write_config(config_dict(data, output_dir), tmp_path / "config.yaml")
+    config = write_config(training_config(data, output_dir), tmp_path / "config.yaml")
     assert nequip_train([config]) == 1
     assert capsys.readouterr().err == (
         f"nequip-train: {data}: frame 7: label 'total_energy' is not finite (nan); fix or remove the frame\n"
@@ -92,7 +92,7 @@ def test_a_label_whose_loss_overflows_is_refused_by_its_frame(tiny_data, tmp_pat
     data = tmp_path / "huge.xyz"
     ase.io.write(data, frames)
     output_dir = tmp_path / "out"
-    config = write_config(config_dict(data, output_dir), tmp_path / "config.yaml")
+    config = write_config(training_config(data, output_dir), tmp_path / "config.yaml")
     assert nequip_train([config]) == 1
     assert capsys.readouterr().err == (
         f"nequip-train: {data}: frame 7: label {shown}, too large to train on (its squared error in the loss"
@@ -105,7 +105,7 @@ def test_an_empty_data_file_is_named_empty(tmp_path, capsys):
     data = tmp_path / "train.xyz"
     data.write_bytes(b"")
     output_dir = tmp_path / "out"
-    config = write_config(config_dict(data, output_dir), tmp_path / "config.yaml")
+    config = write_config(training_config(data, output_dir), tmp_path / "config.yaml")
     assert nequip_train([config]) == 1
     assert capsys.readouterr().err == (
         f"nequip-train: data.file: {data} is empty; give a file of structures with their labels (e.g. extxyz)\n"
@@ -127,7 +127,7 @@ def test_fine_tuning_from_non_finite_weights_names_them(trained_run, tiny_data, 
         build_package(source, package, verify=False)
         source = package
     output_dir = tmp_path / "fine"
-    raw = config_dict(tiny_data, output_dir, model={f"from_{kind}": str(source)})
+    raw = training_config(tiny_data, output_dir, model={f"from_{kind}": str(source)})
     del raw["data"]["type_names"]
     assert nequip_train([write_config(raw, tmp_path / "config.yaml")]) == 1
     assert capsys.readouterr().err == (
@@ -146,7 +146,7 @@ def test_a_second_run_into_a_locked_output_dir_is_refused(tiny_data, tmp_path):
         host = os.uname().nodename
         lock.write_text(f"{holder.pid} {host}\n")
         with pytest.raises(OutputDirInUseError) as error:
-            train(validate_config(config_dict(tiny_data, output_dir, max_epochs=1)))
+            train(validate_config(training_config(tiny_data, output_dir, max_epochs=1)))
     finally:
         holder.kill()
         holder.wait()
@@ -172,7 +172,7 @@ def test_a_stale_lock_and_unfinished_writes_of_a_killed_run_are_cleaned_up(tiny_
     kept.write_text("mine")
 
     with caplog.at_level("INFO"):
-        train(validate_config(config_dict(tiny_data, output_dir, max_epochs=1)))
+        train(validate_config(training_config(tiny_data, output_dir, max_epochs=1)))
     assert f"note: {lock} was left by process {dead.pid} on {host}, which is no longer running; taking it over" in caplog.messages
     assert f"note: removed {unfinished}, an unfinished write of an earlier run that was stopped" in caplog.messages
     assert sorted(p.name for p in output_dir.iterdir()) == ["best.ckpt", "config.yaml", "last.ckpt", "logs", "notes.tmp"]
@@ -188,7 +188,7 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny
 
     monkeypatch.setattr(NequIPLightningModule, "training_step", diverging_step)
     output_dir = tmp_path / "out"
-    config = write_config(config_dict(tiny_data, output_dir, max_epochs=2), tmp_path / "config.yaml")
+    config = write_config(training_config(tiny_data, output_dir, max_epochs=2), tmp_path / "config.yaml")
     assert nequip_train([config]) == 1
     last = output_dir / "last.ckpt"
     assert capsys.readouterr().err.splitlines()[-1] == (
@@ -210,7 +210,7 @@ def _limited_file_size(limit_bytes):
 @pytest.mark.slow
 def test_a_failed_write_of_a_checkpoint_is_one_message_and_leaves_no_temporary_file(tiny_data, tmp_path):
     output_dir = tmp_path / "out"
-    config = write_config(config_dict(tiny_data, output_dir, max_epochs=1), tmp_path / "config.yaml")
+    config = write_config(training_config(tiny_data, output_dir, max_epochs=1), tmp_path / "config.yaml")
     result = subprocess.run(
         [sys.executable, "-m", "nequip.scripts.train", config],
         capture_output=True,
@@ -229,7 +229,7 @@ def test_a_failed_write_of_a_checkpoint_is_one_message_and_leaves_no_temporary_f
 def test_a_failed_write_of_the_config_is_one_message(tiny_data, tmp_path, capsys):
     output_dir = tmp_path / "out"
     (output_dir / "config.yaml").mkdir(parents=True)  # in the way of the resolved configuration
-    config = write_config(config_dict(tiny_data, output_dir, max_epochs=1), tmp_path / "config.yaml")
+    config = write_config(training_config(tiny_data, output_dir, max_epochs=1), tmp_path / "config.yaml")
     assert nequip_train([config]) == 1
     assert capsys.readouterr().err == f"nequip-train: cannot write {output_dir / 'config.yaml'}: Is a directory\n"
     assert sorted(p.name for p in output_dir.iterdir()) == ["config.yaml"]
@@ -253,7 +253,7 @@ def test_a_failed_write_of_the_logs_names_the_file(tmp_path):
 
 def test_trainer_options_lightning_refuses_are_one_message_before_anything_is_written(tiny_data, tmp_path, capsys):
     output_dir = tmp_path / "out"
-    raw = config_dict(tiny_data, output_dir)
+    raw = training_config(tiny_data, output_dir)
     raw["trainer"]["accelerator"] = "foo"
     config = write_config(raw, tmp_path / "config.yaml")
     assert nequip_train([config]) == 2
@@ -269,7 +269,7 @@ def test_trainer_options_lightning_refuses_are_one_message_before_anything_is_wr
 def test_a_missing_data_file_is_named_by_its_key(tmp_path, capsys):
     output_dir = tmp_path / "out"
     missing = tmp_path / "missing.xyz"
-    config = write_config(config_dict(missing, output_dir), tmp_path / "config.yaml")
+    config = write_config(training_config(missing, output_dir), tmp_path / "config.yaml")
     assert nequip_train([config]) == 1
     assert capsys.readouterr().err == f"nequip-train: data.file: structure file {missing} does not exist; check the path\n"
     assert not output_dir.exists()
@@ -281,7 +281,7 @@ def test_a_run_holding_the_lock_keeps_a_second_one_out(tiny_data, tmp_path):
     with output_dir_lock(output_dir) as lock:
         assert lock.read_text() == f"{os.getpid()} {host}\n"
         with pytest.raises(OutputDirInUseError) as error:
-            train(validate_config(config_dict(tiny_data, output_dir, max_epochs=1)))
+            train(validate_config(training_config(tiny_data, output_dir, max_epochs=1)))
         assert str(error.value) == (
             f"output_dir {output_dir} is in use by another training run (process {os.getpid()} on {host}, lock file"
             f" {lock}); wait for it to end or choose another output_dir. If no run is using it, delete {lock}"

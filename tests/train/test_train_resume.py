@@ -16,7 +16,9 @@ from nequip.scripts.train import main as nequip_train
 from nequip.train import ConfigError, load_checkpoint, train, validate_config
 from nequip.train.training import DataChangedError
 
-from .helpers import config_dict, logged_column, make_emt_data
+from fixtures.training import make_emt_data, training_config
+
+from .helpers import logged_column
 
 
 def files(directory: Path) -> dict:
@@ -30,16 +32,16 @@ def finished_run(trained_run, tiny_data, tmp_path):
     output_dir = tmp_path / "out"
     shutil.copytree(trained_run, output_dir)
     config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(config_dict(tiny_data, output_dir, max_epochs=2)))
+    config.write_text(yaml.safe_dump(training_config(tiny_data, output_dir, max_epochs=2)))
     return output_dir, str(config)
 
 
 def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tiny_data, tmp_path):
-    train(validate_config(config_dict(tiny_data, tmp_path / "straight", max_epochs=4)))
-    train(validate_config(config_dict(tiny_data, tmp_path / "resumed", max_epochs=2)))
+    train(validate_config(training_config(tiny_data, tmp_path / "straight", max_epochs=4)))
+    train(validate_config(training_config(tiny_data, tmp_path / "resumed", max_epochs=2)))
     # the same command again, allowed two more epochs: picks up last.ckpt; settings that only
     # say how the run reports and loads its data may change on the way
-    resumed_config = config_dict(tiny_data, tmp_path / "resumed", max_epochs=4)
+    resumed_config = training_config(tiny_data, tmp_path / "resumed", max_epochs=4)
     resumed_config["trainer"]["log_every_n_steps"] = 1
     resumed_config["data"]["val_batch_size"] = 2
     train(validate_config(resumed_config))
@@ -126,7 +128,7 @@ def test_a_resume_whose_max_time_is_spent_is_refused(finished_run, capsys):
 def test_resuming_with_a_different_model_is_refused(finished_run, tiny_data):
     output_dir, _ = finished_run
     before = files(output_dir)
-    raw = config_dict(tiny_data, output_dir, max_epochs=3)
+    raw = training_config(tiny_data, output_dir, max_epochs=3)
     raw["model"]["num_features"] = 8
     with pytest.raises(ConfigError) as error:
         train(validate_config(raw))
@@ -144,7 +146,7 @@ def test_resuming_on_changed_data_is_refused_as_such(finished_run, tmp_path):
     other = tmp_path / "other.xyz"
     make_emt_data().write_emt_data(other, n_frames=10, seed=5, repeat=(1, 1, 2))
     with pytest.raises(DataChangedError) as error:
-        train(validate_config(config_dict(other, output_dir, max_epochs=3)))
+        train(validate_config(training_config(other, output_dir, max_epochs=3)))
 
     def sha(path):
         return hashlib.sha256(open(path, "rb").read()).hexdigest()[:12]

@@ -16,12 +16,18 @@ from nequip.load import ModelFromCheckpoint
 from nequip.train.training import load_source_model, resolve_model
 from nequip.data import read_frames
 
-from .helpers import SMALL_MODEL, TYPE_NAMES, config_dict, logged_column, make_emt_data
+from fixtures.training import TYPE_NAMES, make_emt_data, training_config
+
+from .helpers import logged_column
 
 
 def _checkpoint_callback_state(checkpoint):
     (state,) = [value for key, value in checkpoint["callbacks"].items() if key.startswith("ModelCheckpoint")]
     return state
+
+
+# a model that can learn in five epochs
+SMALL_MODEL = dict(r_max=4.0, l_max=1, num_layers=2, num_features=8, radial_mlp_width=16)
 
 
 @pytest.mark.slow
@@ -31,7 +37,7 @@ def test_training_cuts_force_error_on_held_out_frames(tmp_path):
     for name, frames, seed in (("train", 32, 1), ("val", 6, 2), ("test", 8, 3)):
         files[name] = tmp_path / f"{name}.xyz"
         emt.write_emt_data(files[name], n_frames=frames, seed=seed, repeat=(1, 1, 2))
-    raw = config_dict(files["train"], tmp_path / "out", model=SMALL_MODEL, max_epochs=5)
+    raw = training_config(files["train"], tmp_path / "out", model=SMALL_MODEL, max_epochs=5)
     raw["data"] = {"type_names": TYPE_NAMES, "train_file": str(files["train"]), "val_file": str(files["val"]), "batch_size": 4}
     raw["optimizer"] = {"lr": 0.02}
     raw["ema"] = {"decay": 0.8}
@@ -84,14 +90,14 @@ def test_damaged_checkpoint_is_refused(trained_run, tiny_data, tmp_path, damage,
         load_checkpoint(last)
     assert str(error.value) == message
     with pytest.raises(CheckpointError) as error:
-        train(validate_config(config_dict(tiny_data, output_dir, max_epochs=3)))
+        train(validate_config(training_config(tiny_data, output_dir, max_epochs=3)))
     assert str(error.value) == f"cannot resume: {message}; delete it to start over"
     # refused before anything was written: the damaged file is as it was, and alone
     assert last.read_bytes() == damaged
     assert [p.name for p in output_dir.iterdir()] == ["last.ckpt"]
 
     # and as the starting point of fine-tuning, through the command line
-    raw = config_dict(tiny_data, tmp_path / "fine", model={"from_checkpoint": str(last)})
+    raw = training_config(tiny_data, tmp_path / "fine", model={"from_checkpoint": str(last)})
     config_path = tmp_path / "fine.yaml"
     config_path.write_text(yaml.safe_dump(raw))
     assert nequip_train([str(config_path)]) == 1
@@ -120,7 +126,7 @@ def test_checkpoint_write_is_atomic(tmp_path):
 
 def test_fine_tuning_starts_from_the_loaded_weights(trained_run, tiny_data, tmp_path):
     source = trained_run / "best.ckpt"
-    raw = config_dict(tiny_data, tmp_path / "fine", model={"from_checkpoint": str(source)}, max_epochs=1)
+    raw = training_config(tiny_data, tmp_path / "fine", model={"from_checkpoint": str(source)}, max_epochs=1)
     del raw["data"]["type_names"]  # taken from the model
     train(validate_config(raw))
 
@@ -133,7 +139,7 @@ def test_fine_tuning_starts_from_the_loaded_weights(trained_run, tiny_data, tmp_
 
 
 def test_refit_energy_shifts_takes_new_data_statistics(trained_run, tiny_data, tmp_path):
-    raw = config_dict(tiny_data, tmp_path / "fine", model={"from_checkpoint": str(trained_run / "best.ckpt"), "refit_energy_shifts": True})
+    raw = training_config(tiny_data, tmp_path / "fine", model={"from_checkpoint": str(trained_run / "best.ckpt"), "refit_energy_shifts": True})
     raw["data"]["energy_units_to_eV"] = 2.0  # the same frames, energies doubled
     config = validate_config(raw)
     source = load_source_model(config)
@@ -147,7 +153,7 @@ def test_refit_energy_shifts_takes_new_data_statistics(trained_run, tiny_data, t
 
 def test_test_frames_are_evaluated_with_the_best_checkpoint(tiny_data, tmp_path, capsys):
     split = {"train": 6, "val": 2, "test": 2, "seed": 1}
-    train(validate_config(config_dict(tiny_data, tmp_path / "out", split=split, max_epochs=1)))
+    train(validate_config(training_config(tiny_data, tmp_path / "out", split=split, max_epochs=1)))
     table = capsys.readouterr().out
     assert "test_forces_mae" in table and "test_energy_per_atom_mae" in table
 
@@ -178,7 +184,7 @@ def train_and_val_files(tiny_data, tmp_path):
 
 
 def _separate_files_config(files, output_dir, **model):
-    raw = config_dict(files["train"], output_dir, model=model or None)
+    raw = training_config(files["train"], output_dir, model=model or None)
     raw["data"] = {"type_names": TYPE_NAMES, "train_file": str(files["train"]), "val_file": str(files["val"])}
     if model:
         del raw["data"]["type_names"]

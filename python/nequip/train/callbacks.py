@@ -124,7 +124,7 @@ class SaveLastCheckpoint(Checkpoint):
         self.path = Path(path)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -201,7 +201,7 @@ class StopOnSIGTERM(Callback):
             return
         if not trainer.strategy.reduce_boolean_decision(self.received, all=False):
             return
-        trainer.save_checkpoint(self.last)
+        trainer.save_checkpoint(self.last, weights_only=False)
         raise TrainingStopped(
             f"stopped by SIGTERM in epoch {trainer.current_epoch + 1}, after batch {batch_idx + 1} of"
             f" {trainer.num_training_batches}; saved {self.last}",
