@@ -352,6 +352,11 @@ void PairNequIP::init_style()
     // centred on an owned atom, and every ghost folds onto its owner in build_graph().
     neighbor->add_request(this, NeighConst::REQ_FULL);
   } else {
+    if (model->committee_size() > 1)
+      error->all(FLERR,
+                 "pair_style nequip on {} MPI ranks: model {} is a committee of {} models, "
+                 "which runs on one MPI rank only (yet): run on one rank",
+                 comm->nprocs, model->path(), model->committee_size());
     if (!model->exchanges_features())
       error->all(FLERR,
                  "pair_style nequip on {} MPI ranks needs a model that runs layer by layer "

@@ -113,6 +113,9 @@ py::dict outputs_to_dict(const nequip::Outputs& outputs) {
   if (outputs.virial) result["virial"] = to_numpy(*outputs.virial);
   if (outputs.stress) result["stress"] = to_numpy(*outputs.stress);
   if (outputs.atom_virial) result["atom_virial"] = to_numpy(*outputs.atom_virial);
+  if (outputs.force_deviation) result["force_deviation"] = to_numpy(*outputs.force_deviation);
+  if (outputs.energy_deviation) result["energy_deviation"] = *outputs.energy_deviation;
+  if (outputs.virial_deviation) result["virial_deviation"] = to_numpy(*outputs.virial_deviation);
   return result;
 }
 
@@ -204,6 +207,7 @@ py::dict metadata_dict(const nequip::Metadata& metadata) {
   result["allow_tf32"] = metadata.allow_tf32;
   result["num_layers"] =
       metadata.num_layers == 0 ? py::object(py::none()) : py::cast(metadata.num_layers);
+  result["committee_size"] = metadata.committee_size;
   result["compiled_for"] =
       metadata.compiled_for.empty() ? py::object(py::none()) : py::cast(metadata.compiled_for);
   result["raw"] = metadata.raw;
@@ -295,6 +299,9 @@ DeviceError (another device, or a .pt2 for another machine or CPU), TorchError; 
             return model.num_layers();
           },
           "message-passing layers (metadata key num_layers), or None when the file does not say")
+      .def_property_readonly("committee_size", &nequip::Model::committee_size,
+                             "the number of models of a committee file (metadata key "
+                             "committee_size); 1 for one model")
       .def_property_readonly("input_names", &nequip::Model::input_names,
                              "the fields the model takes; 'local_mask' is optional")
       .def_property_readonly("output_names", &nequip::Model::output_names)
@@ -313,7 +320,9 @@ cell (3, 3); float64/float32/int64/int32 arrays of any strides (converted by the
 local_mask (N,) bool or integer (nonzero = true): the atoms whose energy is counted, for
 models with 'local_mask' among input_names (InputError for others); None = every atom.
 Returns a dict: total_energy (float), atomic_energy (N,), forces (N, 3), and, when
-available, virial (3, 3), stress (3, 3) (ASE sign) and atom_virial (N, 3, 3), all float64.
+available, virial (3, 3), stress (3, 3) (ASE sign) and atom_virial (N, 3, 3), all float64;
+a committee file (committee_size > 1) also gives force_deviation (N,), energy_deviation
+(float) and, when available, virial_deviation (3, 3).
 Raises InputError for bad inputs, NonFiniteOutputError when the energy or forces are not
 finite (naming the closest pair of atoms when they overlap), TorchError when torch fails.
 )doc");

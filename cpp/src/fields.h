@@ -19,6 +19,10 @@ inline constexpr const char* kForces = "forces";
 inline constexpr const char* kStress = "stress";
 inline constexpr const char* kVirial = "virial";
 inline constexpr const char* kAtomVirial = "atom_virial";
+// A committee file's deviations over its models (metadata key committee_size).
+inline constexpr const char* kForceDeviation = "force_deviation";
+inline constexpr const char* kEnergyDeviation = "energy_deviation";
+inline constexpr const char* kVirialDeviation = "virial_deviation";
 
 // FILE_CONTRACT §3-4: the inputs every model takes (the defaults of files whose metadata
 // does not list them), and the outputs of AOTI files whose metadata lacks
@@ -30,11 +34,13 @@ inline const std::vector<std::string> kAotiDefaultOutputs = {kAtomicEnergy, kFor
 inline const std::vector<std::string> kTorchScriptOutputs = {kAtomicEnergy, kTotalEnergy, kForces,
                                                              kStress, kVirial};
 // Every field the runtime knows: the required inputs plus this project's local_mask (target
-// `pair_nequip_domain`, our TorchScript files); §3's outputs plus our atom_virial.
+// `pair_nequip_domain`, our TorchScript files); §3's outputs plus our atom_virial and a
+// committee's deviations.
 inline const std::vector<std::string> kKnownInputs = {kPos,  kEdgeIndex,     kAtomTypes,
                                                       kCell, kEdgeCellShift, kLocalMask};
-inline const std::vector<std::string> kKnownOutputs = {kAtomicEnergy, kTotalEnergy, kForces,
-                                                       kStress,       kVirial,      kAtomVirial};
+inline const std::vector<std::string> kKnownOutputs = {
+    kAtomicEnergy, kTotalEnergy,   kForces,          kStress,         kVirial,
+    kAtomVirial,   kForceDeviation, kEnergyDeviation, kVirialDeviation};
 inline const std::vector<std::string> kRequiredOutputs = {kAtomicEnergy, kForces};
 
 }  // namespace nequip::detail

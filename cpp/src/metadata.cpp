@@ -168,6 +168,15 @@ Metadata parse_metadata(const std::string& path, std::map<std::string, std::stri
     }
   }
 
+  // Project key, optional: the number of models of a committee file (absent: one model).
+  if (reader.has("committee_size")) {
+    const char* at_least_two = "a decimal integer of at least 2";
+    std::vector<std::string> words = split_words(raw.at("committee_size"));
+    if (words.size() != 1) reader.malformed("committee_size", at_least_two);
+    metadata.committee_size = reader.parse_int("committee_size", words[0], at_least_two);
+    if (metadata.committee_size < 2) reader.malformed("committee_size", at_least_two);
+  }
+
   // The device type the file was compiled for: torch's key in a .pt2, ours in a .pth;
   // absent (files of other producers, older files) means any.
   for (const char* key : {"AOTI_DEVICE_KEY", "compile_device"}) {

@@ -67,6 +67,7 @@ class Model::Impl {
     } else {
       load_aoti();
     }
+    check_committee_outputs();
   }
 
   ~Impl() { release_kept_block(); }
@@ -99,11 +100,18 @@ class Model::Impl {
   }
 
   bool exchanges_features() const {
+    if (metadata_.committee_size > 1) return false;  // its models' features are not one model's
     if (metadata_.layer_feature_widths.empty() || !takes(kLocalMask)) return false;
     return format_ == ModelFormat::TorchScript || !aoti_parts_.empty();
   }
 
   Outputs compute_exchanging(const Inputs& inputs, FeatureExchange& exchange) {
+    if (metadata_.committee_size > 1) {
+      throw InputError(path_ + ": a committee file (committee_size " +
+                       std::to_string(metadata_.committee_size) +
+                       ") cannot run layer by layer with a feature exchange (LAMMPS on several "
+                       "MPI ranks) yet: run it on one process");
+    }
     if (!exchanges_features()) {
       throw InputError(path_ +
                        ": this file cannot run layer by layer with a feature exchange "
@@ -196,6 +204,24 @@ class Model::Impl {
                              printable(parts->second) + "'");
       }
       for (const std::string& name : expected) aoti_parts_[name] = load(name);
+    }
+  }
+
+  // A committee file gives the deviations of its models, and only a committee file does.
+  void check_committee_outputs() const {
+    const bool committee = metadata_.committee_size > 1;
+    for (const char* name : {kForceDeviation, kEnergyDeviation}) {
+      if (returns(name) != committee) {
+        throw ModelFileError(
+            path_ + ": metadata keys 'committee_size' and '" +
+            (format_ == ModelFormat::TorchScript ? "nequip_torchscript_outputs"
+                                                 : "nequip_aoti_outputs") +
+            "' disagree: " +
+            (committee ? "a committee of " + std::to_string(metadata_.committee_size) +
+                             " models must return '" + name + "'"
+                       : std::string("one model (no committee_size) cannot return '") + name +
+                             "'"));
+      }
     }
   }
 
@@ -299,6 +325,10 @@ class Model::Impl {
     }
     outputs.virial = virial;
     outputs.atom_virial = take(kAtomVirial, {num_atoms, 3, 3});
+    outputs.force_deviation = take(kForceDeviation, {num_atoms});
+    std::optional<at::Tensor> energy_deviation = take(kEnergyDeviation, {1});
+    if (energy_deviation) outputs.energy_deviation = energy_deviation->item<double>();
+    outputs.virial_deviation = take(kVirialDeviation, {3, 3});
     return outputs;
   }
 
@@ -342,6 +372,7 @@ const std::vector<double>& Model::per_edge_type_cutoff() const {
 }
 const std::string& Model::model_dtype() const { return impl_->metadata_.model_dtype; }
 int64_t Model::num_layers() const { return impl_->metadata_.num_layers; }
+int64_t Model::committee_size() const { return impl_->metadata_.committee_size; }
 const std::vector<std::string>& Model::input_names() const { return impl_->input_names_; }
 bool Model::takes(const std::string& input_name) const { return impl_->takes(input_name); }
 const std::vector<std::string>& Model::output_names() const { return impl_->output_names_; }

@@ -131,6 +131,10 @@ struct Metadata {
   // The device type the file was compiled for, "cpu" or "cuda" (a .pt2: torch's key
   // AOTI_DEVICE_KEY; a .pth: our key compile_device); empty when the file does not say.
   std::string compiled_for;
+  // Project key `committee_size`: the number of models of a committee file (at least 2),
+  // which returns their mean and deviations (Outputs::force_deviation ...); 1 when absent
+  // (one model).
+  int64_t committee_size = 1;
   // Every key of the file as stored (contract keys, project keys, torch's own AOTI keys).
   std::map<std::string, std::string> raw;
 };
@@ -164,6 +168,14 @@ struct Outputs {
   // so they sum to the virial. Given by models returning "atom_virial" (TorchScript files
   // of this project, AOTI target `pair_nequip_domain`).
   std::optional<at::Tensor> atom_virial;
+  // A committee file's (Metadata::committee_size > 1) deviations over its K models, whose
+  // mean (or first model, metadata key committee_drive) the outputs above are; population
+  // standard deviations (DeePMD-kit's): (N,) eV/Å per atom the norm of the standard deviation
+  // of the K force vectors; eV the standard deviation of the K total energies; (3, 3) eV that
+  // of each virial component. Absent for one model.
+  std::optional<at::Tensor> force_deviation;
+  std::optional<double> energy_deviation;
+  std::optional<at::Tensor> virial_deviation;
 };
 
 // How the ranks of a domain decomposition share node features between the layers of
@@ -212,6 +224,7 @@ class Model {
   const std::vector<double>& per_edge_type_cutoff() const;  // T*T row-major, or empty
   const std::string& model_dtype() const;
   int64_t num_layers() const;  // 0 when the metadata does not say
+  int64_t committee_size() const;  // models of a committee file; 1 for one model
 
   // Names of the fields the model takes. AOTI: `nequip_aoti_inputs`; TorchScript:
   // `nequip_torchscript_inputs`; when absent, the five of FILE_CONTRACT §3-4 (pos edge_index

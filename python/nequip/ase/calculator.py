@@ -38,9 +38,17 @@ class NequIPCalculator(Calculator):
 
     Properties: energy (= free_energy), energies (per atom), forces and, for a cell with a
     volume, stress (Voigt order xx yy zz yz xz xy, ASE sign). Positions in Å, energies in eV.
+
+    A committee file (several models compiled into one, ``nequip-compile a.nequip.zip
+    b.nequip.zip ... committee.nequip.pth``) gives their mean (or its first model's results,
+    as compiled) and adds COMMITTEE_PROPERTIES, DeePMD-kit's deviations over its models:
+    ``force_deviation`` (N,) eV/Å, per atom the norm of the standard deviation of the models'
+    force vectors; ``max_force_deviation``, its largest value; ``energy_deviation`` eV, the
+    standard deviation of their energies. A single model has none of them, and says so.
     """
 
     implemented_properties = ["energy", "free_energy", "energies", "forces", "stress"]
+    COMMITTEE_PROPERTIES = ("force_deviation", "max_force_deviation", "energy_deviation")
 
     def __init__(
         self,
@@ -57,6 +65,17 @@ class NequIPCalculator(Calculator):
         self.path = Path(path)
         self.model = open_model(self.path, device)
         self.type_mapper = TypeMapper(self.model.type_names, species_to_type_map)
+        if self.model.committee_size > 1:
+            self.implemented_properties = self.implemented_properties + list(self.COMMITTEE_PROPERTIES)
+
+    def get_property(self, name: str, atoms: Optional[Atoms] = None, allow_calculation: bool = True):
+        if name in self.COMMITTEE_PROPERTIES and self.model.committee_size == 1:
+            raise PropertyNotImplementedError(
+                f"{name} is the deviation of a committee of models, and {self.path} is one model: compile "
+                "several independently trained models into one file (nequip-compile a.nequip.zip "
+                "b.nequip.zip ... committee.nequip.pth) and use that"
+            )
+        return super().get_property(name, atoms, allow_calculation)
 
     def calculate(
         self,
@@ -104,6 +123,11 @@ class NequIPCalculator(Calculator):
             "energies": out[keys.ATOMIC_ENERGY].reshape(-1) * energy,
             "forces": out[keys.FORCES] * (energy / length),
         }
+        if keys.FORCE_DEVIATION in out:  # a committee's
+            force_deviation = out[keys.FORCE_DEVIATION].reshape(-1) * (energy / length)
+            self.results["force_deviation"] = force_deviation
+            self.results["max_force_deviation"] = float(force_deviation.max())
+            self.results["energy_deviation"] = float(out[keys.ENERGY_DEVIATION].reshape(())) * energy
         if has_volume and keys.STRESS in out:
             self.results["stress"] = full_3x3_to_voigt_6_stress(out[keys.STRESS].reshape(3, 3)) * (energy / length**3)
 

@@ -60,14 +60,15 @@ INDUCTOR_CONFIGS = {
 class FlatModel(torch.nn.Module):
     """The model behind the flat tensor interface of one compile target.
 
-    Inputs are TARGET_INPUTS[target] in order; outputs are TARGET_OUTPUTS[target] in order.
+    Inputs are TARGET_INPUTS[target] in order; outputs are ``outputs`` (default
+    TARGET_OUTPUTS[target]) in order.
     """
 
-    def __init__(self, model: torch.nn.Module, target: str):
+    def __init__(self, model: torch.nn.Module, target: str, outputs: Optional[Tuple[str, ...]] = None):
         super().__init__()
         self.model = model
         self.inputs = TARGET_INPUTS[target]
-        self.outputs = TARGET_OUTPUTS[target]
+        self.outputs = TARGET_OUTPUTS[target] if outputs is None else outputs
 
     def forward(self, *tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         out = self.model(dict(zip(self.inputs, tensors)))
@@ -102,10 +103,16 @@ def tracing_inputs(
 
 
 def export(
-    model: torch.nn.Module, target: str, num_types: int, device: torch.device, log
+    model: torch.nn.Module,
+    target: str,
+    num_types: int,
+    device: torch.device,
+    log,
+    outputs: Optional[Tuple[str, ...]] = None,
 ) -> torch.export.ExportedProgram:
-    """Trace ``model`` (forces and stress included) and export it with dynamic N and E."""
-    flat = FlatModel(model, target).eval()
+    """Trace ``model`` (forces and stress included) and export it with dynamic N and E; its
+    outputs are ``outputs`` (default: the target's, TARGET_OUTPUTS)."""
+    flat = FlatModel(model, target, outputs).eval()
     inputs = tracing_inputs(target, num_types, device)
 
     log("tracing the model, derivatives included (make_fx)")

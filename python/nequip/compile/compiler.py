@@ -31,6 +31,9 @@ from .contract import (
     AOTI_OUTPUTS_KEY,
     AOTINDUCTOR,
     ALLOW_TF32,
+    COMMITTEE_OUTPUTS,
+    COMMITTEE_SIZE,
+    COMMITTEE_TARGETS,
     COMPILE_DEVICE,
     COMPILE_TARGET,
     DOMAIN_TARGET,
@@ -109,6 +112,28 @@ def check_arguments(
             "drop --tf32, or compile with --device cuda"
         )
     _check_writable_place(Path(out_path))
+
+
+def check_committee_arguments(
+    committee_size: int, mode: str, target: Optional[str], drive: Optional[str] = None
+) -> None:
+    """Refuse, before any model is loaded, a committee (``committee_size`` > 1 models) for a
+    file that cannot give its deviations (an AOTInductor file for several LAMMPS ranks,
+    pair_nequip_domain), an unknown ``drive`` (nequip.model.committee.DRIVES), and a drive
+    given for one model."""
+    from nequip.model.committee import DRIVES
+
+    if drive is not None and drive not in DRIVES:
+        raise ValueError(f"unknown committee drive {drive!r}: expected one of {', '.join(DRIVES)}")
+    if drive is not None and committee_size < 2:
+        raise ValueError(
+            "a committee drive (--committee-drive) chooses among several models (a committee); got one model"
+        )
+    if committee_size > 1 and mode == AOTINDUCTOR and target not in COMMITTEE_TARGETS:
+        raise ValueError(
+            f"a committee cannot be compiled for target {target} (LAMMPS on several MPI ranks) yet: "
+            f"compile it for target {' or '.join(COMMITTEE_TARGETS)} (one process)"
+        )
 
 
 def _check_writable_place(out_path: Path) -> None:
@@ -194,6 +219,9 @@ def compile_model(
     # the versions default to the ones compiling, then the interface keys.
     model_metadata = model.metadata()
     written = check_model_metadata(model_metadata)
+    committee = COMMITTEE_SIZE in model_metadata  # nequip.model.Committee
+    check_committee_arguments(2 if committee else 1, mode, target)
+    extra_outputs = COMMITTEE_OUTPUTS if committee else ()
     check_weights_finite(model)
     metadata = {
         NEQUIP_VERSION: nequip.__version__,
@@ -208,7 +236,7 @@ def compile_model(
             {
                 COMPILE_TARGET: target,
                 AOTI_INPUTS_KEY: " ".join(TARGET_INPUTS[target]),
-                AOTI_OUTPUTS_KEY: " ".join(TARGET_OUTPUTS[target]),
+                AOTI_OUTPUTS_KEY: " ".join(TARGET_OUTPUTS[target] + extra_outputs),
             }
         )
         if target == DOMAIN_TARGET:
@@ -217,7 +245,7 @@ def compile_model(
         metadata.update(
             {
                 TORCHSCRIPT_INPUTS_KEY: " ".join(TORCHSCRIPT_INPUTS),
-                TORCHSCRIPT_OUTPUTS_KEY: " ".join(TORCHSCRIPT_OUTPUTS),
+                TORCHSCRIPT_OUTPUTS_KEY: " ".join(TORCHSCRIPT_OUTPUTS + extra_outputs),
             }
         )
     if example_data is None:
@@ -250,7 +278,9 @@ def compile_model(
                 log("scripting the model (TorchScript)")
                 torchscript.save(torchscript.script_model(model), archive, metadata)
             else:
-                exported = aotinductor.export(model, target, len(written.type_names), torch_device, log)
+                exported = aotinductor.export(
+                    model, target, len(written.type_names), torch_device, log, TARGET_OUTPUTS[target] + extra_outputs
+                )
                 parts = None
                 if target == DOMAIN_TARGET:
                     parts = aotinductor.export_parts(model, len(written.type_names), torch_device, log)

@@ -39,6 +39,11 @@ TARGET_OUTPUTS: Dict[str, Tuple[str, ...]] = {
     DOMAIN_TARGET: (keys.ATOMIC_ENERGY, keys.FORCES, keys.VIRIAL, keys.ATOM_VIRIAL),
 }
 TARGETS: Tuple[str, ...] = tuple(TARGET_OUTPUTS)
+# A committee file (nequip.model.Committee) gives the deviations after its target's outputs
+# (after TORCHSCRIPT_OUTPUTS in a .pth). Not for DOMAIN_TARGET: the deviations of forces
+# summed over ranks need each member's forces, which a rank's file does not give.
+COMMITTEE_OUTPUTS: Tuple[str, ...] = keys.DEVIATION_KEYS
+COMMITTEE_TARGETS: Tuple[str, ...] = ("ase", "pair_nequip")
 # What our TorchScript files take and give (FILE_CONTRACT §3's five outputs and more).
 TORCHSCRIPT_INPUTS: Tuple[str, ...] = AOTI_INPUTS + (keys.LOCAL_MASK,)
 TORCHSCRIPT_OUTPUTS: Tuple[str, ...] = keys.OUTPUT_KEYS
@@ -71,3 +76,7 @@ COMPILE_TARGET = "compile_target"
 # The device type a file was compiled for ("cpu" or "cuda"); the runtime refuses it on another.
 # (A .pt2 also carries torch's own AOTI_DEVICE_KEY; a .pth has only this.)
 COMPILE_DEVICE = "compile_device"
+# Ours, on committee files (nequip.model.committee): the number of models (at least 2), and
+# what gives the energy, forces and stress: "mean" of the models or the "first" one.
+COMMITTEE_SIZE = "committee_size"
+COMMITTEE_DRIVE = "committee_drive"

@@ -24,5 +24,13 @@ VIRIAL: Final[str] = "virial"
 # (N, 3, 3): each edge's virial split half to each of its two atoms; sums to VIRIAL.
 ATOM_VIRIAL: Final[str] = "atom_virial"
 
+# outputs of a committee of models (nequip.model.committee), beside the others (their mean):
+# (N,) per atom the norm of the standard deviation of the members' force vectors, eV/Å;
+# (F, 1) the standard deviation of their total energies, eV; (F, 3, 3) of their virials, eV.
+FORCE_DEVIATION: Final[str] = "force_deviation"
+ENERGY_DEVIATION: Final[str] = "energy_deviation"
+VIRIAL_DEVIATION: Final[str] = "virial_deviation"
+DEVIATION_KEYS: Final = (FORCE_DEVIATION, ENERGY_DEVIATION, VIRIAL_DEVIATION)
+
 OUTPUT_KEYS: Final = (ATOMIC_ENERGY, TOTAL_ENERGY, FORCES, STRESS, VIRIAL, ATOM_VIRIAL)
 LABEL_KEYS: Final = (TOTAL_ENERGY, FORCES, STRESS)

@@ -27,6 +27,9 @@ _OUTPUT_SHAPES = {
     keys.STRESS: lambda n: (1, 3, 3),
     keys.VIRIAL: lambda n: (1, 3, 3),
     keys.ATOM_VIRIAL: lambda n: (n, 3, 3),
+    keys.FORCE_DEVIATION: lambda n: (n,),
+    keys.ENERGY_DEVIATION: lambda n: (1, 1),
+    keys.VIRIAL_DEVIATION: lambda n: (1, 3, 3),
 }
 
 
@@ -55,6 +58,7 @@ class CompiledModel(OpenedModel):
         self.inputs: Tuple[str, ...] = tuple(self.runtime.input_names)
         self.outputs: Tuple[str, ...] = tuple(self.runtime.output_names)
         self.gives_stress = keys.STRESS in self.outputs or keys.VIRIAL in self.outputs
+        self.committee_size: int = self.runtime.committee_size
 
     @property
     def exchanges_features(self) -> bool:
@@ -95,7 +99,8 @@ class CompiledModel(OpenedModel):
 
         Returns float64 CPU tensors of the contract's shapes: total_energy, atomic_energy,
         forces, and, where the file gives either, the virial and (for a cell with a volume)
-        the stress; per-atom virials where the file gives them.
+        the stress; per-atom virials where the file gives them; a committee's deviations
+        (force_deviation (N,), energy_deviation (1, 1), virial_deviation (1, 3, 3)).
         """
         for name in (keys.POS, keys.ATOM_TYPES, keys.EDGE_INDEX):
             if name not in data:

@@ -39,6 +39,7 @@ class EagerModel(OpenedModel):
         self.r_max = float(self.module.r_max)
         self.per_edge_type_cutoff = cutoff_matrix(self.metadata)
         self.gives_stress = True
+        self.committee_size = int(getattr(self.module, "committee_size", 1))  # an in-memory nequip.model.Committee
         self._warned_close_pair = False
 
     def training_config(self) -> Optional[Dict[str, Any]]:
@@ -94,6 +95,11 @@ class EagerModel(OpenedModel):
                 if volume:
                     result[keys.STRESS] = out[keys.STRESS][index].reshape(1, 3, 3)
                     result[keys.VIRIAL] = out[keys.VIRIAL][index].reshape(1, 3, 3)
+                if keys.FORCE_DEVIATION in out:  # a committee's
+                    result[keys.FORCE_DEVIATION] = out[keys.FORCE_DEVIATION][atoms].reshape(-1)
+                    result[keys.ENERGY_DEVIATION] = out[keys.ENERGY_DEVIATION][index].reshape(1, 1)
+                    if keys.VIRIAL_DEVIATION in out:
+                        result[keys.VIRIAL_DEVIATION] = out[keys.VIRIAL_DEVIATION][index].reshape(1, 3, 3)
                 result = {key: value.detach().to("cpu", torch.float64) for key, value in result.items()}
                 self._check_outputs(frame, result)
                 outputs.append(result)

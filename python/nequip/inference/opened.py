@@ -24,6 +24,10 @@ class OpenedModel:
         per_edge_type_cutoff: (T, T) float64 array, row = centre type, or None when every
             pair is cut off at ``r_max``.
         gives_stress: whether a call gives stress and virial (for a cell with a volume).
+        committee_size: the number of models of a committee file (metadata key
+            ``committee_size``), 1 for one model. A committee's calls give the mean (or first
+            model's) results and its deviations (``nequip.data.keys.DEVIATION_KEYS``):
+            ``force_deviation`` (N,), ``energy_deviation`` (1, 1), ``virial_deviation`` (1, 3, 3).
 
     A call takes one frame, a FILE_CONTRACT §1 dictionary (``cell`` and ``edge_cell_shift``
     may be absent for a non-periodic system), and returns float64 CPU tensors of the contract's
@@ -41,6 +45,7 @@ class OpenedModel:
     r_max: float
     per_edge_type_cutoff: Optional[np.ndarray]
     gives_stress: bool
+    committee_size: int = 1
 
     def __call__(self, frame: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         raise NotImplementedError

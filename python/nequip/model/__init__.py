@@ -1,6 +1,15 @@
 """The NequIP model and its construction from a configuration."""
 
 from .builder import build_model
+from .committee import Committee, CommitteeError
 from .nequip_model import MODEL_ARGUMENTS, HyperparameterError, NequIPModel, resolve_hyperparameters
 
-__all__ = ["MODEL_ARGUMENTS", "HyperparameterError", "NequIPModel", "build_model", "resolve_hyperparameters"]
+__all__ = [
+    "MODEL_ARGUMENTS",
+    "Committee",
+    "CommitteeError",
+    "HyperparameterError",
+    "NequIPModel",
+    "build_model",
+    "resolve_hyperparameters",
+]

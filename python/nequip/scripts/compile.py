@@ -3,6 +3,7 @@
     nequip-compile model.nequip.zip model.nequip.pth --mode torchscript --device cpu
     nequip-compile model.nequip.zip model.nequip.pt2 --mode aotinductor --device cpu --target pair_nequip
     nequip-compile model.nequip.zip model.nequip.pt2 --mode aotinductor --device cuda --target ase [--tf32]
+    nequip-compile a.nequip.zip b.nequip.zip c.nequip.zip committee.nequip.pth --mode torchscript
 """
 
 import argparse
@@ -12,7 +13,17 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from nequip.compile import DEVICES, EXTENSIONS, MODES, TARGETS, CompileError, WriteError, check_arguments, compile_model
+from nequip.compile import (
+    DEVICES,
+    EXTENSIONS,
+    MODES,
+    TARGETS,
+    CompileError,
+    WriteError,
+    check_arguments,
+    check_committee_arguments,
+    compile_model,
+)
 
 PROG = "nequip-compile"
 
@@ -22,9 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Compile a NequIP model (checkpoint or package) for the ASE calculator and "
         "the LAMMPS pair style. The compiled file is checked against the eager model on the "
-        "package's example frame before it is written.",
+        "package's example frame before it is written. Several models (a committee) make one "
+        "file that evaluates them all on one neighbour list and gives their mean and deviations.",
     )
-    parser.add_argument("input", type=Path, help="*.ckpt checkpoint or *.nequip.zip package")
+    parser.add_argument(
+        "input",
+        type=Path,
+        nargs="+",
+        help="*.ckpt checkpoint or *.nequip.zip package; several: a committee of those models "
+        "(same type names and cutoffs)",
+    )
     parser.add_argument(
         "output",
         type=Path,
@@ -45,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=" | ".join(TARGETS) + ": order of the flat inputs and outputs of an AOTInductor "
         "file (required with --mode aotinductor; a TorchScript file serves every target)",
     )
+    parser.add_argument(
+        "--committee-drive",
+        default=None,
+        help="with several models: what gives the energy, forces and stress, the 'mean' of the "
+        "models (default) or the 'first' model (DeePMD-kit's way); the others give the deviations",
+    )
     return parser
 
 
@@ -59,7 +83,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     logger.setLevel(logging.INFO)
     try:
         check_arguments(args.output, args.mode, args.device, args.target, args.tf32)
-        model, example_data = _load(args.input)
+        check_committee_arguments(len(args.input), args.mode, args.target, args.committee_drive)
+        if len(args.input) == 1:
+            model, example_data = _load(args.input[0])
+        else:
+            model, example_data = _load_committee(args.input, args.committee_drive or "mean")
         compile_model(
             model,
             args.output,
@@ -88,6 +116,16 @@ def _load(path: Path):
     example_data, source = eager.example_frame()
     logging.getLogger("nequip.compile").info("example frame: %s", source)
     return eager.module, example_data
+
+
+def _load_committee(paths: List[Path], drive: str):
+    """The committee of the models of ``paths`` (nequip.model.Committee, which refuses models
+    of different type names or cutoffs) and the first model's example frame."""
+    from nequip.model import Committee
+
+    loaded = [_load(path) for path in paths]
+    committee = Committee([model for model, _ in loaded], names=[str(path) for path in paths], drive=drive)
+    return committee, loaded[0][1]
 
 
 class _ProgressToStderr(logging.Handler):
