@@ -159,8 +159,19 @@ def test_aotinductor_with_unknown_output_names(compiled_models, tmp_path):
     path = with_pt2_metadata(compiled_models[PT2], tmp_path / "model.nequip.pt2", "nequip_aoti_outputs", value)
     message = (
         f"{path}: metadata key 'nequip_aoti_outputs' is malformed: expected distinct names from "
-        f"'atomic_energy total_energy forces stress virial atom_virial' including 'atomic_energy forces', "
-        f"got '{value}'"
+        f"'atomic_energy total_energy forces stress virial atom_virial force_deviation energy_deviation "
+        f"virial_deviation' including 'atomic_energy forces', got '{value}'"
+    )
+    with raises(ModelFileError, message):
+        Model(str(path))
+
+
+def test_one_model_that_claims_to_be_a_committee_is_refused(compiled_models, tmp_path):
+    """committee_size says the file gives deviations; its outputs say it does not."""
+    path = with_pth_metadata(compiled_models[PTH], tmp_path / "model.nequip.pth", "committee_size", "2")
+    message = (
+        f"{path}: metadata keys 'committee_size' and 'nequip_torchscript_outputs' disagree: "
+        "a committee of 2 models must return 'force_deviation'"
     )
     with raises(ModelFileError, message):
         Model(str(path))
