@@ -98,6 +98,7 @@ PairNequIP::PairNequIP(LAMMPS *lmp) :
 PairNequIP::~PairNequIP()
 {
   if (copymode) return;
+  if (deviation_file) fclose(deviation_file);
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);
@@ -182,6 +183,10 @@ void PairNequIP::compute(int eflag, int vflag)
 
   if (eflag_global) eng_vdwl += out.total_energy;
 
+  if (!deviation_path.empty() && update->ntimestep % deviation_every == 0 &&
+      update->ntimestep != deviation_last_step)
+    write_deviation(out, num_nodes);
+
   if (vflag_global) {
     if (!out.virial)
       error->one(FLERR, "pair_style nequip: model {} gives no virial for this box", model->path());
@@ -213,19 +218,82 @@ void PairNequIP::compute(int eflag, int vflag)
 }
 
 /* ----------------------------------------------------------------------
-   pair_style nequip [device cpu|cuda|cuda:K]
+   one line of DeePMD-kit's model_devi.out: step, max/min/avg of the virial deviation
+   (std over the models of each virial component, per atom: avg = its norm / 3), max/min/avg
+   of the per-atom force deviation; the reductions over the world communicator
+------------------------------------------------------------------------- */
+
+void PairNequIP::write_deviation(const nequip::Outputs &out, int64_t num_nodes)
+{
+  if (!out.force_deviation)
+    error->all(FLERR, "pair_style nequip: model {} gives no force deviation", model->path());
+  const double *deviation = out.force_deviation->data_ptr<double>();
+  // max and -min over owned atoms; the sum and the number of them
+  double local_extremes[2] = {-INFINITY, -INFINITY}, local_sums[2] = {0.0, 0.0};
+  for (int64_t node = 0; node < num_nodes; node++) {
+    if (!node_is_local[node]) continue;
+    local_extremes[0] = std::max(local_extremes[0], deviation[node]);
+    local_extremes[1] = std::max(local_extremes[1], -deviation[node]);
+    local_sums[0] += deviation[node];
+    local_sums[1] += 1.0;
+  }
+  double extremes[2], sums[2];
+  MPI_Allreduce(local_extremes, extremes, 2, MPI_DOUBLE, MPI_MAX, world);
+  MPI_Allreduce(local_sums, sums, 2, MPI_DOUBLE, MPI_SUM, world);
+  double virial_max = 0.0, virial_min = 0.0, virial_norm = 0.0;
+  if (out.virial_deviation) {
+    const double *v = out.virial_deviation->data_ptr<double>();
+    const double natoms = (double) atom->natoms;
+    virial_max = -INFINITY;
+    virial_min = INFINITY;
+    for (int k = 0; k < 9; k++) {
+      virial_max = std::max(virial_max, v[k] / natoms);
+      virial_min = std::min(virial_min, v[k] / natoms);
+      virial_norm += (v[k] / natoms) * (v[k] / natoms);
+    }
+    virial_norm = std::sqrt(virial_norm);
+  }
+  deviation_last_step = update->ntimestep;
+  if (comm->me != 0) return;
+  fmt::print(deviation_file, "{:>12}{:>19.6e}{:>19.6e}{:>19.6e}{:>19.6e}{:>19.6e}{:>19.6e}\n",
+             update->ntimestep, virial_max, virial_min, virial_norm / 3.0, extremes[0],
+             -extremes[1], sums[0] / std::max(sums[1], 1.0));
+  fflush(deviation_file);
+}
+
+/* ----------------------------------------------------------------------
+   pair_style nequip [device cpu|cuda|cuda:K] [deviation FILE [every N]]
 ------------------------------------------------------------------------- */
 
 void PairNequIP::settings(int narg, char **arg)
 {
   requested_device.clear();
+  deviation_path.clear();
+  deviation_every = 1;
+  bool every_given = false;
   int iarg = 0;
   while (iarg < narg) {
     const std::string keyword = arg[iarg];
+    if (keyword == "deviation" || keyword == "every") {
+      if (iarg + 1 >= narg)
+        error->all(FLERR, "Illegal pair_style nequip command: '{}' needs a value: {}", keyword,
+                   keyword == "every" ? "a number of steps" : "a file name");
+      if (keyword == "deviation") {
+        deviation_path = arg[iarg + 1];
+      } else {
+        deviation_every = utils::bnumeric(FLERR, arg[iarg + 1], false, lmp);
+        if (deviation_every < 1)
+          error->all(FLERR, "Illegal pair_style nequip command: 'every' must be at least 1, got {}",
+                     deviation_every);
+        every_given = true;
+      }
+      iarg += 2;
+      continue;
+    }
     if (keyword != "device")
       error->all(FLERR,
                  "Illegal pair_style nequip command: unknown keyword '{}' (expected "
-                 "'pair_style nequip [device cpu|cuda|cuda:K]')",
+                 "'pair_style nequip [device cpu|cuda|cuda:K] [deviation FILE [every N]]')",
                  keyword);
     if (iarg + 1 >= narg)
       error->all(FLERR,
@@ -240,6 +308,15 @@ void PairNequIP::settings(int narg, char **arg)
     }
     iarg += 2;
   }
+  if (every_given && deviation_path.empty())
+    error->all(FLERR,
+               "Illegal pair_style nequip command: 'every' is how often the deviation file is "
+               "written: give 'deviation FILE' too");
+  if (deviation_file) {
+    fclose(deviation_file);
+    deviation_file = nullptr;
+  }
+  deviation_last_step = -1;
 }
 
 /* ----------------------------------------------------------------------
@@ -345,6 +422,25 @@ void PairNequIP::init_style()
     error->all(FLERR,
                "pair_style nequip requires an atom map: add 'atom_modify map yes' "
                "before the simulation box is defined");
+
+  if (!deviation_path.empty()) {
+    if (model->committee_size() < 2)
+      error->all(FLERR,
+                 "pair_style nequip deviation {}: model {} is one model; the deviation is that "
+                 "of a committee: compile several models into one file (nequip-compile "
+                 "a.nequip.zip b.nequip.zip ... committee.nequip.pth)",
+                 deviation_path, model->path());
+    if (comm->me == 0 && !deviation_file) {
+      deviation_file = fopen(deviation_path.c_str(), "w");
+      if (!deviation_file)
+        error->one(FLERR, "pair_style nequip: cannot open deviation file {}: {}", deviation_path,
+                   utils::getsyserror());
+      fmt::print(deviation_file, "#{:>11}{:>19}{:>19}{:>19}{:>19}{:>19}{:>19}\n", "step",
+                 "max_devi_v", "min_devi_v", "avg_devi_v", "max_devi_f", "min_devi_f",
+                 "avg_devi_f");
+      fflush(deviation_file);
+    }
+  }
 
   exchange_mode = comm->nprocs > 1;
   if (!exchange_mode) {

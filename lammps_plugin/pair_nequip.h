@@ -2,7 +2,7 @@
    pair_style nequip: a compiled NequIP model (*.nequip.pt2 | *.nequip.pth)
    evaluated through the nequip C++ runtime.
 
-     pair_style nequip [device cpu|cuda|cuda:K]
+     pair_style nequip [device cpu|cuda|cuda:K] [deviation FILE [every N]]
      pair_coeff * * model.nequip.pt2 NAME_1 ... NAME_ntypes
 
    The model runs on the device it was compiled for; a CUDA model on the GPU of index
@@ -19,6 +19,10 @@
    layer, so that each rank evaluates the edges of its own atoms only: files
    of target pair_nequip_domain (.pt2) and .nequip.pth files of this version.
    compute stress/atom needs a model that returns atom_virial (the same files).
+
+   `deviation FILE` (a committee file, one MPI rank): every N steps (default 1) a line of
+   DeePMD-kit's model_devi.out columns, step, max/min/avg virial deviation (eV per atom),
+   max/min/avg force deviation (eV/Angstrom), reduced over the world communicator.
 ------------------------------------------------------------------------- */
 
 #ifndef LMP_PAIR_NEQUIP_H
@@ -27,12 +31,14 @@
 #include "pair.h"
 
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
 
 namespace nequip {
 class Model;
+struct Outputs;
 }
 
 namespace LAMMPS_NS {
@@ -91,6 +97,15 @@ class PairNequIP : public Pair {
   // Graph sizes summed over the steps of a run (several ranks), reported by finish(): each
   // rank's work per owned atom.
   double tally_steps = 0.0, tally_local_nodes = 0.0, tally_nodes = 0.0, tally_edges = 0.0;
+
+  // pair_style's `deviation FILE every N` (a committee file): DeePMD-kit's model_devi.out,
+  // written by rank 0; the last step written, so that a step evaluated twice (the setup of
+  // a second run) is written once.
+  std::string deviation_path;
+  bigint deviation_every = 1;
+  FILE *deviation_file = nullptr;
+  bigint deviation_last_step = -1;
+  void write_deviation(const nequip::Outputs &out, int64_t num_nodes);
 
   // Whether this pair_coeff's element names were checked against the types' masses.
   bool masses_checked = false;
