@@ -12,6 +12,7 @@ AOTInductor into a self-contained package.
       --aoti_compile_and_package (inductor_speedups.faster_compile)--> *.nequip.pt2
 """
 
+import contextlib
 import math
 import operator
 from typing import BinaryIO, Dict, Mapping, Optional, Tuple
@@ -22,6 +23,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from nequip.data import keys, synthetic_frame
+from nequip.nn.message_passing import INDUCTOR, message_backend
 
 from .contract import TARGET_INPUTS, TARGET_OUTPUTS
 from .inductor_speedups import faster_compile
@@ -109,16 +111,7 @@ def export(
     inputs = tracing_inputs(target, num_types, device)
 
     log("tracing the model, derivatives included (make_fx)")
-    # Never merge two dimensions because their example sizes happen to agree.
-    # The message passing traces its per-edge contractions as broadcast products and sums, which
-    # inductor fuses with the gathers and scatters around them (nequip.nn.message_passing).
-    with fx_config.patch(use_duck_shape=False):
-        traced = make_fx(
-            flat,
-            tracing_mode="symbolic",
-            _allow_non_fake_inputs=True,
-            _error_on_data_dependent_ops=True,
-        )(*inputs)
+    traced = _trace(flat, inputs)
     sum_scatters_into_one_row(traced)
     materialize_gathered(traced)
 
@@ -514,9 +507,15 @@ def _part_dynamic_shapes(name: str, num_types: int):
     return ({0: rows}, {0: rows}, {0: edges}, {0: edges}, {1: edges})  # a layer's forward part
 
 
-def _trace(module: torch.nn.Module, inputs) -> torch.fx.GraphModule:
+def _trace(module, inputs) -> torch.fx.GraphModule:
+    """``module`` (or a function) traced to aten operations, derivatives included, with symbolic sizes.
+
+    The message passing computes by its ``inductor`` backend: per-edge contractions as broadcast
+    products and sums, which Inductor fuses with the gathers and scatters around them
+    (nequip.nn.message_passing)."""
+    backend = message_backend(module, INDUCTOR) if isinstance(module, torch.nn.Module) else contextlib.nullcontext()
     # Never merge two dimensions because their example sizes happen to agree.
-    with fx_config.patch(use_duck_shape=False):
+    with backend, fx_config.patch(use_duck_shape=False):
         return make_fx(module, tracing_mode="symbolic", _allow_non_fake_inputs=True, _error_on_data_dependent_ops=True)(
             *inputs
         )
