@@ -277,8 +277,8 @@ def test_eager_backward_on_cpu_runs_the_kernels():
         grads = torch.autograd.grad(out.square().sum(), [x, edge_sh, edge_radial], create_graph=True)
         sum(grad.square().sum() for grad in grads).backward()
     names = [event.name for event in profile.events()]
-    assert names.count("nequip::message_backward") == 2 * len(module.runs)
-    assert names.count("nequip::message_double_backward") == len(module.runs)
+    assert names.count("nequip::message_backward_v1") == 2 * len(module.runs)
+    assert names.count("nequip::message_double_backward_v1") == len(module.runs)
 
 
 def test_the_kernels_refuse_indices_out_of_range():
@@ -288,17 +288,17 @@ def test_the_kernels_refuse_indices_out_of_range():
     a, w = torch.randn(edges, d1, rows), torch.randn(edges, paths, mul)
     x, g = torch.randn(nodes, d1, mul), torch.randn(nodes, rows, mul)
     center, row_path = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1])
-    with pytest.raises(RuntimeError, match=re.escape("nequip::message_backward: an edge index is outside [0, 3)")):
-        torch.ops.nequip.message_backward(a, x, g, w, center, torch.tensor([0, 1, 3, 0]), row_path)
-    with pytest.raises(RuntimeError, match=re.escape("nequip::message_backward: row_path is outside [0, 2)")):
-        torch.ops.nequip.message_backward(a, x, g, w, center, center, torch.tensor([0, 2]))
-    shape_error = "nequip::message_backward: g has shape [3, 1, 5], expected [3, 2, 5]"
+    with pytest.raises(RuntimeError, match=re.escape("nequip::message_backward_v1: an edge index is outside [0, 3)")):
+        torch.ops.nequip.message_backward_v1(a, x, g, w, center, torch.tensor([0, 1, 3, 0]), row_path)
+    with pytest.raises(RuntimeError, match=re.escape("nequip::message_backward_v1: row_path is outside [0, 2)")):
+        torch.ops.nequip.message_backward_v1(a, x, g, w, center, center, torch.tensor([0, 2]))
+    shape_error = "nequip::message_backward_v1: g has shape [3, 1, 5], expected [3, 2, 5]"
     with pytest.raises(RuntimeError, match=re.escape(shape_error)):
-        torch.ops.nequip.message_backward(a, x, g[:, :1], w, center, center, row_path)
+        torch.ops.nequip.message_backward_v1(a, x, g[:, :1], w, center, center, row_path)
     cotangents = (torch.zeros(edges, paths, mul), torch.zeros(edges, d1, rows), torch.zeros(edges, d1, mul + 1))
-    cotangent_error = "nequip::message_double_backward: the cotangent of gx has shape [4, 3, 6], expected [4, 3, 5]"
+    cotangent_error = "nequip::message_double_backward_v1: the cotangent of gx has shape [4, 3, 6], expected [4, 3, 5]"
     with pytest.raises(RuntimeError, match=re.escape(cotangent_error)):
-        torch.ops.nequip.message_double_backward(a, x, g, w, center, center, row_path, *cotangents)
+        torch.ops.nequip.message_double_backward_v1(a, x, g, w, center, center, row_path, *cotangents)
 
 
 @pytest.mark.parametrize("mul", [16, 32, 64])
@@ -343,3 +343,45 @@ def test_a_backend_is_kept_through_pickling():
     copy = pickle.loads(pickle.dumps(module))
     assert copy.message_backend == "cpu_kernels"
     assert_same_numbers(first_and_second_derivatives(copy, inputs), first_and_second_derivatives(module, inputs))
+
+
+def test_kernels_of_another_version_leave_the_reference(monkeypatch):
+    # as if this code (a package's copy of it, say) expected a version the installed library
+    # does not register: built, it takes the reference; asked for the kernels, it says why not;
+    # unpickled with them, it falls back with a warning and the reference's numbers
+    module = build(ALL_L2, ALL_L2, backend="cpu_kernels")
+    inputs = random_inputs(module)
+    expected = first_and_second_derivatives(module, inputs)
+    saved = pickle.dumps(module)
+    monkeypatch.setattr(message_passing, "KERNEL_VERSION", 2)
+    missing = "the installed nequip._kernels has no nequip::message_backward_v2, which this code calls"
+    assert message_passing.cpu_kernels_missing() == missing
+    assert message_passing.default_message_backend() == "torch"
+    refused = f"the message passing backend 'cpu_kernels' cannot run here: {missing}; use 'torch'"
+    with pytest.raises(ValueError, match=re.escape(refused)):
+        module.use_message_backend("cpu_kernels")
+    fallback = f"the message passing's backward runs as torch operations (slower): {missing}"
+    with pytest.warns(UserWarning, match=re.escape(fallback)):
+        loaded = pickle.loads(saved)
+    assert loaded.message_backend == "torch"
+    assert_same_numbers(first_and_second_derivatives(loaded, inputs), expected)
+
+
+def test_kernels_whose_arguments_changed_are_not_called(monkeypatch):
+    # the same name registered with other arguments: the schema is compared, not the name alone
+    arguments = dict(message_passing._KERNEL_ARGUMENTS)
+    changed = arguments["message_double_backward"].replace("Tensor hx)", "Tensor hx, int mul)")
+    arguments["message_double_backward"] = changed
+    monkeypatch.setattr(message_passing, "_KERNEL_ARGUMENTS", arguments)
+    registered = message_passing.registered_schema("nequip::message_double_backward_v1")
+    assert message_passing.cpu_kernels_missing() == (
+        f"the installed nequip._kernels registers {registered}, where this code calls "
+        f"nequip::message_double_backward_v1{arguments['message_double_backward']}"
+    )
+
+
+def test_version_1_keeps_the_names_packages_called_before_versioning():
+    # packages made before the names carried a version call these, without checking
+    for name, arguments in message_passing._KERNEL_ARGUMENTS.items():
+        assert message_passing.registered_schema(f"nequip::{name}") == f"nequip::{name}{arguments}"
+        assert message_passing.registered_schema(f"nequip::{name}_v1") == f"nequip::{name}_v1{arguments}"

@@ -213,7 +213,9 @@ class TensorProductSum(torch.nn.Module):
         if name == CPU_KERNELS:
             missing = cpu_kernels_missing()
             if missing is not None:
-                raise ValueError(f"the message passing backend {CPU_KERNELS!r} cannot run here: {missing}; use {TORCH!r}")
+                raise ValueError(
+                    f"the message passing backend {CPU_KERNELS!r} cannot run here: {missing}; use {TORCH!r}"
+                )
         self.message_backend = name
 
     def __setstate__(self, state) -> None:
@@ -592,9 +594,9 @@ class AutogradBackend(TorchBackend):
 
 
 class _RunBackward(torch.autograd.Function):
-    """The first derivatives of one run's node sums, by the CPU kernel ``nequip::message_backward``
+    """The first derivatives of one run's node sums, by the CPU kernel ``nequip::message_backward_v1``
     (cpp/kernels/message_backward.cpp, which states the formulas), differentiable once more by
-    ``nequip::message_double_backward``: training's loss on forces differentiates them.
+    ``nequip::message_double_backward_v1``: training's loss on forces differentiates them.
 
     Inputs: the run's A (E, d1, rows), its input irrep's node features (N, d1, mul) and output
     gradients (N, rows, mul), both channels last, the path weights (E, paths, mul), centre and
@@ -606,7 +608,7 @@ class _RunBackward(torch.autograd.Function):
     def forward(ctx, a, x, g, w, center, neighbor, row_path):
         a, x, g, w, center, neighbor = (t.contiguous() for t in (a, x, g, w, center, neighbor))
         ctx.save_for_backward(a, x, g, w, center, neighbor, row_path)
-        return torch.ops.nequip.message_backward(a, x, g, w, center, neighbor, row_path)
+        return _kernel("message_backward")(a, x, g, w, center, neighbor, row_path)
 
     @staticmethod
     @once_differentiable
@@ -617,7 +619,7 @@ class _RunBackward(torch.autograd.Function):
         cotangents = [
             a.new_zeros(shape) if grad is None else grad.contiguous() for grad, shape in zip((grad_w, grad_a, grad_x), shapes)
         ]
-        da, dx_edge, dg_edge, dw = torch.ops.nequip.message_double_backward(
+        da, dx_edge, dg_edge, dw = _kernel("message_double_backward")(
             a, x, g, w, center, neighbor, row_path, *cotangents
         )
         num_nodes = x.shape[0]
@@ -649,10 +651,37 @@ def _kernels_installed() -> bool:
     return True
 
 
+# The version of the kernels this code calls: their names end in _v{KERNEL_VERSION}, and their
+# arguments are these. The installed library must register exactly these (a package made today
+# keeps this copy of the code, so it checks whatever library is installed where it is loaded);
+# otherwise the reference runs. cpp/kernels/message_backward.cpp says when the version changes;
+# packages record it in their metadata (versions: nequip_kernels).
+KERNEL_VERSION = 1
+_KERNEL_ARGUMENTS = {
+    "message_backward": "(Tensor a, Tensor x, Tensor g, Tensor w, Tensor center, Tensor neighbor, Tensor row_path)"
+    " -> (Tensor, Tensor, Tensor)",
+    "message_double_backward": "(Tensor a, Tensor x, Tensor g, Tensor w, Tensor center, Tensor neighbor, "
+    "Tensor row_path, Tensor hw, Tensor ha, Tensor hx) -> (Tensor, Tensor, Tensor, Tensor)",
+}
+
+
+def _kernel(name: str):
+    """The operator ``nequip::{name}_v{KERNEL_VERSION}``."""
+    return getattr(torch.ops.nequip, f"{name}_v{KERNEL_VERSION}")
+
+
 def cpu_kernels_missing() -> Optional[str]:
-    """Why the ``cpu_kernels`` backend cannot run here, or None where it can."""
+    """Why the ``cpu_kernels`` backend cannot run here, or None where it can: the installed
+    ``nequip._kernels`` must register the operators this code calls, with its arguments."""
     if not _kernels_installed():
         return "the extension nequip._kernels is not installed"
+    for name, arguments in _KERNEL_ARGUMENTS.items():
+        expected = f"nequip::{name}_v{KERNEL_VERSION}{arguments}"
+        registered = registered_schema(f"nequip::{name}_v{KERNEL_VERSION}")
+        if registered is None:
+            return f"the installed nequip._kernels has no nequip::{name}_v{KERNEL_VERSION}, which this code calls"
+        if registered != expected:
+            return f"the installed nequip._kernels registers {registered}, where this code calls {expected}"
     return None
 
 
@@ -678,13 +707,23 @@ def set_message_backend(model: torch.nn.Module, name: str) -> None:
 @contextlib.contextmanager
 def message_backend(model: torch.nn.Module, name: str) -> Iterator[None]:
     """:func:`set_message_backend` inside the context; each module's own backend again after."""
-    previous = [(module, module.message_backend) for module in model.modules() if hasattr(module, "use_message_backend")]
+    modules = [module for module in model.modules() if hasattr(module, "use_message_backend")]
+    previous = [(module, module.message_backend) for module in modules]
     set_message_backend(model, name)
     try:
         yield
     finally:
         for module, backend in previous:
             module.message_backend = backend
+
+
+def registered_schema(qualified_name: str) -> Optional[str]:
+    """The schema of operator ``namespace::name`` as torch prints it, or None where none is registered."""
+    namespace, name = qualified_name.split("::")
+    try:
+        return str(getattr(getattr(torch.ops, namespace), name).default._schema)
+    except AttributeError:
+        return None
 
 
 def _gradient_used(tensors: List[torch.Tensor]) -> bool:
