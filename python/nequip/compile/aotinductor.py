@@ -18,12 +18,10 @@ import operator
 from typing import BinaryIO, Dict, Mapping, Optional, Tuple
 
 import torch
-import torch.fx.experimental._config as fx_config
-from torch.fx.experimental.proxy_tensor import make_fx
-from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from nequip.data import keys, synthetic_frame
 from nequip.nn.message_passing import INDUCTOR, message_backend
+from nequip.utils import torch_internals
 
 from .contract import TARGET_INPUTS, TARGET_OUTPUTS
 from .inductor_speedups import faster_compile
@@ -168,7 +166,7 @@ def sum_scatters_into_one_row(graph_module: torch.fx.GraphModule) -> int:
             if not (
                 index.dim() == 1
                 and values.dim() == destination.meta["val"].dim()
-                and statically_known_true(values.shape[0] == index.shape[0])
+                and torch_internals.statically_known_true(values.shape[0] == index.shape[0])
             ):
                 continue
         else:
@@ -199,7 +197,7 @@ def materialize_gathered(graph_module: torch.fx.GraphModule) -> int:
     kernels). ``inductor_force_stride_order`` makes Inductor write the copy once, per node.
     """
     aten = torch.ops.aten
-    force_stride_order = torch.ops.prims.inductor_force_stride_order.default
+    force_stride_order = torch_internals.force_stride_order()
     buffers_already = (force_stride_order, aten.mm.default, aten.addmm.default, aten.bmm.default)
     graph = graph_module.graph
     buffers = {}  # source -> its contiguous buffer
@@ -224,10 +222,8 @@ def materialize_gathered(graph_module: torch.fx.GraphModule) -> int:
 def package(exported: torch.export.ExportedProgram, file: BinaryIO, metadata: Mapping[str, str]) -> None:
     """Compile ``exported`` to C++ and write the AOTInductor package (a ``*.pt2``) into ``file``."""
     with faster_compile():
-        torch._inductor.aoti_compile_and_package(
-            exported,
-            package_path=file,
-            inductor_configs={**INDUCTOR_CONFIGS, "aot_inductor.metadata": dict(metadata)},
+        torch_internals.aoti_compile_and_package(
+            exported, file, {**INDUCTOR_CONFIGS, "aot_inductor.metadata": dict(metadata)}
         )
 
 
@@ -353,19 +349,11 @@ def split_joint(joint: torch.fx.GraphModule) -> Tuple[torch.fx.GraphModule, torc
     it into the kernels that read it. Keeping every forward value that the backward pass reads
     would cost ~20 KB per edge and layer, several times what recomputing the whole layer costs.
     """
-    import torch._functorch.config as functorch_config
-    from torch._functorch.partitioners import min_cut_rematerialization_partition
-
     placeholders = list(joint.graph.find_nodes(op="placeholder"))
     primals = placeholders[:-1]
-    # the partitioner tells the forward's inputs from the tangents by their names
-    for index, node in enumerate(primals):
-        node.name = node.target = f"primals_{index + 1}"
-    placeholders[-1].name = placeholders[-1].target = "tangents_1"
-    joint.recompile()
-    # aggressive: the gathers of node features onto edges (index_select) are recomputed too
-    with functorch_config.patch(aggressive_recomputation=True):
-        forward, partitioned_backward = min_cut_rematerialization_partition(joint, None, num_fwd_outputs=1)
+    # aggressive: the gathers of node features onto edges (index_select) are recomputed too;
+    # the joint's inputs are renamed, the names the partitioned backward's inputs carry
+    forward, partitioned_backward = torch_internals.min_cut_partition(joint)
 
     # The partitioner's forward also returns the symbolic sizes its backward reads; an AOTI
     # model returns tensors only, so the backward recomputes them from its inputs' sizes.
@@ -391,7 +379,7 @@ def split_joint(joint: torch.fx.GraphModule) -> Tuple[torch.fx.GraphModule, torc
         by_name[node.name] = graph.placeholder(f"residual_{index}")
         by_name[node.name].meta = dict(node.meta)
     tangent = graph.placeholder("tangents_1")
-    by_name["tangents_1"] = tangent
+    by_name[placeholders[-1].name] = tangent
     tangent.meta = dict(placeholders[-1].meta)
 
     def copy_view(node):
@@ -514,11 +502,8 @@ def _trace(module, inputs) -> torch.fx.GraphModule:
     products and sums, which Inductor fuses with the gathers and scatters around them
     (nequip.nn.message_passing)."""
     backend = message_backend(module, INDUCTOR) if isinstance(module, torch.nn.Module) else contextlib.nullcontext()
-    # Never merge two dimensions because their example sizes happen to agree.
-    with backend, fx_config.patch(use_duck_shape=False):
-        return make_fx(module, tracing_mode="symbolic", _allow_non_fake_inputs=True, _error_on_data_dependent_ops=True)(
-            *inputs
-        )
+    with backend:
+        return torch_internals.trace_symbolic(module, inputs)
 
 
 def _residual_dynamic_shapes(residuals, dims_by_symbol):
@@ -593,8 +578,6 @@ def package_with_parts(
     log,
 ) -> None:
     """One package: the whole model as "model" (with the metadata) and each part under its name."""
-    from torch._inductor.package import package_aoti
-
     options = {**INDUCTOR_CONFIGS, "aot_inductor.package": True, "aot_inductor.metadata": dict(metadata)}
     files = {}
     # one context for all: the parts share index expressions, and so the analysis' cached answers
@@ -603,5 +586,5 @@ def package_with_parts(
             log(f"compiling C++ of {name} (AOTInductor)")
             args, kwargs = program.example_inputs
             module = program.module(check_guards=False)
-            files[name] = torch._inductor.aot_compile(module, args, kwargs, options=dict(options))
-    package_aoti(file, files)
+            files[name] = torch_internals.aoti_compile(module, args, kwargs, dict(options))
+    torch_internals.aoti_package(file, files)

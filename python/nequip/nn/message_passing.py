@@ -56,6 +56,8 @@ import torch
 from e3nn import o3
 from torch.autograd.function import once_differentiable
 
+from ..utils import torch_internals
+from ..utils.torch_internals import registered_schema
 from .radial import RadialMLP, radial_mlp_hidden, radial_mlp_hidden_backward
 
 
@@ -717,15 +719,6 @@ def message_backend(model: torch.nn.Module, name: str) -> Iterator[None]:
             module.message_backend = backend
 
 
-def registered_schema(qualified_name: str) -> Optional[str]:
-    """The schema of operator ``namespace::name`` as torch prints it, or None where none is registered."""
-    namespace, name = qualified_name.split("::")
-    try:
-        return str(getattr(getattr(torch.ops, namespace), name).default._schema)
-    except AttributeError:
-        return None
-
-
 def _gradient_used(tensors: List[torch.Tensor]) -> bool:
     """Whether the backward pass running now wants the gradient of any of ``tensors``.
 
@@ -734,18 +727,12 @@ def _gradient_used(tensors: List[torch.Tensor]) -> bool:
     weights that require grad but whose gradients it never uses (the loss's own backward takes
     them later): asked here, the engine says whether it will reach them. Where it cannot tell
     (another torch), they are computed."""
-    will_execute = getattr(torch._C, "_will_engine_execute_node", None)
-    if will_execute is None:
-        return True
     for tensor in tensors:
         if not tensor.requires_grad:
             continue
         # a leaf's gradient goes to its accumulator, the node behind a view of it
         node = tensor.grad_fn if tensor.grad_fn is not None else tensor.view_as(tensor).grad_fn.next_functions[0][0]
-        try:
-            if will_execute(node):
-                return True
-        except RuntimeError:  # not inside a backward pass of the engine
+        if torch_internals.engine_will_execute(node) is not False:
             return True
     return False
 
