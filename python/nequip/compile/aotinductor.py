@@ -30,13 +30,13 @@ from .inductor_speedups import faster_compile
 # symbolic tracing specialises sizes 0 and 1), then exported on that frame repeated to these
 # sizes. Inductor takes them as the typical sizes of the dynamic dimensions when it decides how
 # to split loops across threads (with tiny sizes it would parallelise over channels instead of
-# edges: 1.5x slower at 512 atoms) and which kernels share enough reads to fuse.
+# edges, which is slower) and which kernels share enough reads to fuse.
 _EXPORT_NUM_ATOMS = 512
 _EXPORT_NUM_EDGES = 24576
 
-# Inductor settings for the force graph, whose memory is per-edge data of the backward pass
-# (512 atoms of the benchmark model: peak resident memory 721 -> 359 MiB, 0.69 -> 1.15 s per call;
-# docs/benchmarks.md).
+# Inductor settings for the force graph, whose memory is per-edge data of the backward pass: they
+# give up some time per call for a much smaller peak memory (figures: docs/benchmarks.md, "Where
+# the numbers in code comments went").
 INDUCTOR_CONFIGS = {
     # The locality pass moves every producer to just before its first consumer. Each layer's
     # gradient with respect to the shared edge embeddings is first consumed where it is added to
@@ -48,11 +48,11 @@ INDUCTOR_CONFIGS = {
     # gradients, run as one kernel with both groups' per-edge buffers alive.
     "score_fusion_memory_threshold": 2**24,
     # One buffer per call, laid out ahead of time, instead of hundreds of malloc'd ones whose
-    # fragmentation of the heap added half the live size again.
+    # fragmentation of the heap added to the live size.
     "memory_planning": True,
     # The wrapper (the code that calls the kernels and lays out their buffers, not the kernels)
-    # unoptimised: g++ -O1 spent most of the benchmark model's compile time on it (380 s of CPU
-    # against 84 s at -O0), and what it runs is a few thousand calls per model call.
+    # unoptimised: g++ -O1 spent most of the benchmark model's compile time on it, and what it
+    # runs is a few thousand calls per model call.
     "aot_inductor.compile_wrapper_opt_level": "O0",
 }
 
@@ -193,8 +193,9 @@ def materialize_gathered(graph_module: torch.fx.GraphModule) -> int:
     stack of transposed gradient blocks: a few numbers per node). Inductor would inline that
     copy into the per-edge kernel that gathers, whose loads then step through memory with the
     irrep's stride instead of reading 32 contiguous channels, in every per-edge kernel of every
-    layer, forward and backward (benchmark model at 512 atoms: 3x the time in generated
-    kernels). ``inductor_force_stride_order`` makes Inductor write the copy once, per node.
+    layer, forward and backward (several times the time in generated kernels: docs/benchmarks.md,
+    "Where the numbers in code comments went"). ``inductor_force_stride_order`` makes Inductor
+    write the copy once, per node.
     """
     aten = torch.ops.aten
     force_stride_order = torch_internals.force_stride_order()
@@ -344,10 +345,10 @@ def split_joint(joint: torch.fx.GraphModule) -> Tuple[torch.fx.GraphModule, torc
 
     ``forward(*primals) -> (out, *residuals)`` and ``backward(*primals, out, *residuals,
     tangent) -> gradients`` (``joint``'s inputs are renamed on the way). What to keep is
-    AOTAutograd's min-cut choice: the outputs of matmuls and other costly values are kept, what is cheap to recompute from
-    them (products, broadcasts, views) is recomputed in the backward graph, where Inductor fuses
-    it into the kernels that read it. Keeping every forward value that the backward pass reads
-    would cost ~20 KB per edge and layer, several times what recomputing the whole layer costs.
+    AOTAutograd's min-cut choice: the outputs of matmuls and other costly values are kept, what
+    is cheap to recompute from them (products, broadcasts, views) is recomputed in the backward
+    graph, where Inductor fuses it into the kernels that read it: per edge, only the radial MLP's
+    hidden values are kept (docs/benchmarks.md, "Where the numbers in code comments went").
     """
     placeholders = list(joint.graph.find_nodes(op="placeholder"))
     primals = placeholders[:-1]

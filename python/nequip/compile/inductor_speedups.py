@@ -1,21 +1,21 @@
 """Two changes to how Inductor compiles an AOTInductor file, for compile time alone.
 
 Neither changes what is generated: the benchmark model's kernel and wrapper sources come out
-byte for byte the same with and without them, and its cold compile on 2 cores went from 257 to
-177 s (docs/benchmarks.md, "Compile time").
+byte for byte the same with and without them, and its cold compile takes about two thirds of the
+time (docs/benchmarks.md, "Compile time against the reference").
 
 * **Index analysis without ``sympy.simplify``.** Before vectorising a loop, Inductor's C++
   backend asks, for every index expression, how it steps with the loop variable
   (``torch._inductor.sizevars.stride_at_vec_range``): it rewrites the expression and calls
   ``sympy.simplify`` on it and on the difference of two neighbouring indices. These are
   polynomials in the loop and size symbols, for which ``sympy.expand`` gives the same canonical
-  form; ``simplify`` tries every strategy it has first and took 15-30 ms a call, thousands of
-  calls, 38 s of the benchmark model's compile. Inside :func:`faster_compile` the analysis sees
+  form; ``simplify`` tries every strategy it has first, thousands of times a compile, the largest
+  part of the code generation's time. Inside :func:`faster_compile` the analysis sees
   ``expand`` in its place. Its cached answers are dropped on the way in and out, so no answer
   of one kind outlives its context.
 * **The wrapper built beside the kernels.** AOTInductor runs g++ on the wrapper (the code that
-  calls the kernels, at -O0) and then on the kernels (-O3), one after the other, about 45 s each
-  for the benchmark model. Inside :func:`faster_compile` the wrapper's object is built in a
+  calls the kernels, at -O0) and then on the kernels (-O3), one after the other, taking about as
+  long each for the benchmark model. Inside :func:`faster_compile` the wrapper's object is built in a
   thread while the next object builds; every other build (the shared library that links them)
   first waits for it.
 

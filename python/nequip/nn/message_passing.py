@@ -174,8 +174,9 @@ class TensorProductSum(torch.nn.Module):
             column += d1 * len(members) * d3
         coefficients = torch.cat(blocks, dim=1) if blocks else torch.zeros(irreps_edge_sh.dim, 0, dtype=torch.float64)
         # Runs: eager code contracts all groups of an input irrep with one bmm per edge-batched
-        # product, twice as fast as one per group for the benchmark model (the per-edge matrices,
-        # at most 5 x 15, are then larger). A run's columns of A are ordered (i, group, path, k).
+        # product, faster than one per group (the per-edge matrices, at most 5 x 15, are then
+        # larger; docs/benchmarks.md, "Where the numbers in code comments went"). A run's
+        # columns of A are ordered (i, group, path, k).
         self.runs, run_blocks, row_paths = [], [], []
         column = 0
         for input_irrep, run_groups in itertools.groupby(range(len(self.groups)), lambda h: self.groups[h].input_irrep):
@@ -343,10 +344,10 @@ class TensorProductSum(torch.nn.Module):
         """The gradient of a group's messages by their path weights, (E, paths * mul):
         sum over i and k of grad[e, path, k, u] x[j(e), i, u] A[e, i, path, k].
 
-        One sum over (i, k), which inductor fuses whole (the backward contracts one group at a
-        time only while traced for AOTInductor). As two sums, the products' over i and then over
-        k, it stored the products, (E, paths, d3, mul), to memory between them: for the benchmark
-        model 1.9 KB per edge, the largest buffer of the call."""
+        One sum over (i, k), which inductor fuses whole (only the ``inductor`` backend contracts
+        one group at a time). As two sums, the products' over i and then over k, it stored the
+        products, (E, paths, d3, mul), to memory between them: for the benchmark model the largest
+        buffer of the call."""
         group = self.groups[g]
         num_edges = grad_message.shape[0]
         a_paths = a.view(num_edges, group.d1, group.num_paths, group.d3).transpose(1, 2)
@@ -356,8 +357,8 @@ class TensorProductSum(torch.nn.Module):
     def batched_matmul(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """(E, m, k) @ (E, k, n) for every edge: torch.bmm, or, by the ``inductor`` backend, a
         broadcast product summed over k (the same function), which inductor fuses into the
-        kernels around it instead of materialising both operands for a bmm call (2x the time,
-        more memory)."""
+        kernels around it instead of materialising both operands for a bmm call (more time, more
+        memory)."""
         # TorchScript skips this branch (a condition of is_scripting() alone is decided when scripting)
         if not torch.jit.is_scripting():
             if self.message_backend == INDUCTOR:
@@ -367,7 +368,7 @@ class TensorProductSum(torch.nn.Module):
                     return (left.unsqueeze(2) * right.transpose(1, 2).unsqueeze(1)).sum(-1)
                 return (left.transpose(1, 2).unsqueeze(-1) * right.unsqueeze(2)).sum(1)
         if left.shape[2] == 1:
-            # an outer product per edge (scalar inputs): a broadcast product is 3x faster than bmm
+            # an outer product per edge (scalar inputs): a broadcast product is faster than bmm
             return left * right
         return torch.bmm(left, right)
 
