@@ -2,6 +2,8 @@
 
 pytest_plugins = [
     "fixtures.compiled",
+    "fixtures.model_files",
+    "fixtures.training",
 ]
 
 
