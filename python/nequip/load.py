@@ -83,6 +83,13 @@ CONFIG_ENTRY: Final[str] = f"{RESOURCE_PACKAGE}/{CONFIG_RESOURCE}"
 
 FORMAT_VERSION_KEY: Final[str] = "package_format_version"
 
+# The metadata entries of packages written by the other NequIP release (nequip 0.10 to 0.19.x:
+# plain YAML, its format counter under ECOSYSTEM_VERSION_KEY; 0.7 to 0.9: pickled); read by
+# nequip.ecosystem.packages
+ECOSYSTEM_METADATA_ENTRY: Final[str] = f"{RESOURCE_PACKAGE}/package_metadata.txt"
+ECOSYSTEM_PICKLED_METADATA_ENTRY: Final[str] = f"{RESOURCE_PACKAGE}/package_metadata.pkl"
+ECOSYSTEM_VERSION_KEY: Final[str] = "package_version_id"
+
 # the prefix of the model's weights in a checkpoint's state_dict (the LightningModule's ``model``)
 CHECKPOINT_MODEL_PREFIX: Final[str] = "model."
 
@@ -215,6 +222,10 @@ def ModelFromPackage(path: PathLike, variant: str = DEFAULT_VARIANT) -> torch.nn
     """
     path = check_package_name(path)
     metadata = read_package_metadata(path)
+    if is_ecosystem_package(metadata):
+        from .ecosystem.packages import load_model as load_ecosystem_model
+
+        return load_ecosystem_model(path, metadata, variant).eval()
     variants = metadata["model_variants"]
     if variant not in variants:
         raise PackageError(f"{path}: no model variant {variant!r} in the package; it has: {', '.join(variants)}")
@@ -270,8 +281,21 @@ def read_package_metadata(path: PathLike, allow_newer: bool = False) -> Dict[str
     """
     path = check_package_name(path)
     with _open_archive(path) as archive:
+        entries = {name.partition("/")[2] for name in archive.namelist()}
+        if METADATA_ENTRY not in entries and entries & {ECOSYSTEM_METADATA_ENTRY, ECOSYSTEM_PICKLED_METADATA_ENTRY}:
+            # a package written by the other NequIP release (nequip.ecosystem reads it)
+            from .ecosystem import packages
+
+            if ECOSYSTEM_METADATA_ENTRY not in entries:
+                packages.refuse_pickled_metadata(path)
+            return packages.parse_metadata(path, _read_entry(archive, path, ECOSYSTEM_METADATA_ENTRY, what="no entry"))
         text = _read_entry(archive, path, METADATA_ENTRY, what="no metadata entry")
     return _parse_metadata(path, text, allow_newer=allow_newer)
+
+
+def is_ecosystem_package(metadata: Dict[str, Any]) -> bool:
+    """Whether ``metadata`` (:func:`read_package_metadata`) is that of the other release's package."""
+    return ECOSYSTEM_VERSION_KEY in metadata and FORMAT_VERSION_KEY not in metadata
 
 
 def read_package_entry(path: PathLike, entry: str) -> bytes:

@@ -15,7 +15,6 @@ reproduce the source model's predictions on the example frame, and only then ren
 place: a failed build leaves no file behind.
 """
 
-import importlib.metadata
 import platform
 import warnings
 from pathlib import Path
@@ -44,6 +43,7 @@ from ..load import (
     PackageError,
     PathLike,
     check_package_name,
+    is_ecosystem_package,
     list_package_entries,
     model_file_kind,
     model_resource,
@@ -66,7 +66,8 @@ def build_package(source: PathLike, output: PathLike, verify: bool = True) -> Di
     named by the checkpoint's configuration, or a synthetic frame
     (:func:`nequip.data.synthetic_frame`) when that file is not available.
     From a package: every model variant, the example data and the configuration of the
-    original, with the original's code.
+    original, with the original's code; a package of the other NequIP release is written again
+    in its own format (:func:`nequip.ecosystem.packages.repackage`).
 
     ``verify`` loads the written package back and requires its predictions on the example
     frame to equal the source model's exactly before the package is put in place.
@@ -76,6 +77,11 @@ def build_package(source: PathLike, output: PathLike, verify: bool = True) -> Di
     """
     source, output = Path(source), Path(output)
     check_package_name(output)
+    if model_file_kind(source) == "package" and is_ecosystem_package(read_package_metadata(source)):
+        # kept in the other release's format: its models are made of its own code
+        from nequip.ecosystem.packages import repackage
+
+        return repackage(source, output, verify=verify)
     contents = _from_package(source) if model_file_kind(source) == "package" else _from_checkpoint(source)
     models, example_frame, config_text, origin, example_origin = contents
     _check_same_model_family(source, models)
@@ -239,18 +245,8 @@ def _extern_versions(externed_modules: Sequence[str]) -> Dict[str, str]:
     for top_level in sorted({name.partition(".")[0] for name in externed_modules}):
         if top_level in sys.stdlib_module_names or top_level == "builtins":
             continue
-        versions[top_level] = _installed_version(top_level)
+        versions[top_level] = dependencies.installed_version(top_level)
     return versions
-
-
-def _installed_version(module_name: str) -> str:
-    distributions = importlib.metadata.packages_distributions().get(module_name, [module_name])
-    for distribution in distributions:
-        try:
-            return importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return str(getattr(__import__(module_name), "__version__", "unknown"))
 
 
 def _plain(value):
@@ -269,7 +265,20 @@ def _plain(value):
 def _verify(
     tmp: Path, output: Path, models: Dict[str, torch.nn.Module], example_frame: Dict[str, torch.Tensor]
 ) -> None:
-    """Require the package written to ``tmp`` to reproduce every model exactly on the example frame.
+    """Require the package written to ``tmp`` to reproduce every model exactly on the example frame."""
+    # the temporary file's name does not end in .nequip.zip: call the format's loader directly
+    packaged = {variant: PACKAGE_LOADERS[PACKAGE_FORMAT_VERSION](tmp, variant).eval() for variant in models}
+    check_reproduces(output, models, packaged, example_frame)
+
+
+def check_reproduces(
+    output: Path,
+    models: Dict[str, torch.nn.Module],
+    packaged: Dict[str, torch.nn.Module],
+    example_frame: Dict[str, torch.Tensor],
+) -> None:
+    """PackageError unless each ``packaged`` model (read back from the package being written to
+    ``output``) predicts exactly what the source model of its variant does on the example frame.
 
     Runs on one thread: with several, the scatter-adds of the force pass accumulate in a varying
     order, and even one model differs from itself in the last bits from call to call.
@@ -278,10 +287,8 @@ def _verify(
     torch.set_num_threads(1)
     try:
         for variant, model in models.items():
-            # the temporary file's name does not end in .nequip.zip: call the format's loader directly
-            packaged = PACKAGE_LOADERS[PACKAGE_FORMAT_VERSION](tmp, variant).eval()
             expected = model(dict(example_frame))
-            actual = packaged(dict(example_frame))
+            actual = packaged[variant](dict(example_frame))
             for key in _OUTPUT_KEYS:
                 if key in expected and not _identical(actual[key], expected[key]):
                     raise PackageError(
