@@ -28,6 +28,8 @@ top-level folder (its name is of no meaning); below it, a package built by this 
     model/<variant>.pkl        the pickled model of each variant (``default``)
     model/example_data.pt      one frame (FILE_CONTRACT §1), ``torch.save``d plain tensors
     model/config.yaml          the training configuration, when the package came from training
+    model/package_metadata.txt, model/eager_model.pkl, model/example_data.pkl
+                               what the other NequIP release reads (format 2 on; see below)
     nequip/..., e3nn/...       the interned source of the code the model needs
     .data/...                  torch.package's own records (weights, extern module list, ...)
 
@@ -35,6 +37,14 @@ Package format history (bump ``PACKAGE_FORMAT_VERSION`` on every change a loader
 about, and add a reader of the old version to ``PACKAGE_LOADERS``):
 
 1. First format: the layout above.
+2. Also the entries the other NequIP release reads, so that its ``ModelFromPackage`` loads our
+   model: ``model/package_metadata.txt`` (its YAML, ``package_version_id`` 2),
+   ``model/eager_model.pkl`` (a ``ModuleDict`` whose ``sole_model`` is
+   :class:`nequip.ecosystem.adapter.ExportedModel` around the default variant) and
+   ``model/example_data.pkl``. Read as format 1.
+
+Packages written by the other NequIP release (``model/package_metadata.txt`` without
+``model/metadata.yaml``) are read by :mod:`nequip.ecosystem.packages`.
 
 A checkpoint is Lightning's dictionary; what is read here: ``hyper_parameters.model_config``
 (``NequIPModel(**model_config)`` rebuilds the model), ``hyper_parameters.config`` (the
@@ -65,7 +75,7 @@ if TYPE_CHECKING:
 
 PathLike = Union[str, os.PathLike]
 
-PACKAGE_FORMAT_VERSION: Final[int] = 1
+PACKAGE_FORMAT_VERSION: Final[int] = 2
 """The format this version of nequip writes, and the newest it reads."""
 
 PACKAGE_SUFFIX: Final[str] = ".nequip.zip"
@@ -240,7 +250,7 @@ def _load_format_1(path: Path, variant: str) -> torch.nn.Module:
         return importer.load_pickle(RESOURCE_PACKAGE, model_resource(variant), map_location="cpu")
 
 
-PACKAGE_LOADERS: Dict[int, Callable[[Path, str], torch.nn.Module]] = {1: _load_format_1}
+PACKAGE_LOADERS: Dict[int, Callable[[Path, str], torch.nn.Module]] = {1: _load_format_1, 2: _load_format_1}
 """How to load the model of each package format version this nequip knows, oldest first."""
 
 
@@ -384,6 +394,7 @@ def _parse_metadata(path: Path, text: bytes, allow_newer: bool) -> Dict[str, Any
 # keys a loader relies on, by format version
 _REQUIRED_KEYS: Dict[int, Tuple[str, ...]] = {
     1: ("versions", "model_variants", "type_names", "r_max", "model_metadata", "model_config"),
+    2: ("versions", "model_variants", "type_names", "r_max", "model_metadata", "model_config"),
 }
 
 

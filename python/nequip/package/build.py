@@ -51,6 +51,9 @@ from ..load import (
     read_package_entry,
     read_package_metadata,
 )
+from ..ecosystem.packages import EAGER_MODEL_RESOURCE as ECOSYSTEM_MODEL_RESOURCE
+from ..ecosystem.packages import EXAMPLE_DATA_RESOURCE as ECOSYSTEM_EXAMPLE_DATA_RESOURCE
+from ..ecosystem.packages import METADATA_RESOURCE as ECOSYSTEM_METADATA_RESOURCE
 from . import dependencies
 from .checkpoint import read_checkpoint
 from .example_data import load_example_data, serialize_frame
@@ -174,9 +177,11 @@ def _write_archive(
                 exporter.save_binary(RESOURCE_PACKAGE, EXAMPLE_DATA_RESOURCE, serialize_frame(example_frame))
                 if config_text is not None:
                     exporter.save_text(RESOURCE_PACKAGE, CONFIG_RESOURCE, config_text)
+                _save_ecosystem_entries(exporter, models[DEFAULT_VARIANT], example_frame)
                 # last: the dependency graph is complete once every pickle is saved
                 metadata = _metadata(exporter, importers, models, example_frame, origin, example_origin)
                 exporter.save_text(RESOURCE_PACKAGE, METADATA_RESOURCE, yaml.safe_dump(metadata, sort_keys=False))
+                exporter.save_text(RESOURCE_PACKAGE, ECOSYSTEM_METADATA_RESOURCE, _ecosystem_metadata(metadata))
                 exporter.close()
             except BaseException:
                 # An unfinished zip writer completes the archive when it is garbage-collected,
@@ -190,6 +195,39 @@ def _write_archive(
                         pass  # after a failed write; the error to report is that one
                 raise
     return metadata
+
+
+def _save_ecosystem_entries(exporter: PackageExporter, model: torch.nn.Module, example_frame: Dict[str, torch.Tensor]):
+    """The entries the other NequIP release reads (format 2 on): its eager model, a ``ModuleDict``
+    whose ``sole_model`` is ours behind its interface (:class:`nequip.ecosystem.adapter.ExportedModel`),
+    and its example data, a pickled one-frame batch."""
+    from nequip.ecosystem.adapter import ExportedModel
+
+    exporter.save_pickle(
+        RESOURCE_PACKAGE, ECOSYSTEM_MODEL_RESOURCE, torch.nn.ModuleDict({"sole_model": ExportedModel(model)})
+    )
+    frame = dict(example_frame)
+    num_atoms = frame["pos"].shape[0]
+    frame.setdefault("cell", torch.zeros((1, 3, 3), dtype=torch.float64))
+    frame.setdefault("edge_cell_shift", torch.zeros((frame["edge_index"].shape[1], 3), dtype=torch.float64))
+    frame.setdefault("pbc", torch.zeros((1, 3), dtype=torch.bool))
+    frame["batch"] = torch.zeros(num_atoms, dtype=torch.int64)
+    frame["num_atoms"] = torch.tensor([num_atoms], dtype=torch.int64)
+    exporter.save_pickle(RESOURCE_PACKAGE, ECOSYSTEM_EXAMPLE_DATA_RESOURCE, frame)
+
+
+def _ecosystem_metadata(metadata: Dict[str, Any]) -> str:
+    """``model/package_metadata.txt`` as the other NequIP release writes it (its format id 2)."""
+    versions = metadata["versions"]
+    return yaml.safe_dump(
+        {
+            "atom_types": dict(enumerate(metadata["type_names"])),
+            "available_models": ["eager"],
+            "external_modules": dict(metadata["extern_modules"]),
+            "package_version_id": 2,
+            "versions": {"e3nn": versions["e3nn"], "nequip": versions["nequip"], "torch": versions["torch"]},
+        }
+    )
 
 
 def _importers(models) -> Tuple:
