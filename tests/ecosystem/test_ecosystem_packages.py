@@ -111,6 +111,8 @@ def test_their_model_states_our_metadata(models):
         "nequip_version": models["float64"].metadata()["nequip_version"],
         "model_made_by": "nequip 0.19.1",
         "num_layers": "2",
+        # node features out of each layer: 4x0e+4x1o (what scalars times l <= 1 harmonics reach), then 4x0e
+        "layer_feature_widths": "16 4",
     }
     metadata = models["float32"].metadata()
     assert metadata["model_dtype"] == "float32"
