@@ -79,6 +79,8 @@ PACKAGE_FORMAT_VERSION: Final[int] = 2
 """The format this version of nequip writes, and the newest it reads."""
 
 PACKAGE_SUFFIX: Final[str] = ".nequip.zip"
+# wherever a package path is accepted, so is a nequip.net model ID: nequip.net:owner/name:version
+NEQUIP_NET_PREFIX: Final[str] = "nequip.net:"
 CHECKPOINT_SUFFIX: Final[str] = ".ckpt"
 
 RESOURCE_PACKAGE: Final[str] = "model"
@@ -327,11 +329,21 @@ def _check_is_file(path: Path) -> None:
         raise FileNotFoundError(f"{path}: no such file")
 
 
+def resolve_model_path(path: PathLike) -> Path:
+    """``path`` as a Path; a nequip.net model ID (``nequip.net:owner/name:version``) as the local
+    package file it names, from the cache or downloaded (:mod:`nequip.ecosystem.nequip_net`)."""
+    if isinstance(path, str) and path.startswith(NEQUIP_NET_PREFIX):
+        from .ecosystem import nequip_net
+
+        return nequip_net.resolve(path)
+    return Path(path)
+
+
 def _model_file_path(path: PathLike, kind: str) -> Path:
     # Path("") is the current directory: an empty name must not read as one
     if os.fspath(path) == "":
         raise FileNotFoundError(f"no {kind} to load: the path is empty")
-    return Path(path)
+    return resolve_model_path(path)
 
 
 def _is_intact_zip(path: Path) -> bool:

@@ -28,7 +28,8 @@ class NequIPCalculator(Calculator):
     Args:
         path: a compiled model (``*.nequip.pth`` or ``*.nequip.pt2``, run by the C++
             runtime ``nequip._runtime``) or a package (``*.nequip.zip``) or checkpoint
-            (``*.ckpt``), run as the eager model.
+            (``*.ckpt``), run as the eager model; or a nequip.net model ID
+            (``nequip.net:owner/name:version``), its package downloaded once into the cache.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:k"``. A compiled file runs on the type of
             device it was compiled for, by default that one (``cuda`` = ``cuda:0``); a package
             or checkpoint by default on the CPU.
@@ -52,7 +53,9 @@ class NequIPCalculator(Calculator):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.path = Path(path)
+        from nequip.load import resolve_model_path
+
+        self.path = resolve_model_path(path)  # a nequip.net ID: its package, downloaded once
         self.model = _open_model(self.path, device)
         self.type_mapper = TypeMapper(self.model.type_names, species_to_type_map)
         self.energy_units_to_eV = float(energy_units_to_eV)

@@ -28,12 +28,13 @@ import importlib.util
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import yaml
 from torch.package import PackageExporter, PackageImporter, sys_importer
 
+from nequip.model.builder import OTHER_RELEASE_PACKAGE
 from nequip.load import (
     DEFAULT_VARIANT,
     ECOSYSTEM_METADATA_ENTRY,
@@ -143,9 +144,12 @@ def load_model(path: Path, metadata: Dict[str, Any], variant: str) -> torch.nn.M
             f"({type(error).__name__}: {error}){hint}"
         ) from error
     try:
-        return EcosystemModel(graph_model_of(stored), made_by(metadata))
+        model = EcosystemModel(graph_model_of(stored), made_by(metadata))
     except EcosystemModelError as error:
         raise PackageError(f"{path}: a package of {made_by(metadata)} this nequip cannot run: {error}") from None
+    # what rebuilds it (fine-tuning checkpoints): its package (nequip.model.build_model)
+    model.config[OTHER_RELEASE_PACKAGE] = str(Path(path).resolve())
+    return model.eval()
 
 
 def load_example_frame(path: Path) -> Dict[str, torch.Tensor]:
@@ -239,14 +243,52 @@ def repackage(source: Path, output: Path, verify: bool = True) -> Dict[str, Any]
     frame. Written atomically: a failure leaves no file. Returns the new package's metadata.
     """
     from nequip.load import read_package_metadata
+
+    metadata = read_package_metadata(source)
+    importer = _importer(source)
+    stored = {f"{mode}_model.pkl": _load_pickle(importer, f"{mode}_model.pkl") for mode in metadata["available_models"]}
+    stored[EXAMPLE_DATA_RESOURCE] = _load_pickle(importer, EXAMPLE_DATA_RESOURCE)
+    texts = {name: importer.load_text(RESOURCE_PACKAGE, name) for name in (METADATA_RESOURCE, CONFIG_RESOURCE)}
+    reference = load_model(source, metadata, DEFAULT_VARIANT) if verify else None
+    return _write(output, source, importer, stored, texts, reference)
+
+
+def package_fine_tuned(model: torch.nn.Module, output: Path, example_frame: Dict[str, torch.Tensor],
+                       config_text: Optional[str], verify: bool = True) -> Dict[str, Any]:  # fmt: skip
+    """Write ``model`` (an :class:`~nequip.ecosystem.model.EcosystemModel` fine-tuned with our
+    trainer) to ``output`` as a package of the other release's format, with the code of the
+    package it came from: its eager model, the example frame, ``config_text`` (our training
+    configuration) and that package's metadata (its eager model only)."""
+    from nequip.load import package_importers
+
+    source = Path(model.config[OTHER_RELEASE_PACKAGE])
+    (importer,) = package_importers(model)
+    metadata = yaml.safe_load(importer.load_text(RESOURCE_PACKAGE, METADATA_RESOURCE))
+    metadata["available_models"] = ["eager"]
+    frame = dict(example_frame)
+    num_atoms = frame["pos"].shape[0]
+    frame.update(batch=torch.zeros(num_atoms, dtype=torch.int64), num_atoms=torch.tensor([num_atoms]))
+    stored = {
+        EAGER_MODEL_RESOURCE: torch.nn.ModuleDict({SOLE_MODEL_KEY: model.graph_model}),
+        EXAMPLE_DATA_RESOURCE: frame,
+    }
+    texts = {METADATA_RESOURCE: yaml.safe_dump(metadata)}
+    if config_text is not None:
+        texts[CONFIG_RESOURCE] = config_text
+    return _write(output, source, importer, stored, texts, model.eval() if verify else None)
+
+
+def _write(output: Path, source: Path, importer: PackageImporter, stored: Dict[str, Any], texts: Dict[str, str],
+           reference: Optional[torch.nn.Module]) -> Dict[str, Any]:  # fmt: skip
+    """A package of the other release's format at ``output`` (atomically): ``stored`` objects
+    pickled and ``texts`` saved under ``model/``, the code taken from ``importer`` (that of the
+    package ``source``; its extern modules stay extern). With a ``reference`` model, the written
+    package's model must reproduce it exactly on the written example frame."""
+    from nequip.load import read_package_metadata
     from nequip.package.build import check_reproduces
     from nequip.utils.atomic_io import atomic_path
 
-    metadata = read_package_metadata(source)
-    source_model = load_model(source, metadata, DEFAULT_VARIANT)
-    importer = _importer(source)
     externs = _read_entry(source, EXTERN_MODULES_ENTRY).decode("utf-8").split()
-    texts = {name: importer.load_text(RESOURCE_PACKAGE, name) for name in (METADATA_RESOURCE, CONFIG_RESOURCE)}
     with atomic_path(output) as tmp:
         with _quiet_torch_package():
             # a file object: torch.package names the archive's top-level folder after the file
@@ -255,18 +297,14 @@ def repackage(source: Path, output: Path, verify: bool = True) -> Dict[str, Any]
                 exporter.extern(externs)
                 exporter.mock(["matplotlib", "matplotlib.**"], allow_empty=True)
                 exporter.intern("**")
-                for mode in metadata["available_models"]:
-                    resource = f"{mode}_model.pkl"
-                    stored = _load_pickle(importer, resource)
-                    exporter.save_pickle(RESOURCE_PACKAGE, resource, stored)
-                example = _load_pickle(importer, EXAMPLE_DATA_RESOURCE)
-                exporter.save_pickle(RESOURCE_PACKAGE, EXAMPLE_DATA_RESOURCE, example)
+                for resource, value in stored.items():
+                    exporter.save_pickle(RESOURCE_PACKAGE, resource, value)
                 for name, text in texts.items():
                     exporter.save_text(RESOURCE_PACKAGE, name, text)
                 exporter.close()
-        if verify:
+        if reference is not None:
             written = load_model(tmp, parse_metadata(tmp, _read_entry(tmp, METADATA_ENTRY)), DEFAULT_VARIANT)
-            check_reproduces(output, {DEFAULT_VARIANT: source_model}, {DEFAULT_VARIANT: written}, load_example_frame(tmp))
+            check_reproduces(output, {DEFAULT_VARIANT: reference}, {DEFAULT_VARIANT: written}, load_example_frame(tmp))
     return read_package_metadata(output)
 
 

@@ -54,6 +54,7 @@ from ..load import (
 from ..ecosystem.packages import EAGER_MODEL_RESOURCE as ECOSYSTEM_MODEL_RESOURCE
 from ..ecosystem.packages import EXAMPLE_DATA_RESOURCE as ECOSYSTEM_EXAMPLE_DATA_RESOURCE
 from ..ecosystem.packages import METADATA_RESOURCE as ECOSYSTEM_METADATA_RESOURCE
+from ..model.builder import OTHER_RELEASE_PACKAGE
 from . import dependencies
 from .checkpoint import read_checkpoint
 from .example_data import load_example_data, serialize_frame
@@ -87,6 +88,13 @@ def build_package(source: PathLike, output: PathLike, verify: bool = True) -> Di
         return repackage(source, output, verify=verify)
     contents = _from_package(source) if model_file_kind(source) == "package" else _from_checkpoint(source)
     models, example_frame, config_text, origin, example_origin = contents
+    if OTHER_RELEASE_PACKAGE in getattr(models[DEFAULT_VARIANT], "config", {}):
+        # a model of the other NequIP release fine-tuned here: made of that release's code, it
+        # goes into a package of that release's format
+        from nequip.ecosystem.packages import package_fine_tuned
+
+        _check_finite_weights(source, models)
+        return package_fine_tuned(models[DEFAULT_VARIANT], output, example_frame, config_text, verify=verify)
     _check_same_model_family(source, models)
     _check_finite_weights(source, models)
 

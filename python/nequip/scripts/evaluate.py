@@ -62,6 +62,9 @@ def main(argv=None) -> int:
 
     try:
         check_output_dir(args.output)
+        from nequip.load import resolve_model_path
+
+        args.model = str(resolve_model_path(args.model))  # a nequip.net ID: its package, downloaded once
         settings = data_settings_of(args.model)
         for name in ("energy_units_to_eV", "length_units_to_A"):
             if getattr(args, name) is not None:
