@@ -285,3 +285,23 @@ def test_a_variant_other_than_default_is_refused(foreign):
     with pytest.raises(PackageError) as error:
         ModelFromPackage(path, "compile")
     assert str(error.value) == f"{path}: no model variant 'compile' in the package; it has: default"
+
+
+def test_a_model_that_cannot_be_split_is_refused_for_the_domain_target_naming_the_targets_that_work(foreign, tmp_path):
+    from nequip.compile import compile_model
+    from nequip.ecosystem.model import layer_split_problem
+
+    model = load_model(foreign.package("float64"))
+    # as a pair potential would be: a module the layer-by-layer parts have no place for
+    model.energy_network.add_module("pair_potential", torch.nn.Identity())
+    model.split_problem = layer_split_problem(model.energy_network)
+    output = tmp_path / "domain.nequip.pt2"
+    with pytest.raises(ValueError) as error:
+        compile_model(model, output, mode="aotinductor", target="pair_nequip_domain")
+    assert str(error.value) == (
+        "this model of nequip 0.19.1 cannot be split at its message-passing layers (target pair_nequip_domain, "
+        "LAMMPS on several ranks): its energy network has modules this nequip cannot place between "
+        "message-passing layers: pair_potential (Identity); compile it for one rank instead: --target pair_nequip "
+        "or ase (.nequip.pt2), or --mode torchscript (.nequip.pth)"
+    )
+    assert list(tmp_path.iterdir()) == []

@@ -243,7 +243,11 @@ class EcosystemModel(torch.nn.Module):
     def layers(self) -> List[torch.nn.Module]:
         """The message-passing layers, in order (ValueError where the model cannot be split)."""
         if self.split_problem is not None:
-            raise ValueError(self.split_problem)
+            raise ValueError(
+                f"this model of {self.made_by} cannot be split at its message-passing layers (target "
+                f"pair_nequip_domain, LAMMPS on several ranks): {self.split_problem}; compile it for one rank instead: "
+                "--target pair_nequip or ase (.nequip.pt2), or --mode torchscript (.nequip.pth)"
+            )
         return [getattr(self.energy_network, name) for name in self.layer_names]
 
     def edge_vectors(self, pos, cell, edge_index, edge_cell_shift: Optional[torch.Tensor], batch) -> torch.Tensor:
