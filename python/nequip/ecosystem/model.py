@@ -69,6 +69,12 @@ class EcosystemModel(torch.nn.Module):
                 f"its GraphModel wraps a {type(output).__name__}, not the ForceStressOutput around an energy "
                 "network that this nequip knows how to run"
             )
+        embeds_fields = [name for name, module in graph_model.named_modules() if getattr(module, "do_categorical_graph_field_embed", False)]
+        if embeds_fields:
+            raise EcosystemModelError(
+                f"its type embedding ({embeds_fields[0]}) also embeds per-frame fields (such as a charge or spin "
+                "state), which this nequip does not give a model"
+            )
         self.graph_model = graph_model
         stored = dict(graph_model.metadata)
         try:
