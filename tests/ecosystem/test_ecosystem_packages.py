@@ -305,3 +305,21 @@ def test_a_model_that_cannot_be_split_is_refused_for_the_domain_target_naming_th
         "or ase (.nequip.pt2), or --mode torchscript (.nequip.pth)"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_model_whose_type_embedding_reads_per_frame_fields_is_refused(foreign):
+    from torch.package import PackageImporter
+
+    from nequip.ecosystem.model import EcosystemModel, EcosystemModelError, graph_model_of
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+        stored = PackageImporter(str(foreign.package("float64"))).load_pickle("model", "eager_model.pkl")
+    graph_model = graph_model_of(stored)
+    graph_model.model.func.type_embed.do_categorical_graph_field_embed = True  # as a charge embedding sets it
+    with pytest.raises(EcosystemModelError) as error:
+        EcosystemModel(graph_model, "nequip 0.19.1")
+    assert str(error.value) == (
+        "its type embedding (model.func.type_embed) also embeds per-frame fields (such as a charge or spin state), "
+        "which this nequip does not give a model"
+    )
