@@ -3,7 +3,6 @@ their metadata as text, their model from its own code behind our eager interface
 release's own predictions; and their refusals (missing modules, unknown format ids)."""
 
 import json
-import shutil
 import subprocess
 import sys
 import warnings
