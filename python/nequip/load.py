@@ -379,13 +379,19 @@ def _read_entry(archive: zipfile.ZipFile, path: Path, entry: str, what: str) -> 
         raise PackageError(f"{path}: damaged package: cannot read '{entry}' ({e})") from None
 
 
-def _parse_metadata(path: Path, text: bytes, allow_newer: bool) -> Dict[str, Any]:
+def yaml_mapping(path: Path, text: bytes, entry: str) -> Dict[str, Any]:
+    """The YAML mapping in the package entry ``entry`` (``text``, its bytes); PackageError if it is not one."""
     try:
-        metadata = yaml.safe_load(text.decode("utf-8"))
+        mapping = yaml.safe_load(text.decode("utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError) as e:
-        raise PackageError(f"{path}: damaged package: '{METADATA_ENTRY}' is not valid YAML ({e})") from None
-    if not isinstance(metadata, dict):
-        raise PackageError(f"{path}: damaged package: '{METADATA_ENTRY}' is not a YAML mapping")
+        raise PackageError(f"{path}: damaged package: '{entry}' is not valid YAML ({e})") from None
+    if not isinstance(mapping, dict):
+        raise PackageError(f"{path}: damaged package: '{entry}' is not a YAML mapping")
+    return mapping
+
+
+def _parse_metadata(path: Path, text: bytes, allow_newer: bool) -> Dict[str, Any]:
+    metadata = yaml_mapping(path, text, METADATA_ENTRY)
     version = metadata.get(FORMAT_VERSION_KEY)
     # bool is an int subclass: `true` is not a version
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:

@@ -23,7 +23,7 @@ import torch
 
 from nequip import __version__
 from nequip.data import keys
-from nequip.model.nequip_model import edge_vectors, energy_derivatives
+from nequip.model.nequip_model import Energies, edge_vectors, energy_derivatives, frame_geometry, with_energies
 
 # the other release's names (its AtomicDataDict keys), where they differ from ours or are its own
 EDGE_VECTORS: Final[str] = "edge_vectors"
@@ -145,43 +145,15 @@ class EcosystemModel(torch.nn.Module):
     def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Energies and their derivatives for one frame or a batch of frames (FILE_CONTRACT §1),
         as :meth:`nequip.model.NequIPModel.forward` gives them (``local_mask`` included)."""
-        out = data.copy()
-        pos = data[keys.POS]
-        if keys.BATCH in data:
-            batch = data[keys.BATCH]
-            num_frames = data[keys.NUM_ATOMS].shape[0]
-        else:
-            batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
-            num_frames = 1
-        if keys.CELL in data:
-            cell = data[keys.CELL].view(-1, 3, 3)
-        else:
-            cell = torch.zeros((num_frames, 3, 3), dtype=pos.dtype, device=pos.device)
-        edge_index = data[keys.EDGE_INDEX]
-        edge_cell_shift: Optional[torch.Tensor] = None
-        if keys.EDGE_CELL_SHIFT in data:
-            edge_cell_shift = data[keys.EDGE_CELL_SHIFT]
-        local_mask: Optional[torch.Tensor] = None
-        if keys.LOCAL_MASK in data:
-            local_mask = data[keys.LOCAL_MASK]
-        edge_vec = edge_vectors(pos, cell, edge_index, edge_cell_shift, batch)
+        batch, num_frames, cell, edge_vec, local_mask = frame_geometry(data)
         if torch.jit.is_scripting():
             # TorchScript has no enable_grad; compiled models run with grad mode on
-            results = self._energy_and_derivatives(data, edge_vec, cell, batch, num_frames, local_mask)
+            energies = self._energy_and_derivatives(data, edge_vec, cell, batch, num_frames, local_mask)
         else:
             # validation and inference may run under no_grad: derivatives need the graph regardless
             with torch.enable_grad():
-                results = self._energy_and_derivatives(data, edge_vec, cell, batch, num_frames, local_mask)
-        atomic_energy, total_energy, forces, virial, stress, atom_virial = results
-        out[keys.ATOMIC_ENERGY] = atomic_energy
-        out[keys.TOTAL_ENERGY] = total_energy
-        if forces is not None:
-            out[keys.FORCES] = forces
-        if virial is not None and stress is not None and atom_virial is not None:
-            out[keys.VIRIAL] = virial
-            out[keys.STRESS] = stress
-            out[keys.ATOM_VIRIAL] = atom_virial
-        return out
+                energies = self._energy_and_derivatives(data, edge_vec, cell, batch, num_frames, local_mask)
+        return with_energies(data.copy(), energies)
 
     def _energy_and_derivatives(
         self,
@@ -191,14 +163,7 @@ class EcosystemModel(torch.nn.Module):
         batch: torch.Tensor,
         num_frames: int,
         local_mask: Optional[torch.Tensor],
-    ) -> Tuple[
-        torch.Tensor,
-        torch.Tensor,
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-    ]:
+    ) -> Energies:
         edge_index = data[keys.EDGE_INDEX]
         edge_vec = edge_vec.detach().requires_grad_(self.compute_forces or self.compute_stress)
         atomic_energy = self.atomic_energy(data[keys.POS], data[keys.ATOM_TYPES], edge_index, edge_vec, data)

@@ -42,6 +42,7 @@ from nequip.load import (
     ECOSYSTEM_VERSION_KEY,
     RESOURCE_PACKAGE,
     PackageError,
+    yaml_mapping,
 )
 
 METADATA_RESOURCE = "package_metadata.txt"
@@ -65,12 +66,7 @@ def parse_metadata(path: Path, text: bytes) -> Dict[str, Any]:
     Raises PackageError for a metadata entry that is not YAML, lacks a key, or has a
     ``package_version_id`` this nequip does not read.
     """
-    try:
-        metadata = yaml.safe_load(text.decode("utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError) as e:
-        raise PackageError(f"{path}: damaged package: '{METADATA_ENTRY}' is not valid YAML ({e})") from None
-    if not isinstance(metadata, dict):
-        raise PackageError(f"{path}: damaged package: '{METADATA_ENTRY}' is not a YAML mapping")
+    metadata = yaml_mapping(path, text, METADATA_ENTRY)
     version = metadata.get(VERSION_KEY)
     if not isinstance(version, int) or isinstance(version, bool):
         raise PackageError(

@@ -16,6 +16,17 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 PerType = Union[None, float, Sequence[float], Dict[str, float]]
 
+# atomic_energy (N, 1), total_energy (F, 1), then forces (N, 3), virial (F, 3, 3), stress
+# (F, 3, 3) and atom_virial (N, 3, 3), None when not asked for (energy_derivatives)
+Energies = Tuple[
+    torch.Tensor,
+    torch.Tensor,
+    Optional[torch.Tensor],
+    Optional[torch.Tensor],
+    Optional[torch.Tensor],
+    Optional[torch.Tensor],
+]
+
 
 class NequIPModel(torch.nn.Module):
     r"""NequIP (Batzner et al., Nat. Commun. 13, 2453 (2022)).
@@ -267,28 +278,8 @@ class NequIPModel(torch.nn.Module):
         atoms' energies are summed (and returned: the others' are 0), while forces and
         per-atom virials are given on every atom.
         """
-        out = data.copy()
-        pos = data[keys.POS]
-        atom_types = data[keys.ATOM_TYPES]
-        edge_index = data[keys.EDGE_INDEX]
-        if keys.BATCH in data:
-            batch = data[keys.BATCH]
-            num_frames = data[keys.NUM_ATOMS].shape[0]
-        else:
-            batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
-            num_frames = 1
-        if keys.CELL in data:
-            cell = data[keys.CELL].view(-1, 3, 3)
-        else:
-            cell = torch.zeros((num_frames, 3, 3), dtype=pos.dtype, device=pos.device)
-        edge_cell_shift: Optional[torch.Tensor] = None
-        if keys.EDGE_CELL_SHIFT in data:
-            edge_cell_shift = data[keys.EDGE_CELL_SHIFT]
-        local_mask: Optional[torch.Tensor] = None
-        if keys.LOCAL_MASK in data:
-            local_mask = data[keys.LOCAL_MASK]
-
-        edge_vec = self.edge_vectors(pos, cell, edge_index, edge_cell_shift, batch)
+        batch, num_frames, cell, edge_vec, local_mask = frame_geometry(data)
+        atom_types, edge_index = data[keys.ATOM_TYPES], data[keys.EDGE_INDEX]
         if torch.jit.is_scripting():
             # TorchScript has no enable_grad; compiled models run with grad mode on
             energies = self._energy_and_derivatives(edge_vec, cell, atom_types, edge_index, batch, num_frames, local_mask)
@@ -298,16 +289,7 @@ class NequIPModel(torch.nn.Module):
                 energies = self._energy_and_derivatives(
                     edge_vec, cell, atom_types, edge_index, batch, num_frames, local_mask
                 )
-        atomic_energy, total_energy, forces, virial, stress, atom_virial = energies
-        out[keys.ATOMIC_ENERGY] = atomic_energy
-        out[keys.TOTAL_ENERGY] = total_energy
-        if forces is not None:
-            out[keys.FORCES] = forces
-        if virial is not None and stress is not None and atom_virial is not None:
-            out[keys.VIRIAL] = virial
-            out[keys.STRESS] = stress
-            out[keys.ATOM_VIRIAL] = atom_virial
-        return out
+        return with_energies(data.copy(), energies)
 
     def _energy_and_derivatives(
         self,
@@ -318,14 +300,7 @@ class NequIPModel(torch.nn.Module):
         batch: torch.Tensor,
         num_frames: int,
         local_mask: Optional[torch.Tensor],
-    ) -> Tuple[
-        torch.Tensor,
-        torch.Tensor,
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-    ]:
+    ) -> Energies:
         """Atomic and total energies, forces, virial, stress and per-atom virials (see
         :func:`energy_derivatives`)."""
         edge_vec = edge_vec.detach().requires_grad_(self.compute_forces or self.compute_stress)
@@ -360,6 +335,47 @@ def edge_vectors(
     return edge_vec
 
 
+def frame_geometry(
+    data: Dict[str, torch.Tensor],
+) -> Tuple[torch.Tensor, int, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """``batch`` (N,), the number of frames, ``cell`` (F, 3, 3; zeros without one), the edge
+    vectors (E, 3) and ``local_mask`` (or None) of a FILE_CONTRACT §1 dictionary (one frame,
+    or a batch with ``batch`` and ``num_atoms``)."""
+    pos = data[keys.POS]
+    if keys.BATCH in data:
+        batch = data[keys.BATCH]
+        num_frames = data[keys.NUM_ATOMS].shape[0]
+    else:
+        batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+        num_frames = 1
+    if keys.CELL in data:
+        cell = data[keys.CELL].view(-1, 3, 3)
+    else:
+        cell = torch.zeros((num_frames, 3, 3), dtype=pos.dtype, device=pos.device)
+    edge_cell_shift: Optional[torch.Tensor] = None
+    if keys.EDGE_CELL_SHIFT in data:
+        edge_cell_shift = data[keys.EDGE_CELL_SHIFT]
+    local_mask: Optional[torch.Tensor] = None
+    if keys.LOCAL_MASK in data:
+        local_mask = data[keys.LOCAL_MASK]
+    edge_vec = edge_vectors(pos, cell, data[keys.EDGE_INDEX], edge_cell_shift, batch)
+    return batch, num_frames, cell, edge_vec, local_mask
+
+
+def with_energies(out: Dict[str, torch.Tensor], energies: Energies) -> Dict[str, torch.Tensor]:
+    """``out`` with the outputs of :func:`energy_derivatives` under their FILE_CONTRACT §1 names."""
+    atomic_energy, total_energy, forces, virial, stress, atom_virial = energies
+    out[keys.ATOMIC_ENERGY] = atomic_energy
+    out[keys.TOTAL_ENERGY] = total_energy
+    if forces is not None:
+        out[keys.FORCES] = forces
+    if virial is not None and stress is not None and atom_virial is not None:
+        out[keys.VIRIAL] = virial
+        out[keys.STRESS] = stress
+        out[keys.ATOM_VIRIAL] = atom_virial
+    return out
+
+
 def energy_derivatives(
     atomic_energy: torch.Tensor,
     edge_vec: torch.Tensor,
@@ -371,14 +387,7 @@ def energy_derivatives(
     compute_forces: bool,
     compute_stress: bool,
     training: bool,
-) -> Tuple[
-    torch.Tensor,
-    torch.Tensor,
-    Optional[torch.Tensor],
-    Optional[torch.Tensor],
-    Optional[torch.Tensor],
-    Optional[torch.Tensor],
-]:
+) -> Energies:
     r"""Total energies, then forces and virials from :math:`g_e = \partial E / \partial r_e`.
 
     ``atomic_energy`` (N, 1) float64 is a function of the edge vectors ``edge_vec`` (E, 3),
