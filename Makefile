@@ -10,7 +10,7 @@ INSTALLED := $(VENV)/.nequip-installed
 SOURCES := pyproject.toml CMakeLists.txt $(shell find cpp lammps_plugin -type f 2>/dev/null)
 PYTEST_ARGS ?=
 
-.PHONY: install test demo clean
+.PHONY: install test demo clean format
 
 install: $(INSTALLED)
 
@@ -34,6 +34,12 @@ test: install
 
 demo: install
 	$(PY) examples/demo.py --output demo_output
+
+# The C++ of the runtime and the plugin, in the styles of .clang-format and
+# lammps_plugin/.clang-format (clang-format comes with the test extra).
+CPP_SOURCES := $(wildcard cpp/src/*.cpp cpp/src/*.h cpp/include/nequip/*.h cpp/python/*.cpp lammps_plugin/*.cpp lammps_plugin/*.h)
+format: install
+	$(VENV)/bin/clang-format -i $(CPP_SOURCES)
 
 clean:
 	rm -rf build demo_output

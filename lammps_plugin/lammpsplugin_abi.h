@@ -13,8 +13,8 @@
 
 extern "C" {
 
-typedef void *(lammpsplugin_factory1)(void *);
-typedef void *(lammpsplugin_factory2)(void *, int, char **);
+typedef void *(lammpsplugin_factory1) (void *);
+typedef void *(lammpsplugin_factory2) (void *, int, char **);
 
 typedef struct {
   const char *version;    // LAMMPS version the plugin was compiled for (LAMMPS_VERSION)

@@ -17,9 +17,7 @@
 using namespace LAMMPS_NS;
 
 static Pair *pair_nequip_creator(LAMMPS *lmp)
-{
-  return new PairNequIP(lmp);
-}
+{ return new PairNequIP(lmp); }
 
 /* ----------------------------------------------------------------------
    Stands in for the pair style in a LAMMPS built with other integer sizes

@@ -73,9 +73,7 @@ class PairNequIP::RankExchange : public nequip::FeatureExchange {
 
  private:
   void exchange(at::Tensor &rows, bool forward)
-  {
-    pair.exchange_rows(rows.data_ptr<double>(), (int) rows.size(1), forward);
-  }
+  { pair.exchange_rows(rows.data_ptr<double>(), (int) rows.size(1), forward); }
   PairNequIP &pair;
 };
 
@@ -144,8 +142,8 @@ void PairNequIP::compute(int eflag, int vflag)
     in.edge_index = at::from_blob(edge_index.data(), {2, num_edges}, i64);
     in.cell = at::from_blob(cell, {3, 3}, f64);
     if (exchange_mode)
-      in.local_mask = at::from_blob(node_is_local.data(), {num_nodes},
-                                    at::TensorOptions().dtype(at::kByte));
+      in.local_mask =
+          at::from_blob(node_is_local.data(), {num_nodes}, at::TensorOptions().dtype(at::kByte));
     if (exchange_mode) {
       // ghosts sit at their images' positions: no shifts
       RankExchange exchange(*this);
@@ -158,12 +156,12 @@ void PairNequIP::compute(int eflag, int vflag)
     // the runtime numbers atoms by node; a LAMMPS user knows them by atom ID
     std::string pair;
     if (e.closest_pair())
-      pair = fmt::format("atoms with IDs {} and {}", atom->tag[atom_of_node[e.closest_pair()->first]],
-                         atom->tag[atom_of_node[e.closest_pair()->second]]);
+      pair =
+          fmt::format("atoms with IDs {} and {}", atom->tag[atom_of_node[e.closest_pair()->first]],
+                      atom->tag[atom_of_node[e.closest_pair()->second]]);
     error->one(FLERR, "pair_style nequip: {}", e.message(pair));
   } catch (const std::exception &e) {
-    error->one(FLERR, "pair_style nequip: evaluating model {} failed: {}", model->path(),
-               e.what());
+    error->one(FLERR, "pair_style nequip: evaluating model {} failed: {}", model->path(), e.what());
   }
 
   // tallies add to what other styles (hybrid/overlay) put there, never overwrite it
@@ -186,15 +184,14 @@ void PairNequIP::compute(int eflag, int vflag)
 
   if (vflag_global) {
     if (!out.virial)
-      error->one(FLERR, "pair_style nequip: model {} gives no virial for this box",
-                 model->path());
+      error->one(FLERR, "pair_style nequip: model {} gives no virial for this box", model->path());
     const double *w = out.virial->data_ptr<double>();    // (3, 3) row-major
-    virial[0] += w[0];    // xx
-    virial[1] += w[4];    // yy
-    virial[2] += w[8];    // zz
-    virial[3] += w[1];    // xy
-    virial[4] += w[2];    // xz
-    virial[5] += w[5];    // yz
+    virial[0] += w[0];                                   // xx
+    virial[1] += w[4];                                   // yy
+    virial[2] += w[8];                                   // zz
+    virial[3] += w[1];                                   // xy
+    virial[4] += w[2];                                   // xz
+    virial[5] += w[5];                                   // yz
   }
 
   if (vflag_atom) {
@@ -215,79 +212,6 @@ void PairNequIP::compute(int eflag, int vflag)
   }
 }
 
-void PairNequIP::exchange_rows(double *rows, int width, bool forward)
-{
-  if (width > comm_forward)
-    error->one(FLERR, "pair_style nequip: model {} exchanges {} features per atom, more than "
-                      "its metadata (layer_feature_widths) says",
-               model->path(), width);
-  exchanged_rows = rows;
-  exchanged_width = width;
-  if (forward) {
-    comm->forward_comm(this, width);
-  } else {
-    comm->reverse_comm(this, width);
-    const int nlocal = atom->nlocal;
-    const int nall = nlocal + atom->nghost;
-    std::fill(rows + (size_t) nlocal * width, rows + (size_t) nall * width, 0.0);
-  }
-  exchanged_rows = nullptr;
-}
-
-int PairNequIP::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/,
-                                  int * /*pbc*/)
-{
-  // features are invariant under the periodic shift of a ghost
-  int m = 0;
-  for (int i = 0; i < n; i++) {
-    const double *row = exchanged_rows + (size_t) list[i] * exchanged_width;
-    for (int k = 0; k < exchanged_width; k++) buf[m++] = row[k];
-  }
-  return m;
-}
-
-void PairNequIP::unpack_forward_comm(int n, int first, double *buf)
-{
-  std::copy(buf, buf + (size_t) n * exchanged_width,
-            exchanged_rows + (size_t) first * exchanged_width);
-}
-
-int PairNequIP::pack_reverse_comm(int n, int first, double *buf)
-{
-  std::copy(exchanged_rows + (size_t) first * exchanged_width,
-            exchanged_rows + (size_t) (first + n) * exchanged_width, buf);
-  return n * exchanged_width;
-}
-
-void PairNequIP::unpack_reverse_comm(int n, int *list, double *buf)
-{
-  int m = 0;
-  for (int i = 0; i < n; i++) {
-    double *row = exchanged_rows + (size_t) list[i] * exchanged_width;
-    for (int k = 0; k < exchanged_width; k++) row[k] += buf[m++];
-  }
-}
-
-/* ----------------------------------------------------------------------
-   End of a run on several ranks: the model's graph size per owned atom (its
-   edges are the system's edges per atom: each rank evaluates its own)
-------------------------------------------------------------------------- */
-
-void PairNequIP::finish()
-{
-  if (!exchange_mode) return;
-  double local[4] = {tally_steps, tally_local_nodes, tally_nodes, tally_edges};
-  double total[4];
-  MPI_Allreduce(local, total, 4, MPI_DOUBLE, MPI_SUM, world);
-  tally_steps = tally_local_nodes = tally_nodes = tally_edges = 0.0;
-  if (comm->me != 0 || total[1] == 0.0) return;
-  utils::logmesg(lmp,
-                 "pair_style nequip: on {} ranks the model evaluated {:.3f} atoms and {:.1f} "
-                 "edges per owned atom (edges of owned atoms only, node features exchanged "
-                 "after every layer)\n",
-                 comm->nprocs, total[2] / total[1], total[3] / total[1]);
-}
-
 /* ----------------------------------------------------------------------
    pair_style nequip [device cpu|cuda|cuda:K]
 ------------------------------------------------------------------------- */
@@ -299,69 +223,23 @@ void PairNequIP::settings(int narg, char **arg)
   while (iarg < narg) {
     const std::string keyword = arg[iarg];
     if (keyword != "device")
-      error->all(FLERR, "Illegal pair_style nequip command: unknown keyword '{}' (expected "
-                        "'pair_style nequip [device cpu|cuda|cuda:K]')", keyword);
+      error->all(FLERR,
+                 "Illegal pair_style nequip command: unknown keyword '{}' (expected "
+                 "'pair_style nequip [device cpu|cuda|cuda:K]')",
+                 keyword);
     if (iarg + 1 >= narg)
-      error->all(FLERR, "Illegal pair_style nequip command: 'device' needs a value: cpu, cuda "
-                        "or cuda:K");
+      error->all(FLERR,
+                 "Illegal pair_style nequip command: 'device' needs a value: cpu, cuda "
+                 "or cuda:K");
     requested_device = arg[iarg + 1];
     try {
       // the name only: whether the device exists is found when the model is loaded
-      nequip::select_device(requested_device, "", 0, 1);
+      nequip::parse_device(requested_device, /*on_this_machine=*/false);
     } catch (const std::exception &e) {
       error->all(FLERR, "Illegal pair_style nequip command: {}", e.what());
     }
     iarg += 2;
   }
-}
-
-/* ----------------------------------------------------------------------
-   The device this rank runs the model of `path` on: pair_style's `device`,
-   else the one the file was compiled for; a `cuda` without an index is the
-   GPU of index (node-local rank mod GPUs), the node's ranks found by MPI's
-   shared-memory split of the world communicator.
-------------------------------------------------------------------------- */
-
-std::string PairNequIP::device_for(const std::string &path)
-{
-  MPI_Comm node;
-  MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
-  int local_rank = 0;
-  MPI_Comm_rank(node, &local_rank);
-  MPI_Comm_free(&node);
-  const nequip::Metadata metadata = nequip::read_metadata(path);
-  try {
-    return nequip::select_device(requested_device, metadata.compiled_for, local_rank,
-                                 nequip::cuda_device_count());
-  } catch (const nequip::DeviceError &e) {
-    throw nequip::DeviceError(path + ": " + e.what());
-  }
-}
-
-/* ----------------------------------------------------------------------
-   One log line (rank 0) saying where every rank runs the model
-------------------------------------------------------------------------- */
-
-void PairNequIP::log_devices()
-{
-  const std::string mine = model->device().str();
-  char name[32] = {0};
-  std::strncpy(name, mine.c_str(), sizeof(name) - 1);
-  std::vector<char> all(comm->me == 0 ? sizeof(name) * comm->nprocs : 0);
-  MPI_Gather(name, sizeof(name), MPI_CHAR, all.data(), sizeof(name), MPI_CHAR, 0, world);
-  if (comm->me != 0) return;
-  // runs of ranks on the same device: "ranks 0-3 on cpu", "rank 0 on cuda:0, rank 1 on cuda:1"
-  std::string said;
-  int first = 0;
-  for (int rank = 1; rank <= comm->nprocs; rank++) {
-    const char *current = &all[sizeof(name) * first];
-    if (rank < comm->nprocs && std::strcmp(&all[sizeof(name) * rank], current) == 0) continue;
-    const std::string ranks = rank - 1 == first ? fmt::format("rank {}", first)
-                                                : fmt::format("ranks {}-{}", first, rank - 1);
-    said += fmt::format("{}{} on {}", said.empty() ? "" : ", ", ranks, current);
-    first = rank;
-  }
-  utils::logmesg(lmp, "pair_style nequip: model {} runs on {}\n", model->path(), said);
 }
 
 /* ----------------------------------------------------------------------
@@ -372,18 +250,28 @@ void PairNequIP::coeff(int narg, char **arg)
 {
   const int ntypes = atom->ntypes;
   if (narg < 3)
-    error->all(FLERR, "Incorrect args for pair coefficients: expected "
-                      "'pair_coeff * * MODEL.nequip.pt2|MODEL.nequip.pth NAME_1 ... NAME_{}'",
+    error->all(FLERR,
+               "Incorrect args for pair coefficients: expected "
+               "'pair_coeff * * MODEL.nequip.pt2|MODEL.nequip.pth NAME_1 ... NAME_{}'",
                ntypes);
 
   // load first, so that a failure leaves a previously set up pair style untouched
   std::unique_ptr<nequip::Model> loaded;
+  std::string failure;
   try {
-    loaded = std::make_unique<nequip::Model>(arg[2], device_for(arg[2]));
+    loaded = std::make_unique<nequip::Model>(arg[2], requested_device, node_local_rank());
   } catch (const std::exception &e) {
-    // the runtime's messages name the file
-    error->all(FLERR, "pair_style nequip cannot use the model: {}", e.what());
+    failure = e.what();    // the runtime's messages name the file
   }
+  // A file is the same for every rank, a device (a GPU index, a node's own disk) may not be:
+  // one message when every rank failed, else the message of each rank that did.
+  int failed_here = failure.empty() ? 0 : 1, failed_ranks = 0;
+  MPI_Allreduce(&failed_here, &failed_ranks, 1, MPI_INT, MPI_SUM, world);
+  if (failed_ranks == comm->nprocs)
+    error->all(FLERR, "pair_style nequip cannot use the model: {}", failure);
+  if (failed_here) error->one(FLERR, "pair_style nequip cannot use the model: {}", failure);
+  // the others wait here for the abort (error->one ends every rank)
+  if (failed_ranks > 0) MPI_Barrier(world);
   // what loading found that does not stop the model (e.g. another torch minor version)
   if (comm->me == 0)
     for (const std::string &warning : loaded->warnings())
@@ -412,8 +300,9 @@ void PairNequIP::coeff(int narg, char **arg)
     }
     auto found = std::find(type_names.begin(), type_names.end(), name);
     if (found == type_names.end())
-      error->all(FLERR, "pair_coeff: model {} has no type named '{}' (for atom type {}); its "
-                        "types are: {}",
+      error->all(FLERR,
+                 "pair_coeff: model {} has no type named '{}' (for atom type {}); its "
+                 "types are: {}",
                  arg[2], name, itype, known_names);
     type_map[itype] = (int) (found - type_names.begin());
   }
@@ -423,8 +312,9 @@ void PairNequIP::coeff(int narg, char **arg)
   std::vector<double> cutoff = loaded->per_edge_type_cutoff();
   if (cutoff.empty()) cutoff.assign((size_t) num_types * num_types, loaded->r_max());
   std::vector<double> cut_squared(cutoff.size());
-  std::transform(cutoff.begin(), cutoff.end(), cut_squared.begin(),
-                 [](double c) { return c * c; });
+  std::transform(cutoff.begin(), cutoff.end(), cut_squared.begin(), [](double c) {
+    return c * c;
+  });
 
   if (!allocated) allocate();
   model = std::move(loaded);
@@ -445,14 +335,16 @@ void PairNequIP::init_style()
 {
   if (domain->dimension != 3) error->all(FLERR, "pair_style nequip requires a 3d system");
   if (strcmp(update->unit_style, "metal") != 0)
-    error->all(FLERR, "pair_style nequip requires 'units metal' (NequIP models use eV and Angstrom)");
+    error->all(FLERR,
+               "pair_style nequip requires 'units metal' (NequIP models use eV and Angstrom)");
 
   // folding ghosts onto their owners needs the owners' IDs and the map from ID to index
   if (atom->tag_enable == 0)
     error->all(FLERR, "pair_style nequip requires atom IDs: remove 'atom_modify id no'");
   if (atom->map_style == Atom::MAP_NONE)
-    error->all(FLERR, "pair_style nequip requires an atom map: add 'atom_modify map yes' "
-                      "before the simulation box is defined");
+    error->all(FLERR,
+               "pair_style nequip requires an atom map: add 'atom_modify map yes' "
+               "before the simulation box is defined");
 
   exchange_mode = comm->nprocs > 1;
   if (!exchange_mode) {
@@ -471,8 +363,9 @@ void PairNequIP::init_style()
                  comm->nprocs, model->path());
     // ghosts' forces, per-atom virials and feature gradients go back to their owners
     if (force->newton_pair == 0)
-      error->all(FLERR, "pair_style nequip on {} MPI ranks requires 'newton on' (or "
-                        "'newton on off'): forces on ghost atoms are sent to their owners",
+      error->all(FLERR,
+                 "pair_style nequip on {} MPI ranks requires 'newton on' (or "
+                 "'newton on off'): forces on ghost atoms are sent to their owners",
                  comm->nprocs);
     // The features of the widest layer that sends them (the last layer's stay put), as
     // doubles; read by comm->init(), which LAMMPS calls after force->init() (this).
@@ -512,6 +405,143 @@ double PairNequIP::init_one(int i, int j)
   return cut;
 }
 
+/* ---------------------------------------------------------------------- */
+
+int PairNequIP::pack_forward_comm(int n, int *list, double *buf, int /*pbc_flag*/, int * /*pbc*/)
+{
+  // features are invariant under the periodic shift of a ghost
+  int m = 0;
+  for (int i = 0; i < n; i++) {
+    const double *row = exchanged_rows + (size_t) list[i] * exchanged_width;
+    for (int k = 0; k < exchanged_width; k++) buf[m++] = row[k];
+  }
+  return m;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairNequIP::unpack_forward_comm(int n, int first, double *buf)
+{
+  std::copy(buf, buf + (size_t) n * exchanged_width,
+            exchanged_rows + (size_t) first * exchanged_width);
+}
+
+/* ---------------------------------------------------------------------- */
+
+int PairNequIP::pack_reverse_comm(int n, int first, double *buf)
+{
+  std::copy(exchanged_rows + (size_t) first * exchanged_width,
+            exchanged_rows + (size_t) (first + n) * exchanged_width, buf);
+  return n * exchanged_width;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairNequIP::unpack_reverse_comm(int n, int *list, double *buf)
+{
+  int m = 0;
+  for (int i = 0; i < n; i++) {
+    double *row = exchanged_rows + (size_t) list[i] * exchanged_width;
+    for (int k = 0; k < exchanged_width; k++) row[k] += buf[m++];
+  }
+}
+
+/* ----------------------------------------------------------------------
+   End of a run on several ranks: the model's graph size per owned atom (its
+   edges are the system's edges per atom: each rank evaluates its own)
+------------------------------------------------------------------------- */
+
+void PairNequIP::finish()
+{
+  if (!exchange_mode) return;
+  double local[4] = {tally_steps, tally_local_nodes, tally_nodes, tally_edges};
+  double total[4];
+  MPI_Allreduce(local, total, 4, MPI_DOUBLE, MPI_SUM, world);
+  tally_steps = tally_local_nodes = tally_nodes = tally_edges = 0.0;
+  if (comm->me != 0 || total[1] == 0.0) return;
+  utils::logmesg(lmp,
+                 "pair_style nequip: on {} ranks the model evaluated {:.3f} atoms and {:.1f} "
+                 "edges per owned atom (edges of owned atoms only, node features exchanged "
+                 "after every layer)\n",
+                 comm->nprocs, total[2] / total[1], total[3] / total[1]);
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairNequIP::exchange_rows(double *rows, int width, bool forward)
+{
+  if (width > comm_forward)
+    error->one(FLERR,
+               "pair_style nequip: model {} exchanges {} features per atom, more than "
+               "its metadata (layer_feature_widths) says",
+               model->path(), width);
+  exchanged_rows = rows;
+  exchanged_width = width;
+  if (forward) {
+    comm->forward_comm(this, width);
+  } else {
+    comm->reverse_comm(this, width);
+    const int nlocal = atom->nlocal;
+    const int nall = nlocal + atom->nghost;
+    std::fill(rows + (size_t) nlocal * width, rows + (size_t) nall * width, 0.0);
+  }
+  exchanged_rows = nullptr;
+}
+
+/* ---------------------------------------------------------------------- */
+
+void PairNequIP::allocate()
+{
+  allocated = 1;
+  const int np1 = atom->ntypes + 1;
+  memory->create(setflag, np1, np1, "pair:setflag");
+  for (int i = 1; i < np1; i++)
+    for (int j = i; j < np1; j++) setflag[i][j] = 0;
+  memory->create(cutsq, np1, np1, "pair:cutsq");
+}
+
+/* ----------------------------------------------------------------------
+   This rank's rank among those of its node (MPI's shared-memory split of the
+   world communicator): a `cuda` device without an index is the GPU of index
+   (node-local rank mod GPUs of the node)
+------------------------------------------------------------------------- */
+
+int PairNequIP::node_local_rank()
+{
+  MPI_Comm node;
+  MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, comm->me, MPI_INFO_NULL, &node);
+  int local_rank = 0;
+  MPI_Comm_rank(node, &local_rank);
+  MPI_Comm_free(&node);
+  return local_rank;
+}
+
+/* ----------------------------------------------------------------------
+   One log line (rank 0) saying where every rank runs the model
+------------------------------------------------------------------------- */
+
+void PairNequIP::log_devices()
+{
+  const std::string mine = model->device().str();
+  char name[32] = {0};
+  std::strncpy(name, mine.c_str(), sizeof(name) - 1);
+  std::vector<char> all(comm->me == 0 ? sizeof(name) * comm->nprocs : 0);
+  MPI_Gather(name, sizeof(name), MPI_CHAR, all.data(), sizeof(name), MPI_CHAR, 0, world);
+  if (comm->me != 0) return;
+  // runs of ranks on the same device: "ranks 0-3 on cpu", "rank 0 on cuda:0, rank 1 on cuda:1"
+  std::string said;
+  int first = 0;
+  for (int rank = 1; rank <= comm->nprocs; rank++) {
+    const char *current = &all[sizeof(name) * first];
+    if (rank < comm->nprocs && std::strcmp(&all[sizeof(name) * rank], current) == 0) continue;
+    const std::string ranks = rank - 1 == first ? fmt::format("rank {}", first)
+                                                : fmt::format("ranks {}-{}", first, rank - 1);
+    said += fmt::format("{}{} on {}", said.empty() ? "" : ", ", ranks, current);
+    first = rank;
+  }
+  utils::logmesg(lmp, "pair_style nequip: model {} runs on {}\n", model->path(), said);
+}
+
 /* ----------------------------------------------------------------------
    One warning (rank 0, once per pair_coeff) naming every LAMMPS type whose
    mass is more than 5% from the standard atomic mass of the element that
@@ -542,18 +572,6 @@ void PairNequIP::warn_of_mismatched_masses()
                    mismatches);
 }
 
-/* ---------------------------------------------------------------------- */
-
-void PairNequIP::allocate()
-{
-  allocated = 1;
-  const int np1 = atom->ntypes + 1;
-  memory->create(setflag, np1, np1, "pair:setflag");
-  for (int i = 1; i < np1; i++)
-    for (int j = i; j < np1; j++) setflag[i][j] = 0;
-  memory->create(cutsq, np1, np1, "pair:cutsq");
-}
-
 /* ----------------------------------------------------------------------
    For each ghost atom that is a periodic image of an atom this rank owns:
    that atom and the integer image shift (ghost = owner + shift . cell);
@@ -576,8 +594,7 @@ void PairNequIP::map_ghosts_to_owners()
     // the map prefers owned atoms over ghost copies of the same tag
     const int owner = atom->map(tag[j]);
     if (owner < 0 || owner >= nlocal)
-      error->one(FLERR, "pair_style nequip: ghost atom {} has no owned copy on this rank",
-                 tag[j]);
+      error->one(FLERR, "pair_style nequip: ghost atom {} has no owned copy on this rank", tag[j]);
     const double dx = x[j][0] - x[owner][0];
     const double dy = x[j][1] - x[owner][1];
     const double dz = x[j][2] - x[owner][2];

@@ -62,31 +62,31 @@ class PairNequIP : public Pair {
 
  protected:
   std::unique_ptr<nequip::Model> model;
-  std::string requested_device;     // pair_style's `device`, "" = the model's own
+  std::string requested_device;    // pair_style's `device`, "" = the model's own
   int num_model_types;
-  std::vector<int> model_type;      // LAMMPS atom type (1..ntypes) -> model type, -1 = NULL
-  std::vector<double> model_cutsq;  // squared cutoff per (centre, neighbour) model type pair
+  std::vector<int> model_type;        // LAMMPS atom type (1..ntypes) -> model type, -1 = NULL
+  std::vector<double> model_cutsq;    // squared cutoff per (centre, neighbour) model type pair
 
   // Several MPI ranks (set in init_style), the model layer by layer
   // (Model::compute_exchanging): the nodes are all owned and ghost atoms (node = atom index),
   // the edges those of the owned atoms, and the ghosts' features come from their owners after
   // every layer. On one rank the ghosts are folded onto their owned images instead.
   bool exchange_mode;
-  double *exchanged_rows = nullptr;  // the features being exchanged, during exchange_rows()
+  double *exchanged_rows = nullptr;    // the features being exchanged, during exchange_rows()
   int exchanged_width = 0;
 
   // The model's graph for one step, rebuilt in compute(); the buffers keep their capacity.
-  std::vector<int> node_of_atom;             // atom -> node, or -1 (one rank)
-  std::vector<int> atom_of_node;             // node -> atom index
-  int num_local_nodes;                       // nodes 0..num_local_nodes-1 are owned atoms
-  std::vector<int> ghost_owner;              // ghost (index - nlocal) -> owned atom (one rank)
-  std::vector<double> ghost_shift;           // ghost -> integer image shift (3 per ghost)
-  std::vector<double> node_pos;              // (N, 3)
-  std::vector<int64_t> node_type;            // (N,)
-  std::vector<uint8_t> node_is_local;        // (N,) local_mask: owned atoms of non-NULL types
-  std::vector<int64_t> edge_index;           // (2, E): centre nodes, then neighbour nodes
-  std::vector<int64_t> edge_neighbour;       // neighbour nodes, while edge_index is built
-  std::vector<double> edge_cell_shift;       // (E, 3)
+  std::vector<int> node_of_atom;          // atom -> node, or -1 (one rank)
+  std::vector<int> atom_of_node;          // node -> atom index
+  int num_local_nodes;                    // nodes 0..num_local_nodes-1 are owned atoms
+  std::vector<int> ghost_owner;           // ghost (index - nlocal) -> owned atom (one rank)
+  std::vector<double> ghost_shift;        // ghost -> integer image shift (3 per ghost)
+  std::vector<double> node_pos;           // (N, 3)
+  std::vector<int64_t> node_type;         // (N,)
+  std::vector<uint8_t> node_is_local;     // (N,) local_mask: owned atoms of non-NULL types
+  std::vector<int64_t> edge_index;        // (2, E): centre nodes, then neighbour nodes
+  std::vector<int64_t> edge_neighbour;    // neighbour nodes, while edge_index is built
+  std::vector<double> edge_cell_shift;    // (E, 3)
 
   // Graph sizes summed over the steps of a run (several ranks), reported by finish(): each
   // rank's work per owned atom.
@@ -96,7 +96,7 @@ class PairNequIP : public Pair {
   bool masses_checked = false;
 
   void allocate();
-  std::string device_for(const std::string &path);
+  int node_local_rank();
   void log_devices();
   void warn_of_mismatched_masses();
   int add_node(int atom_index, int mtype);

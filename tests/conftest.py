@@ -3,6 +3,8 @@
 pytest_plugins = [
     "fixtures.compiled",
     "fixtures.foreign_packages",
+    "fixtures.model_files",
+    "fixtures.training",
 ]
 
 

@@ -28,8 +28,10 @@ at::ScalarType scalar_type_of(const py::array& array, const char* name) {
   if (kind == 'f' && size == 4) return at::kFloat;
   if (kind == 'i' && size == 8) return at::kLong;
   if (kind == 'i' && size == 4) return at::kInt;
-  throw nequip::InputError(std::string(name) + " must be an array of float64, float32, int64 "
-                           "or int32, got " + py::str(dtype).cast<std::string>());
+  throw nequip::InputError(std::string(name) +
+                           " must be an array of float64, float32, int64 "
+                           "or int32, got " +
+                           py::str(dtype).cast<std::string>());
 }
 
 // A CPU tensor viewing the array's memory; the array must outlive the tensor's use.
@@ -88,12 +90,13 @@ py::dict outputs_to_dict(const nequip::Outputs& outputs);
 
 py::dict compute(nequip::Model& model, const py::array& pos, const py::array& atom_types,
                  const py::array& edge_index, const std::optional<py::array>& edge_cell_shift,
-                 const std::optional<py::array>& cell,
-                 const std::optional<py::array>& local_mask) {
-  nequip::Inputs inputs{as_tensor(pos, "pos"), as_tensor(atom_types, "atom_types"),
+                 const std::optional<py::array>& cell, const std::optional<py::array>& local_mask) {
+  nequip::Inputs inputs{as_tensor(pos, "pos"),
+                        as_tensor(atom_types, "atom_types"),
                         as_tensor(edge_index, "edge_index"),
                         optional_tensor(edge_cell_shift, "edge_cell_shift"),
-                        optional_tensor(cell, "cell"), mask_tensor(local_mask, "local_mask")};
+                        optional_tensor(cell, "cell"),
+                        mask_tensor(local_mask, "local_mask")};
   nequip::Outputs outputs;
   {
     py::gil_scoped_release release;  // the arrays are kept alive by the caller's references
@@ -132,34 +135,79 @@ class OwnerExchange : public nequip::FeatureExchange {
   at::Tensor owner_, ghost_;
 };
 
-py::dict compute_exchanging(nequip::Model& model, const py::array& pos,
-                            const py::array& atom_types, const py::array& edge_index,
-                            const py::array& owner, const std::optional<py::array>& cell,
-                            const std::optional<py::array>& edge_cell_shift) {
+// An exchange written in Python: `exchange.forward(rows)` and `exchange.reverse(rows)` change
+// a (N, width) float64 array in place (a view of the runtime's rows). What they raise reaches
+// the caller of compute_exchanging unchanged.
+class PythonExchange : public nequip::FeatureExchange {
+ public:
+  explicit PythonExchange(py::object exchange) : exchange_(std::move(exchange)) {}
+  void forward(at::Tensor& features) override { call("forward", features); }
+  void reverse(at::Tensor& gradients) override { call("reverse", gradients); }
+
+ private:
+  void call(const char* method, at::Tensor& rows) {
+    py::gil_scoped_acquire gil;
+    // a view: the capsule (which frees nothing) stands for the tensor, which outlives the call
+    py::array_t<double> view({rows.size(0), rows.size(1)}, rows.data_ptr<double>(),
+                             py::capsule(rows.data_ptr<double>(), [](void*) {}));
+    exchange_.attr(method)(view);
+  }
+  py::object exchange_;
+};
+
+py::dict compute_exchanging(nequip::Model& model, const py::array& pos, const py::array& atom_types,
+                            const py::array& edge_index, const py::array& owner,
+                            const std::optional<py::array>& cell,
+                            const std::optional<py::array>& edge_cell_shift,
+                            const py::object& exchange) {
   const at::Tensor owner_index = as_tensor(owner, "owner").to(at::kLong).contiguous();
   const int64_t num_nodes = owner_index.size(0);
   if (owner_index.dim() != 1 || num_nodes != static_cast<int64_t>(pos.shape(0))) {
     throw nequip::InputError("owner must have shape (N,), one owner node per node");
   }
-  if (num_nodes > 0 && (owner_index.min().item<int64_t>() < 0 ||
-                        owner_index.max().item<int64_t>() >= num_nodes)) {
+  if (num_nodes > 0 &&
+      (owner_index.min().item<int64_t>() < 0 || owner_index.max().item<int64_t>() >= num_nodes)) {
     throw nequip::InputError("owner holds a node index outside [0, N)");
   }
   const at::Tensor own = at::arange(num_nodes, owner_index.options());
   if (!owner_index.index_select(0, owner_index).equal(owner_index)) {
     throw nequip::InputError("owner: an owner node must be owned (its own owner)");
   }
-  nequip::Inputs inputs{as_tensor(pos, "pos"), as_tensor(atom_types, "atom_types"),
+  nequip::Inputs inputs{as_tensor(pos, "pos"),
+                        as_tensor(atom_types, "atom_types"),
                         as_tensor(edge_index, "edge_index"),
                         optional_tensor(edge_cell_shift, "edge_cell_shift"),
-                        optional_tensor(cell, "cell"), owner_index == own};
-  OwnerExchange exchange(owner_index);
+                        optional_tensor(cell, "cell"),
+                        owner_index == own};
+  OwnerExchange owner_exchange(owner_index);
+  PythonExchange python_exchange(exchange);
+  nequip::FeatureExchange& used = exchange.is_none()
+                                      ? static_cast<nequip::FeatureExchange&>(owner_exchange)
+                                      : static_cast<nequip::FeatureExchange&>(python_exchange);
   nequip::Outputs outputs;
   {
     py::gil_scoped_release release;
-    outputs = model.compute_exchanging(inputs, exchange);
+    outputs = model.compute_exchanging(inputs, used);
   }
   return outputs_to_dict(outputs);
+}
+
+py::dict metadata_dict(const nequip::Metadata& metadata) {
+  py::dict result;
+  result["model_dtype"] = metadata.model_dtype;
+  result["type_names"] = metadata.type_names;
+  result["num_types"] = metadata.num_types;
+  result["r_max"] = metadata.r_max;
+  result["per_edge_type_cutoff"] = metadata.per_edge_type_cutoff.empty()
+                                       ? py::object(py::none())
+                                       : py::cast(metadata.per_edge_type_cutoff);
+  result["allow_tf32"] = metadata.allow_tf32;
+  result["num_layers"] =
+      metadata.num_layers == 0 ? py::object(py::none()) : py::cast(metadata.num_layers);
+  result["compiled_for"] =
+      metadata.compiled_for.empty() ? py::object(py::none()) : py::cast(metadata.compiled_for);
+  result["raw"] = metadata.raw;
+  return result;
 }
 
 }  // namespace
@@ -187,6 +235,12 @@ PYBIND11_MODULE(_runtime, m) {
       "version).",
       PyExc_UserWarning, nullptr));
   m.attr("ModelFileWarning") = warning;
+  // Atoms closer than the model can be trusted at (close_pair_warning): once per model.
+  m.attr("CloseAtomsWarning") = py::reinterpret_steal<py::object>(PyErr_NewExceptionWithDoc(
+      "nequip._runtime.CloseAtomsWarning",
+      "Two atoms are closer than any pair the model was trained on (or than 0.1 * r_max): its "
+      "energy and forces there are extrapolations.",
+      PyExc_UserWarning, nullptr));
 
   py::class_<nequip::Model> model_class(m, "Model", R"doc(
 A compiled NequIP model (.nequip.pth TorchScript or .nequip.pt2 AOTInductor) on one device.
@@ -267,9 +321,9 @@ finite (naming the closest pair of atoms when they overlap), TorchError when tor
   model_class.def_property_readonly("exchanges_features", &nequip::Model::exchanges_features,
                                     "whether the file runs layer by layer with a feature "
                                     "exchange (compute_exchanging; LAMMPS on several ranks)");
-  model_class.def("compute_exchanging", &compute_exchanging, py::arg("pos"),
-                  py::arg("atom_types"), py::arg("edge_index"), py::arg("owner"),
-                  py::arg("cell") = std::nullopt, py::arg("edge_cell_shift") = std::nullopt,
+  model_class.def("compute_exchanging", &compute_exchanging, py::arg("pos"), py::arg("atom_types"),
+                  py::arg("edge_index"), py::arg("owner"), py::arg("cell") = std::nullopt,
+                  py::arg("edge_cell_shift") = std::nullopt, py::arg("exchange") = py::none(),
                   R"doc(
 Evaluates one frame layer by layer, as one LAMMPS rank of a domain decomposition does, on
 nodes that include ghost copies of other nodes (periodic images, at their images' positions):
@@ -279,28 +333,14 @@ pass their gradients go back to the owners. Returns what compute() does, with fo
 ghosts (to be added to their owners') and zero energies on them. edge_cell_shift (E, 3), as
 in compute(), lets an edge reach a periodic image without a ghost node (owner = arange(N):
 the whole frame on one process, layer by layer).
+exchange: None (ghosts copy their owners, as above), or an object whose forward(rows) and
+reverse(rows) change a (N, width) float64 array in place between layers, as a front end's
+exchange does (nequip::FeatureExchange); what they raise reaches the caller unchanged.
 )doc");
 
   m.def(
       "read_metadata",
-      [](const std::string& path) {
-        const nequip::Metadata metadata = nequip::read_metadata(path);
-        py::dict result;
-        result["model_dtype"] = metadata.model_dtype;
-        result["type_names"] = metadata.type_names;
-        result["num_types"] = metadata.num_types;
-        result["r_max"] = metadata.r_max;
-        result["per_edge_type_cutoff"] =
-            metadata.per_edge_type_cutoff.empty() ? py::object(py::none())
-                                                  : py::cast(metadata.per_edge_type_cutoff);
-        result["allow_tf32"] = metadata.allow_tf32;
-        result["num_layers"] = metadata.num_layers == 0 ? py::object(py::none())
-                                                        : py::cast(metadata.num_layers);
-        result["compiled_for"] = metadata.compiled_for.empty() ? py::object(py::none())
-                                                               : py::cast(metadata.compiled_for);
-        result["raw"] = metadata.raw;
-        return result;
-      },
+      [](const std::string& path) { return metadata_dict(nequip::read_metadata(path)); },
       py::arg("path"), R"doc(
 The checked metadata of a .nequip.pth / .nequip.pt2 file, without loading its model: a dict
 of model_dtype, type_names (list), num_types, r_max, per_edge_type_cutoff (num_types**2
@@ -309,12 +349,66 @@ or None when the file does not say) and raw (every key as stored).
 Raises ModelFileError for a bad file or metadata.
 )doc");
 
+  m.def(
+      "check_finite_outputs",
+      [](const std::string& path, double r_max, const py::array& pos, const py::array& edge_index,
+         const std::optional<py::array>& edge_cell_shift, const std::optional<py::array>& cell,
+         const py::array& atomic_energy, const py::array& forces) {
+        nequip::Inputs frame;
+        frame.pos = as_tensor(pos, "pos");
+        frame.edge_index = as_tensor(edge_index, "edge_index");
+        frame.edge_cell_shift = optional_tensor(edge_cell_shift, "edge_cell_shift");
+        frame.cell = optional_tensor(cell, "cell");
+        nequip::check_finite_outputs(path, r_max, frame, as_tensor(atomic_energy, "atomic_energy"),
+                                     as_tensor(forces, "forces"));
+      },
+      py::arg("path"), py::arg("r_max"), py::arg("pos"), py::arg("edge_index"),
+      py::arg("edge_cell_shift"), py::arg("cell"), py::arg("atomic_energy"), py::arg("forces"), R"doc(
+The runtime's check of a call's outputs, for models it does not run (eager models): raises
+NonFiniteOutputError, naming the closest two atoms, when atomic_energy or forces hold a NaN or
+an infinity. edge_cell_shift and cell may be None (a non-periodic frame).
+)doc");
+  m.def(
+      "close_pair_warning",
+      [](const std::string& path, const std::map<std::string, std::string>& metadata,
+         const py::array& pos, const py::array& edge_index,
+         const std::optional<py::array>& edge_cell_shift, const std::optional<py::array>& cell) {
+        nequip::Inputs frame;
+        frame.pos = as_tensor(pos, "pos");
+        frame.edge_index = as_tensor(edge_index, "edge_index");
+        frame.edge_cell_shift = optional_tensor(edge_cell_shift, "edge_cell_shift");
+        frame.cell = optional_tensor(cell, "cell");
+        return nequip::close_pair_warning(path, metadata, frame);
+      },
+      py::arg("path"), py::arg("metadata"), py::arg("pos"), py::arg("edge_index"),
+      py::arg("edge_cell_shift"), py::arg("cell"), R"doc(
+The warning (a str) when the closest two atoms of the frame are closer than the model can be
+trusted at (its metadata's closest_training_pair, else 0.1 * r_max), else None.
+)doc");
+  m.def(
+      "check_metadata",
+      [](const std::map<std::string, std::string>& metadata, const std::string& source) {
+        return metadata_dict(nequip::check_metadata(source, metadata));
+      },
+      py::arg("metadata"), py::arg("source") = "the model", R"doc(
+Metadata (a dict of strings) parsed and checked as the runtime reads a file's: the one check of
+FILE_CONTRACT §2 and the project's keys (the compiler asks it before writing a file). Returns
+what read_metadata does; raises ModelFileError, its message naming `source` and the key.
+)doc");
+
   m.def("select_device", &nequip::select_device, py::arg("requested"), py::arg("compiled_for"),
         py::arg("local_rank"), py::arg("num_cuda_devices"), R"doc(
 The device a front end opens a file on: requested ("" = the file's compiled_for, or "cpu"
 when that is empty; else "cpu", "cuda", "cuda:k"); a "cuda" without an index becomes
 "cuda:(local_rank % num_cuda_devices)" (LAMMPS: one GPU per rank of a node). Raises
 DeviceError for a malformed name, or "cuda" with no CUDA device.
+)doc");
+  m.def("parse_device", &nequip::parse_device, py::arg("name"), py::arg("on_this_machine") = true,
+        R"doc(
+The device a name ("cpu", "cuda", "cuda:k") names: the project's one parser of device names.
+on_this_machine: checked against this machine and returned by its canonical name ("cpu",
+"cuda:k"; "cuda" is "cuda:0"); else the name only is checked, and returned as given.
+Raises DeviceError (a ValueError) for a malformed name or a device this machine lacks.
 )doc");
   m.def("cuda_device_count", &nequip::cuda_device_count,
         "CUDA devices visible to torch in this process (0 with a CPU-only torch).");

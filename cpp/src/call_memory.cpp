@@ -1,11 +1,11 @@
 // AOTInductor's code allocates all of a call's intermediate buffers as one pool (Inductor's
-// memory planning) and frees it before the call returns: 122 MiB for the benchmark model at 512
-// atoms, 973 MiB at 4096. glibc maps a block that large fresh from the kernel each time and
-// unmaps it when it is freed, so every call faulted in and zeroed the same memory again, 7% of
-// the call's CPU time spent in the kernel (docs/benchmarks.md). Here the torch CPU allocator is
-// wrapped: a large block freed during a model call is kept, one at most, for the next large
-// request of a call that it can hold without wasting more than a quarter of it. Smaller blocks,
-// and every allocation outside a model call, go to torch's allocator unchanged.
+// memory planning) and frees it before the call returns: hundreds of MiB for the benchmark
+// model (docs/benchmarks.md, "A call's memory, kept and read back", has the sizes). glibc maps
+// a block that large fresh from the kernel each time and unmaps it when it is freed, so every
+// call faulted in and zeroed the same memory again, time spent in the kernel. Here the torch
+// CPU allocator is wrapped: a large block freed during a model call is kept, one at most, for
+// the next large request of a call that it can hold without wasting more than a quarter of it.
+// Smaller blocks, and every allocation outside a model call, go to torch's allocator unchanged.
 //
 // Memory: the kept block is given back before a larger block is allocated, and at the end of a
 // call that did not use it (after the system grew smaller), so the process keeps between calls
@@ -13,8 +13,8 @@
 //
 // A fresh large block is also advised into transparent huge pages (Linux, where THP is
 // "madvise" or "always"): the kernels sweep the pool, and with 4 KiB pages they take a TLB miss
-// every few rows of a per-edge buffer. The benchmark model's calls took 0.94x the time at 512
-// atoms and 0.96x at 4096, with the same peak memory (docs/benchmarks.md). torch's own switch,
+// every few rows of a per-edge buffer; the calls are faster with the same peak memory
+// (docs/benchmarks.md, "A call's memory in huge pages"). torch's own switch,
 // THP_MEM_ALLOC_ENABLE, is read once at its first allocation, before the runtime could set it.
 
 #include "call_memory.h"

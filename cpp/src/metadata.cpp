@@ -1,8 +1,10 @@
 #include "metadata.h"
 
+#include "text.h"
+
 #include <algorithm>
-#include <cerrno>
 #include <cctype>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <sstream>
@@ -27,8 +29,8 @@ class MetadataReader {
   }
 
   [[noreturn]] void malformed(const std::string& key, const std::string& expected) const {
-    throw ModelFileError(path_ + ": metadata key '" + key + "' is malformed: expected " +
-                         expected + ", got '" + printable(raw_.at(key)) + "'");
+    throw ModelFileError(path_ + ": metadata key '" + key + "' is malformed: expected " + expected +
+                         ", got '" + printable(raw_.at(key)) + "'");
   }
 
   double parse_float(const std::string& key, const std::string& word,
@@ -62,43 +64,6 @@ class MetadataReader {
 
 }  // namespace
 
-std::string printable(const std::string& text) {
-  static const char* hex = "0123456789abcdef";
-  std::string shown;
-  for (const char c : text) {
-    const auto byte = static_cast<unsigned char>(c);
-    if (c == '\t') {
-      shown += "\\t";
-    } else if (c == '\n') {
-      shown += "\\n";
-    } else if (c == '\r') {
-      shown += "\\r";
-    } else if (byte < 0x20 || byte > 0x7e) {
-      shown += std::string("\\x") + hex[byte >> 4] + hex[byte & 0xf];
-    } else {
-      shown += c;
-    }
-  }
-  return shown;
-}
-
-std::vector<std::string> split_on_spaces(const std::string& text) {
-  std::vector<std::string> words;
-  size_t begin = 0;
-  for (size_t end; (end = text.find(' ', begin)) != std::string::npos; begin = end + 1) {
-    words.push_back(text.substr(begin, end - begin));
-  }
-  words.push_back(text.substr(begin));
-  return words;
-}
-
-std::vector<std::string> split_words(const std::string& text) {
-  std::istringstream stream(text);
-  std::vector<std::string> words;
-  for (std::string word; stream >> word;) words.push_back(std::move(word));
-  return words;
-}
-
 Metadata parse_metadata(const std::string& path, std::map<std::string, std::string> raw) {
   MetadataReader reader(path, raw);
   Metadata metadata;
@@ -122,13 +87,11 @@ Metadata parse_metadata(const std::string& path, std::map<std::string, std::stri
   // guessed at: every reader must see the same names.
   metadata.type_names = split_on_spaces(reader.required("type_names"));
   for (const std::string& name : metadata.type_names) {
-    const bool visible_ascii =
-        !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
-          return static_cast<unsigned char>(c) > 0x20 && static_cast<unsigned char>(c) < 0x7f;
-        });
+    const bool visible_ascii = !name.empty() && std::all_of(name.begin(), name.end(), [](char c) {
+      return static_cast<unsigned char>(c) > 0x20 && static_cast<unsigned char>(c) < 0x7f;
+    });
     if (!visible_ascii) {
-      reader.malformed("type_names",
-                       "names of visible ASCII characters joined by single spaces");
+      reader.malformed("type_names", "names of visible ASCII characters joined by single spaces");
     }
   }
   if (static_cast<int64_t>(metadata.type_names.size()) != metadata.num_types) {
@@ -187,11 +150,11 @@ Metadata parse_metadata(const std::string& path, std::map<std::string, std::stri
   // Project key, optional: the width of the node features out of each layer, for the
   // per-layer feature exchange of LAMMPS on several ranks (files that lack it cannot do it).
   if (reader.has("layer_feature_widths")) {
-    const std::string expected =
-        std::to_string(metadata.num_layers) +
-        " (num_layers) positive decimal integers joined by single spaces";
+    const std::string expected = std::to_string(metadata.num_layers) +
+                                 " (num_layers) positive decimal integers joined by single spaces";
     if (metadata.num_layers < 1) {
-      throw ModelFileError(path + ": metadata key 'layer_feature_widths' needs the key "
+      throw ModelFileError(path +
+                           ": metadata key 'layer_feature_widths' needs the key "
                            "'num_layers', which is missing");
     }
     std::vector<std::string> words = split_on_spaces(raw.at("layer_feature_widths"));
@@ -220,3 +183,11 @@ Metadata parse_metadata(const std::string& path, std::map<std::string, std::stri
 }
 
 }  // namespace nequip::detail
+
+namespace nequip {
+
+Metadata check_metadata(const std::string& source, std::map<std::string, std::string> raw) {
+  return detail::parse_metadata(source, std::move(raw));
+}
+
+}  // namespace nequip

@@ -10,7 +10,8 @@ import torch
 
 from fixtures.compiled import COMPILED_KEYS, PER_EDGE_TYPE_CUTOFF, R_MAX, compiled_key_id
 from nequip._runtime import InputError, ModelFileError
-from nequip.compile import MetadataError, check_model_metadata, load_compiled
+from nequip.inference import open_model
+from nequip.compile import MetadataError, check_model_metadata
 
 REQUIRED_KEYS = ("model_dtype", "type_names", "num_types", "r_max", "allow_tf32")
 GOOD = {
@@ -93,7 +94,7 @@ def test_loader_reports_the_runtimes_refusal_of_bad_metadata(compiled_models, tm
     broken = tmp_path / "broken.nequip.pth"
     _rewrite_torchscript(compiled_models["float64", "torchscript", None], broken, "r_max", None)
     with pytest.raises(ModelFileError, match="^" + re.escape(f"{broken}: required metadata key 'r_max' is missing") + "$"):
-        load_compiled(broken)
+        open_model(broken)
 
 
 @pytest.mark.parametrize("key", REQUIRED_KEYS)
@@ -103,34 +104,40 @@ def test_writer_requires_each_contract_key(key):
         check_model_metadata(metadata)
 
 
-# Each is refused by the C++ reader too (see tests/runtime/test_runtime_errors.py).
+# The writer asks the reader (_runtime.check_metadata): its message, naming the model.
 @pytest.mark.parametrize(
     "key, value, expected",
     [
         ("model_dtype", "float16", "'float32' or 'float64'"),
-        ("type_names", "Si  C", "non-empty type names joined by single spaces"),
-        ("type_names", "Si C ", "non-empty type names joined by single spaces"),
-        ("type_names", "Si Si", "distinct type names"),
-        ("num_types", "two", "the number of type names (2)"),
-        ("num_types", " 2", "the number of type names (2)"),
-        ("num_types", "3", "the number of type names (2)"),
-        ("r_max", "-1.0", "a positive decimal number"),
-        ("r_max", "nan", "a positive decimal number"),
-        ("r_max", "inf", "a positive decimal number"),
-        ("r_max", "5_0", "a positive decimal number"),
+        ("type_names", "Si  C", "names of visible ASCII characters joined by single spaces"),
+        ("type_names", "Si C ", "names of visible ASCII characters joined by single spaces"),
+        ("type_names", "Si Si", "distinct names ('Si' appears twice)"),
+        ("num_types", "two", "a positive decimal integer"),
+        ("num_types", "0", "a positive decimal integer"),
+        ("r_max", "-1.0", "a positive decimal float"),
+        ("r_max", "nan", "a positive decimal float"),
+        ("r_max", "inf", "a positive decimal float"),
+        ("r_max", "5_0", "a positive decimal float"),
         ("allow_tf32", "true", "'0' or '1'"),
         ("num_layers", "0", "a positive decimal integer"),
         ("num_layers", "-1", "a positive decimal integer"),
-        ("per_edge_type_cutoff", "", "2x2 = 4 space-separated numbers in (0, r_max = 5.0]"),
-        ("per_edge_type_cutoff", "5.0 4.5 4.5", "2x2 = 4 space-separated numbers in (0, r_max = 5.0]"),
-        ("per_edge_type_cutoff", "5.0 4.5 4.5 6.0", "2x2 = 4 space-separated numbers in (0, r_max = 5.0]"),
-        ("per_edge_type_cutoff", "5.0 4.5 4.5 0", "2x2 = 4 space-separated numbers in (0, r_max = 5.0]"),
+        ("per_edge_type_cutoff", "", "4 (num_types squared) floats in (0, r_max] joined by single spaces"),
+        ("per_edge_type_cutoff", "5.0 4.5 4.5", "4 (num_types squared) floats in (0, r_max] joined by single spaces"),
+        ("per_edge_type_cutoff", "5.0 4.5 4.5 6.0", "4 (num_types squared) floats in (0, r_max] joined by single spaces"),
+        ("per_edge_type_cutoff", "5.0 4.5 4.5 0", "4 (num_types squared) floats in (0, r_max] joined by single spaces"),
     ],
 )
 def test_writer_refuses_metadata_the_reader_refuses(key, value, expected):
     with pytest.raises(MetadataError) as error:
         check_model_metadata({**GOOD, key: value})
-    assert str(error.value) == f"the model: metadata key '{key}' is malformed: expected {expected}, got {value!r}"
+    assert str(error.value) == f"the model: metadata key '{key}' is malformed: expected {expected}, got '{value}'"
+
+
+def test_writer_refuses_a_number_of_types_other_than_the_names():
+    with pytest.raises(MetadataError) as error:
+        check_model_metadata({**GOOD, "num_types": "3"})
+    message = "the model: metadata key 'type_names' is malformed: expected 3 names joined by single spaces (num_types), got 'Si C'"
+    assert str(error.value) == message
 
 
 @pytest.mark.parametrize("value", ["Si Č", "Si\tC", "Si\nC"])
@@ -161,18 +168,19 @@ def test_metadata_the_writer_accepts_the_reader_reads_alike(key, value, attribut
             prefix = next(name for name in src.namelist() if name.endswith("/extra/r_max"))[: -len("r_max")]
         with zipfile.ZipFile(path, "a") as archive:
             archive.writestr(prefix + key, value)
-    assert getattr(load_compiled(path), attribute) == parsed
+    value = getattr(open_model(path), attribute)
+    assert (tuple(map(tuple, value.tolist())) if attribute == "per_edge_type_cutoff" else value) == parsed
 
 
 @pytest.mark.slow
 def test_local_mask_is_refused_by_a_file_that_does_not_take_it(compiled_models, systems):
     path = compiled_models["float64", "aotinductor", "pair_nequip"]
-    compiled = load_compiled(path)
+    compiled = open_model(path)
     frame = dict(systems["periodic_triclinic"])
     frame["local_mask"] = torch.ones(frame["pos"].shape[0], dtype=torch.bool)
     with pytest.raises(InputError, match=re.escape(f"{path}: this model takes no local_mask")):
         compiled(frame)
-    domain = load_compiled(compiled_models["float64", "aotinductor", "pair_nequip_domain"])
+    domain = open_model(compiled_models["float64", "aotinductor", "pair_nequip_domain"])
     num_atoms = frame["pos"].shape[0]
     with pytest.raises(InputError, match="^" + re.escape(f"local_mask must have shape (N,) = ({num_atoms},), got (3,)") + "$"):
         domain(dict(frame, local_mask=torch.ones(3, dtype=torch.bool)))

@@ -24,6 +24,7 @@ from nequip._runtime import (
     NonFiniteOutputError,
     TorchError,
     cuda_device_count,
+    parse_device,
     read_metadata,
     select_device,
 )
@@ -251,14 +252,36 @@ def test_cuda_device_that_does_not_exist(compiled_models):
     device = f"cuda:{count}"
     if count == 0:
         message = (
-            f"device '{device}' requested but CUDA is not available to torch: "
+            f"device '{device}' requested, but CUDA is not available to torch: "
             "use device 'cpu', or a CUDA build of torch on a machine with a GPU"
         )
     else:
-        message = f"device '{device}' requested but only {count} CUDA device(s) are visible"
+        message = f"device '{device}' requested, but only {count} CUDA device(s) are visible: use one of them, or device 'cpu'"
     path = compiled_models[PTH]
     with raises(DeviceError, f"{path}: {message}"):
         Model(str(path), device)
+    with raises(DeviceError, message):
+        parse_device(device)
+
+
+@pytest.mark.parametrize("name, parsed", [("cpu", "cpu"), ("cuda", "cuda"), ("cuda:1", "cuda:1")])
+def test_parse_device_without_the_machine_checks_the_name_only(name, parsed):
+    assert parse_device(name, on_this_machine=False) == parsed
+
+
+@pytest.mark.parametrize("name", ["gpu", "cuda:x", "cpu:1", "mps", ""])
+@pytest.mark.parametrize("on_this_machine", [True, False])
+def test_parse_device_refuses_a_malformed_name(name, on_this_machine):
+    """The project's one parser of device names: the compiler, the eager front ends and
+    pair_style nequip give this message."""
+    with raises(DeviceError, f"invalid device '{name}': expected 'cpu', 'cuda' or 'cuda:<index>'"):
+        parse_device(name, on_this_machine=on_this_machine)
+
+
+def test_parse_device_gives_the_canonical_name_of_a_device_here():
+    assert parse_device("cpu") == "cpu"
+    if torch.cuda.is_available():
+        assert parse_device("cuda") == "cuda:0"
 
 
 # -- inputs --------------------------------------------------------------------------------
@@ -320,26 +343,28 @@ def test_input_errors_are_value_errors_and_leave_the_model_usable(model):
 
 
 def test_aotinductor_for_vector_instructions_this_cpu_lacks(compiled_models, tmp_path):
-    """torch records the kernels' vector ISA; a file edited to need AMX (no CPU here has it)
-    is refused before its native code is loaded."""
+    """torch records the kernels' vector ISA; a file edited to need instructions no CPU has (a
+    fictitious AVX1024, beside AVX512 where this CPU lacks it) is refused before its native
+    code is loaded, on any CPU."""
     capabilities = torch._C._cpu._get_cpu_capability()
-    if capabilities["amx_tile"]:
-        pytest.fail("this test needs a CPU without AMX: pick another ISA it lacks")
-    offered = " ".join(
+    offered = [
         name
         for name, features in [
             ("AVX2", ["avx2", "fma3"]),
             ("AVX512", ["avx512_f", "avx512_dq", "avx512_vl", "avx512_bw", "fma3"]),
             ("AVX512_VNNI", ["avx512_vnni"]),
+            ("AMX_TILE", ["amx_tile", "amx_bf16", "amx_int8"]),
         ]
         if all(capabilities[f] for f in features)
-    )
-    isa = "AVX512 AVX512_VNNI AMX_TILE"
+    ]
+    isa = "AVX512 AVX1024"
+    lacking = "AVX1024" if "AVX512" in offered else "AVX512 AVX1024"
     path = with_pt2_metadata(compiled_models[PT2], tmp_path / "model.nequip.pt2", "AOTI_CPU_ISA", isa)
     message = (
-        f"{path}: compiled for CPUs with {isa} (metadata key AOTI_CPU_ISA), but this CPU lacks AMX_TILE "
-        f"(it offers {offered}): its native code cannot run here; compile it again on this machine, or "
-        f"with ATEN_CPU_CAPABILITY={'avx2' if 'AVX2' in offered else 'default'} set for nequip-compile"
+        f"{path}: compiled for CPUs with {isa} (metadata key AOTI_CPU_ISA), but this CPU lacks {lacking} "
+        f"(it offers {' '.join(offered) or 'none of AVX2 AVX512'}): its native code cannot run here; compile it "
+        f"again on this machine, or with ATEN_CPU_CAPABILITY={'avx2' if 'AVX2' in offered else 'default'} set for "
+        "nequip-compile"
     )
     with raises(DeviceError, message):
         Model(str(path))

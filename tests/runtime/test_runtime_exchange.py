@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from nequip._runtime import InputError, Model
-from nequip.compile.loader import images_as_ghosts
+from nequip.inference.compiled import images_as_ghosts
 from runtime_cases import assert_matches, eager_outputs, random_frames
 
 
@@ -168,3 +168,63 @@ def test_a_package_whose_parts_do_not_match_its_layers_is_refused(compiled_model
     )
     with pytest.raises(ModelFileError, match="^" + re.escape(message) + "$"):
         Model(str(path))
+
+
+class OwnerCopies:
+    """The exchange of one process written in Python: ghosts copy their owners' rows, and give
+    their gradients back to them (what nequip::FeatureExchange asks of a front end)."""
+
+    def __init__(self, owner):
+        self.owner = owner
+        self.ghost = owner != np.arange(len(owner))
+        self.calls = []
+
+    def forward(self, rows):
+        self.calls.append(("forward", rows.shape[1]))
+        rows[:] = rows[self.owner]
+
+    def reverse(self, rows):
+        self.calls.append(("reverse", rows.shape[1]))
+        np.add.at(rows, self.owner[self.ghost], rows[self.ghost])
+        rows[self.ghost] = 0.0
+
+
+def test_a_front_ends_exchange_changes_the_rows_in_place(deep):
+    """An exchange given from outside sees every layer's rows and changes them where the
+    runtime reads them: the result is that of the runtime's own exchange."""
+    model, _ = deep
+    frame = next(f for f in random_frames(12, seed=3) if len(unfolded(f)[0]) > len(f["pos"]))
+    pos, types, edge_index, owner = unfolded(frame)
+    exchange = OwnerCopies(owner)
+    got = model.compute_exchanging(pos, types, edge_index, owner, cell=frame["cell"], exchange=exchange)
+    expected = model.compute_exchanging(pos, types, edge_index, owner, cell=frame["cell"])
+    # three layers of widths 24 42 6: the last layer's features stay put
+    assert exchange.calls == [("forward", 24), ("forward", 42), ("reverse", 42), ("reverse", 24)]
+    for name in ("total_energy", "forces", "atom_virial"):
+        np.testing.assert_allclose(got[name], expected[name], rtol=0, atol=1e-12)
+
+
+class ExchangeFailed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_what_the_exchange_raises_reaches_the_caller_unchanged(deep, direction):
+    """An exchange's own error (LAMMPS' error->one on a rank) is the front end's to report: the
+    runtime passes it through as it was raised, neither wrapped in a TorchError nor reported a
+    second time."""
+    model, _ = deep
+    frame = next(f for f in random_frames(12, seed=3) if len(unfolded(f)[0]) > len(f["pos"]))
+    pos, types, edge_index, owner = unfolded(frame)
+
+    class Failing(OwnerCopies):
+        def forward(self, rows):
+            if direction == "forward":
+                raise ExchangeFailed("rank 1 did not answer")
+            super().forward(rows)
+
+        def reverse(self, rows):
+            raise ExchangeFailed("rank 1 did not answer")
+
+    with pytest.raises(ExchangeFailed, match="^rank 1 did not answer$"):
+        model.compute_exchanging(pos, types, edge_index, owner, cell=frame["cell"], exchange=Failing(owner))

@@ -19,7 +19,14 @@
 // owners); "atom_virial" among output_names() gives per-atom virials.
 //
 // Every failure, including those raised inside torch, surfaces as a subclass of
-// nequip::Error (itself a std::runtime_error) with a message a user can act on.
+// nequip::Error (itself a std::runtime_error) with a message a user can act on. An exception
+// thrown by a front end's own callback (FeatureExchange) reaches it unchanged.
+//
+// The implementation, one concept per file under cpp/src/: archive (reading the zip archive:
+// format, records, metadata as stored), metadata (parsing and checking it), compatibility
+// (machine, torch version, devices), inputs (checking and converting a frame), layered (the
+// layer-by-layer evaluation and its exchange), output_checks (what is checked of the outputs),
+// model (the Model class: loading and calls), call_memory (a call's large buffers).
 #pragma once
 
 #include <ATen/Tensor.h>
@@ -84,8 +91,7 @@ class NonFiniteOutputError : public Error {
   };
 
   // `closest`: the shortest edge's atoms and length; empty when no edges were given.
-  NonFiniteOutputError(const std::string& path, double r_max,
-                       std::optional<ClosestPair> closest);
+  NonFiniteOutputError(const std::string& path, double r_max, std::optional<ClosestPair> closest);
 
   const std::optional<ClosestPair>& closest_pair() const { return closest_; }
   // Whether the closest pair is closer than kOverlapFraction * r_max.
@@ -107,8 +113,8 @@ enum class ModelFormat {
 
 // The metadata of FILE_CONTRACT §2, parsed and checked.
 struct Metadata {
-  std::string model_dtype;                // "float32" or "float64"
-  std::vector<std::string> type_names;    // model type order; size() == num_types
+  std::string model_dtype;              // "float32" or "float64"
+  std::vector<std::string> type_names;  // model type order; size() == num_types
   int64_t num_types = 0;
   double r_max = 0.0;
   // num_types * num_types cutoffs, row-major (row = centre type, column = neighbour type);
@@ -145,9 +151,9 @@ struct Inputs {
 
 // Results for one frame, always float64, contiguous, on the CPU.
 struct Outputs {
-  double total_energy = 0.0;             // eV
-  at::Tensor atomic_energy;              // (N,), eV
-  at::Tensor forces;                     // (N, 3), eV/Å
+  double total_energy = 0.0;  // eV
+  at::Tensor atomic_energy;   // (N,), eV
+  at::Tensor forces;          // (N, 3), eV/Å
   // (3, 3), eV. Given by the model (TorchScript, `pair_nequip` target), or derived as
   // -stress * V when the model gives only stress and the cell has a volume.
   std::optional<at::Tensor> virial;
@@ -177,7 +183,9 @@ class FeatureExchange {
 class Model {
  public:
   // Opens `path` on `device` ("cpu", "cuda" or "cuda:k"; "" = the device type the file was
-  // compiled for, index 0). The format is chosen by the extension (".nequip.pth" or
+  // compiled for). A "cuda" without an index is the GPU select_device gives `local_rank`
+  // (the process's rank among those of its node; 0: the first GPU). The format is chosen by the
+  // extension (".nequip.pth" or
   // ".nequip.pt2") and confirmed by the archive's content. A file is refused (DeviceError) on
   // another device type than it was compiled for (Metadata::compiled_for).
   // A .pt2 holds native code, run as is; before loading it, the runtime refuses (DeviceError)
@@ -185,7 +193,7 @@ class Model {
   // instructions this CPU lacks (AOTI_CPU_ISA), and (ModelFileError) one made with another
   // major version of torch (our key torch_version; another minor version: warnings()).
   // Throws ModelFileError, DeviceError or TorchError.
-  explicit Model(const std::string& path, const std::string& device = "");
+  explicit Model(const std::string& path, const std::string& device = "", int local_rank = 0);
   ~Model();
   Model(Model&&) noexcept;
   Model& operator=(Model&&) noexcept;
@@ -252,9 +260,34 @@ class Model {
   std::unique_ptr<Impl> impl_;
 };
 
+// The guards of a model's outputs, for every path that evaluates a model: Model::compute
+// applies them, and the eager models of checkpoints and packages (Python, nequip.inference)
+// call them, so that one rule gives one message whatever runs the model. `frame` needs pos
+// and edge_index, and for periodic frames edge_cell_shift and cell (any dtypes).
+//
+// Throws NonFiniteOutputError, naming the closest two atoms, when `atomic_energy` or `forces`
+// hold a NaN or an infinity.
+void check_finite_outputs(const std::string& path, double r_max, const Inputs& frame,
+                          const at::Tensor& atomic_energy, const at::Tensor& forces);
+
+// A warning, or nothing, when the closest two atoms of `frame` are closer than the model can
+// be trusted at: closer than the closest pair of its training data (the metadata key
+// `closest_training_pair`, Å) or, for a model that does not record it, closer than
+// NonFiniteOutputError::kOverlapFraction * r_max. `metadata`: the model's keys as stored
+// (FILE_CONTRACT §2 and the project's). Throws ModelFileError for a malformed
+// closest_training_pair or r_max.
+std::optional<std::string> close_pair_warning(const std::string& path,
+                                              const std::map<std::string, std::string>& metadata,
+                                              const Inputs& frame);
+
 // The checked metadata of a compiled file, without loading its model (cheap: a front end
 // that needs only the type names or the cutoff). Throws ModelFileError or TorchError.
 Metadata read_metadata(const std::string& path);
+
+// `raw` parsed and checked as the metadata of a file is read: the one check of FILE_CONTRACT
+// §2 and the project's keys, which the compiler asks before it writes a file. `source` names
+// the metadata in messages (a path, "the model"). Throws ModelFileError.
+Metadata check_metadata(const std::string& source, std::map<std::string, std::string> raw);
 
 // The device a front end should open a file on: `requested` ("" = the file's own device type,
 // `compiled_for`, or "cpu" when that is empty; else "cpu", "cuda" or "cuda:k"). A "cuda"
@@ -263,6 +296,13 @@ Metadata read_metadata(const std::string& path);
 // for a malformed name and for "cuda" when num_cuda_devices is 0.
 std::string select_device(const std::string& requested, const std::string& compiled_for,
                           int local_rank, int num_cuda_devices);
+
+// The device `name` names ("cpu", "cuda" or "cuda:k"): the one parser of device names of the
+// project (the compiler and the eager front ends call it through Python). With
+// `on_this_machine`, checked against this machine and returned by its canonical name ("cpu",
+// "cuda:k"; "cuda" is "cuda:0"); without, the name only is checked and returned as given.
+// Throws DeviceError for a malformed name or (on_this_machine) a device this machine lacks.
+std::string parse_device(const std::string& name, bool on_this_machine = true);
 
 // CUDA devices visible to torch in this process (0 with a CPU-only torch).
 int cuda_device_count();

@@ -21,6 +21,7 @@ import torch
 import nequip
 from nequip import _runtime
 from nequip.data import keys
+from nequip.utils.devices import torch_device
 from nequip.utils.processes import is_running
 
 from . import aotinductor, torchscript
@@ -33,18 +34,11 @@ from .contract import (
     COMPILE_DEVICE,
     COMPILE_TARGET,
     DOMAIN_TARGET,
-    DEVICES,
     E3NN_VERSION,
     EXTENSIONS,
-    MODEL_DTYPE,
-    MODEL_DTYPES,
     MODES,
     NEQUIP_VERSION,
     LAYER_FEATURE_WIDTHS,
-    NUM_LAYERS,
-    NUM_TYPES,
-    PER_EDGE_TYPE_CUTOFF,
-    R_MAX,
     TARGET_INPUTS,
     TARGET_OUTPUTS,
     TARGETS,
@@ -54,9 +48,10 @@ from .contract import (
     TORCHSCRIPT_INPUTS_KEY,
     TORCHSCRIPT_OUTPUTS,
     TORCHSCRIPT_OUTPUTS_KEY,
-    TYPE_NAMES,
 )
-from .loader import CompiledModel
+from nequip.inference.compiled import CompiledModel
+from nequip.inference.opened import has_volume
+from nequip.load import check_weights_finite
 
 logger = logging.getLogger(__name__)
 
@@ -88,22 +83,6 @@ class WriteError(RuntimeError):
     """The compiled file could not be written (disk full, file too large, no permission)."""
 
 
-def check_device(device: str) -> torch.device:
-    """``device`` as a torch.device, refusing unknown devices and CUDA on a machine without it."""
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        parsed = None
-    if parsed is None or parsed.type not in DEVICES:
-        raise ValueError(f"unknown device {str(device)!r}: expected one of {', '.join(DEVICES)}")
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {str(device)!r} requested, but CUDA is not available to this torch ({torch.__version__}): "
-            "compile for CUDA on a machine with an NVIDIA GPU and a CUDA build of torch, or use --device cpu"
-        )
-    return parsed
-
-
 def check_arguments(
     out_path: Union[str, Path], mode: str, device: str, target: Optional[str], tf32: bool = False
 ) -> None:
@@ -125,7 +104,7 @@ def check_arguments(
             f"output file {str(out_path)!r} does not match mode {mode}: "
             f"its name must end in '{extension}'"
         )
-    if check_device(device).type != "cuda" and tf32:
+    if torch_device(device).type != "cuda" and tf32:
         raise ValueError(
             f"TF32 (TensorFloat-32 matmuls, --tf32) is a CUDA setting, but the device is {str(device)!r}: "
             "drop --tf32, or compile with --device cuda"
@@ -152,78 +131,23 @@ class WrittenMetadata(NamedTuple):
 
 
 def check_model_metadata(metadata: Mapping[str, str]) -> WrittenMetadata:
-    """Refuse metadata that the C++ reader would refuse (FILE_CONTRACT §2 and its rules on
-    ``num_layers``), before the slow compile; the compiled file is loaded by that reader
-    before it is written in any case.
+    """Refuse metadata that the C++ reader would refuse (FILE_CONTRACT §2 and the project's
+    keys), before the slow compile, by asking that reader (``_runtime.check_metadata``): one
+    check, one message. Every value must also be printable ASCII text, as the writer owes every
+    reader; the compiled file is loaded by the reader before it is written in any case.
 
     Messages read ``the model: metadata key '<key>' ...``.
     """
-
-    def malformed(key: str, expected: str) -> MetadataError:
-        return MetadataError(f"the model: metadata key '{key}' is malformed: expected {expected}, got {metadata[key]!r}")
-
-    for key in (MODEL_DTYPE, TYPE_NAMES, NUM_TYPES, R_MAX, ALLOW_TF32):
-        if key not in metadata:
-            raise MetadataError(f"the model: required metadata key '{key}' is missing")
     for key, value in metadata.items():
         if not (isinstance(value, str) and value.isascii() and value.isprintable()):
             raise MetadataError(f"the model: metadata key '{key}' must be printable ASCII text, got {value!r}")
-
-    if metadata[MODEL_DTYPE] not in MODEL_DTYPES:
-        raise malformed(MODEL_DTYPE, " or ".join(repr(d) for d in MODEL_DTYPES))
-    type_names = tuple(metadata[TYPE_NAMES].split(" "))
-    if not all(type_names):  # (the only whitespace printable ASCII has is the space)
-        raise malformed(TYPE_NAMES, "non-empty type names joined by single spaces")
-    if len(set(type_names)) != len(type_names):
-        raise malformed(TYPE_NAMES, "distinct type names")
-    if not (_is_decimal_integer(metadata[NUM_TYPES]) and int(metadata[NUM_TYPES]) == len(type_names)):
-        raise malformed(NUM_TYPES, f"the number of type names ({len(type_names)})")
-    r_max = _decimal_float(metadata[R_MAX])
-    if r_max is None or not r_max > 0:
-        raise malformed(R_MAX, "a positive decimal number")
-    if metadata[ALLOW_TF32] not in ("0", "1"):
-        raise malformed(ALLOW_TF32, "'0' or '1'")
-    if NUM_LAYERS in metadata and not (_is_decimal_integer(metadata[NUM_LAYERS]) and int(metadata[NUM_LAYERS]) >= 1):
-        raise malformed(NUM_LAYERS, "a positive decimal integer")
-
-    cutoffs = None
-    if PER_EDGE_TYPE_CUTOFF in metadata:  # only when used: absent means r_max for every pair
-        num_pairs = len(type_names) ** 2
-        cutoffs = [_decimal_float(word) for word in metadata[PER_EDGE_TYPE_CUTOFF].split(" ")]
-        if len(cutoffs) != num_pairs or not all(c is not None and 0 < c <= r_max for c in cutoffs):
-            raise malformed(
-                PER_EDGE_TYPE_CUTOFF,
-                f"{len(type_names)}x{len(type_names)} = {num_pairs} space-separated numbers in (0, r_max = {r_max}]",
-            )
-    return WrittenMetadata(metadata[MODEL_DTYPE], type_names, r_max, cutoffs)
-
-
-def _is_decimal_integer(text: str) -> bool:
-    return text.isascii() and text.isdigit()
-
-
-_DECIMAL_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
-
-
-def _decimal_float(text: str) -> Optional[float]:
-    # plain decimal notation only: float() would also take "inf", " 5", "5_0"
-    if not _DECIMAL_FLOAT.fullmatch(text):
-        return None
-    value = float(text)
-    return value if math.isfinite(value) else None
-
-
-def check_weights_finite(model: torch.nn.Module) -> None:
-    """Refuse a model with NaN or infinite weights (parameters or buffers): its every output
-    would be NaN."""
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    bad = [name for name, tensor in tensors if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
-    if bad:
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise ValueError(
-            f"the model's weights are not finite: {shown}; retrain it (from finite data, or from "
-            "the last checkpoint whose weights are finite)"
-        )
+    try:
+        parsed = _runtime.check_metadata(dict(metadata), "the model")
+    except _runtime.ModelFileError as error:
+        raise MetadataError(str(error)) from None
+    return WrittenMetadata(
+        parsed["model_dtype"], tuple(parsed["type_names"]), parsed["r_max"], parsed["per_edge_type_cutoff"]
+    )
 
 
 def compile_model(
@@ -443,7 +367,7 @@ def _check_agreement(
 def _check_outputs(names, got, expected, data, tolerance: float, what: str) -> None:
     for name in names:
         if name not in got:
-            if name == keys.STRESS and not _has_volume(data):
+            if name == keys.STRESS and not has_volume(data):
                 continue
             raise CompileError(f"{what} did not return '{name}'")
         error = relative_error(got[name], expected[name])
@@ -453,10 +377,6 @@ def _check_outputs(names, got, expected, data, tolerance: float, what: str) -> N
                 f"relative error {error:.3g} (tolerance {tolerance:g}), "
                 f"shape {tuple(got[name].shape)} (eager {tuple(expected[name].shape)})"
             )
-
-
-def _has_volume(data: Dict[str, torch.Tensor]) -> bool:
-    return keys.CELL in data and float(torch.linalg.det(data[keys.CELL].double().reshape(3, 3))) != 0.0
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:

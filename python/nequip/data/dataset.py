@@ -34,16 +34,16 @@ def _model_file_kind(path: Path) -> Optional[str]:
     They are zip archives (torch's format), which no ASE reader takes; ASE's own error
     would not say what the file is.
     """
+    from ..load import COMPILED_KINDS, ModelFileError, model_file_kind
+
     if not zipfile.is_zipfile(path):
         return None
-    name = path.name
-    if name.endswith(".nequip.zip"):
-        return "a model package"
-    if name.endswith(".ckpt"):
-        return "a training checkpoint"
-    if name.endswith((".pth", ".pt2")):
-        return "a compiled model"
-    return "a zip archive"
+    try:
+        kind = model_file_kind(path)
+    except ModelFileError:
+        return "a zip archive"
+    descriptions = {"checkpoint": "a training checkpoint", "package": "a model package"}
+    return "a compiled model" if kind in COMPILED_KINDS else descriptions[kind]
 
 
 def read_frames(
@@ -55,6 +55,8 @@ def read_frames(
         raise FileNotFoundError(f"structure file {path} does not exist; check the path")
     if path.is_dir():
         raise ValueError(f"{path} is a directory; give a file of structures")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty; give a file of structures with their labels (e.g. extxyz)")
     kind = _model_file_kind(path)
     if kind is not None:
         raise ValueError(
@@ -84,7 +86,8 @@ def read_frames(
         raise ValueError(f"could not read structures from {path}: {err}") from err
     frames = [frames] if isinstance(frames, ase.Atoms) else list(frames)
     if not frames:
-        raise ValueError(f"could not read structures from {path}: no frames at index {index!r}")
+        selected = "it holds none" if index == ":" else f"no frames at index {index!r}"
+        raise ValueError(f"could not read structures from {path}: {selected}")
     return frames
 
 

@@ -1,26 +1,17 @@
-"""The device an eager model runs on, parsed and checked once for every front end (compiled
-files are placed by the C++ runtime, ``nequip._runtime.select_device``)."""
+"""The device an eager model or a compile runs on. Device names have one parser, the C++
+runtime's (``nequip._runtime.parse_device``), which also places compiled files and checks
+LAMMPS' ``pair_style nequip device``: every front end accepts the same names and gives the
+same messages."""
 
 import torch
 
 
 def torch_device(device: str) -> torch.device:
     """``device`` ("cpu", "cuda" or "cuda:k") as a torch.device that exists here, or one
-    ValueError that names the problem and the way out."""
-    try:
-        parsed = torch.device(device)
-    except (RuntimeError, TypeError):
-        parsed = None
-    if parsed is None or parsed.type not in ("cpu", "cuda"):
-        raise ValueError(f"invalid device {str(device)!r}: expected 'cpu', 'cuda' or 'cuda:<index>'")
-    if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {str(device)!r} requested, but CUDA is not available to this torch "
-            f"({torch.__version__}): use device 'cpu', or a CUDA build of torch on a machine with a GPU"
-        )
-    if parsed.type == "cuda" and (parsed.index or 0) >= torch.cuda.device_count():
-        raise ValueError(
-            f"device {str(device)!r} requested, but this machine has {torch.cuda.device_count()} CUDA "
-            "device(s): use one of them, or device 'cpu'"
-        )
-    return parsed
+    ValueError (the runtime's DeviceError) that names the problem and the way out."""
+    from nequip import _runtime
+
+    if not isinstance(device, str):
+        # what the runtime would say of the name; a non-string has none to parse
+        raise _runtime.DeviceError(f"invalid device {device!r}: expected 'cpu', 'cuda' or 'cuda:<index>'")
+    return torch.device(_runtime.parse_device(device))

@@ -1,0 +1,40 @@
+// The field names of FILE_CONTRACT §1 that cross the runtime's boundary, and which of them
+// each kind of file takes and returns. Internal to the runtime.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace nequip::detail {
+
+inline constexpr const char* kPos = "pos";
+inline constexpr const char* kEdgeIndex = "edge_index";
+inline constexpr const char* kAtomTypes = "atom_types";
+inline constexpr const char* kCell = "cell";
+inline constexpr const char* kEdgeCellShift = "edge_cell_shift";
+inline constexpr const char* kLocalMask = "local_mask";
+inline constexpr const char* kAtomicEnergy = "atomic_energy";
+inline constexpr const char* kTotalEnergy = "total_energy";
+inline constexpr const char* kForces = "forces";
+inline constexpr const char* kStress = "stress";
+inline constexpr const char* kVirial = "virial";
+inline constexpr const char* kAtomVirial = "atom_virial";
+
+// FILE_CONTRACT §3-4: the inputs every model takes (the defaults of files whose metadata
+// does not list them), and the outputs of AOTI files whose metadata lacks
+// `nequip_aoti_outputs` (the `pair_nequip` order of older producers).
+inline const std::vector<std::string> kRequiredInputs = {kPos, kEdgeIndex, kAtomTypes, kCell,
+                                                         kEdgeCellShift};
+inline const std::vector<std::string> kAotiDefaultOutputs = {kAtomicEnergy, kForces, kVirial};
+// FILE_CONTRACT §3: what every TorchScript model returns.
+inline const std::vector<std::string> kTorchScriptOutputs = {kAtomicEnergy, kTotalEnergy, kForces,
+                                                             kStress, kVirial};
+// Every field the runtime knows: the required inputs plus this project's local_mask (target
+// `pair_nequip_domain`, our TorchScript files); §3's outputs plus our atom_virial.
+inline const std::vector<std::string> kKnownInputs = {kPos,  kEdgeIndex,     kAtomTypes,
+                                                      kCell, kEdgeCellShift, kLocalMask};
+inline const std::vector<std::string> kKnownOutputs = {kAtomicEnergy, kTotalEnergy, kForces,
+                                                       kStress,       kVirial,      kAtomVirial};
+inline const std::vector<std::string> kRequiredOutputs = {kAtomicEnergy, kForces};
+
+}  // namespace nequip::detail

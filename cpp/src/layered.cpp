@@ -1,0 +1,247 @@
+#include "layered.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/autograd.h>
+
+#include "fields.h"
+#include "torch_errors.h"
+
+namespace nequip::detail {
+namespace {
+
+// TorchScript: each layer's input features and the edge embeddings are leaves of their own,
+// and the graphs of the forward pass are kept until the backward pass (nothing is computed
+// twice).
+class TorchScriptParts : public LayeredParts {
+ public:
+  explicit TorchScriptParts(torch::jit::Module& module) : module_(module) {}
+
+  std::pair<at::Tensor, at::Tensor> node_embedding(const at::Tensor& atom_types) override {
+    at::Tensor node_attrs = call("node_attributes", {atom_types}).toTensor().detach();
+    return {node_attrs, call("node_embedding", {node_attrs}).toTensor().detach()};
+  }
+  std::pair<at::Tensor, at::Tensor> edge_embedding(const at::Tensor& edge_vec,
+                                                   const at::Tensor& atom_types,
+                                                   const at::Tensor& edge_index) override {
+    edge_vec_ = edge_vec.detach().requires_grad_(true);
+    auto out = call("edge_embedding", {edge_vec_, atom_types, edge_index}).toTuple();
+    edge_sh_ = out->elements()[0].toTensor();
+    edge_radial_ = out->elements()[1].toTensor();
+    sh_leaf_ = edge_sh_.detach().requires_grad_(true);
+    radial_leaf_ = edge_radial_.detach().requires_grad_(true);
+    return {edge_sh_.detach(), edge_radial_.detach()};
+  }
+  at::Tensor layer(int64_t index, const at::Tensor& x, const at::Tensor& node_attrs,
+                   const at::Tensor&, const at::Tensor&, const at::Tensor& edge_index) override {
+    // the first layer's input is a function of the types: no gradient
+    at::Tensor input = index == 0 ? x : x.detach().requires_grad_(true);
+    at::Tensor out =
+        call("layer", {index, input, node_attrs, sh_leaf_, radial_leaf_, edge_index}).toTensor();
+    layer_inputs_.push_back(input);
+    layer_outputs_.push_back(out);
+    return out.detach();
+  }
+  std::pair<at::Tensor, at::Tensor> energy_readout_vjp(const at::Tensor& x,
+                                                       const at::Tensor& atom_types,
+                                                       const at::Tensor& local_mask) override {
+    at::Tensor input = x.detach().requires_grad_(true);
+    at::Tensor energy = call("energy_readout", {input, atom_types}).toTensor();
+    energy = at::where(local_mask.unsqueeze(-1), energy, at::zeros_like(energy));
+    at::Tensor grad = torch::autograd::grad({energy.sum()}, {input})[0];
+    return {energy.detach(), grad};
+  }
+  std::vector<at::Tensor> layer_vjp(int64_t index, const at::Tensor&, const at::Tensor&,
+                                    const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                    const at::Tensor& grad_out) override {
+    std::vector<at::Tensor> wrt = {sh_leaf_, radial_leaf_};
+    if (index > 0) wrt.push_back(layer_inputs_[index]);
+    std::vector<at::Tensor> grads =
+        torch::autograd::grad({layer_outputs_[index]}, wrt, {grad_out},
+                              /*retain_graph=*/false, /*create_graph=*/false,
+                              /*allow_unused=*/true);
+    for (size_t i = 0; i < grads.size(); ++i) {
+      if (!grads[i].defined()) grads[i] = at::zeros_like(wrt[i]);
+    }
+    return grads;
+  }
+  at::Tensor edge_embedding_vjp(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                const at::Tensor& grad_sh, const at::Tensor& grad_radial) override {
+    at::Tensor grad = torch::autograd::grad({edge_sh_, edge_radial_}, {edge_vec_},
+                                            {grad_sh, grad_radial}, /*retain_graph=*/false,
+                                            /*create_graph=*/false, /*allow_unused=*/true)[0];
+    return grad.defined() ? grad : at::zeros_like(edge_vec_);
+  }
+
+ private:
+  c10::IValue call(const char* method, std::vector<c10::IValue> args) {
+    return module_.get_method(method)(std::move(args));
+  }
+  at::AutoGradMode enable_grad_{true};
+  torch::jit::Module& module_;
+  at::Tensor edge_vec_, edge_sh_, edge_radial_, sh_leaf_, radial_leaf_;
+  std::vector<at::Tensor> layer_inputs_, layer_outputs_;
+};
+
+// AOTInductor: one compiled model per part. A layer's forward part returns its output and
+// residuals, which its VJP takes back (aotinductor.split_joint).
+class AotiParts : public LayeredParts {
+ public:
+  explicit AotiParts(AotiLoaders& loaders) : loaders_(loaders) {}
+
+  std::pair<at::Tensor, at::Tensor> node_embedding(const at::Tensor& atom_types) override {
+    std::vector<at::Tensor> out = run("node_embedding", {atom_types}, 2);
+    return {out[0], out[1]};
+  }
+  std::pair<at::Tensor, at::Tensor> edge_embedding(const at::Tensor& edge_vec,
+                                                   const at::Tensor& atom_types,
+                                                   const at::Tensor& edge_index) override {
+    std::vector<at::Tensor> out = run("edge_embedding", {edge_vec, atom_types, edge_index}, 2);
+    return {out[0], out[1]};
+  }
+  at::Tensor layer(int64_t index, const at::Tensor& x, const at::Tensor& node_attrs,
+                   const at::Tensor& edge_sh, const at::Tensor& edge_radial,
+                   const at::Tensor& edge_index) override {
+    // the output, then what its VJP reads (kept until the backward pass)
+    std::vector<at::Tensor> out =
+        run("layer_" + std::to_string(index), {x, node_attrs, edge_sh, edge_radial, edge_index});
+    residuals_.push_back(out);
+    return out[0];
+  }
+  std::pair<at::Tensor, at::Tensor> energy_readout_vjp(const at::Tensor& x,
+                                                       const at::Tensor& atom_types,
+                                                       const at::Tensor& local_mask) override {
+    std::vector<at::Tensor> out = run("energy_readout_vjp", {x, atom_types, local_mask}, 2);
+    return {out[0], out[1]};
+  }
+  std::vector<at::Tensor> layer_vjp(int64_t index, const at::Tensor& x,
+                                    const at::Tensor& node_attrs, const at::Tensor& edge_sh,
+                                    const at::Tensor& edge_radial, const at::Tensor& edge_index,
+                                    const at::Tensor& grad_out) override {
+    std::vector<at::Tensor> inputs = {x, node_attrs, edge_sh, edge_radial, edge_index};
+    std::vector<at::Tensor>& kept = residuals_.at(index);
+    inputs.insert(inputs.end(), kept.begin(), kept.end());
+    inputs.push_back(grad_out);
+    kept.clear();  // freed as soon as used
+    return run("layer_" + std::to_string(index) + "_vjp", std::move(inputs), index > 0 ? 3 : 2);
+  }
+  at::Tensor edge_embedding_vjp(const at::Tensor& edge_vec, const at::Tensor& atom_types,
+                                const at::Tensor& edge_index, const at::Tensor& grad_sh,
+                                const at::Tensor& grad_radial) override {
+    return run("edge_embedding_vjp", {edge_vec, atom_types, edge_index, grad_sh, grad_radial},
+               1)[0];
+  }
+
+ private:
+  // num_outputs 0: any number, at least one
+  std::vector<at::Tensor> run(const std::string& name, std::vector<at::Tensor> inputs,
+                              size_t num_outputs = 0) {
+    for (at::Tensor& tensor : inputs) tensor = tensor.contiguous();
+    std::vector<at::Tensor> out = loaders_.at(name)->run(inputs);
+    if (num_outputs ? out.size() != num_outputs : out.empty()) {
+      throw TorchError("the AOTInductor part '" + name + "' returned " +
+                       std::to_string(out.size()) + " outputs, expected " +
+                       (num_outputs ? std::to_string(num_outputs) : "at least one"));
+    }
+    return out;
+  }
+  c10::InferenceMode inference_;
+  AotiLoaders& loaders_;
+  std::vector<std::vector<at::Tensor>> residuals_;  // per layer: its output, then residuals
+};
+
+}  // namespace
+
+std::unique_ptr<LayeredParts> torchscript_parts(torch::jit::Module& module) {
+  return std::make_unique<TorchScriptParts>(module);
+}
+
+std::unique_ptr<LayeredParts> aoti_parts(AotiLoaders& loaders) {
+  return std::make_unique<AotiParts>(loaders);
+}
+
+std::vector<std::string> aoti_part_names(int64_t num_layers) {
+  std::vector<std::string> names = {"node_embedding", "edge_embedding"};
+  for (int64_t k = 0; k < num_layers; ++k) names.push_back("layer_" + std::to_string(k));
+  names.push_back("energy_readout_vjp");
+  for (int64_t k = num_layers - 1; k >= 0; --k) {
+    names.push_back("layer_" + std::to_string(k) + "_vjp");
+  }
+  names.push_back("edge_embedding_vjp");
+  return names;
+}
+
+std::map<std::string, at::Tensor> run_layered(LayeredParts& parts, const PreparedInputs& in,
+                                              int64_t num_layers, FeatureExchange& exchange) {
+  const int64_t num_nodes = in.pos.size(0);
+  const at::Tensor centre = in.edge_index[0];
+  const at::Tensor neighbour = in.edge_index[1];
+
+  // The node rows of the features (after them come the model's reference atoms, one per
+  // type, which have no neighbours and never travel), through the exchange and back.
+  auto exchanged = [&](const at::Tensor& values, bool forward) {
+    at::Tensor rows = values.narrow(0, 0, num_nodes).to(at::kCPU, at::kDouble).contiguous();
+    call_front_end([&] { forward ? exchange.forward(rows) : exchange.reverse(rows); });
+    return at::cat({rows.to(values.device(), values.scalar_type()),
+                    values.narrow(0, num_nodes, values.size(0) - num_nodes)});
+  };
+
+  const at::Tensor edge_vec = in.pos.index_select(0, neighbour) - in.pos.index_select(0, centre) +
+                              at::matmul(in.edge_cell_shift, in.cell[0]);
+  auto [node_attrs, x] = parts.node_embedding(in.atom_types);
+  auto [edge_sh, edge_radial] = parts.edge_embedding(edge_vec, in.atom_types, in.edge_index);
+  std::vector<at::Tensor> layer_inputs;
+  for (int64_t layer = 0; layer < num_layers; ++layer) {
+    layer_inputs.push_back(x);
+    at::Tensor out = parts.layer(layer, x, node_attrs, edge_sh, edge_radial, in.edge_index);
+    // ghosts have no edges here: their features are their owners'
+    x = layer + 1 < num_layers ? exchanged(out, true) : out;
+  }
+  auto [atomic_energy, gradient] = parts.energy_readout_vjp(x, in.atom_types, in.local_mask);
+  at::Tensor sh_gradient = at::zeros_like(edge_sh);
+  at::Tensor radial_gradient = at::zeros_like(edge_radial);
+  for (int64_t layer = num_layers - 1; layer >= 0; --layer) {
+    std::vector<at::Tensor> grads = parts.layer_vjp(layer, layer_inputs[layer], node_attrs, edge_sh,
+                                                    edge_radial, in.edge_index, gradient);
+    sh_gradient += grads[0];
+    radial_gradient += grads[1];
+    if (layer > 0) gradient = exchanged(grads[2], false);
+  }
+  const at::Tensor edge_grad = parts.edge_embedding_vjp(edge_vec, in.atom_types, in.edge_index,
+                                                        sh_gradient, radial_gradient);
+
+  // forces and virials from dE/d(edge vector), as NequIPModel._energy_and_derivatives
+  const at::Tensor forces = at::zeros({num_nodes, 3}, edge_grad.options())
+                                .index_add(0, centre, edge_grad)
+                                .index_add(0, neighbour, edge_grad, -1.0);
+  const at::Tensor outer = edge_vec.unsqueeze(-1) * edge_grad.unsqueeze(-2);
+  const at::Tensor edge_virial = -0.5 * (outer + outer.transpose(-1, -2));
+  const at::Tensor half = 0.5 * edge_virial;
+  const at::Tensor atom_virial = at::zeros({num_nodes, 3, 3}, edge_virial.options())
+                                     .index_add(0, centre, half)
+                                     .index_add(0, neighbour, half);
+  return {{kAtomicEnergy, atomic_energy},
+          {kTotalEnergy, atomic_energy.sum().reshape({1})},
+          {kForces, forces},
+          {kVirial, edge_virial.sum(0)},
+          {kAtomVirial, atom_virial}};
+}
+
+Outputs exchange_nothing(const std::vector<int64_t>& layer_widths, FeatureExchange& exchange) {
+  const auto f64 = at::TensorOptions(at::kDouble);
+  for (size_t layer = 0; layer + 1 < layer_widths.size(); ++layer) {
+    at::Tensor rows = at::zeros({0, layer_widths[layer]}, f64);
+    call_front_end([&] { exchange.forward(rows); });
+  }
+  for (size_t layer = layer_widths.size() - 1; layer-- > 0;) {
+    at::Tensor rows = at::zeros({0, layer_widths[layer]}, f64);
+    call_front_end([&] { exchange.reverse(rows); });
+  }
+  Outputs outputs;
+  outputs.atomic_energy = at::zeros({0}, f64);
+  outputs.forces = at::zeros({0, 3}, f64);
+  outputs.virial = at::zeros({3, 3}, f64);
+  outputs.atom_virial = at::zeros({0, 3, 3}, f64);
+  return outputs;
+}
+
+}  // namespace nequip::detail
