@@ -307,11 +307,12 @@ def ModelFromPackage(path: PathLike, variant: str = DEFAULT_VARIANT) -> torch.nn
     if is_ecosystem_package(metadata):
         from .ecosystem.packages import load_model as load_ecosystem_model
 
-        return load_ecosystem_model(path, metadata, variant).eval()
-    variants = metadata["model_variants"]
-    if variant not in variants:
-        raise PackageError(f"{path}: no model variant {variant!r} in the package; it has: {', '.join(variants)}")
-    model = PACKAGE_LOADERS[metadata[FORMAT_VERSION_KEY]](path, variant)
+        model = load_ecosystem_model(path, metadata, variant)
+    else:
+        variants = metadata["model_variants"]
+        if variant not in variants:
+            raise PackageError(f"{path}: no model variant {variant!r} in the package; it has: {', '.join(variants)}")
+        model = PACKAGE_LOADERS[metadata[FORMAT_VERSION_KEY]](path, variant)
     check_weights_finite(model, path)
     return model.eval()
 

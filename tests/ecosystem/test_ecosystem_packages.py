@@ -19,7 +19,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from fixtures.foreign_packages import FRAME_NAMES, TOLERANCE, relative_error
 from nequip.ase import NequIPCalculator
 from nequip.data import TypeMapper, batch_frames, from_ase
-from nequip.load import PackageError, load_model, read_package_metadata
+from nequip.load import ModelFileError, PackageError, load_model, read_package_metadata
 from nequip.package import build_package, load_example_data
 from nequip.scripts.package import main as nequip_package
 
@@ -284,6 +284,27 @@ def test_a_variant_other_than_default_is_refused(foreign):
     with pytest.raises(PackageError) as error:
         ModelFromPackage(path, "compile")
     assert str(error.value) == f"{path}: no model variant 'compile' in the package; it has: default"
+
+
+def test_their_package_with_non_finite_weights_is_refused_like_ours(foreign, tmp_path):
+    source = foreign.package("float64")
+    name = "graph_model.model.func.layer1_convnet.conv.sc.weight"
+    weight = load_model(source).get_parameter(name).detach().numpy()
+    # the tensor's stored bytes (torch.package keeps each storage as an entry .data/<n>.storage)
+    with zipfile.ZipFile(source) as archive:
+        stored = {
+            entry.partition("/")[2]: np.full_like(weight, np.nan).tobytes()
+            for entry in archive.namelist()
+            if entry.endswith(".storage") and archive.read(entry) == weight.tobytes()
+        }
+    assert stored
+    path = rewritten(source, tmp_path / "diverged.nequip.zip", stored)
+    with pytest.raises(ModelFileError) as error:
+        load_model(path)
+    assert str(error.value) == (
+        f"{path}: the model's weights are not finite (NaN or infinite): {name}; its every prediction would be NaN. "
+        "Use a checkpoint saved before training diverged (e.g. best.ckpt), or retrain from finite data"
+    )
 
 
 def test_a_model_that_cannot_be_split_is_refused_for_the_domain_target_naming_the_targets_that_work(foreign, tmp_path):
