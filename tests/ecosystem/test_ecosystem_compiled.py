@@ -13,14 +13,14 @@ from ase.io import write
 
 from fixtures.foreign_packages import FOREIGN_COMPILED, FRAME_NAMES, TOLERANCE, relative_error
 from nequip.ase import NequIPCalculator
-from nequip.compile import CompiledModel
 from nequip.data import TypeMapper, from_ase
+from nequip.inference import OpenedModel, open_model
 from nequip.load import load_model
 
 BIN = Path(sys.executable).parent
 
 
-def frame_of(compiled: CompiledModel, atoms):
+def frame_of(compiled: OpenedModel, atoms):
     cutoffs = None if compiled.per_edge_type_cutoff is None else np.asarray(compiled.per_edge_type_cutoff)
     return from_ase(atoms, TypeMapper(list(compiled.type_names)), compiled.r_max, per_edge_type_cutoff=cutoffs, labels=())
 
@@ -33,7 +33,7 @@ def key_id(key):
 @pytest.mark.parametrize("key", FOREIGN_COMPILED, ids=key_id)
 def test_compiled_file_gives_their_predictions(foreign, key):
     dtype, target = key
-    compiled = CompiledModel(foreign.compiled(dtype, target))
+    compiled = open_model(foreign.compiled(dtype, target))
     for name in FRAME_NAMES:
         expected = foreign.frame(dtype, name)
         out = compiled(frame_of(compiled, expected.atoms))
@@ -51,7 +51,7 @@ def test_compiled_file_gives_their_predictions(foreign, key):
 @pytest.mark.parametrize("key", FOREIGN_COMPILED, ids=key_id)
 def test_compiled_file_states_our_metadata_and_where_the_model_came_from(foreign, key):
     dtype, target = key
-    metadata = CompiledModel(foreign.compiled(dtype, target)).metadata
+    metadata = open_model(foreign.compiled(dtype, target)).metadata
     expected = load_model(foreign.package(dtype)).metadata()
     assert metadata["model_made_by"] == "nequip 0.19.1"
     for name in ("model_dtype", "type_names", "num_types", "r_max", "allow_tf32", "num_layers"):
@@ -67,7 +67,7 @@ def test_compiled_file_states_our_metadata_and_where_the_model_came_from(foreign
 
 def test_domain_file_layer_by_layer_gives_their_predictions(foreign):
     """The parts LAMMPS runs on several ranks, periodic images as ghosts."""
-    compiled = CompiledModel(foreign.compiled("float64", "pair_nequip_domain"))
+    compiled = open_model(foreign.compiled("float64", "pair_nequip_domain"))
     for name in ("bulk", "triclinic", "lammps"):
         expected = foreign.frame("float64", name)
         out = compiled.call_exchanging(frame_of(compiled, expected.atoms))
