@@ -270,13 +270,24 @@ def ModelFromCheckpoint(path: PathLike) -> "NequIPModel":
             whose model_config or weights do not make a model.
     """
     from .model import build_model
+    from .model.builder import OTHER_RELEASE_PACKAGE
 
     path = Path(path)
     checkpoint = load_checkpoint(path)
+    model_config = checkpoint["hyper_parameters"]["model_config"]
     try:
-        model = build_model(checkpoint["hyper_parameters"]["model_config"])
+        model = build_model(model_config)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: damaged checkpoint: its model_config does not make a model ({err})") from None
+    except FileNotFoundError:
+        # a model of the other NequIP release fine-tuned here: its code is in the package it came from
+        source = model_config.get(OTHER_RELEASE_PACKAGE) if isinstance(model_config, dict) else None
+        if source is None:
+            raise
+        raise CheckpointError(
+            f"{path}: its model was fine-tuned from {source}, a package of another NequIP release whose code the "
+            "model needs, and that file is no longer there: put the package back at that path"
+        ) from None
     try:
         model.load_state_dict(model_state_dict(checkpoint))
     except RuntimeError as err:

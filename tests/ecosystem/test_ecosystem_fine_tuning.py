@@ -11,8 +11,9 @@ import pytest
 import torch
 import yaml
 
-from nequip.compile import CompiledModel
-from nequip.load import load_model, read_package_metadata
+from nequip.inference import open_model
+from nequip.load import CheckpointError, ModelFromCheckpoint, load_checkpoint, load_model, read_package_metadata
+from nequip.model.builder import OTHER_RELEASE_PACKAGE
 from nequip.package import build_package, load_example_data
 from nequip.package.checkpoint import read_checkpoint
 from nequip.scripts.compile import main as nequip_compile
@@ -79,8 +80,23 @@ def test_the_result_packages_in_their_format_and_compiles(fine_tuned, tmp_path):
     torch.testing.assert_close(packaged["forces"], expected["forces"], rtol=0, atol=1e-12)
     compiled = tmp_path / "fine_tuned.nequip.pth"
     assert nequip_compile([str(package), str(compiled), "--mode", "torchscript"]) == 0
-    out = CompiledModel(compiled)(frame)
+    out = open_model(compiled)(frame)
     torch.testing.assert_close(out["forces"], expected["forces"].detach(), rtol=0, atol=1e-10)
+
+
+def test_a_checkpoint_whose_package_moved_names_it_and_the_way_out(fine_tuned, tmp_path):
+    run, _, _ = fine_tuned
+    checkpoint = load_checkpoint(run / "best.ckpt")
+    moved = tmp_path / "moved" / "cuau.nequip.zip"
+    checkpoint["hyper_parameters"]["model_config"][OTHER_RELEASE_PACKAGE] = str(moved)
+    path = tmp_path / "best.ckpt"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError) as error:
+        ModelFromCheckpoint(path)
+    assert str(error.value) == (
+        f"{path}: its model was fine-tuned from {moved}, a package of another NequIP release whose code the model "
+        "needs, and that file is no longer there: put the package back at that path"
+    )
 
 
 def test_refitting_their_energy_shifts_is_refused(foreign, tmp_path):

@@ -156,3 +156,20 @@ def test_the_commands_and_the_calculator_take_an_id(site, foreign, capsys):
     atoms.calc = NequIPCalculator(MODEL_ID)
     assert atoms.get_potential_energy() == pytest.approx(expected.total_energy, rel=1e-10)
     assert site.downloads() == 1
+
+
+def test_fine_tuning_starts_from_an_id(site, tmp_path):
+    from nequip.model.builder import OTHER_RELEASE_PACKAGE
+    from nequip.train import validate_config
+    from nequip.train.training import load_source_model
+
+    config = validate_config({
+        "output_dir": str(tmp_path / "run"),
+        "data": {"file": str(tmp_path / "data.xyz"), "split": {"train": 2, "val": 1}},
+        "model": {"from_package": MODEL_ID},
+    })  # fmt: skip
+    model = load_source_model(config)
+    assert model.type_names == ["Cu", "Au"]
+    # what rebuilds it from the checkpoints: the cached file
+    assert model.config[OTHER_RELEASE_PACKAGE] == str(tmp_path / "cache" / CACHED_NAME)
+    assert site.downloads() == 1
