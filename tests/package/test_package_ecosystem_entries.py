@@ -12,9 +12,10 @@ import torch
 import yaml
 from torch.package import PackageImporter
 
+from fixtures.training import TYPE_NAMES
 from nequip.load import ModelFromPackage, read_package_metadata
 
-from .helpers import TYPE_NAMES, assert_bitwise_equal, predictions
+from .helpers import assert_bitwise_equal, predictions
 
 THEIR_ENTRIES = ("model/package_metadata.txt", "model/eager_model.pkl", "model/example_data.pkl")
 
@@ -47,7 +48,7 @@ def test_their_eager_model_is_ours_on_their_data_dictionary(package_path, frames
     stored = their_import(package_path, "eager_model.pkl")
     assert isinstance(stored, torch.nn.ModuleDict) and list(stored) == ["sole_model"]
     model = stored["sole_model"].eval()
-    assert model.type_names == TYPE_NAMES and model.model_dtype == torch.float32
+    assert model.type_names == TYPE_NAMES and model.model_dtype == torch.float64  # the shared run's
     assert model.metadata == ModelFromPackage(package_path).metadata()
     # their dictionary: a one-frame batch, the cell (1, 3, 3), and keys of their own
     theirs = []
