@@ -122,6 +122,9 @@ FORMAT_VERSION_KEY: Final[str] = "package_format_version"
 ECOSYSTEM_METADATA_ENTRY: Final[str] = f"{RESOURCE_PACKAGE}/package_metadata.txt"
 ECOSYSTEM_PICKLED_METADATA_ENTRY: Final[str] = f"{RESOURCE_PACKAGE}/package_metadata.pkl"
 ECOSYSTEM_VERSION_KEY: Final[str] = "package_version_id"
+# the key of a model config naming the package of the other NequIP release its model comes from
+# (a fine-tuned one is rebuilt from that package's code: nequip.model.build_model)
+OTHER_RELEASE_PACKAGE: Final[str] = "other_release_package"
 
 # the prefix of the model's weights in a checkpoint's state_dict (the LightningModule's ``model``)
 CHECKPOINT_MODEL_PREFIX: Final[str] = "model."
@@ -270,7 +273,6 @@ def ModelFromCheckpoint(path: PathLike) -> "NequIPModel":
             whose model_config or weights do not make a model.
     """
     from .model import build_model
-    from .model.builder import OTHER_RELEASE_PACKAGE
 
     path = Path(path)
     checkpoint = load_checkpoint(path)

@@ -12,8 +12,14 @@ import torch
 import yaml
 
 from nequip.inference import open_model
-from nequip.load import CheckpointError, ModelFromCheckpoint, load_checkpoint, load_model, read_package_metadata
-from nequip.model.builder import OTHER_RELEASE_PACKAGE
+from nequip.load import (
+    OTHER_RELEASE_PACKAGE,
+    CheckpointError,
+    ModelFromCheckpoint,
+    load_checkpoint,
+    load_model,
+    read_package_metadata,
+)
 from nequip.package import build_package, load_example_data
 from nequip.package.checkpoint import read_checkpoint
 from nequip.scripts.compile import main as nequip_compile

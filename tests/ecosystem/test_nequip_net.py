@@ -159,7 +159,7 @@ def test_the_commands_and_the_calculator_take_an_id(site, foreign, capsys):
 
 
 def test_fine_tuning_starts_from_an_id(site, tmp_path):
-    from nequip.model.builder import OTHER_RELEASE_PACKAGE
+    from nequip.load import OTHER_RELEASE_PACKAGE
     from nequip.train import validate_config
     from nequip.train.training import load_source_model
 

@@ -34,12 +34,12 @@ import torch
 import yaml
 from torch.package import PackageExporter, PackageImporter, sys_importer
 
-from nequip.model.builder import OTHER_RELEASE_PACKAGE
 from nequip.load import (
     DEFAULT_VARIANT,
     ECOSYSTEM_METADATA_ENTRY,
     ECOSYSTEM_PICKLED_METADATA_ENTRY,
     ECOSYSTEM_VERSION_KEY,
+    OTHER_RELEASE_PACKAGE,
     RESOURCE_PACKAGE,
     PackageError,
     yaml_mapping,

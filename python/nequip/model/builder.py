@@ -4,10 +4,9 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from .nequip_model import NequIPModel
+from nequip.load import OTHER_RELEASE_PACKAGE
 
-# the key of a model config that names the package of the other NequIP release the model comes from
-OTHER_RELEASE_PACKAGE = "other_release_package"
+from .nequip_model import NequIPModel
 
 
 def build_model(config: Dict[str, Any], seed: Optional[int] = None) -> NequIPModel:
@@ -17,7 +16,7 @@ def build_model(config: Dict[str, Any], seed: Optional[int] = None) -> NequIPMod
     one of its arguments is Python's TypeError.
 
     A model of the other NequIP release being fine-tuned cannot be rebuilt from hyperparameters:
-    its ``config`` names its package (:data:`OTHER_RELEASE_PACKAGE`), which is loaded again
+    its ``config`` names its package (:data:`nequip.load.OTHER_RELEASE_PACKAGE`), which is loaded again
     (its code and architecture; the caller then loads the trained weights).
     """
     if OTHER_RELEASE_PACKAGE in config:

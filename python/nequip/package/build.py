@@ -36,6 +36,7 @@ from ..load import (
     EXAMPLE_DATA_RESOURCE,
     FORMAT_VERSION_KEY,
     METADATA_RESOURCE,
+    OTHER_RELEASE_PACKAGE,
     PACKAGE_FORMAT_VERSION,
     PACKAGE_LOADERS,
     RESOURCE_PACKAGE,
@@ -55,7 +56,6 @@ from ..load import (
 from ..ecosystem.packages import EAGER_MODEL_RESOURCE as ECOSYSTEM_MODEL_RESOURCE
 from ..ecosystem.packages import EXAMPLE_DATA_RESOURCE as ECOSYSTEM_EXAMPLE_DATA_RESOURCE
 from ..ecosystem.packages import METADATA_RESOURCE as ECOSYSTEM_METADATA_RESOURCE
-from ..model.builder import OTHER_RELEASE_PACKAGE
 from . import dependencies
 from .checkpoint import read_checkpoint
 from .example_data import load_example_data, serialize_frame

@@ -45,6 +45,7 @@ from .callbacks import (
     TrainingStopped,
 )
 from ..load import (
+    OTHER_RELEASE_PACKAGE,
     CheckpointError,
     ModelFromCheckpoint,
     ModelFromPackage,
@@ -52,7 +53,6 @@ from ..load import (
     model_state_dict,
 )
 from .checkpoint import AtomicCheckpointIO
-from ..model.builder import OTHER_RELEASE_PACKAGE
 from .config import ConfigError, TrainingConfig, config_to_dict, parse_max_time
 from .data import NequIPDataModule, data_fingerprints
 from .lightning_module import NequIPLightningModule
