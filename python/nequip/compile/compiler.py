@@ -299,9 +299,9 @@ def _raise_if_inductor_could_not_write(error: BaseException) -> None:
     while cause is not None and not isinstance(cause, OSError):
         cause = getattr(cause, "inner_exception", None) or cause.__cause__
     if cause is not None and cause.errno in _WRITE_ERRNOS:
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
+        from nequip.utils.torch_internals import inductor_cache_dir
 
-        place = cause.filename or f"AOTInductor's generated code in {cache_dir()}"
+        place = cause.filename or f"AOTInductor's generated code in {inductor_cache_dir()}"
         raise WriteError(f"cannot write {place}: {cause.strerror or cause}") from error
 
 
