@@ -3,6 +3,7 @@
     nequip-compile model.nequip.zip model.nequip.pth --mode torchscript --device cpu
     nequip-compile model.nequip.zip model.nequip.pt2 --mode aotinductor --device cpu --target pair_nequip
     nequip-compile model.nequip.zip model.nequip.pt2 --mode aotinductor --device cuda --target ase [--tf32]
+    nequip-compile nequip.net:mir-group/NequIP-OAM-L:0.1 oam.nequip.pt2 --mode aotinductor --target ase
     nequip-compile a.nequip.zip b.nequip.zip c.nequip.zip committee.nequip.pth --mode torchscript
 """
 
@@ -38,10 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "input",
-        type=Path,
         nargs="+",
-        help="*.ckpt checkpoint or *.nequip.zip package; several: a committee of those models "
-        "(same type names and cutoffs)",
+        help="*.ckpt checkpoint, *.nequip.zip package, or nequip.net model ID (nequip.net:owner/name:version); "
+        "several: a committee of those models (same type names and cutoffs)",
     )
     parser.add_argument(
         "output",
@@ -118,7 +118,7 @@ def _load(path: Path):
     return eager.module, example_data
 
 
-def _load_committee(paths: List[Path], drive: str):
+def _load_committee(paths: List[str], drive: str):
     """The committee of the models of ``paths`` (nequip.model.Committee, which refuses models
     of different type names or cutoffs) and the first model's example frame."""
     from nequip.model import Committee
