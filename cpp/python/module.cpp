@@ -354,6 +354,13 @@ FILE_CONTRACT §2 and the project's keys (the compiler asks it before writing a 
 what read_metadata does; raises ModelFileError, its message naming `source` and the key.
 )doc");
 
+  m.attr("CONTENT_HASH_RECORD") = nequip::kContentHashRecord;
+  m.def("content_hash", &nequip::content_hash, py::arg("path"), R"doc(
+The content hash nequip-compile records in a compiled file (record nequip/content_hash):
+"sha256:" and the SHA-256 of every other record of the archive (docs/files.md). Raises
+ModelFileError for a file the runtime refuses (a record that fails its zip checksum among them).
+)doc");
+
   m.def("select_device", &nequip::select_device, py::arg("requested"), py::arg("compiled_for"),
         py::arg("local_rank"), py::arg("num_cuda_devices"), R"doc(
 The device a front end opens a file on: requested ("" = the file's compiled_for, or "cpu"

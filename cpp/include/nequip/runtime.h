@@ -183,15 +183,18 @@ class FeatureExchange {
 class Model {
  public:
   // Opens `path` on `device` ("cpu", "cuda" or "cuda:k"; "" = the device type the file was
-  // compiled for). A "cuda" without an index is the GPU select_device gives `local_rank`
-  // (the process's rank among those of its node; 0: the first GPU). The format is chosen by the
-  // extension (".nequip.pth" or
-  // ".nequip.pt2") and confirmed by the archive's content. A file is refused (DeviceError) on
-  // another device type than it was compiled for (Metadata::compiled_for).
+  // compiled for). A "cuda" without an index is the GPU select_device gives `local_rank` (the
+  // process's rank among those of its node; 0: the first GPU). The format is chosen by the
+  // extension (".nequip.pth" or ".nequip.pt2") and confirmed by the archive's content.
+  // The archive is read once, before anything of it is used: a record that fails its zip
+  // checksum, or content that does not match the content hash nequip-compile recorded
+  // (content_hash), is refused (ModelFileError: damaged or edited; files without the hash, of
+  // other producers or older versions, have their checksums checked only). A file is refused
+  // (DeviceError) on another device type than it was compiled for (Metadata::compiled_for).
   // A .pt2 holds native code, run as is; before loading it, the runtime refuses (DeviceError)
-  // one compiled for another machine (AOTI_MACHINE) or for x86 vector
-  // instructions this CPU lacks (AOTI_CPU_ISA), and (ModelFileError) one made with another
-  // major version of torch (our key torch_version; another minor version: warnings()).
+  // one compiled for another machine (AOTI_MACHINE) or for x86 vector instructions this CPU
+  // lacks (AOTI_CPU_ISA), and (ModelFileError) one made with another major version of torch
+  // (our key torch_version; another minor version: warnings()).
   // Throws ModelFileError, DeviceError or TorchError.
   explicit Model(const std::string& path, const std::string& device = "", int local_rank = 0);
   ~Model();
@@ -263,6 +266,17 @@ class Model {
 // The checked metadata of a compiled file, without loading its model (cheap: a front end
 // that needs only the type names or the cutoff). Throws ModelFileError or TorchError.
 Metadata read_metadata(const std::string& path);
+
+// The content hash nequip-compile records in a compiled file ("sha256:" and 64 hexadecimal
+// digits): the SHA-256 of every record of its zip archive but the recorded hash itself, in the
+// order of their names, each as its name, a zero byte, the name's and the record's sizes (8
+// bytes each, little-endian) and its bytes (docs/files.md). Model and read_metadata verify it
+// before anything of the file is used. Throws ModelFileError as read_metadata does.
+std::string content_hash(const std::string& path);
+
+// Where nequip-compile stores the content hash: a record of that name below the archive's top
+// directory (not a metadata key: the metadata is part of what it covers).
+inline constexpr const char* kContentHashRecord = "nequip/content_hash";
 
 // `raw` parsed and checked as the metadata of a file is read: the one check of FILE_CONTRACT
 // §2 and the project's keys, which the compiler asks before it writes a file. `source` names

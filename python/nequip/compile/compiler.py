@@ -11,6 +11,7 @@ import re
 import shutil
 import tempfile
 import time
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
@@ -277,7 +278,8 @@ def compile_model(
             with _writing(out_path):
                 with open(staged, "wb") as file:
                     file.write(archive.getbuffer())
-                    file.flush()
+                record_content_hash(staged)
+                with open(staged, "rb+") as file:
                     os.fsync(file.fileno())
             del archive
 
@@ -296,6 +298,17 @@ def compile_model(
     log(f"wrote {out_path} ({mode}" + (f", target {target}" if target else "") + ")")
     logger.info("compiled in %.1f s", time.perf_counter() - start)
     return out_path
+
+
+def record_content_hash(path: Path) -> None:
+    """Add to the compiled file at ``path`` the content hash that the runtime verifies before
+    it uses anything of the file (docs/files.md): every record's bytes and name, computed by the
+    runtime (``_runtime.content_hash``, the reader's own definition) and stored as one more
+    record of the archive (``_runtime.CONTENT_HASH_RECORD``, below its top directory)."""
+    digest = _runtime.content_hash(str(path))
+    with zipfile.ZipFile(path, "a") as archive:
+        top = archive.namelist()[0].split("/", 1)[0]
+        archive.writestr(f"{top}/{_runtime.CONTENT_HASH_RECORD}", digest)
 
 
 def _raise_if_inductor_could_not_write(error: BaseException) -> None:
