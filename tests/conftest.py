@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "fixtures.compiled",
+    "fixtures.model_files",
 ]
 
 

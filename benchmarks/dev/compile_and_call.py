@@ -1,6 +1,6 @@
 """Compile the benchmark model (DESIGN.md) to both formats and time one energy + forces + stress
 call of the eager model, the ``.nequip.pth`` and the ``.nequip.pt2`` (ase target), the compiled
-files through ``nequip.compile.load_compiled`` (the C++ runtime), on the benchmark systems.
+files through ``nequip.inference.open_model`` (the C++ runtime), on the benchmark systems.
 
     .venv/bin/python benchmarks/dev/compile_and_call.py --sizes 64 512 4096 --repeats 5 \\
         --out-dir outputs/compile_bench --json outputs/compile_bench/compile_and_call.json
@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from nequip.benchmark import BENCHMARK_MODEL_CONFIG, benchmark_model, machine_description, sic_supercell
-from nequip.compile import compile_model, load_compiled
+from nequip.inference import open_model
+from nequip.compile import compile_model
 from nequip.data import TypeMapper, from_ase, keys
 
 FORMATS = {
@@ -61,7 +62,7 @@ def main(argv=None):
             model, args.out_dir / spec["name"], mode=spec["mode"], device="cpu", target=spec["target"]
         )
         compile_seconds[fmt] = time.perf_counter() - start
-        callers[fmt] = load_compiled(path)
+        callers[fmt] = open_model(path)
         print(f"compiled {fmt} in {compile_seconds[fmt]:.1f} s -> {path}", flush=True)
 
     results = []

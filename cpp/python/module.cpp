@@ -235,6 +235,12 @@ PYBIND11_MODULE(_runtime, m) {
       "version).",
       PyExc_UserWarning, nullptr));
   m.attr("ModelFileWarning") = warning;
+  // Atoms closer than the model can be trusted at (close_pair_warning): once per model.
+  m.attr("CloseAtomsWarning") = py::reinterpret_steal<py::object>(PyErr_NewExceptionWithDoc(
+      "nequip._runtime.CloseAtomsWarning",
+      "Two atoms are closer than any pair the model was trained on (or than 0.1 * r_max): its "
+      "energy and forces there are extrapolations.",
+      PyExc_UserWarning, nullptr));
 
   py::class_<nequip::Model> model_class(m, "Model", R"doc(
 A compiled NequIP model (.nequip.pth TorchScript or .nequip.pt2 AOTInductor) on one device.
@@ -343,6 +349,42 @@ or None when the file does not say) and raw (every key as stored).
 Raises ModelFileError for a bad file or metadata.
 )doc");
 
+  m.def(
+      "check_finite_outputs",
+      [](const std::string& path, double r_max, const py::array& pos, const py::array& edge_index,
+         const std::optional<py::array>& edge_cell_shift, const std::optional<py::array>& cell,
+         const py::array& atomic_energy, const py::array& forces) {
+        nequip::Inputs frame;
+        frame.pos = as_tensor(pos, "pos");
+        frame.edge_index = as_tensor(edge_index, "edge_index");
+        frame.edge_cell_shift = optional_tensor(edge_cell_shift, "edge_cell_shift");
+        frame.cell = optional_tensor(cell, "cell");
+        nequip::check_finite_outputs(path, r_max, frame, as_tensor(atomic_energy, "atomic_energy"),
+                                     as_tensor(forces, "forces"));
+      },
+      py::arg("path"), py::arg("r_max"), py::arg("pos"), py::arg("edge_index"),
+      py::arg("edge_cell_shift"), py::arg("cell"), py::arg("atomic_energy"), py::arg("forces"), R"doc(
+The runtime's check of a call's outputs, for models it does not run (eager models): raises
+NonFiniteOutputError, naming the closest two atoms, when atomic_energy or forces hold a NaN or
+an infinity. edge_cell_shift and cell may be None (a non-periodic frame).
+)doc");
+  m.def(
+      "close_pair_warning",
+      [](const std::string& path, const std::map<std::string, std::string>& metadata,
+         const py::array& pos, const py::array& edge_index,
+         const std::optional<py::array>& edge_cell_shift, const std::optional<py::array>& cell) {
+        nequip::Inputs frame;
+        frame.pos = as_tensor(pos, "pos");
+        frame.edge_index = as_tensor(edge_index, "edge_index");
+        frame.edge_cell_shift = optional_tensor(edge_cell_shift, "edge_cell_shift");
+        frame.cell = optional_tensor(cell, "cell");
+        return nequip::close_pair_warning(path, metadata, frame);
+      },
+      py::arg("path"), py::arg("metadata"), py::arg("pos"), py::arg("edge_index"),
+      py::arg("edge_cell_shift"), py::arg("cell"), R"doc(
+The warning (a str) when the closest two atoms of the frame are closer than the model can be
+trusted at (its metadata's closest_training_pair, else 0.1 * r_max), else None.
+)doc");
   m.def(
       "check_metadata",
       [](const std::map<std::string, std::string>& metadata, const std::string& source) {

@@ -4,9 +4,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 #include <string>
 
 #include "text.h"
+#include "torch_errors.h"
 
 namespace nequip {
 namespace {
@@ -81,4 +83,78 @@ std::optional<NonFiniteOutputError::ClosestPair> closest_pair(const at::Tensor& 
 }
 
 }  // namespace detail
+
+namespace {
+
+// The closest pair of an unchecked frame (Inputs of any dtypes, on any device), on the CPU.
+std::optional<NonFiniteOutputError::ClosestPair> closest_pair_of(const Inputs& frame) {
+  const auto f64 = at::TensorOptions(at::kDouble);
+  const at::Tensor pos = frame.pos.to(at::kCPU, at::kDouble).reshape({-1, 3});
+  const at::Tensor edge_index = frame.edge_index.to(at::kCPU, at::kLong).reshape({2, -1});
+  const int64_t num_edges = edge_index.size(1);
+  const at::Tensor shift =
+      frame.edge_cell_shift.defined()
+          ? frame.edge_cell_shift.to(at::kCPU, at::kDouble).reshape({num_edges, 3})
+          : at::zeros({num_edges, 3}, f64);
+  const at::Tensor cell = frame.cell.defined()
+                              ? frame.cell.to(at::kCPU, at::kDouble).reshape({1, 3, 3})
+                              : at::zeros({1, 3, 3}, f64);
+  return detail::closest_pair(pos, edge_index, shift, cell);
+}
+
+// A metadata value that must be a positive decimal number (r_max, closest_training_pair).
+double positive_number(const std::string& path, const std::map<std::string, std::string>& metadata,
+                       const std::string& key) {
+  const auto found = metadata.find(key);
+  if (found == metadata.end()) {
+    throw ModelFileError(path + ": required metadata key '" + key + "' is missing");
+  }
+  double value = 0.0;
+  size_t used = 0;
+  try {
+    value = std::stod(found->second, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used == 0 || used != found->second.size() || !std::isfinite(value) || value <= 0.0) {
+    throw ModelFileError(path + ": metadata key '" + key +
+                         "' is malformed: expected a positive decimal number, got '" +
+                         found->second + "'");
+  }
+  return value;
+}
+
+}  // namespace
+
+void check_finite_outputs(const std::string& path, double r_max, const Inputs& frame,
+                          const at::Tensor& atomic_energy, const at::Tensor& forces) {
+  const auto finite = [](const at::Tensor& tensor) {
+    return tensor.numel() == 0 || at::isfinite(tensor).all().item<bool>();
+  };
+  if (finite(atomic_energy) && finite(forces)) return;
+  throw NonFiniteOutputError(path, r_max,
+                             detail::translate_torch_errors(path + ": finding the closest atoms",
+                                                            [&] { return closest_pair_of(frame); }));
+}
+
+std::optional<std::string> close_pair_warning(const std::string& path,
+                                              const std::map<std::string, std::string>& metadata,
+                                              const Inputs& frame) {
+  const double r_max = positive_number(path, metadata, "r_max");
+  const bool recorded = metadata.count("closest_training_pair") != 0;
+  const double threshold = recorded ? positive_number(path, metadata, "closest_training_pair")
+                                    : NonFiniteOutputError::kOverlapFraction * r_max;
+  const std::optional<NonFiniteOutputError::ClosestPair> closest = detail::translate_torch_errors(
+      path + ": finding the closest atoms", [&] { return closest_pair_of(frame); });
+  if (!closest || !(closest->distance < threshold)) return std::nullopt;
+  const std::string bound =
+      recorded ? "the closest pair the model was trained on, " + detail::short_number(threshold) + " Å"
+               : detail::short_number(NonFiniteOutputError::kOverlapFraction) +
+                     " * r_max = " + detail::short_number(threshold) + " Å";
+  return path + ": " + default_pair(closest) + " are " + detail::short_number(closest->distance) +
+         " Å apart, closer than " + bound +
+         ": the model extrapolates there and its energy and forces may be far off; check the "
+         "structure (this warning is given once per model)";
+}
+
 }  // namespace nequip

@@ -5,9 +5,13 @@ writes packages (``*.nequip.zip``, §5); both, and everything after them (``nequ
 ``nequip-compile``, the ASE calculator, fine-tuning), read them here. This module sits below
 both stages and imports neither::
 
-    load_model(path)            # dispatches on the file name
+    model_file_kind(path)       # what a model file is, from its name: the one dispatch on names
+    load_model(path)            # a checkpoint or a package, by model_file_kind
       ModelFromCheckpoint(path) # installed model code + the checkpoint's hyperparameters and weights
       ModelFromPackage(path)    # the model code stored in the package (torch.package)
+
+Compiled files (``*.nequip.pth``, ``*.nequip.pt2``) are named here too, so that every command
+tells them apart the same way, but read only by the C++ runtime (:mod:`nequip.inference`).
 
 Every reader raises the same errors in the same words: ``FileNotFoundError`` (``<path>: no
 such file``), and the ``ModelFileError`` subclasses (ValueErrors) ``CheckpointError`` and
@@ -49,7 +53,7 @@ import re
 import warnings
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Final, List, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Final, List, Optional, Tuple, Union
 
 import torch
 import yaml
@@ -70,6 +74,23 @@ PACKAGE_FORMAT_VERSION: Final[int] = 1
 
 PACKAGE_SUFFIX: Final[str] = ".nequip.zip"
 CHECKPOINT_SUFFIX: Final[str] = ".ckpt"
+TORCHSCRIPT_SUFFIX: Final[str] = ".nequip.pth"
+AOTINDUCTOR_SUFFIX: Final[str] = ".nequip.pt2"
+
+# model file kinds, by the end of the file name (model_file_kind)
+CHECKPOINT: Final[str] = "checkpoint"
+PACKAGE: Final[str] = "package"
+TORCHSCRIPT: Final[str] = "torchscript"
+AOTINDUCTOR: Final[str] = "aotinductor"
+MODEL_FILE_SUFFIXES: Final[Dict[str, str]] = {
+    CHECKPOINT: CHECKPOINT_SUFFIX,
+    PACKAGE: PACKAGE_SUFFIX,
+    TORCHSCRIPT: TORCHSCRIPT_SUFFIX,
+    AOTINDUCTOR: AOTINDUCTOR_SUFFIX,
+}
+MODEL_FILE_KINDS: Final[Tuple[str, ...]] = tuple(MODEL_FILE_SUFFIXES)
+TRAINED_KINDS: Final[Tuple[str, ...]] = (CHECKPOINT, PACKAGE)
+COMPILED_KINDS: Final[Tuple[str, ...]] = (TORCHSCRIPT, AOTINDUCTOR)
 
 RESOURCE_PACKAGE: Final[str] = "model"
 METADATA_RESOURCE: Final[str] = "metadata.yaml"
@@ -103,23 +124,71 @@ class PackageError(ModelFileError):
 
 
 def load_model(path: PathLike) -> torch.nn.Module:
-    """The model in ``path``, a checkpoint (``*.ckpt``) or a package (``*.nequip.zip``), in eval mode."""
-    if model_file_kind(path) == "package":
+    """The model in ``path``, a checkpoint (``*.ckpt``) or a package (``*.nequip.zip``), in eval mode.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ModelFileError: a compiled file (name the checkpoint or package it was compiled from),
+            another kind of file, a damaged one, or one with non-finite weights.
+    """
+    if model_file_kind(path, accepted=TRAINED_KINDS) == PACKAGE:
         return ModelFromPackage(path)
     return ModelFromCheckpoint(path)
 
 
-def model_file_kind(path: PathLike) -> str:
-    """``"checkpoint"`` or ``"package"``, from the file name; ModelFileError for any other name."""
-    name = _model_file_path(path, "model").name
-    if name.endswith(PACKAGE_SUFFIX):
-        return "package"
-    if name.endswith(CHECKPOINT_SUFFIX):
-        return "checkpoint"
-    raise ModelFileError(
-        f"{path}: cannot tell the kind of model file from its name: "
-        f"expected a checkpoint ('{CHECKPOINT_SUFFIX}') or a package ('{PACKAGE_SUFFIX}')"
+def model_file_kind(path: PathLike, accepted: Tuple[str, ...] = MODEL_FILE_KINDS) -> str:
+    """What the model file ``path`` is, from the end of its name: ``"checkpoint"`` (``*.ckpt``),
+    ``"package"`` (``*.nequip.zip``), ``"torchscript"`` (``*.nequip.pth``) or ``"aotinductor"``
+    (``*.nequip.pt2``).
+
+    Raises ModelFileError for a name of none of the ``accepted`` kinds, saying what was expected
+    (and, for a compiled file where a trained model is needed, to give the file it was compiled
+    from).
+    """
+    path = _model_file_path(path, "model")
+    kind = next(
+        (kind for kind, suffix in MODEL_FILE_SUFFIXES.items() if path.name.endswith(suffix) and path.name != suffix),
+        None,
     )
+    if kind in accepted:
+        return kind
+    if kind in COMPILED_KINDS:
+        raise ModelFileError(
+            f"{path}: a compiled model ({MODEL_FILE_SUFFIXES[kind]}), which only the C++ runtime runs: give the "
+            f"package ('{PACKAGE_SUFFIX}') or checkpoint ('{CHECKPOINT_SUFFIX}') it was compiled from"
+        )
+    expected = _describe_kinds(accepted)
+    if path.is_dir():
+        raise ModelFileError(f"{path}: a directory, not a model file; give the file itself ({expected})")
+    raise ModelFileError(f"{path}: cannot tell the kind of model file from its name: expected {expected}")
+
+
+_KIND_NAMES = {CHECKPOINT: "a checkpoint", PACKAGE: "a package"}
+
+
+def _describe_kinds(kinds: Tuple[str, ...]) -> str:
+    """"a checkpoint ('.ckpt') or a package ('.nequip.zip')", and the compiled suffixes together."""
+    parts = [f"{_KIND_NAMES[kind]} ('{MODEL_FILE_SUFFIXES[kind]}')" for kind in kinds if kind not in COMPILED_KINDS]
+    compiled = [f"'{MODEL_FILE_SUFFIXES[kind]}'" for kind in kinds if kind in COMPILED_KINDS]
+    if compiled:
+        parts.append(f"a compiled model ({', '.join(compiled)})")
+    return ", ".join(parts[:-1]) + (" or " if len(parts) > 1 else "") + parts[-1]
+
+
+def check_weights_finite(model: torch.nn.Module, source: Optional[PathLike] = None) -> None:
+    """Refuse a model with NaN or infinite weights (parameters or buffers), which would predict
+    only NaN: a ModelFileError naming ``source`` (the file it came from, if any) and the first
+    non-finite tensors."""
+    tensors = list(model.named_parameters()) + list(model.named_buffers())
+    bad = [name for name, tensor in tensors if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ModelFileError(
+            ("" if source is None else f"{source}: ") + f"the model's weights are not finite (NaN or infinite): "
+            f"{shown}; its every prediction "
+            "would be NaN. Use a checkpoint saved before training diverged (e.g. best.ckpt), or retrain from "
+            "finite data"
+        )
 
 
 # --- checkpoints ------------------------------------------------------------------------
@@ -195,6 +264,7 @@ def ModelFromCheckpoint(path: PathLike) -> "NequIPModel":
         raise CheckpointError(
             f"{path}: damaged checkpoint: its weights do not fit the model its model_config describes ({err})"
         ) from None
+    check_weights_finite(model, path)
     return model.eval()
 
 
@@ -218,7 +288,9 @@ def ModelFromPackage(path: PathLike, variant: str = DEFAULT_VARIANT) -> torch.nn
     variants = metadata["model_variants"]
     if variant not in variants:
         raise PackageError(f"{path}: no model variant {variant!r} in the package; it has: {', '.join(variants)}")
-    return PACKAGE_LOADERS[metadata[FORMAT_VERSION_KEY]](path, variant).eval()
+    model = PACKAGE_LOADERS[metadata[FORMAT_VERSION_KEY]](path, variant)
+    check_weights_finite(model, path)
+    return model.eval()
 
 
 def _load_format_1(path: Path, variant: str) -> torch.nn.Module:

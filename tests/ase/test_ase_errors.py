@@ -36,8 +36,8 @@ def test_file_that_is_no_model_file(tmp_path):
     path = tmp_path / "model.yaml"
     path.write_text("r_max: 4.0\n")
     message = (
-        f"{path}: not a NequIP model file: expected a compiled model (.nequip.pth, .nequip.pt2), "
-        "a package (.nequip.zip) or a checkpoint (.ckpt)"
+        f"{path}: cannot tell the kind of model file from its name: expected a checkpoint ('.ckpt'), "
+        "a package ('.nequip.zip') or a compiled model ('.nequip.pth', '.nequip.pt2')"
     )
     with raises(ValueError, message):
         NequIPCalculator(path)

@@ -5,7 +5,7 @@ from typing import Dict, Tuple
 import pytest
 import torch
 
-from nequip.compile import load_compiled
+from nequip.inference import open_model
 
 from .systems import SYSTEMS
 
@@ -35,7 +35,7 @@ def loaded_models(compiled_models):
 
     class Lazy(dict):
         def __missing__(self, key):
-            self[key] = load_compiled(compiled_models[key])
+            self[key] = open_model(compiled_models[key])
             return self[key]
 
     return Lazy()

@@ -14,7 +14,8 @@ import torch
 
 from fixtures.compiled import build_tiny_model, example_frame
 from nequip._runtime import InputError, ModelFileError
-from nequip.compile import CompileError, MetadataError, compile_model, load_compiled
+from nequip.inference import open_model
+from nequip.compile import CompileError, MetadataError, compile_model
 from nequip.scripts import compile as cli
 
 TESTS = Path(__file__).resolve().parents[1]
@@ -115,8 +116,9 @@ def test_model_with_non_finite_weights_is_refused_before_compiling(tmp_path):
     with pytest.raises(ValueError) as error:
         compile_model(model, tmp_path / "m.nequip.pth", mode="torchscript", example_data=example_frame())
     assert str(error.value) == (
-        "the model's weights are not finite: readout.weight, per_type_energy_shifts; retrain it "
-        "(from finite data, or from the last checkpoint whose weights are finite)"
+        "the model's weights are not finite (NaN or infinite): readout.weight, per_type_energy_shifts; "
+        "its every prediction would be NaN. Use a checkpoint saved before training diverged (e.g. best.ckpt), or "
+        "retrain from finite data"
     )
     assert list(tmp_path.iterdir()) == []
 
@@ -184,8 +186,8 @@ def test_molecule_as_example_data_compiles_without_its_stress(tmp_path):
     del molecule["cell"], molecule["edge_cell_shift"]
     molecule["edge_index"] = molecule["edge_index"][:, :0]
     out = compile_model(build_tiny_model("float64"), tmp_path / "m.nequip.pth", "torchscript", example_data=molecule)
-    assert "stress" not in load_compiled(out)(molecule)
-    assert "stress" in load_compiled(out)(example_frame())
+    assert "stress" not in open_model(out)(molecule)
+    assert "stress" in open_model(out)(example_frame())
 
 
 def test_compiling_reports_progress_and_total_time(tmp_path, caplog):
@@ -210,7 +212,7 @@ def test_cli_refuses_missing_input(tmp_path, capsys):
     out = tmp_path / "m.nequip.pth"
     code, err = run_cli(capsys, tmp_path / "missing.nequip.zip", out, "--mode", "torchscript")
     assert code == 2
-    assert err == f"nequip-compile: error: input file '{tmp_path / 'missing.nequip.zip'}' does not exist\n"
+    assert err == f"nequip-compile: error: {tmp_path / 'missing.nequip.zip'}: no such file\n"
     assert not out.exists()
 
 
@@ -241,30 +243,32 @@ def test_cli_compiles_what_the_loader_gives_it(tmp_path, capsys, monkeypatch):
     code, err = run_cli(capsys, source, out, "--mode", "torchscript", "--device", "cpu")
     assert code == 0, err
     assert "nequip-compile: " in err and "compiled in" in err
-    assert load_compiled(out).type_names == ("Si", "C")
+    assert open_model(out).type_names == ("Si", "C")
 
 
 def test_cli_checks_a_checkpoint_on_the_models_own_example_frame(tmp_path, capsys, monkeypatch):
-    """From a checkpoint, the frame is the one the checkpoint reader gives (the first frame of
-    the training data), not a synthetic one."""
-    import nequip.package.checkpoint
+    """From a checkpoint, the frame is the first frame of the training data its configuration
+    names, not a synthetic one."""
+    from ase.build import bulk
 
-    source = tmp_path / "best.ckpt"
-    source.write_bytes(b"stub")
-    frame = example_frame()
+    from fixtures.model_files import write_checkpoint
+    from nequip.data import TypeMapper, from_ase, read_frames
 
-    class Trained:
-        model = build_tiny_model("float64")
-
-        def example_frame(self):
-            return frame, "first frame of the training data file train.xyz"
-
-    monkeypatch.setattr(nequip.package.checkpoint, "read_checkpoint", lambda path: Trained())
+    atoms = bulk("SiC", "zincblende", a=4.36, cubic=True)
+    atoms.rattle(0.1, seed=3)
+    atoms.write(tmp_path / "train.xyz")
+    source = write_checkpoint(build_tiny_model("float64"), tmp_path / "best.ckpt")
+    checkpoint = torch.load(source, weights_only=True)
+    checkpoint["hyper_parameters"]["config"] = {"data": {"file": str(tmp_path / "train.xyz")}}
+    torch.save(checkpoint, source)
     compiled_with = {}
     monkeypatch.setattr(cli, "compile_model", lambda model, out, **kwargs: compiled_with.update(kwargs))
     code, err = run_cli(capsys, source, tmp_path / "m.nequip.pth", "--mode", "torchscript")
     assert code == 0, err
-    assert compiled_with["example_data"] is frame
+    expected = from_ase(read_frames(tmp_path / "train.xyz")[0], TypeMapper(["Si", "C"]), 4.0, labels=())
+    assert set(compiled_with["example_data"]) == set(expected)
+    for key, value in expected.items():
+        assert torch.equal(compiled_with["example_data"][key], value), key
     assert err == "nequip-compile: example frame: first frame of the training data file train.xyz\n"
 
 
@@ -353,7 +357,7 @@ def test_cli_refuses_an_output_below_a_file_or_a_directory_before_reading_the_in
 def test_loader_reports_the_runtimes_refusal_of_a_missing_file(tmp_path):
     path = tmp_path / "missing.nequip.pt2"
     with pytest.raises(ModelFileError, match="^" + re.escape(f"{path}: no such file") + "$"):
-        load_compiled(path)
+        open_model(path)
 
 
 @pytest.mark.slow

@@ -15,7 +15,8 @@ import torch
 import yaml
 
 from fixtures.compiled import R_MAX, TYPE_NAMES, build_tiny_model, example_frame
-from nequip.compile import TOLERANCE, compile_model, load_compiled, relative_error
+from nequip.inference import open_model
+from nequip.compile import TOLERANCE, compile_model, relative_error
 from nequip.compile.compiler import TF32_TOLERANCE
 from nequip.data import TypeMapper, from_ase
 
@@ -72,7 +73,7 @@ def assert_agrees(got, expected, dtype, names, tolerance=None):
 def test_cuda_file_matches_the_eager_model_on_the_cpu(key, system, cuda_files, cpu_reference):
     dtype = key[0]
     frame, expected = cpu_reference(dtype, system)
-    model = load_compiled(cuda_files[key])
+    model = open_model(cuda_files[key])
     assert model.device == "cuda:0"  # the file's own device, by default
     got = model(frame)
     names = [name for name in got if name in expected]
@@ -118,7 +119,7 @@ def test_tf32_is_recorded_and_within_its_tolerance(tmp_path, cpu_reference):
     path = compile_model(
         build_tiny_model("float32"), tmp_path / "tf32.nequip.pt2", mode="aotinductor", device="cuda", target="ase", tf32=True
     )
-    model = load_compiled(path)
+    model = open_model(path)
     assert model.metadata["allow_tf32"] == "1"
     frame, expected = cpu_reference("float32", "periodic_triclinic")
     assert_agrees(model(frame), expected, "float32", ["atomic_energy", "forces"], tolerance=TF32_TOLERANCE)
@@ -126,7 +127,7 @@ def test_tf32_is_recorded_and_within_its_tolerance(tmp_path, cpu_reference):
 
 def test_large_cell_on_the_gpu(cuda_files):
     frame = SYSTEMS["large_cell"]()
-    model = load_compiled(cuda_files["float32", "aotinductor", "pair_nequip_domain"])
+    model = open_model(cuda_files["float32", "aotinductor", "pair_nequip_domain"])
     expected = build_tiny_model("float32")(dict(frame))
     assert_agrees(model(frame), expected, "float32", ["atomic_energy", "forces", "virial", "atom_virial"])
 

@@ -114,9 +114,10 @@ def test_packaging_refuses_non_finite_weights(checkpoint_path, tmp_path):
     path = damaged_copy(checkpoint_path, tmp_path / "diverged.ckpt", poison)
     output = tmp_path / "model.nequip.zip"
     with raises_exactly(
-        PackageError,
-        f"{path}: the model (variant 'default') has non-finite (NaN or infinite) weights in per_type_energy_shifts, "
-        "per_type_energy_scales; training diverged: package a checkpoint saved before it did",
+        ModelFileError,
+        f"{path}: the model's weights are not finite (NaN or infinite): per_type_energy_shifts, "
+        "per_type_energy_scales; its every prediction would be NaN. Use a checkpoint saved before training "
+        "diverged (e.g. best.ckpt), or retrain from finite data",
     ):
         build_package(path, output)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["diverged.ckpt"]

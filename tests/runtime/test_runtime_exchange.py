@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from nequip._runtime import InputError, Model
-from nequip.compile.loader import images_as_ghosts
+from nequip.inference.compiled import images_as_ghosts
 from runtime_cases import assert_matches, eager_outputs, random_frames
 
 

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from nequip.data import AtomicDataset, TypeMapper, read_frames
-from nequip.load import ModelFromCheckpoint
+from nequip.inference import open_model
+from nequip.inference.eager import EagerModel
 from nequip.scripts.evaluate import main as nequip_test
 from nequip.train import NequIPLightningModule
-from nequip.train.evaluation import evaluate, predict
+from nequip.inference.evaluation import evaluate, predict
 from nequip.train.metrics import ErrorMetrics
 
 
@@ -37,7 +38,7 @@ def test_nequip_test_writes_metrics_predictions_and_parity_plot(trained_run, tin
     reference = ase.io.read(tiny_data, ":")
     written = ase.io.read(output / "predictions.extxyz", ":")
     assert len(written) == len(reference)
-    expected = predict(ModelFromCheckpoint(trained_run / "best.ckpt"), reference)
+    expected = predict(open_model(trained_run / "best.ckpt"), reference)
     for atoms, original, result in zip(written, reference, expected):
         assert atoms.info["REF_energy"] == pytest.approx(original.get_potential_energy())
         np.testing.assert_allclose(atoms.arrays["REF_forces"], original.get_forces())
@@ -117,7 +118,7 @@ def labelled_sic_frames(path, n_frames: int = 3):
 def test_nequip_test_of_a_compiled_file_equals_its_eager_model(compiled_models, compiled_key, tmp_path, capsys):
     data = labelled_sic_frames(tmp_path / "sic.xyz")
     dtype = compiled_key[0]
-    eager = evaluate(compiled_models.eager[dtype], data, tmp_path / "eager").metrics
+    eager = evaluate(EagerModel("tiny", module=compiled_models.eager[dtype]), data, tmp_path / "eager").metrics
     assert nequip_test([str(compiled_models[compiled_key]), str(data), "--output", str(tmp_path / "compiled")]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == (
         f"wrote predictions.extxyz, parity.png and metrics.json to {tmp_path / 'compiled'}"

@@ -9,8 +9,8 @@ import yaml
 
 from nequip.scripts.train import main as nequip_train
 from nequip.train import AtomicCheckpointIO, CheckpointError, ConfigError, load_checkpoint, train, validate_config
-from nequip.train.evaluation import compute_metrics, predict
-from nequip.load import ModelFromCheckpoint
+from nequip.inference.evaluation import compute_metrics, predict
+from nequip.inference import open_model
 from nequip.train.training import load_source_model, resolve_model
 from nequip.data import read_frames
 
@@ -36,7 +36,7 @@ def test_training_cuts_force_error_on_held_out_frames(tmp_path):
     train(validate_config(raw))
 
     held_out = read_frames(files["test"])
-    results = predict(ModelFromCheckpoint(tmp_path / "out" / "best.ckpt"), held_out)
+    results = predict(open_model(tmp_path / "out" / "best.ckpt"), held_out)
     force_mae = compute_metrics(results, TYPE_NAMES)["forces"]["mae"]
     force_std = np.concatenate([atoms.get_forces().ravel() for atoms in held_out]).std()
     assert force_mae < 0.3 * force_std, (force_mae, force_std)

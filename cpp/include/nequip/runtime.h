@@ -263,6 +263,26 @@ class Model {
   std::unique_ptr<Impl> impl_;
 };
 
+// The guards of a model's outputs, for every path that evaluates a model: Model::compute
+// applies them, and the eager models of checkpoints and packages (Python, nequip.inference)
+// call them, so that one rule gives one message whatever runs the model. `frame` needs pos
+// and edge_index, and for periodic frames edge_cell_shift and cell (any dtypes).
+//
+// Throws NonFiniteOutputError, naming the closest two atoms, when `atomic_energy` or `forces`
+// hold a NaN or an infinity.
+void check_finite_outputs(const std::string& path, double r_max, const Inputs& frame,
+                          const at::Tensor& atomic_energy, const at::Tensor& forces);
+
+// A warning, or nothing, when the closest two atoms of `frame` are closer than the model can
+// be trusted at: closer than the closest pair of its training data (the metadata key
+// `closest_training_pair`, Å) or, for a model that does not record it, closer than
+// NonFiniteOutputError::kOverlapFraction * r_max. `metadata`: the model's keys as stored
+// (FILE_CONTRACT §2 and the project's). Throws ModelFileError for a malformed
+// closest_training_pair or r_max.
+std::optional<std::string> close_pair_warning(const std::string& path,
+                                              const std::map<std::string, std::string>& metadata,
+                                              const Inputs& frame);
+
 // The checked metadata of a compiled file, without loading its model (cheap: a front end
 // that needs only the type names or the cutoff). Throws ModelFileError or TorchError.
 Metadata read_metadata(const std::string& path);

@@ -1,25 +1,25 @@
-"""ASE calculator for NequIP models: compiled files run on the C++ runtime, checkpoints and
-packages on the eager model.
+"""ASE calculator for NequIP models: any model file, opened by :func:`nequip.inference.open_model`
+(compiled files on the C++ runtime, checkpoints and packages as the eager model).
 
     from nequip.ase import NequIPCalculator
     atoms.calc = NequIPCalculator("model.nequip.pt2")
     atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
 """
 
+import numbers
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
+import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from nequip.data import TypeMapper, compute_neighbor_list
+from nequip.data import TypeMapper, compute_neighbor_list, keys
+from nequip.inference import open_model
 
 PathLike = Union[str, Path]
-
-COMPILED_SUFFIXES = (".pth", ".pt2")  # *.nequip.pth (TorchScript), *.nequip.pt2 (AOTInductor)
-EAGER_SUFFIXES = (".nequip.zip", ".ckpt")  # package, Lightning checkpoint
 
 
 class NequIPCalculator(Calculator):
@@ -52,11 +52,11 @@ class NequIPCalculator(Calculator):
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self.energy_units_to_eV = _unit_factor("energy_units_to_eV", energy_units_to_eV, "eV", "0.0433641 for kcal/mol")
+        self.length_units_to_A = _unit_factor("length_units_to_A", length_units_to_A, "Å", "0.529177 for bohr")
         self.path = Path(path)
-        self.model = _open_model(self.path, device)
+        self.model = open_model(self.path, device)
         self.type_mapper = TypeMapper(self.model.type_names, species_to_type_map)
-        self.energy_units_to_eV = float(energy_units_to_eV)
-        self.length_units_to_A = float(length_units_to_A)
 
     def calculate(
         self,
@@ -87,17 +87,25 @@ class NequIPCalculator(Calculator):
             atom_types=atom_types,
             per_edge_type_cutoff=self.model.per_edge_type_cutoff,
         )
-        out = self.model(pos, atom_types, edge_index, edge_cell_shift, cell)
+        frame = {
+            keys.POS: torch.from_numpy(np.ascontiguousarray(pos, dtype=np.float64)),
+            keys.ATOM_TYPES: torch.from_numpy(atom_types),
+            keys.EDGE_INDEX: torch.from_numpy(edge_index),
+            keys.EDGE_CELL_SHIFT: torch.from_numpy(edge_cell_shift),
+            keys.CELL: torch.from_numpy(np.ascontiguousarray(cell, dtype=np.float64)).reshape(1, 3, 3),
+        }
+        out = {key: value.numpy() for key, value in self.model(frame).items()}
 
         energy, length = self.energy_units_to_eV, self.length_units_to_A
+        total_energy = float(out[keys.TOTAL_ENERGY].reshape(())) * energy
         self.results = {
-            "energy": out["total_energy"] * energy,
-            "free_energy": out["total_energy"] * energy,
-            "energies": out["atomic_energy"] * energy,
-            "forces": out["forces"] * (energy / length),
+            "energy": total_energy,
+            "free_energy": total_energy,
+            "energies": out[keys.ATOMIC_ENERGY].reshape(-1) * energy,
+            "forces": out[keys.FORCES] * (energy / length),
         }
-        if has_volume and "stress" in out:
-            self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"]) * (energy / length**3)
+        if has_volume and keys.STRESS in out:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(out[keys.STRESS].reshape(3, 3)) * (energy / length**3)
 
     def _atom_types(self, atoms: Atoms) -> np.ndarray:
         symbols = atoms.get_chemical_symbols()
@@ -117,7 +125,7 @@ class NequIPCalculator(Calculator):
         if not self.model.gives_stress:
             raise PropertyNotImplementedError(
                 f"stress is not available: {self.path} returns neither stress nor virial "
-                f"(its outputs: {' '.join(self.model.output_names)})"
+                f"(its outputs: {' '.join(self.model.outputs)})"
             )
 
 
@@ -134,77 +142,11 @@ def _check_periodic_cell(atoms: Atoms) -> None:
         )
 
 
-def _open_model(path: Path, device: Optional[str]):
-    name = path.name
-    if name.endswith(COMPILED_SUFFIXES):
-        return _CompiledModel(path, device)
-    if name.endswith(EAGER_SUFFIXES):
-        return _EagerModel(path, device)
-    raise ValueError(
-        f"{path}: not a NequIP model file: expected a compiled model (.nequip.pth, "
-        ".nequip.pt2), a package (.nequip.zip) or a checkpoint (.ckpt)"
-    )
-
-
-class _CompiledModel:
-    """A ``.nequip.pth`` / ``.nequip.pt2`` file on the C++ runtime."""
-
-    def __init__(self, path: Path, device: Optional[str]):
-        from nequip import _runtime
-
-        self._model = _runtime.Model(str(path), device)
-        self.type_names = list(self._model.type_names)
-        self.r_max = self._model.r_max
-        self.per_edge_type_cutoff = self._model.per_edge_type_cutoff
-        self.output_names = list(self._model.output_names)
-        self.gives_stress = "stress" in self.output_names or "virial" in self.output_names
-
-    def __call__(self, pos, atom_types, edge_index, edge_cell_shift, cell) -> Dict[str, np.ndarray]:
-        return self._model.compute(pos, atom_types, edge_index, edge_cell_shift, cell)
-
-
-class _EagerModel:
-    """The eager ``NequIPModel`` of a package or checkpoint, called like the runtime."""
-
-    output_names = ("atomic_energy", "total_energy", "forces", "stress", "virial")
-    gives_stress = True
-
-    def __init__(self, path: Path, device: Optional[str]):
-        import torch
-
-        from nequip.package import load_model
-
-        self._torch = torch
-        from nequip.utils.devices import torch_device
-
-        self._device = torch_device(device or "cpu")
-        self._model = load_model(path).to(self._device).eval()
-        self._model.compute_forces = True
-        self._model.compute_stress = True
-        self.type_names = list(self._model.type_names)
-        self.r_max = float(self._model.r_max)
-        cutoffs = self._model.config["per_edge_type_cutoff"]
-        num_types = len(self.type_names)
-        self.per_edge_type_cutoff = None if cutoffs is None else np.reshape(cutoffs, (num_types, num_types))
-
-    def __call__(self, pos, atom_types, edge_index, edge_cell_shift, cell) -> Dict[str, np.ndarray]:
-        torch = self._torch
-
-        def tensor(array: np.ndarray, dtype) -> "torch.Tensor":
-            return torch.as_tensor(array, dtype=dtype, device=self._device)
-
-        data = {
-            "pos": tensor(pos, torch.float64),
-            "atom_types": tensor(atom_types, torch.int64),
-            "edge_index": tensor(edge_index, torch.int64),
-            "edge_cell_shift": tensor(edge_cell_shift, torch.float64),
-            "cell": tensor(cell, torch.float64).reshape(1, 3, 3),
-        }
-        with torch.enable_grad():  # forces and stress are autograd derivatives
-            out = self._model(data)
-        return {
-            "total_energy": float(out["total_energy"].detach().sum()),
-            "atomic_energy": out["atomic_energy"].detach().cpu().numpy().reshape(-1),
-            "forces": out["forces"].detach().cpu().numpy(),
-            "stress": out["stress"].detach().cpu().numpy().reshape(3, 3),
-        }
+def _unit_factor(name: str, value, unit: str, example: str) -> float:
+    """A units argument as a positive, finite float: how many eV (Å) one model unit is."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (np.isfinite(value) and value > 0):
+        raise ValueError(
+            f"{name} must be a positive number, how many {unit} one unit of the model is "
+            f"(e.g. {example}), got {value!r}"
+        )
+    return float(value)

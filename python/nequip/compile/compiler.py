@@ -49,7 +49,9 @@ from .contract import (
     TORCHSCRIPT_OUTPUTS,
     TORCHSCRIPT_OUTPUTS_KEY,
 )
-from .loader import CompiledModel
+from nequip.inference.compiled import CompiledModel
+from nequip.inference.opened import has_volume
+from nequip.load import check_weights_finite
 
 logger = logging.getLogger(__name__)
 
@@ -146,19 +148,6 @@ def check_model_metadata(metadata: Mapping[str, str]) -> WrittenMetadata:
     return WrittenMetadata(
         parsed["model_dtype"], tuple(parsed["type_names"]), parsed["r_max"], parsed["per_edge_type_cutoff"]
     )
-
-
-def check_weights_finite(model: torch.nn.Module) -> None:
-    """Refuse a model with NaN or infinite weights (parameters or buffers): its every output
-    would be NaN."""
-    tensors = list(model.named_parameters()) + list(model.named_buffers())
-    bad = [name for name, tensor in tensors if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
-    if bad:
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise ValueError(
-            f"the model's weights are not finite: {shown}; retrain it (from finite data, or from "
-            "the last checkpoint whose weights are finite)"
-        )
 
 
 def compile_model(
@@ -386,7 +375,7 @@ def _check_agreement(
 def _check_outputs(names, got, expected, data, tolerance: float, what: str) -> None:
     for name in names:
         if name not in got:
-            if name == keys.STRESS and not _has_volume(data):
+            if name == keys.STRESS and not has_volume(data):
                 continue
             raise CompileError(f"{what} did not return '{name}'")
         error = relative_error(got[name], expected[name])
@@ -396,10 +385,6 @@ def _check_outputs(names, got, expected, data, tolerance: float, what: str) -> N
                 f"relative error {error:.3g} (tolerance {tolerance:g}), "
                 f"shape {tuple(got[name].shape)} (eager {tuple(expected[name].shape)})"
             )
-
-
-def _has_volume(data: Dict[str, torch.Tensor]) -> bool:
-    return keys.CELL in data and float(torch.linalg.det(data[keys.CELL].double().reshape(3, 3))) != 0.0
 
 
 def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:

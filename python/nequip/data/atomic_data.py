@@ -31,12 +31,18 @@ class TypeMapper:
         type_names: the model's type names, in model type order.
         species_to_type: chemical symbol -> type name; by default every type name is the
             chemical symbol it stands for.
+        remedy: the way out that the error for an unknown species gives (the caller's own
+            option for the mapping, or what else to do where there is none).
     """
 
     def __init__(
-        self, type_names: Sequence[str], species_to_type: Optional[Mapping[str, str]] = None
+        self,
+        type_names: Sequence[str],
+        species_to_type: Optional[Mapping[str, str]] = None,
+        remedy: str = "map each species to one of them with species_to_type",
     ):
         self.type_names = list(type_names)
+        self.remedy = remedy
         if len(set(self.type_names)) != len(self.type_names):
             raise ValueError(f"type_names {self.type_names} has duplicates; give each type once")
         if species_to_type is None:
@@ -61,8 +67,7 @@ class TypeMapper:
         unknown = sorted(set(symbols) - self.species_to_index.keys())
         if unknown:
             raise ValueError(
-                f"unknown species {', '.join(unknown)}: the model's types are {self.type_names}; "
-                "map each species to one of them with species_to_type"
+                f"unknown species {', '.join(unknown)}: the model's types are {self.type_names}; {self.remedy}"
             )
         return np.array([self.species_to_index[s] for s in symbols], dtype=np.int64)
 

@@ -34,16 +34,16 @@ def _model_file_kind(path: Path) -> Optional[str]:
     They are zip archives (torch's format), which no ASE reader takes; ASE's own error
     would not say what the file is.
     """
+    from ..load import COMPILED_KINDS, ModelFileError, model_file_kind
+
     if not zipfile.is_zipfile(path):
         return None
-    name = path.name
-    if name.endswith(".nequip.zip"):
-        return "a model package"
-    if name.endswith(".ckpt"):
-        return "a training checkpoint"
-    if name.endswith((".pth", ".pt2")):
-        return "a compiled model"
-    return "a zip archive"
+    try:
+        kind = model_file_kind(path)
+    except ModelFileError:
+        return "a zip archive"
+    descriptions = {"checkpoint": "a training checkpoint", "package": "a model package"}
+    return "a compiled model" if kind in COMPILED_KINDS else descriptions[kind]
 
 
 def read_frames(

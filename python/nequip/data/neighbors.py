@@ -1,9 +1,29 @@
 """Neighbour lists (vesin), with optional pruning by per-edge-type cutoffs."""
 
+import math
+import warnings
 from typing import Optional, Tuple
 
 import numpy as np
 import vesin
+
+# Atoms per Å³ above which a periodic structure is refused before its list is built: atoms
+# 0.1 Å apart on average (density^-1/3), seven times closer than the shortest bond there is
+# (H2, 0.74 Å). No real structure comes near; a cell in the wrong units does: a 7.4 Å cell read
+# 100 times too small has 8·10^4 atoms/Å³, and 3·10^7 neighbours per atom at r_max = 4.5 Å
+# (a list that outgrew 24 GB); at 10^-6 of its size vesin would loop over some 10^18 images.
+MAX_ATOMS_PER_A3 = 1000.0
+# A list is built with a warning above both of these: atoms 1 Å apart on average, five times
+# denser than diamond (0.18 atoms/Å³, the densest solid at ambient pressure), and more neighbours
+# per atom than diamond has within 5 Å (92). Mostly a cell 3-20 times too short; possible for
+# hydrogen at terapascals, so not refused. The second bound spares frames made in units of a
+# small r_max (the synthetic frame traced for AOTInductor: 4.6 atoms/Å³, 19 neighbours at 1 Å).
+DENSE_ATOMS_PER_A3 = 1.0
+CROWDED_NEIGHBOURS_PER_ATOM = 100.0
+_UNITS_ADVICE = (
+    "check the cell's units (Å; not nm, not units of the lattice constant, not fractional "
+    "coordinates read as Å) and that it is the cell of these positions"
+)
 
 
 def compute_neighbor_list(
@@ -32,6 +52,11 @@ def compute_neighbor_list(
 
     Cells smaller than the cutoff yield every image within ``r_max``, including images of
     an atom itself; an atom is never its own neighbour with a zero shift.
+
+    A periodic structure denser than ``MAX_ATOMS_PER_A3`` (a cell in the wrong units) is
+    refused with a ValueError before the list is built; one denser than ``DENSE_ATOMS_PER_A3``
+    with more than ``CROWDED_NEIGHBOURS_PER_ATOM`` neighbours per atom gets a UserWarning (once
+    per message, Python's default filter).
     """
     pos = np.ascontiguousarray(pos, dtype=np.float64).reshape(-1, 3)
     cell = np.ascontiguousarray(cell, dtype=np.float64).reshape(3, 3)
@@ -43,6 +68,7 @@ def compute_neighbor_list(
             f"the cell has no volume along its periodic axes ({axes}; cell {cell.tolist()}): "
             "give the cell vectors of the periodic axes, or make those axes non-periodic (pbc=False for a molecule)"
         )
+    _check_atoms_per_volume(pos, cell, pbc, r_max)
 
     # vesin (>= 0.4) takes periodicity per axis and ignores the box vector of a non-periodic
     # axis, so slabs and wires need no padding of the cell.
@@ -82,3 +108,61 @@ def _within_edge_type_cutoff(
     i, j = edge_index
     edge_vec = pos[j] - pos[i] + edge_cell_shift @ cell
     return np.linalg.norm(edge_vec, axis=1) < cutoff[atom_types[i], atom_types[j]]
+
+
+def _check_atoms_per_volume(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_max: float) -> None:
+    """Refuse (or warn about) a periodic structure too dense to be real, before vesin builds its list.
+
+    The list holds about ``N · density · (4/3)π r_max³`` edges: periodic images of a cell
+    smaller than ``r_max`` are part of the same density, so the estimate covers them too.
+    """
+    if not pbc.any() or len(pos) == 0:
+        return  # no images: at most N (N - 1) edges, set by the positions alone
+    periodic = cell[pbc]
+    num_periodic = len(periodic)
+    # length, area or volume of the periodic lattice
+    covolume = math.sqrt(abs(np.linalg.det(periodic @ periodic.T)))
+    # Across a non-periodic axis the atoms occupy their positions' extent, counted as at least
+    # 4/3 r_max: a layer's neighbours lie in a disc, σ π r², which is what the density
+    # σ / (4/3 r) gives in a ball of (4/3) π r³ (for a chain's line, 2 r λ, within 20%).
+    across = np.linalg.svd(periodic)[2][num_periodic:]
+    extent = np.ptp(pos @ across.T, axis=0)  # (3 - num_periodic,)
+    volume = covolume * float(np.prod(np.maximum(extent, 4.0 / 3.0 * r_max)))
+    density = len(pos) / volume
+    neighbours = density * 4.0 / 3.0 * math.pi * r_max**3
+    if density <= MAX_ATOMS_PER_A3 and (
+        density <= DENSE_ATOMS_PER_A3 or neighbours <= CROWDED_NEIGHBOURS_PER_ATOM
+    ):
+        return
+
+    lengths = ", ".join(f"{length:.3g}" for length in np.linalg.norm(periodic, axis=1))
+    axes = ", ".join("xyz"[axis] for axis in np.flatnonzero(pbc))
+    across_extent = volume / covolume
+    if num_periodic == 3:
+        cell_text = f"cell lengths {lengths} Å (volume {volume:.3g} Å³)"
+    elif num_periodic == 2:
+        cell_text = (
+            f"cell lengths {lengths} Å along the periodic axes {axes} ({covolume:.3g} Å² in a "
+            f"layer counted {across_extent:.3g} Å thick: the atoms' extent, at least 4/3 r_max)"
+        )
+    else:
+        cell_text = (
+            f"cell length {lengths} Å along the periodic axis {axes} (in a column counted "
+            f"{across_extent:.3g} Å² across: the atoms' extent, at least 4/3 r_max each way)"
+        )
+    spacing = density ** (-1.0 / 3.0)
+    if density > MAX_ATOMS_PER_A3:
+        raise ValueError(
+            f"the periodic cell is far too small for its {len(pos)} atoms: {cell_text} give "
+            f"{density:.3g} atoms/Å³, atoms {spacing:.2g} Å apart on average (no real structure "
+            f"exceeds {MAX_ATOMS_PER_A3:g} atoms/Å³, 0.1 Å apart); with r_max = {r_max:g} Å the "
+            f"neighbour list would hold about {neighbours:.2g} neighbours per atom, "
+            f"{neighbours * len(pos):.2g} edges: {_UNITS_ADVICE}"
+        )
+    warnings.warn(
+        f"the periodic cell looks too small for its {len(pos)} atoms: {cell_text} give "
+        f"{density:.3g} atoms/Å³, atoms {spacing:.2g} Å apart on average, denser than any solid "
+        f"(diamond: 0.18 atoms/Å³, 1.8 Å apart); with r_max = {r_max:g} Å each atom has about "
+        f"{neighbours:.2g} neighbours: {_UNITS_ADVICE}",
+        stacklevel=3,
+    )

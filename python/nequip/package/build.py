@@ -42,6 +42,7 @@ from ..load import (
     RESOURCE_PACKAGE,
     ModelFromPackage,
     PackageError,
+    TRAINED_KINDS,
     PathLike,
     check_package_name,
     list_package_entries,
@@ -76,10 +77,9 @@ def build_package(source: PathLike, output: PathLike, verify: bool = True) -> Di
     """
     source, output = Path(source), Path(output)
     check_package_name(output)
-    contents = _from_package(source) if model_file_kind(source) == "package" else _from_checkpoint(source)
+    contents = _from_package(source) if model_file_kind(source, TRAINED_KINDS) == "package" else _from_checkpoint(source)
     models, example_frame, config_text, origin, example_origin = contents
     _check_same_model_family(source, models)
-    _check_finite_weights(source, models)
 
     with atomic_path(output) as tmp:
         try:
@@ -128,19 +128,6 @@ def _check_same_model_family(source: Path, models: Dict[str, torch.nn.Module]) -
     type_names = {tuple(model.type_names) for model in models.values()}
     if len(type_names) != 1:
         raise PackageError(f"{source}: the model variants disagree on the type names: {sorted(type_names)}")
-
-
-def _check_finite_weights(source: Path, models: Dict[str, torch.nn.Module]) -> None:
-    """Refuse NaN or infinite weights (a diverged training run): such a model predicts only NaN."""
-    for variant, model in models.items():
-        weights = model.state_dict().items()
-        bad = [name for name, value in weights if value.is_floating_point() and not bool(value.isfinite().all())]
-        if bad:
-            shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-            raise PackageError(
-                f"{source}: the model (variant {variant!r}) has non-finite (NaN or infinite) weights in {shown}; "
-                "training diverged: package a checkpoint saved before it did"
-            )
 
 
 def _write_archive(

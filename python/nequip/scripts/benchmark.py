@@ -144,11 +144,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
+    for model in args.models or ():
+        if not _is_compiled_file(model):
+            parser.error(f"{model} is not a compiled model file (.nequip.pt2 or .nequip.pth)")
     args.output.mkdir(parents=True, exist_ok=True)
     models = args.models or compile_benchmark_models(args.output, args.device, log=print)
-    for model in models:
-        if not model.endswith((".nequip.pt2", ".nequip.pth")) or not Path(model).is_file():
-            parser.error(f"{model} is not a compiled model file (.nequip.pt2 or .nequip.pth)")
 
     cases = [(engine, model, atoms) for atoms in args.sizes for engine in args.engines for model in models]
     rows = []
@@ -176,6 +176,16 @@ def main(argv=None):
     plot(rows, args.output / "benchmark.png", models)
     print(f"wrote {args.output / 'benchmark.json'} and {args.output / 'benchmark.png'} "
           f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
+
+
+
+def _is_compiled_file(path: str) -> bool:
+    from nequip.load import COMPILED_KINDS, ModelFileError, model_file_kind
+
+    try:
+        return model_file_kind(path) in COMPILED_KINDS and Path(path).is_file()
+    except ModelFileError:
+        return False
 
 
 if __name__ == "__main__":

@@ -59,8 +59,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     logger.setLevel(logging.INFO)
     try:
         check_arguments(args.output, args.mode, args.device, args.target, args.tf32)
-        if not args.input.is_file():
-            raise FileNotFoundError(f"input file {str(args.input)!r} does not exist")
         model, example_data = _load(args.input)
         compile_model(
             model,
@@ -84,15 +82,12 @@ def _load(path: Path):
     package's stored one; for a checkpoint, the first frame of its training data if it can be
     read, else a synthetic one)."""
     # imported here: the package and training stack are heavy, and --help should be quick
-    from nequip.package import PACKAGE_SUFFIX, load_example_data, load_model
-    from nequip.package.checkpoint import read_checkpoint
+    from nequip.inference.eager import EagerModel
 
-    if path.name.endswith(PACKAGE_SUFFIX):
-        return load_model(path), load_example_data(path)
-    trained = read_checkpoint(path)
-    example_data, source = trained.example_frame()
+    eager = EagerModel(path)
+    example_data, source = eager.example_frame()
     logging.getLogger("nequip.compile").info("example frame: %s", source)
-    return trained.model, example_data
+    return eager.module, example_data
 
 
 class _ProgressToStderr(logging.Handler):

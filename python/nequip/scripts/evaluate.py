@@ -12,24 +12,8 @@ data has labels for) and writes ``predictions.extxyz``, ``parity.png`` (with mat
 
 import argparse
 import sys
-from pathlib import Path
-from typing import Optional
 
 PROG = "nequip-test"
-COMPILED_SUFFIXES = (".nequip.pth", ".nequip.pt2")
-
-
-def load_any_model(path, device: Optional[str] = None):
-    """The model in any model file: eager (checkpoint, package; default device the CPU) or
-    compiled (C++ runtime; default device the one it was compiled for)."""
-    if Path(path).name.endswith(COMPILED_SUFFIXES):
-        from nequip.compile import load_compiled
-
-        return load_compiled(path, device)
-    from nequip.load import load_model
-    from nequip.utils.devices import torch_device
-
-    return load_model(path).to(torch_device(device or "cpu"))
 
 
 def _positive_int(text: str) -> int:
@@ -58,15 +42,17 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from nequip.train.evaluation import check_output_dir, data_settings_of, evaluate, format_metrics
+    from nequip import _runtime
+    from nequip.inference import open_model
+    from nequip.inference.evaluation import check_output_dir, data_settings_of, evaluate, format_metrics
 
     try:
         check_output_dir(args.output)
-        settings = data_settings_of(args.model)
+        model = open_model(args.model, args.device)
+        settings = data_settings_of(model)
         for name in ("energy_units_to_eV", "length_units_to_A"):
             if getattr(args, name) is not None:
                 settings[name] = getattr(args, name)
-        model = load_any_model(args.model, args.device)
         result = evaluate(
             model,
             args.data,
@@ -76,9 +62,10 @@ def main(argv=None) -> int:
             batch_size=args.batch_size,
             **settings,
         )
-    except (OSError, ValueError) as err:
-        # FileNotFoundError and write failures are OSErrors, every bad input a ValueError, each
-        # with a message that names the file and the problem
+    except (OSError, ValueError, _runtime.Error) as err:
+        # FileNotFoundError and write failures are OSErrors, every bad input a ValueError, and
+        # what the model's outputs fail (NonFiniteOutputError) the runtime's Error, each with a
+        # message that names the file and the problem
         print(f"{PROG}: error: {err}", file=sys.stderr)
         return 1
     for note in result.notes:

@@ -1,11 +1,10 @@
 """Evaluate a model on labelled structures: metrics, predictions, parity plots.
 
-What ``nequip-test`` runs. The model is any of the files a user deploys, loaded by the
-command: an eager model (checkpoint or package, :func:`nequip.load.load_model`) or a compiled
-one (``nequip.compile.load_compiled``: the C++ runtime that ASE and LAMMPS run). Both are
-called the same way here and give the same table, predictions and plot. The metrics are
-:class:`nequip.train.metrics.ErrorMetrics`, the ones of validation and of the test stage after
-training.
+What ``nequip-test`` runs. The model is any of the files a user deploys, opened by
+:func:`nequip.inference.open_model`: an eager model (checkpoint or package) or a compiled one
+(the C++ runtime that ASE and LAMMPS run). Both are called the same way here and give the same
+table, predictions and plot. The metrics are :class:`nequip.train.metrics.ErrorMetrics`, the
+ones of validation and of the test stage after training.
 
 Everything is in eV and Å: energies per atom in eV/atom, forces in eV/Å, stresses in eV/Å³.
 A quantity is evaluated when every selected frame has its label (stress: and is periodic);
@@ -26,34 +25,22 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io.formats import string2index
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from ..data import TypeMapper, batch_frames, from_ase, keys, read_frames
-from ..load import (
-    CHECKPOINT_SUFFIX,
-    CONFIG_ENTRY,
-    PACKAGE_SUFFIX,
-    list_package_entries,
-    load_checkpoint,
-    read_package_entry,
-)
+from ..data import TypeMapper, from_ase, keys, read_frames
+from ..train.metrics import QUANTITIES, ErrorMetrics, predicted_and_reference
 from ..utils.atomic_io import atomic_open, atomic_path
-from .metrics import QUANTITIES, ErrorMetrics, predicted_and_reference
+from .opened import OpenedModel
 
 _DATA_SETTINGS = ("energy_units_to_eV", "length_units_to_A", "species_to_type")
 
 
-def data_settings_of(path) -> Dict[str, Any]:
+def data_settings_of(model: OpenedModel) -> Dict[str, Any]:
     """Units and species mapping of the data a model was trained on (defaults for testing).
 
     From the training configuration in a checkpoint, or the one a package keeps; none for a
     compiled file.
     """
-    name = Path(path).name
-    config = None
-    if name.endswith(CHECKPOINT_SUFFIX):
-        config = load_checkpoint(path)["hyper_parameters"].get("config")
-    elif name.endswith(PACKAGE_SUFFIX):
-        if any(entry.partition("/")[2] == CONFIG_ENTRY for entry, _ in list_package_entries(path)):
-            config = yaml.safe_load(read_package_entry(path, CONFIG_ENTRY).decode("utf-8"))
+    training_config = getattr(model, "training_config", None)
+    config = training_config() if training_config is not None else None
     data = (config or {}).get("data") or {}
     return {key: data[key] for key in _DATA_SETTINGS if data.get(key) is not None}
 
@@ -83,17 +70,8 @@ def select_frames(path, index: str = ":", format: Optional[str] = None) -> Tuple
     return indices, [atoms_list[i] for i in indices]
 
 
-def _per_edge_type_cutoff(model) -> Optional[np.ndarray]:
-    """The model's (T, T) per-edge-type cutoffs or None: eager models keep them in ``config``."""
-    cutoffs = model.config.get("per_edge_type_cutoff") if hasattr(model, "config") else model.per_edge_type_cutoff
-    if cutoffs is None:
-        return None
-    num_types = len(model.type_names)
-    return np.reshape(np.asarray(cutoffs, dtype=np.float64), (num_types, num_types))
-
-
 def predict(
-    model,
+    model: OpenedModel,
     atoms_list: Sequence[ase.Atoms],
     species_to_type: Optional[Dict[str, str]] = None,
     energy_units_to_eV: float = 1.0,
@@ -104,16 +82,19 @@ def predict(
 ) -> List[Dict[str, Any]]:
     """Per frame, ``{"reference": labels, "predicted": outputs, "atom_types": ...}`` as numpy arrays (eV, Å).
 
-    ``model`` is an eager model (a ``torch.nn.Module``, evaluated in batches of
-    ``batch_size`` frames) or a compiled one (called frame by frame). Predicted keys:
+    ``model`` is an opened model file (:func:`nequip.inference.open_model`; an eager one
+    evaluates ``batch_size`` frames per call). Predicted keys:
     total_energy (1,), atomic_energy (N,), forces (N, 3), and stress (3, 3) when every frame
     is periodic and stress-labelled. A frame that cannot be used is reported as
     ``<source>: frame <n>: <reason>``, ``n`` from ``frame_indices`` (the frames' indices in
     their file; by default their positions in ``atoms_list``).
     """
     frame_indices = list(range(len(atoms_list))) if frame_indices is None else list(frame_indices)
-    cutoffs = _per_edge_type_cutoff(model)
-    type_mapper = TypeMapper(list(model.type_names), species_to_type)
+    type_mapper = TypeMapper(
+        list(model.type_names),
+        species_to_type,
+        remedy="the model cannot predict for them: test frames of its species only (select them with --index)",
+    )
     frames = []
     for index, atoms in zip(frame_indices, atoms_list):
         try:
@@ -122,16 +103,16 @@ def predict(
                     atoms,
                     type_mapper,
                     model.r_max,
-                    per_edge_type_cutoff=cutoffs,
+                    per_edge_type_cutoff=model.per_edge_type_cutoff,
                     energy_units_to_eV=energy_units_to_eV,
                     length_units_to_A=length_units_to_A,
                 )
             )
         except ValueError as err:
             raise ValueError(f"{'' if source is None else f'{source}: '}frame {index}: {err}") from None
-    with_stress = all(keys.STRESS in frame and bool(frame[keys.PBC].all()) for frame in frames)
-    predicted = _eager_predictions if isinstance(model, torch.nn.Module) else _compiled_predictions
-    outputs = predicted(model, frames, batch_size, with_stress)
+    with_stress = model.gives_stress and all(keys.STRESS in frame and bool(frame[keys.PBC].all()) for frame in frames)
+    # labels stay out of the model's inputs
+    outputs = model.evaluate([_inputs(frame) for frame in frames], batch_size=batch_size)
 
     results = []
     for frame, out in zip(frames, outputs):
@@ -151,56 +132,8 @@ def predict(
     return results
 
 
-def _eager_predictions(model: torch.nn.Module, frames, batch_size: int, with_stress: bool):
-    """Each frame's outputs (detached, on the CPU), the frames evaluated in batches."""
-    device = next(model.parameters()).device
-    model.compute_forces = True
-    model.compute_stress = with_stress
-    outputs = []
-    for start in range(0, len(frames), batch_size):
-        # labels stay out: batching needs the same keys in every frame
-        chunk = [
-            {key: value for key, value in frame.items() if key not in keys.LABEL_KEYS}
-            for frame in frames[start : start + batch_size]
-        ]
-        out = model({key: value.to(device) for key, value in batch_frames(chunk).items()})
-        first_atom = 0
-        for frame_index, frame in enumerate(chunk):
-            atoms = slice(first_atom, first_atom + len(frame[keys.POS]))
-            first_atom = atoms.stop
-            per_frame = {keys.TOTAL_ENERGY: out[keys.TOTAL_ENERGY][frame_index]}
-            per_frame.update({key: out[key][atoms] for key in (keys.ATOMIC_ENERGY, keys.FORCES)})
-            if with_stress:
-                per_frame[keys.STRESS] = out[keys.STRESS][frame_index]
-            outputs.append({key: value.detach().cpu() for key, value in per_frame.items()})
-    return outputs
-
-
-def _compiled_predictions(model, frames, batch_size: int, with_stress: bool):
-    """Each frame's outputs from a compiled model, which takes one frame per call.
-
-    Files compiled for LAMMPS (target ``pair_nequip``) return per-atom energies and the virial
-    only: the total is their sum and the stress is −virial / volume (FILE_CONTRACT §1).
-    """
-    inputs = (keys.POS, keys.EDGE_INDEX, keys.ATOM_TYPES, keys.CELL, keys.EDGE_CELL_SHIFT)
-    outputs = []
-    for frame in frames:
-        out = model({key: frame[key] for key in inputs})
-        out = {key: torch.as_tensor(value).detach().cpu() for key, value in out.items()}
-        atomic_energy = out[keys.ATOMIC_ENERGY].reshape(-1, 1)
-        per_frame = {
-            keys.ATOMIC_ENERGY: atomic_energy,
-            keys.TOTAL_ENERGY: out[keys.TOTAL_ENERGY] if keys.TOTAL_ENERGY in out else atomic_energy.sum(),
-            keys.FORCES: out[keys.FORCES],
-        }
-        if with_stress:
-            if keys.STRESS in out:
-                per_frame[keys.STRESS] = out[keys.STRESS]
-            else:
-                volume = torch.linalg.det(frame[keys.CELL].reshape(3, 3)).abs()
-                per_frame[keys.STRESS] = -out[keys.VIRIAL].reshape(3, 3) / volume
-        outputs.append(per_frame)
-    return outputs
+def _inputs(frame: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    return {key: value for key, value in frame.items() if key not in keys.LABEL_KEYS}
 
 
 def evaluated_quantities(results, frame_indices: Optional[Sequence[int]] = None) -> Tuple[List[str], List[str]]:

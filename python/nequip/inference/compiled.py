@@ -1,14 +1,15 @@
-"""Call a compiled model (``*.nequip.pth`` or ``*.nequip.pt2``) from Python with tensors.
+"""A compiled model (``*.nequip.pth`` or ``*.nequip.pt2``) called from Python with tensors.
 
-Compiled files have one reader, the C++ runtime (``nequip._runtime``), which also serves the
-ASE calculator and LAMMPS: it reads and checks the metadata, checks and converts every input
-(an AOTInductor model checks nothing itself) and returns float64 outputs. This module only
-turns a FILE_CONTRACT §1 dictionary of tensors into its arguments and its results back into
-tensors of the contract's shapes, so that a compiled file can stand in for the eager model.
+Compiled files have one reader, the C++ runtime (``nequip._runtime``), which also serves
+LAMMPS: it reads and checks the metadata, checks and converts every input (an AOTInductor
+model checks nothing itself), checks the outputs are finite and returns float64 outputs.
+:class:`CompiledModel` is the one Python wrapper of it: it turns a FILE_CONTRACT §1 dictionary
+of tensors into the runtime's arguments and its results back into tensors of the contract's
+shapes, so that a compiled file stands in for the eager model (:mod:`nequip.inference`).
 """
 
 from pathlib import Path
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -16,7 +17,7 @@ import torch
 from nequip import _runtime
 from nequip.data import keys
 
-PathLike = Union[str, Path]
+from .opened import OpenedModel, PathLike
 
 # FILE_CONTRACT §1 shapes of the outputs (N atoms, one frame); the runtime drops the frame axis.
 _OUTPUT_SHAPES = {
@@ -29,13 +30,13 @@ _OUTPUT_SHAPES = {
 }
 
 
-class CompiledModel:
-    """A compiled NequIP model on the C++ runtime, called like the eager model on one frame.
+class CompiledModel(OpenedModel):
+    """A compiled NequIP model on the C++ runtime, called like the eager model (one frame a call).
 
-    Attributes: ``path``, ``mode`` ("torchscript" or "aotinductor"), ``device``, ``metadata``
-    (every key of the file, as strings), ``type_names``, ``r_max``, ``per_edge_type_cutoff``
-    ((T, T) nested tuple, row = centre type, or None), ``inputs`` (the fields the file takes;
-    ``local_mask`` is optional) and ``outputs`` (the fields it returns).
+    Beside :class:`OpenedModel`'s attributes: ``mode`` ("torchscript" or "aotinductor", the
+    file's ``kind``), ``inputs`` (the fields the file takes; ``local_mask`` is optional) and
+    ``outputs`` (the fields the file itself returns; a call also gives what the runtime derives
+    from them: the total energy, and the stress from the virial or the reverse).
     Raises the runtime's errors (``nequip._runtime.Error``; ModelFileError and DeviceError for
     a file it refuses, InputError for bad inputs, NonFiniteOutputError for NaN energies or forces).
     """
@@ -44,16 +45,16 @@ class CompiledModel:
         self.path = Path(path)
         self.runtime = _runtime.Model(str(self.path), device)
         self.mode: str = self.runtime.format
+        self.kind = self.mode
         self.device: str = self.runtime.device
         self.metadata: Dict[str, str] = dict(self.runtime.metadata)
         self.type_names: Tuple[str, ...] = tuple(self.runtime.type_names)
         self.r_max: float = self.runtime.r_max
         cutoffs = self.runtime.per_edge_type_cutoff
-        self.per_edge_type_cutoff: Optional[Tuple[Tuple[float, ...], ...]] = (
-            None if cutoffs is None else tuple(tuple(float(c) for c in row) for row in cutoffs)
-        )
+        self.per_edge_type_cutoff = None if cutoffs is None else np.asarray(cutoffs, dtype=np.float64)
         self.inputs: Tuple[str, ...] = tuple(self.runtime.input_names)
         self.outputs: Tuple[str, ...] = tuple(self.runtime.output_names)
+        self.gives_stress = keys.STRESS in self.outputs or keys.VIRIAL in self.outputs
 
     @property
     def exchanges_features(self) -> bool:
@@ -92,8 +93,9 @@ class CompiledModel:
         """Evaluate one frame (FILE_CONTRACT §1 keys; ``cell`` and ``edge_cell_shift`` may be
         absent for a non-periodic system; ``local_mask`` only for files that take it).
 
-        Returns the fields of ``self.outputs`` as float64 CPU tensors of the contract's
-        shapes, except ``stress`` when the cell has no volume (the runtime omits it).
+        Returns float64 CPU tensors of the contract's shapes: total_energy, atomic_energy,
+        forces, and, where the file gives either, the virial and (for a cell with a volume)
+        the stress; per-atom virials where the file gives them.
         """
         for name in (keys.POS, keys.ATOM_TYPES, keys.EDGE_INDEX):
             if name not in data:
@@ -114,10 +116,15 @@ class CompiledModel:
         )
         num_atoms = out[keys.FORCES].shape[0]
         return {
-            name: torch.as_tensor(np.asarray(out[name], dtype=np.float64)).reshape(_OUTPUT_SHAPES[name](num_atoms))
-            for name in self.outputs
-            if name in out
+            name: torch.as_tensor(np.asarray(value, dtype=np.float64)).reshape(_OUTPUT_SHAPES[name](num_atoms))
+            for name, value in out.items()
+            if name in _OUTPUT_SHAPES
         }
+
+    def evaluate(self, frames: Sequence[Dict[str, torch.Tensor]], batch_size: int = 1) -> List[Dict[str, torch.Tensor]]:
+        """Each frame's outputs, as :meth:`__call__` gives them: a compiled file takes one frame
+        per call, whatever ``batch_size``."""
+        return [self(frame) for frame in frames]
 
 
 def images_as_ghosts(
@@ -143,8 +150,3 @@ def images_as_ghosts(
     owner = np.concatenate([np.arange(num_atoms), ghost_atoms])
     return all_pos, np.stack([edge_index[0], neighbours]), owner
 
-
-def load_compiled(path: PathLike, device: Optional[str] = None) -> CompiledModel:
-    """Load a ``*.nequip.pth`` or ``*.nequip.pt2`` file for calls on ``device`` (default: the
-    device it was compiled for)."""
-    return CompiledModel(path, device)
