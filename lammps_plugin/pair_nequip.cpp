@@ -34,6 +34,7 @@
 #include "comm.h"
 #include "domain.h"
 #include "error.h"
+#include "exceptions.h"
 #include "force.h"
 #include "memory.h"
 #include "neigh_list.h"
@@ -160,9 +161,14 @@ void PairNequIP::compute(int eflag, int vflag)
           fmt::format("atoms with IDs {} and {}", atom->tag[atom_of_node[e.closest_pair()->first]],
                       atom->tag[atom_of_node[e.closest_pair()->second]]);
     error->one(FLERR, "pair_style nequip: {}", e.message(pair));
+  } catch (const LAMMPSException &) {
+    throw;    // raised by this rank's exchange (error->one there), already reported
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style nequip: evaluating model {} failed: {}", model->path(), e.what());
   }
+
+  // atoms closer than the model can be trusted at: once per run, by the rank that sees them
+  if (out.close_pair) warn_of_close_pair(*out.close_pair);
 
   // tallies add to what other styles (hybrid/overlay) put there, never overwrite it
 
@@ -379,6 +385,7 @@ void PairNequIP::init_style()
   }
 
   if (!masses_checked && comm->me == 0) warn_of_mismatched_masses();
+  model->report_close_pairs_again();    // once per run
   masses_checked = true;
 
   // torch's intra-op threads follow LAMMPS' OpenMP thread count: comm->nthreads is set from
@@ -540,6 +547,25 @@ void PairNequIP::log_devices()
     first = rank;
   }
   utils::logmesg(lmp, "pair_style nequip: model {} runs on {}\n", model->path(), said);
+}
+
+/* ----------------------------------------------------------------------
+   Two atoms closer than the model can be trusted at, named by atom ID: a
+   warning from the rank that found them (ranks other than 0 have no screen
+   or log file, so theirs goes to standard error, as error->one's does)
+------------------------------------------------------------------------- */
+
+void PairNequIP::warn_of_close_pair(const nequip::ClosePair &close)
+{
+  const std::string pair =
+      fmt::format("atoms with IDs {} and {}", atom->tag[atom_of_node[close.atoms.first]],
+                  atom->tag[atom_of_node[close.atoms.second]]);
+  const std::string message =
+      "pair_style nequip: " + close.message(model->path(), pair, "once per run");
+  if (comm->me == 0)
+    error->warning(FLERR, message);
+  else
+    fputs(fmt::format("WARNING on proc {}: {}\n", comm->me, message).c_str(), stderr);
 }
 
 /* ----------------------------------------------------------------------

@@ -33,7 +33,8 @@
 
 namespace nequip {
 class Model;
-}
+struct ClosePair;
+}    // namespace nequip
 
 namespace LAMMPS_NS {
 
@@ -99,6 +100,7 @@ class PairNequIP : public Pair {
   int node_local_rank();
   void log_devices();
   void warn_of_mismatched_masses();
+  void warn_of_close_pair(const nequip::ClosePair &close);
   int add_node(int atom_index, int mtype);
   void map_ghosts_to_owners();
   void build_graph();

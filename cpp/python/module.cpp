@@ -86,7 +86,7 @@ py::array_t<double> to_numpy(const at::Tensor& tensor) {
   return array;
 }
 
-py::dict outputs_to_dict(const nequip::Outputs& outputs);
+py::dict outputs_to_dict(const nequip::Model& model, const nequip::Outputs& outputs);
 
 py::dict compute(nequip::Model& model, const py::array& pos, const py::array& atom_types,
                  const py::array& edge_index, const std::optional<py::array>& edge_cell_shift,
@@ -102,10 +102,16 @@ py::dict compute(nequip::Model& model, const py::array& pos, const py::array& at
     py::gil_scoped_release release;  // the arrays are kept alive by the caller's references
     outputs = model.compute(inputs);
   }
-  return outputs_to_dict(outputs);
+  return outputs_to_dict(model, outputs);
 }
 
-py::dict outputs_to_dict(const nequip::Outputs& outputs) {
+py::dict outputs_to_dict(const nequip::Model& model, const nequip::Outputs& outputs) {
+  // atoms closer than the model can be trusted at: the runtime reports them once per model
+  if (outputs.close_pair) {
+    const std::string message = outputs.close_pair->message(model.path());
+    const py::object category = py::module_::import("nequip._runtime").attr("CloseAtomsWarning");
+    if (PyErr_WarnEx(category.ptr(), message.c_str(), 1) != 0) throw py::error_already_set();
+  }
   py::dict result;
   result["total_energy"] = outputs.total_energy;
   result["atomic_energy"] = to_numpy(outputs.atomic_energy);
@@ -189,7 +195,7 @@ py::dict compute_exchanging(nequip::Model& model, const py::array& pos, const py
     py::gil_scoped_release release;
     outputs = model.compute_exchanging(inputs, used);
   }
-  return outputs_to_dict(outputs);
+  return outputs_to_dict(model, outputs);
 }
 
 py::dict metadata_dict(const nequip::Metadata& metadata) {
@@ -318,6 +324,11 @@ Raises InputError for bad inputs, NonFiniteOutputError when the energy or forces
 finite (naming the closest pair of atoms when they overlap), TorchError when torch fails.
 )doc");
 
+  model_class.def_property_readonly(
+      "close_pair_threshold", &nequip::Model::close_pair_threshold,
+      "how close two atoms may come before the model's results are extrapolation (Å): the "
+      "metadata's closest_training_pair, else 0.1 * r_max; a call that finds a closer pair "
+      "warns (CloseAtomsWarning), once per model");
   model_class.def_property_readonly("exchanges_features", &nequip::Model::exchanges_features,
                                     "whether the file runs layer by layer with a feature "
                                     "exchange (compute_exchanging; LAMMPS on several ranks)");
@@ -363,7 +374,8 @@ Raises ModelFileError for a bad file or metadata.
                                      as_tensor(forces, "forces"));
       },
       py::arg("path"), py::arg("r_max"), py::arg("pos"), py::arg("edge_index"),
-      py::arg("edge_cell_shift"), py::arg("cell"), py::arg("atomic_energy"), py::arg("forces"), R"doc(
+      py::arg("edge_cell_shift"), py::arg("cell"), py::arg("atomic_energy"), py::arg("forces"),
+      R"doc(
 The runtime's check of a call's outputs, for models it does not run (eager models): raises
 NonFiniteOutputError, naming the closest two atoms, when atomic_energy or forces hold a NaN or
 an infinity. edge_cell_shift and cell may be None (a non-periodic frame).
@@ -384,6 +396,17 @@ an infinity. edge_cell_shift and cell may be None (a non-periodic frame).
       py::arg("edge_cell_shift"), py::arg("cell"), R"doc(
 The warning (a str) when the closest two atoms of the frame are closer than the model can be
 trusted at (its metadata's closest_training_pair, else 0.1 * r_max), else None.
+)doc");
+  m.def(
+      "close_pair_threshold",
+      [](const std::map<std::string, std::string>& metadata, const std::string& source) {
+        return nequip::close_pair_threshold(source, metadata);
+      },
+      py::arg("metadata"), py::arg("source") = "the model", R"doc(
+How close two atoms may come before the results of a model with this metadata (a dict of
+strings; r_max and closest_training_pair are read) are extrapolation, in Å: closest_training_pair
+when the model records it, else 0.1 * r_max. Raises ModelFileError, naming `source`, for a
+malformed value.
 )doc");
   m.def(
       "check_metadata",

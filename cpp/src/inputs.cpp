@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "fields.h"
+#include "output_checks.h"
 #include "text.h"
 
 namespace nequip::detail {
@@ -175,6 +176,7 @@ PreparedInputs prepare_inputs(const Inputs& inputs, int64_t num_types, const c10
 
   PreparedInputs prepared;
   prepared.volume = std::abs(at::linalg_det(cell[0].cpu()).item<double>());
+  prepared.closest = closest_pair(pos, edge_index, edge_cell_shift, cell);
   auto to_device = [&](at::Tensor& tensor) {
     return tensor.defined() ? tensor.to(device, /*non_blocking=*/false) : tensor;
   };

@@ -20,6 +20,9 @@ struct PreparedInputs {
   at::Tensor edge_cell_shift;  // (E, 3) float64
   at::Tensor local_mask;       // (N,) bool, only for models taking it
   double volume = 0.0;         // |det(cell)|
+  // The two atoms of the shortest edge and its length (empty without edges): what the output
+  // checks and the close-pair warning report, found in one pass over the edges.
+  std::optional<NonFiniteOutputError::ClosestPair> closest;
 
   // The input named `name` (fields.h).
   const at::Tensor& get(const std::string& name) const;

@@ -247,15 +247,26 @@ class Model::Impl {
     Outputs outputs = collect_outputs(std::move(raw), prepared);
     if (!std::isfinite(outputs.total_energy) || !all_finite(outputs.atomic_energy) ||
         !all_finite(outputs.forces)) {
-      throw NonFiniteOutputError(path_, metadata_.r_max,
-                                 translate_torch_errors(path_ + ": finding the closest atoms", [&] {
-                                   return closest_pair(prepared.pos, prepared.edge_index,
-                                                       prepared.edge_cell_shift, prepared.cell);
-                                 }));
+      throw NonFiniteOutputError(path_, metadata_.r_max, prepared.closest);
+    }
+    const double threshold = close_pair_threshold();
+    if (!close_pair_reported_ && prepared.closest && prepared.closest->distance < threshold) {
+      outputs.close_pair =
+          ClosePair{*prepared.closest, threshold, metadata_.closest_training_pair > 0.0};
+      close_pair_reported_ = true;
     }
     return outputs;
   }
 
+ public:
+  double close_pair_threshold() const {
+    return metadata_.closest_training_pair > 0.0
+               ? metadata_.closest_training_pair
+               : NonFiniteOutputError::kOverlapFraction * metadata_.r_max;
+  }
+  bool close_pair_reported_ = false;
+
+ private:
   // Float64 CPU copies of the model's outputs, shapes checked, with total energy, virial and
   // stress derived from one another where the model gives only some of them.
   Outputs collect_outputs(std::map<std::string, at::Tensor> raw,
@@ -347,6 +358,8 @@ bool Model::takes(const std::string& input_name) const { return impl_->takes(inp
 const std::vector<std::string>& Model::output_names() const { return impl_->output_names_; }
 bool Model::returns(const std::string& output_name) const { return impl_->returns(output_name); }
 const std::vector<std::string>& Model::warnings() const { return impl_->warnings_; }
+double Model::close_pair_threshold() const { return impl_->close_pair_threshold(); }
+void Model::report_close_pairs_again() { impl_->close_pair_reported_ = false; }
 
 Outputs Model::compute(const Inputs& inputs) { return impl_->compute(inputs); }
 bool Model::exchanges_features() const { return impl_->exchanges_features(); }

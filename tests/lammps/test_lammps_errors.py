@@ -351,3 +351,24 @@ def test_a_damaged_or_edited_file_is_refused_at_pair_coeff(compiled_models, tmp_
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert message in result.stdout, result.stdout + result.stderr
+
+
+def test_atoms_closer_than_the_model_can_be_trusted_at_warn_once_per_run(model_file, tmp_path):
+    """Two Si atoms 0.3 Å apart give a finite energy the model extrapolated: one warning per
+    run (three runs, one of several steps), naming the atoms by their IDs."""
+    log = tmp_path / "log.lammps"
+    lmp = new_lammps(log=log)
+    try:
+        lmp.commands_list(["units metal", "atom_modify map yes", *BOX[:3]])
+        lmp.commands_list(["create_atoms 1 single 1.3 1.0 1.0", "create_atoms 2 single 1.0 3.0 1.0", *BOX[4:]])
+        lmp.commands_list(["pair_style nequip", f"pair_coeff * * {model_file} Si C", "run 0", "run 0", "run 2"])
+    finally:
+        lmp.close()
+    message = (
+        f"WARNING: pair_style nequip: {model_file}: atoms with IDs 1 and 2 are 0.3 Å apart, closer than 0.1 * r_max "
+        "= 0.4 Å: the model extrapolates there and its energy and forces may be far off; check the structure (this "
+        "warning is given once per run)"
+    )
+    warnings = [line for line in log.read_text().splitlines() if "closer than" in line]
+    assert len(warnings) == 3, warnings
+    assert all(re.fullmatch(re.escape(message) + r" \(\S*pair_nequip\.cpp:\d+\)", line) for line in warnings), warnings

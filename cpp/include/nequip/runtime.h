@@ -106,6 +106,20 @@ class NonFiniteOutputError : public Error {
   std::optional<ClosestPair> closest_;
 };
 
+// Two atoms closer than a model can be trusted at (Model::close_pair_threshold): closer than
+// the closest pair of its training data, or than NonFiniteOutputError::kOverlapFraction * r_max
+// for a model that does not record it. Its energy and forces there are extrapolation; the front
+// ends warn (Python: a CloseAtomsWarning once per model; LAMMPS: once per run).
+struct ClosePair {
+  NonFiniteOutputError::ClosestPair atoms;  // indices into Inputs::pos, and their distance
+  double threshold = 0.0;                   // Å
+  bool from_training_data = false;          // threshold is the key closest_training_pair
+  // The warning, naming the atoms `pair` ("" = "atoms I and J", indices into Inputs::pos) and
+  // saying how often it is given ("once per model", "once per run").
+  std::string message(const std::string& path, const std::string& pair = "",
+                      const std::string& how_often = "once per model") const;
+};
+
 enum class ModelFormat {
   TorchScript,  // *.nequip.pth
   AOTInductor,  // *.nequip.pt2
@@ -128,6 +142,9 @@ struct Metadata {
   // num_layers layers; empty when absent (the file cannot exchange features, see
   // Model::compute_exchanging).
   std::vector<int64_t> layer_feature_widths;
+  // Project key `closest_training_pair`: the distance of the closest two atoms of the data the
+  // model was trained on (Å); 0 when absent (files of other producers and older ones).
+  double closest_training_pair = 0.0;
   // The device type the file was compiled for, "cpu" or "cuda" (a .pt2: torch's key
   // AOTI_DEVICE_KEY; a .pth: our key compile_device); empty when the file does not say.
   std::string compiled_for;
@@ -160,6 +177,9 @@ struct Outputs {
   // (3, 3), eV/Å^3, ASE sign (positive = tensile). Given by the model (TorchScript, `ase`
   // target), or derived as -virial / V. Absent when the cell has no volume.
   std::optional<at::Tensor> stress;
+  // Two atoms closer than Model::close_pair_threshold(), reported by the first call that finds
+  // such a pair after the model was loaded (or after Model::report_close_pairs_again()).
+  std::optional<ClosePair> close_pair;
   // (N, 3, 3), eV: per-atom virials, each edge's virial split half to each of its two atoms,
   // so they sum to the virial. Given by models returning "atom_virial" (TorchScript files
   // of this project, AOTI target `pair_nequip_domain`).
@@ -234,6 +254,13 @@ class Model {
   // them once, when it loads the model (Python: a ModelFileWarning; LAMMPS: a warning).
   const std::vector<std::string>& warnings() const;
 
+  // How close two atoms may come before the model's results are extrapolation (Å): the
+  // metadata's closest_training_pair, or NonFiniteOutputError::kOverlapFraction * r_max.
+  double close_pair_threshold() const;
+  // Outputs::close_pair is given once after loading; this asks for it once more (LAMMPS: once
+  // per run).
+  void report_close_pairs_again();
+
   // Evaluates the model on one frame. Throws InputError for bad inputs, TorchError when
   // torch fails, NonFiniteOutputError when the energy or forces are not finite. Not safe to
   // call concurrently on the same Model. On a GPU, inputs given on the CPU are checked there
@@ -273,12 +300,15 @@ class Model {
 void check_finite_outputs(const std::string& path, double r_max, const Inputs& frame,
                           const at::Tensor& atomic_energy, const at::Tensor& forces);
 
-// A warning, or nothing, when the closest two atoms of `frame` are closer than the model can
-// be trusted at: closer than the closest pair of its training data (the metadata key
-// `closest_training_pair`, Å) or, for a model that does not record it, closer than
-// NonFiniteOutputError::kOverlapFraction * r_max. `metadata`: the model's keys as stored
-// (FILE_CONTRACT §2 and the project's). Throws ModelFileError for a malformed
-// closest_training_pair or r_max.
+// How close two atoms may come before the results of the model with `metadata` (its keys as
+// stored; r_max and closest_training_pair are read) are extrapolation, in Å: see ClosePair.
+// Throws ModelFileError, naming `source`, for a malformed closest_training_pair or r_max.
+double close_pair_threshold(const std::string& source,
+                            const std::map<std::string, std::string>& metadata);
+
+// The warning of ClosePair::message ("once per model"), or nothing, for the closest two atoms
+// of `frame` and a model with `metadata` (close_pair_threshold). Model::compute finds the same
+// pair in its own pass over the edges.
 std::optional<std::string> close_pair_warning(const std::string& path,
                                               const std::map<std::string, std::string>& metadata,
                                               const Inputs& frame);
