@@ -344,16 +344,17 @@ void PairNequIP::init_style()
     error->all(FLERR,
                "pair_style nequip requires 'units metal' (NequIP models use eV and Angstrom)");
 
-  // folding ghosts onto their owners needs the owners' IDs and the map from ID to index
+  // atom IDs name atoms in messages; on one rank they also fold ghosts onto their owners
   if (atom->tag_enable == 0)
     error->all(FLERR, "pair_style nequip requires atom IDs: remove 'atom_modify id no'");
-  if (atom->map_style == Atom::MAP_NONE)
-    error->all(FLERR,
-               "pair_style nequip requires an atom map: add 'atom_modify map yes' "
-               "before the simulation box is defined");
 
   exchange_mode = comm->nprocs > 1;
   if (!exchange_mode) {
+    // build_graph() finds a ghost's owner by the map from atom ID to index
+    if (atom->map_style == Atom::MAP_NONE)
+      error->all(FLERR,
+                 "pair_style nequip on one MPI rank requires an atom map: add 'atom_modify map "
+                 "yes' before the simulation box is defined");
     // A full list of the owned atoms' neighbours is all the model needs: every edge is
     // centred on an owned atom, and every ghost folds onto its owner in build_graph().
     neighbor->add_request(this, NeighConst::REQ_FULL);
@@ -551,8 +552,8 @@ void PairNequIP::log_devices()
 
 /* ----------------------------------------------------------------------
    Two atoms closer than the model can be trusted at, named by atom ID: a
-   warning from the rank that found them (ranks other than 0 have no screen
-   or log file, so theirs goes to standard error, as error->one's does)
+   warning from the rank that found them (on its screen, as error->one's
+   messages are)
 ------------------------------------------------------------------------- */
 
 void PairNequIP::warn_of_close_pair(const nequip::ClosePair &close)
@@ -560,12 +561,8 @@ void PairNequIP::warn_of_close_pair(const nequip::ClosePair &close)
   const std::string pair =
       fmt::format("atoms with IDs {} and {}", atom->tag[atom_of_node[close.atoms.first]],
                   atom->tag[atom_of_node[close.atoms.second]]);
-  const std::string message =
-      "pair_style nequip: " + close.message(model->path(), pair, "once per run");
-  if (comm->me == 0)
-    error->warning(FLERR, message);
-  else
-    fputs(fmt::format("WARNING on proc {}: {}\n", comm->me, message).c_str(), stderr);
+  error->warning(FLERR, "pair_style nequip: {}",
+                 close.message(model->path(), pair, "once per run"));
 }
 
 /* ----------------------------------------------------------------------

@@ -4,6 +4,7 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include "fields.h"
+#include "output_checks.h"
 #include "torch_errors.h"
 
 namespace nequip::detail {
@@ -171,7 +172,8 @@ std::vector<std::string> aoti_part_names(int64_t num_layers) {
 }
 
 std::map<std::string, at::Tensor> run_layered(LayeredParts& parts, const PreparedInputs& in,
-                                              int64_t num_layers, FeatureExchange& exchange) {
+                                              int64_t num_layers, FeatureExchange& exchange,
+                                              ExchangeRecord& record) {
   const int64_t num_nodes = in.pos.size(0);
   const at::Tensor centre = in.edge_index[0];
   const at::Tensor neighbour = in.edge_index[1];
@@ -180,7 +182,9 @@ std::map<std::string, at::Tensor> run_layered(LayeredParts& parts, const Prepare
   // type, which have no neighbours and never travel), through the exchange and back.
   auto exchanged = [&](const at::Tensor& values, bool forward) {
     at::Tensor rows = values.narrow(0, 0, num_nodes).to(at::kCPU, at::kDouble).contiguous();
+    const bool check = !record.received_non_finite && all_finite(rows);
     call_front_end([&] { forward ? exchange.forward(rows) : exchange.reverse(rows); });
+    if (check && !all_finite(rows)) record.received_non_finite = true;
     return at::cat({rows.to(values.device(), values.scalar_type()),
                     values.narrow(0, num_nodes, values.size(0) - num_nodes)});
   };

@@ -60,11 +60,20 @@ std::unique_ptr<LayeredParts> aoti_parts(AotiLoaders& loaders);
 // the order of the metadata key nequip_aoti_parts (aotinductor.part_names).
 std::vector<std::string> aoti_part_names(int64_t num_layers);
 
+// What a layer-by-layer call found of the rows the exchange brought: whether some came in
+// non-finite while this process's own were finite (checked until it happens: two passes over
+// each exchange's rows, on the CPU where the exchange has them).
+struct ExchangeRecord {
+  bool received_non_finite = false;
+};
+
 // One layer-by-layer call on `in` (edges centred on local nodes): the model's outputs by
 // field name (atomic_energy, total_energy, forces, virial, atom_virial), on the model's
-// device. A callback's exception is carried as CallbackFailed (torch_errors.h).
+// device, and what the exchange brought in `record`. A callback's exception is carried as
+// CallbackFailed (torch_errors.h).
 std::map<std::string, at::Tensor> run_layered(LayeredParts& parts, const PreparedInputs& in,
-                                              int64_t num_layers, FeatureExchange& exchange);
+                                              int64_t num_layers, FeatureExchange& exchange,
+                                              ExchangeRecord& record);
 
 // A rank with no nodes at all: its part (with no rows) in each exchange a layer-by-layer call
 // makes with these layer widths, and the outputs of no atoms.

@@ -132,14 +132,15 @@ class Model::Impl {
     }
     set_tf32();
     ReuseLargeBlocksInThisCall reuse_blocks;
+    ExchangeRecord record;
     std::map<std::string, at::Tensor> raw =
         translate_torch_errors(path_ + ": running the model layer by layer", [&] {
           std::unique_ptr<LayeredParts> parts = format_ == ModelFormat::TorchScript
                                                     ? torchscript_parts(*module_)
                                                     : aoti_parts(aoti_parts_);
-          return run_layered(*parts, prepared, metadata_.num_layers, exchange);
+          return run_layered(*parts, prepared, metadata_.num_layers, exchange, record);
         });
-    return checked_outputs(std::move(raw), prepared);
+    return checked_outputs(std::move(raw), prepared, record.received_non_finite);
   }
 
   std::string path_;
@@ -243,11 +244,13 @@ class Model::Impl {
   // The outputs of a call, collected and checked. A NaN would otherwise travel on into ASE's
   // results or LAMMPS' positions, far from its cause. One pass over the outputs; the cause is
   // looked for only when there is one.
-  Outputs checked_outputs(std::map<std::string, at::Tensor> raw, const PreparedInputs& prepared) {
+  // `received_non_finite`: what ExchangeRecord says of a layer-by-layer call.
+  Outputs checked_outputs(std::map<std::string, at::Tensor> raw, const PreparedInputs& prepared,
+                          bool received_non_finite = false) {
     Outputs outputs = collect_outputs(std::move(raw), prepared);
     if (!std::isfinite(outputs.total_energy) || !all_finite(outputs.atomic_energy) ||
         !all_finite(outputs.forces)) {
-      throw NonFiniteOutputError(path_, metadata_.r_max, prepared.closest);
+      throw NonFiniteOutputError(path_, metadata_.r_max, prepared.closest, received_non_finite);
     }
     const double threshold = close_pair_threshold();
     if (!close_pair_reported_ && prepared.closest && prepared.closest->distance < threshold) {

@@ -14,9 +14,11 @@
 namespace nequip {
 namespace {
 
+// The likely cause, of the causes this process can check: its own atoms overlapping, then
+// features that came in non-finite from other ranks, else the model itself.
 std::string non_finite_message(const std::string& path, double r_max,
                                const std::optional<NonFiniteOutputError::ClosestPair>& closest,
-                               bool overlap, const std::string& pair) {
+                               bool overlap, bool received_non_finite, const std::string& pair) {
   const std::string what =
       path + ": the model gave a non-finite energy or forces (NaN or infinity)";
   const std::string threshold =
@@ -30,6 +32,14 @@ std::string non_finite_message(const std::string& path, double r_max,
   const std::string closest_text =
       closest ? "the closest two atoms are " + detail::short_number(closest->distance) + " Å apart"
               : "no two atoms are within the cutoff";
+  if (received_non_finite) {
+    return what +
+           ": node features (or their gradients) came in non-finite from the other ranks "
+           "through the per-layer exchange, while this rank's own were finite and none of its "
+           "atoms overlap (" +
+           closest_text + ", not closer than " + threshold +
+           "): the cause is on another rank, which reports it";
+  }
   return what + " for finite inputs (" + closest_text +
          "); its weights may be non-finite: check the file";
 }
@@ -43,20 +53,22 @@ std::string default_pair(const std::optional<NonFiniteOutputError::ClosestPair>&
 }  // namespace
 
 NonFiniteOutputError::NonFiniteOutputError(const std::string& path, double r_max,
-                                           std::optional<ClosestPair> closest)
+                                           std::optional<ClosestPair> closest,
+                                           bool received_non_finite)
     : Error(non_finite_message(path, r_max, closest,
                                closest && closest->distance < kOverlapFraction * r_max,
-                               default_pair(closest))),
+                               received_non_finite, default_pair(closest))),
       path_(path),
       r_max_(r_max),
-      closest_(closest) {}
+      closest_(closest),
+      received_non_finite_(received_non_finite) {}
 
 bool NonFiniteOutputError::atoms_overlap() const {
   return closest_ && closest_->distance < kOverlapFraction * r_max_;
 }
 
 std::string NonFiniteOutputError::message(const std::string& pair) const {
-  return non_finite_message(path_, r_max_, closest_, atoms_overlap(), pair);
+  return non_finite_message(path_, r_max_, closest_, atoms_overlap(), received_non_finite_, pair);
 }
 
 namespace detail {

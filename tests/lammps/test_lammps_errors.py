@@ -140,11 +140,14 @@ def test_atoms_without_ids(lmp, model_file):
         lmp.command("run 0")
 
 
-def test_atoms_without_map(lmp, model_file):
+def test_atoms_without_map_on_one_rank(lmp, model_file):
+    """One rank folds ghosts onto their owners by atom ID (several ranks need no map:
+    tests/lammps/test_lammps_multirank.py)."""
     metal_box(lmp, atom_modify=[])
     lmp.commands_list(["pair_style nequip", f"pair_coeff * * {model_file} Si C"])
     with raises_lammps_error(
-        "pair_style nequip requires an atom map: add 'atom_modify map yes' before the simulation box is defined"
+        "pair_style nequip on one MPI rank requires an atom map: add 'atom_modify map yes' before the simulation "
+        "box is defined"
     ):
         lmp.command("run 0")
 

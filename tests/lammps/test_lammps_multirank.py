@@ -84,8 +84,10 @@ def write_data(atoms: Atoms, path: Path) -> Path:
 
 
 def lammps(directory: Path, ranks: int, data: Path, model: Path, body: str, boundary="p p p",
-           processors="", newton="on", atom_map=True, check=True) -> Run:  # fmt: skip
-    """``mpirun -np ranks lmp`` in ``directory`` on ``data`` with ``model``, then ``body``."""
+           processors="", newton="on", atom_map=True, check=True, screen=False) -> Run:  # fmt: skip
+    """``mpirun -np ranks lmp`` in ``directory`` on ``data`` with ``model``, then ``body``.
+    ``screen``: every rank's screen output (on standard output) is kept, after the log: what
+    ranks other than 0 print (their errors and warnings) appears only there."""
     directory.mkdir(parents=True, exist_ok=True)
     atom_map = "atom_modify map yes" if atom_map else ""
     script = PREAMBLE.format(atom_map=atom_map, newton=newton, boundary=boundary, processors=processors, data=data,
@@ -95,10 +97,12 @@ def lammps(directory: Path, ranks: int, data: Path, model: Path, body: str, boun
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, 2 // ranks)))
     result = subprocess.run(
         [str(BIN / "mpirun"), "-np", str(ranks), str(BIN / "lmp"), "-in", "in.lammps", "-log", "log.lammps",
-         "-screen", "none", "-nocite"],
+         *([] if screen else ["-screen", "none"]), "-nocite"],
         cwd=directory, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     log = (directory / "log.lammps").read_text() if (directory / "log.lammps").exists() else ""
+    if screen:
+        log += result.stdout
     if not check:
         return Run(log + result.stdout + result.stderr, np.empty(0), np.empty(0))
     assert result.returncode == 0, f"{ranks} ranks failed:\n{log[-3000:]}\n{result.stdout}\n{result.stderr}"
@@ -317,14 +321,14 @@ def test_ghost_shell_files_of_earlier_versions_are_refused(compiled_models, doma
     lammps(tmp_path / "one", 1, data, old_pt2, SINGLE_POINT)
 
 
-def test_atom_map_is_required(domain_file, tmp_path):
-    """Ghosts that are images of a rank's own atoms fold onto them, found by atom ID."""
+def test_several_ranks_need_no_atom_map(domain_file, tmp_path):
+    """Only one rank folds ghosts onto their owners by atom ID; several exchange features
+    through LAMMPS' communication, which needs no map: the same results without it."""
     data = write_data(small_sic(), tmp_path / "small.data")
-    run = lammps(tmp_path, 2, data, domain_file, SINGLE_POINT, atom_map=False, check=False)
-    assert (
-        "ERROR: pair_style nequip requires an atom map: add 'atom_modify map yes' before the simulation box "
-        "is defined" in run.log
-    )
+    mapped = lammps(tmp_path / "map", 2, data, domain_file, SINGLE_POINT)
+    unmapped = lammps(tmp_path / "no_map", 2, data, domain_file, SINGLE_POINT, atom_map=False)
+    assert unmapped.thermo[0, 1] == mapped.thermo[0, 1]
+    np.testing.assert_array_equal(unmapped.atoms, mapped.atoms)
 
 
 def test_comm_mode_multi_gives_the_same_results(domain_file, tmp_path):
@@ -335,3 +339,52 @@ def test_comm_mode_multi_gives_the_same_results(domain_file, tmp_path):
     # forces and per-atom energies; per-atom virials (bar·Å^3) to rounding of their scale
     np.testing.assert_allclose(multi.atoms[:, :4], single.atoms[:, :4], rtol=0, atol=1e-10)
     assert_close(multi.atoms[:, 4:10], single.atoms[:, 4:10], 1e-10, "per-atom virials")
+
+
+def test_overlapping_atoms_on_one_rank_are_named_by_every_rank(domain_file, tmp_path):
+    """Two atoms on top of each other in the second rank's half: their features are NaN from the
+    first layer on, and reach the first rank's atoms through the exchange. Each rank's error
+    names the cause it checked: the second rank the two atoms, the first the exchange that
+    brought the NaN (never the weights). Whichever rank ends the run first, its message is one
+    of these."""
+    atoms = small_sic()
+    # a copy of an atom of the second rank's half (x from 4.36 Å), within r_max of the first's
+    index = int(np.argmin(np.where(atoms.positions[:, 0] > 4.9, atoms.positions[:, 0], np.inf)))
+    atoms += atoms[index : index + 1]
+    data = write_data(atoms, tmp_path / "overlap.data")
+    run = lammps(tmp_path, 2, data, domain_file, SINGLE_POINT, processors="processors 2 1 1", check=False, screen=True)
+    pair = rf"atoms with IDs ({index + 1} and {len(atoms)}|{len(atoms)} and {index + 1})"
+    expected = {
+        "1": rf"pair_style nequip: {re.escape(str(domain_file))}: the model gave a non-finite energy or forces \(NaN "
+        rf"or infinity\): {pair} are 0 Å apart \(closer than 0\.1 \* r_max = 0\.4 Å\); overlapping atoms are the "
+        r"likely cause: check the structure",
+        "0": rf"pair_style nequip: {re.escape(str(domain_file))}: the model gave a non-finite energy or forces \(NaN "
+        r"or infinity\): node features \(or their gradients\) came in non-finite from the other ranks through the "
+        r"per-layer exchange, while this rank's own were finite and none of its atoms overlap \(the closest two "
+        r"atoms are \S+ Å apart, not closer than 0\.1 \* r_max = 0\.4 Å\): the cause is on another rank, which "
+        r"reports it",
+    }
+    errors = set(re.findall(r"ERROR on proc (\d+): (.*) \(\S+:\d+\)", run.log))
+    assert errors, run.log[-3000:]
+    assert "weights may be non-finite" not in run.log
+    for rank, message in errors:
+        assert re.fullmatch(expected[rank], message), (rank, message)
+
+
+def test_atoms_too_close_on_the_second_rank_are_named_by_it(domain_file, tmp_path):
+    """Two atoms 0.3 Å apart in the second rank's half: its warning (once per run) names them by
+    ID, and appears on its screen output."""
+    atoms = small_sic()
+    index = int(np.argmin(np.where(atoms.positions[:, 0] > 4.9, atoms.positions[:, 0], np.inf)))
+    atoms += atoms[index : index + 1]
+    atoms.positions[-1, 1] += 0.3
+    data = write_data(atoms, tmp_path / "close.data")
+    run = lammps(tmp_path, 2, data, domain_file, SINGLE_POINT, processors="processors 2 1 1", screen=True)
+    message = (
+        f"WARNING: pair_style nequip: {domain_file}: atoms with IDs {{}} are 0.3 Å apart, closer than 0.1 * r_max = "
+        "0.4 Å: the model extrapolates there and its energy and forces may be far off; check the structure (this "
+        "warning is given once per run)"
+    )
+    warnings = re.findall(r"(WARNING: pair_style nequip: .*closer than.*) \(\S+:\d+\)", run.log)
+    pairs = (f"{index + 1} and {len(atoms)}", f"{len(atoms)} and {index + 1}")
+    assert len(warnings) == 1 and warnings[0] in [message.format(pair) for pair in pairs], warnings

@@ -76,8 +76,10 @@ class TorchError : public Error {
 // The model gave a non-finite total energy, atomic energy or force for finite inputs (checked
 // after every call: one pass over N * 3 values). The message names the likely cause: when the
 // closest pair of atoms over the edges given (edge vectors pos[j] - pos[i] + shift . cell) is
-// closer than kOverlapFraction * r_max, those atoms overlap ("check the structure");
-// otherwise the model itself is broken (its weights may be non-finite: "check the file").
+// closer than kOverlapFraction * r_max, those atoms overlap ("check the structure"); in a
+// layer-by-layer call whose exchange brought non-finite features, the cause is another rank's
+// (which reports its own); otherwise the model itself is broken (its weights may be
+// non-finite: "check the file").
 class NonFiniteOutputError : public Error {
  public:
   // Two atoms closer than this fraction of r_max are taken for overlapping atoms: far below
@@ -91,9 +93,15 @@ class NonFiniteOutputError : public Error {
   };
 
   // `closest`: the shortest edge's atoms and length; empty when no edges were given.
-  NonFiniteOutputError(const std::string& path, double r_max, std::optional<ClosestPair> closest);
+  // `received_non_finite`: in a layer-by-layer call (Model::compute_exchanging), node features
+  // or their gradients came in non-finite through the FeatureExchange while this process's own
+  // were finite: the cause is another rank's, and the message says so (unless its own atoms
+  // overlap as well).
+  NonFiniteOutputError(const std::string& path, double r_max, std::optional<ClosestPair> closest,
+                       bool received_non_finite = false);
 
   const std::optional<ClosestPair>& closest_pair() const { return closest_; }
+  bool received_non_finite() const { return received_non_finite_; }
   // Whether the closest pair is closer than kOverlapFraction * r_max.
   bool atoms_overlap() const;
   // The message with the closest pair named by `pair` instead of "atoms I and J" (indices
@@ -104,6 +112,7 @@ class NonFiniteOutputError : public Error {
   std::string path_;
   double r_max_;
   std::optional<ClosestPair> closest_;
+  bool received_non_finite_ = false;
 };
 
 // Two atoms closer than a model can be trusted at (Model::close_pair_threshold): closer than
