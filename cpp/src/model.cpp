@@ -150,6 +150,14 @@ class Model::Impl {
   std::vector<std::string> input_names_;
   std::vector<std::string> output_names_;
   std::vector<std::string> warnings_;
+  // Outputs::close_pair given since loading (or since Model::report_close_pairs_again)
+  bool close_pair_reported_ = false;
+
+  double close_pair_threshold() const {
+    return metadata_.closest_training_pair > 0.0
+               ? metadata_.closest_training_pair
+               : NonFiniteOutputError::kOverlapFraction * metadata_.r_max;
+  }
 
  private:
   void load_torchscript() {
@@ -261,15 +269,6 @@ class Model::Impl {
     return outputs;
   }
 
- public:
-  double close_pair_threshold() const {
-    return metadata_.closest_training_pair > 0.0
-               ? metadata_.closest_training_pair
-               : NonFiniteOutputError::kOverlapFraction * metadata_.r_max;
-  }
-  bool close_pair_reported_ = false;
-
- private:
   // Float64 CPU copies of the model's outputs, shapes checked, with total energy, virial and
   // stress derived from one another where the model gives only some of them.
   Outputs collect_outputs(std::map<std::string, at::Tensor> raw,
