@@ -11,7 +11,7 @@ import torch
 from ase import Atoms
 
 from lammps_harness import new_lammps, run_lmp
-from nequip.data import compute_neighbor_list
+from nequip.data import DenseCellWarning, compute_neighbor_list
 from nequip.data.neighbors import MAX_ATOMS_PER_A3
 
 BOX = [
@@ -447,7 +447,7 @@ def test_a_box_ten_times_too_small_warns_and_runs(model_file, tmp_path):
         "positions ("
     ), warnings
     atoms = Atoms("SiC", positions=[[0.15, 0.15, 0.15], [0.375, 0.15, 0.15]], cell=[1.2] * 3, pbc=True)
-    with pytest.warns(UserWarning) as python_warned:
+    with pytest.warns(DenseCellWarning) as python_warned:
         compute_neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, 4.0)
     python_messages = [str(warning.message) for warning in python_warned if "too small" in str(warning.message)]
     assert [density_part(warnings[0], " neighbours")] == [density_part(m, " neighbours") for m in python_messages]

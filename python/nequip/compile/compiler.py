@@ -303,26 +303,26 @@ def record_content_hash(path: Path) -> None:
 def _raise_if_inductor_could_not_write(error: BaseException) -> None:
     """A one-line WriteError, when inductor failed writing its own files on a full disk (or past
     a file-size limit): its generated code and libraries, in its cache directory (inductor wraps
-    the OSError), or the C++ compiler's output (a CppCompileError carrying the compiler's 70
+    the OSError), or the C++ compiler's output (a C++ compile error carrying the compiler's 70
     lines, of which the one that names the failed write is kept)."""
-    from torch._inductor.exc import CppCompileError
-    from torch._inductor.runtime.cache_dir_utils import cache_dir
+    from nequip.utils.torch_internals import cpp_compiler_output, inductor_cache_dir
 
     cause: Optional[BaseException] = error
-    while cause is not None and not isinstance(cause, (OSError, CppCompileError)):
+    while cause is not None and not isinstance(cause, OSError) and cpp_compiler_output(cause) is None:
         cause = getattr(cause, "inner_exception", None) or cause.__cause__
     if isinstance(cause, OSError) and cause.errno in _WRITE_ERRNOS:
-        place = cause.filename or f"AOTInductor's generated code in {cache_dir()}"
+        place = cause.filename or f"AOTInductor's generated code in {inductor_cache_dir()}"
         raise WriteError(f"cannot write {place}: {cause.strerror or cause}") from error
-    if isinstance(cause, CppCompileError):
+    output = None if cause is None else cpp_compiler_output(cause)
+    if output is not None:
         reasons = [os.strerror(number) for number in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)]
-        lines = [line.strip() for line in str(cause.output).splitlines()]
+        lines = [line.strip() for line in output.splitlines()]
         failed = next((line for line in lines if any(reason in line for reason in reasons)), None)
         if failed is not None:
             raise WriteError(
                 f"cannot write AOTInductor's compiled code (the C++ compiler: {failed}): free space "
                 f"on that disk, or set TMPDIR (the compiler's temporary files) and "
-                f"TORCHINDUCTOR_CACHE_DIR (now {cache_dir()}) to a disk with room"
+                f"TORCHINDUCTOR_CACHE_DIR (now {inductor_cache_dir()}) to a disk with room"
             ) from error
 
 

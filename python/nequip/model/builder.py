@@ -1,26 +1,18 @@
 """Construct a model from a plain configuration dictionary (YAML, checkpoints, packages)."""
 
-import difflib
-import inspect
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
 from .nequip_model import NequIPModel
 
-MODEL_ARGUMENTS = tuple(inspect.signature(NequIPModel.__init__).parameters)[1:]
 
+def build_model(config: Dict[str, Any], seed: Optional[int] = None) -> NequIPModel:
+    """``NequIPModel(**config)``; ``seed`` (optional) makes the initial weights reproducible.
 
-def build_model(config: Dict[str, Any], seed: int = None) -> NequIPModel:
-    """``NequIPModel(**config)`` after checking that every key is a model hyperparameter.
-
-    ``seed`` (optional) makes the initial weights reproducible.
+    NequIPModel checks every value (HyperparameterError names the argument); a key that is not
+    one of its arguments is Python's TypeError.
     """
-    for key in config:
-        if key not in MODEL_ARGUMENTS:
-            close = difflib.get_close_matches(key, MODEL_ARGUMENTS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(MODEL_ARGUMENTS)}"
-            raise ValueError(f"unknown model hyperparameter {key!r}{hint}")
     if seed is not None:
         with torch.random.fork_rng():
             torch.manual_seed(seed)

@@ -200,6 +200,9 @@ def _metadata(
             "e3nn": code.import_module("e3nn").__version__,
             "torch": str(torch.__version__),
             "python": platform.python_version(),
+            # the version of the kernels (nequip._kernels) the packaged code calls; it runs torch
+            # operations where the installed ones are of another version ("none": it calls none)
+            "nequip_kernels": str(getattr(code.import_module("nequip.nn.message_passing"), "KERNEL_VERSION", "none")),
         },
         "packaged_by": f"nequip-package (nequip {nequip.__version__})",
         "extern_modules": _extern_versions(exporter.externed_modules()),
