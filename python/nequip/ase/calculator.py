@@ -29,7 +29,8 @@ class NequIPCalculator(Calculator):
     Args:
         path: a compiled model (``*.nequip.pth`` or ``*.nequip.pt2``, run by the C++
             runtime ``nequip._runtime``) or a package (``*.nequip.zip``) or checkpoint
-            (``*.ckpt``), run as the eager model.
+            (``*.ckpt``), run as the eager model; or a nequip.net model ID
+            (``nequip.net:owner/name:version``), its package downloaded once into the cache.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:k"``. A compiled file runs on the type of
             device it was compiled for, by default that one (``cuda`` = ``cuda:0``); a package
             or checkpoint by default on the CPU.

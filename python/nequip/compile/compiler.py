@@ -39,6 +39,7 @@ from .contract import (
     EXTENSIONS,
     MODES,
     NEQUIP_VERSION,
+    LAYER_FEATURE_WIDTHS,
     TARGET_INPUTS,
     TARGET_OUTPUTS,
     TARGETS,
@@ -221,6 +222,10 @@ def compile_model(
                 TORCHSCRIPT_OUTPUTS_KEY: " ".join(TORCHSCRIPT_OUTPUTS),
             }
         )
+        if not getattr(model, "torchscript_layer_parts", True):
+            # a model whose parts TorchScript cannot compile (one of another NequIP release): the
+            # file runs whole, and the runtime offers a layer-by-layer run only where this key is
+            metadata.pop(LAYER_FEATURE_WIDTHS, None)
     if example_data is None:
         from nequip.data import synthetic_frame  # nequip.data (and ase) only on demand
 
