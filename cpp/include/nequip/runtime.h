@@ -128,6 +128,9 @@ struct Metadata {
   // num_layers layers; empty when absent (the file cannot exchange features, see
   // Model::compute_exchanging).
   std::vector<int64_t> layer_feature_widths;
+  // Project key `pair_potential`: the pair energy added to the learned one ("zbl"); empty when
+  // absent. A layer-by-layer evaluation then runs the model's part pair_energy as well.
+  std::string pair_potential;
   // The device type the file was compiled for, "cpu" or "cuda" (a .pt2: torch's key
   // AOTI_DEVICE_KEY; a .pth: our key compile_device); empty when the file does not say.
   std::string compiled_for;
