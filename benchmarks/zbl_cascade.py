@@ -97,7 +97,11 @@ def cascade_cell(cells: int, temperature_K: float, energy_eV: float, seed: int):
 
 
 def closest_pair(atoms) -> float:
-    distances = atoms.get_all_distances(mic=True)
+    """The shortest distance between two atoms of a periodic orthorhombic cell (minimum image)."""
+    lengths = np.diag(atoms.cell.array)
+    delta = atoms.positions[:, None, :] - atoms.positions[None, :, :]
+    delta -= lengths * np.round(delta / lengths)
+    distances = np.linalg.norm(delta, axis=-1)
     return float(distances[np.triu_indices(len(atoms), 1)].min())
 
 
@@ -153,8 +157,10 @@ def main(argv=None):
     parser.add_argument("--duration", type=float, default=300.0, help="fs")
     parser.add_argument("--max-move", type=float, default=0.01, help="Å per step, the fastest atom")
     parser.add_argument("--max-dt", type=float, default=1.0, help="fs")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
 
     from ase.calculators.emt import EMT
 

@@ -419,8 +419,12 @@ class NequIPModel(torch.nn.Module):
                 .index_add(0, edge_index[1], half)
             )
             volume = torch.linalg.det(cell).abs().view(-1, 1, 1)
-            # no volume (non-periodic): stress is undefined, the virial is not
-            stress = torch.where(volume > 0, -virial / volume, torch.full_like(virial, float("nan")))
+            # no volume (non-periodic): stress is undefined, the virial is not. Dividing by 1
+            # there keeps the gradient of the NaN branch 0 instead of 0/0 (a loss that leaves
+            # such frames out must not get NaN gradients).
+            periodic = volume > 0
+            stress = torch.where(periodic, -virial / torch.where(periodic, volume, torch.ones_like(volume)),
+                                 torch.full_like(virial, float("nan")))  # fmt: skip
         return atomic_energy, total_energy, forces, virial, stress, atom_virial
 
 

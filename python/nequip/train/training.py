@@ -177,8 +177,40 @@ def load_source_model(config: TrainingConfig) -> Optional[NequIPModel]:
 
 
 def data_labels(config: TrainingConfig):
-    """Labels every frame must carry: energies and forces, stresses when they are learned."""
+    """Labels read from the data: energies and forces, stresses when they are learned."""
     return (keys.TOTAL_ENERGY, keys.FORCES) + ((keys.STRESS,) if config.loss.stress > 0 else ())
+
+
+# the loss coefficient of each label, and the label's name in messages
+_LABEL_LOSS = {keys.TOTAL_ENERGY: ("energy_per_atom", "energy"), keys.FORCES: ("forces", "forces"),
+               keys.STRESS: ("stress", "stress")}  # fmt: skip
+
+
+def check_labels(config: TrainingConfig, datamodule: NequIPDataModule) -> None:
+    """Say how many training frames carry each label; refuse a learned label that none has.
+
+    A frame without a label adds no loss term for it (partly labelled data); but a label that
+    no training frame has, with a non-zero loss coefficient, is a mistake.
+    """
+    counts = datamodule.label_counts("train")
+    total = len(datamodule.datasets["train"])
+    rank_zero_info(
+        f"training frames with each label (of {total}): "
+        + ", ".join(f"{_LABEL_LOSS[label][1]} {count}" for label, count in counts.items())
+    )
+    for label, count in counts.items():
+        coefficient, name = _LABEL_LOSS[label]
+        if count == 0 and getattr(config.loss, coefficient) > 0:
+            raise ConfigError(
+                f"loss.{coefficient}: no training frame has a {name} label (0 of {total}); add {name} labels to the "
+                f"data or set loss.{coefficient}: 0"
+            )
+    unknown = sorted(set(config.loss.per_type_forces or {}) - set(datamodule.type_mapper.type_names))
+    if unknown:
+        raise ConfigError(
+            f"loss.per_type_forces: unknown type {', '.join(map(repr, unknown))}; the model's types are "
+            f"{datamodule.type_mapper.type_names}"
+        )
 
 
 def build_datamodule(config: TrainingConfig, model_config: Dict[str, Any]) -> NequIPDataModule:
@@ -191,6 +223,7 @@ def build_datamodule(config: TrainingConfig, model_config: Dict[str, Any]) -> Ne
         seed=config.trainer.seed,
     )
     datamodule.setup("fit")
+    check_labels(config, datamodule)
     return datamodule
 
 
@@ -219,6 +252,8 @@ def resolve_model(config: TrainingConfig, source: Optional[NequIPModel]):
     if source is None or config.model.refit_energy_shifts:
         statistics = datamodule.statistics()
         if source is not None:
+            if statistics["per_type_energy_shifts"] is None:
+                raise ConfigError("model.refit_energy_shifts: no training frame has an energy label to fit them to")
             model_config["per_type_energy_shifts"] = statistics["per_type_energy_shifts"]
         else:
             defaults = {
@@ -228,6 +263,11 @@ def resolve_model(config: TrainingConfig, source: Optional[NequIPModel]):
             }
             for name, value in defaults.items():
                 if getattr(config.model, name) is None:
+                    if value is None:  # no training frame has the label it is fitted to
+                        label = "energy" if name == "per_type_energy_shifts" else "forces"
+                        raise ConfigError(
+                            f"model.{name}: no training frame has a {label} label to compute it from; give it"
+                        )
                     given[name] = value
             model_config = build_model(given).config
     return model_config, datamodule
