@@ -21,6 +21,7 @@ figures that mean "has learned" (LEARNED below); tests/demo/test_demo_learns.py 
 import argparse
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -101,6 +102,9 @@ def train_and_test(out: Path, overrides=()) -> dict:
     """EMT data -> nequip-train (CONFIG) -> nequip-test on the held-out frames; returns learning_figures."""
     run(sys.executable, EXAMPLES / "make_emt_data.py", out / "emt_train.xyz", "--frames", TRAIN_FRAMES, "--seed", 0)
     run(sys.executable, EXAMPLES / "make_emt_data.py", out / "emt_test.xyz", "--frames", TEST_FRAMES, "--seed", 1)
+    # each demo trains afresh: the finished run of an earlier demo would be resumed (and refused,
+    # having nothing left to train)
+    shutil.rmtree(out / "train", ignore_errors=True)
     run(BIN / "nequip-train", CONFIG, f"output_dir={out / 'train'}", f"data.file={out / 'emt_train.xyz'}", *overrides)
     run(BIN / "nequip-test", out / "train" / "best.ckpt", out / "emt_test.xyz", "--output", out / "test")
     return learning_figures(out / "test" / "predictions.extxyz")

@@ -3,6 +3,7 @@
 pytest_plugins = [
     "fixtures.compiled",
     "fixtures.model_files",
+    "fixtures.training",
 ]
 
 

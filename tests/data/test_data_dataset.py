@@ -126,3 +126,17 @@ def test_read_frames_names_an_index_past_the_last_frame(tmp_path):
     with pytest.raises(ValueError) as error:
         read_frames(path, index=100)
     assert str(error.value) == f"could not read structures from {path}: no frame at index 100"
+
+
+def test_an_empty_file_is_named_empty_whatever_its_format(tmp_path):
+    empty = tmp_path / "train.xyz"
+    empty.write_bytes(b"")
+    for format in (None, "extxyz"):
+        with pytest.raises(ValueError) as error:
+            read_frames(empty, format=format)
+        assert str(error.value) == f"{empty} is empty; give a file of structures with their labels (e.g. extxyz)"
+    blank = tmp_path / "blank.xyz"
+    blank.write_text("\n\n")
+    with pytest.raises(ValueError) as error:
+        read_frames(blank)
+    assert str(error.value) == f"could not read structures from {blank}: it holds none"

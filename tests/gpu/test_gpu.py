@@ -155,13 +155,10 @@ def test_lammps_on_the_gpu(cuda_files, tmp_path):
     assert relative_error(torch.as_tensor(got.forces), expected["forces"]) <= 1e-5
 
 
-def test_training_on_one_gpu(tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from train.helpers import config_dict, make_emt_data
+def test_training_on_one_gpu(tiny_data, tmp_path):
+    from fixtures.training import training_config
 
-    data = tmp_path / "tiny.xyz"
-    make_emt_data().write_emt_data(data, n_frames=10, seed=0, repeat=(1, 1, 2))
-    raw = config_dict(data, tmp_path / "out", max_epochs=2)
+    raw = training_config(tiny_data, tmp_path / "out", max_epochs=2)
     raw["trainer"].update(accelerator="gpu", devices=1)
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(raw))
@@ -174,13 +171,10 @@ def test_training_on_one_gpu(tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 GPUs")
-def test_ddp_on_two_gpus(tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from train.helpers import config_dict, make_emt_data
+def test_ddp_on_two_gpus(tiny_data, tmp_path):
+    from fixtures.training import training_config
 
-    data = tmp_path / "tiny.xyz"
-    make_emt_data().write_emt_data(data, n_frames=10, seed=0, repeat=(1, 1, 2))
-    raw = config_dict(data, tmp_path / "out", max_epochs=1)
+    raw = training_config(tiny_data, tmp_path / "out", max_epochs=1)
     raw["trainer"].update(accelerator="gpu", devices=2, strategy="ddp")
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(raw))

@@ -7,7 +7,7 @@ import torch
 from ase.build import bulk, molecule
 
 from nequip.data import TypeMapper, batch_frames, from_ase, keys
-from nequip.model import NequIPModel, build_model
+from nequip.model import HyperparameterError, NequIPModel, build_model
 
 R_MAX = 3.5
 TYPE_NAMES = ["Si", "C"]
@@ -238,38 +238,43 @@ def test_config_rebuilds_the_same_architecture():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(num_featurs=4), "unknown model hyperparameter 'num_featurs'; did you mean 'num_features'?"),
-        (dict(model_dtype="float16"), "model_dtype must be 'float32' or 'float64', got 'float16'"),
-        (dict(per_type_energy_shifts={"Si": 1.0}), r"per_type_energy_shifts must give a value for each"),
-        (dict(per_edge_type_cutoff=[1.0, 2.0]), r"per_edge_type_cutoff needs 2² = 4 values"),
-        (dict(per_edge_type_cutoff={"Si": 9.0}), r"per_edge_type_cutoff values must lie in \(0, r_max = 3.5\]"),
+        (dict(model_dtype="float16"), "model_dtype: must be 'float32' or 'float64', got 'float16'"),
+        (dict(per_type_energy_shifts={"Si": 1.0}), r"per_type_energy_shifts: must give a value for each"),
+        (dict(per_type_energy_scales=[1.0, float("nan")]), r"per_type_energy_scales: must be finite numbers, got \[1.0, nan\]"),
+        (dict(per_edge_type_cutoff=[1.0, 2.0]), r"per_edge_type_cutoff: needs 2² = 4 values"),
+        (dict(per_edge_type_cutoff={"Si": 9.0}), r"per_edge_type_cutoff: values must lie in \(0, r_max = 3.5\]"),
     ],
 )
 def test_bad_hyperparameters_are_refused_with_a_clear_message(overrides, message):
     config = make_model().config
     config.update(overrides)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(HyperparameterError, match=message):
         build_model(config)
+
+
+def test_a_key_that_is_not_a_hyperparameter_is_refused_by_name():
+    with pytest.raises(TypeError, match="unexpected keyword argument 'num_featurs'"):
+        build_model(dict(make_model().config, num_featurs=4))
 
 
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (dict(num_layers=0), "num_layers must be an integer >= 1, got 0"),
-        (dict(num_layers=2.5), "num_layers must be an integer >= 1, got 2.5"),
-        (dict(l_max=-1), "l_max must be an integer >= 0, got -1"),
-        (dict(num_features=0), "num_features must be an integer >= 1, got 0"),
-        (dict(num_bessels=0), "num_bessels must be an integer >= 1, got 0"),
-        (dict(radial_mlp_depth=-1), "radial_mlp_depth must be an integer >= 0, got -1"),
-        (dict(radial_mlp_width=0), "radial_mlp_width must be an integer >= 1, got 0"),
-        (dict(r_max=0.0), "r_max must be a positive finite number, got 0.0"),
-        (dict(r_max=float("inf")), "r_max must be a positive finite number, got inf"),
-        (dict(r_max=float("nan")), "r_max must be a positive finite number, got nan"),
-        (dict(polynomial_cutoff_p=-6.0), "polynomial_cutoff_p must be a positive finite number, got -6.0"),
-        (dict(avg_num_neighbors=0.0), "avg_num_neighbors must be a positive finite number, got 0.0"),
-        (dict(type_names=[]), "type_names is empty: the model needs at least one type name, e.g. ['Si', 'C']"),
-        (dict(type_names="Si C"), "type_names must be a list of names, got the string 'Si C'; e.g. ['Si', 'C']"),
-        (dict(type_names=["Si", "Si"]), "type_names must be distinct names ('Si' appears more than once)"),
+        (dict(num_layers=0), "num_layers: must be an integer at least 1, got 0"),
+        (dict(num_layers=2.5), "num_layers: must be an integer at least 1, got 2.5"),
+        (dict(l_max=-1), "l_max: must be an integer at least 0, got -1"),
+        (dict(num_features=0), "num_features: must be an integer at least 1, got 0"),
+        (dict(num_bessels=0), "num_bessels: must be an integer at least 1, got 0"),
+        (dict(radial_mlp_depth=-1), "radial_mlp_depth: must be an integer at least 0, got -1"),
+        (dict(radial_mlp_width=0), "radial_mlp_width: must be an integer at least 1, got 0"),
+        (dict(r_max=0.0), "r_max: must be a finite number greater than 0, got 0.0"),
+        (dict(r_max=float("inf")), "r_max: must be a finite number greater than 0, got inf"),
+        (dict(r_max=float("nan")), "r_max: must be a finite number greater than 0, got nan"),
+        (dict(polynomial_cutoff_p=-6.0), "polynomial_cutoff_p: must be a finite number greater than 0, got -6.0"),
+        (dict(avg_num_neighbors=0.0), "avg_num_neighbors: must be a finite number greater than 0, got 0.0"),
+        (dict(type_names=[]), "type_names: must name at least one type, e.g. ['Si', 'C']"),
+        (dict(type_names="Si C"), "type_names: must be a list of names, got the string 'Si C'; e.g. ['Si', 'C']"),
+        (dict(type_names=["Si", "Si"]), "type_names: 'Si' appears more than once; give each type once"),
         *[
             (
                 dict(type_names=["Si", bad]),

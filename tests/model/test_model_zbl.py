@@ -225,7 +225,7 @@ def test_atomic_numbers_for_type_names_that_are_not_elements():
         (True, ["A", "Cu"], "zbl: the type name(s) 'A' are not chemical symbols: give the atomic number of each "
                             "type, e.g. zbl: {atomic_numbers: {A: 29}}"),
         (dict(atomic_numbers={"Si": 14}), TYPE_NAMES,
-         "zbl.atomic_numbers must give the atomic number of each of the model's types ['Si', 'C']; "
+         "zbl.atomic_numbers: must give the atomic number of each of the model's types ['Si', 'C']; "
          "unknown: [], missing: ['C']"),
         (dict(atomic_numbers={"Si": 14, "C": 0}), TYPE_NAMES,
          "zbl.atomic_numbers: 'C' has 0, not an atomic number (an integer 1 to 118)"),
@@ -237,7 +237,7 @@ def test_atomic_numbers_for_type_names_that_are_not_elements():
          "outer_radius 1"),
         (dict(inner=1.0), TYPE_NAMES, "zbl: unknown option(s) 'inner'; the options are atomic_numbers, inner_radius, "
                                       "outer_radius"),
-        ("yes", TYPE_NAMES, "zbl must be true, false or a mapping with keys atomic_numbers, inner_radius, "
+        ("yes", TYPE_NAMES, "zbl: must be true, false or a mapping with keys atomic_numbers, inner_radius, "
                             "outer_radius; got 'yes'"),
     ],
 )  # fmt: skip

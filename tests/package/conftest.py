@@ -1,7 +1,7 @@
-"""Session fixtures of the package tests: one tiny training run, its package, a re-package.
+"""Session fixtures of the package tests: the shared training run's package, a re-package.
 
-Packages are built from real ``nequip-train`` checkpoints (EMT-labelled Cu/Au data, a model
-small enough to train for two epochs in seconds), once per test session.
+Packages are built from the checkpoint of the test session's one tiny training run
+(tests/fixtures/training.py: EMT-labelled Cu/Au data, a float64 model trained for two epochs).
 """
 
 import subprocess
@@ -12,28 +12,23 @@ from typing import Dict, List
 import pytest
 import torch
 
+from fixtures.training import R_MAX, TYPE_NAMES
 from nequip.data import TypeMapper, from_ase, read_frames
 from nequip.package import ModelFromCheckpoint, build_package
 
-from .helpers import R_MAX, REPO, TINY_MODEL, TYPE_NAMES, predictions, run_nequip_train, training_config
+from .helpers import predictions
 
 
 @pytest.fixture(scope="session")
-def emt_data(tmp_path_factory) -> Path:
-    """Six EMT-labelled 4-atom Cu/Au fcc frames (periodic)."""
-    path = tmp_path_factory.mktemp("data") / "emt.xyz"
-    script = REPO / "examples" / "make_emt_data.py"
-    subprocess.run(
-        [sys.executable, str(script), str(path), "--frames", "6", "--repeat", "1", "1", "1"], check=True, capture_output=True
-    )
-    return path
+def emt_data(tiny_data) -> Path:
+    """The shared run's data: ten EMT-labelled 8-atom Cu/Au frames (periodic)."""
+    return tiny_data
 
 
 @pytest.fixture(scope="session")
-def checkpoint_path(emt_data, tmp_path_factory) -> Path:
-    """``last.ckpt`` of a two-epoch run with EMA of a tiny model."""
-    run = tmp_path_factory.mktemp("run")
-    return run_nequip_train(training_config(emt_data, run / "out", **TINY_MODEL), run)
+def checkpoint_path(trained_run) -> Path:
+    """``last.ckpt`` of the shared run (two epochs, EMA)."""
+    return trained_run / "last.ckpt"
 
 
 @pytest.fixture(scope="session")

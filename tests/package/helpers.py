@@ -10,14 +10,6 @@ import pytest
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-TYPE_NAMES = ["Cu", "Au"]
-R_MAX = 4.0
-TINY_MODEL = dict(
-    r_max=R_MAX, l_max=1, num_layers=2, num_features=4, num_bessels=4, radial_mlp_depth=1, radial_mlp_width=8
-)
-
-
 def run_nequip_train(config: dict, directory: Path) -> Path:
     """Train with ``nequip-train`` in a subprocess; return the run's ``last.ckpt``."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -28,21 +20,6 @@ def run_nequip_train(config: dict, directory: Path) -> Path:
     )
     assert result.returncode == 0, f"nequip-train failed:\n{result.stdout}\n{result.stderr}"
     return Path(config["output_dir"]) / "last.ckpt"
-
-
-def training_config(data: Path, output_dir: Path, max_epochs: int = 2, **model) -> dict:
-    return {
-        "output_dir": str(output_dir),
-        "data": {
-            "type_names": TYPE_NAMES,
-            "file": str(data),
-            "split": {"train": 4, "val": 2},
-            "batch_size": 2,
-        },
-        "model": model,
-        "ema": {"decay": 0.9},
-        "trainer": {"max_epochs": max_epochs, "accelerator": "cpu", "devices": 1, "enable_progress_bar": False},
-    }
 
 
 OUTPUT_KEYS = ("atomic_energy", "total_energy", "forces", "stress", "virial")

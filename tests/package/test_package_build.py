@@ -15,7 +15,9 @@ from nequip.package import (
 from nequip.package import build as build_module
 from nequip.package.checkpoint import read_checkpoint
 
-from .helpers import assert_bitwise_equal, predictions, run_nequip_train, training_config
+from fixtures.training import training_config
+
+from .helpers import assert_bitwise_equal, predictions, run_nequip_train
 
 
 def test_failed_packaging_leaves_no_file_and_keeps_the_old_one(checkpoint_path, tmp_path, monkeypatch):
@@ -59,7 +61,7 @@ def test_example_frame_is_synthetic_when_the_training_data_is_gone(checkpoint_pa
 
 @pytest.mark.slow
 def test_checkpoint_fine_tuned_from_a_package_can_be_packaged(package_path, emt_data, frames, tmp_path):
-    config = training_config(emt_data, tmp_path / "out", max_epochs=1, from_package=str(package_path))
+    config = training_config(emt_data, tmp_path / "out", max_epochs=1, model={"from_package": str(package_path)})
     checkpoint = run_nequip_train(config, tmp_path)
     fine_tuned = tmp_path / "fine_tuned.nequip.zip"
     metadata = build_package(checkpoint, fine_tuned)

@@ -9,10 +9,9 @@ import zipfile
 import pytest
 import yaml
 
-from nequip.model import NequIPModel
+from nequip.model import MODEL_ARGUMENTS, HyperparameterError, NequIPModel
 from nequip.scripts.train import main as nequip_train
 from nequip.train.config import (
-    MODEL_ARGUMENTS,
     ConfigError,
     ModelConfig,
     TrainerConfig,
@@ -109,11 +108,20 @@ def test_valid_config_gets_defaults():
         (with_changes(ema={"decay": 1.5}), "ema.decay: must be between 0 and 1 (exclusive), got 1.5"),
         (with_changes(optimizer={"lr": -1}), "optimizer.lr: must be greater than 0, got -1"),
         (with_changes(optimizer={"lr": 0.0}), "optimizer.lr: must be greater than 0, got 0.0"),
-        (with_changes(model={"l_max": -1}), "model.l_max: must be at least 0, got -1"),
-        (with_changes(model={"num_layers": 0}), "model.num_layers: must be at least 1, got 0"),
-        (with_changes(model={"num_features": 0}), "model.num_features: must be at least 1, got 0"),
-        (with_changes(model={"r_max": -4.0}), "model.r_max: must be greater than 0, got -4.0"),
-        (with_changes(model={"avg_num_neighbors": 0}), "model.avg_num_neighbors: must be greater than 0, got 0"),
+        (with_changes(model={"l_max": -1}), "model.l_max: must be an integer at least 0, got -1"),
+        (with_changes(model={"num_layers": 0}), "model.num_layers: must be an integer at least 1, got 0"),
+        (with_changes(model={"num_features": 0}), "model.num_features: must be an integer at least 1, got 0"),
+        (with_changes(model={"r_max": -4.0}), "model.r_max: must be a finite number greater than 0, got -4.0"),
+        (with_changes(model={"avg_num_neighbors": 0}), "model.avg_num_neighbors: must be a finite number greater than 0, got 0.0"),
+        (
+            with_changes(data={"type_names": ["Cu", "Cu"]}),
+            "data.type_names: 'Cu' appears more than once; give each type once",
+        ),
+        (
+            with_changes(model={"per_type_energy_shifts": {"Cu": 1.0}}),
+            "model.per_type_energy_shifts: must give a value for each of the model's types ['Cu', 'Au'];"
+            " unknown: [], missing: ['Au']",
+        ),
         (with_changes(data={"batch_size": 0}), "data.batch_size: must be at least 1, got 0"),
         (with_changes(data={"val_batch_size": 0}), "data.val_batch_size: must be at least 1, got 0"),
         (with_changes(data={"energy_units_to_eV": 0}), "data.energy_units_to_eV: must be greater than 0, got 0"),
@@ -171,12 +179,66 @@ def test_fine_tuning_config_needs_no_hyperparameters():
     assert config.fine_tuning and config.model.from_checkpoint == "old/best.ckpt"
 
 
-def test_model_section_has_the_model_arguments_and_defaults():
-    parameters = inspect.signature(NequIPModel.__init__).parameters
-    assert set(MODEL_ARGUMENTS) == set(parameters) - {"self", "type_names"}
-    for name in MODEL_ARGUMENTS:
-        if name != "r_max":
-            assert getattr(ModelConfig(), name) == parameters[name].default, name
+# a value other than the default for each of NequIPModel's arguments, as written in YAML
+NON_DEFAULT_MODEL = {
+    "r_max": 4.5,
+    "l_max": 2,
+    "parity": False,
+    "num_layers": 2,
+    "num_features": 8,
+    "num_bessels": 6,
+    "polynomial_cutoff_p": 5.0,
+    "radial_mlp_depth": 1,
+    "radial_mlp_width": 16,
+    "avg_num_neighbors": 12.0,
+    "per_type_energy_shifts": {"Cu": -3.5, "Au": -3.8},
+    "per_type_energy_scales": [0.5, 0.7],
+    "per_edge_type_cutoff": {"Cu": {"Au": 4.0}},
+    "model_dtype": "float64",
+    "closest_training_pair": 1.9,
+}
+
+
+def test_every_model_argument_written_in_the_file_reaches_the_model():
+    arguments = set(MODEL_ARGUMENTS) - {"type_names"}
+    assert set(NON_DEFAULT_MODEL) == arguments  # a new argument needs a value here (and a schema field)
+    config = validate_config(with_changes(model=NON_DEFAULT_MODEL))
+    model = NequIPModel(type_names=config.data.type_names, **config.model.hyperparameters())
+    expected = dict(NON_DEFAULT_MODEL, type_names=["Cu", "Au"], per_type_energy_shifts=[-3.5, -3.8])
+    expected["per_edge_type_cutoff"] = [4.5, 4.0, 4.5, 4.5]
+    assert model.config == expected
+    for name in arguments:  # and none of them is the model's default
+        assert expected[name] != inspect.signature(NequIPModel.__init__).parameters[name].default, name
+
+
+def test_model_arguments_left_out_are_the_models_defaults():
+    config = validate_config(with_changes(model={"num_layers": None}))
+    schema_defaults = NequIPModel(type_names=["Cu", "Au"], **config.model.hyperparameters()).config
+    assert schema_defaults == NequIPModel(type_names=["Cu", "Au"], r_max=4.0).config
+
+
+def test_fine_tuning_refuses_a_hyperparameter_written_with_its_default_value():
+    raw = with_changes(model={"r_max": None, "num_layers": None, "from_checkpoint": "old/best.ckpt"})
+    raw["model"]["l_max"] = ModelConfig().l_max  # the default, written out: still given
+    with pytest.raises(ConfigError) as error:
+        validate_config(raw)
+    assert str(error.value) == (
+        "model.l_max: a fine-tuned model keeps the hyperparameters of the model it starts from; remove this key"
+    )
+    raw["model"].pop("l_max")
+    with pytest.raises(ConfigError) as error:
+        validate_config(apply_overrides(raw, ["model.parity=true"]))
+    assert str(error.value) == (
+        "model.parity: a fine-tuned model keeps the hyperparameters of the model it starts from; remove this key"
+    )
+
+
+def test_a_fine_tuning_config_records_no_hyperparameters_and_reads_back():
+    raw = with_changes(model={"r_max": None, "num_layers": None, "from_checkpoint": "old/best.ckpt"})
+    config = validate_config(raw)
+    written = config_to_dict(config)
+    assert written["model"] == {"from_checkpoint": "old/best.ckpt", "from_package": None, "refit_energy_shifts": False}
+    assert validate_config(yaml.safe_load(yaml.safe_dump(written))) == config
 
 
 def test_overrides_are_applied_and_validated_like_the_file():
@@ -311,11 +373,12 @@ def test_cli_rejects_bad_config_before_anything_runs(tmp_path, capsys):
     "name, lowest",
     [("l_max", 0), ("num_layers", 1), ("num_features", 1), ("num_bessels", 1), ("radial_mlp_depth", 0), ("radial_mlp_width", 1)],
 )
-def test_model_bounds_are_the_models_own(name, lowest):
-    # the configuration refuses what NequIPModel would refuse, and only that
+def test_model_bounds_are_the_models_own_with_its_message(name, lowest):
+    # the configuration refuses what NequIPModel refuses, only that, and in its words
     assert getattr(validate_config(with_changes(model={name: lowest})).model, name) == lowest
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ConfigError) as in_config:
         validate_config(with_changes(model={name: lowest - 1}))
-    assert str(error.value) == f"model.{name}: must be at least {lowest}, got {lowest - 1}"
-    with pytest.raises(ValueError):
+    with pytest.raises(HyperparameterError) as in_model:
         NequIPModel(type_names=["Cu", "Au"], r_max=4.0, **{name: lowest - 1})
+    assert str(in_model.value) == f"{name}: must be an integer at least {lowest}, got {lowest - 1}"
+    assert str(in_config.value) == f"model.{in_model.value}"

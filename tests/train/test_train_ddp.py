@@ -8,12 +8,12 @@ import yaml
 
 from nequip.train import load_checkpoint
 
-from .helpers import config_dict
+from fixtures.training import training_config
 
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_train_and_checkpoint(tiny_data, tmp_path):
-    raw = config_dict(tiny_data, tmp_path / "out", max_epochs=1)
+    raw = training_config(tiny_data, tmp_path / "out", max_epochs=1)
     raw["trainer"].update(strategy="ddp", devices=2)
     config_path = tmp_path / "config.yaml"
     config_path.write_text(yaml.safe_dump(raw))

@@ -21,7 +21,9 @@ from nequip.train.lightning_module import NequIPLightningModule
 from nequip.train.metrics import ErrorMetrics
 from nequip.train.training import build_datamodule
 
-from .helpers import TYPE_NAMES, logged_column
+from fixtures.training import TYPE_NAMES
+
+from .helpers import logged_column
 from .test_train_weights import FIXED_MODEL, assert_same_training, emt_frames, labelled_copy, run_config
 
 

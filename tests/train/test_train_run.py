@@ -1,25 +1,34 @@
 """Training runs: learning, checkpoints, exact resumption, fine-tuning, damaged checkpoints."""
 
-import shutil
 
+import ase.io
 import numpy as np
 import pytest
 import torch
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.neighborlist import neighbor_list
 import yaml
 
 from nequip.scripts.train import main as nequip_train
-from nequip.train import AtomicCheckpointIO, CheckpointError, ConfigError, load_checkpoint, train, validate_config
+from nequip.train import AtomicCheckpointIO, CheckpointError, load_checkpoint, train, validate_config
 from nequip.inference.evaluation import compute_metrics, predict
 from nequip.inference import open_model
+from nequip.load import ModelFromCheckpoint
 from nequip.train.training import load_source_model, resolve_model
 from nequip.data import read_frames
 
-from .helpers import SMALL_MODEL, TYPE_NAMES, config_dict, logged_column, make_emt_data
+from fixtures.training import TYPE_NAMES, make_emt_data, training_config
+
+from .helpers import logged_column
 
 
 def _checkpoint_callback_state(checkpoint):
     (state,) = [value for key, value in checkpoint["callbacks"].items() if key.startswith("ModelCheckpoint")]
     return state
+
+
+# a model that can learn in five epochs
+SMALL_MODEL = dict(r_max=4.0, l_max=1, num_layers=2, num_features=8, radial_mlp_width=16)
 
 
 @pytest.mark.slow
@@ -29,7 +38,7 @@ def test_training_cuts_force_error_on_held_out_frames(tmp_path):
     for name, frames, seed in (("train", 32, 1), ("val", 6, 2), ("test", 8, 3)):
         files[name] = tmp_path / f"{name}.xyz"
         emt.write_emt_data(files[name], n_frames=frames, seed=seed, repeat=(1, 1, 2))
-    raw = config_dict(files["train"], tmp_path / "out", model=SMALL_MODEL, max_epochs=5)
+    raw = training_config(files["train"], tmp_path / "out", model=SMALL_MODEL, max_epochs=5)
     raw["data"] = {"type_names": TYPE_NAMES, "train_file": str(files["train"]), "val_file": str(files["val"]), "batch_size": 4}
     raw["optimizer"] = {"lr": 0.02}
     raw["ema"] = {"decay": 0.8}
@@ -62,38 +71,6 @@ def test_checkpoint_holds_weights_ema_optimizer_config_and_versions(trained_run)
     assert len(logged_column(trained_run, "val_loss")) == 2
 
 
-def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tiny_data, tmp_path):
-    train(validate_config(config_dict(tiny_data, tmp_path / "straight", max_epochs=4)))
-    train(validate_config(config_dict(tiny_data, tmp_path / "resumed", max_epochs=2)))
-    # the same command again, allowed two more epochs: picks up last.ckpt
-    train(validate_config(config_dict(tiny_data, tmp_path / "resumed", max_epochs=4)))
-
-    straight = load_checkpoint(tmp_path / "straight" / "last.ckpt")
-    resumed = load_checkpoint(tmp_path / "resumed" / "last.ckpt")
-    assert straight["global_step"] == resumed["global_step"] == 12
-    for key in ("state_dict", "current_model_state"):
-        assert straight[key].keys() == resumed[key].keys()
-        for name in straight[key]:
-            assert torch.equal(straight[key][name], resumed[key][name]), (key, name)
-    for name, state in straight["optimizer_states"][0]["state"].items():
-        assert torch.equal(state["exp_avg"], resumed["optimizer_states"][0]["state"][name]["exp_avg"])
-    assert logged_column(tmp_path / "straight", "val_loss") == logged_column(tmp_path / "resumed", "val_loss")
-
-
-def test_resuming_with_a_different_model_is_refused(trained_run, tiny_data, tmp_path):
-    output_dir = tmp_path / "out"
-    output_dir.mkdir()
-    shutil.copy(trained_run / "last.ckpt", output_dir / "last.ckpt")
-    raw = config_dict(tiny_data, output_dir, max_epochs=3)
-    raw["model"]["num_features"] = 8
-    with pytest.raises(ConfigError) as error:
-        train(validate_config(raw))
-    assert str(error.value) == (
-        f"model.num_features: 8 differs from 4 in {output_dir / 'last.ckpt'}, which this run would resume;"
-        " use a new output_dir to train a different model"
-    )
-
-
 @pytest.mark.parametrize(
     "damage, problem",
     [
@@ -114,14 +91,14 @@ def test_damaged_checkpoint_is_refused(trained_run, tiny_data, tmp_path, damage,
         load_checkpoint(last)
     assert str(error.value) == message
     with pytest.raises(CheckpointError) as error:
-        train(validate_config(config_dict(tiny_data, output_dir, max_epochs=3)))
+        train(validate_config(training_config(tiny_data, output_dir, max_epochs=3)))
     assert str(error.value) == f"cannot resume: {message}; delete it to start over"
     # refused before anything was written: the damaged file is as it was, and alone
     assert last.read_bytes() == damaged
     assert [p.name for p in output_dir.iterdir()] == ["last.ckpt"]
 
     # and as the starting point of fine-tuning, through the command line
-    raw = config_dict(tiny_data, tmp_path / "fine", model={"from_checkpoint": str(last)})
+    raw = training_config(tiny_data, tmp_path / "fine", model={"from_checkpoint": str(last)})
     config_path = tmp_path / "fine.yaml"
     config_path.write_text(yaml.safe_dump(raw))
     assert nequip_train([str(config_path)]) == 1
@@ -150,7 +127,7 @@ def test_checkpoint_write_is_atomic(tmp_path):
 
 def test_fine_tuning_starts_from_the_loaded_weights(trained_run, tiny_data, tmp_path):
     source = trained_run / "best.ckpt"
-    raw = config_dict(tiny_data, tmp_path / "fine", model={"from_checkpoint": str(source)}, max_epochs=1)
+    raw = training_config(tiny_data, tmp_path / "fine", model={"from_checkpoint": str(source)}, max_epochs=1)
     del raw["data"]["type_names"]  # taken from the model
     train(validate_config(raw))
 
@@ -163,7 +140,7 @@ def test_fine_tuning_starts_from_the_loaded_weights(trained_run, tiny_data, tmp_
 
 
 def test_refit_energy_shifts_takes_new_data_statistics(trained_run, tiny_data, tmp_path):
-    raw = config_dict(tiny_data, tmp_path / "fine", model={"from_checkpoint": str(trained_run / "best.ckpt"), "refit_energy_shifts": True})
+    raw = training_config(tiny_data, tmp_path / "fine", model={"from_checkpoint": str(trained_run / "best.ckpt"), "refit_energy_shifts": True})
     raw["data"]["energy_units_to_eV"] = 2.0  # the same frames, energies doubled
     config = validate_config(raw)
     source = load_source_model(config)
@@ -177,6 +154,74 @@ def test_refit_energy_shifts_takes_new_data_statistics(trained_run, tiny_data, t
 
 def test_test_frames_are_evaluated_with_the_best_checkpoint(tiny_data, tmp_path, capsys):
     split = {"train": 6, "val": 2, "test": 2, "seed": 1}
-    train(validate_config(config_dict(tiny_data, tmp_path / "out", split=split, max_epochs=1)))
+    train(validate_config(training_config(tiny_data, tmp_path / "out", split=split, max_epochs=1)))
     table = capsys.readouterr().out
     assert "test_forces_mae" in table and "test_energy_per_atom_mae" in table
+
+
+def _closest_pair_by_ase(frames, r_max):
+    """The shortest distance between two atoms (periodic images included) within r_max, by ASE."""
+    return min(float(neighbor_list("d", atoms, r_max).min()) for atoms in frames)
+
+
+def _squeezed(frames, distance):
+    """The frames with the first frame's atom 1 moved to ``distance`` Å from its atom 0 (labels kept)."""
+    first = frames[0]
+    labels = dict(energy=first.get_potential_energy(), forces=first.get_forces())
+    direction = first.positions[1] - first.positions[0]
+    first.positions[1] = first.positions[0] + distance * direction / np.linalg.norm(direction)
+    first.calc = SinglePointCalculator(first, **labels)
+    return frames
+
+
+@pytest.fixture
+def train_and_val_files(tiny_data, tmp_path):
+    """Training frames whose closest pair is 1.8 Å, and validation frames with a closer one (1.5 Å)."""
+    frames = ase.io.read(tiny_data, index=":")
+    files = {"train": tmp_path / "train.xyz", "val": tmp_path / "val.xyz"}
+    ase.io.write(files["train"], _squeezed(frames[:6], 1.8))
+    ase.io.write(files["val"], _squeezed(frames[6:], 1.5))
+    return files
+
+
+def _separate_files_config(files, output_dir, **model):
+    raw = training_config(files["train"], output_dir, model=model or None)
+    raw["data"] = {"type_names": TYPE_NAMES, "train_file": str(files["train"]), "val_file": str(files["val"])}
+    if model:
+        del raw["data"]["type_names"]
+    return raw
+
+
+def test_closest_training_pair_is_the_shortest_distance_in_the_training_frames(train_and_val_files, tmp_path):
+    config = validate_config(_separate_files_config(train_and_val_files, tmp_path / "out"))
+    model_config, _ = resolve_model(config, None)
+    expected = _closest_pair_by_ase(ase.io.read(train_and_val_files["train"], index=":"), config.model.r_max)
+    assert expected == pytest.approx(1.8, abs=1e-7)  # the squeezed pair (extxyz keeps 8 decimals), not the validation frames' 1.5 Å
+    assert model_config["closest_training_pair"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_closest_training_pair_is_recorded_in_checkpoints_and_metadata(trained_run):
+    recorded = load_checkpoint(trained_run / "best.ckpt")["hyper_parameters"]["model_config"]["closest_training_pair"]
+    assert 2.0 < recorded < 3.0  # Cu/Au nearest neighbours, rattled
+    metadata = ModelFromCheckpoint(trained_run / "best.ckpt").metadata()
+    assert float(metadata["closest_training_pair"]) == recorded
+
+
+@pytest.mark.parametrize("parent, expected", [(None, 1.8), (1.2, 1.2), (2.5, 1.8)])
+def test_fine_tuning_records_the_closer_of_the_parents_and_the_new_datas_closest_pair(
+    trained_run, train_and_val_files, tmp_path, parent, expected
+):
+    checkpoint = torch.load(trained_run / "best.ckpt", weights_only=True)
+    # None: a checkpoint written before the record existed, which still loads
+    if parent is None:
+        del checkpoint["hyper_parameters"]["model_config"]["closest_training_pair"]
+    else:
+        checkpoint["hyper_parameters"]["model_config"]["closest_training_pair"] = parent
+    source_path = tmp_path / "parent.ckpt"
+    torch.save(checkpoint, source_path)
+    source = ModelFromCheckpoint(source_path)
+    assert ("closest_training_pair" in source.metadata()) == (parent is not None)
+
+    config = validate_config(_separate_files_config(train_and_val_files, tmp_path / "fine", from_checkpoint=str(source_path)))
+    model_config, _ = resolve_model(config, load_source_model(config))
+    assert model_config["closest_training_pair"] == pytest.approx(expected, abs=1e-7)

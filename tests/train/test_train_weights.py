@@ -17,7 +17,7 @@ from nequip.train.lightning_module import NequIPLightningModule
 from nequip.train.metrics import ErrorMetrics
 from nequip.train.training import build_datamodule
 
-from .helpers import TINY_MODEL, TYPE_NAMES, config_dict, make_emt_data
+from fixtures.training import TINY_MODEL, TYPE_NAMES, make_emt_data, training_config
 
 # statistics given, so that the data the runs compare do not change where the model starts
 FIXED_MODEL = dict(
@@ -52,7 +52,7 @@ def write(frames, path, weights=None, config_types=None, force_weights=None):
 
 def run_config(train_file, val_file, output_dir, **sections):
     """One batch per epoch (the whole training set), so that the frames of a step are all of them."""
-    config = config_dict(train_file, output_dir, model=FIXED_MODEL, max_epochs=2, ema=None, **sections)
+    config = training_config(train_file, output_dir, model=FIXED_MODEL, max_epochs=2, ema=None, **sections)
     config["data"] = {"type_names": TYPE_NAMES, "train_file": str(train_file), "val_file": str(val_file),
                       "batch_size": 16, **sections.get("data", {})}  # fmt: skip
     return config

@@ -7,12 +7,12 @@ import yaml
 
 from nequip.train import ConfigError, load_checkpoint, train, validate_config
 
-from .helpers import TINY_MODEL, config_dict
+from fixtures.training import TINY_MODEL, training_config
 
 
 @pytest.mark.parametrize("zbl, written", [(True, {}), ({"inner_radius": 0.8, "outer_radius": 1.2}, {"inner_radius": 0.8, "outer_radius": 1.2})])
 def test_a_model_trained_with_zbl_has_it(tiny_data, tmp_path, zbl, written):
-    raw = config_dict(tiny_data, tmp_path / "out", model=dict(TINY_MODEL, zbl=zbl), max_epochs=1)
+    raw = training_config(tiny_data, tmp_path / "out", model=dict(TINY_MODEL, zbl=zbl), max_epochs=1)
     train(validate_config(raw))
     assert yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())["model"]["zbl"] == written
     model_config = load_checkpoint(tmp_path / "out" / "last.ckpt")["hyper_parameters"]["model_config"]
@@ -23,6 +23,6 @@ def test_a_model_trained_with_zbl_has_it(tiny_data, tmp_path, zbl, written):
 
 
 def test_zbl_options_must_be_known(tiny_data, tmp_path):
-    raw = config_dict(tiny_data, tmp_path / "out", model=dict(TINY_MODEL, zbl={"inner": 0.5}))
+    raw = training_config(tiny_data, tmp_path / "out", model=dict(TINY_MODEL, zbl={"inner": 0.5}))
     with pytest.raises(ConfigError, match="model.zbl.inner"):
         validate_config(raw)

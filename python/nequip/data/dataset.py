@@ -55,6 +55,8 @@ def read_frames(
         raise FileNotFoundError(f"structure file {path} does not exist; check the path")
     if path.is_dir():
         raise ValueError(f"{path} is a directory; give a file of structures")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty; give a file of structures with their labels (e.g. extxyz)")
     kind = _model_file_kind(path)
     if kind is not None:
         raise ValueError(
@@ -84,7 +86,8 @@ def read_frames(
         raise ValueError(f"could not read structures from {path}: {err}") from err
     frames = [frames] if isinstance(frames, ase.Atoms) else list(frames)
     if not frames:
-        raise ValueError(f"could not read structures from {path}: no frames at index {index!r}")
+        selected = "it holds none" if index == ":" else f"no frames at index {index!r}"
+        raise ValueError(f"could not read structures from {path}: {selected}")
     return frames
 
 

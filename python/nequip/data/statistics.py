@@ -5,7 +5,7 @@ Per-type results are (num_types,) float64 arrays in model type order; a type abs
 data gets the global value (or a zero energy shift), so that every entry is usable.
 """
 
-from typing import Sequence, Union
+from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -20,6 +20,21 @@ def average_num_neighbors(data: Data) -> float:
     """Number of edges per atom over all frames."""
     data = _as_batch(data)
     return data[keys.EDGE_INDEX].shape[1] / len(data[keys.POS])
+
+
+def shortest_edge_length(data: Data) -> Optional[float]:
+    """The shortest edge (Å) of the neighbour lists: the closest pair of atoms within the cutoff
+    over all frames (periodic images included); None when there are no edges."""
+    data = _as_batch(data)
+    edge_index = data[keys.EDGE_INDEX]
+    if edge_index.shape[1] == 0:
+        return None
+    pos = data[keys.POS]
+    edge_vec = pos[edge_index[1]] - pos[edge_index[0]]
+    if keys.EDGE_CELL_SHIFT in data:
+        cell = data[keys.CELL].view(-1, 3, 3)[data[keys.BATCH][edge_index[0]]]
+        edge_vec = edge_vec + torch.bmm(data[keys.EDGE_CELL_SHIFT].unsqueeze(1), cell).squeeze(1)
+    return float(torch.linalg.norm(edge_vec, dim=-1).min())
 
 
 def per_type_average_num_neighbors(data: Data, num_types: int) -> np.ndarray:

@@ -1,30 +1,21 @@
 """Construct a model from a plain configuration dictionary (YAML, checkpoints, packages)."""
 
-import difflib
-import inspect
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import torch
 
-from .nequip_model import NequIPModel, _check_positive, _check_type_names, _edge_type_cutoffs
+from .nequip_model import HyperparameterError, NequIPModel, _check_positive, _check_type_names, _edge_type_cutoffs
 from .zbl_options import resolve_zbl
 
-MODEL_ARGUMENTS = tuple(inspect.signature(NequIPModel.__init__).parameters)[1:]
 
+def build_model(config: Dict[str, Any], seed: Optional[int] = None) -> NequIPModel:
+    """``NequIPModel(**config)`` with ``zbl`` resolved (:func:`with_resolved_zbl`); ``seed``
+    (optional) makes the initial weights reproducible.
 
-def build_model(config: Dict[str, Any], seed: int = None) -> NequIPModel:
-    """``NequIPModel(**config)`` after checking that every key is a model hyperparameter, with
-    ``zbl`` resolved (``true`` or a partial mapping: :func:`.zbl_options.resolve_zbl`).
-
-    ``seed`` (optional) makes the initial weights reproducible.
+    NequIPModel checks every value (HyperparameterError names the argument); a key that is not
+    one of its arguments is Python's TypeError.
     """
-    for key in config:
-        if key not in MODEL_ARGUMENTS:
-            close = difflib.get_close_matches(key, MODEL_ARGUMENTS, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(MODEL_ARGUMENTS)}"
-            raise ValueError(f"unknown model hyperparameter {key!r}{hint}")
-    if config.get("zbl") is not None:
-        config = dict(config, zbl=_resolved_zbl(config))
+    config = with_resolved_zbl(config)
     if seed is not None:
         with torch.random.fork_rng():
             torch.manual_seed(seed)
@@ -32,10 +23,19 @@ def build_model(config: Dict[str, Any], seed: int = None) -> NequIPModel:
     return NequIPModel(**config)
 
 
-def _resolved_zbl(config: Dict[str, Any]):
-    """``config["zbl"]`` resolved for the config's types and cutoffs (checked first, as the model would)."""
+def with_resolved_zbl(config: Dict[str, Any]) -> Dict[str, Any]:
+    """NequIPModel's arguments with ``zbl`` as the model takes it: ``true`` or a partial mapping
+    resolved for the types and cutoffs (:func:`.zbl_options.resolve_zbl`; here, not in the
+    model, because its defaults come from ASE's element data). The arguments it depends on are
+    checked first, as the model would (HyperparameterError); a resolved ``zbl`` stays as it is."""
+    if config.get("zbl") is None:
+        return config
     type_names = _check_type_names(config.get("type_names", ()))
-    r_max = config.get("r_max")
-    _check_positive("r_max", r_max)
-    cutoffs = _edge_type_cutoffs(config.get("per_edge_type_cutoff"), type_names, float(r_max))
-    return resolve_zbl(config["zbl"], type_names, cutoffs or [float(r_max)] * len(type_names) ** 2)
+    _check_positive("r_max", config.get("r_max"))
+    r_max = float(config["r_max"])
+    cutoffs = _edge_type_cutoffs(config.get("per_edge_type_cutoff"), type_names, r_max) or [r_max] * len(type_names) ** 2
+    try:
+        zbl = resolve_zbl(config["zbl"], type_names, cutoffs)
+    except ValueError as err:  # "zbl...: problem"
+        raise HyperparameterError(*str(err).split(": ", 1)) from None
+    return dict(config, zbl=zbl)

@@ -1,9 +1,10 @@
 """The NequIP model: per-atom energies from an equivariant message-passing network,
 forces and stress as derivatives of their sum."""
 
+import inspect
 import math
 import numbers
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from e3nn import o3
@@ -55,6 +56,9 @@ class NequIPModel(torch.nn.Module):
             :func:`~nequip.model.build_model` resolves ``zbl: true`` or a partial mapping.
             Each edge's pair energy goes half to its centre atom; the edge list holds both
             directions, so each pair's goes half to each of its atoms.
+        closest_training_pair: the shortest distance between two atoms in the data the model was
+            trained on (Å), a record (the ``closest_training_pair`` metadata key, against which the
+            runtime warns about closer pairs); None when unknown. It does not change the model.
     """
 
     def __init__(
@@ -75,52 +79,36 @@ class NequIPModel(torch.nn.Module):
         per_edge_type_cutoff: Union[None, Sequence[float], Dict[str, Union[float, Dict[str, float]]]] = None,
         model_dtype: str = "float32",
         zbl: Optional[Dict[str, List]] = None,
+        closest_training_pair: Optional[float] = None,
     ):
         super().__init__()
-        type_names = _check_type_names(type_names)
-        if model_dtype not in _DTYPES:
-            raise ValueError(f"model_dtype must be 'float32' or 'float64', got {model_dtype!r}")
-        _check_positive("r_max", r_max)
-        _check_positive("polynomial_cutoff_p", polynomial_cutoff_p)
-        if avg_num_neighbors is not None:
-            _check_positive("avg_num_neighbors", avg_num_neighbors)
-        for name, value, minimum in (
-            ("l_max", l_max, 0),
-            ("num_layers", num_layers, 1),
-            ("num_features", num_features, 1),
-            ("num_bessels", num_bessels, 1),
-            ("radial_mlp_depth", radial_mlp_depth, 0),
-            ("radial_mlp_width", radial_mlp_width, 1),
-        ):
-            _check_integer(name, value, minimum)
-        num_types = len(type_names)
-        shifts = _per_type("per_type_energy_shifts", per_type_energy_shifts, type_names, default=0.0)
-        scales = _per_type("per_type_energy_scales", per_type_energy_scales, type_names, default=1.0)
-        edge_cutoffs = _edge_type_cutoffs(per_edge_type_cutoff, type_names, float(r_max))
-        if zbl is not None:
-            zbl = check_zbl(zbl, type_names, edge_cutoffs if edge_cutoffs is not None else [float(r_max)] * num_types**2)
-
-        self.config = dict(
+        self.config = resolve_hyperparameters(
             type_names=type_names,
-            r_max=float(r_max),
-            l_max=int(l_max),
-            parity=bool(parity),
-            num_layers=int(num_layers),
-            num_features=int(num_features),
-            num_bessels=int(num_bessels),
-            polynomial_cutoff_p=float(polynomial_cutoff_p),
-            radial_mlp_depth=int(radial_mlp_depth),
-            radial_mlp_width=int(radial_mlp_width),
-            avg_num_neighbors=None if avg_num_neighbors is None else float(avg_num_neighbors),
-            per_type_energy_shifts=shifts,
-            per_type_energy_scales=scales,
-            per_edge_type_cutoff=edge_cutoffs,
+            r_max=r_max,
+            l_max=l_max,
+            parity=parity,
+            num_layers=num_layers,
+            num_features=num_features,
+            num_bessels=num_bessels,
+            polynomial_cutoff_p=polynomial_cutoff_p,
+            radial_mlp_depth=radial_mlp_depth,
+            radial_mlp_width=radial_mlp_width,
+            avg_num_neighbors=avg_num_neighbors,
+            per_type_energy_shifts=per_type_energy_shifts,
+            per_type_energy_scales=per_type_energy_scales,
+            per_edge_type_cutoff=per_edge_type_cutoff,
             model_dtype=model_dtype,
             zbl=zbl,
+            closest_training_pair=closest_training_pair,
         )
+        # the resolved values from here on
+        type_names, r_max, l_max = self.config["type_names"], self.config["r_max"], self.config["l_max"]
+        num_types = len(type_names)
+        shifts, scales = self.config["per_type_energy_shifts"], self.config["per_type_energy_scales"]
+        edge_cutoffs = self.config["per_edge_type_cutoff"]
         self.type_names: List[str] = type_names
         self.num_types = num_types
-        self.r_max = float(r_max)
+        self.r_max = r_max
         self.model_dtype = _DTYPES[model_dtype]
         self.compute_forces = True
         self.compute_stress = True
@@ -163,7 +151,7 @@ class NequIPModel(torch.nn.Module):
         self.readout = o3.Linear(irreps_features, o3.Irreps("1x0e"))
 
         self.register_buffer("per_type_energy_shifts", torch.tensor(shifts, dtype=torch.float64))
-        self.zbl: Optional[ZBL] = None if zbl is None else ZBL(**zbl)
+        self.zbl: Optional[ZBL] = None if self.config["zbl"] is None else ZBL(**self.config["zbl"])
         self.register_buffer("per_type_energy_scales", torch.tensor(scales, dtype=torch.float64))
 
         for module in (self.spherical_harmonics, self.bessel, self.type_embedding, self.layers, self.readout):
@@ -192,6 +180,9 @@ class NequIPModel(torch.nn.Module):
             metadata["zbl_atomic_numbers"] = " ".join(str(z) for z in zbl["atomic_numbers"])
             metadata["zbl_inner_radius"] = " ".join(repr(r) for r in zbl["inner_radius"])
             metadata["zbl_outer_radius"] = " ".join(repr(r) for r in zbl["outer_radius"])
+        # a record of the training data: pairs closer than any it held are extrapolation
+        if self.config["closest_training_pair"] is not None:
+            metadata["closest_training_pair"] = repr(self.config["closest_training_pair"])
         return metadata
 
     def edge_vectors(
@@ -428,34 +419,117 @@ class NequIPModel(torch.nn.Module):
         return atomic_energy, total_energy, forces, virial, stress, atom_virial
 
 
+class HyperparameterError(ValueError):
+    """A model hyperparameter that cannot make a model; ``key`` names it, and the message
+    (``<key>: <what is wrong>``) says why. The one check of each hyperparameter's value:
+    the training configuration reports these same messages under ``model.`` (``data.`` for
+    ``type_names``)."""
+
+    def __init__(self, key: str, problem: str):
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+
+
+def resolve_hyperparameters(
+    type_names: Sequence[str],
+    r_max: float,
+    l_max: int,
+    parity: bool,
+    num_layers: int,
+    num_features: int,
+    num_bessels: int,
+    polynomial_cutoff_p: float,
+    radial_mlp_depth: int,
+    radial_mlp_width: int,
+    avg_num_neighbors: Optional[float],
+    per_type_energy_shifts: PerType,
+    per_type_energy_scales: PerType,
+    per_edge_type_cutoff,
+    model_dtype: str,
+    zbl: Optional[Dict[str, List]],
+    closest_training_pair: Optional[float],
+) -> Dict[str, Any]:
+    """NequIPModel's arguments checked and resolved (``model.config``): per-type values as lists
+    in type order, per-edge-type cutoffs as num_types² floats (or None), numbers as floats and ints.
+
+    Raises HyperparameterError naming the first argument that cannot make a model.
+    """
+    type_names = _check_type_names(type_names)
+    if model_dtype not in _DTYPES:
+        raise HyperparameterError("model_dtype", f"must be 'float32' or 'float64', got {model_dtype!r}")
+    _check_positive("r_max", r_max)
+    _check_positive("polynomial_cutoff_p", polynomial_cutoff_p)
+    if avg_num_neighbors is not None:
+        _check_positive("avg_num_neighbors", avg_num_neighbors)
+    if closest_training_pair is not None:
+        _check_positive("closest_training_pair", closest_training_pair)
+    for name, value, minimum in (
+        ("l_max", l_max, 0),
+        ("num_layers", num_layers, 1),
+        ("num_features", num_features, 1),
+        ("num_bessels", num_bessels, 1),
+        ("radial_mlp_depth", radial_mlp_depth, 0),
+        ("radial_mlp_width", radial_mlp_width, 1),
+    ):
+        _check_integer(name, value, minimum)
+    if not isinstance(parity, bool):
+        raise HyperparameterError("parity", f"must be true or false, got {parity!r}")
+    edge_cutoffs = _edge_type_cutoffs(per_edge_type_cutoff, type_names, float(r_max))
+    if zbl is not None:
+        try:
+            zbl = check_zbl(zbl, type_names, edge_cutoffs or [float(r_max)] * len(type_names) ** 2)
+        except ValueError as err:  # "zbl...: problem"
+            raise HyperparameterError(*str(err).split(": ", 1)) from None
+    return dict(
+        type_names=type_names,
+        r_max=float(r_max),
+        l_max=int(l_max),
+        parity=parity,
+        num_layers=int(num_layers),
+        num_features=int(num_features),
+        num_bessels=int(num_bessels),
+        polynomial_cutoff_p=float(polynomial_cutoff_p),
+        radial_mlp_depth=int(radial_mlp_depth),
+        radial_mlp_width=int(radial_mlp_width),
+        avg_num_neighbors=None if avg_num_neighbors is None else float(avg_num_neighbors),
+        per_type_energy_shifts=_per_type("per_type_energy_shifts", per_type_energy_shifts, type_names, default=0.0),
+        per_type_energy_scales=_per_type("per_type_energy_scales", per_type_energy_scales, type_names, default=1.0),
+        per_edge_type_cutoff=edge_cutoffs,
+        model_dtype=model_dtype,
+        zbl=zbl,
+        closest_training_pair=None if closest_training_pair is None else float(closest_training_pair),
+    )
+
+
 def _check_type_names(type_names: Sequence[str]) -> List[str]:
     """The type names as strings: at least one, each one ASCII word (the metadata joins them
     with single spaces, FILE_CONTRACT §2), no two alike."""
     if isinstance(type_names, str):
-        raise ValueError(f"type_names must be a list of names, got the string {type_names!r}; e.g. ['Si', 'C']")
+        raise HyperparameterError("type_names", f"must be a list of names, got the string {type_names!r}; e.g. ['Si', 'C']")
     names = [str(name) for name in type_names]
     if not names:
-        raise ValueError("type_names is empty: the model needs at least one type name, e.g. ['Si', 'C']")
+        raise HyperparameterError("type_names", "must name at least one type, e.g. ['Si', 'C']")
     for name in names:
         if name.split() != [name] or not name.isascii():
-            raise ValueError(
-                f"type_names: {name!r} is not a valid type name: each must be one ASCII word, "
-                "without whitespace (the model's metadata joins the names with single spaces)"
+            raise HyperparameterError(
+                "type_names",
+                f"{name!r} is not a valid type name: each must be one ASCII word, without whitespace"
+                " (the model's metadata joins the names with single spaces)",
             )
     for name in names:
         if names.count(name) > 1:
-            raise ValueError(f"type_names must be distinct names ({name!r} appears more than once)")
+            raise HyperparameterError("type_names", f"{name!r} appears more than once; give each type once")
     return names
 
 
 def _check_integer(name: str, value, minimum: int) -> None:
     if not (_is_number(value) and math.isfinite(value) and value == int(value) and value >= minimum):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise HyperparameterError(name, f"must be an integer at least {minimum}, got {value!r}")
 
 
 def _check_positive(name: str, value) -> None:
     if not (_is_number(value) and 0 < value < math.inf):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+        raise HyperparameterError(name, f"must be a finite number greater than 0, got {value!r}")
 
 
 def _is_number(value) -> bool:
@@ -463,24 +537,28 @@ def _is_number(value) -> bool:
 
 
 def _per_type(name: str, value: PerType, type_names: List[str], default: float) -> List[float]:
-    """A per-type quantity as a list in type order."""
+    """A per-type quantity as a list of finite numbers in type order."""
     if value is None:
         return [default] * len(type_names)
-    if isinstance(value, (int, float)):
-        return [float(value)] * len(type_names)
-    if isinstance(value, dict):
+    if _is_number(value):
+        values = [float(value)] * len(type_names)
+    elif isinstance(value, dict):
         unknown = sorted(set(value) - set(type_names))
         missing = [t for t in type_names if t not in value]
         if unknown or missing:
-            raise ValueError(
-                f"{name} must give a value for each of the model's types {type_names}; "
-                f"unknown: {unknown}, missing: {missing}"
+            raise HyperparameterError(
+                name, f"must give a value for each of the model's types {type_names}; unknown: {unknown}, missing: {missing}"
             )
-        return [float(value[t]) for t in type_names]
-    values = [float(v) for v in value]
-    if len(values) != len(type_names):
-        raise ValueError(f"{name} has {len(values)} values but the model has {len(type_names)} types {type_names}")
-    return values
+        values = [value[t] for t in type_names]
+    else:
+        values = list(value)
+        if len(values) != len(type_names):
+            raise HyperparameterError(
+                name, f"has {len(values)} values but the model has {len(type_names)} types {type_names}"
+            )
+    if not all(_is_number(v) and math.isfinite(v) for v in values):
+        raise HyperparameterError(name, f"must be finite numbers, got {value!r}")
+    return [float(v) for v in values]
 
 
 def _edge_type_cutoffs(value, type_names: List[str], r_max: float) -> Optional[List[float]]:
@@ -488,29 +566,31 @@ def _edge_type_cutoffs(value, type_names: List[str], r_max: float) -> Optional[L
     if value is None:
         return None
     num_types = len(type_names)
+    key = "per_edge_type_cutoff"
     if isinstance(value, dict):
         table = [[r_max] * num_types for _ in type_names]
         for centre, entry in value.items():
             if centre not in type_names:
-                raise ValueError(f"per_edge_type_cutoff: unknown type {centre!r}; the model's types are {type_names}")
+                raise HyperparameterError(key, f"unknown type {centre!r}; the model's types are {type_names}")
             row = type_names.index(centre)
             if isinstance(entry, dict):
                 for neighbor, cutoff in entry.items():
                     if neighbor not in type_names:
-                        raise ValueError(
-                            f"per_edge_type_cutoff: unknown type {neighbor!r}; the model's types are {type_names}"
-                        )
-                    table[row][type_names.index(neighbor)] = float(cutoff)
+                        raise HyperparameterError(key, f"unknown type {neighbor!r}; the model's types are {type_names}")
+                    table[row][type_names.index(neighbor)] = cutoff
             else:
-                table[row] = [float(entry)] * num_types
+                table[row] = [entry] * num_types
         flat = [c for row in table for c in row]
     else:
-        flat = [float(c) for row_or_c in value for c in (row_or_c if isinstance(row_or_c, (list, tuple)) else [row_or_c])]
+        flat = [c for row_or_c in value for c in (row_or_c if isinstance(row_or_c, (list, tuple)) else [row_or_c])]
         if len(flat) != num_types**2:
-            raise ValueError(
-                f"per_edge_type_cutoff needs {num_types}² = {num_types**2} values (row-major, row = centre type), "
-                f"got {len(flat)}"
+            raise HyperparameterError(
+                key, f"needs {num_types}² = {num_types**2} values (row-major, row = centre type), got {len(flat)}"
             )
-    if any(not (0 < c <= r_max) for c in flat):
-        raise ValueError(f"per_edge_type_cutoff values must lie in (0, r_max = {r_max}], got {flat}")
-    return flat
+    if any(not (_is_number(c) and 0 < c <= r_max) for c in flat):
+        raise HyperparameterError(key, f"values must lie in (0, r_max = {r_max}], got {flat}")
+    return [float(c) for c in flat]
+
+
+# NequIPModel's arguments, in order: the keys of model.config
+MODEL_ARGUMENTS = tuple(inspect.signature(resolve_hyperparameters).parameters)

@@ -37,7 +37,7 @@ def resolve_zbl(zbl, type_names: List[str], edge_cutoffs: List[float]):
     if zbl is True:
         zbl = {}
     if not isinstance(zbl, dict):
-        raise ValueError(f"zbl must be true, false or a mapping with keys {', '.join(ZBL_KEYS)}; got {zbl!r}")
+        raise ValueError(f"zbl: must be true, false or a mapping with keys {', '.join(ZBL_KEYS)}; got {zbl!r}")
     unknown = sorted(set(zbl) - set(ZBL_KEYS))
     if unknown:
         raise ValueError(f"zbl: unknown option(s) {', '.join(map(repr, unknown))}; the options are {', '.join(ZBL_KEYS)}")
@@ -78,7 +78,7 @@ def _atomic_numbers(value, type_names: List[str]):
         missing = [name for name in type_names if name not in value]
         if unknown or missing:
             raise ValueError(
-                f"zbl.atomic_numbers must give the atomic number of each of the model's types {type_names}; "
+                f"zbl.atomic_numbers: must give the atomic number of each of the model's types {type_names}; "
                 f"unknown: {unknown}, missing: {missing}"
             )
         return [value[name] for name in type_names]

@@ -61,13 +61,13 @@ def check_zbl(zbl, type_names: List[str], edge_cutoffs: List[float]) -> Dict[str
     num_types = len(type_names)
     atomic_numbers, inner, outer = (zbl[key] for key in ZBL_KEYS)
     if not isinstance(atomic_numbers, (list, tuple)) or len(atomic_numbers) != num_types:
-        raise ValueError(f"zbl.atomic_numbers needs one atomic number for each of the types {type_names}, got {atomic_numbers!r}")
+        raise ValueError(f"zbl.atomic_numbers: needs one atomic number for each of the types {type_names}, got {atomic_numbers!r}")
     for name, z in zip(type_names, atomic_numbers):
         if isinstance(z, bool) or not isinstance(z, int) or not 1 <= z <= 118:
             raise ValueError(f"zbl.atomic_numbers: {name!r} has {z!r}, not an atomic number (an integer 1 to 118)")
     for key, radii in (("inner_radius", inner), ("outer_radius", outer)):
         if not (isinstance(radii, (list, tuple)) and len(radii) == num_types**2 and all(map(_is_number, radii))):
-            raise ValueError(f"zbl.{key} must be {num_types**2} numbers (row = centre type), got {radii!r}")
+            raise ValueError(f"zbl.{key}: must be {num_types**2} numbers (row = centre type), got {radii!r}")
     pairs = [f"{a}-{b}" for a in type_names for b in type_names]
     for pair, r_in, r_out, cutoff in zip(pairs, inner, outer, edge_cutoffs):
         if not 0 < r_in < r_out <= cutoff:

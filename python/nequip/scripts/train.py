@@ -6,10 +6,15 @@
 The configuration is checked before anything runs; overrides such as ``trainer.max_epochs=10``
 are checked the same way. Running the same command again resumes from ``output_dir/last.ckpt``.
 ``--schema`` prints the configuration's JSON Schema (for editors, see docs/configuration.md).
+
+Exit status: 0 when training ran to its end, 1 when it could not go on (a message says why),
+2 for a configuration refused before anything ran, 143 when SIGTERM stopped it (last.ckpt is
+saved and the message gives the command that resumes it).
 """
 
 import argparse
 import json
+import shlex
 import signal
 import sys
 
@@ -24,7 +29,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from nequip.train import CheckpointError, ConfigError, load_config, train
-    from nequip.train.callbacks import NonFiniteLossError
+    from nequip.train.callbacks import NonFiniteLossError, TrainingStopped
     from nequip.train.config import json_schema
     from nequip.train.training import DataChangedError, OutputDirInUseError
     from nequip.utils.atomic_io import WriteError
@@ -52,6 +57,14 @@ def main(argv=None) -> int:
         return 2
     try:
         train(config)
+    except TrainingStopped as err:
+        # 128 + SIGTERM, as a shell reports a process the signal ended: a job chain stops here
+        if err.resumable:
+            command = shlex.join(["nequip-train", args.config, *args.overrides])
+            print(f"nequip-train: {err}; resume with: {command}", file=sys.stderr)
+        else:
+            print(f"nequip-train: {err}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except ConfigError as err:
         print(f"nequip-train: invalid configuration {args.config}: {err}", file=sys.stderr)
         return 2

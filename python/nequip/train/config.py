@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serial
 from pydantic.fields import FieldInfo
 
 from ..data import ase_format_problem
-from ..model import NequIPModel
+from ..model import MODEL_ARGUMENTS, HyperparameterError, NequIPModel, resolve_hyperparameters, with_resolved_zbl
 
 __all__ = [
     "ConfigError",
@@ -45,7 +45,6 @@ __all__ = [
     "EMAConfig",
     "EarlyStoppingConfig",
     "TrainerConfig",
-    "MODEL_ARGUMENTS",
     "load_config",
     "validate_config",
     "apply_overrides",
@@ -163,22 +162,23 @@ class ZBLConfig(_Section):
 class ModelConfig(_Section):
     """NequIPModel's arguments (same names and defaults), or a model to fine-tune.
 
-    ``avg_num_neighbors``, ``per_type_energy_shifts`` and ``per_type_energy_scales`` left
-    out (null) are computed from the training data (average number of neighbours,
-    least-squares per-type energies, force RMS). ``type_names`` comes from
-    ``data.type_names``.
+    ``avg_num_neighbors``, ``per_type_energy_shifts``, ``per_type_energy_scales`` and
+    ``closest_training_pair`` left out (null) are computed from the training data (average
+    number of neighbours, least-squares per-type energies, force RMS, shortest edge). ``type_names`` comes from
+    ``data.type_names``. The schema gives each argument's type; its values are checked by
+    NequIPModel's own check (``resolve_hyperparameters``), whose messages are reported here.
     """
 
-    r_max: Optional[float] = Field(None, gt=0, description="cutoff radius, Å; required unless fine-tuning")
-    l_max: int = Field(_MODEL_DEFAULTS["l_max"], ge=0)
+    r_max: Optional[float] = Field(None, description="cutoff radius, Å; required unless fine-tuning")
+    l_max: int = _MODEL_DEFAULTS["l_max"]
     parity: bool = _MODEL_DEFAULTS["parity"]
-    num_layers: int = Field(_MODEL_DEFAULTS["num_layers"], ge=1)
-    num_features: int = Field(_MODEL_DEFAULTS["num_features"], ge=1)
-    num_bessels: int = Field(_MODEL_DEFAULTS["num_bessels"], ge=1)
-    polynomial_cutoff_p: float = Field(_MODEL_DEFAULTS["polynomial_cutoff_p"], gt=0)
-    radial_mlp_depth: int = Field(_MODEL_DEFAULTS["radial_mlp_depth"], ge=0)
-    radial_mlp_width: int = Field(_MODEL_DEFAULTS["radial_mlp_width"], ge=1)
-    avg_num_neighbors: Optional[float] = Field(None, gt=0, description="left out: from the training data")
+    num_layers: int = _MODEL_DEFAULTS["num_layers"]
+    num_features: int = _MODEL_DEFAULTS["num_features"]
+    num_bessels: int = _MODEL_DEFAULTS["num_bessels"]
+    polynomial_cutoff_p: float = _MODEL_DEFAULTS["polynomial_cutoff_p"]
+    radial_mlp_depth: int = _MODEL_DEFAULTS["radial_mlp_depth"]
+    radial_mlp_width: int = _MODEL_DEFAULTS["radial_mlp_width"]
+    avg_num_neighbors: Optional[float] = Field(None, description="left out: from the training data")
     per_type_energy_shifts: PerTypeValues = Field(None, description="left out: least squares of the energies")
     per_type_energy_scales: PerTypeValues = Field(None, description="left out: the force RMS")
     per_edge_type_cutoff: Optional[Union[List[float], Dict[str, Union[float, Dict[str, float]]]]] = Field(
@@ -187,6 +187,9 @@ class ModelConfig(_Section):
     model_dtype: Literal["float32", "float64"] = _MODEL_DEFAULTS["model_dtype"]
     zbl: Optional[ZBLConfig] = Field(
         None, description="add ZBL screened nuclear repulsion to the learned energy: true, or a mapping of its options"
+    )
+    closest_training_pair: Optional[float] = Field(
+        None, description="Å, a record for the runtime's close-pair warning; left out: from the training data"
     )
     # fine-tuning: start from a trained model instead of the hyperparameters above
     from_checkpoint: Optional[str] = Field(None, description="fine-tune the model of this training checkpoint")
@@ -208,11 +211,9 @@ class ModelConfig(_Section):
     def _zbl_as_given(self, value):
         return value
 
-
-# NequIPModel arguments that ModelConfig carries (everything but type_names)
-MODEL_ARGUMENTS = tuple(
-    name for name in inspect.signature(NequIPModel.__init__).parameters if name not in ("self", "type_names")
-)
+    def hyperparameters(self) -> Dict[str, Any]:
+        """The NequIPModel arguments this section gives (all but ``type_names``)."""
+        return {name: getattr(self, name) for name in MODEL_ARGUMENTS if name != "type_names"}
 
 
 class LossConfig(_Section):
@@ -538,15 +539,25 @@ def _check_consistency(config: TrainingConfig) -> None:
 
     if model.from_checkpoint is not None and model.from_package is not None:
         raise ConfigError("model: give at most one of 'from_checkpoint' and 'from_package'")
-    if not config.fine_tuning:
+    if config.fine_tuning:
+        # given: written in the file (or an override), whatever its value
+        given = [name for name in MODEL_ARGUMENTS if name in model.model_fields_set]
+        if given:
+            raise ConfigError(
+                f"model.{given[0]}: a fine-tuned model keeps the hyperparameters of the model it starts from;"
+                " remove this key"
+            )
+    else:
         if model.refit_energy_shifts:
             raise ConfigError("model.refit_energy_shifts: only used with from_checkpoint or from_package")
         if model.r_max is None:
             raise ConfigError("model.r_max: required key is missing")
         if data.type_names is None:
             raise ConfigError("data.type_names: required key is missing")
-    if data.type_names is not None and len(set(data.type_names)) != len(data.type_names):
-        raise ConfigError(f"data.type_names: names must be distinct, got {data.type_names}")
+        try:  # the model's own check of every value, with its messages
+            resolve_hyperparameters(**with_resolved_zbl(dict(type_names=data.type_names, **model.hyperparameters())))
+        except HyperparameterError as err:
+            raise ConfigError(f"{'data' if err.key == 'type_names' else 'model'}.{err}") from None
     if data.species_to_type is not None and data.type_names is not None:
         for species, type_name in data.species_to_type.items():
             if type_name not in data.type_names:
@@ -572,14 +583,6 @@ def validate_config(raw: Any) -> TrainingConfig:
     raw_model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
     if "type_names" in raw_model:
         raise ConfigError("model.type_names: set the model's types in data.type_names")
-    if raw_model.get("from_checkpoint") is not None or raw_model.get("from_package") is not None:
-        defaults = ModelConfig()
-        given = [k for k in MODEL_ARGUMENTS if k in raw_model and raw_model[k] != getattr(defaults, k)]
-        if given:
-            raise ConfigError(
-                f"model.{given[0]}: a fine-tuned model keeps the hyperparameters of the model it"
-                " starts from; remove this key"
-            )
     try:
         config = TrainingConfig.model_validate(raw)
     except ValidationError as err:
@@ -683,5 +686,12 @@ def load_config(path, overrides: Optional[List[str]] = None) -> TrainingConfig:
 
 
 def config_to_dict(config: TrainingConfig) -> dict:
-    """Plain nested dict (YAML-safe) of a configuration; validate_config() reads it back."""
-    return config.model_dump()
+    """Plain nested dict (YAML-safe) of a configuration; validate_config() reads it back.
+
+    A fine-tuning run's model section holds no hyperparameters: the model's are those of the
+    model it starts from (``resolved_model`` in config.yaml), not the schema's defaults.
+    """
+    values = config.model_dump()
+    if config.fine_tuning:
+        values["model"] = {k: v for k, v in values["model"].items() if k not in MODEL_ARGUMENTS}
+    return values

@@ -1,6 +1,8 @@
 """Training data: files read by ASE, split, and served as batches of frame dictionaries."""
 
 import hashlib
+import itertools
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import lightning as L
@@ -31,6 +33,26 @@ class EpochSeededRandomSampler(RandomSampler):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         yield from torch.randperm(len(self.data_source), generator=generator).tolist()
+
+
+class SkippingDataLoader(DataLoader):
+    """A DataLoader whose first pass starts ``skip_batches`` batches into its epoch.
+
+    A run stopped mid-epoch (SIGTERM) resumes there: Lightning restores its count of the epoch's
+    batches, and this loader leaves out the batches already trained on, so the resumed run sees
+    the batches an uninterrupted one would. Later passes are whole epochs. The skipped batches
+    are drawn and collated (frames in memory: cheap), not evaluated.
+    """
+
+    def __init__(self, *args, skip_batches: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.skip_batches = skip_batches
+
+    def __iter__(self):
+        iterator = super().__iter__()
+        skip, self.skip_batches = self.skip_batches, 0
+        # lazy: the skip happens at the first batch, after Lightning has set the sampler's epoch
+        return itertools.islice(iterator, skip, None) if skip else iterator
 
 
 class NequIPDataModule(L.LightningDataModule):
@@ -73,6 +95,8 @@ class NequIPDataModule(L.LightningDataModule):
         self.labels = tuple(labels)
         self.seed = seed
         self.datasets: Dict[str, AtomicDataset] = {}
+        # training batches of the first epoch that a run resumed mid-epoch has already done
+        self.resume_after_batches = 0
 
     def setup(self, stage: Optional[str] = None) -> None:
         # the datasets are needed before the model exists (statistics), so this may run early;
@@ -92,6 +116,8 @@ class NequIPDataModule(L.LightningDataModule):
                 length_units_to_A=self.config.length_units_to_A,
                 labels=self.labels,
             )
+            # before the labels a frame lacks are filled in (NaN)
+            check_labels_can_be_learned(dataset.frames, path, numbers)
             for frame, atoms, number in zip(dataset.frames, frames, numbers):
                 for label in self.labels:
                     if label not in frame:
@@ -203,28 +229,69 @@ class NequIPDataModule(L.LightningDataModule):
             if with_energy
             else None,
             "force_rms": statistics.force_rms(with_forces) if with_forces else None,
+            "closest_pair": statistics.shortest_edge_length(train),
         }
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, loader_class=DataLoader, **options) -> DataLoader:
         dataset = self.datasets[split]
         batch_size = self.config.batch_size if split == "train" else (self.config.val_batch_size or self.config.batch_size)
-        return DataLoader(
+        return loader_class(
             dataset,
             batch_size=batch_size,
-            sampler=EpochSeededRandomSampler(dataset, self.seed) if shuffle else None,
             collate_fn=AtomicDataset.collate_fn,
             num_workers=self.config.num_workers,
             persistent_workers=self.config.num_workers > 0,
+            **options,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        dataset = self.datasets["train"]
+        return self._loader(
+            "train",
+            SkippingDataLoader,
+            sampler=EpochSeededRandomSampler(dataset, self.seed),
+            skip_batches=self.resume_after_batches,
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")
+
+
+# the largest label (in eV, Å) whose square, as the loss sums it in float64, is finite
+_LARGEST_LABEL = math.sqrt(torch.finfo(torch.float64).max)
+_UNITS = {keys.TOTAL_ENERGY: "eV", keys.FORCES: "eV/Å", keys.STRESS: "eV/Å³"}
+
+
+def check_labels_can_be_learned(frames: Sequence[Dict[str, torch.Tensor]], source: str, numbers: Sequence[int]) -> None:
+    """Refuse a label so large that its loss overflows (a squared error of more than float64 holds).
+
+    Training would stop at its first step with an infinite loss, and the learning rate would
+    look like the cause. Energies enter the loss per atom. Frames are named by ``numbers``,
+    their positions in ``source``.
+    """
+    for number, frame in zip(numbers, frames):
+        for label in (keys.TOTAL_ENERGY, keys.FORCES, keys.STRESS):
+            if label not in frame:
+                continue
+            value = frame[label]
+            learned = value.abs() / len(frame[keys.POS]) if label == keys.TOTAL_ENERGY else value.abs()
+            if float(learned.max()) < _LARGEST_LABEL:
+                continue
+            unit = _UNITS[label]
+            if label == keys.TOTAL_ENERGY:
+                shown = f"{float(value):.6g} {unit} ({float(value) / len(frame[keys.POS]):.6g} {unit} per atom)"
+            elif label == keys.FORCES:
+                atom, component = divmod(int(learned.argmax()), 3)
+                shown = f"{float(value[atom, component]):.6g} {unit} on atom {atom}"
+            else:
+                shown = f"{float(value.view(-1)[int(learned.argmax())]):.6g} {unit}"
+            raise ValueError(
+                f"{source}: frame {number}: label '{label}' is {shown}, too large to train on (its squared error"
+                " in the loss overflows float64); fix or remove the frame, or check data.energy_units_to_eV"
+            )
 
 
 def _label_shape(label: str, num_atoms: int) -> Tuple[int, ...]:

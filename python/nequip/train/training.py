@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import lightning as L
+import torch
 import yaml
 from lightning.pytorch.callbacks import Callback, EarlyStopping, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
@@ -29,16 +30,40 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from ..data import keys
-from ..model import NequIPModel, build_model
-from ..utils.atomic_io import WriteError, atomic_open, remove_stale_temporaries
+from ..model import NequIPModel, resolve_hyperparameters, with_resolved_zbl
+from ..utils.atomic_io import WriteError, atomic_open, check_output_dir, remove_stale_temporaries
 from ..utils.memory import keep_freed_memory
 from ..utils.processes import is_running
-from .callbacks import DataFingerprint, EpochSummary, ExponentialMovingAverage, StopOnNonFiniteLoss
-from ..load import CheckpointError, ModelFromCheckpoint, ModelFromPackage, load_checkpoint, model_state_dict
+from .callbacks import (
+    DataFingerprint,
+    EpochSummary,
+    ExponentialMovingAverage,
+    ResumedSchedulerSteps,
+    SaveLastCheckpoint,
+    StopOnNonFiniteLoss,
+    StopOnSIGTERM,
+    TrainingStopped,
+)
+from ..load import (
+    CheckpointError,
+    ModelFromCheckpoint,
+    ModelFromPackage,
+    load_checkpoint,
+    model_state_dict,
+)
 from .checkpoint import AtomicCheckpointIO
-from .config import MODEL_ARGUMENTS, ConfigError, TrainingConfig, config_to_dict, parse_max_time
+from .config import ConfigError, TrainingConfig, config_to_dict, parse_max_time
 from .data import NequIPDataModule, data_fingerprints
 from .lightning_module import NequIPLightningModule
+from .resume import (
+    DataChangedError,
+    batches_into_epoch,
+    check_resume_settings,
+    check_same_data,
+    check_same_model,
+    epochs_trained,
+    missed_scheduler_step,
+)
 
 MONITOR = "val_loss"
 LOCK_NAME = "nequip-train.lock"
@@ -46,23 +71,6 @@ LOCK_NAME = "nequip-train.lock"
 
 class OutputDirInUseError(RuntimeError):
     """Another training run holds the output directory."""
-
-
-class DataChangedError(RuntimeError):
-    """The data of a run to resume is not the data its checkpoint was trained on."""
-
-
-def check_output_dir(output_dir: Path) -> None:
-    """Refuse an output_dir that is a file or lies under one (before anything is written)."""
-    for path in (output_dir, *output_dir.parents):
-        if path.exists():
-            if path.is_dir():
-                return
-            if path == output_dir:
-                raise ConfigError(f"output_dir: {output_dir} is a file; give a directory (it is created if missing)")
-            raise ConfigError(
-                f"output_dir: {output_dir} is under {path}, which is a file; choose an output_dir in a directory"
-            )
 
 
 def _lock_holder(path: Path) -> Optional[tuple]:
@@ -169,6 +177,8 @@ class _CSVLogger(CSVLogger):
 
 def load_source_model(config: TrainingConfig) -> Optional[NequIPModel]:
     """The model a fine-tuning run starts from, or None for a new model."""
+    # (the loaders refuse non-finite weights: a diverged run's first step would otherwise end
+    # with an infinite loss blamed on the learning rate)
     if config.model.from_checkpoint is not None:
         return ModelFromCheckpoint(config.model.from_checkpoint)
     if config.model.from_package is not None:
@@ -230,9 +240,11 @@ def build_datamodule(config: TrainingConfig, model_config: Dict[str, Any]) -> Ne
 def resolve_model(config: TrainingConfig, source: Optional[NequIPModel]):
     """The model's full hyperparameters and the data module; statistics fill the gaps.
 
-    ``avg_num_neighbors``, ``per_type_energy_shifts`` and ``per_type_energy_scales`` not given
-    become the training data's average number of neighbours, least-squares per-type energies
-    and force RMS. A fine-tuned model keeps its own, except shifts with ``refit_energy_shifts``.
+    ``avg_num_neighbors``, ``per_type_energy_shifts``, ``per_type_energy_scales`` and
+    ``closest_training_pair`` not given become the training data's average number of
+    neighbours, least-squares per-type energies, force RMS and shortest edge. A fine-tuned model
+    keeps its own, except shifts with ``refit_energy_shifts``, and records the closer of its
+    parent's closest pair and the new data's.
     """
     if source is not None:
         model_config = dict(source.config)
@@ -242,55 +254,59 @@ def resolve_model(config: TrainingConfig, source: Optional[NequIPModel]):
                 f" fine-tuned, {model_config['type_names']}; leave it out or list them in that order"
             )
     else:
-        given = {name: getattr(config.model, name) for name in MODEL_ARGUMENTS}
-        given["type_names"] = config.data.type_names
-        # building it checks the hyperparameters before any data is read, and puts the
-        # per-edge-type cutoffs into the form the neighbour lists need
-        model_config = build_model(given).config
+        given = with_resolved_zbl({"type_names": config.data.type_names, **config.model.hyperparameters()})
+        # resolved before any data is read: the per-edge-type cutoffs in the form the neighbour
+        # lists need (validate_config has checked the values)
+        model_config = resolve_hyperparameters(**given)
     datamodule = build_datamodule(config, model_config)
 
-    if source is None or config.model.refit_energy_shifts:
-        statistics = datamodule.statistics()
-        if source is not None:
+    statistics = datamodule.statistics()
+    if source is not None:
+        if config.model.refit_energy_shifts:
             if statistics["per_type_energy_shifts"] is None:
                 raise ConfigError("model.refit_energy_shifts: no training frame has an energy label to fit them to")
             model_config["per_type_energy_shifts"] = statistics["per_type_energy_shifts"]
-        else:
-            defaults = {
-                "avg_num_neighbors": statistics["avg_num_neighbors"],
-                "per_type_energy_shifts": statistics["per_type_energy_shifts"],
-                "per_type_energy_scales": statistics["force_rms"],
-            }
-            for name, value in defaults.items():
-                if getattr(config.model, name) is None:
-                    if value is None:  # no training frame has the label it is fitted to
-                        label = "energy" if name == "per_type_energy_shifts" else "forces"
-                        raise ConfigError(
-                            f"model.{name}: no training frame has a {label} label to compute it from; give it"
-                        )
-                    given[name] = value
-            model_config = build_model(given).config
+        # the parent's record may predate closest_training_pair (None)
+        known = [d for d in (model_config.get("closest_training_pair"), statistics["closest_pair"]) if d is not None]
+        model_config["closest_training_pair"] = min(known, default=None)
+    else:
+        defaults = {
+            "avg_num_neighbors": statistics["avg_num_neighbors"],
+            "per_type_energy_shifts": statistics["per_type_energy_shifts"],
+            "per_type_energy_scales": statistics["force_rms"],
+            "closest_training_pair": statistics["closest_pair"],
+        }
+        fitted_to = {"per_type_energy_shifts": "energy", "per_type_energy_scales": "forces"}
+        for name, value in defaults.items():
+            if getattr(config.model, name) is None:
+                if value is None and name in fitted_to:  # no training frame has the label it is fitted to
+                    raise ConfigError(
+                        f"model.{name}: no training frame has a {fitted_to[name]} label to compute it from; give it"
+                    )
+                given[name] = value
+        model_config = resolve_hyperparameters(**given)
     return model_config, datamodule
 
 
 def build_trainer(config: TrainingConfig, extra_callbacks: Sequence[Callback] = ()) -> L.Trainer:
     """The Lightning Trainer of a configuration: checkpoints, EMA, early stopping, CSV logs.
 
-    The run stops at the first training step whose loss is not finite.
+    The run stops at the first training step whose loss is not finite, and at the end of the
+    training step during which SIGTERM arrived (saving last.ckpt).
     """
     output_dir = Path(config.output_dir)
-    checkpoints = ModelCheckpoint(
+    best = ModelCheckpoint(
         dirpath=output_dir,
         filename="best",
         monitor=MONITOR,
         mode="min",
         save_top_k=1,
-        save_last=True,
         auto_insert_metric_name=False,
         enable_version_counter=False,
     )
     callbacks = [
-        checkpoints,
+        best,
+        SaveLastCheckpoint(output_dir / "last.ckpt"),  # after best: it saves its state too
         StopOnNonFiniteLoss(),
         EpochSummary(),
         LearningRateMonitor(logging_interval="epoch"),
@@ -309,6 +325,8 @@ def build_trainer(config: TrainingConfig, extra_callbacks: Sequence[Callback] = 
                 min_delta=config.early_stopping.min_delta,
             )
         )
+    # last: the checkpoint it saves must hold every other callback's state after the batch (EMA's)
+    callbacks.append(StopOnSIGTERM(output_dir / "last.ckpt"))
     # each launch, resumed ones included, logs to a new output_dir/logs/version_<n>/
     loggers = [_CSVLogger(output_dir, name="logs")]
     if importlib.util.find_spec("tensorboard") is not None:
@@ -349,33 +367,6 @@ def write_resolved_config(config_dict: Dict[str, Any], model_config: Dict[str, A
         yaml.safe_dump({**config_dict, "resolved_model": model_config}, f, sort_keys=False)
 
 
-def _check_resume_matches(checkpoint: Dict[str, Any], model_config: Dict[str, Any], path: Path) -> None:
-    trained = checkpoint["hyper_parameters"]["model_config"]
-    for name in model_config:
-        if trained.get(name) != model_config[name]:
-            raise ConfigError(
-                f"model.{name}: {model_config[name]!r} differs from {trained.get(name)!r} in {path}, which this"
-                " run would resume; use a new output_dir to train a different model"
-            )
-
-
-def _check_same_data(checkpoint: Dict[str, Any], fingerprints: Dict[str, Dict[str, str]], path: Path) -> None:
-    """Refuse to resume on data other than the checkpoint's (the same bytes, wherever they are now)."""
-    saved = DataFingerprint.saved_in(checkpoint)
-    if saved is None:  # written before fingerprints were kept: the model check still applies
-        return
-    for key in sorted(saved.keys() | fingerprints.keys()):
-        before, now = saved.get(key), fingerprints.get(key)
-        if before is not None and now is not None and before["sha256"] == now["sha256"]:
-            continue
-        was = "not given" if before is None else f"{before['path']} (sha256 {before['sha256'][:12]})"
-        is_now = "not given" if now is None else f"{now['path']} (sha256 {now['sha256'][:12]})"
-        raise DataChangedError(
-            f"cannot resume from {path}: the data changed since it was saved ({key} is now {is_now},"
-            f" was {was}); restore that data to resume, or use a new output_dir to train on this data"
-        )
-
-
 def _remove_empty_dirs(directories: List[Path]) -> None:
     """Remove the directories (deepest first) that a run created and left empty."""
     for directory in directories:
@@ -387,8 +378,10 @@ def _remove_empty_dirs(directories: List[Path]) -> None:
 
 def train(config: TrainingConfig) -> L.Trainer:
     """Run (or resume) the training that ``config`` describes; returns the fitted Trainer."""
-    output_dir = Path(config.output_dir)
-    check_output_dir(output_dir)
+    try:
+        output_dir = check_output_dir(config.output_dir)
+    except ValueError as err:
+        raise ConfigError(f"output_dir: {err}") from None
     # a run refused before writing anything leaves no directory behind either
     created = [p for p in (output_dir, *output_dir.parents) if not p.exists()]
     try:
@@ -410,6 +403,8 @@ def _train(config: TrainingConfig, output_dir: Path) -> L.Trainer:
             resume_checkpoint = load_checkpoint(last)
         except CheckpointError as err:
             raise CheckpointError(f"cannot resume: {err}; delete it to start over") from err.__cause__
+        # the settings first: they need no data, and a refused resume writes nothing
+        check_resume_settings(resume_checkpoint, config, last)
 
     L.seed_everything(config.trainer.seed, workers=True, verbose=False)
     keep_freed_memory()
@@ -417,18 +412,26 @@ def _train(config: TrainingConfig, output_dir: Path) -> L.Trainer:
     model_config, datamodule = resolve_model(config, source)
     fingerprints = data_fingerprints(config.data)
     if resume_checkpoint is not None:
-        _check_same_data(resume_checkpoint, fingerprints, last)
-        _check_resume_matches(resume_checkpoint, model_config, last)
+        check_same_data(resume_checkpoint, fingerprints, last)
+        check_same_model(resume_checkpoint, model_config, last)
 
     config_dict = config_to_dict(config)
     module = NequIPLightningModule(model_config=model_config, config=config_dict)
-    trainer = build_trainer(config, extra_callbacks=[DataFingerprint(fingerprints)])
+    extra_callbacks = [DataFingerprint(fingerprints)]
+    if resume_checkpoint is not None:
+        extra_callbacks.append(ResumedSchedulerSteps(missed_scheduler_step(resume_checkpoint)))
+    trainer = build_trainer(config, extra_callbacks=extra_callbacks)
     write_resolved_config(config_dict, model_config, output_dir)
 
     # output_dir holds config.yaml and the logs beside the checkpoints, on purpose
     warnings.filterwarnings("ignore", message="Checkpoint directory .* exists and is not empty")
     if resume_checkpoint is not None:
-        rank_zero_info(f"resuming from {last}, saved after epoch {resume_checkpoint['epoch'] + 1}")
+        done, into_epoch = epochs_trained(resume_checkpoint), batches_into_epoch(resume_checkpoint)
+        where = f"in epoch {done + 1} after batch {into_epoch}" if into_epoch else f"after epoch {done}"
+        rank_zero_info(f"resuming from {last}, saved {where}")
+        # the training loader leaves out the batches done (SkippingDataLoader), which Lightning cannot see
+        datamodule.resume_after_batches = into_epoch
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     elif source is not None:
         weights = source.state_dict()
         # refitted shifts replace the source's; everything else starts where the source ended
@@ -439,6 +442,15 @@ def _train(config: TrainingConfig, output_dir: Path) -> L.Trainer:
 
     trainer.fit(module, datamodule=datamodule, ckpt_path=last if resume_checkpoint is not None else None)
 
+    stop = next(c for c in trainer.callbacks if isinstance(c, StopOnSIGTERM))
+    if stop.stopped() is not None:
+        raise stop.stopped()
+    if stop.received and datamodule.has_test_data:  # SIGTERM in the last validation: training is done
+        raise TrainingStopped(
+            f"stopped by SIGTERM after the last epoch: {last} holds the finished run, but the test data were not"
+            f" evaluated (nequip-test {trainer.checkpoint_callback.best_model_path or last} evaluates them)",
+            resumable=False,
+        )
     if datamodule.has_test_data and trainer.is_global_zero:
         if trainer.checkpoint_callback.best_model_path:
             evaluate_test_set(config, trainer, datamodule)
@@ -466,6 +478,7 @@ def evaluate_test_set(config: TrainingConfig, trainer: L.Trainer, datamodule: Ne
 __all__ = [
     "DataChangedError",
     "OutputDirInUseError",
+    "TrainingStopped",
     "train",
     "build_trainer",
     "resolve_model",

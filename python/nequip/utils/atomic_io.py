@@ -125,6 +125,21 @@ def atomic_open(path: PathLike, mode: str = "w") -> Iterator:
             os.fsync(f.fileno())
 
 
+def check_output_dir(path: PathLike) -> Path:
+    """``path`` as a Path, after refusing one that is a file or lies under one (ValueError), so
+    that a run meant to write there is stopped before any work. A missing directory is fine:
+    the writer creates it."""
+    path = Path(path)
+    for existing in (path, *path.parents):
+        if existing.exists():
+            if existing.is_dir():
+                return path
+            if existing == path:
+                raise ValueError(f"{path} is a file; give a directory (it is created if missing)")
+            raise ValueError(f"{path} is under {existing}, which is a file; give a directory elsewhere")
+    return path
+
+
 def remove_stale_temporaries(directory: PathLike) -> List[Path]:
     """Remove the temporary files of atomic writes into ``directory`` that a killed process
     left behind; returns them. Call it only while no other process writes there."""
