@@ -180,6 +180,13 @@ Metadata parse_metadata(const std::string& path, std::map<std::string, std::stri
     metadata.closest_training_pair = reader.positive_float("closest_training_pair");
   }
 
+  // Project key, optional: a pair potential added to the learned energy, by name.
+  if (reader.has("pair_potential")) {
+    std::vector<std::string> words = split_words(raw.at("pair_potential"));
+    if (words.size() != 1 || words[0] != "zbl") reader.malformed("pair_potential", "'zbl'");
+    metadata.pair_potential = words[0];
+  }
+
   // The device type the file was compiled for: torch's key in a .pt2, ours in a .pth;
   // absent (files of other producers, older files) means any.
   for (const char* key : {"AOTI_DEVICE_KEY", "compile_device"}) {

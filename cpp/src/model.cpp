@@ -138,7 +138,8 @@ class Model::Impl {
           std::unique_ptr<LayeredParts> parts = format_ == ModelFormat::TorchScript
                                                     ? torchscript_parts(*module_)
                                                     : aoti_parts(aoti_parts_);
-          return run_layered(*parts, prepared, metadata_.num_layers, exchange, record);
+          return run_layered(*parts, prepared, metadata_.num_layers,
+                             !metadata_.pair_potential.empty(), exchange, record);
         });
     return checked_outputs(std::move(raw), prepared, record.received_non_finite);
   }
@@ -197,7 +198,8 @@ class Model::Impl {
     // the layer-by-layer parts of target pair_nequip_domain, each a model of the package
     auto parts = metadata_.raw.find("nequip_aoti_parts");
     if (parts != metadata_.raw.end()) {
-      const std::vector<std::string> expected = aoti_part_names(metadata_.num_layers);
+      const std::vector<std::string> expected =
+          aoti_part_names(metadata_.num_layers, !metadata_.pair_potential.empty());
       if (metadata_.num_layers < 1 || split_words(parts->second) != expected) {
         throw ModelFileError(path_ + ": metadata key 'nequip_aoti_parts' is malformed: expected '" +
                              join(expected) + "' (num_layers " +

@@ -154,6 +154,9 @@ struct Metadata {
   // Project key `closest_training_pair`: the distance of the closest two atoms of the data the
   // model was trained on (Å); 0 when absent (files of other producers and older ones).
   double closest_training_pair = 0.0;
+  // Project key `pair_potential`: the pair energy added to the learned one ("zbl"); empty when
+  // absent. A layer-by-layer evaluation then runs the model's part pair_energy as well.
+  std::string pair_potential;
   // The device type the file was compiled for, "cpu" or "cuda" (a .pt2: torch's key
   // AOTI_DEVICE_KEY; a .pth: our key compile_device); empty when the file does not say.
   std::string compiled_for;

@@ -238,10 +238,13 @@ def package(exported: torch.export.ExportedProgram, file: BinaryIO, metadata: Ma
 # min-cut partitioner (split_joint): the forward part returns its output and the values costly
 # to recompute ("residuals": per edge, the radial MLP's hidden activations), which the runtime
 # keeps until the VJP takes them back; the VJP recomputes the cheap rest. The edge embedding's
-# VJP recomputes the embedding (cheap: harmonics and Bessels).
+# VJP recomputes the embedding (cheap: harmonics and Bessels). A model with a pair potential
+# (metadata key pair_potential: ZBL) has one more part, last, which gives the pair energies and
+# their gradient by the edge vectors, which the runtime adds to the rest: the pair term is in
+# that part only.
 
 
-def part_names(num_layers: int) -> Tuple[str, ...]:
+def part_names(num_layers: int, pair_potential: bool = False) -> Tuple[str, ...]:
     """The AOTI model names of the parts, in the order of one evaluation."""
     return (
         ("node_embedding", "edge_embedding")
@@ -249,6 +252,7 @@ def part_names(num_layers: int) -> Tuple[str, ...]:
         + ("energy_readout_vjp",)
         + tuple(f"layer_{k}_vjp" for k in reversed(range(num_layers)))
         + ("edge_embedding_vjp",)
+        + (("pair_energy_vjp",) if pair_potential else ())
     )
 
 
@@ -448,6 +452,23 @@ class EnergyReadoutVJP(torch.nn.Module):
             return atomic_energy.detach(), grad
 
 
+class PairEnergyVJP(torch.nn.Module):
+    """edge_vec (E, 3), atom_types, edge_index, local_mask -> the per-atom pair energies
+    (N, 1), 0 where not local, and the gradient of their sum by edge_vec."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, edge_vec, atom_types, edge_index, local_mask):
+        with torch.enable_grad():
+            edge_vec = _leaf(edge_vec)
+            energy = self.model.pair_energy(edge_vec, atom_types, edge_index)
+            energy = torch.where(local_mask.unsqueeze(-1), energy, torch.zeros_like(energy))
+            (grad,) = _vjp([energy.sum()], [edge_vec], None)
+            return energy.detach(), grad
+
+
 def _part_inputs(model, num_types: int, device, num_atoms=None, num_edges=None):
     """Example inputs of every part (name -> tuple), from the synthetic frame as tracing_inputs
     makes it, with the intermediate tensors the model gives on it."""
@@ -467,6 +488,7 @@ def _part_inputs(model, num_types: int, device, num_atoms=None, num_edges=None):
         "edge_embedding": (edge_vec, atom_types, edge_index),
         "edge_embedding_vjp": (edge_vec, atom_types, edge_index, torch.ones_like(edge_sh), torch.ones_like(edge_radial)),
         "energy_readout_vjp": (features[-1], atom_types, local_mask),
+        "pair_energy_vjp": (edge_vec, atom_types, edge_index, local_mask),
     }
     for k in range(len(model.layers)):
         common = (features[k], node_attrs, edge_sh, edge_radial, edge_index)
@@ -477,7 +499,8 @@ def _part_inputs(model, num_types: int, device, num_atoms=None, num_edges=None):
 
 def _part_module(model, name: str) -> torch.nn.Module:
     return {"node_embedding": NodeEmbedding, "edge_embedding": EdgeEmbedding,
-            "edge_embedding_vjp": EdgeEmbeddingVJP, "energy_readout_vjp": EnergyReadoutVJP}[name](model)  # fmt: skip
+            "edge_embedding_vjp": EdgeEmbeddingVJP, "energy_readout_vjp": EnergyReadoutVJP,
+            "pair_energy_vjp": PairEnergyVJP}[name](model)  # fmt: skip
 
 
 def _part_dynamic_shapes(name: str, num_types: int):
@@ -493,6 +516,8 @@ def _part_dynamic_shapes(name: str, num_types: int):
         return edge_inputs + ({0: edges}, {0: edges})
     if name == "energy_readout_vjp":
         return ({0: atoms + num_types}, {0: atoms}, {0: atoms})
+    if name == "pair_energy_vjp":
+        return edge_inputs + ({0: atoms},)
     return ({0: rows}, {0: rows}, {0: edges}, {0: edges}, {1: edges})  # a layer's forward part
 
 
@@ -527,13 +552,13 @@ def _residual_dynamic_shapes(residuals, dims_by_symbol):
 
 
 def export_parts(
-    model: torch.nn.Module, num_types: int, device: torch.device, log
+    model: torch.nn.Module, num_types: int, device: torch.device, log, pair_potential: bool = False
 ) -> Dict[str, torch.export.ExportedProgram]:
     """Every part of :func:`part_names`, traced (VJPs included) and exported with dynamic sizes."""
     trace_inputs = _part_inputs(model, num_types, device)
     export_inputs = _part_inputs(model, num_types, device, _EXPORT_NUM_ATOMS, _EXPORT_NUM_EDGES)
     exported = {}
-    for name in part_names(len(model.layers)):
+    for name in part_names(len(model.layers), pair_potential):
         if name.startswith("layer_"):
             continue
         log(f"tracing and exporting part {name}")

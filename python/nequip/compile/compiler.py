@@ -39,6 +39,7 @@ from .contract import (
     EXTENSIONS,
     MODES,
     NEQUIP_VERSION,
+    PAIR_POTENTIAL,
     LAYER_FEATURE_WIDTHS,
     TARGET_INPUTS,
     TARGET_OUTPUTS,
@@ -214,7 +215,7 @@ def compile_model(
             }
         )
         if target == DOMAIN_TARGET:
-            metadata[AOTI_PARTS_KEY] = " ".join(aotinductor.part_names(len(model.layers)))
+            metadata[AOTI_PARTS_KEY] = " ".join(aotinductor.part_names(len(model.layers), PAIR_POTENTIAL in metadata))
     else:
         metadata.update(
             {
@@ -259,7 +260,9 @@ def compile_model(
                 exported = aotinductor.export(model, target, len(written.type_names), torch_device, log)
                 parts = None
                 if target == DOMAIN_TARGET:
-                    parts = aotinductor.export_parts(model, len(written.type_names), torch_device, log)
+                    parts = aotinductor.export_parts(
+                        model, len(written.type_names), torch_device, log, PAIR_POTENTIAL in metadata
+                    )
                 log("compiling C++ (AOTInductor), the slow step")
                 try:
                     if parts is None:

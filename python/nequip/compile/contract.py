@@ -55,6 +55,9 @@ MODEL_DTYPES: Tuple[str, ...] = ("float32", "float64")
 # Project keys of the model: message-passing layers (and the widths of their outputs).
 NUM_LAYERS = "num_layers"
 LAYER_FEATURE_WIDTHS = "layer_feature_widths"
+# Project key of a model with a pair potential added to its learned energy ("zbl"; absent: none).
+# A file of DOMAIN_TARGET then has the part pair_energy_vjp, a .pth the method pair_energy.
+PAIR_POTENTIAL = "pair_potential"
 # FILE_CONTRACT §4: field names of the flat AOTInductor interface, space-separated.
 AOTI_INPUTS_KEY = "nequip_aoti_inputs"
 AOTI_OUTPUTS_KEY = "nequip_aoti_outputs"

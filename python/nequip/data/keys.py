@@ -24,5 +24,9 @@ VIRIAL: Final[str] = "virial"
 # (N, 3, 3): each edge's virial split half to each of its two atoms; sums to VIRIAL.
 ATOM_VIRIAL: Final[str] = "atom_virial"
 
+# training data only: loss weights of each frame (F,) and of each atom's force (N,)
+FRAME_WEIGHT: Final[str] = "frame_weight"
+FORCE_WEIGHT: Final[str] = "force_weight"
+
 OUTPUT_KEYS: Final = (ATOMIC_ENERGY, TOTAL_ENERGY, FORCES, STRESS, VIRIAL, ATOM_VIRIAL)
 LABEL_KEYS: Final = (TOTAL_ENERGY, FORCES, STRESS)
