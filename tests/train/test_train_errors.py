@@ -18,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-import nequip.package.build
+import nequip.load
 from nequip.package import build_package
 from nequip.scripts.train import main as nequip_train
 from nequip.train import load_checkpoint, train, validate_config
@@ -121,20 +121,39 @@ def test_fine_tuning_from_non_finite_weights_names_them(trained_run, tiny_data, 
     source = tmp_path / "diverged.ckpt"
     torch.save(checkpoint, source)
     if kind == "package":
-        # packaging refuses such weights itself: skip that check to make the file
-        monkeypatch.setattr(nequip.package.build, "_check_finite_weights", lambda *_: None)
+        # loading refuses such weights: make the package of the finite model, then poison it
         package = tmp_path / "diverged.nequip.zip"
-        build_package(source, package, verify=False)
+        finite = tmp_path / "finite.ckpt"
+        checkpoint["state_dict"][f"model.{name}"][0] = 0.0
+        torch.save(checkpoint, finite)
+        build_package(finite, package, verify=False)
+        monkeypatch.setattr(nequip.load, "PACKAGE_LOADERS", _poisoning(nequip.load.PACKAGE_LOADERS, name))
         source = package
     output_dir = tmp_path / "fine"
     raw = training_config(tiny_data, output_dir, model={f"from_{kind}": str(source)})
     del raw["data"]["type_names"]
     assert nequip_train([write_config(raw, tmp_path / "config.yaml")]) == 1
     assert capsys.readouterr().err == (
-        f"nequip-train: {source}: the model's weights are not finite (NaN or infinite), first in {name}; fine-tune"
-        " from a checkpoint saved before its training diverged\n"
+        f"nequip-train: {source}: the model's weights are not finite (NaN or infinite): {name}; its every "
+        "prediction would be NaN. Use a checkpoint saved before training diverged (e.g. best.ckpt), or retrain "
+        "from finite data\n"
     )
     assert not output_dir.exists()
+
+
+def _poisoning(loaders, name):
+    """Package loaders whose models come out with a NaN in the weight ``name``."""
+
+    def poisoned(load):
+        def load_poisoned(path, variant):
+            model = load(path, variant)
+            with torch.no_grad():
+                model.get_parameter(name)[0] = float("nan")
+            return model
+
+        return load_poisoned
+
+    return {version: poisoned(load) for version, load in loaders.items()}
 
 
 def test_a_second_run_into_a_locked_output_dir_is_refused(tiny_data, tmp_path):

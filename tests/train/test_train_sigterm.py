@@ -134,6 +134,8 @@ def sigterm_at(monkeypatch):
     "where, every, stopped",
     [
         (dict(step=8), 1, "in epoch 2, after batch 3 of 6"),
+        # in the last epoch: its end saves last.ckpt before the scheduler step, as an uninterrupted run's does
+        (dict(step=14), 1, "in epoch 3, after batch 3 of 6"),
         # the last batch of an epoch: the epoch ends (validation, scheduler step) before the run stops
         (dict(step=5), 1, "after epoch 1"),
         # the same in an epoch without validation (Lightning saves last.ckpt again as fit ends)

@@ -4,7 +4,7 @@ import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import lightning as L
 import torch
@@ -232,11 +232,14 @@ class ResumedSchedulerSteps(Callback):
     epoch's end (validation end, before the step) resumes without that epoch's step, and one
     saved mid-epoch without the resumed epoch's. Either way the plateau count would lag the
     uninterrupted run's. This takes the first with the validation loss the checkpoint recorded
-    (``saved_val_loss``), before the first resumed batch, and the second with the epoch's own.
+    (``saved_val_loss``), before the first resumed batch, and the second with the epoch's own
+    as the next epoch starts: after the epoch's checkpoints, as Lightning's own step comes
+    after them, so that every checkpoint of the resumed run equals the uninterrupted run's.
     """
 
     def __init__(self, saved_val_loss: Optional[float]):
         self.saved_val_loss = saved_val_loss
+        self.pending: List[Tuple[Any, float]] = []  # (scheduler, monitored value) to step next epoch
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.saved_val_loss is not None:
@@ -248,7 +251,12 @@ class ResumedSchedulerSteps(Callback):
             return
         for config in trainer.lr_scheduler_configs:
             if config.interval == "epoch" and (trainer.current_epoch + 1) % config.frequency == 0:
-                config.scheduler.step(float(trainer.callback_metrics[config.monitor]))
+                self.pending.append((config.scheduler, float(trainer.callback_metrics[config.monitor])))
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for scheduler, value in self.pending:
+            scheduler.step(value)
+        self.pending = []
 
 
 class DataFingerprint(Callback):

@@ -46,7 +46,6 @@ from .callbacks import (
 )
 from ..load import (
     CheckpointError,
-    ModelFileError,
     ModelFromCheckpoint,
     ModelFromPackage,
     load_checkpoint,
@@ -178,28 +177,13 @@ class _CSVLogger(CSVLogger):
 
 def load_source_model(config: TrainingConfig) -> Optional[NequIPModel]:
     """The model a fine-tuning run starts from, or None for a new model."""
+    # (the loaders refuse non-finite weights: a diverged run's first step would otherwise end
+    # with an infinite loss blamed on the learning rate)
     if config.model.from_checkpoint is not None:
-        path, model = config.model.from_checkpoint, ModelFromCheckpoint(config.model.from_checkpoint)
-    elif config.model.from_package is not None:
-        path, model = config.model.from_package, ModelFromPackage(config.model.from_package)
-    else:
-        return None
-    check_finite_weights(model, path)
-    return model
-
-
-def check_finite_weights(model: torch.nn.Module, path) -> None:
-    """Refuse a model to fine-tune whose weights are NaN or infinite (its training diverged):
-    its first training step would end the run with an infinite loss blamed on the learning rate.
-
-    (To be replaced by the same check in the loaders of nequip.load, which every reader passes.)
-    """
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ModelFileError(
-                f"{path}: the model's weights are not finite (NaN or infinite), first in {name}; fine-tune from a"
-                " checkpoint saved before its training diverged"
-            )
+        return ModelFromCheckpoint(config.model.from_checkpoint)
+    if config.model.from_package is not None:
+        return ModelFromPackage(config.model.from_package)
+    return None
 
 
 def data_labels(config: TrainingConfig):

@@ -1,4 +1,5 @@
-"""nequip-test: a metrics table, predictions in extxyz, a parity plot."""
+"""nequip-test (nequip.inference.evaluation): a metrics table, predictions in extxyz, a parity plot;
+the same metrics as the training loop's test stage."""
 
 import json
 import sys
@@ -13,9 +14,9 @@ import torch
 from nequip.data import AtomicDataset, TypeMapper, read_frames
 from nequip.inference import open_model
 from nequip.inference.eager import EagerModel
+from nequip.inference.evaluation import evaluate, predict
 from nequip.scripts.evaluate import main as nequip_test
 from nequip.train import NequIPLightningModule
-from nequip.inference.evaluation import evaluate, predict
 from nequip.train.metrics import ErrorMetrics
 
 
