@@ -11,6 +11,7 @@ import torch
 import torch_sim as ts
 from ase import Atoms
 from ase.build import bulk
+from torch_sim.models.interface import validate_model_outputs
 
 from nequip.ase import NequIPCalculator
 from nequip.integrations.torchsim import NequIPModel
@@ -113,6 +114,14 @@ def test_batched_single_point_equals_ase_one_system_at_a_time(model_path):
         assert_close(out["stress"][index], stress, f"system {index} stress")
 
 
+def test_every_kind_of_file_passes_torchsims_own_interface_check(model_path):
+    """TorchSim's validate_model_outputs: a batch of Si and Fe (here the model's C), the
+    state left unchanged, the outputs' keys and shapes, each system alone = in the batch."""
+    model = NequIPModel(model_path, species_to_type_map={"Si": "Si", "Fe": "C"})
+    assert model.compute_stress and model.compute_forces
+    validate_model_outputs(model, torch.device("cpu"), torch.float64)
+
+
 def test_non_periodic_systems_have_energy_forces_and_no_stress(compiled_models):
     path = compiled_models["float64", "aotinductor", "batch"]
     molecules = [atoms for atoms in periodic_systems()[-3:]]
@@ -154,15 +163,22 @@ def test_per_axis_pbc_of_later_torchsim_releases_gives_slabs(compiled_models):
 
 def test_unknown_species_is_refused_naming_the_way_out(compiled_models):
     model = NequIPModel(compiled_models["float64", "torchscript", None])
-    state = ts.io.atoms_to_state([bulk("Si", "diamond", a=5.43), bulk("Fe", "bcc", a=2.87)], model.device, model.dtype)
-    with pytest.raises(ValueError, match=r"^unknown species Fe: the model's types are \['Si', 'C'\]; map each species to one with species_to_type_map$"):
+    systems = [bulk("Si", "diamond", a=5.43), bulk("Fe", "bcc", a=2.87)]
+    state = ts.io.atoms_to_state(systems, model.device, model.dtype)
+    message = r"^unknown species Fe: the model's types are \['Si', 'C'\]; map each species to one with species_to_type_map$"
+    with pytest.raises(ValueError, match=message):
         model(state)
 
 
 def relaxation_systems():
     rng = np.random.default_rng(3)
-    systems = [bulk("SiC", "zincblende", a=4.36, cubic=True), bulk("Si", "diamond", a=5.43), bulk("SiC", "zincblende", a=4.36).repeat((2, 1, 1))]
-    systems.append(spread(Atoms(rng.choice(["Si", "C"], 6), scaled_positions=rng.uniform(0, 1, (6, 3)), cell=5.5 * np.eye(3), pbc=True), rng))
+    systems = [
+        bulk("SiC", "zincblende", a=4.36, cubic=True),
+        bulk("Si", "diamond", a=5.43),
+        bulk("SiC", "zincblende", a=4.36).repeat((2, 1, 1)),
+    ]
+    random_cell = Atoms(rng.choice(["Si", "C"], 6), scaled_positions=rng.uniform(0, 1, (6, 3)), cell=5.5 * np.eye(3), pbc=True)
+    systems.append(spread(random_cell, rng))
     for index, atoms in enumerate(systems):
         atoms.rattle(0.1, seed=10 + index)
     return systems
@@ -206,11 +222,21 @@ def per_system_noise(monkeypatch, sizes, seeds):
     def draw(shape, dtype, device):
         if tuple(shape[:1]) != (sum(sizes),):
             raise AssertionError(f"TorchSim drew random numbers of shape {tuple(shape)}, not per atom")
-        parts = [real_randn((size,) + tuple(shape[1:]), generator=g, dtype=torch.float64) for size, g in zip(sizes, generators)]
+        parts = [
+            real_randn((size,) + tuple(shape[1:]), generator=generator, dtype=torch.float64)
+            for size, generator in zip(sizes, generators)
+        ]
         return torch.cat(parts).to(device=device, dtype=dtype or torch.get_default_dtype())
 
-    monkeypatch.setattr(torch, "randn", lambda *shape, generator=None, dtype=None, device=None, **_: draw(shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape, dtype, device))
-    monkeypatch.setattr(torch, "randn_like", lambda tensor, dtype=None, device=None, **_: draw(tensor.shape, dtype or tensor.dtype, device or tensor.device))
+    def randn(*shape, generator=None, dtype=None, device=None, **_):
+        # torch.randn(3, 4) or torch.randn((3, 4))
+        return draw(shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape, dtype, device)
+
+    def randn_like(tensor, dtype=None, device=None, **_):
+        return draw(tensor.shape, dtype or tensor.dtype, device or tensor.device)
+
+    monkeypatch.setattr(torch, "randn", randn)
+    monkeypatch.setattr(torch, "randn_like", randn_like)
     try:
         yield
     finally:
