@@ -14,6 +14,10 @@ own seed.
   ``BinningAutoBatcher`` whose memory limit holds ``--batch-atoms`` atoms of these cells (one
   runtime call per bin); each ``--batch-atoms`` value is a side of its own.
 
+On a machine whose cores are busy with other work, use ``--threads 1`` (and
+``OMP_NUM_THREADS=1``): OpenMP threads that wait for each other on oversubscribed cores made
+single 64-atom calls 8x slower (1.2-1.6 s against 0.16 s on one thread, load average 8).
+
 The sides alternate ``--repeats`` times; the figures are medians, the ratios are of the
 medians of the same run. Both include building the neighbour lists (vesin, per cell, on both sides). The
 largest difference between the two sides' energies and forces is printed as a check.
