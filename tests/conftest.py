@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "fixtures.compiled",
+    "fixtures.foreign_packages",
     "fixtures.model_files",
     "fixtures.training",
 ]

@@ -1,6 +1,15 @@
 // CPU kernels for the backward pass of the message passing (python/nequip/nn/message_passing.py),
-// registered with torch as nequip::message_backward and nequip::message_double_backward, and
-// loaded by importing the Python module nequip._kernels (this file).
+// registered with torch as nequip::message_backward_v1 and nequip::message_double_backward_v1,
+// and loaded by importing the Python module nequip._kernels (this file).
+//
+// Versions. An operator's name carries the version of its arguments and meaning (_v1). The Python
+// code that calls them, and the copy of that code interned in every package, checks that the
+// installed library registers the names and schemas it was written for and otherwise computes
+// the same with torch operations (message_passing.py, KERNEL_VERSION; packages record it in their
+// metadata as versions: nequip_kernels). So a change of an operator's arguments or meaning is a
+// new name (_v2), never an edit of a registered one, and the library keeps registering the
+// versions that existing packages call. Version 1 is also registered under the unversioned
+// names that packages made before versioning call (without a check).
 //
 // Both work on one "run": the path groups of one input irrep (PathRun in message_passing.py).
 // Per edge e with centre c and neighbour j, for rows r (path, output component) and channels u:
@@ -294,7 +303,7 @@ Run check_run(const char* op, const Tensor& a, const Tensor& x, const Tensor& g,
 std::tuple<Tensor, Tensor, Tensor> message_backward(const Tensor& a, const Tensor& x, const Tensor& g, const Tensor& w,
                                                     const Tensor& center, const Tensor& neighbor,
                                                     const Tensor& row_path) {
-  const Run run = check_run("nequip::message_backward", a, x, g, w, center, neighbor, row_path);
+  const Run run = check_run("nequip::message_backward_v1", a, x, g, w, center, neighbor, row_path);
   const int64_t edges = a.size(0);
   Tensor gw = at::empty({edges, run.paths, run.mul}, a.options());
   Tensor ga = at::empty({edges, run.d1, run.rows}, a.options());
@@ -317,7 +326,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> message_double_backward(const Tensor&
                                                                    const Tensor& neighbor, const Tensor& row_path,
                                                                    const Tensor& hw, const Tensor& ha,
                                                                    const Tensor& hx) {
-  const char* op = "nequip::message_double_backward";
+  const char* op = "nequip::message_double_backward_v1";
   const Run run = check_run(op, a, x, g, w, center, neighbor, row_path);
   const int64_t edges = a.size(0);
   check_shape(op, hw, "the cotangent of gw", {edges, run.paths, run.mul}, a);
@@ -345,14 +354,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> message_double_backward(const Tensor&
 
 }  // namespace
 
-TORCH_LIBRARY(nequip, m) {
-  m.def("message_backward(Tensor a, Tensor x, Tensor g, Tensor w, Tensor center, Tensor neighbor, Tensor row_path)"
-        " -> (Tensor, Tensor, Tensor)");
-  m.def("message_double_backward(Tensor a, Tensor x, Tensor g, Tensor w, Tensor center, Tensor neighbor, "
-        "Tensor row_path, Tensor hw, Tensor ha, Tensor hx) -> (Tensor, Tensor, Tensor, Tensor)");
+#define NEQUIP_MESSAGE_BACKWARD_V1_ARGUMENTS \
+  "(Tensor a, Tensor x, Tensor g, Tensor w, Tensor center, Tensor neighbor, Tensor row_path) -> (Tensor, Tensor, Tensor)"
+#define NEQUIP_MESSAGE_DOUBLE_BACKWARD_V1_ARGUMENTS                                                 \
+  "(Tensor a, Tensor x, Tensor g, Tensor w, Tensor center, Tensor neighbor, Tensor row_path, Tensor hw, " \
+  "Tensor ha, Tensor hx) -> (Tensor, Tensor, Tensor, Tensor)"
+
+// A fragment: other libraries of the project may add operators to the namespace (TORCH_LIBRARY
+// may define a namespace once per process).
+TORCH_LIBRARY_FRAGMENT(nequip, m) {
+  m.def("message_backward_v1" NEQUIP_MESSAGE_BACKWARD_V1_ARGUMENTS);
+  m.def("message_double_backward_v1" NEQUIP_MESSAGE_DOUBLE_BACKWARD_V1_ARGUMENTS);
+  // version 1 under the names of packages made before versioning
+  m.def("message_backward" NEQUIP_MESSAGE_BACKWARD_V1_ARGUMENTS);
+  m.def("message_double_backward" NEQUIP_MESSAGE_DOUBLE_BACKWARD_V1_ARGUMENTS);
 }
 
 TORCH_LIBRARY_IMPL(nequip, CPU, m) {
+  m.impl("message_backward_v1", &message_backward);
+  m.impl("message_double_backward_v1", &message_double_backward);
   m.impl("message_backward", &message_backward);
   m.impl("message_double_backward", &message_double_backward);
 }

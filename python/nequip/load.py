@@ -32,6 +32,8 @@ top-level folder (its name is of no meaning); below it, a package built by this 
     model/<variant>.pkl        the pickled model of each variant (``default``)
     model/example_data.pt      one frame (FILE_CONTRACT §1), ``torch.save``d plain tensors
     model/config.yaml          the training configuration, when the package came from training
+    model/package_metadata.txt, model/eager_model.pkl, model/example_data.pkl
+                               what the other NequIP release reads (format 2 on; see below)
     nequip/..., e3nn/...       the interned source of the code the model needs
     .data/...                  torch.package's own records (weights, extern module list, ...)
 
@@ -39,6 +41,14 @@ Package format history (bump ``PACKAGE_FORMAT_VERSION`` on every change a loader
 about, and add a reader of the old version to ``PACKAGE_LOADERS``):
 
 1. First format: the layout above.
+2. Also the entries the other NequIP release reads, so that its ``ModelFromPackage`` loads our
+   model: ``model/package_metadata.txt`` (its YAML, ``package_version_id`` 2),
+   ``model/eager_model.pkl`` (a ``ModuleDict`` whose ``sole_model`` is
+   :class:`nequip.ecosystem.adapter.ExportedModel` around the default variant) and
+   ``model/example_data.pkl``. Read as format 1.
+
+Packages written by the other NequIP release (``model/package_metadata.txt`` without
+``model/metadata.yaml``) are read by :mod:`nequip.ecosystem.packages`.
 
 A checkpoint is Lightning's dictionary; what is read here: ``hyper_parameters.model_config``
 (``NequIPModel(**model_config)`` rebuilds the model), ``hyper_parameters.config`` (the
@@ -69,10 +79,12 @@ if TYPE_CHECKING:
 
 PathLike = Union[str, os.PathLike]
 
-PACKAGE_FORMAT_VERSION: Final[int] = 1
+PACKAGE_FORMAT_VERSION: Final[int] = 2
 """The format this version of nequip writes, and the newest it reads."""
 
 PACKAGE_SUFFIX: Final[str] = ".nequip.zip"
+# wherever a package path is accepted, so is a nequip.net model ID: nequip.net:owner/name:version
+NEQUIP_NET_PREFIX: Final[str] = "nequip.net:"
 CHECKPOINT_SUFFIX: Final[str] = ".ckpt"
 TORCHSCRIPT_SUFFIX: Final[str] = ".nequip.pth"
 AOTINDUCTOR_SUFFIX: Final[str] = ".nequip.pt2"
@@ -103,6 +115,16 @@ EXAMPLE_DATA_ENTRY: Final[str] = f"{RESOURCE_PACKAGE}/{EXAMPLE_DATA_RESOURCE}"
 CONFIG_ENTRY: Final[str] = f"{RESOURCE_PACKAGE}/{CONFIG_RESOURCE}"
 
 FORMAT_VERSION_KEY: Final[str] = "package_format_version"
+
+# The metadata entries of packages written by the other NequIP release (nequip 0.10 to 0.19.x:
+# plain YAML, its format counter under ECOSYSTEM_VERSION_KEY; 0.7 to 0.9: pickled); read by
+# nequip.ecosystem.packages
+ECOSYSTEM_METADATA_ENTRY: Final[str] = f"{RESOURCE_PACKAGE}/package_metadata.txt"
+ECOSYSTEM_PICKLED_METADATA_ENTRY: Final[str] = f"{RESOURCE_PACKAGE}/package_metadata.pkl"
+ECOSYSTEM_VERSION_KEY: Final[str] = "package_version_id"
+# the key of a model config naming the package of the other NequIP release its model comes from
+# (a fine-tuned one is rebuilt from that package's code: nequip.model.build_model)
+OTHER_RELEASE_PACKAGE: Final[str] = "other_release_package"
 
 # the prefix of the model's weights in a checkpoint's state_dict (the LightningModule's ``model``)
 CHECKPOINT_MODEL_PREFIX: Final[str] = "model."
@@ -254,10 +276,20 @@ def ModelFromCheckpoint(path: PathLike) -> "NequIPModel":
 
     path = Path(path)
     checkpoint = load_checkpoint(path)
+    model_config = checkpoint["hyper_parameters"]["model_config"]
     try:
-        model = build_model(checkpoint["hyper_parameters"]["model_config"])
+        model = build_model(model_config)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: damaged checkpoint: its model_config does not make a model ({err})") from None
+    except FileNotFoundError:
+        # a model of the other NequIP release fine-tuned here: its code is in the package it came from
+        source = model_config.get(OTHER_RELEASE_PACKAGE) if isinstance(model_config, dict) else None
+        if source is None:
+            raise
+        raise CheckpointError(
+            f"{path}: its model was fine-tuned from {source}, a package of another NequIP release whose code the "
+            "model needs, and that file is no longer there: put the package back at that path"
+        ) from None
     try:
         model.load_state_dict(model_state_dict(checkpoint))
     except RuntimeError as err:
@@ -285,10 +317,15 @@ def ModelFromPackage(path: PathLike, variant: str = DEFAULT_VARIANT) -> torch.nn
     """
     path = check_package_name(path)
     metadata = read_package_metadata(path)
-    variants = metadata["model_variants"]
-    if variant not in variants:
-        raise PackageError(f"{path}: no model variant {variant!r} in the package; it has: {', '.join(variants)}")
-    model = PACKAGE_LOADERS[metadata[FORMAT_VERSION_KEY]](path, variant)
+    if is_ecosystem_package(metadata):
+        from .ecosystem.packages import load_model as load_ecosystem_model
+
+        model = load_ecosystem_model(path, metadata, variant)
+    else:
+        variants = metadata["model_variants"]
+        if variant not in variants:
+            raise PackageError(f"{path}: no model variant {variant!r} in the package; it has: {', '.join(variants)}")
+        model = PACKAGE_LOADERS[metadata[FORMAT_VERSION_KEY]](path, variant)
     check_weights_finite(model, path)
     return model.eval()
 
@@ -301,7 +338,7 @@ def _load_format_1(path: Path, variant: str) -> torch.nn.Module:
         return importer.load_pickle(RESOURCE_PACKAGE, model_resource(variant), map_location="cpu")
 
 
-PACKAGE_LOADERS: Dict[int, Callable[[Path, str], torch.nn.Module]] = {1: _load_format_1}
+PACKAGE_LOADERS: Dict[int, Callable[[Path, str], torch.nn.Module]] = {1: _load_format_1, 2: _load_format_1}
 """How to load the model of each package format version this nequip knows, oldest first."""
 
 
@@ -342,8 +379,21 @@ def read_package_metadata(path: PathLike, allow_newer: bool = False) -> Dict[str
     """
     path = check_package_name(path)
     with _open_archive(path) as archive:
+        entries = {name.partition("/")[2] for name in archive.namelist()}
+        if METADATA_ENTRY not in entries and entries & {ECOSYSTEM_METADATA_ENTRY, ECOSYSTEM_PICKLED_METADATA_ENTRY}:
+            # a package written by the other NequIP release (nequip.ecosystem reads it)
+            from .ecosystem import packages
+
+            if ECOSYSTEM_METADATA_ENTRY not in entries:
+                packages.refuse_pickled_metadata(path)
+            return packages.parse_metadata(path, _read_entry(archive, path, ECOSYSTEM_METADATA_ENTRY, what="no entry"))
         text = _read_entry(archive, path, METADATA_ENTRY, what="no metadata entry")
     return _parse_metadata(path, text, allow_newer=allow_newer)
+
+
+def is_ecosystem_package(metadata: Dict[str, Any]) -> bool:
+    """Whether ``metadata`` (:func:`read_package_metadata`) is that of the other release's package."""
+    return ECOSYSTEM_VERSION_KEY in metadata and FORMAT_VERSION_KEY not in metadata
 
 
 def read_package_entry(path: PathLike, entry: str) -> bytes:
@@ -365,11 +415,22 @@ def _check_is_file(path: Path) -> None:
         raise FileNotFoundError(f"{path}: no such file")
 
 
+def resolve_model_path(path: PathLike) -> Path:
+    """``path`` as a Path; a nequip.net model ID (``nequip.net:owner/name:version``) as the local
+    package file it names, from the cache or downloaded (:mod:`nequip.ecosystem.nequip_net`)."""
+    text = os.fspath(path)
+    if text.startswith(NEQUIP_NET_PREFIX):
+        from .ecosystem import nequip_net
+
+        return nequip_net.resolve(text)
+    return Path(path)
+
+
 def _model_file_path(path: PathLike, kind: str) -> Path:
     # Path("") is the current directory: an empty name must not read as one
     if os.fspath(path) == "":
         raise FileNotFoundError(f"no {kind} to load: the path is empty")
-    return Path(path)
+    return resolve_model_path(path)
 
 
 def _is_intact_zip(path: Path) -> bool:
@@ -405,13 +466,19 @@ def _read_entry(archive: zipfile.ZipFile, path: Path, entry: str, what: str) -> 
         raise PackageError(f"{path}: damaged package: cannot read '{entry}' ({e})") from None
 
 
-def _parse_metadata(path: Path, text: bytes, allow_newer: bool) -> Dict[str, Any]:
+def yaml_mapping(path: Path, text: bytes, entry: str) -> Dict[str, Any]:
+    """The YAML mapping in the package entry ``entry`` (``text``, its bytes); PackageError if it is not one."""
     try:
-        metadata = yaml.safe_load(text.decode("utf-8"))
+        mapping = yaml.safe_load(text.decode("utf-8"))
     except (UnicodeDecodeError, yaml.YAMLError) as e:
-        raise PackageError(f"{path}: damaged package: '{METADATA_ENTRY}' is not valid YAML ({e})") from None
-    if not isinstance(metadata, dict):
-        raise PackageError(f"{path}: damaged package: '{METADATA_ENTRY}' is not a YAML mapping")
+        raise PackageError(f"{path}: damaged package: '{entry}' is not valid YAML ({e})") from None
+    if not isinstance(mapping, dict):
+        raise PackageError(f"{path}: damaged package: '{entry}' is not a YAML mapping")
+    return mapping
+
+
+def _parse_metadata(path: Path, text: bytes, allow_newer: bool) -> Dict[str, Any]:
+    metadata = yaml_mapping(path, text, METADATA_ENTRY)
     version = metadata.get(FORMAT_VERSION_KEY)
     # bool is an int subclass: `true` is not a version
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
@@ -432,6 +499,7 @@ def _parse_metadata(path: Path, text: bytes, allow_newer: bool) -> Dict[str, Any
 # keys a loader relies on, by format version
 _REQUIRED_KEYS: Dict[int, Tuple[str, ...]] = {
     1: ("versions", "model_variants", "type_names", "r_max", "model_metadata", "model_config"),
+    2: ("versions", "model_variants", "type_names", "r_max", "model_metadata", "model_config"),
 }
 
 

@@ -2,6 +2,7 @@
 
 import json
 import re
+import warnings
 import zipfile
 
 import numpy as np
@@ -13,6 +14,7 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from ase_systems import sic_cluster, sic_triclinic
 from nequip._runtime import DeviceError, ModelFileError
 from nequip.ase import NequIPCalculator
+from nequip.data import DenseCellWarning
 
 PT2 = ("float64", "aotinductor", "ase")
 
@@ -125,3 +127,21 @@ def test_eager_model_on_cuda_without_cuda(tmp_path, name):
 def test_eager_model_on_an_unknown_device(tmp_path):
     with raises(ValueError, "invalid device 'tpu': expected 'cpu', 'cuda' or 'cuda:<index>'"):
         NequIPCalculator(tmp_path / "m.nequip.zip", device="tpu")
+
+
+def test_cell_too_small_warns_once_per_calculator_as_it_changes(compiled_models):
+    """Under NPT a cell in the wrong units changes every step, and with it the warning's numbers:
+    one warning per calculator, not one per step."""
+    warned = []
+    for _ in range(2):
+        calculator = NequIPCalculator(compiled_models[PT2])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            for scale in (1.0, 1.01, 1.02):
+                atoms = Atoms("SiC", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5]], cell=np.eye(3) * scale, pbc=True)
+                atoms.calc = calculator
+                atoms.get_potential_energy()
+        warned.append([str(w.message) for w in caught if issubclass(w.category, DenseCellWarning)])
+    for messages in warned:
+        assert len(messages) == 1
+        assert messages[0].startswith("the periodic cell looks too small for its 2 atoms: cell lengths 1, 1, 1 Å")

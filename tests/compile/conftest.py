@@ -12,7 +12,25 @@ from .systems import SYSTEMS
 
 @pytest.fixture(scope="session")
 def systems() -> Dict[str, Dict[str, torch.Tensor]]:
-    return {name: build() for name, build in SYSTEMS.items()}
+    systems = {name: build() for name, build in SYSTEMS.items()}
+    _check_hard_cases(systems)
+    return systems
+
+
+def _check_hard_cases(systems) -> None:
+    """The agreement tests are only as good as their systems: each is what its name claims."""
+    assert systems["single_atom"]["pos"].shape[0] == 1
+    assert systems["single_atom"]["edge_index"].shape[1] == 0
+    assert systems["no_edges"]["edge_index"].shape[1] == 0
+    assert systems["no_edges"]["pos"].shape[0] > 1
+    assert "cell" not in systems["molecule"] and systems["molecule"]["edge_index"].shape[1] > 0
+    assert systems["large_cell"]["pos"].shape[0] > 1000
+    small = systems["cell_smaller_than_cutoff"]
+    own_images = small["edge_index"][0] == small["edge_index"][1]
+    assert small["pos"].shape[0] == 2 and own_images.sum() > 0  # atoms see their own images
+    cell = systems["periodic_triclinic"]["cell"][0]
+    off_diagonal = cell - torch.diag(torch.diagonal(cell))
+    assert off_diagonal.abs().max() > 0.1
 
 
 @pytest.fixture(scope="session")

@@ -80,22 +80,6 @@ def test_local_mask_reaches_the_compiled_energy_sum(key, system, systems, compil
         assert not torch.allclose(got["total_energy"], unmasked["total_energy"])
 
 
-def test_systems_cover_the_hard_cases(systems):
-    """The agreement test is only as good as its systems: check they are what they claim."""
-    assert systems["single_atom"]["pos"].shape[0] == 1
-    assert systems["single_atom"]["edge_index"].shape[1] == 0
-    assert systems["no_edges"]["edge_index"].shape[1] == 0
-    assert systems["no_edges"]["pos"].shape[0] > 1
-    assert "cell" not in systems["molecule"] and systems["molecule"]["edge_index"].shape[1] > 0
-    assert systems["large_cell"]["pos"].shape[0] > 1000
-    small = systems["cell_smaller_than_cutoff"]
-    own_images = small["edge_index"][0] == small["edge_index"][1]
-    assert small["pos"].shape[0] == 2 and own_images.sum() > 0  # atoms see their own images
-    cell = systems["periodic_triclinic"]["cell"][0]
-    off_diagonal = cell - torch.diag(torch.diagonal(cell))
-    assert off_diagonal.abs().max() > 0.1
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("key", [k for k in COMPILED_KEYS if k[0] == "float32"], ids=compiled_key_id)
 def test_per_edge_type_cutoff_is_compiled_in(key, loaded_models):

@@ -1,5 +1,6 @@
-"""The compile-time changes to Inductor (nequip.compile.inductor_speedups): the same answers, got
-another way, and Inductor as it was once the compile is over. Every AOTInductor file the suite
+"""The compile-time changes to Inductor (nequip.compile.inductor_speedups, made in
+nequip.utils.torch_internals): the same answers, got another way, and Inductor as it was once the
+compile is over. Every AOTInductor file the suite
 compiles goes through them; the agreement tests check those files against the eager model."""
 
 import threading
@@ -10,7 +11,8 @@ from torch._inductor import sizevars
 from torch._inductor.cpp_builder import CppBuilder
 from torch.utils._sympy.functions import FloorDiv, ModularIndexing
 
-from nequip.compile.inductor_speedups import _wrapper_built_beside_kernels, faster_compile
+from nequip.compile.inductor_speedups import faster_compile
+from nequip.utils.torch_internals import inductor_wrapper_built_beside_kernels
 
 
 def index_expressions():
@@ -82,7 +84,7 @@ def test_the_wrapper_builds_beside_the_kernels_and_the_link_waits_for_it(monkeyp
         events.append(f"end {builder.target}")
 
     monkeypatch.setattr(CppBuilder, "build", build)
-    with _wrapper_built_beside_kernels():
+    with inductor_wrapper_built_beside_kernels():
         for target in ("m.wrapper.o", "m.kernel.o", "m.wrapper.so"):
             FakeBuilder(target).build()
         # every object is built when the kernels' build returns
@@ -97,12 +99,12 @@ def test_a_failed_wrapper_build_fails_the_compile(monkeypatch):
 
     monkeypatch.setattr(CppBuilder, "build", build)
     with pytest.raises(RuntimeError, match="g\\+\\+ failed on the wrapper"):
-        with _wrapper_built_beside_kernels():
+        with inductor_wrapper_built_beside_kernels():
             FakeBuilder("m.wrapper.o").build()
             FakeBuilder("m.kernel.o").build()
     assert CppBuilder.build is build
     # a wrapper whose build was never waited for inside the context is waited for on the way out
     with pytest.raises(RuntimeError, match="g\\+\\+ failed on the wrapper"):
-        with _wrapper_built_beside_kernels():
+        with inductor_wrapper_built_beside_kernels():
             FakeBuilder("m.wrapper.o").build()
     assert CppBuilder.build is build

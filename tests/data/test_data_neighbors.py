@@ -8,7 +8,7 @@ import pytest
 from ase.build import bulk, fcc111, graphene
 from ase.neighborlist import primitive_neighbor_list
 
-from nequip.data import compute_neighbor_list, keys, neighbors, synthetic_frame
+from nequip.data import DenseCellWarning, compute_neighbor_list, keys, neighbors, synthetic_frame
 
 
 def edge_set(edge_index, edge_cell_shift):
@@ -185,7 +185,7 @@ def test_cell_ten_times_too_small_warns_once_and_still_gives_its_list():
         "(diamond: 0.18 atoms/Å³, 1.8 Å apart); with r_max = 4.5 Å each atom has about 3e+04 "
         f"neighbours: {UNITS_ADVICE}"
     ]
-    assert caught[0].category is UserWarning and caught[0].filename == __file__
+    assert caught[0].category is DenseCellWarning and caught[0].filename == __file__
     # the estimate the message gives is the list's size: 4 atoms × 3.0e4 neighbours
     assert 1.1e5 < edge_index.shape[1] < 1.3e5
 

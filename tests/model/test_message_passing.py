@@ -1,7 +1,8 @@
 """TensorProductSum is e3nn's "uvu" TensorProduct followed by the neighbour sum: the same values,
-first and second derivatives (its backward is our own: on CPU by the kernels of nequip._kernels,
-elsewhere by torch operations, both tested here), also when scripted."""
+first and second derivatives, by every backend (the reference, torch operations, against e3nn;
+the others against the reference), also when scripted."""
 
+import pickle
 import re
 
 import pytest
@@ -55,13 +56,10 @@ def _e3nn_tensor_product(irreps_in, irreps_out):
     ).to(torch.float64)
 
 
-@pytest.fixture(params=[True, False], ids=["cpu-kernels", "torch-ops"])
-def backward_by_kernels(request, monkeypatch):
-    """The eager backward on CPU by the kernels (the default, so they must load) or by the torch
-    operations that other devices run."""
-    if request.param:
-        assert message_passing.use_cpu_kernels(), "nequip._kernels did not load: the package was built without it"
-    monkeypatch.setattr(message_passing, "_cpu_kernels", request.param)
+@pytest.fixture(params=["torch", "cpu_kernels", "inductor"])
+def custom_backward(request):
+    """A backend with a backward of its own (the reference's torch operations, the kernels, group
+    by group for Inductor); ``autograd`` differentiates the forward."""
     return request.param
 
 
@@ -81,9 +79,11 @@ def random_inputs(module, num_nodes=7, num_edges=30, seed=0):
     )
 
 
-def build(irreps_in, irreps_out, radial_sizes=(4, 6, 5)):
+def build(irreps_in, irreps_out, radial_sizes=(4, 6, 5), backend="torch"):
     torch.manual_seed(0)
-    return TensorProductSum(irreps_in, IRREPS_SH, irreps_out, list(radial_sizes)).to(torch.float64)
+    module = TensorProductSum(irreps_in, IRREPS_SH, irreps_out, list(radial_sizes)).to(torch.float64)
+    module.use_message_backend(backend)
+    return module
 
 
 def test_radial_mlp_is_e3nn_fully_connected_net():
@@ -103,15 +103,8 @@ def output_and_gradients(module, inputs, grad_out):
     return (out, *torch.autograd.grad(out, wrt, grad_out))
 
 
-def traced_for_aotinductor(module, inputs, grad_out):
-    """``output_and_gradients`` as compile/aotinductor.py records it: one make_fx graph, backward included."""
-    graph = make_fx(lambda *args: output_and_gradients(module, args[:-1], args[-1]))(*inputs, grad_out)
-    return graph, graph(*inputs, grad_out)
-
-
-@pytest.mark.parametrize("traced", [False, True], ids=["eager", "traced"])
 @pytest.mark.parametrize("irreps_in, irreps_out", CASES)
-def test_same_function_as_e3nn(irreps_in, irreps_out, traced, backward_by_kernels):
+def test_reference_is_e3nn(irreps_in, irreps_out):
     irreps_in, irreps_out = o3.Irreps(irreps_in), o3.Irreps(irreps_out)
     reference = e3nn_tensor_product(irreps_in, irreps_out)
     module = build(irreps_in, irreps_out)
@@ -122,12 +115,7 @@ def test_same_function_as_e3nn(irreps_in, irreps_out, traced, backward_by_kernel
     messages = reference(x[neighbor], edge_sh, module.radial_mlp(edge_radial))
     expected = torch.zeros(x.shape[0], reference.irreps_out.dim, dtype=torch.float64).index_add(0, center, messages)
     grad_out = torch.randn_like(expected)
-    if traced:
-        graph, (got, *got_grads) = traced_for_aotinductor(module, inputs, grad_out)
-        # traced, the per-edge contractions are broadcast products that inductor fuses
-        assert not [node for node in graph.graph.nodes if node.target is torch.ops.aten.bmm.default]
-    else:
-        got, *got_grads = output_and_gradients(module, inputs, grad_out)
+    got, *got_grads = output_and_gradients(module, inputs, grad_out)
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
     # first derivatives: the custom backward against autograd through e3nn
@@ -136,6 +124,48 @@ def test_same_function_as_e3nn(irreps_in, irreps_out, traced, backward_by_kernel
     assert len(got_grads) == len(expected_grads)
     for got_grad, expected_grad in zip(got_grads, expected_grads):
         torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-11)
+
+
+def first_and_second_derivatives(module, inputs):
+    """The node sums, a force-like first derivative (by x, edge_sh, edge_radial, keeping its graph)
+    and that derivative's own derivative by every input and radial weight."""
+    out = module(*inputs)
+    grads = torch.autograd.grad(out.square().sum(), inputs[:3], create_graph=True)
+    wrt = [*inputs[:3], *module.radial_mlp.weights]
+    return (out, *grads, *torch.autograd.grad(sum(grad.sin().sum() for grad in grads), wrt))
+
+
+def assert_same_numbers(got, expected):
+    # float64 sums in another order: agreement to ~1e-13 of the values
+    assert len(got) == len(expected)
+    for got_value, expected_value in zip(got, expected):
+        scale = expected_value.abs().max().item() if expected_value.numel() else 1.0
+        torch.testing.assert_close(got_value, expected_value, rtol=1e-9, atol=1e-9 * scale)
+
+
+@pytest.mark.parametrize("backend", ["cpu_kernels", "inductor", "autograd"])
+@pytest.mark.parametrize("irreps_in, irreps_out", CASES)
+def test_every_backend_gives_the_reference_numbers(irreps_in, irreps_out, backend):
+    # values, first and second derivatives (training differentiates forces), eagerly
+    module = build(irreps_in, irreps_out)
+    inputs = random_inputs(module)
+    expected = first_and_second_derivatives(module, inputs)
+    module.use_message_backend(backend)
+    assert_same_numbers(first_and_second_derivatives(module, inputs), expected)
+
+
+@pytest.mark.parametrize("irreps_in, irreps_out", CASES)
+def test_traced_inductor_backend_gives_the_reference_numbers(irreps_in, irreps_out):
+    # as compile/aotinductor.py records it: one make_fx graph, backward included
+    module = build(irreps_in, irreps_out)
+    inputs = random_inputs(module)
+    grad_out = torch.randn(inputs[0].shape[0], module.irreps_mid.dim, dtype=torch.float64)
+    expected = output_and_gradients(module, inputs, grad_out)
+    module.use_message_backend("inductor")
+    graph = make_fx(lambda *args: output_and_gradients(module, args[:-1], args[-1]))(*inputs, grad_out)
+    # the per-edge contractions are broadcast products that inductor fuses
+    assert not [node for node in graph.graph.nodes if node.target is torch.ops.aten.bmm.default]
+    assert_same_numbers(graph(*inputs, grad_out), expected)
 
 
 def test_eager_contractions_are_matrix_products_by_input_irrep():
@@ -152,18 +182,18 @@ def test_eager_contractions_are_matrix_products_by_input_irrep():
 
 
 @pytest.mark.parametrize("irreps_out", ["1x0e+1x0o+1x1e+1x1o+1x2e+1x2o", "1x0e"])
-def test_second_derivatives(irreps_out, backward_by_kernels):
+def test_second_derivatives(irreps_out, custom_backward):
     # training differentiates forces, i.e. the custom backward itself (one channel: fast)
-    module = build("1x0e+1x0o+1x1e+1x1o+1x2e+1x2o", irreps_out, radial_sizes=(2, 3))
+    module = build("1x0e+1x0o+1x1e+1x1o+1x2e+1x2o", irreps_out, radial_sizes=(2, 3), backend=custom_backward)
     x, edge_sh, edge_radial, center, neighbor = random_inputs(module, num_nodes=3, num_edges=5)
     assert torch.autograd.gradgradcheck(
         lambda *inputs: module(*inputs, center, neighbor), (x, edge_sh, edge_radial), fast_mode=True
     )
 
 
-def test_second_derivatives_by_weights_match_autograd(backward_by_kernels):
+def test_second_derivatives_by_weights_match_autograd(custom_backward):
     # a force-like loss differentiated by the radial MLP's weights: custom backward vs autograd
-    module = build(ALL_L2, ALL_L2)
+    module = build(ALL_L2, ALL_L2, backend=custom_backward)
     x, edge_sh, edge_radial, center, neighbor = random_inputs(module)
     weights = list(module.radial_mlp.weights)
 
@@ -191,8 +221,9 @@ def test_scripted_is_the_same_function():
         torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-11)
 
 
-def test_no_edges(backward_by_kernels):
-    module = build(ALL_L2, ALL_L2)
+@pytest.mark.parametrize("backend", message_passing.MESSAGE_BACKENDS)
+def test_no_edges(backend):
+    module = build(ALL_L2, ALL_L2, backend=backend)
     x, edge_sh, edge_radial, center, neighbor = random_inputs(module, num_edges=0)
     out = module(x, edge_sh, edge_radial, center, neighbor)
     assert out.shape == (x.shape[0], module.irreps_mid.dim) and not out.any()
@@ -222,10 +253,10 @@ def weight_gradient_products(module, run_backward):
     return Count.found
 
 
-def test_a_force_pass_computes_no_weight_gradients(backward_by_kernels):
+def test_a_force_pass_computes_no_weight_gradients(custom_backward):
     # training's force pass differentiates the energy by positions only, with weights that
     # require grad: their gradients would be thrown away
-    module = build(ALL_L2, ALL_L2)
+    module = build(ALL_L2, ALL_L2, backend=custom_backward)
     x, edge_sh, edge_radial, center, neighbor = random_inputs(module)
     out = module(x, edge_sh, edge_radial, center, neighbor).square().sum()
     force_like = weight_gradient_products(
@@ -239,55 +270,118 @@ def test_a_force_pass_computes_no_weight_gradients(backward_by_kernels):
 def test_eager_backward_on_cpu_runs_the_kernels():
     # a force-like backward (create_graph) by message_backward; the loss's backward through it by
     # message_double_backward, and through the node sums themselves by message_backward again
-    module = build(ALL_L2, ALL_L2)
+    module = build(ALL_L2, ALL_L2, backend="cpu_kernels")
     x, edge_sh, edge_radial, center, neighbor = random_inputs(module)
     out = module(x, edge_sh, edge_radial, center, neighbor)
     with torch.profiler.profile() as profile:
         grads = torch.autograd.grad(out.square().sum(), [x, edge_sh, edge_radial], create_graph=True)
         sum(grad.square().sum() for grad in grads).backward()
     names = [event.name for event in profile.events()]
-    assert names.count("nequip::message_backward") == 2 * len(module.runs)
-    assert names.count("nequip::message_double_backward") == len(module.runs)
+    assert names.count("nequip::message_backward_v1") == 2 * len(module.runs)
+    assert names.count("nequip::message_double_backward_v1") == len(module.runs)
 
 
 def test_the_kernels_refuse_indices_out_of_range():
     # a wrong index would read outside the node tensors: one clear error instead
-    assert message_passing.use_cpu_kernels()
+    assert message_passing.cpu_kernels_missing() is None
     edges, nodes, d1, rows, paths, mul = 4, 3, 3, 2, 2, 5
     a, w = torch.randn(edges, d1, rows), torch.randn(edges, paths, mul)
     x, g = torch.randn(nodes, d1, mul), torch.randn(nodes, rows, mul)
     center, row_path = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1])
-    with pytest.raises(RuntimeError, match=re.escape("nequip::message_backward: an edge index is outside [0, 3)")):
-        torch.ops.nequip.message_backward(a, x, g, w, center, torch.tensor([0, 1, 3, 0]), row_path)
-    with pytest.raises(RuntimeError, match=re.escape("nequip::message_backward: row_path is outside [0, 2)")):
-        torch.ops.nequip.message_backward(a, x, g, w, center, center, torch.tensor([0, 2]))
-    shape_error = "nequip::message_backward: g has shape [3, 1, 5], expected [3, 2, 5]"
+    with pytest.raises(RuntimeError, match=re.escape("nequip::message_backward_v1: an edge index is outside [0, 3)")):
+        torch.ops.nequip.message_backward_v1(a, x, g, w, center, torch.tensor([0, 1, 3, 0]), row_path)
+    with pytest.raises(RuntimeError, match=re.escape("nequip::message_backward_v1: row_path is outside [0, 2)")):
+        torch.ops.nequip.message_backward_v1(a, x, g, w, center, center, torch.tensor([0, 2]))
+    shape_error = "nequip::message_backward_v1: g has shape [3, 1, 5], expected [3, 2, 5]"
     with pytest.raises(RuntimeError, match=re.escape(shape_error)):
-        torch.ops.nequip.message_backward(a, x, g[:, :1], w, center, center, row_path)
+        torch.ops.nequip.message_backward_v1(a, x, g[:, :1], w, center, center, row_path)
     cotangents = (torch.zeros(edges, paths, mul), torch.zeros(edges, d1, rows), torch.zeros(edges, d1, mul + 1))
-    cotangent_error = "nequip::message_double_backward: the cotangent of gx has shape [4, 3, 6], expected [4, 3, 5]"
+    cotangent_error = "nequip::message_double_backward_v1: the cotangent of gx has shape [4, 3, 6], expected [4, 3, 5]"
     with pytest.raises(RuntimeError, match=re.escape(cotangent_error)):
-        torch.ops.nequip.message_double_backward(a, x, g, w, center, center, row_path, *cotangents)
+        torch.ops.nequip.message_double_backward_v1(a, x, g, w, center, center, row_path, *cotangents)
 
 
 @pytest.mark.parametrize("mul", [16, 32, 64])
-def test_kernels_at_their_compiled_widths_match_torch_operations(mul, monkeypatch):
-    # 16, 32 and 64 channels run copies of the kernels compiled for that width (the e3nn cases
-    # above have fewer): a force-like first derivative and its derivative by every input, both ways
+def test_kernels_at_their_compiled_widths_give_the_reference_numbers(mul):
+    # 16, 32 and 64 channels run copies of the kernels compiled for that width (the cases above
+    # have fewer)
     irreps = f"{mul}x0e+{mul}x1o+{mul}x2e"
     module = build(irreps, irreps)
     inputs = random_inputs(module, num_nodes=5, num_edges=40)
+    expected = first_and_second_derivatives(module, inputs)
+    module.use_message_backend("cpu_kernels")
+    assert_same_numbers(first_and_second_derivatives(module, inputs), expected)
 
-    def first_and_second_derivatives():
-        out = module(*inputs)
-        wrt = [*inputs[:3], *module.radial_mlp.weights]
-        grads = torch.autograd.grad(out.square().sum(), inputs[:3], create_graph=True)
-        return (*grads, *torch.autograd.grad(sum((grad.sin()).sum() for grad in grads), wrt))
 
-    assert message_passing.use_cpu_kernels()
-    got = first_and_second_derivatives()
-    monkeypatch.setattr(message_passing, "_cpu_kernels", False)
-    expected = first_and_second_derivatives()
-    # float64 sums of up to 64 channels in another order: agreement to ~1e-13 of the values
-    for got_grad, expected_grad in zip(got, expected):
-        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-9, atol=1e-9 * expected_grad.abs().max().item())
+def test_a_module_is_built_with_the_kernels_where_they_are_installed():
+    # this checkout builds nequip._kernels: a module that fell back here would train 1.7x slower
+    assert message_passing.cpu_kernels_missing() is None
+    assert message_passing.default_message_backend() == "cpu_kernels"
+    assert TensorProductSum(ALL_L2, IRREPS_SH, ALL_L2, [4, 6]).message_backend == "cpu_kernels"
+
+
+def test_an_unknown_backend_is_refused_by_name():
+    module = build(ALL_L2, ALL_L2)
+    message = "unknown message passing backend 'cuda': one of torch, cpu_kernels, inductor, autograd"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        module.use_message_backend("cuda")
+    assert module.message_backend == "torch"
+
+
+def test_a_backend_set_on_a_model_and_restored_after_a_context():
+    layers = torch.nn.ModuleList([build("4x0e", ALL_L2), build(ALL_L2, "4x0e", backend="cpu_kernels")])
+    with message_passing.message_backend(layers, "inductor"):
+        assert [layer.message_backend for layer in layers] == ["inductor", "inductor"]
+    assert [layer.message_backend for layer in layers] == ["torch", "cpu_kernels"]
+    message_passing.set_message_backend(layers, "autograd")
+    assert [layer.message_backend for layer in layers] == ["autograd", "autograd"]
+
+
+def test_a_backend_is_kept_through_pickling():
+    module = build(ALL_L2, ALL_L2, backend="cpu_kernels")
+    inputs = random_inputs(module)
+    copy = pickle.loads(pickle.dumps(module))
+    assert copy.message_backend == "cpu_kernels"
+    assert_same_numbers(first_and_second_derivatives(copy, inputs), first_and_second_derivatives(module, inputs))
+
+
+def test_kernels_of_another_version_leave_the_reference(monkeypatch):
+    # as if this code (a package's copy of it, say) expected a version the installed library
+    # does not register: built, it takes the reference; asked for the kernels, it says why not;
+    # unpickled with them, it falls back with a warning and the reference's numbers
+    module = build(ALL_L2, ALL_L2, backend="cpu_kernels")
+    inputs = random_inputs(module)
+    expected = first_and_second_derivatives(module, inputs)
+    saved = pickle.dumps(module)
+    monkeypatch.setattr(message_passing, "KERNEL_VERSION", 2)
+    missing = "the installed nequip._kernels has no nequip::message_backward_v2, which this code calls"
+    assert message_passing.cpu_kernels_missing() == missing
+    assert message_passing.default_message_backend() == "torch"
+    refused = f"the message passing backend 'cpu_kernels' cannot run here: {missing}; use 'torch'"
+    with pytest.raises(ValueError, match=re.escape(refused)):
+        module.use_message_backend("cpu_kernels")
+    fallback = f"the message passing's backward runs as torch operations (slower): {missing}"
+    with pytest.warns(UserWarning, match=re.escape(fallback)):
+        loaded = pickle.loads(saved)
+    assert loaded.message_backend == "torch"
+    assert_same_numbers(first_and_second_derivatives(loaded, inputs), expected)
+
+
+def test_kernels_whose_arguments_changed_are_not_called(monkeypatch):
+    # the same name registered with other arguments: the schema is compared, not the name alone
+    arguments = dict(message_passing._KERNEL_ARGUMENTS)
+    changed = arguments["message_double_backward"].replace("Tensor hx)", "Tensor hx, int mul)")
+    arguments["message_double_backward"] = changed
+    monkeypatch.setattr(message_passing, "_KERNEL_ARGUMENTS", arguments)
+    registered = message_passing.registered_schema("nequip::message_double_backward_v1")
+    assert message_passing.cpu_kernels_missing() == (
+        f"the installed nequip._kernels registers {registered}, where this code calls "
+        f"nequip::message_double_backward_v1{arguments['message_double_backward']}"
+    )
+
+
+def test_version_1_keeps_the_names_packages_called_before_versioning():
+    # packages made before the names carried a version call these, without checking
+    for name, arguments in message_passing._KERNEL_ARGUMENTS.items():
+        assert message_passing.registered_schema(f"nequip::{name}") == f"nequip::{name}{arguments}"
+        assert message_passing.registered_schema(f"nequip::{name}_v1") == f"nequip::{name}_v1{arguments}"

@@ -48,7 +48,7 @@ def repackaged_path(package_path, tmp_path_factory) -> Path:
         text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith(f"wrote {path} (format version 1, variants: default, types: Cu Au) in ")
+    assert result.stdout.startswith(f"wrote {path} (format version 2, variants: default, types: Cu Au) in ")
     return path
 
 

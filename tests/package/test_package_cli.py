@@ -12,7 +12,7 @@ from nequip.scripts.package import main
 def test_info_prints_the_metadata_as_yaml(package_path, capsys):
     assert main(["info", str(package_path)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"# {package_path}\npackage_format_version: 1\n")
+    assert out.startswith(f"# {package_path}\npackage_format_version: 2\n")
     assert yaml.safe_load(out) == read_package_metadata(package_path)
 
 

@@ -7,6 +7,7 @@
 """
 
 import numbers
+import warnings
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
@@ -16,7 +17,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from nequip.data import TypeMapper, compute_neighbor_list, keys
+from nequip.data import DenseCellWarning, TypeMapper, compute_neighbor_list, keys
 from nequip.inference import open_model
 
 PathLike = Union[str, Path]
@@ -28,7 +29,8 @@ class NequIPCalculator(Calculator):
     Args:
         path: a compiled model (``*.nequip.pth`` or ``*.nequip.pt2``, run by the C++
             runtime ``nequip._runtime``) or a package (``*.nequip.zip``) or checkpoint
-            (``*.ckpt``), run as the eager model.
+            (``*.ckpt``), run as the eager model; or a nequip.net model ID
+            (``nequip.net:owner/name:version``), its package downloaded once into the cache.
         device: ``"cpu"``, ``"cuda"`` or ``"cuda:k"``. A compiled file runs on the type of
             device it was compiled for, by default that one (``cuda`` = ``cuda:0``); a package
             or checkpoint by default on the CPU.
@@ -57,6 +59,7 @@ class NequIPCalculator(Calculator):
         self.path = Path(path)
         self.model = open_model(self.path, device)
         self.type_mapper = TypeMapper(self.model.type_names, species_to_type_map)
+        self._warned_dense_cell = False
 
     def calculate(
         self,
@@ -86,6 +89,7 @@ class NequIPCalculator(Calculator):
             self.model.r_max,
             atom_types=atom_types,
             per_edge_type_cutoff=self.model.per_edge_type_cutoff,
+            on_dense_cell=self._warn_dense_cell,
         )
         frame = {
             keys.POS: torch.from_numpy(np.ascontiguousarray(pos, dtype=np.float64)),
@@ -106,6 +110,12 @@ class NequIPCalculator(Calculator):
         }
         if has_volume and keys.STRESS in out:
             self.results["stress"] = full_3x3_to_voigt_6_stress(out[keys.STRESS].reshape(3, 3)) * (energy / length**3)
+
+    def _warn_dense_cell(self, message: str) -> None:
+        # once per calculator: under NPT the cell, and so the message, changes every step
+        if not self._warned_dense_cell:
+            self._warned_dense_cell = True
+            warnings.warn(message, DenseCellWarning, stacklevel=3)
 
     def _atom_types(self, atoms: Atoms) -> np.ndarray:
         symbols = atoms.get_chemical_symbols()

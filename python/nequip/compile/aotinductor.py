@@ -12,16 +12,16 @@ AOTInductor into a self-contained package.
       --aoti_compile_and_package (inductor_speedups.faster_compile)--> *.nequip.pt2
 """
 
+import contextlib
 import math
 import operator
 from typing import BinaryIO, Dict, Mapping, Optional, Tuple
 
 import torch
-import torch.fx.experimental._config as fx_config
-from torch.fx.experimental.proxy_tensor import make_fx
-from torch.fx.experimental.symbolic_shapes import statically_known_true
 
 from nequip.data import keys, synthetic_frame
+from nequip.nn.message_passing import INDUCTOR, message_backend
+from nequip.utils import torch_internals
 
 from .contract import BATCH_TARGET, TARGET_INPUTS, TARGET_OUTPUTS
 from .inductor_speedups import faster_compile
@@ -30,13 +30,13 @@ from .inductor_speedups import faster_compile
 # symbolic tracing specialises sizes 0 and 1), then exported on that frame repeated to these
 # sizes. Inductor takes them as the typical sizes of the dynamic dimensions when it decides how
 # to split loops across threads (with tiny sizes it would parallelise over channels instead of
-# edges: 1.5x slower at 512 atoms) and which kernels share enough reads to fuse.
+# edges, which is slower) and which kernels share enough reads to fuse.
 _EXPORT_NUM_ATOMS = 512
 _EXPORT_NUM_EDGES = 24576
 
-# Inductor settings for the force graph, whose memory is per-edge data of the backward pass
-# (512 atoms of the benchmark model: peak resident memory 721 -> 359 MiB, 0.69 -> 1.15 s per call;
-# docs/benchmarks.md).
+# Inductor settings for the force graph, whose memory is per-edge data of the backward pass: they
+# give up some time per call for a much smaller peak memory (figures: docs/benchmarks.md, "Where
+# the numbers in code comments went").
 INDUCTOR_CONFIGS = {
     # The locality pass moves every producer to just before its first consumer. Each layer's
     # gradient with respect to the shared edge embeddings is first consumed where it is added to
@@ -48,11 +48,11 @@ INDUCTOR_CONFIGS = {
     # gradients, run as one kernel with both groups' per-edge buffers alive.
     "score_fusion_memory_threshold": 2**24,
     # One buffer per call, laid out ahead of time, instead of hundreds of malloc'd ones whose
-    # fragmentation of the heap added half the live size again.
+    # fragmentation of the heap added to the live size.
     "memory_planning": True,
     # The wrapper (the code that calls the kernels and lays out their buffers, not the kernels)
-    # unoptimised: g++ -O1 spent most of the benchmark model's compile time on it (380 s of CPU
-    # against 84 s at -O0), and what it runs is a few thousand calls per model call.
+    # unoptimised: g++ -O1 spent most of the benchmark model's compile time on it, and what it
+    # runs is a few thousand calls per model call.
     "aot_inductor.compile_wrapper_opt_level": "O0",
 }
 
@@ -138,16 +138,7 @@ def export(
     inputs = tracing_inputs(target, num_types, device)
 
     log("tracing the model, derivatives included (make_fx)")
-    # Never merge two dimensions because their example sizes happen to agree.
-    # The message passing traces its per-edge contractions as broadcast products and sums, which
-    # inductor fuses with the gathers and scatters around them (nequip.nn.message_passing).
-    with fx_config.patch(use_duck_shape=False):
-        traced = make_fx(
-            flat,
-            tracing_mode="symbolic",
-            _allow_non_fake_inputs=True,
-            _error_on_data_dependent_ops=True,
-        )(*inputs)
+    traced = _trace(flat, inputs)
     sum_scatters_into_one_row(traced)
     materialize_gathered(traced)
 
@@ -208,7 +199,7 @@ def sum_scatters_into_one_row(graph_module: torch.fx.GraphModule) -> int:
             if not (
                 index.dim() == 1
                 and values.dim() == destination.meta["val"].dim()
-                and statically_known_true(values.shape[0] == index.shape[0])
+                and torch_internals.statically_known_true(values.shape[0] == index.shape[0])
             ):
                 continue
         else:
@@ -235,11 +226,12 @@ def materialize_gathered(graph_module: torch.fx.GraphModule) -> int:
     stack of transposed gradient blocks: a few numbers per node). Inductor would inline that
     copy into the per-edge kernel that gathers, whose loads then step through memory with the
     irrep's stride instead of reading 32 contiguous channels, in every per-edge kernel of every
-    layer, forward and backward (benchmark model at 512 atoms: 3x the time in generated
-    kernels). ``inductor_force_stride_order`` makes Inductor write the copy once, per node.
+    layer, forward and backward (several times the time in generated kernels: docs/benchmarks.md,
+    "Where the numbers in code comments went"). ``inductor_force_stride_order`` makes Inductor
+    write the copy once, per node.
     """
     aten = torch.ops.aten
-    force_stride_order = torch.ops.prims.inductor_force_stride_order.default
+    force_stride_order = torch_internals.force_stride_order()
     buffers_already = (force_stride_order, aten.mm.default, aten.addmm.default, aten.bmm.default)
     graph = graph_module.graph
     buffers = {}  # source -> its contiguous buffer
@@ -264,10 +256,8 @@ def materialize_gathered(graph_module: torch.fx.GraphModule) -> int:
 def package(exported: torch.export.ExportedProgram, file: BinaryIO, metadata: Mapping[str, str]) -> None:
     """Compile ``exported`` to C++ and write the AOTInductor package (a ``*.pt2``) into ``file``."""
     with faster_compile():
-        torch._inductor.aoti_compile_and_package(
-            exported,
-            package_path=file,
-            inductor_configs={**INDUCTOR_CONFIGS, "aot_inductor.metadata": dict(metadata)},
+        torch_internals.aoti_compile_and_package(
+            exported, file, {**INDUCTOR_CONFIGS, "aot_inductor.metadata": dict(metadata)}
         )
 
 
@@ -388,24 +378,16 @@ def split_joint(joint: torch.fx.GraphModule) -> Tuple[torch.fx.GraphModule, torc
 
     ``forward(*primals) -> (out, *residuals)`` and ``backward(*primals, out, *residuals,
     tangent) -> gradients`` (``joint``'s inputs are renamed on the way). What to keep is
-    AOTAutograd's min-cut choice: the outputs of matmuls and other costly values are kept, what is cheap to recompute from
-    them (products, broadcasts, views) is recomputed in the backward graph, where Inductor fuses
-    it into the kernels that read it. Keeping every forward value that the backward pass reads
-    would cost ~20 KB per edge and layer, several times what recomputing the whole layer costs.
+    AOTAutograd's min-cut choice: the outputs of matmuls and other costly values are kept, what
+    is cheap to recompute from them (products, broadcasts, views) is recomputed in the backward
+    graph, where Inductor fuses it into the kernels that read it: per edge, only the radial MLP's
+    hidden values are kept (docs/benchmarks.md, "Where the numbers in code comments went").
     """
-    import torch._functorch.config as functorch_config
-    from torch._functorch.partitioners import min_cut_rematerialization_partition
-
     placeholders = list(joint.graph.find_nodes(op="placeholder"))
     primals = placeholders[:-1]
-    # the partitioner tells the forward's inputs from the tangents by their names
-    for index, node in enumerate(primals):
-        node.name = node.target = f"primals_{index + 1}"
-    placeholders[-1].name = placeholders[-1].target = "tangents_1"
-    joint.recompile()
-    # aggressive: the gathers of node features onto edges (index_select) are recomputed too
-    with functorch_config.patch(aggressive_recomputation=True):
-        forward, partitioned_backward = min_cut_rematerialization_partition(joint, None, num_fwd_outputs=1)
+    # aggressive: the gathers of node features onto edges (index_select) are recomputed too;
+    # the joint's inputs are renamed, the names the partitioned backward's inputs carry
+    forward, partitioned_backward = torch_internals.min_cut_partition(joint)
 
     # The partitioner's forward also returns the symbolic sizes its backward reads; an AOTI
     # model returns tensors only, so the backward recomputes them from its inputs' sizes.
@@ -431,7 +413,7 @@ def split_joint(joint: torch.fx.GraphModule) -> Tuple[torch.fx.GraphModule, torc
         by_name[node.name] = graph.placeholder(f"residual_{index}")
         by_name[node.name].meta = dict(node.meta)
     tangent = graph.placeholder("tangents_1")
-    by_name["tangents_1"] = tangent
+    by_name[placeholders[-1].name] = tangent
     tangent.meta = dict(placeholders[-1].meta)
 
     def copy_view(node):
@@ -547,12 +529,15 @@ def _part_dynamic_shapes(name: str, num_types: int):
     return ({0: rows}, {0: rows}, {0: edges}, {0: edges}, {1: edges})  # a layer's forward part
 
 
-def _trace(module: torch.nn.Module, inputs) -> torch.fx.GraphModule:
-    # Never merge two dimensions because their example sizes happen to agree.
-    with fx_config.patch(use_duck_shape=False):
-        return make_fx(module, tracing_mode="symbolic", _allow_non_fake_inputs=True, _error_on_data_dependent_ops=True)(
-            *inputs
-        )
+def _trace(module, inputs) -> torch.fx.GraphModule:
+    """``module`` (or a function) traced to aten operations, derivatives included, with symbolic sizes.
+
+    The message passing computes by its ``inductor`` backend: per-edge contractions as broadcast
+    products and sums, which Inductor fuses with the gathers and scatters around them
+    (nequip.nn.message_passing)."""
+    backend = message_backend(module, INDUCTOR) if isinstance(module, torch.nn.Module) else contextlib.nullcontext()
+    with backend:
+        return torch_internals.trace_symbolic(module, inputs)
 
 
 def _residual_dynamic_shapes(residuals, dims_by_symbol):
@@ -627,8 +612,6 @@ def package_with_parts(
     log,
 ) -> None:
     """One package: the whole model as "model" (with the metadata) and each part under its name."""
-    from torch._inductor.package import package_aoti
-
     options = {**INDUCTOR_CONFIGS, "aot_inductor.package": True, "aot_inductor.metadata": dict(metadata)}
     files = {}
     # one context for all: the parts share index expressions, and so the analysis' cached answers
@@ -637,5 +620,5 @@ def package_with_parts(
             log(f"compiling C++ of {name} (AOTInductor)")
             args, kwargs = program.example_inputs
             module = program.module(check_guards=False)
-            files[name] = torch._inductor.aot_compile(module, args, kwargs, options=dict(options))
-    package_aoti(file, files)
+            files[name] = torch_internals.aoti_compile(module, args, kwargs, dict(options))
+    torch_internals.aoti_package(file, files)

@@ -38,6 +38,7 @@ from .contract import (
     EXTENSIONS,
     MODES,
     NEQUIP_VERSION,
+    LAYER_FEATURE_WIDTHS,
     TARGET_INPUTS,
     TARGET_OUTPUTS,
     TARGETS,
@@ -221,6 +222,10 @@ def compile_model(
                 TORCHSCRIPT_OUTPUTS_KEY: " ".join(TORCHSCRIPT_OUTPUTS),
             }
         )
+        if not getattr(model, "torchscript_layer_parts", True):
+            # a model whose parts TorchScript cannot compile (one of another NequIP release): the
+            # file runs whole, and the runtime offers a layer-by-layer run only where this key is
+            metadata.pop(LAYER_FEATURE_WIDTHS, None)
     if example_data is None:
         from nequip.data import synthetic_frame  # nequip.data (and ase) only on demand
 
@@ -295,9 +300,9 @@ def _raise_if_inductor_could_not_write(error: BaseException) -> None:
     while cause is not None and not isinstance(cause, OSError):
         cause = getattr(cause, "inner_exception", None) or cause.__cause__
     if cause is not None and cause.errno in _WRITE_ERRNOS:
-        from torch._inductor.runtime.cache_dir_utils import cache_dir
+        from nequip.utils.torch_internals import inductor_cache_dir
 
-        place = cause.filename or f"AOTInductor's generated code in {cache_dir()}"
+        place = cause.filename or f"AOTInductor's generated code in {inductor_cache_dir()}"
         raise WriteError(f"cannot write {place}: {cause.strerror or cause}") from error
 
 

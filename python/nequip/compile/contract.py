@@ -62,6 +62,7 @@ PER_EDGE_TYPE_CUTOFF = "per_edge_type_cutoff"
 MODEL_DTYPES: Tuple[str, ...] = ("float32", "float64")
 # Project keys of the model: message-passing layers (and the widths of their outputs).
 NUM_LAYERS = "num_layers"
+LAYER_FEATURE_WIDTHS = "layer_feature_widths"
 # FILE_CONTRACT §4: field names of the flat AOTInductor interface, space-separated.
 AOTI_INPUTS_KEY = "nequip_aoti_inputs"
 AOTI_OUTPUTS_KEY = "nequip_aoti_outputs"

@@ -3,7 +3,7 @@
 from . import keys, statistics
 from .atomic_data import AtomicData, TypeMapper, batch_frames, from_ase
 from .dataset import AtomicDataset, ase_format_problem, read_frames
-from .neighbors import compute_neighbor_list
+from .neighbors import DenseCellWarning, compute_neighbor_list
 from .synthetic import synthetic_frame
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "statistics",
     "AtomicData",
     "AtomicDataset",
+    "DenseCellWarning",
     "ase_format_problem",
     "TypeMapper",
     "batch_frames",

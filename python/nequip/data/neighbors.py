@@ -2,7 +2,7 @@
 
 import math
 import warnings
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import vesin
@@ -26,6 +26,10 @@ _UNITS_ADVICE = (
 )
 
 
+class DenseCellWarning(UserWarning):
+    """A periodic cell denser than any real structure: most likely a cell in the wrong units."""
+
+
 def compute_neighbor_list(
     pos: np.ndarray,
     cell: np.ndarray,
@@ -33,6 +37,7 @@ def compute_neighbor_list(
     r_max: float,
     atom_types: Optional[np.ndarray] = None,
     per_edge_type_cutoff: Optional[np.ndarray] = None,
+    on_dense_cell: Optional[Callable[[str], None]] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Full neighbour list of every pair closer than ``r_max``, periodic images included.
 
@@ -49,14 +54,16 @@ def compute_neighbor_list(
         edge_index: (2, E) int64, row 0 = centre i, row 1 = neighbour j, both directions.
         edge_cell_shift: (E, 3) float64 integer-valued shifts S,
             with ``r_ij = pos[j] - pos[i] + S @ cell``.
+        on_dense_cell: called with the message about a cell too dense to be real (below);
+            None: a DenseCellWarning (once per message, Python's default filter).
 
     Cells smaller than the cutoff yield every image within ``r_max``, including images of
     an atom itself; an atom is never its own neighbour with a zero shift.
 
     A periodic structure denser than ``MAX_ATOMS_PER_A3`` (a cell in the wrong units) is
     refused with a ValueError before the list is built; one denser than ``DENSE_ATOMS_PER_A3``
-    with more than ``CROWDED_NEIGHBOURS_PER_ATOM`` neighbours per atom gets a UserWarning (once
-    per message, Python's default filter).
+    with more than ``CROWDED_NEIGHBOURS_PER_ATOM`` neighbours per atom is reported through
+    ``on_dense_cell`` and its list built.
     """
     pos = np.ascontiguousarray(pos, dtype=np.float64).reshape(-1, 3)
     cell = np.ascontiguousarray(cell, dtype=np.float64).reshape(3, 3)
@@ -68,7 +75,12 @@ def compute_neighbor_list(
             f"the cell has no volume along its periodic axes ({axes}; cell {cell.tolist()}): "
             "give the cell vectors of the periodic axes, or make those axes non-periodic (pbc=False for a molecule)"
         )
-    _check_atoms_per_volume(pos, cell, pbc, r_max)
+    message = _check_atoms_per_volume(pos, cell, pbc, r_max)
+    if message is not None:
+        if on_dense_cell is None:
+            warnings.warn(message, DenseCellWarning, stacklevel=2)
+        else:
+            on_dense_cell(message)
 
     # vesin (>= 0.4) takes periodicity per axis and ignores the box vector of a non-periodic
     # axis, so slabs and wires need no padding of the cell.
@@ -110,14 +122,15 @@ def _within_edge_type_cutoff(
     return np.linalg.norm(edge_vec, axis=1) < cutoff[atom_types[i], atom_types[j]]
 
 
-def _check_atoms_per_volume(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_max: float) -> None:
-    """Refuse (or warn about) a periodic structure too dense to be real, before vesin builds its list.
+def _check_atoms_per_volume(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, r_max: float) -> Optional[str]:
+    """Refuse a periodic structure too dense to be real before vesin builds its list; the
+    warning for one merely denser than any solid, or None.
 
     The list holds about ``N · density · (4/3)π r_max³`` edges: periodic images of a cell
     smaller than ``r_max`` are part of the same density, so the estimate covers them too.
     """
     if not pbc.any() or len(pos) == 0:
-        return  # no images: at most N (N - 1) edges, set by the positions alone
+        return None  # no images: at most N (N - 1) edges, set by the positions alone
     periodic = cell[pbc]
     num_periodic = len(periodic)
     # length, area or volume of the periodic lattice
@@ -133,7 +146,7 @@ def _check_atoms_per_volume(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, 
     if density <= MAX_ATOMS_PER_A3 and (
         density <= DENSE_ATOMS_PER_A3 or neighbours <= CROWDED_NEIGHBOURS_PER_ATOM
     ):
-        return
+        return None
 
     lengths = ", ".join(f"{length:.3g}" for length in np.linalg.norm(periodic, axis=1))
     axes = ", ".join("xyz"[axis] for axis in np.flatnonzero(pbc))
@@ -159,10 +172,9 @@ def _check_atoms_per_volume(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, 
             f"neighbour list would hold about {neighbours:.2g} neighbours per atom, "
             f"{neighbours * len(pos):.2g} edges: {_UNITS_ADVICE}"
         )
-    warnings.warn(
+    return (
         f"the periodic cell looks too small for its {len(pos)} atoms: {cell_text} give "
         f"{density:.3g} atoms/Å³, atoms {spacing:.2g} Å apart on average, denser than any solid "
         f"(diamond: 0.18 atoms/Å³, 1.8 Å apart); with r_max = {r_max:g} Å each atom has about "
-        f"{neighbours:.2g} neighbours: {_UNITS_ADVICE}",
-        stacklevel=3,
+        f"{neighbours:.2g} neighbours: {_UNITS_ADVICE}"
     )

@@ -17,6 +17,17 @@ _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 PerType = Union[None, float, Sequence[float], Dict[str, float]]
 
+# atomic_energy (N, 1), total_energy (F, 1), then forces (N, 3), virial (F, 3, 3), stress
+# (F, 3, 3) and atom_virial (N, 3, 3), None when not asked for (energy_derivatives)
+Energies = Tuple[
+    torch.Tensor,
+    torch.Tensor,
+    Optional[torch.Tensor],
+    Optional[torch.Tensor],
+    Optional[torch.Tensor],
+    Optional[torch.Tensor],
+]
+
 
 class NequIPModel(torch.nn.Module):
     r"""NequIP (Batzner et al., Nat. Commun. 13, 2453 (2022)).
@@ -177,11 +188,7 @@ class NequIPModel(torch.nn.Module):
         batch: torch.Tensor,
     ) -> torch.Tensor:
         """Edge vectors (E, 3), float64: ``pos[j] - pos[i] + edge_cell_shift . cell`` for edge (i, j)."""
-        edge_center = edge_index[0]
-        edge_vec = pos[edge_index[1]] - pos[edge_center]
-        if edge_cell_shift is not None:
-            edge_vec = edge_vec + torch.bmm(edge_cell_shift.unsqueeze(1), cell[batch[edge_center]]).squeeze(1)
-        return edge_vec
+        return edge_vectors(pos, cell, edge_index, edge_cell_shift, batch)
 
     def atomic_energy(
         self,
@@ -264,28 +271,8 @@ class NequIPModel(torch.nn.Module):
         atoms' energies are summed (and returned: the others' are 0), while forces and
         per-atom virials are given on every atom.
         """
-        out = data.copy()
-        pos = data[keys.POS]
-        atom_types = data[keys.ATOM_TYPES]
-        edge_index = data[keys.EDGE_INDEX]
-        if keys.BATCH in data:
-            batch = data[keys.BATCH]
-            num_frames = data[keys.NUM_ATOMS].shape[0]
-        else:
-            batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
-            num_frames = 1
-        if keys.CELL in data:
-            cell = data[keys.CELL].view(-1, 3, 3)
-        else:
-            cell = torch.zeros((num_frames, 3, 3), dtype=pos.dtype, device=pos.device)
-        edge_cell_shift: Optional[torch.Tensor] = None
-        if keys.EDGE_CELL_SHIFT in data:
-            edge_cell_shift = data[keys.EDGE_CELL_SHIFT]
-        local_mask: Optional[torch.Tensor] = None
-        if keys.LOCAL_MASK in data:
-            local_mask = data[keys.LOCAL_MASK]
-
-        edge_vec = self.edge_vectors(pos, cell, edge_index, edge_cell_shift, batch)
+        batch, num_frames, cell, edge_vec, local_mask = frame_geometry(data)
+        atom_types, edge_index = data[keys.ATOM_TYPES], data[keys.EDGE_INDEX]
         if torch.jit.is_scripting():
             # TorchScript has no enable_grad; compiled models run with grad mode on
             energies = self._energy_and_derivatives(edge_vec, cell, atom_types, edge_index, batch, num_frames, local_mask)
@@ -295,16 +282,7 @@ class NequIPModel(torch.nn.Module):
                 energies = self._energy_and_derivatives(
                     edge_vec, cell, atom_types, edge_index, batch, num_frames, local_mask
                 )
-        atomic_energy, total_energy, forces, virial, stress, atom_virial = energies
-        out[keys.ATOMIC_ENERGY] = atomic_energy
-        out[keys.TOTAL_ENERGY] = total_energy
-        if forces is not None:
-            out[keys.FORCES] = forces
-        if virial is not None and stress is not None and atom_virial is not None:
-            out[keys.VIRIAL] = virial
-            out[keys.STRESS] = stress
-            out[keys.ATOM_VIRIAL] = atom_virial
-        return out
+        return with_energies(data.copy(), energies)
 
     def _energy_and_derivatives(
         self,
@@ -315,70 +293,154 @@ class NequIPModel(torch.nn.Module):
         batch: torch.Tensor,
         num_frames: int,
         local_mask: Optional[torch.Tensor],
-    ) -> Tuple[
-        torch.Tensor,
-        torch.Tensor,
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-        Optional[torch.Tensor],
-    ]:
-        r"""Atomic and total energies, then forces and virials from :math:`g_e = \partial E / \partial r_e`.
-
-        For edge :math:`e = (i, j)` with vector :math:`r_e = r_j - r_i + s_e \cdot h`:
-        :math:`F_i = \sum_{e = (i, \cdot)} g_e - \sum_{e = (\cdot, i)} g_e`; the edge virial
-        :math:`W_e = -\tfrac12 (r_e \otimes g_e + g_e \otimes r_e)` sums to the virial
-        :math:`-\partial E / \partial \varepsilon` (symmetric strain of positions and cell), and
-        half of it goes to each of the edge's atoms for the per-atom virial.
-        """
-        compute_forces = self.compute_forces
-        compute_stress = self.compute_stress
-        num_atoms = atom_types.shape[0]
-        edge_vec = edge_vec.detach().requires_grad_(compute_forces or compute_stress)
+    ) -> Energies:
+        """Atomic and total energies, forces, virial, stress and per-atom virials (see
+        :func:`energy_derivatives`)."""
+        edge_vec = edge_vec.detach().requires_grad_(self.compute_forces or self.compute_stress)
         atomic_energy = self.atomic_energy(edge_vec, atom_types, edge_index)
-        if local_mask is not None:
-            atomic_energy = torch.where(local_mask.unsqueeze(-1), atomic_energy, torch.zeros_like(atomic_energy))
-        total_energy = torch.zeros((num_frames, 1), dtype=torch.float64, device=edge_vec.device).index_add(
-            0, batch, atomic_energy
+        return energy_derivatives(
+            atomic_energy,
+            edge_vec,
+            cell,
+            edge_index,
+            batch,
+            num_frames,
+            local_mask,
+            self.compute_forces,
+            self.compute_stress,
+            self.training,
         )
-        if not (compute_forces or compute_stress):
-            return atomic_energy, total_energy, None, None, None, None
-        grads = torch.autograd.grad([total_energy.sum()], [edge_vec], create_graph=self.training, allow_unused=True)
-        edge_grad = grads[0]
-        if edge_grad is None:
-            edge_grad = torch.zeros_like(edge_vec)
-        if not self.training:
-            # nothing downstream differentiates evaluation outputs: let the graph go
-            atomic_energy, total_energy = atomic_energy.detach(), total_energy.detach()
-            edge_vec = edge_vec.detach()
 
-        edge_center = edge_index[0]
-        forces: Optional[torch.Tensor] = None
-        virial: Optional[torch.Tensor] = None
-        stress: Optional[torch.Tensor] = None
-        atom_virial: Optional[torch.Tensor] = None
-        if compute_forces:
-            forces = (
-                torch.zeros((num_atoms, 3), dtype=edge_grad.dtype, device=edge_grad.device)
-                .index_add(0, edge_center, edge_grad)
-                .index_add(0, edge_index[1], edge_grad, alpha=-1.0)
-            )
-        if compute_stress:
-            outer = edge_vec.unsqueeze(-1) * edge_grad.unsqueeze(-2)
-            edge_virial = -0.5 * (outer + outer.transpose(-1, -2))
-            virial = torch.zeros((num_frames, 3, 3), dtype=edge_virial.dtype, device=edge_virial.device).index_add(
-                0, batch[edge_center], edge_virial
-            )
-            half = 0.5 * edge_virial
-            atom_virial = (
-                torch.zeros((num_atoms, 3, 3), dtype=edge_virial.dtype, device=edge_virial.device)
-                .index_add(0, edge_center, half)
-                .index_add(0, edge_index[1], half)
-            )
-            volume = torch.linalg.det(cell).abs().view(-1, 1, 1)
-            # no volume (non-periodic): stress is undefined, the virial is not
-            stress = torch.where(volume > 0, -virial / volume, torch.full_like(virial, float("nan")))
-        return atomic_energy, total_energy, forces, virial, stress, atom_virial
+
+def edge_vectors(
+    pos: torch.Tensor,
+    cell: torch.Tensor,
+    edge_index: torch.Tensor,
+    edge_cell_shift: Optional[torch.Tensor],
+    batch: torch.Tensor,
+) -> torch.Tensor:
+    """Edge vectors (E, 3), float64: ``pos[j] - pos[i] + edge_cell_shift . cell`` for edge (i, j)
+    (cell (F, 3, 3), batch (N,) the frame of each atom)."""
+    edge_center = edge_index[0]
+    edge_vec = pos[edge_index[1]] - pos[edge_center]
+    if edge_cell_shift is not None:
+        edge_vec = edge_vec + torch.bmm(edge_cell_shift.unsqueeze(1), cell[batch[edge_center]]).squeeze(1)
+    return edge_vec
+
+
+def frame_geometry(
+    data: Dict[str, torch.Tensor],
+) -> Tuple[torch.Tensor, int, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """``batch`` (N,), the number of frames, ``cell`` (F, 3, 3; zeros without one), the edge
+    vectors (E, 3) and ``local_mask`` (or None) of a FILE_CONTRACT §1 dictionary (one frame,
+    or a batch with ``batch`` and ``num_atoms``)."""
+    pos = data[keys.POS]
+    if keys.BATCH in data:
+        batch = data[keys.BATCH]
+        num_frames = data[keys.NUM_ATOMS].shape[0]
+    else:
+        batch = torch.zeros(pos.shape[0], dtype=torch.long, device=pos.device)
+        num_frames = 1
+    if keys.CELL in data:
+        cell = data[keys.CELL].view(-1, 3, 3)
+    else:
+        cell = torch.zeros((num_frames, 3, 3), dtype=pos.dtype, device=pos.device)
+    edge_cell_shift: Optional[torch.Tensor] = None
+    if keys.EDGE_CELL_SHIFT in data:
+        edge_cell_shift = data[keys.EDGE_CELL_SHIFT]
+    local_mask: Optional[torch.Tensor] = None
+    if keys.LOCAL_MASK in data:
+        local_mask = data[keys.LOCAL_MASK]
+    edge_vec = edge_vectors(pos, cell, data[keys.EDGE_INDEX], edge_cell_shift, batch)
+    return batch, num_frames, cell, edge_vec, local_mask
+
+
+def with_energies(out: Dict[str, torch.Tensor], energies: Energies) -> Dict[str, torch.Tensor]:
+    """``out`` with the outputs of :func:`energy_derivatives` under their FILE_CONTRACT §1 names."""
+    atomic_energy, total_energy, forces, virial, stress, atom_virial = energies
+    out[keys.ATOMIC_ENERGY] = atomic_energy
+    out[keys.TOTAL_ENERGY] = total_energy
+    if forces is not None:
+        out[keys.FORCES] = forces
+    if virial is not None and stress is not None and atom_virial is not None:
+        out[keys.VIRIAL] = virial
+        out[keys.STRESS] = stress
+        out[keys.ATOM_VIRIAL] = atom_virial
+    return out
+
+
+def energy_derivatives(
+    atomic_energy: torch.Tensor,
+    edge_vec: torch.Tensor,
+    cell: torch.Tensor,
+    edge_index: torch.Tensor,
+    batch: torch.Tensor,
+    num_frames: int,
+    local_mask: Optional[torch.Tensor],
+    compute_forces: bool,
+    compute_stress: bool,
+    training: bool,
+) -> Energies:
+    r"""Total energies, then forces and virials from :math:`g_e = \partial E / \partial r_e`.
+
+    ``atomic_energy`` (N, 1) float64 is a function of the edge vectors ``edge_vec`` (E, 3),
+    which require grad when forces or stress are asked for. With ``local_mask``, only the
+    masked atoms' energies count (the others' are returned as 0).
+
+    For edge :math:`e = (i, j)` with vector :math:`r_e = r_j - r_i + s_e \cdot h`:
+    :math:`F_i = \sum_{e = (i, \cdot)} g_e - \sum_{e = (\cdot, i)} g_e`; the edge virial
+    :math:`W_e = -\tfrac12 (r_e \otimes g_e + g_e \otimes r_e)` sums to the virial
+    :math:`-\partial E / \partial \varepsilon` (symmetric strain of positions and cell), and
+    half of it goes to each of the edge's atoms for the per-atom virial. In training the graph is
+    kept (``create_graph``) so that the loss differentiates through forces and stress.
+
+    Returns ``atomic_energy, total_energy (F, 1), forces (N, 3), virial (F, 3, 3), stress
+    (F, 3, 3; NaN without volume), atom_virial (N, 3, 3)``, the derivatives None when not asked for.
+    """
+    num_atoms = atomic_energy.shape[0]
+    if local_mask is not None:
+        atomic_energy = torch.where(local_mask.unsqueeze(-1), atomic_energy, torch.zeros_like(atomic_energy))
+    total_energy = torch.zeros((num_frames, 1), dtype=torch.float64, device=edge_vec.device).index_add(
+        0, batch, atomic_energy
+    )
+    if not (compute_forces or compute_stress):
+        return atomic_energy, total_energy, None, None, None, None
+    grads = torch.autograd.grad([total_energy.sum()], [edge_vec], create_graph=training, allow_unused=True)
+    edge_grad = grads[0]
+    if edge_grad is None:
+        edge_grad = torch.zeros_like(edge_vec)
+    if not training:
+        # nothing downstream differentiates evaluation outputs: let the graph go
+        atomic_energy, total_energy = atomic_energy.detach(), total_energy.detach()
+        edge_vec = edge_vec.detach()
+
+    edge_center = edge_index[0]
+    forces: Optional[torch.Tensor] = None
+    virial: Optional[torch.Tensor] = None
+    stress: Optional[torch.Tensor] = None
+    atom_virial: Optional[torch.Tensor] = None
+    if compute_forces:
+        forces = (
+            torch.zeros((num_atoms, 3), dtype=edge_grad.dtype, device=edge_grad.device)
+            .index_add(0, edge_center, edge_grad)
+            .index_add(0, edge_index[1], edge_grad, alpha=-1.0)
+        )
+    if compute_stress:
+        outer = edge_vec.unsqueeze(-1) * edge_grad.unsqueeze(-2)
+        edge_virial = -0.5 * (outer + outer.transpose(-1, -2))
+        virial = torch.zeros((num_frames, 3, 3), dtype=edge_virial.dtype, device=edge_virial.device).index_add(
+            0, batch[edge_center], edge_virial
+        )
+        half = 0.5 * edge_virial
+        atom_virial = (
+            torch.zeros((num_atoms, 3, 3), dtype=edge_virial.dtype, device=edge_virial.device)
+            .index_add(0, edge_center, half)
+            .index_add(0, edge_index[1], half)
+        )
+        volume = torch.linalg.det(cell).abs().view(-1, 1, 1)
+        # no volume (non-periodic): stress is undefined, the virial is not
+        stress = torch.where(volume > 0, -virial / volume, torch.full_like(virial, float("nan")))
+    return atomic_energy, total_energy, forces, virial, stress, atom_virial
 
 
 class HyperparameterError(ValueError):

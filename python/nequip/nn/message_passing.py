@@ -15,34 +15,49 @@ each centre's edges (NequIP's interaction, Batzner et al. 2022), organised for s
 * paths are grouped by input irrep and output dimension; for each group, ``A`` (a few numbers
   per edge, shared by all channels ``u``) and ``w`` are small matmuls, and the message is a
   product over at most five terms, vectorised over channels (features are channels-last here);
-  eager code contracts all groups of one input irrep (a :class:`PathRun`) with one ``bmm``,
-  traced code one group at a time, which inductor fuses into the kernels around it;
+  the reference contracts all groups of one input irrep (a :class:`PathRun`) with one ``bmm``;
 * the neighbour sum is a scatter-add with an expanded index, which PyTorch's CPU kernel does by
   sorting the index once (no atomics), eager and in AOTInductor files alike;
 * the backward pass (:class:`_MessageSum`) recomputes ``A``, ``w`` and the gathered features one
   input irrep at a time instead of keeping them: per edge it keeps only ``Y`` and ``h``. No tensor of
   all the messages of an edge, ``(E, paths * channels * (2l+1))``, ever exists, which is what
-  lets forces and stress of large systems fit in memory;
-* eager on CPU (training), each input irrep's backward is one C++ kernel, and so is its own
-  derivative, which training's loss on forces takes (:class:`_RunBackward`,
-  ``cpp/kernels/message_backward.cpp``): per-edge data stays in scratch rows instead of being
-  written out as (E, rows, channels) tensors and read back by each torch operation.
+  lets forces and stress of large systems fit in memory.
 
-TorchScript cannot run a custom autograd function, so scripted models differentiate
-:meth:`TensorProductSum.message_sum` with autograd: the same function, with more memory.
+**Backends.** The same function is computed in one of four ways, named by the module's
+``message_backend`` and chosen once: by default when the module is built or loaded
+(:func:`default_message_backend`), by the compiler when it traces the model
+(:func:`set_message_backend`). ``torch`` is the reference; every other backend is tested against
+it (tests/model/test_message_passing.py), and it against e3nn.
+
+* ``torch``: torch operations on any device; a run's groups contracted by one ``bmm``, the
+  backward above written in differentiable operations (training differentiates forces).
+* ``cpu_kernels``: the reference, but each run's backward by one C++ kernel and its derivative by
+  another (:class:`_RunBackward`, ``cpp/kernels/message_backward.cpp``): per-edge data stays in
+  scratch rows instead of being written out as (E, rows, channels) tensors and read back by each
+  torch operation. The kernels are CPU code: tensors on another device take the reference's path.
+  The default where the installed ``nequip._kernels`` provides the kernels this code calls.
+* ``inductor``: for graphs traced with ``make_fx`` and compiled by Inductor (compile/aotinductor.py
+  traces with it): one group at a time, per-edge contractions as broadcast products and sums,
+  which Inductor fuses into the kernels around them instead of materialising bmm operands.
+* ``autograd``: the forward alone (:meth:`TensorProductSum.message_sum`), differentiated by
+  autograd, which keeps per-edge data (more memory). TorchScript cannot run a custom autograd
+  function, so a scripted module runs this backend whatever its attribute says.
 """
 
+import contextlib
 import importlib
 import inspect
 import itertools
 import math
-from typing import List, NamedTuple, Optional, Tuple
+import warnings
+from typing import Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 import torch
 from e3nn import o3
 from torch.autograd.function import once_differentiable
-from torch.fx.experimental.proxy_tensor import get_proxy_mode
 
+from ..utils import torch_internals
+from ..utils.torch_internals import registered_schema
 from .radial import RadialMLP, radial_mlp_hidden, radial_mlp_hidden_backward
 
 
@@ -92,7 +107,16 @@ class TensorProductSum(torch.nn.Module):
     contains), and the output layout is that of the corresponding e3nn tensor product: one
     ``(mul, 2l_3+1)`` block per path, blocks sorted by irrep (``self.irreps_mid``). The weight
     matrix ``W`` has ``self.weight_numel`` columns: ``mul`` per path, in path order.
+
+    ``self.message_backend`` names how it is computed (one of :data:`MESSAGE_BACKENDS`, see the
+    module's docstring): :func:`default_message_backend` when built, checked again when loaded
+    (a backend that cannot run where the module is unpickled becomes the reference),
+    :meth:`use_message_backend` or :func:`set_message_backend` to change it.
     """
+
+    # a scripted module runs the autograd backend: the name is no part of TorchScript's code
+    __jit_ignored_attributes__ = ["message_backend"]
+    message_backend: str
 
     # one group per (input irrep, output dimension)
     groups: List[PathGroup]
@@ -150,8 +174,9 @@ class TensorProductSum(torch.nn.Module):
             column += d1 * len(members) * d3
         coefficients = torch.cat(blocks, dim=1) if blocks else torch.zeros(irreps_edge_sh.dim, 0, dtype=torch.float64)
         # Runs: eager code contracts all groups of an input irrep with one bmm per edge-batched
-        # product, twice as fast as one per group for the benchmark model (the per-edge matrices,
-        # at most 5 x 15, are then larger). A run's columns of A are ordered (i, group, path, k).
+        # product, faster than one per group (the per-edge matrices, at most 5 x 15, are then
+        # larger; docs/benchmarks.md, "Where the numbers in code comments went"). A run's
+        # columns of A are ordered (i, group, path, k).
         self.runs, run_blocks, row_paths = [], [], []
         column = 0
         for input_irrep, run_groups in itertools.groupby(range(len(self.groups)), lambda h: self.groups[h].input_irrep):
@@ -181,6 +206,31 @@ class TensorProductSum(torch.nn.Module):
         # W's columns in group order: each group's weights are one contiguous slice
         self.register_buffer("weight_columns", torch.tensor(weight_columns, dtype=torch.long), persistent=False)
         self.radial_mlp = RadialMLP(list(radial_sizes) + [self.weight_numel])
+        self.message_backend = default_message_backend()
+
+    def use_message_backend(self, name: str) -> None:
+        """Compute by backend ``name`` from now on; a ValueError names a backend that does not
+        exist or cannot run here (``cpu_kernels`` without the installed kernels it calls)."""
+        if name not in MESSAGE_BACKENDS:
+            raise ValueError(f"unknown message passing backend {name!r}: one of {', '.join(MESSAGE_BACKENDS)}")
+        if name == CPU_KERNELS:
+            missing = cpu_kernels_missing()
+            if missing is not None:
+                raise ValueError(
+                    f"the message passing backend {CPU_KERNELS!r} cannot run here: {missing}; use {TORCH!r}"
+                )
+        self.message_backend = name
+
+    def __setstate__(self, state) -> None:
+        # Loading (unpickling, a package's model included) chooses again where the choice made
+        # when saved cannot run here: the kernels missing, or of another version than this code
+        # calls (a package's own copy of this code checks against the installed nequip._kernels).
+        super().__setstate__(state)
+        if self.__dict__.get("message_backend", CPU_KERNELS) == CPU_KERNELS:
+            missing = cpu_kernels_missing()
+            if missing is not None and _kernels_installed():
+                warnings.warn(f"the message passing's backward runs as torch operations (slower): {missing}")
+            self.message_backend = TORCH if missing is not None else CPU_KERNELS
 
     def forward(
         self,
@@ -195,7 +245,8 @@ class TensorProductSum(torch.nn.Module):
         weights = self.radial_mlp.scaled_weights()
         if not torch.jit.is_scripting():
             # TorchScript skips this branch: it cannot run a custom autograd function
-            return _MessageSum.apply(self, x, edge_sh, edge_radial, edge_center, edge_neighbor, *weights)
+            backend = _BACKENDS[self.message_backend]
+            return backend.message_sum(self, x, edge_sh, edge_radial, weights, edge_center, edge_neighbor)
         return self.message_sum(x, edge_sh, edge_radial, weights, edge_center, edge_neighbor)
 
     def message_sum(
@@ -212,7 +263,7 @@ class TensorProductSum(torch.nn.Module):
         radial_hidden = radial_mlp_hidden(edge_radial, weights[:-1], self.radial_mlp.activation_scale)[-1]
         weight = weights[-1].index_select(1, self.weight_columns)
         blocks: List[torch.Tensor] = [x] * len(self.block_sizes)  # every entry is replaced
-        by_run = contract_by_run()
+        by_run = self.contracts_by_run()
         for run in self.runs:
             # the gathered features of the run's input irrep
             x_neighbor = self._channels_last(x, run.input_irrep).index_select(0, edge_neighbor)
@@ -232,6 +283,15 @@ class TensorProductSum(torch.nn.Module):
                 for q, block in enumerate(self.group_blocks[g]):
                     blocks[block] = summed[:, q].transpose(1, 2).reshape(num_nodes, group.mul * group.d3)
         return torch.cat(blocks, dim=1)
+
+    def contracts_by_run(self) -> bool:
+        """Whether a run's groups are contracted together (every backend but ``inductor``), or one
+        group at a time (``inductor``: Inductor fuses each group's contractions into the kernels
+        around them, and a run's per-edge products would all be live at once, more memory)."""
+        # TorchScript skips this branch (a condition of is_scripting() alone is decided when scripting)
+        if not torch.jit.is_scripting():
+            return self.message_backend != INDUCTOR
+        return True
 
     def _channels_last(self, x: torch.Tensor, i: int) -> torch.Tensor:
         """Input irrep ``i`` of the node features as (N, 2l+1, mul): channels innermost, so that
@@ -284,10 +344,10 @@ class TensorProductSum(torch.nn.Module):
         """The gradient of a group's messages by their path weights, (E, paths * mul):
         sum over i and k of grad[e, path, k, u] x[j(e), i, u] A[e, i, path, k].
 
-        One sum over (i, k), which inductor fuses whole (the backward contracts one group at a
-        time only while traced for AOTInductor). As two sums, the products' over i and then over
-        k, it stored the products, (E, paths, d3, mul), to memory between them: for the benchmark
-        model 1.9 KB per edge, the largest buffer of the call."""
+        One sum over (i, k), which inductor fuses whole (only the ``inductor`` backend contracts
+        one group at a time). As two sums, the products' over i and then over k, it stored the
+        products, (E, paths, d3, mul), to memory between them: for the benchmark model the largest
+        buffer of the call."""
         group = self.groups[g]
         num_edges = grad_message.shape[0]
         a_paths = a.view(num_edges, group.d1, group.num_paths, group.d3).transpose(1, 2)
@@ -295,45 +355,22 @@ class TensorProductSum(torch.nn.Module):
         return terms.sum((2, 3)).reshape(num_edges, group.num_paths * group.mul)
 
     def batched_matmul(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
-        """(E, m, k) @ (E, k, n) for every edge: torch.bmm, or, while traced for AOTInductor
-        (:func:`traced_for_aotinductor`), a broadcast product summed over k (the same function),
-        which inductor fuses into the kernels around it instead of materialising both operands
-        for a bmm call (2x the time, more memory)."""
+        """(E, m, k) @ (E, k, n) for every edge: torch.bmm, or, by the ``inductor`` backend, a
+        broadcast product summed over k (the same function), which inductor fuses into the
+        kernels around it instead of materialising both operands for a bmm call (more time, more
+        memory)."""
         # TorchScript skips this branch (a condition of is_scripting() alone is decided when scripting)
         if not torch.jit.is_scripting():
-            if traced_for_aotinductor():
+            if self.message_backend == INDUCTOR:
                 # inductor vectorises along the output's last axis: keep the channels there
                 if left.shape[2] > right.shape[2]:
                     # contracting over the channels: they are the sum's (last) axis
                     return (left.unsqueeze(2) * right.transpose(1, 2).unsqueeze(1)).sum(-1)
                 return (left.transpose(1, 2).unsqueeze(-1) * right.unsqueeze(2)).sum(1)
         if left.shape[2] == 1:
-            # an outer product per edge (scalar inputs): a broadcast product is 3x faster than bmm
+            # an outer product per edge (scalar inputs): a broadcast product is faster than bmm
             return left * right
         return torch.bmm(left, right)
-
-
-def traced_for_aotinductor() -> bool:
-    """Whether the model is being traced into an aten graph, as compile/aotinductor.py does
-    with ``make_fx`` before exporting (the project's only tracer).
-
-    ``torch.compiler.is_exporting()`` is False there: torch.export only runs later, on the
-    already traced graph. What is active exactly while ``make_fx`` runs the Python code
-    (including the autograd engine's backward, which it records) is its proxy dispatch mode;
-    eager calls never see it and TorchScript skips the check. torch.export of the model itself
-    traces through the same mode, so it would take the same branch.
-    """
-    return get_proxy_mode() is not None
-
-
-def contract_by_run() -> bool:
-    """Whether a run's groups are contracted together (eager and TorchScript), or one group at a
-    time (traced for AOTInductor: inductor fuses each group's contractions into the kernels
-    around them, and a run's per-edge products would all be live at once, more memory)."""
-    if not torch.jit.is_scripting():
-        if traced_for_aotinductor():
-            return False
-    return True
 
 
 def _neighbor_sum(values: torch.Tensor, index: torch.Tensor, num_nodes: int) -> torch.Tensor:
@@ -347,8 +384,8 @@ def _neighbor_sum(values: torch.Tensor, index: torch.Tensor, num_nodes: int) -> 
 
 
 class _MessageSum(torch.autograd.Function):
-    """:meth:`TensorProductSum.message_sum` with a backward that recomputes per-edge data group
-    by group rather than keeping it.
+    """:meth:`TensorProductSum.message_sum` with a backward that recomputes per-edge data run by
+    run (or group by group) rather than keeping it; the module's backend computes each run's part.
 
     The backward is written in differentiable operations, so training (which differentiates
     forces) can take second derivatives through it.
@@ -364,140 +401,205 @@ class _MessageSum(torch.autograd.Function):
     def backward(ctx, grad_out):
         module: TensorProductSum = ctx.module
         x, edge_sh, edge_radial, edge_center, edge_neighbor, *weights = ctx.saved_tensors
-        num_nodes, num_edges = x.shape[0], edge_sh.shape[0]
         needs_grad = dict(zip(_APPLY_ARGUMENTS, ctx.needs_input_grad))
-        need_x, need_sh, need_radial = needs_grad["x"], needs_grad["edge_sh"], needs_grad["edge_radial"]
+        need_radial = needs_grad["edge_radial"]
         need_weights = any(ctx.needs_input_grad[len(_APPLY_ARGUMENTS) :]) and _gradient_used(weights)
-        need_hidden = need_radial or need_weights
         scale = module.radial_mlp.activation_scale
         # the radial MLP again: its per-edge activations were not kept
         hidden = radial_mlp_hidden(edge_radial, weights[:-1], scale)
-        radial_hidden = hidden[-1]
-        weight = weights[-1].index_select(1, module.weight_columns)
-        grad_blocks = grad_out.split(module.block_sizes, dim=1)
-
-        # per input irrep (channels last, summed over each neighbour's edges); irreps no path reads get no gradient
-        grad_x_parts: List[Optional[torch.Tensor]] = [None] * len(module.inputs)
-        grad_sh = torch.zeros_like(edge_sh) if need_sh else None
-        grad_hidden = torch.zeros_like(radial_hidden) if need_hidden else None
-        grad_weight_parts: List[torch.Tensor] = []
-        by_run = contract_by_run()
-        by_kernel = by_run and x.device.type == "cpu" and use_cpu_kernels()
+        sums = _Gradients(
+            module, x, edge_sh, edge_center, edge_neighbor, hidden[-1], weights[-1], grad_out,
+            needs_grad["x"], needs_grad["edge_sh"], need_radial or need_weights, need_weights,
+        )  # fmt: skip
+        backend = _BACKENDS[module.message_backend]
         for run in module.runs:
-            i, d1 = run.input_irrep, run.d1
-            if by_kernel:
-                # the run's per-edge work in one CPU kernel (and its derivative in another)
-                mul = module.inputs[i].mul
-                run_weight = weight.narrow(1, run.weight_column, run.num_paths * mul)
-                grad_w, grad_a, grad_x_edge = _RunBackward.apply(
-                    module._run_a(edge_sh, run),
-                    module._channels_last(x, i),
-                    module._run_rows(grad_blocks, run),
-                    (radial_hidden @ run_weight).view(num_edges, run.num_paths, mul),
-                    edge_center,
-                    edge_neighbor,
-                    module.row_paths.narrow(0, run.row_offset, run.rows),
-                )
-                if need_hidden:
-                    grad_w = grad_w.view(num_edges, run.num_paths * mul)
-                    if grad_hidden is not None:
-                        grad_hidden = grad_hidden + grad_w @ run_weight.t()
-                    if need_weights:
-                        grad_weight_parts.append(radial_hidden.t() @ grad_w)
-                if grad_sh is not None:
-                    coefficients = module.run_coefficients.narrow(1, run.a_column, d1 * run.rows)
-                    grad_sh = grad_sh + grad_a.view(num_edges, d1 * run.rows) @ coefficients.t()
-                if need_x:
-                    grad_x_parts[i] = _neighbor_sum(grad_x_edge.flatten(1), edge_neighbor, num_nodes)
-                continue
-            x_neighbor = module._channels_last(x, i).index_select(0, edge_neighbor)  # (E, d1, mul)
-            run_a: Optional[torch.Tensor] = module._run_a(edge_sh, run) if by_run else None  # (E, d1, rows)
-            group_products: List[torch.Tensor] = []
-            if run_a is not None and need_hidden:
-                run_products = module.batched_matmul(run_a.transpose(1, 2), x_neighbor)  # (E, rows, mul)
-                group_products = module._split_by_group(run_products, run)
-            run_weighted: List[torch.Tensor] = []
-            for g in range(run.first, run.end):
-                group = module.groups[g]
-                mul, num_paths, d3 = group.mul, group.num_paths, group.d3
-                # the output gradient of the group's paths, channels last, at each edge's centre
-                grad_sums = torch.stack(
-                    [grad_blocks[block].view(num_nodes, mul, d3).transpose(1, 2) for block in module.group_blocks[g]],
-                    dim=1,
-                )
-                grad_message = grad_sums.index_select(0, edge_center)  # (E, paths, d3, mul)
-                a = module._a(edge_sh, g) if run_a is None else None  # (E, d1, paths * d3)
-                if need_hidden:
-                    # d/dw: sum over k of grad * (x . A)
-                    if group_products:
-                        products = group_products[g - run.first]
-                        grad_w = (grad_message * products).sum(2).reshape(num_edges, num_paths * mul)
-                    else:
-                        grad_w = module._weight_gradient(grad_message, x_neighbor, a, g)  # (E, paths * mul)
-                    if grad_hidden is not None:
-                        grad_hidden = grad_hidden + grad_w @ weight.narrow(1, group.weight_column, num_paths * mul).t()
-                    if need_weights:
-                        grad_weight_parts.append(radial_hidden.t() @ grad_w)
-                weighted = grad_message * module._weights(radial_hidden, weight, g)  # (E, paths, d3, mul)
-                rows = weighted.view(num_edges, num_paths * d3, mul)
-                if a is None:
-                    run_weighted.append(rows)
-                    continue
-                # one group at a time, so that no group's per-edge data waits for another's
-                if grad_sh is not None:
-                    # d/dA: sum over channels; then through A = Y @ coefficients
-                    grad_a = module.batched_matmul(x_neighbor, rows.transpose(1, 2))
-                    coefficients = module.coefficients.narrow(1, group.a_column, d1 * num_paths * d3)
-                    grad_sh = grad_sh + grad_a.reshape(num_edges, d1 * num_paths * d3) @ coefficients.t()
-                if need_x:
-                    # d/dx: sum over paths and k at each edge, then over each neighbour's edges
-                    grad_x_edge = module.batched_matmul(a, rows)  # (E, d1, mul)
-                    summed = _neighbor_sum(grad_x_edge.flatten(1), edge_neighbor, num_nodes)
-                    previous = grad_x_parts[i]
-                    grad_x_parts[i] = summed if previous is None else previous + summed
-            if run_a is not None:
-                # the run's groups together: (E, rows, mul)
-                weighted = torch.cat(run_weighted, dim=1) if len(run_weighted) > 1 else run_weighted[0]
-                if grad_sh is not None:
-                    grad_a = module.batched_matmul(x_neighbor, weighted.transpose(1, 2))  # (E, d1, rows)
-                    coefficients = module.run_coefficients.narrow(1, run.a_column, d1 * run.rows)
-                    grad_sh = grad_sh + grad_a.reshape(num_edges, d1 * run.rows) @ coefficients.t()
-                if need_x:
-                    grad_x_edge = module.batched_matmul(run_a, weighted)  # (E, d1, mul)
-                    grad_x_parts[i] = _neighbor_sum(grad_x_edge.flatten(1), edge_neighbor, num_nodes)
+            backend.run_backward(module, run, sums)
 
         grad_x = None
-        if need_x:
+        if sums.need_x:
             parts: List[torch.Tensor] = []
-            for part, irrep in zip(grad_x_parts, module.inputs):
+            for part, irrep in zip(sums.x_parts, module.inputs):
                 # back from channels last to e3nn's (mul, 2l+1) layout
                 mul, dim = irrep.mul, irrep.dim
                 parts.append(
-                    x.new_zeros(num_nodes, mul * dim)
+                    x.new_zeros(sums.num_nodes, mul * dim)
                     if part is None
-                    else part.view(num_nodes, dim, mul).transpose(1, 2).reshape(num_nodes, mul * dim)
+                    else part.view(sums.num_nodes, dim, mul).transpose(1, 2).reshape(sums.num_nodes, mul * dim)
                 )
             grad_x = torch.cat(parts, dim=1)
         grad_radial, grad_weights = None, [None] * len(weights)
-        if grad_hidden is not None:
+        if sums.hidden is not None:
             if need_weights:
                 # back from group order to W's column order
-                grad_weights[-1] = torch.zeros_like(weight).index_copy(
-                    1, module.weight_columns, torch.cat(grad_weight_parts, dim=1)
+                grad_weights[-1] = torch.zeros_like(sums.weight).index_copy(
+                    1, module.weight_columns, torch.cat(sums.weight_parts, dim=1)
                 )
             grad_radial, grad_hidden_weights = radial_mlp_hidden_backward(
-                grad_hidden, edge_radial, weights[:-1], hidden[:-1], scale, need_weights
+                sums.hidden, edge_radial, weights[:-1], hidden[:-1], scale, need_weights
             )
             if need_weights:
                 grad_weights[:-1] = grad_hidden_weights
-        grads = {"x": grad_x, "edge_sh": grad_sh, "edge_radial": grad_radial if need_radial else None}
+        grads = {"x": grad_x, "edge_sh": sums.sh, "edge_radial": grad_radial if need_radial else None}
         return (*(grads.get(name) for name in _APPLY_ARGUMENTS), *grad_weights)
 
 
+class _Gradients:
+    """What :class:`_MessageSum`'s backward hands each run's part: the saved inputs, the output
+    gradient by block, and the sums of the gradients over runs (``None`` where not wanted).
+
+    ``x_parts``: per input irrep, the gradient by its features, channels last (N, 2l+1, mul)
+    flattened, summed over each neighbour's edges; irreps that no path reads get none. ``sh``: by
+    the edge harmonics. ``hidden``: by the radial MLP's last hidden layer. ``weight_parts``: by
+    the last weight matrix, a block of columns per group (or run), in group order.
+    """
+
+    def __init__(self, module, x, edge_sh, edge_center, edge_neighbor, radial_hidden, last_weight, grad_out,
+                 need_x: bool, need_sh: bool, need_hidden: bool, need_weights: bool):  # fmt: skip
+        self.x, self.edge_sh, self.edge_center, self.edge_neighbor = x, edge_sh, edge_center, edge_neighbor
+        self.num_nodes, self.num_edges = x.shape[0], edge_sh.shape[0]
+        self.radial_hidden = radial_hidden
+        # W's columns in group order
+        self.weight = last_weight.index_select(1, module.weight_columns)
+        self.grad_blocks = grad_out.split(module.block_sizes, dim=1)
+        self.need_x, self.need_hidden, self.need_weights = need_x, need_hidden, need_weights
+        self.x_parts: List[Optional[torch.Tensor]] = [None] * len(module.inputs)
+        self.sh = torch.zeros_like(edge_sh) if need_sh else None
+        self.hidden = torch.zeros_like(radial_hidden) if need_hidden else None
+        self.weight_parts: List[torch.Tensor] = []
+
+    def grad_message(self, module, g: int) -> torch.Tensor:
+        """The output gradient of group ``g``'s paths at each edge's centre, channels last: (E, paths, d3, mul)."""
+        group = module.groups[g]
+        grad_sums = torch.stack(
+            [
+                self.grad_blocks[block].view(self.num_nodes, group.mul, group.d3).transpose(1, 2)
+                for block in module.group_blocks[g]
+            ],
+            dim=1,
+        )
+        return grad_sums.index_select(0, self.edge_center)
+
+    def add_weight_gradient(self, grad_w: torch.Tensor, weight: torch.Tensor) -> None:
+        """Add the gradient by the path weights of a group or run, (E, columns), given its columns of W."""
+        if self.hidden is not None:
+            self.hidden = self.hidden + grad_w @ weight.t()
+        if self.need_weights:
+            self.weight_parts.append(self.radial_hidden.t() @ grad_w)
+
+    def add_a_gradient(self, grad_a: torch.Tensor, coefficients: torch.Tensor) -> None:
+        """Add the gradient by A of a group or run, (E, d1, columns), through A = Y @ coefficients."""
+        self.sh = self.sh + grad_a.reshape(self.num_edges, coefficients.shape[1]) @ coefficients.t()
+
+    def add_x_gradient(self, i: int, grad_x_edge: torch.Tensor) -> None:
+        """Add the gradient by input irrep ``i``'s features at each edge, (E, d1, mul), summed at the neighbours."""
+        summed = _neighbor_sum(grad_x_edge.flatten(1), self.edge_neighbor, self.num_nodes)
+        previous = self.x_parts[i]
+        self.x_parts[i] = summed if previous is None else previous + summed
+
+
+class TorchBackend:
+    """``torch``, the reference: forward by :meth:`TensorProductSum.message_sum`, backward by
+    :class:`_MessageSum`, each run's part in torch operations, its groups contracted together."""
+
+    def message_sum(self, module, x, edge_sh, edge_radial, weights, edge_center, edge_neighbor) -> torch.Tensor:
+        return _MessageSum.apply(module, x, edge_sh, edge_radial, edge_center, edge_neighbor, *weights)
+
+    def run_backward(self, module: "TensorProductSum", run: PathRun, sums: _Gradients) -> None:
+        """Add the gradients of ``run``'s node sums to ``sums``."""
+        i, d1, num_edges = run.input_irrep, run.d1, sums.num_edges
+        x_neighbor = module._channels_last(sums.x, i).index_select(0, sums.edge_neighbor)  # (E, d1, mul)
+        run_a = module._run_a(sums.edge_sh, run)  # (E, d1, rows)
+        group_products: List[torch.Tensor] = []
+        if sums.need_hidden:
+            run_products = module.batched_matmul(run_a.transpose(1, 2), x_neighbor)  # (E, rows, mul)
+            group_products = module._split_by_group(run_products, run)
+        run_weighted: List[torch.Tensor] = []
+        for g in range(run.first, run.end):
+            group = module.groups[g]
+            mul, num_paths, d3 = group.mul, group.num_paths, group.d3
+            grad_message = sums.grad_message(module, g)  # (E, paths, d3, mul)
+            if sums.need_hidden:
+                # d/dw: sum over k of grad * (x . A)
+                grad_w = (grad_message * group_products[g - run.first]).sum(2).reshape(num_edges, num_paths * mul)
+                sums.add_weight_gradient(grad_w, sums.weight.narrow(1, group.weight_column, num_paths * mul))
+            weighted = grad_message * module._weights(sums.radial_hidden, sums.weight, g)  # (E, paths, d3, mul)
+            run_weighted.append(weighted.view(num_edges, num_paths * d3, mul))
+        # the run's groups together: (E, rows, mul)
+        weighted = torch.cat(run_weighted, dim=1) if len(run_weighted) > 1 else run_weighted[0]
+        if sums.sh is not None:
+            # d/dA: sum over channels; then through A = Y @ coefficients
+            grad_a = module.batched_matmul(x_neighbor, weighted.transpose(1, 2))  # (E, d1, rows)
+            sums.add_a_gradient(grad_a, module.run_coefficients.narrow(1, run.a_column, d1 * run.rows))
+        if sums.need_x:
+            # d/dx: sum over paths and k at each edge, then over each neighbour's edges
+            sums.add_x_gradient(i, module.batched_matmul(run_a, weighted))  # (E, d1, mul)
+
+
+class InductorBackend(TorchBackend):
+    """``inductor``: the reference's backward one group at a time, its per-edge contractions as
+    broadcast products (:meth:`TensorProductSum.batched_matmul`), so that no group's per-edge
+    data waits for another's and Inductor fuses each into the kernels around it."""
+
+    def run_backward(self, module: "TensorProductSum", run: PathRun, sums: _Gradients) -> None:
+        i, d1, num_edges = run.input_irrep, run.d1, sums.num_edges
+        x_neighbor = module._channels_last(sums.x, i).index_select(0, sums.edge_neighbor)  # (E, d1, mul)
+        for g in range(run.first, run.end):
+            group = module.groups[g]
+            mul, num_paths, d3 = group.mul, group.num_paths, group.d3
+            grad_message = sums.grad_message(module, g)  # (E, paths, d3, mul)
+            a = module._a(sums.edge_sh, g)  # (E, d1, paths * d3)
+            if sums.need_hidden:
+                grad_w = module._weight_gradient(grad_message, x_neighbor, a, g)  # (E, paths * mul)
+                sums.add_weight_gradient(grad_w, sums.weight.narrow(1, group.weight_column, num_paths * mul))
+            weighted = grad_message * module._weights(sums.radial_hidden, sums.weight, g)  # (E, paths, d3, mul)
+            rows = weighted.view(num_edges, num_paths * d3, mul)
+            if sums.sh is not None:
+                grad_a = module.batched_matmul(x_neighbor, rows.transpose(1, 2))
+                sums.add_a_gradient(grad_a, module.coefficients.narrow(1, group.a_column, d1 * num_paths * d3))
+            if sums.need_x:
+                sums.add_x_gradient(i, module.batched_matmul(a, rows))  # (E, d1, mul)
+
+
+class CpuKernelBackend(TorchBackend):
+    """``cpu_kernels``: each run's backward on CPU by :class:`_RunBackward` (the C++ kernels);
+    tensors on another device by the reference."""
+
+    def run_backward(self, module: "TensorProductSum", run: PathRun, sums: _Gradients) -> None:
+        if sums.x.device.type != "cpu":
+            super().run_backward(module, run, sums)
+            return
+        i, num_edges = run.input_irrep, sums.num_edges
+        mul = module.inputs[i].mul
+        run_weight = sums.weight.narrow(1, run.weight_column, run.num_paths * mul)
+        grad_w, grad_a, grad_x_edge = _RunBackward.apply(
+            module._run_a(sums.edge_sh, run),
+            module._channels_last(sums.x, i),
+            module._run_rows(sums.grad_blocks, run),
+            (sums.radial_hidden @ run_weight).view(num_edges, run.num_paths, mul),
+            sums.edge_center,
+            sums.edge_neighbor,
+            module.row_paths.narrow(0, run.row_offset, run.rows),
+        )
+        if sums.need_hidden:
+            sums.add_weight_gradient(grad_w.view(num_edges, run.num_paths * mul), run_weight)
+        if sums.sh is not None:
+            sums.add_a_gradient(grad_a, module.run_coefficients.narrow(1, run.a_column, run.d1 * run.rows))
+        if sums.need_x:
+            sums.add_x_gradient(i, grad_x_edge)
+
+
+class AutogradBackend(TorchBackend):
+    """``autograd``: :meth:`TensorProductSum.message_sum` differentiated by autograd (what a
+    scripted module runs)."""
+
+    def message_sum(self, module, x, edge_sh, edge_radial, weights, edge_center, edge_neighbor) -> torch.Tensor:
+        return module.message_sum(x, edge_sh, edge_radial, weights, edge_center, edge_neighbor)
+
+
 class _RunBackward(torch.autograd.Function):
-    """The first derivatives of one run's node sums, by the CPU kernel ``nequip::message_backward``
+    """The first derivatives of one run's node sums, by the CPU kernel ``nequip::message_backward_v1``
     (cpp/kernels/message_backward.cpp, which states the formulas), differentiable once more by
-    ``nequip::message_double_backward``: training's loss on forces differentiates them.
+    ``nequip::message_double_backward_v1``: training's loss on forces differentiates them.
 
     Inputs: the run's A (E, d1, rows), its input irrep's node features (N, d1, mul) and output
     gradients (N, rows, mul), both channels last, the path weights (E, paths, mul), centre and
@@ -509,7 +611,7 @@ class _RunBackward(torch.autograd.Function):
     def forward(ctx, a, x, g, w, center, neighbor, row_path):
         a, x, g, w, center, neighbor = (t.contiguous() for t in (a, x, g, w, center, neighbor))
         ctx.save_for_backward(a, x, g, w, center, neighbor, row_path)
-        return torch.ops.nequip.message_backward(a, x, g, w, center, neighbor, row_path)
+        return _kernel("message_backward")(a, x, g, w, center, neighbor, row_path)
 
     @staticmethod
     @once_differentiable
@@ -520,7 +622,7 @@ class _RunBackward(torch.autograd.Function):
         cotangents = [
             a.new_zeros(shape) if grad is None else grad.contiguous() for grad, shape in zip((grad_w, grad_a, grad_x), shapes)
         ]
-        da, dx_edge, dg_edge, dw = torch.ops.nequip.message_double_backward(
+        da, dx_edge, dg_edge, dw = _kernel("message_double_backward")(
             a, x, g, w, center, neighbor, row_path, *cotangents
         )
         num_nodes = x.shape[0]
@@ -529,23 +631,93 @@ class _RunBackward(torch.autograd.Function):
         return da, dx, dg, dw, None, None, None
 
 
-_cpu_kernels: Optional[bool] = None
+
+# The backends, by name (module docstring); "torch" is the reference.
+TORCH, CPU_KERNELS, INDUCTOR, AUTOGRAD = "torch", "cpu_kernels", "inductor", "autograd"
+_BACKENDS: Dict[str, TorchBackend] = {
+    TORCH: TorchBackend(),
+    CPU_KERNELS: CpuKernelBackend(),
+    INDUCTOR: InductorBackend(),
+    AUTOGRAD: AutogradBackend(),
+}
+MESSAGE_BACKENDS: Tuple[str, ...] = tuple(_BACKENDS)
 
 
-def use_cpu_kernels() -> bool:
-    """Whether eager message passing on CPU runs its backward by the kernels of ``nequip._kernels``:
-    True where that extension (built with the package) loads. The module is imported by name,
-    so that a package's interned copy of this code uses the installed kernels too; where it is
-    missing (a package loaded without nequip installed), the same function runs as torch
-    operations."""
-    global _cpu_kernels
-    if _cpu_kernels is None:
-        try:
-            importlib.import_module("nequip._kernels")
-            _cpu_kernels = True
-        except ImportError:
-            _cpu_kernels = False
-    return _cpu_kernels
+def _kernels_installed() -> bool:
+    """Whether the extension ``nequip._kernels`` loads. It is imported by name, so that a package's
+    interned copy of this code uses the installed kernels too; where it is missing (a package
+    loaded without nequip installed), the reference runs."""
+    try:
+        importlib.import_module("nequip._kernels")
+    except ImportError:
+        return False
+    return True
+
+
+# The version of the kernels this code calls: their names end in _v{KERNEL_VERSION}, and their
+# arguments are these. The installed library must register exactly these (a package made today
+# keeps this copy of the code, so it checks whatever library is installed where it is loaded);
+# otherwise the reference runs. cpp/kernels/message_backward.cpp says when the version changes;
+# packages record it in their metadata (versions: nequip_kernels).
+KERNEL_VERSION = 1
+_KERNEL_ARGUMENTS = {
+    "message_backward": "(Tensor a, Tensor x, Tensor g, Tensor w, Tensor center, Tensor neighbor, Tensor row_path)"
+    " -> (Tensor, Tensor, Tensor)",
+    "message_double_backward": "(Tensor a, Tensor x, Tensor g, Tensor w, Tensor center, Tensor neighbor, "
+    "Tensor row_path, Tensor hw, Tensor ha, Tensor hx) -> (Tensor, Tensor, Tensor, Tensor)",
+}
+
+
+def _kernel(name: str):
+    """The operator ``nequip::{name}_v{KERNEL_VERSION}``."""
+    return getattr(torch.ops.nequip, f"{name}_v{KERNEL_VERSION}")
+
+
+def cpu_kernels_missing() -> Optional[str]:
+    """Why the ``cpu_kernels`` backend cannot run here, or None where it can: the installed
+    ``nequip._kernels`` must register the operators this code calls, with its arguments."""
+    if not _kernels_installed():
+        return "the extension nequip._kernels is not installed"
+    for name, arguments in _KERNEL_ARGUMENTS.items():
+        expected = f"nequip::{name}_v{KERNEL_VERSION}{arguments}"
+        registered = registered_schema(f"nequip::{name}_v{KERNEL_VERSION}")
+        if registered is None:
+            return f"the installed nequip._kernels has no nequip::{name}_v{KERNEL_VERSION}, which this code calls"
+        if registered != expected:
+            return f"the installed nequip._kernels registers {registered}, where this code calls {expected}"
+    return None
+
+
+def default_message_backend() -> str:
+    """The backend a module gets when built: ``cpu_kernels`` where the kernels it calls are
+    installed, else the reference."""
+    return CPU_KERNELS if cpu_kernels_missing() is None else TORCH
+
+
+def set_message_backend(model: torch.nn.Module, name: str) -> None:
+    """Every message passing of ``model`` computes by backend ``name`` (one of
+    :data:`MESSAGE_BACKENDS`) from now on.
+
+    Modules are found by their ``use_message_backend`` method, so that a package's own copy of
+    :class:`TensorProductSum` is set too; copies older than the backends have none (they choose
+    by themselves while traced). Raises ValueError as :meth:`TensorProductSum.use_message_backend`.
+    """
+    for module in model.modules():
+        if hasattr(module, "use_message_backend"):
+            module.use_message_backend(name)
+
+
+@contextlib.contextmanager
+def message_backend(model: torch.nn.Module, name: str) -> Iterator[None]:
+    """:func:`set_message_backend` inside the context; each module's own backend again after."""
+    modules = [module for module in model.modules() if hasattr(module, "use_message_backend")]
+    previous = [(module, module.message_backend) for module in modules]
+    set_message_backend(model, name)
+    try:
+        yield
+    finally:
+        for module, backend in previous:
+            module.message_backend = backend
 
 
 def _gradient_used(tensors: List[torch.Tensor]) -> bool:
@@ -556,18 +728,12 @@ def _gradient_used(tensors: List[torch.Tensor]) -> bool:
     weights that require grad but whose gradients it never uses (the loss's own backward takes
     them later): asked here, the engine says whether it will reach them. Where it cannot tell
     (another torch), they are computed."""
-    will_execute = getattr(torch._C, "_will_engine_execute_node", None)
-    if will_execute is None:
-        return True
     for tensor in tensors:
         if not tensor.requires_grad:
             continue
         # a leaf's gradient goes to its accumulator, the node behind a view of it
         node = tensor.grad_fn if tensor.grad_fn is not None else tensor.view_as(tensor).grad_fn.next_functions[0][0]
-        try:
-            if will_execute(node):
-                return True
-        except RuntimeError:  # not inside a backward pass of the engine
+        if torch_internals.engine_will_execute(node) is not False:
             return True
     return False
 

@@ -15,7 +15,6 @@ reproduce the source model's predictions on the example frame, and only then ren
 place: a failed build leaves no file behind.
 """
 
-import importlib.metadata
 import platform
 import warnings
 from pathlib import Path
@@ -37,6 +36,7 @@ from ..load import (
     EXAMPLE_DATA_RESOURCE,
     FORMAT_VERSION_KEY,
     METADATA_RESOURCE,
+    OTHER_RELEASE_PACKAGE,
     PACKAGE_FORMAT_VERSION,
     PACKAGE_LOADERS,
     RESOURCE_PACKAGE,
@@ -45,6 +45,7 @@ from ..load import (
     TRAINED_KINDS,
     PathLike,
     check_package_name,
+    is_ecosystem_package,
     list_package_entries,
     model_file_kind,
     model_resource,
@@ -52,6 +53,9 @@ from ..load import (
     read_package_entry,
     read_package_metadata,
 )
+from ..ecosystem.packages import EAGER_MODEL_RESOURCE as ECOSYSTEM_MODEL_RESOURCE
+from ..ecosystem.packages import EXAMPLE_DATA_RESOURCE as ECOSYSTEM_EXAMPLE_DATA_RESOURCE
+from ..ecosystem.packages import METADATA_RESOURCE as ECOSYSTEM_METADATA_RESOURCE
 from . import dependencies
 from .checkpoint import read_checkpoint
 from .example_data import load_example_data, serialize_frame
@@ -67,7 +71,8 @@ def build_package(source: PathLike, output: PathLike, verify: bool = True) -> Di
     named by the checkpoint's configuration, or a synthetic frame
     (:func:`nequip.data.synthetic_frame`) when that file is not available.
     From a package: every model variant, the example data and the configuration of the
-    original, with the original's code.
+    original, with the original's code; a package of the other NequIP release is written again
+    in its own format (:func:`nequip.ecosystem.packages.repackage`).
 
     ``verify`` loads the written package back and requires its predictions on the example
     frame to equal the source model's exactly before the package is put in place.
@@ -77,8 +82,20 @@ def build_package(source: PathLike, output: PathLike, verify: bool = True) -> Di
     """
     source, output = Path(source), Path(output)
     check_package_name(output)
-    contents = _from_package(source) if model_file_kind(source, TRAINED_KINDS) == "package" else _from_checkpoint(source)
+    kind = model_file_kind(source, TRAINED_KINDS)
+    if kind == "package" and is_ecosystem_package(read_package_metadata(source)):
+        # kept in the other release's format: its models are made of its own code
+        from nequip.ecosystem.packages import repackage
+
+        return repackage(source, output, verify=verify)
+    contents = _from_package(source) if kind == "package" else _from_checkpoint(source)
     models, example_frame, config_text, origin, example_origin = contents
+    if OTHER_RELEASE_PACKAGE in getattr(models[DEFAULT_VARIANT], "config", {}):
+        # a model of the other NequIP release fine-tuned here: made of that release's code, it
+        # goes into a package of that release's format
+        from nequip.ecosystem.packages import package_fine_tuned
+
+        return package_fine_tuned(models[DEFAULT_VARIANT], output, example_frame, config_text, verify=verify)
     _check_same_model_family(source, models)
 
     with atomic_path(output) as tmp:
@@ -155,9 +172,11 @@ def _write_archive(
                 exporter.save_binary(RESOURCE_PACKAGE, EXAMPLE_DATA_RESOURCE, serialize_frame(example_frame))
                 if config_text is not None:
                     exporter.save_text(RESOURCE_PACKAGE, CONFIG_RESOURCE, config_text)
+                _save_ecosystem_entries(exporter, models[DEFAULT_VARIANT], example_frame)
                 # last: the dependency graph is complete once every pickle is saved
                 metadata = _metadata(exporter, importers, models, example_frame, origin, example_origin)
                 exporter.save_text(RESOURCE_PACKAGE, METADATA_RESOURCE, yaml.safe_dump(metadata, sort_keys=False))
+                exporter.save_text(RESOURCE_PACKAGE, ECOSYSTEM_METADATA_RESOURCE, _ecosystem_metadata(metadata))
                 exporter.close()
             except BaseException:
                 # An unfinished zip writer completes the archive when it is garbage-collected,
@@ -171,6 +190,39 @@ def _write_archive(
                         pass  # after a failed write; the error to report is that one
                 raise
     return metadata
+
+
+def _save_ecosystem_entries(exporter: PackageExporter, model: torch.nn.Module, example_frame: Dict[str, torch.Tensor]):
+    """The entries the other NequIP release reads (format 2 on): its eager model, a ``ModuleDict``
+    whose ``sole_model`` is ours behind its interface (:class:`nequip.ecosystem.adapter.ExportedModel`),
+    and its example data, a pickled one-frame batch."""
+    from nequip.ecosystem.adapter import ExportedModel
+
+    exporter.save_pickle(
+        RESOURCE_PACKAGE, ECOSYSTEM_MODEL_RESOURCE, torch.nn.ModuleDict({"sole_model": ExportedModel(model)})
+    )
+    frame = dict(example_frame)
+    num_atoms = frame["pos"].shape[0]
+    frame.setdefault("cell", torch.zeros((1, 3, 3), dtype=torch.float64))
+    frame.setdefault("edge_cell_shift", torch.zeros((frame["edge_index"].shape[1], 3), dtype=torch.float64))
+    frame.setdefault("pbc", torch.zeros((1, 3), dtype=torch.bool))
+    frame["batch"] = torch.zeros(num_atoms, dtype=torch.int64)
+    frame["num_atoms"] = torch.tensor([num_atoms], dtype=torch.int64)
+    exporter.save_pickle(RESOURCE_PACKAGE, ECOSYSTEM_EXAMPLE_DATA_RESOURCE, frame)
+
+
+def _ecosystem_metadata(metadata: Dict[str, Any]) -> str:
+    """``model/package_metadata.txt`` as the other NequIP release writes it (its format id 2)."""
+    versions = metadata["versions"]
+    return yaml.safe_dump(
+        {
+            "atom_types": dict(enumerate(metadata["type_names"])),
+            "available_models": ["eager"],
+            "external_modules": dict(metadata["extern_modules"]),
+            "package_version_id": 2,
+            "versions": {"e3nn": versions["e3nn"], "nequip": versions["nequip"], "torch": versions["torch"]},
+        }
+    )
 
 
 def _importers(models) -> Tuple:
@@ -200,6 +252,9 @@ def _metadata(
             "e3nn": code.import_module("e3nn").__version__,
             "torch": str(torch.__version__),
             "python": platform.python_version(),
+            # the version of the kernels (nequip._kernels) the packaged code calls; it runs torch
+            # operations where the installed ones are of another version ("none": it calls none)
+            "nequip_kernels": str(getattr(code.import_module("nequip.nn.message_passing"), "KERNEL_VERSION", "none")),
         },
         "packaged_by": f"nequip-package (nequip {nequip.__version__})",
         "extern_modules": _extern_versions(exporter.externed_modules()),
@@ -226,18 +281,8 @@ def _extern_versions(externed_modules: Sequence[str]) -> Dict[str, str]:
     for top_level in sorted({name.partition(".")[0] for name in externed_modules}):
         if top_level in sys.stdlib_module_names or top_level == "builtins":
             continue
-        versions[top_level] = _installed_version(top_level)
+        versions[top_level] = dependencies.installed_version(top_level)
     return versions
-
-
-def _installed_version(module_name: str) -> str:
-    distributions = importlib.metadata.packages_distributions().get(module_name, [module_name])
-    for distribution in distributions:
-        try:
-            return importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    return str(getattr(__import__(module_name), "__version__", "unknown"))
 
 
 def _plain(value):
@@ -256,7 +301,20 @@ def _plain(value):
 def _verify(
     tmp: Path, output: Path, models: Dict[str, torch.nn.Module], example_frame: Dict[str, torch.Tensor]
 ) -> None:
-    """Require the package written to ``tmp`` to reproduce every model exactly on the example frame.
+    """Require the package written to ``tmp`` to reproduce every model exactly on the example frame."""
+    # the temporary file's name does not end in .nequip.zip: call the format's loader directly
+    packaged = {variant: PACKAGE_LOADERS[PACKAGE_FORMAT_VERSION](tmp, variant).eval() for variant in models}
+    check_reproduces(output, models, packaged, example_frame)
+
+
+def check_reproduces(
+    output: Path,
+    models: Dict[str, torch.nn.Module],
+    packaged: Dict[str, torch.nn.Module],
+    example_frame: Dict[str, torch.Tensor],
+) -> None:
+    """PackageError unless each ``packaged`` model (read back from the package being written to
+    ``output``) predicts exactly what the source model of its variant does on the example frame.
 
     Runs on one thread: with several, the scatter-adds of the force pass accumulate in a varying
     order, and even one model differs from itself in the last bits from call to call.
@@ -265,10 +323,8 @@ def _verify(
     torch.set_num_threads(1)
     try:
         for variant, model in models.items():
-            # the temporary file's name does not end in .nequip.zip: call the format's loader directly
-            packaged = PACKAGE_LOADERS[PACKAGE_FORMAT_VERSION](tmp, variant).eval()
             expected = model(dict(example_frame))
-            actual = packaged(dict(example_frame))
+            actual = packaged[variant](dict(example_frame))
             for key in _OUTPUT_KEYS:
                 if key in expected and not _identical(actual[key], expected[key]):
                     raise PackageError(

@@ -27,6 +27,7 @@ Extensions that need more register it once, at import time::
     register_libraries_as_external_for_packaging(extern_modules=["my_kernels"])
 """
 
+import importlib.metadata
 from typing import Final, Iterable, Set, Tuple
 
 INTERN_MODULES: Final[Tuple[str, ...]] = ("nequip", "e3nn")
@@ -86,3 +87,15 @@ def _check_names(names: Iterable[str]) -> Set[str]:
         if name in INTERN_MODULES:
             raise ValueError(f"{name!r} is packaged as source (interned) and cannot be extern or mocked")
     return names
+
+
+def installed_version(module_name: str) -> str:
+    """The installed version of the distribution that provides the top-level module ``module_name``
+    (its ``__version__`` if no distribution says, ``"unknown"`` if neither does)."""
+    distributions = importlib.metadata.packages_distributions().get(module_name, [module_name])
+    for distribution in distributions:
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return str(getattr(__import__(module_name), "__version__", "unknown"))

@@ -13,7 +13,7 @@ from typing import Dict
 
 import torch
 
-from ..load import EXAMPLE_DATA_ENTRY, PathLike, read_package_entry
+from ..load import EXAMPLE_DATA_ENTRY, PathLike, is_ecosystem_package, read_package_entry, read_package_metadata
 
 # nequip.data (and with it ase) is imported only where a frame is made: loading a package
 # must stay quick for the ASE calculator and nequip-compile
@@ -38,5 +38,10 @@ def deserialize_frame(data: bytes) -> Dict[str, torch.Tensor]:
 
 
 def load_example_data(path: PathLike) -> Dict[str, torch.Tensor]:
-    """The example frame of the package at ``path`` (no code is executed: plain tensors)."""
+    """The example frame of the package at ``path`` (no code is executed: plain tensors; a
+    package of the other NequIP release keeps its frame pickled, unpickled by torch.package)."""
+    if is_ecosystem_package(read_package_metadata(path)):
+        from nequip.ecosystem.packages import load_example_frame
+
+        return load_example_frame(Path(path))
     return deserialize_frame(read_package_entry(Path(path), EXAMPLE_DATA_ENTRY))

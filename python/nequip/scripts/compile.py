@@ -3,6 +3,7 @@
     nequip-compile model.nequip.zip model.nequip.pth --mode torchscript --device cpu
     nequip-compile model.nequip.zip model.nequip.pt2 --mode aotinductor --device cpu --target pair_nequip
     nequip-compile model.nequip.zip model.nequip.pt2 --mode aotinductor --device cuda --target ase [--tf32]
+    nequip-compile nequip.net:mir-group/NequIP-OAM-L:0.1 oam.nequip.pt2 --mode aotinductor --target ase
 """
 
 import argparse
@@ -24,7 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the LAMMPS pair style. The compiled file is checked against the eager model on the "
         "package's example frame before it is written.",
     )
-    parser.add_argument("input", type=Path, help="*.ckpt checkpoint or *.nequip.zip package")
+    parser.add_argument(
+        "input", help="*.ckpt checkpoint, *.nequip.zip package, or nequip.net model ID (nequip.net:owner/name:version)"
+    )
     parser.add_argument(
         "output",
         type=Path,

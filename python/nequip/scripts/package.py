@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 import yaml
 
-from nequip.load import PACKAGE_FORMAT_VERSION, list_package_entries, read_package_metadata
+from nequip.load import PACKAGE_FORMAT_VERSION, is_ecosystem_package, list_package_entries, read_package_metadata
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -67,8 +67,12 @@ def _build(args) -> int:
     start = time.perf_counter()
     metadata = build_package(args.source, args.output, verify=args.verify)
     elapsed = time.perf_counter() - start
+    if is_ecosystem_package(metadata):
+        made = f"the format of nequip {metadata['versions'].get('nequip')}, package_version_id {metadata['package_version_id']}"
+    else:
+        made = f"format version {metadata['package_format_version']}"
     print(
-        f"wrote {args.output} (format version {metadata['package_format_version']}, "
+        f"wrote {args.output} ({made}, "
         f"variants: {', '.join(metadata['model_variants'])}, types: {' '.join(metadata['type_names'])}) "
         f"in {elapsed:.1f} s"
     )
@@ -77,7 +81,7 @@ def _build(args) -> int:
 
 def _info(args) -> int:
     metadata = read_package_metadata(args.package, allow_newer=True)
-    version = metadata["package_format_version"]
+    version = metadata.get("package_format_version", 0)  # none: a package of the other release
     if version > PACKAGE_FORMAT_VERSION:
         print(
             f"nequip-package: warning: {args.package}: package format version {version} is newer than this "
@@ -88,6 +92,12 @@ def _info(args) -> int:
         print(json.dumps(metadata, indent=2))
     else:
         print(f"# {args.package}")
+        if is_ecosystem_package(metadata):
+            print(
+                f"# a package of nequip {metadata['versions'].get('nequip')} (the other NequIP release's format, "
+                f"package_version_id {metadata['package_version_id']}): its metadata as stored, with type_names and "
+                "model_variants added"
+            )
         print(yaml.safe_dump(metadata, sort_keys=False), end="")
     sys.stdout.flush()
     return 0

@@ -2,6 +2,7 @@
 
     nequip-train config.yaml [key.sub=value ...]
     nequip-train --schema > nequip-train.schema.json
+    nequip-train --convert their.yaml > ours.yaml   # a configuration of the other NequIP release
 
 The configuration is checked before anything runs; overrides such as ``trainer.max_epochs=10``
 are checked the same way. Running the same command again resumes from ``output_dir/last.ckpt``.
@@ -26,7 +27,28 @@ def main(argv=None) -> int:
     parser.add_argument("config", nargs="?", help="YAML configuration file (see examples/minimal.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value", help="override configuration values")
     parser.add_argument("--schema", action="store_true", help="print the configuration's JSON Schema and exit")
+    parser.add_argument(
+        "--convert",
+        action="store_true",
+        help="print ours for a configuration of the other NequIP release (Hydra, '_target_' keys); the keys it "
+        "cannot map go to stderr (and into the output, as comments)",
+    )
     args = parser.parse_args(argv)
+
+    if args.convert:
+        from nequip.ecosystem.config import convert_config
+
+        if args.config is None or args.overrides:
+            parser.error("--convert takes one configuration file")
+        try:
+            text, unmapped = convert_config(args.config)
+        except (OSError, ValueError) as err:
+            print(f"nequip-train: {err}", file=sys.stderr)
+            return 2
+        print(text, end="")
+        for line in unmapped:
+            print(f"nequip-train: not mapped: {line}", file=sys.stderr)
+        return 0
 
     from nequip.train import CheckpointError, ConfigError, load_config, train
     from nequip.train.callbacks import NonFiniteLossError, TrainingStopped
@@ -50,6 +72,12 @@ def main(argv=None) -> int:
     # killing the process
     if hasattr(signal, "SIGXFSZ"):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    from nequip.ecosystem.config import hydra_refusal
+
+    refusal = hydra_refusal(args.config)
+    if refusal is not None:
+        print(f"nequip-train: {refusal}", file=sys.stderr)
+        return 2
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as err:

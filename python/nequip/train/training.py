@@ -45,6 +45,7 @@ from .callbacks import (
     TrainingStopped,
 )
 from ..load import (
+    OTHER_RELEASE_PACKAGE,
     CheckpointError,
     ModelFromCheckpoint,
     ModelFromPackage,
@@ -215,6 +216,11 @@ def resolve_model(config: TrainingConfig, source: Optional[NequIPModel]):
     """
     if source is not None:
         model_config = dict(source.config)
+        if OTHER_RELEASE_PACKAGE in model_config and config.model.refit_energy_shifts:
+            raise ConfigError(
+                "model.refit_energy_shifts: not available for a model of another NequIP release "
+                f"({config.model.from_package}), whose energy shifts are its own modules'"
+            )
         if config.data.type_names is not None and list(config.data.type_names) != model_config["type_names"]:
             raise ConfigError(
                 f"data.type_names: {config.data.type_names} differs from the types of the model being"
@@ -395,7 +401,8 @@ def _train(config: TrainingConfig, output_dir: Path) -> L.Trainer:
     elif source is not None:
         weights = source.state_dict()
         # refitted shifts replace the source's; everything else starts where the source ended
-        weights["per_type_energy_shifts"] = module.model.per_type_energy_shifts
+        if "per_type_energy_shifts" in weights:  # (a model of the other NequIP release keeps its own)
+            weights["per_type_energy_shifts"] = module.model.per_type_energy_shifts
         module.model.load_state_dict(weights)
         (start,) = trainer.validate(module, datamodule=datamodule, verbose=False)
         rank_zero_info(f"fine-tuning from validation loss {start[MONITOR]:.6g}")

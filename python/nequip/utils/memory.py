@@ -33,10 +33,10 @@ def keep_freed_memory() -> bool:
 
     Each step allocates and frees the same per-edge tensors, tens of MiB each. With glibc's
     defaults each one is mapped fresh from the kernel and unmapped when freed (or the heap's top
-    is trimmed), so every step faults their pages in again: the benchmark model's training took
-    about 50 000 page faults a step, and a step took 1.34 s against 1.23 s with this
-    (docs/benchmarks.md). The cost is that up to 1 GiB freed at the heap's top stays with the
-    process. A no-op (False) where the C library is not glibc.
+    is trimmed), so every step faults their pages in again, a part of the benchmark model's step
+    time that this removes (docs/benchmarks.md, "Training throughput"). The cost is that up to
+    1 GiB freed at the heap's top stays with the process. A no-op (False) where the C library is
+    not glibc.
     """
     import ctypes
     import ctypes.util
