@@ -122,6 +122,32 @@ py::dict outputs_to_dict(const nequip::Model& model, const nequip::Outputs& outp
   return result;
 }
 
+py::dict compute_batch(nequip::Model& model, const py::array& pos, const py::array& atom_types,
+                       const py::array& edge_index, const py::array& batch,
+                       const py::array& num_atoms, const std::optional<py::array>& edge_cell_shift,
+                       const std::optional<py::array>& cell) {
+  nequip::BatchInputs inputs{as_tensor(pos, "pos"),
+                             as_tensor(atom_types, "atom_types"),
+                             as_tensor(edge_index, "edge_index"),
+                             optional_tensor(edge_cell_shift, "edge_cell_shift"),
+                             optional_tensor(cell, "cell"),
+                             as_tensor(batch, "batch"),
+                             as_tensor(num_atoms, "num_atoms")};
+  nequip::BatchOutputs outputs;
+  {
+    py::gil_scoped_release release;  // the arrays are kept alive by the caller's references
+    outputs = model.compute_batch(inputs);
+  }
+  py::dict result;
+  result["total_energy"] = to_numpy(outputs.total_energy);
+  result["atomic_energy"] = to_numpy(outputs.atomic_energy);
+  result["forces"] = to_numpy(outputs.forces);
+  if (outputs.virial) result["virial"] = to_numpy(*outputs.virial);
+  if (outputs.stress) result["stress"] = to_numpy(*outputs.stress);
+  if (outputs.atom_virial) result["atom_virial"] = to_numpy(*outputs.atom_virial);
+  return result;
+}
+
 // The exchange of one process whose ghost nodes are copies of its own nodes (the periodic
 // images a single LAMMPS rank sees): owner[n] is the node that node n copies (n itself for
 // an owned node).
@@ -329,6 +355,24 @@ finite (naming the closest pair of atoms when they overlap), TorchError when tor
       "how close two atoms may come before the model's results are extrapolation (Å): the "
       "metadata's closest_training_pair, else 0.1 * r_max; a call that finds a closer pair "
       "warns (CloseAtomsWarning), once per model");
+
+  model_class.def_property_readonly("takes_batches", &nequip::Model::takes_batches,
+                                    "whether the file evaluates several frames per call "
+                                    "(compute_batch): target batch, our .pth files");
+  model_class.def("compute_batch", &compute_batch, py::arg("pos"), py::arg("atom_types"),
+                  py::arg("edge_index"), py::arg("batch"), py::arg("num_atoms"),
+                  py::arg("edge_cell_shift") = std::nullopt, py::arg("cell") = std::nullopt,
+                  R"doc(
+Evaluates F frames in one call: their atoms one after another, pos (N, 3), atom_types (N,),
+edge_index (2, E) (no edge between two frames), edge_cell_shift (E, 3), cell (F, 3, 3) (zero
+for a non-periodic frame), batch (N,) the frame of each atom (sorted), num_atoms (F,) the atoms
+of each frame (summing to N); arrays as compute() takes them.
+Returns a dict: total_energy (F,), atomic_energy (N,), forces (N, 3), and, when the file gives
+either, virial and stress (F, 3, 3), the stress NaN for each frame without a cell volume, and
+atom_virial (N, 3, 3) where the file gives it; all float64. Raises InputError for bad inputs or a file that takes one frame per call
+(takes_batches), NonFiniteOutputError, TorchError, as compute().
+)doc");
+
   model_class.def_property_readonly("exchanges_features", &nequip::Model::exchanges_features,
                                     "whether the file runs layer by layer with a feature "
                                     "exchange (compute_exchanging; LAMMPS on several ranks)");

@@ -9,7 +9,6 @@
 #include "text.h"
 
 namespace nequip::detail {
-namespace {
 
 // numpy-style names (what users of both front ends know), torch's for the rest.
 std::string dtype_name(at::ScalarType dtype) {
@@ -36,6 +35,8 @@ std::string dtype_name(at::ScalarType dtype) {
       return c10::toString(dtype);
   }
 }
+
+namespace {
 
 void check_defined(const at::Tensor& tensor, const char* name) {
   if (!tensor.defined()) throw InputError(std::string(name) + " is required");
@@ -88,6 +89,8 @@ const at::Tensor& PreparedInputs::get(const std::string& name) const {
   if (name == kCell) return cell;
   if (name == kLocalMask) return local_mask;
   if (name == kEdgeCellShift) return edge_cell_shift;
+  if (name == kBatch) return batch;
+  if (name == kNumAtoms) return num_atoms;
   // the model's fields are among kKnownInputs (model.cpp), so this is a bug in the runtime
   throw Error("internal error of the nequip runtime: no prepared input named '" + name +
               "' (known: " + join(kKnownInputs) + ")");

@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "archive.h"
+#include "batch.h"
 #include "call_memory.h"
 #include "compatibility.h"
 #include "fields.h"
@@ -88,6 +89,8 @@ class Model::Impl {
     }
     PreparedInputs prepared =
         prepare_inputs(inputs, metadata_.num_types, device_, takes(kLocalMask));
+    // a file of target batch requires them; a TorchScript file takes one frame without
+    if (format_ == ModelFormat::AOTInductor && takes_batches()) as_batch_of_one(prepared);
     set_tf32();
     ReuseLargeBlocksInThisCall reuse_blocks;
     std::map<std::string, at::Tensor> raw =
@@ -96,6 +99,34 @@ class Model::Impl {
                                                      : run_aoti(prepared);
         });
     return checked_outputs(std::move(raw), prepared);
+  }
+
+  bool takes_batches() const { return takes(kBatch) && takes(kNumAtoms); }
+
+  BatchOutputs compute_batch(const BatchInputs& inputs) {
+    if (!takes_batches()) {
+      throw InputError(path_ +
+                       ": this file takes one frame per call (its inputs: " + join(input_names_) +
+                       "); compile the model with `nequip-compile ... --target batch` (.pt2) "
+                       "or again with this version of nequip (.pth)");
+    }
+    PreparedInputs prepared = prepare_batch_inputs(inputs, metadata_.num_types, device_);
+    set_tf32();
+    ReuseLargeBlocksInThisCall reuse_blocks;
+    std::map<std::string, at::Tensor> raw =
+        translate_torch_errors(path_ + ": running the model on a batch", [&] {
+          return format_ == ModelFormat::TorchScript ? run_torchscript(prepared)
+                                                     : run_aoti(prepared);
+        });
+    if (device_.is_cuda()) raw = copy_to_cpu(std::move(raw));
+    BatchOutputs outputs = collect_batch_outputs(path_, std::move(raw), prepared);
+    if (!batch_outputs_finite(outputs)) {
+      throw NonFiniteOutputError(path_, metadata_.r_max,
+                                 translate_torch_errors(path_ + ": finding the closest atoms", [&] {
+                                   return closest_pair_of_batch(prepared);
+                                 }));
+    }
+    return outputs;
   }
 
   bool exchanges_features() const {
@@ -167,6 +198,7 @@ class Model::Impl {
                                 kKnownInputs, kRequiredInputs);
     output_names_ = model_fields(metadata_, path_, "nequip_torchscript_outputs",
                                  kTorchScriptOutputs, kKnownOutputs, kRequiredOutputs);
+    check_batch_fields(path_, "nequip_torchscript_inputs", input_names_);
     module_ = translate_torch_errors(path_ + ": loading the TorchScript model", [&] {
       torch::jit::Module module = torch::jit::load(path_, device_);
       module.eval();
@@ -179,6 +211,7 @@ class Model::Impl {
                                 kKnownInputs, kRequiredInputs);
     output_names_ = model_fields(metadata_, path_, "nequip_aoti_outputs", kAotiDefaultOutputs,
                                  kKnownOutputs, kRequiredOutputs);
+    check_batch_fields(path_, "nequip_aoti_inputs", input_names_);
     // torch's packages always say their device (checked against device_ by model_device)
     if (metadata_.raw.find(kAotiDeviceKey) == metadata_.raw.end()) {
       throw ModelFileError(path_ + ": required metadata key '" + kAotiDeviceKey + "' is missing");
@@ -214,7 +247,10 @@ class Model::Impl {
     // Forces and stress are autograd derivatives taken inside the model.
     at::AutoGradMode enable_grad(true);
     c10::Dict<std::string, at::Tensor> data;
-    for (const std::string& name : input_names_) data.insert(name, inputs.get(name));
+    // optional inputs not given (local_mask of a batch; batch, num_atoms of one frame) stay out
+    for (const std::string& name : input_names_) {
+      if (inputs.get(name).defined()) data.insert(name, inputs.get(name));
+    }
     c10::IValue result = module_->forward({data});
     if (!result.isGenericDict()) {
       throw TorchError(path_ + ": the TorchScript model must return Dict[str, Tensor], got " +
@@ -366,6 +402,10 @@ double Model::close_pair_threshold() const { return impl_->close_pair_threshold(
 void Model::report_close_pairs_again() { impl_->close_pair_reported_ = false; }
 
 Outputs Model::compute(const Inputs& inputs) { return impl_->compute(inputs); }
+bool Model::takes_batches() const { return impl_->takes_batches(); }
+BatchOutputs Model::compute_batch(const BatchInputs& inputs) {
+  return impl_->compute_batch(inputs);
+}
 bool Model::exchanges_features() const { return impl_->exchanges_features(); }
 Outputs Model::compute_exchanging(const Inputs& inputs, FeatureExchange& exchange) {
   return rethrow_callback_errors([&] { return impl_->compute_exchanging(inputs, exchange); });

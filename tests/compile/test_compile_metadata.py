@@ -48,17 +48,20 @@ def test_compiled_file_carries_the_model_metadata_in_contract_format(key, compil
     assert metadata["num_layers"] == "2"
     if mode == "aotinductor":
         assert metadata["nequip_aoti_inputs"] == "pos edge_index atom_types cell edge_cell_shift" + (
-            " local_mask" if target == "pair_nequip_domain" else ""
+            {"pair_nequip_domain": " local_mask", "batch": " batch num_atoms"}.get(target, "")
         )
         assert metadata["nequip_aoti_outputs"] == {
             "ase": "atomic_energy total_energy forces stress",
             "pair_nequip": "atomic_energy forces virial",
             "pair_nequip_domain": "atomic_energy forces virial atom_virial",
+            "batch": "atomic_energy total_energy forces stress virial",
         }[target]
         assert metadata["compile_target"] == target
         assert metadata["AOTI_DEVICE_KEY"] == "cpu"
     else:
-        assert metadata["nequip_torchscript_inputs"] == "pos edge_index atom_types cell edge_cell_shift local_mask"
+        assert metadata["nequip_torchscript_inputs"] == (
+            "pos edge_index atom_types cell edge_cell_shift local_mask batch num_atoms"
+        )
         assert metadata["nequip_torchscript_outputs"] == (
             "atomic_energy total_energy forces stress virial atom_virial"
         )

@@ -26,7 +26,8 @@
 // format, records, metadata as stored), metadata (parsing and checking it), compatibility
 // (machine, torch version, devices), inputs (checking and converting a frame), layered (the
 // layer-by-layer evaluation and its exchange), output_checks (what is checked of the outputs),
-// model (the Model class: loading and calls), call_memory (a call's large buffers).
+// model (the Model class: loading and calls), batch (the inputs and outputs of a batch of
+// frames), call_memory (a call's large buffers).
 #pragma once
 
 #include <ATen/Tensor.h>
@@ -198,6 +199,35 @@ struct Outputs {
   std::optional<at::Tensor> atom_virial;
 };
 
+// Several frames evaluated in one call (Model::compute_batch): the frames' atoms one after
+// another, one graph with no edge between two frames (FILE_CONTRACT §1, batched). Any dtypes,
+// devices and strides, as Inputs.
+struct BatchInputs {
+  at::Tensor pos;              // (N, 3), Å: the atoms of frame 0, then those of frame 1, ...
+  at::Tensor atom_types;       // (N,), values in [0, num_types)
+  at::Tensor edge_index;       // (2, E), values in [0, N), both atoms of an edge in one frame
+  at::Tensor edge_cell_shift;  // (E, 3), integer-valued image shifts; undefined = all zero
+  at::Tensor cell;             // (F, 3, 3), rows = lattice vectors, a zero cell for a
+                               // non-periodic frame; undefined = all zero
+  at::Tensor batch;            // (N,), the frame of each atom: sorted, in [0, F)
+  at::Tensor num_atoms;        // (F,), the atoms of each frame (at least one), summing to N
+};
+
+// Results for a batch, always float64, contiguous, on the CPU.
+struct BatchOutputs {
+  at::Tensor total_energy;   // (F,), eV
+  at::Tensor atomic_energy;  // (N,), eV
+  at::Tensor forces;         // (N, 3), eV/Å
+  // (F, 3, 3), eV. Given by the model, or derived as -stress * V for the frames with a
+  // volume (NaN for the others) when the model gives only stress.
+  std::optional<at::Tensor> virial;
+  // (F, 3, 3), eV/Å^3, ASE sign. Given by the model or derived as -virial / V; NaN for each
+  // frame whose cell has no volume.
+  std::optional<at::Tensor> stress;
+  // (N, 3, 3), eV: per-atom virials, as Outputs::atom_virial, where the model gives them.
+  std::optional<at::Tensor> atom_virial;
+};
+
 // How the ranks of a domain decomposition share node features between the layers of
 // Model::compute_exchanging. The nodes are a rank's atoms: those it owns and ghost copies of
 // atoms owned by it or by other ranks (LAMMPS' nlocal + nghost). Each call gets a (N, width)
@@ -250,7 +280,8 @@ class Model {
 
   // Names of the fields the model takes. AOTI: `nequip_aoti_inputs`; TorchScript:
   // `nequip_torchscript_inputs`; when absent, the five of FILE_CONTRACT §3-4 (pos edge_index
-  // atom_types cell edge_cell_shift). "local_mask" is the only optional one.
+  // atom_types cell edge_cell_shift). Optional: "local_mask"; "batch" and "num_atoms" (given
+  // by compute_batch, and for one frame by compute to a file that requires them).
   const std::vector<std::string>& input_names() const;
   bool takes(const std::string& input_name) const;
 
@@ -279,6 +310,17 @@ class Model {
   // and copied to the device once; the outputs come back in one copy: no other
   // host-device synchronisation.
   Outputs compute(const Inputs& inputs);
+
+  // Whether the file evaluates several frames per call (compute_batch): its inputs include
+  // "batch" and "num_atoms" (AOTI target `batch`; our TorchScript files).
+  bool takes_batches() const;
+
+  // Evaluates the model on a batch of frames in one call. Throws InputError for bad inputs
+  // (as compute(), and a `batch` not sorted or disagreeing with `num_atoms`, `num_atoms` not
+  // summing to N, an edge joining two frames) and for a file that takes one frame per call
+  // (takes_batches() false), TorchError when torch fails, NonFiniteOutputError when an
+  // energy or force is not finite (naming the closest atoms of the whole batch).
+  BatchOutputs compute_batch(const BatchInputs& inputs);
 
   // Whether the file can run layer by layer with compute_exchanging (our TorchScript files
   // that record layer_feature_widths).

@@ -170,9 +170,10 @@ def compile_model(
             ``mode="aotinductor"``.
         device: ``"cpu"`` or ``"cuda"``: where the compiled file will run.
         target: for AOTInductor, ``"ase"``, ``"pair_nequip"`` (FILE_CONTRACT §4, the order
-            of the flat inputs and outputs) or ``"pair_nequip_domain"`` (LAMMPS on several MPI
-            ranks, per-atom virials). A TorchScript file serves every target; a target given
-            with it is only checked.
+            of the flat inputs and outputs), ``"pair_nequip_domain"`` (LAMMPS on several MPI
+            ranks, per-atom virials) or ``"batch"`` (many frames per call: TorchSim). A
+            TorchScript file serves every target, batches included; a target given with it is
+            only checked.
         example_data: one frame (FILE_CONTRACT §1) on which the compiled file must reproduce
             the eager model; packages carry one. Default: ``nequip.data.synthetic_frame``
             for the model's types and cutoffs.
@@ -382,6 +383,19 @@ def _check_agreement(
     device = next(model.parameters()).device
     expected = model({name: value.to(device) for name, value in data.items()})
     _check_outputs(compiled.outputs, got, expected, data, tolerance, "the compiled model")
+    if compiled.takes_batches:
+        # a batch of the example and the example without its periodic images (no cell): each
+        # frame's outputs as the eager model gives them one frame at a time
+        frames = [example_data, _without_periodic_images(example_data)]
+        try:
+            got_frames = compiled.evaluate(frames, batch_size=len(frames))
+        except _runtime.Error as error:
+            raise CompileError(f"the compiled model fails on a batch of two frames: {error}") from error
+        for index, (frame, got) in enumerate(zip(frames, got_frames)):
+            expected = model({name: value.to(device) for name, value in frame.items()})
+            _check_outputs(
+                compiled.outputs, got, expected, frame, tolerance, f"the compiled model, on frame {index} of a batch,"
+            )
     if compiled.exchanges_features:
         # the layer-by-layer parts of LAMMPS on several ranks, periodic images as ghosts
         data = {name: value for name, value in example_data.items() if name != keys.LOCAL_MASK}
@@ -391,6 +405,15 @@ def _check_agreement(
             raise CompileError(f"the compiled model fails layer by layer on the example data: {error}") from error
         expected = model({name: value.to(device) for name, value in data.items()})
         _check_outputs(compiled.outputs, got, expected, data, tolerance, "the compiled model, layer by layer,")
+
+
+def _without_periodic_images(frame: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``frame`` as a non-periodic one: its atoms, the edges within the cell, no cell."""
+    inputs = {name: frame[name] for name in (keys.POS, keys.ATOM_TYPES, keys.EDGE_INDEX)}
+    if keys.EDGE_CELL_SHIFT in frame:
+        inside = (frame[keys.EDGE_CELL_SHIFT] == 0).all(dim=1)
+        inputs[keys.EDGE_INDEX] = frame[keys.EDGE_INDEX][:, inside]
+    return inputs
 
 
 def _check_outputs(names, got, expected, data, tolerance: float, what: str) -> None:
