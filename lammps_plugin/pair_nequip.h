@@ -39,7 +39,8 @@
 namespace nequip {
 class Model;
 struct Outputs;
-}
+struct ClosePair;
+}    // namespace nequip
 
 namespace LAMMPS_NS {
 
@@ -114,6 +115,8 @@ class PairNequIP : public Pair {
   int node_local_rank();
   void log_devices();
   void warn_of_mismatched_masses();
+  void check_atoms_per_volume();
+  void warn_of_close_pair(const nequip::ClosePair &close);
   int add_node(int atom_index, int mtype);
   void map_ghosts_to_owners();
   void build_graph();

@@ -86,7 +86,7 @@ py::array_t<double> to_numpy(const at::Tensor& tensor) {
   return array;
 }
 
-py::dict outputs_to_dict(const nequip::Outputs& outputs);
+py::dict outputs_to_dict(const nequip::Model& model, const nequip::Outputs& outputs);
 
 py::dict compute(nequip::Model& model, const py::array& pos, const py::array& atom_types,
                  const py::array& edge_index, const std::optional<py::array>& edge_cell_shift,
@@ -102,10 +102,16 @@ py::dict compute(nequip::Model& model, const py::array& pos, const py::array& at
     py::gil_scoped_release release;  // the arrays are kept alive by the caller's references
     outputs = model.compute(inputs);
   }
-  return outputs_to_dict(outputs);
+  return outputs_to_dict(model, outputs);
 }
 
-py::dict outputs_to_dict(const nequip::Outputs& outputs) {
+py::dict outputs_to_dict(const nequip::Model& model, const nequip::Outputs& outputs) {
+  // atoms closer than the model can be trusted at: the runtime reports them once per model
+  if (outputs.close_pair) {
+    const std::string message = outputs.close_pair->message(model.path());
+    const py::object category = py::module_::import("nequip._runtime").attr("CloseAtomsWarning");
+    if (PyErr_WarnEx(category.ptr(), message.c_str(), 1) != 0) throw py::error_already_set();
+  }
   py::dict result;
   result["total_energy"] = outputs.total_energy;
   result["atomic_energy"] = to_numpy(outputs.atomic_energy);
@@ -116,6 +122,32 @@ py::dict outputs_to_dict(const nequip::Outputs& outputs) {
   if (outputs.force_deviation) result["force_deviation"] = to_numpy(*outputs.force_deviation);
   if (outputs.energy_deviation) result["energy_deviation"] = *outputs.energy_deviation;
   if (outputs.virial_deviation) result["virial_deviation"] = to_numpy(*outputs.virial_deviation);
+  return result;
+}
+
+py::dict compute_batch(nequip::Model& model, const py::array& pos, const py::array& atom_types,
+                       const py::array& edge_index, const py::array& batch,
+                       const py::array& num_atoms, const std::optional<py::array>& edge_cell_shift,
+                       const std::optional<py::array>& cell) {
+  nequip::BatchInputs inputs{as_tensor(pos, "pos"),
+                             as_tensor(atom_types, "atom_types"),
+                             as_tensor(edge_index, "edge_index"),
+                             optional_tensor(edge_cell_shift, "edge_cell_shift"),
+                             optional_tensor(cell, "cell"),
+                             as_tensor(batch, "batch"),
+                             as_tensor(num_atoms, "num_atoms")};
+  nequip::BatchOutputs outputs;
+  {
+    py::gil_scoped_release release;  // the arrays are kept alive by the caller's references
+    outputs = model.compute_batch(inputs);
+  }
+  py::dict result;
+  result["total_energy"] = to_numpy(outputs.total_energy);
+  result["atomic_energy"] = to_numpy(outputs.atomic_energy);
+  result["forces"] = to_numpy(outputs.forces);
+  if (outputs.virial) result["virial"] = to_numpy(*outputs.virial);
+  if (outputs.stress) result["stress"] = to_numpy(*outputs.stress);
+  if (outputs.atom_virial) result["atom_virial"] = to_numpy(*outputs.atom_virial);
   return result;
 }
 
@@ -192,7 +224,7 @@ py::dict compute_exchanging(nequip::Model& model, const py::array& pos, const py
     py::gil_scoped_release release;
     outputs = model.compute_exchanging(inputs, used);
   }
-  return outputs_to_dict(outputs);
+  return outputs_to_dict(model, outputs);
 }
 
 py::dict metadata_dict(const nequip::Metadata& metadata) {
@@ -327,6 +359,29 @@ Raises InputError for bad inputs, NonFiniteOutputError when the energy or forces
 finite (naming the closest pair of atoms when they overlap), TorchError when torch fails.
 )doc");
 
+  model_class.def_property_readonly(
+      "close_pair_threshold", &nequip::Model::close_pair_threshold,
+      "how close two atoms may come before the model's results are extrapolation (Å): the "
+      "metadata's closest_training_pair, else 0.1 * r_max; a call that finds a closer pair "
+      "warns (CloseAtomsWarning), once per model");
+
+  model_class.def_property_readonly("takes_batches", &nequip::Model::takes_batches,
+                                    "whether the file evaluates several frames per call "
+                                    "(compute_batch): target batch, our .pth files");
+  model_class.def("compute_batch", &compute_batch, py::arg("pos"), py::arg("atom_types"),
+                  py::arg("edge_index"), py::arg("batch"), py::arg("num_atoms"),
+                  py::arg("edge_cell_shift") = std::nullopt, py::arg("cell") = std::nullopt,
+                  R"doc(
+Evaluates F frames in one call: their atoms one after another, pos (N, 3), atom_types (N,),
+edge_index (2, E) (no edge between two frames), edge_cell_shift (E, 3), cell (F, 3, 3) (zero
+for a non-periodic frame), batch (N,) the frame of each atom (sorted), num_atoms (F,) the atoms
+of each frame (summing to N); arrays as compute() takes them.
+Returns a dict: total_energy (F,), atomic_energy (N,), forces (N, 3), and, when the file gives
+either, virial and stress (F, 3, 3), the stress NaN for each frame without a cell volume, and
+atom_virial (N, 3, 3) where the file gives it; all float64. Raises InputError for bad inputs or a file that takes one frame per call
+(takes_batches), NonFiniteOutputError, TorchError, as compute().
+)doc");
+
   model_class.def_property_readonly("exchanges_features", &nequip::Model::exchanges_features,
                                     "whether the file runs layer by layer with a feature "
                                     "exchange (compute_exchanging; LAMMPS on several ranks)");
@@ -372,7 +427,8 @@ Raises ModelFileError for a bad file or metadata.
                                      as_tensor(forces, "forces"));
       },
       py::arg("path"), py::arg("r_max"), py::arg("pos"), py::arg("edge_index"),
-      py::arg("edge_cell_shift"), py::arg("cell"), py::arg("atomic_energy"), py::arg("forces"), R"doc(
+      py::arg("edge_cell_shift"), py::arg("cell"), py::arg("atomic_energy"), py::arg("forces"),
+      R"doc(
 The runtime's check of a call's outputs, for models it does not run (eager models): raises
 NonFiniteOutputError, naming the closest two atoms, when atomic_energy or forces hold a NaN or
 an infinity. edge_cell_shift and cell may be None (a non-periodic frame).
@@ -395,6 +451,17 @@ The warning (a str) when the closest two atoms of the frame are closer than the 
 trusted at (its metadata's closest_training_pair, else 0.1 * r_max), else None.
 )doc");
   m.def(
+      "close_pair_threshold",
+      [](const std::map<std::string, std::string>& metadata, const std::string& source) {
+        return nequip::close_pair_threshold(source, metadata);
+      },
+      py::arg("metadata"), py::arg("source") = "the model", R"doc(
+How close two atoms may come before the results of a model with this metadata (a dict of
+strings; r_max and closest_training_pair are read) are extrapolation, in Å: closest_training_pair
+when the model records it, else 0.1 * r_max. Raises ModelFileError, naming `source`, for a
+malformed value.
+)doc");
+  m.def(
       "check_metadata",
       [](const std::map<std::string, std::string>& metadata, const std::string& source) {
         return metadata_dict(nequip::check_metadata(source, metadata));
@@ -403,6 +470,13 @@ trusted at (its metadata's closest_training_pair, else 0.1 * r_max), else None.
 Metadata (a dict of strings) parsed and checked as the runtime reads a file's: the one check of
 FILE_CONTRACT §2 and the project's keys (the compiler asks it before writing a file). Returns
 what read_metadata does; raises ModelFileError, its message naming `source` and the key.
+)doc");
+
+  m.attr("CONTENT_HASH_RECORD") = nequip::kContentHashRecord;
+  m.def("content_hash", &nequip::content_hash, py::arg("path"), R"doc(
+The content hash nequip-compile records in a compiled file (record nequip/content_hash):
+"sha256:" and the SHA-256 of every other record of the archive (docs/files.md). Raises
+ModelFileError for a file the runtime refuses (a record that fails its zip checksum among them).
 )doc");
 
   m.def("select_device", &nequip::select_device, py::arg("requested"), py::arg("compiled_for"),

@@ -13,6 +13,8 @@ inline constexpr const char* kAtomTypes = "atom_types";
 inline constexpr const char* kCell = "cell";
 inline constexpr const char* kEdgeCellShift = "edge_cell_shift";
 inline constexpr const char* kLocalMask = "local_mask";
+inline constexpr const char* kBatch = "batch";
+inline constexpr const char* kNumAtoms = "num_atoms";
 inline constexpr const char* kAtomicEnergy = "atomic_energy";
 inline constexpr const char* kTotalEnergy = "total_energy";
 inline constexpr const char* kForces = "forces";
@@ -34,10 +36,11 @@ inline const std::vector<std::string> kAotiDefaultOutputs = {kAtomicEnergy, kFor
 inline const std::vector<std::string> kTorchScriptOutputs = {kAtomicEnergy, kTotalEnergy, kForces,
                                                              kStress, kVirial};
 // Every field the runtime knows: the required inputs plus this project's local_mask (target
-// `pair_nequip_domain`, our TorchScript files); §3's outputs plus our atom_virial and a
-// committee's deviations.
-inline const std::vector<std::string> kKnownInputs = {kPos,  kEdgeIndex,     kAtomTypes,
-                                                      kCell, kEdgeCellShift, kLocalMask};
+// `pair_nequip_domain`, our TorchScript files) and a batch's batch and num_atoms (target
+// `batch`, our TorchScript files); §3's outputs plus our atom_virial and a committee's
+// deviations.
+inline const std::vector<std::string> kKnownInputs = {
+    kPos, kEdgeIndex, kAtomTypes, kCell, kEdgeCellShift, kLocalMask, kBatch, kNumAtoms};
 inline const std::vector<std::string> kKnownOutputs = {
     kAtomicEnergy, kTotalEnergy,   kForces,          kStress,         kVirial,
     kAtomVirial,   kForceDeviation, kEnergyDeviation, kVirialDeviation};

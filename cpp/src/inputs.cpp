@@ -5,10 +5,10 @@
 #include <cmath>
 
 #include "fields.h"
+#include "output_checks.h"
 #include "text.h"
 
 namespace nequip::detail {
-namespace {
 
 // numpy-style names (what users of both front ends know), torch's for the rest.
 std::string dtype_name(at::ScalarType dtype) {
@@ -35,6 +35,8 @@ std::string dtype_name(at::ScalarType dtype) {
       return c10::toString(dtype);
   }
 }
+
+namespace {
 
 void check_defined(const at::Tensor& tensor, const char* name) {
   if (!tensor.defined()) throw InputError(std::string(name) + " is required");
@@ -87,6 +89,8 @@ const at::Tensor& PreparedInputs::get(const std::string& name) const {
   if (name == kCell) return cell;
   if (name == kLocalMask) return local_mask;
   if (name == kEdgeCellShift) return edge_cell_shift;
+  if (name == kBatch) return batch;
+  if (name == kNumAtoms) return num_atoms;
   // the model's fields are among kKnownInputs (model.cpp), so this is a bug in the runtime
   throw Error("internal error of the nequip runtime: no prepared input named '" + name +
               "' (known: " + join(kKnownInputs) + ")");
@@ -175,6 +179,7 @@ PreparedInputs prepare_inputs(const Inputs& inputs, int64_t num_types, const c10
 
   PreparedInputs prepared;
   prepared.volume = std::abs(at::linalg_det(cell[0].cpu()).item<double>());
+  prepared.closest = closest_pair(pos, edge_index, edge_cell_shift, cell);
   auto to_device = [&](at::Tensor& tensor) {
     return tensor.defined() ? tensor.to(device, /*non_blocking=*/false) : tensor;
   };

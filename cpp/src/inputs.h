@@ -20,6 +20,15 @@ struct PreparedInputs {
   at::Tensor edge_cell_shift;  // (E, 3) float64
   at::Tensor local_mask;       // (N,) bool, only for models taking it
   double volume = 0.0;         // |det(cell)|
+  // The two atoms of the shortest edge and its length (empty without edges): what the output
+  // checks and the close-pair warning report, found in one pass over the edges.
+  std::optional<NonFiniteOutputError::ClosestPair> closest;
+  // A batch (batch.h): cell is (F, 3, 3); batch (N,) and num_atoms (F,) int64; volumes (F,)
+  // float64 on the CPU, |det(cell)| of each frame. Undefined for one frame, except batch and
+  // num_atoms for a file that requires them (as_batch_of_one).
+  at::Tensor batch;
+  at::Tensor num_atoms;
+  at::Tensor volumes;
 
   // The input named `name` (fields.h).
   const at::Tensor& get(const std::string& name) const;
@@ -31,6 +40,9 @@ struct PreparedInputs {
 // knows the file to name when a mask is given to a model without one). Throws InputError.
 PreparedInputs prepare_inputs(const Inputs& inputs, int64_t num_types, const c10::Device& device,
                               bool takes_local_mask);
+
+// numpy's name of a dtype ("float64", "int32", "bool"), torch's for the others.
+std::string dtype_name(at::ScalarType dtype);
 
 // Exactly `dtype`, contiguous, on `device`: AOTI models check none of this (FILE_CONTRACT §4).
 at::Tensor convert(const at::Tensor& tensor, const c10::Device& device, at::ScalarType dtype);

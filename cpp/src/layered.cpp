@@ -4,6 +4,7 @@
 #include <torch/csrc/autograd/autograd.h>
 
 #include "fields.h"
+#include "output_checks.h"
 #include "torch_errors.h"
 
 namespace nequip::detail {
@@ -71,6 +72,17 @@ class TorchScriptParts : public LayeredParts {
                                             /*create_graph=*/false, /*allow_unused=*/true)[0];
     return grad.defined() ? grad : at::zeros_like(edge_vec_);
   }
+  std::pair<at::Tensor, at::Tensor> pair_energy_vjp(const at::Tensor& edge_vec,
+                                                    const at::Tensor& atom_types,
+                                                    const at::Tensor& edge_index,
+                                                    const at::Tensor& local_mask) override {
+    at::Tensor input = edge_vec.detach().requires_grad_(true);
+    at::Tensor energy = call("pair_energy", {input, atom_types, edge_index}).toTensor();
+    energy = at::where(local_mask.unsqueeze(-1), energy, at::zeros_like(energy));
+    at::Tensor grad = torch::autograd::grad({energy.sum()}, {input}, {}, /*retain_graph=*/false,
+                                            /*create_graph=*/false, /*allow_unused=*/true)[0];
+    return {energy.detach(), grad.defined() ? grad : at::zeros_like(input)};
+  }
 
  private:
   c10::IValue call(const char* method, std::vector<c10::IValue> args) {
@@ -130,6 +142,14 @@ class AotiParts : public LayeredParts {
     return run("edge_embedding_vjp", {edge_vec, atom_types, edge_index, grad_sh, grad_radial},
                1)[0];
   }
+  std::pair<at::Tensor, at::Tensor> pair_energy_vjp(const at::Tensor& edge_vec,
+                                                    const at::Tensor& atom_types,
+                                                    const at::Tensor& edge_index,
+                                                    const at::Tensor& local_mask) override {
+    std::vector<at::Tensor> out =
+        run("pair_energy_vjp", {edge_vec, atom_types, edge_index, local_mask}, 2);
+    return {out[0], out[1]};
+  }
 
  private:
   // num_outputs 0: any number, at least one
@@ -159,7 +179,7 @@ std::unique_ptr<LayeredParts> aoti_parts(AotiLoaders& loaders) {
   return std::make_unique<AotiParts>(loaders);
 }
 
-std::vector<std::string> aoti_part_names(int64_t num_layers) {
+std::vector<std::string> aoti_part_names(int64_t num_layers, bool pair_potential) {
   std::vector<std::string> names = {"node_embedding", "edge_embedding"};
   for (int64_t k = 0; k < num_layers; ++k) names.push_back("layer_" + std::to_string(k));
   names.push_back("energy_readout_vjp");
@@ -167,11 +187,13 @@ std::vector<std::string> aoti_part_names(int64_t num_layers) {
     names.push_back("layer_" + std::to_string(k) + "_vjp");
   }
   names.push_back("edge_embedding_vjp");
+  if (pair_potential) names.push_back("pair_energy_vjp");
   return names;
 }
 
 std::map<std::string, at::Tensor> run_layered(LayeredParts& parts, const PreparedInputs& in,
-                                              int64_t num_layers, FeatureExchange& exchange) {
+                                              int64_t num_layers, bool pair_potential,
+                                              FeatureExchange& exchange, ExchangeRecord& record) {
   const int64_t num_nodes = in.pos.size(0);
   const at::Tensor centre = in.edge_index[0];
   const at::Tensor neighbour = in.edge_index[1];
@@ -180,7 +202,9 @@ std::map<std::string, at::Tensor> run_layered(LayeredParts& parts, const Prepare
   // type, which have no neighbours and never travel), through the exchange and back.
   auto exchanged = [&](const at::Tensor& values, bool forward) {
     at::Tensor rows = values.narrow(0, 0, num_nodes).to(at::kCPU, at::kDouble).contiguous();
+    const bool check = !record.received_non_finite && all_finite(rows);
     call_front_end([&] { forward ? exchange.forward(rows) : exchange.reverse(rows); });
+    if (check && !all_finite(rows)) record.received_non_finite = true;
     return at::cat({rows.to(values.device(), values.scalar_type()),
                     values.narrow(0, num_nodes, values.size(0) - num_nodes)});
   };
@@ -206,8 +230,15 @@ std::map<std::string, at::Tensor> run_layered(LayeredParts& parts, const Prepare
     radial_gradient += grads[1];
     if (layer > 0) gradient = exchanged(grads[2], false);
   }
-  const at::Tensor edge_grad = parts.edge_embedding_vjp(edge_vec, in.atom_types, in.edge_index,
-                                                        sh_gradient, radial_gradient);
+  at::Tensor edge_grad = parts.edge_embedding_vjp(edge_vec, in.atom_types, in.edge_index,
+                                                  sh_gradient, radial_gradient);
+  if (pair_potential) {
+    // the pair energy (ZBL) reads only the edge vectors: no exchange
+    auto [pair_energy, pair_gradient] =
+        parts.pair_energy_vjp(edge_vec, in.atom_types, in.edge_index, in.local_mask);
+    atomic_energy = atomic_energy + pair_energy;
+    edge_grad = edge_grad + pair_gradient;
+  }
 
   // forces and virials from dE/d(edge vector), as NequIPModel._energy_and_derivatives
   const at::Tensor forces = at::zeros({num_nodes, 3}, edge_grad.options())

@@ -47,6 +47,12 @@ class LayeredParts {
   virtual at::Tensor edge_embedding_vjp(const at::Tensor& edge_vec, const at::Tensor& atom_types,
                                         const at::Tensor& edge_index, const at::Tensor& grad_sh,
                                         const at::Tensor& grad_radial) = 0;
+  // a model with a pair potential: (per-atom pair energies (N, 1), 0 where not local; their
+  // sum's gradient by the edge vectors)
+  virtual std::pair<at::Tensor, at::Tensor> pair_energy_vjp(const at::Tensor& edge_vec,
+                                                            const at::Tensor& atom_types,
+                                                            const at::Tensor& edge_index,
+                                                            const at::Tensor& local_mask) = 0;
 };
 
 // A .pth's exported methods, differentiated by torch's autograd at run time.
@@ -56,15 +62,26 @@ std::unique_ptr<LayeredParts> torchscript_parts(torch::jit::Module& module);
 using AotiLoaders = std::map<std::string, std::unique_ptr<torch::inductor::AOTIModelPackageLoader>>;
 std::unique_ptr<LayeredParts> aoti_parts(AotiLoaders& loaders);
 
-// The names of the parts of a .pt2 of target pair_nequip_domain with `num_layers` layers, in
-// the order of the metadata key nequip_aoti_parts (aotinductor.part_names).
-std::vector<std::string> aoti_part_names(int64_t num_layers);
+// The names of the parts of a .pt2 of target pair_nequip_domain with `num_layers` layers (and
+// a pair potential or not), in the order of the metadata key nequip_aoti_parts
+// (aotinductor.part_names).
+std::vector<std::string> aoti_part_names(int64_t num_layers, bool pair_potential);
+
+// What a layer-by-layer call found of the rows the exchange brought: whether some came in
+// non-finite while this process's own were finite (checked until it happens: two passes over
+// each exchange's rows, on the CPU where the exchange has them).
+struct ExchangeRecord {
+  bool received_non_finite = false;
+};
 
 // One layer-by-layer call on `in` (edges centred on local nodes): the model's outputs by
 // field name (atomic_energy, total_energy, forces, virial, atom_virial), on the model's
-// device. A callback's exception is carried as CallbackFailed (torch_errors.h).
+// device, and what the exchange brought in `record`. A callback's exception is carried as
+// CallbackFailed (torch_errors.h). `pair_potential`: the model has one (its part
+// pair_energy_vjp is called too).
 std::map<std::string, at::Tensor> run_layered(LayeredParts& parts, const PreparedInputs& in,
-                                              int64_t num_layers, FeatureExchange& exchange);
+                                              int64_t num_layers, bool pair_potential,
+                                              FeatureExchange& exchange, ExchangeRecord& record);
 
 // A rank with no nodes at all: its part (with no rows) in each exchange a layer-by-layer call
 // makes with these layer widths, and the outputs of no atoms.

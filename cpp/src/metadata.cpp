@@ -47,6 +47,16 @@ class MetadataReader {
     return value;
   }
 
+  // A present key holding one positive decimal float (surrounding whitespace allowed).
+  double positive_float(const std::string& key) const {
+    const char* expected = "a positive decimal float";
+    std::vector<std::string> words = split_words(raw_.at(key));
+    if (words.size() != 1) malformed(key, expected);
+    const double value = parse_float(key, words[0], expected);
+    if (!(value > 0.0)) malformed(key, expected);
+    return value;
+  }
+
   int64_t parse_int(const std::string& key, const std::string& word,
                     const std::string& expected) const {
     const char* begin = word.c_str();
@@ -107,11 +117,8 @@ Metadata parse_metadata(const std::string& path, std::map<std::string, std::stri
     }
   }
 
-  std::vector<std::string> r_max_words = split_words(reader.required("r_max"));
-  const char* positive_float = "a positive decimal float";
-  if (r_max_words.size() != 1) reader.malformed("r_max", positive_float);
-  metadata.r_max = reader.parse_float("r_max", r_max_words[0], positive_float);
-  if (!(metadata.r_max > 0.0)) reader.malformed("r_max", positive_float);
+  reader.required("r_max");
+  metadata.r_max = reader.positive_float("r_max");
 
   // Optional, present only when used (absent: every pair uses r_max); an empty value is
   // malformed, like any other list of the wrong length.
@@ -177,6 +184,18 @@ Metadata parse_metadata(const std::string& path, std::map<std::string, std::stri
     if (metadata.committee_size < 2) reader.malformed("committee_size", at_least_two);
   }
 
+  // Project key, optional: absent in files of other producers and older ones.
+  if (reader.has("closest_training_pair")) {
+    metadata.closest_training_pair = reader.positive_float("closest_training_pair");
+  }
+
+  // Project key, optional: a pair potential added to the learned energy, by name.
+  if (reader.has("pair_potential")) {
+    std::vector<std::string> words = split_words(raw.at("pair_potential"));
+    if (words.size() != 1 || words[0] != "zbl") reader.malformed("pair_potential", "'zbl'");
+    metadata.pair_potential = words[0];
+  }
+
   // The device type the file was compiled for: torch's key in a .pt2, ours in a .pth;
   // absent (files of other producers, older files) means any.
   for (const char* key : {"AOTI_DEVICE_KEY", "compile_device"}) {
@@ -197,6 +216,14 @@ namespace nequip {
 
 Metadata check_metadata(const std::string& source, std::map<std::string, std::string> raw) {
   return detail::parse_metadata(source, std::move(raw));
+}
+
+double close_pair_threshold(const std::string& source,
+                            const std::map<std::string, std::string>& metadata) {
+  detail::MetadataReader reader(source, metadata);
+  reader.required("r_max");
+  if (reader.has("closest_training_pair")) return reader.positive_float("closest_training_pair");
+  return NonFiniteOutputError::kOverlapFraction * reader.positive_float("r_max");
 }
 
 }  // namespace nequip

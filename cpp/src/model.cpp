@@ -9,6 +9,7 @@
 #include <utility>
 
 #include "archive.h"
+#include "batch.h"
 #include "call_memory.h"
 #include "compatibility.h"
 #include "fields.h"
@@ -89,6 +90,8 @@ class Model::Impl {
     }
     PreparedInputs prepared =
         prepare_inputs(inputs, metadata_.num_types, device_, takes(kLocalMask));
+    // a file of target batch requires them; a TorchScript file takes one frame without
+    if (format_ == ModelFormat::AOTInductor && takes_batches()) as_batch_of_one(prepared);
     set_tf32();
     ReuseLargeBlocksInThisCall reuse_blocks;
     std::map<std::string, at::Tensor> raw =
@@ -97,6 +100,42 @@ class Model::Impl {
                                                      : run_aoti(prepared);
         });
     return checked_outputs(std::move(raw), prepared);
+  }
+
+  // A committee's deviations are not among a batch's outputs: it takes one frame per call.
+  bool takes_batches() const {
+    return metadata_.committee_size == 1 && takes(kBatch) && takes(kNumAtoms);
+  }
+
+  BatchOutputs compute_batch(const BatchInputs& inputs) {
+    if (metadata_.committee_size > 1) {
+      throw InputError(path_ + ": a committee file (committee_size " +
+                       std::to_string(metadata_.committee_size) +
+                       ") takes one frame per call, which gives its deviations");
+    }
+    if (!takes_batches()) {
+      throw InputError(path_ +
+                       ": this file takes one frame per call (its inputs: " + join(input_names_) +
+                       "); compile the model with `nequip-compile ... --target batch` (.pt2) "
+                       "or again with this version of nequip (.pth)");
+    }
+    PreparedInputs prepared = prepare_batch_inputs(inputs, metadata_.num_types, device_);
+    set_tf32();
+    ReuseLargeBlocksInThisCall reuse_blocks;
+    std::map<std::string, at::Tensor> raw =
+        translate_torch_errors(path_ + ": running the model on a batch", [&] {
+          return format_ == ModelFormat::TorchScript ? run_torchscript(prepared)
+                                                     : run_aoti(prepared);
+        });
+    if (device_.is_cuda()) raw = copy_to_cpu(std::move(raw));
+    BatchOutputs outputs = collect_batch_outputs(path_, std::move(raw), prepared);
+    if (!batch_outputs_finite(outputs)) {
+      throw NonFiniteOutputError(path_, metadata_.r_max,
+                                 translate_torch_errors(path_ + ": finding the closest atoms", [&] {
+                                   return closest_pair_of_batch(prepared);
+                                 }));
+    }
+    return outputs;
   }
 
   bool exchanges_features() const {
@@ -140,14 +179,16 @@ class Model::Impl {
     }
     set_tf32();
     ReuseLargeBlocksInThisCall reuse_blocks;
+    ExchangeRecord record;
     std::map<std::string, at::Tensor> raw =
         translate_torch_errors(path_ + ": running the model layer by layer", [&] {
           std::unique_ptr<LayeredParts> parts = format_ == ModelFormat::TorchScript
                                                     ? torchscript_parts(*module_)
                                                     : aoti_parts(aoti_parts_);
-          return run_layered(*parts, prepared, metadata_.num_layers, exchange);
+          return run_layered(*parts, prepared, metadata_.num_layers,
+                             !metadata_.pair_potential.empty(), exchange, record);
         });
-    return checked_outputs(std::move(raw), prepared);
+    return checked_outputs(std::move(raw), prepared, record.received_non_finite);
   }
 
   std::string path_;
@@ -157,6 +198,14 @@ class Model::Impl {
   std::vector<std::string> input_names_;
   std::vector<std::string> output_names_;
   std::vector<std::string> warnings_;
+  // Outputs::close_pair given since loading (or since Model::report_close_pairs_again)
+  bool close_pair_reported_ = false;
+
+  double close_pair_threshold() const {
+    return metadata_.closest_training_pair > 0.0
+               ? metadata_.closest_training_pair
+               : NonFiniteOutputError::kOverlapFraction * metadata_.r_max;
+  }
 
  private:
   void load_torchscript() {
@@ -165,6 +214,7 @@ class Model::Impl {
                                 kKnownInputs, kRequiredInputs);
     output_names_ = model_fields(metadata_, path_, "nequip_torchscript_outputs",
                                  kTorchScriptOutputs, kKnownOutputs, kRequiredOutputs);
+    check_batch_fields(path_, "nequip_torchscript_inputs", input_names_);
     module_ = translate_torch_errors(path_ + ": loading the TorchScript model", [&] {
       torch::jit::Module module = torch::jit::load(path_, device_);
       module.eval();
@@ -177,6 +227,7 @@ class Model::Impl {
                                 kKnownInputs, kRequiredInputs);
     output_names_ = model_fields(metadata_, path_, "nequip_aoti_outputs", kAotiDefaultOutputs,
                                  kKnownOutputs, kRequiredOutputs);
+    check_batch_fields(path_, "nequip_aoti_inputs", input_names_);
     // torch's packages always say their device (checked against device_ by model_device)
     if (metadata_.raw.find(kAotiDeviceKey) == metadata_.raw.end()) {
       throw ModelFileError(path_ + ": required metadata key '" + kAotiDeviceKey + "' is missing");
@@ -196,7 +247,8 @@ class Model::Impl {
     // the layer-by-layer parts of target pair_nequip_domain, each a model of the package
     auto parts = metadata_.raw.find("nequip_aoti_parts");
     if (parts != metadata_.raw.end()) {
-      const std::vector<std::string> expected = aoti_part_names(metadata_.num_layers);
+      const std::vector<std::string> expected =
+          aoti_part_names(metadata_.num_layers, !metadata_.pair_potential.empty());
       if (metadata_.num_layers < 1 || split_words(parts->second) != expected) {
         throw ModelFileError(path_ + ": metadata key 'nequip_aoti_parts' is malformed: expected '" +
                              join(expected) + "' (num_layers " +
@@ -229,7 +281,10 @@ class Model::Impl {
     // Forces and stress are autograd derivatives taken inside the model.
     at::AutoGradMode enable_grad(true);
     c10::Dict<std::string, at::Tensor> data;
-    for (const std::string& name : input_names_) data.insert(name, inputs.get(name));
+    // optional inputs not given (local_mask of a batch; batch, num_atoms of one frame) stay out
+    for (const std::string& name : input_names_) {
+      if (inputs.get(name).defined()) data.insert(name, inputs.get(name));
+    }
     c10::IValue result = module_->forward({data});
     if (!result.isGenericDict()) {
       throw TorchError(path_ + ": the TorchScript model must return Dict[str, Tensor], got " +
@@ -269,15 +324,19 @@ class Model::Impl {
   // The outputs of a call, collected and checked. A NaN would otherwise travel on into ASE's
   // results or LAMMPS' positions, far from its cause. One pass over the outputs; the cause is
   // looked for only when there is one.
-  Outputs checked_outputs(std::map<std::string, at::Tensor> raw, const PreparedInputs& prepared) {
+  // `received_non_finite`: what ExchangeRecord says of a layer-by-layer call.
+  Outputs checked_outputs(std::map<std::string, at::Tensor> raw, const PreparedInputs& prepared,
+                          bool received_non_finite = false) {
     Outputs outputs = collect_outputs(std::move(raw), prepared);
     if (!std::isfinite(outputs.total_energy) || !all_finite(outputs.atomic_energy) ||
         !all_finite(outputs.forces)) {
-      throw NonFiniteOutputError(path_, metadata_.r_max,
-                                 translate_torch_errors(path_ + ": finding the closest atoms", [&] {
-                                   return closest_pair(prepared.pos, prepared.edge_index,
-                                                       prepared.edge_cell_shift, prepared.cell);
-                                 }));
+      throw NonFiniteOutputError(path_, metadata_.r_max, prepared.closest, received_non_finite);
+    }
+    const double threshold = close_pair_threshold();
+    if (!close_pair_reported_ && prepared.closest && prepared.closest->distance < threshold) {
+      outputs.close_pair =
+          ClosePair{*prepared.closest, threshold, metadata_.closest_training_pair > 0.0};
+      close_pair_reported_ = true;
     }
     return outputs;
   }
@@ -378,8 +437,14 @@ bool Model::takes(const std::string& input_name) const { return impl_->takes(inp
 const std::vector<std::string>& Model::output_names() const { return impl_->output_names_; }
 bool Model::returns(const std::string& output_name) const { return impl_->returns(output_name); }
 const std::vector<std::string>& Model::warnings() const { return impl_->warnings_; }
+double Model::close_pair_threshold() const { return impl_->close_pair_threshold(); }
+void Model::report_close_pairs_again() { impl_->close_pair_reported_ = false; }
 
 Outputs Model::compute(const Inputs& inputs) { return impl_->compute(inputs); }
+bool Model::takes_batches() const { return impl_->takes_batches(); }
+BatchOutputs Model::compute_batch(const BatchInputs& inputs) {
+  return impl_->compute_batch(inputs);
+}
 bool Model::exchanges_features() const { return impl_->exchanges_features(); }
 Outputs Model::compute_exchanging(const Inputs& inputs, FeatureExchange& exchange) {
   return rethrow_callback_errors([&] { return impl_->compute_exchanging(inputs, exchange); });

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <string>
 
@@ -13,9 +14,11 @@
 namespace nequip {
 namespace {
 
+// The likely cause, of the causes this process can check: its own atoms overlapping, then
+// features that came in non-finite from other ranks, else the model itself.
 std::string non_finite_message(const std::string& path, double r_max,
                                const std::optional<NonFiniteOutputError::ClosestPair>& closest,
-                               bool overlap, const std::string& pair) {
+                               bool overlap, bool received_non_finite, const std::string& pair) {
   const std::string what =
       path + ": the model gave a non-finite energy or forces (NaN or infinity)";
   const std::string threshold =
@@ -29,6 +32,14 @@ std::string non_finite_message(const std::string& path, double r_max,
   const std::string closest_text =
       closest ? "the closest two atoms are " + detail::short_number(closest->distance) + " Å apart"
               : "no two atoms are within the cutoff";
+  if (received_non_finite) {
+    return what +
+           ": node features (or their gradients) came in non-finite from the other ranks "
+           "through the per-layer exchange, while this rank's own were finite and none of its "
+           "atoms overlap (" +
+           closest_text + ", not closer than " + threshold +
+           "): the cause is on another rank, which reports it";
+  }
   return what + " for finite inputs (" + closest_text +
          "); its weights may be non-finite: check the file";
 }
@@ -42,20 +53,22 @@ std::string default_pair(const std::optional<NonFiniteOutputError::ClosestPair>&
 }  // namespace
 
 NonFiniteOutputError::NonFiniteOutputError(const std::string& path, double r_max,
-                                           std::optional<ClosestPair> closest)
+                                           std::optional<ClosestPair> closest,
+                                           bool received_non_finite)
     : Error(non_finite_message(path, r_max, closest,
                                closest && closest->distance < kOverlapFraction * r_max,
-                               default_pair(closest))),
+                               received_non_finite, default_pair(closest))),
       path_(path),
       r_max_(r_max),
-      closest_(closest) {}
+      closest_(closest),
+      received_non_finite_(received_non_finite) {}
 
 bool NonFiniteOutputError::atoms_overlap() const {
   return closest_ && closest_->distance < kOverlapFraction * r_max_;
 }
 
 std::string NonFiniteOutputError::message(const std::string& pair) const {
-  return non_finite_message(path_, r_max_, closest_, atoms_overlap(), pair);
+  return non_finite_message(path_, r_max_, closest_, atoms_overlap(), received_non_finite_, pair);
 }
 
 namespace detail {
@@ -70,16 +83,37 @@ std::optional<NonFiniteOutputError::ClosestPair> closest_pair(const at::Tensor& 
                                                               const at::Tensor& edge_index,
                                                               const at::Tensor& edge_cell_shift,
                                                               const at::Tensor& cell) {
-  if (edge_index.size(1) == 0) return std::nullopt;
-  const at::Tensor centre = edge_index[0];
-  const at::Tensor neighbour = edge_index[1];
-  const at::Tensor vectors = pos.index_select(0, neighbour) - pos.index_select(0, centre) +
-                             at::matmul(edge_cell_shift, cell[0]);
-  const at::Tensor lengths = at::linalg_vector_norm(vectors, 2, {1});
-  const int64_t shortest = lengths.argmin().item<int64_t>();
-  return NonFiniteOutputError::ClosestPair{centre[shortest].item<int64_t>(),
-                                           neighbour[shortest].item<int64_t>(),
-                                           lengths[shortest].item<double>()};
+  const int64_t num_edges = edge_index.size(1);
+  if (num_edges == 0) return std::nullopt;
+  // one pass over the edges, in plain loops on the CPU (every call makes it)
+  const at::Tensor p = pos.to(at::kCPU, at::kDouble).contiguous();
+  const at::Tensor e = edge_index.to(at::kCPU, at::kLong).contiguous();
+  const at::Tensor s = edge_cell_shift.to(at::kCPU, at::kDouble).contiguous();
+  const at::Tensor h = cell.to(at::kCPU, at::kDouble).contiguous();
+  const double* x = p.data_ptr<double>();
+  const int64_t* centre = e.data_ptr<int64_t>();
+  const int64_t* neighbour = centre + num_edges;
+  const double* shift = s.data_ptr<double>();
+  const double* lattice = h.data_ptr<double>();  // rows a, b, c
+  int64_t shortest = 0;
+  double shortest_squared = std::numeric_limits<double>::infinity();
+  for (int64_t edge = 0; edge < num_edges; ++edge) {
+    const double* xi = x + 3 * centre[edge];
+    const double* xj = x + 3 * neighbour[edge];
+    const double* n = shift + 3 * edge;
+    double squared = 0.0;
+    for (int k = 0; k < 3; ++k) {
+      const double d =
+          xj[k] - xi[k] + n[0] * lattice[k] + n[1] * lattice[3 + k] + n[2] * lattice[6 + k];
+      squared += d * d;
+    }
+    if (squared < shortest_squared) {
+      shortest_squared = squared;
+      shortest = edge;
+    }
+  }
+  return NonFiniteOutputError::ClosestPair{centre[shortest], neighbour[shortest],
+                                           std::sqrt(shortest_squared)};
 }
 
 }  // namespace detail
@@ -102,28 +136,6 @@ std::optional<NonFiniteOutputError::ClosestPair> closest_pair_of(const Inputs& f
   return detail::closest_pair(pos, edge_index, shift, cell);
 }
 
-// A metadata value that must be a positive decimal number (r_max, closest_training_pair).
-double positive_number(const std::string& path, const std::map<std::string, std::string>& metadata,
-                       const std::string& key) {
-  const auto found = metadata.find(key);
-  if (found == metadata.end()) {
-    throw ModelFileError(path + ": required metadata key '" + key + "' is missing");
-  }
-  double value = 0.0;
-  size_t used = 0;
-  try {
-    value = std::stod(found->second, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used == 0 || used != found->second.size() || !std::isfinite(value) || value <= 0.0) {
-    throw ModelFileError(path + ": metadata key '" + key +
-                         "' is malformed: expected a positive decimal number, got '" +
-                         found->second + "'");
-  }
-  return value;
-}
-
 }  // namespace
 
 void check_finite_outputs(const std::string& path, double r_max, const Inputs& frame,
@@ -132,29 +144,34 @@ void check_finite_outputs(const std::string& path, double r_max, const Inputs& f
     return tensor.numel() == 0 || at::isfinite(tensor).all().item<bool>();
   };
   if (finite(atomic_energy) && finite(forces)) return;
-  throw NonFiniteOutputError(path, r_max,
-                             detail::translate_torch_errors(path + ": finding the closest atoms",
-                                                            [&] { return closest_pair_of(frame); }));
+  throw NonFiniteOutputError(
+      path, r_max, detail::translate_torch_errors(path + ": finding the closest atoms", [&] {
+        return closest_pair_of(frame);
+      }));
+}
+
+std::string ClosePair::message(const std::string& path, const std::string& pair,
+                               const std::string& how_often) const {
+  const std::string bound =
+      from_training_data
+          ? "the closest pair the model was trained on, " + detail::short_number(threshold) + " Å"
+          : detail::short_number(NonFiniteOutputError::kOverlapFraction) +
+                " * r_max = " + detail::short_number(threshold) + " Å";
+  return path + ": " + (pair.empty() ? default_pair(atoms) : pair) + " are " +
+         detail::short_number(atoms.distance) + " Å apart, closer than " + bound +
+         ": the model extrapolates there and its energy and forces may be far off; check the "
+         "structure (this warning is given " +
+         how_often + ")";
 }
 
 std::optional<std::string> close_pair_warning(const std::string& path,
                                               const std::map<std::string, std::string>& metadata,
                                               const Inputs& frame) {
-  const double r_max = positive_number(path, metadata, "r_max");
-  const bool recorded = metadata.count("closest_training_pair") != 0;
-  const double threshold = recorded ? positive_number(path, metadata, "closest_training_pair")
-                                    : NonFiniteOutputError::kOverlapFraction * r_max;
+  const double threshold = close_pair_threshold(path, metadata);
   const std::optional<NonFiniteOutputError::ClosestPair> closest = detail::translate_torch_errors(
       path + ": finding the closest atoms", [&] { return closest_pair_of(frame); });
   if (!closest || !(closest->distance < threshold)) return std::nullopt;
-  const std::string bound =
-      recorded ? "the closest pair the model was trained on, " + detail::short_number(threshold) + " Å"
-               : detail::short_number(NonFiniteOutputError::kOverlapFraction) +
-                     " * r_max = " + detail::short_number(threshold) + " Å";
-  return path + ": " + default_pair(closest) + " are " + detail::short_number(closest->distance) +
-         " Å apart, closer than " + bound +
-         ": the model extrapolates there and its energy and forces may be far off; check the "
-         "structure (this warning is given once per model)";
+  return ClosePair{*closest, threshold, metadata.count("closest_training_pair") != 0}.message(path);
 }
 
 }  // namespace nequip

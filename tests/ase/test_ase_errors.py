@@ -1,9 +1,7 @@
 """NequIPCalculator refuses bad files and bad structures with one clear message each."""
 
-import json
 import re
 import warnings
-import zipfile
 
 import numpy as np
 import pytest
@@ -12,6 +10,7 @@ from ase import Atoms
 from ase.calculators.calculator import PropertyNotImplementedError
 
 from ase_systems import sic_cluster, sic_triclinic
+from fixtures.edited_files import with_pt2_metadata
 from nequip._runtime import DeviceError, ModelFileError
 from nequip.ase import NequIPCalculator
 from nequip.data import DenseCellWarning
@@ -54,13 +53,7 @@ def test_compiled_file_that_is_not_a_model(tmp_path):
 
 
 def test_pt2_compiled_for_another_device(compiled_models, tmp_path):
-    path = tmp_path / "cuda.nequip.pt2"
-    with zipfile.ZipFile(compiled_models[PT2]) as old, zipfile.ZipFile(path, "w") as new:
-        for item in old.infolist():
-            data = old.read(item.filename)
-            if item.filename.endswith("_metadata.json"):
-                data = json.dumps(dict(json.loads(data), AOTI_DEVICE_KEY="cuda")).encode()
-            new.writestr(item, data)
+    path = with_pt2_metadata(compiled_models[PT2], tmp_path / "cuda.nequip.pt2", "AOTI_DEVICE_KEY", "cuda")
     with raises(DeviceError, f"{path}: compiled for device 'cuda', cannot run on device 'cpu'; compile it again for 'cpu' (nequip-compile ... --device cpu)"):
         NequIPCalculator(path, device="cpu")
 

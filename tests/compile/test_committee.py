@@ -237,3 +237,12 @@ def test_runtime_refuses_a_malformed_committee_size(value, expected):
     with pytest.raises(_runtime.ModelFileError) as error:
         _runtime.check_metadata(metadata, "f.nequip.pth")
     assert str(error.value) == f"f.nequip.pth: metadata key 'committee_size' is malformed: expected {expected}, got '{value}'"
+
+
+def test_committee_file_evaluates_a_batch_one_frame_at_a_time_with_each_frames_deviations(committee_files):
+    """A batch's outputs have no deviations: a committee .pth (which takes batch inputs) runs one frame a call."""
+    frames = [SYSTEMS["periodic_triclinic"](), SYSTEMS["molecule"]()]
+    committee = open_model(committee_files["torchscript", None, "mean"])
+    assert not committee.takes_batches
+    for frame, out in zip(frames, committee.evaluate(frames, batch_size=2)):
+        assert_committee_outputs(out, expected_committee(one_by_one(committee_files.members, frame)))

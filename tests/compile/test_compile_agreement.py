@@ -51,6 +51,7 @@ def test_aotinductor_file_has_the_targets_flat_outputs(key, loaded_models):
         "ase": ("atomic_energy", "total_energy", "forces", "stress"),
         "pair_nequip": ("atomic_energy", "forces", "virial"),
         "pair_nequip_domain": ("atomic_energy", "forces", "virial", "atom_virial"),
+        "batch": ("atomic_energy", "total_energy", "forces", "stress", "virial"),
     }
     assert loaded_models[key].outputs == expected[key[2]]
 

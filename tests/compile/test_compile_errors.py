@@ -4,6 +4,7 @@ refused before any work, and no output file left behind."""
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -336,6 +337,37 @@ def test_cli_reports_a_failed_aotinductor_write_and_leaves_nothing(tmp_path):
     assert result.returncode == 1, result.stderr
     assert re.fullmatch(r"nequip-compile: error: cannot write .+: File too large", result.stderr.splitlines()[-1])
     assert "Traceback" not in result.stderr and "terminate called" not in result.stderr
+    assert list(out.parent.iterdir()) == []
+
+
+
+@pytest.mark.slow
+def test_cli_reports_a_compiler_that_cannot_write_in_one_line(tmp_path):
+    """The C++ compiler's own writes failing (issue 33: a full disk, a 70-line traceback ending
+    in g++'s error): one line naming the compiler's failed write and the way out, exit 1, and
+    no output nor staging directory. The compiler is the real one, run with a file-size limit
+    of 1 KB (its outputs fail to be written; inductor's own files, written before, do not)."""
+    source, script = tmp_path / "in.nequip.zip", tmp_path / "limited_cli.py"
+    source.write_bytes(b"stub")
+    script.write_text(_LIMITED_CLI.format(tests=str(TESTS)))
+    compiler = tmp_path / "limited_g++"
+    # SIGXFSZ ignored (as Python ignores it, and a full disk sends none): the write fails, EFBIG
+    compiler.write_text(f"#!/bin/sh\ntrap '' XFSZ\nulimit -f 1\nexec {shutil.which('g++')} \"$@\"\n")
+    compiler.chmod(0o755)
+    out = tmp_path / "out" / "m.nequip.pt2"
+    out.parent.mkdir()
+    cache = tmp_path / "inductor_cache"
+    environment = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache), CXX=str(compiler))
+    command = [sys.executable, str(script), str(source), str(out), "--mode", "aotinductor", "--target", "ase"]
+    result = subprocess.run(command, capture_output=True, text=True, env=environment)
+    assert result.returncode == 1, result.stderr
+    assert re.fullmatch(
+        r"nequip-compile: error: cannot write AOTInductor's compiled code \(the C\+\+ compiler: .*File too large\): "
+        r"free space on that disk, or set TMPDIR \(the compiler's temporary files\) and TORCHINDUCTOR_CACHE_DIR "
+        rf"\(now {re.escape(str(cache))}\) to a disk with room",
+        result.stderr.splitlines()[-1],
+    ), result.stderr
+    assert "Traceback" not in result.stderr and "Command:" not in result.stderr
     assert list(out.parent.iterdir()) == []
 
 

@@ -3,12 +3,12 @@ by the C++ runtime (the one reader) and the way other readers read it; the write
 before compiling, metadata that the reader would refuse."""
 
 import re
-import zipfile
 
 import pytest
 import torch
 
 from fixtures.compiled import COMPILED_KEYS, PER_EDGE_TYPE_CUTOFF, R_MAX, compiled_key_id
+from fixtures.edited_files import with_pth_metadata
 from nequip._runtime import InputError, ModelFileError
 from nequip.inference import open_model
 from nequip.compile import MetadataError, check_model_metadata
@@ -48,17 +48,20 @@ def test_compiled_file_carries_the_model_metadata_in_contract_format(key, compil
     assert metadata["num_layers"] == "2"
     if mode == "aotinductor":
         assert metadata["nequip_aoti_inputs"] == "pos edge_index atom_types cell edge_cell_shift" + (
-            " local_mask" if target == "pair_nequip_domain" else ""
+            {"pair_nequip_domain": " local_mask", "batch": " batch num_atoms"}.get(target, "")
         )
         assert metadata["nequip_aoti_outputs"] == {
             "ase": "atomic_energy total_energy forces stress",
             "pair_nequip": "atomic_energy forces virial",
             "pair_nequip_domain": "atomic_energy forces virial atom_virial",
+            "batch": "atomic_energy total_energy forces stress virial",
         }[target]
         assert metadata["compile_target"] == target
         assert metadata["AOTI_DEVICE_KEY"] == "cpu"
     else:
-        assert metadata["nequip_torchscript_inputs"] == "pos edge_index atom_types cell edge_cell_shift local_mask"
+        assert metadata["nequip_torchscript_inputs"] == (
+            "pos edge_index atom_types cell edge_cell_shift local_mask batch num_atoms"
+        )
         assert metadata["nequip_torchscript_outputs"] == (
             "atomic_energy total_energy forces stress virial atom_virial"
         )
@@ -77,22 +80,10 @@ def test_torchscript_metadata_is_one_extra_file_per_key(dtype, compiled_models):
     assert int(extra_files["num_types"]) == 2 and int(extra_files["allow_tf32"]) == 0
 
 
-def _rewrite_torchscript(source, destination, key, value):
-    """Copy a .pth, dropping the extra file ``key`` (value None) or replacing its content."""
-    with zipfile.ZipFile(source) as src, zipfile.ZipFile(destination, "w") as dst:
-        for item in src.infolist():
-            if item.filename.endswith(f"/extra/{key}"):
-                if value is None:
-                    continue
-                dst.writestr(item, value)
-            else:
-                dst.writestr(item, src.read(item.filename))
-
-
 @pytest.mark.slow
 def test_loader_reports_the_runtimes_refusal_of_bad_metadata(compiled_models, tmp_path):
     broken = tmp_path / "broken.nequip.pth"
-    _rewrite_torchscript(compiled_models["float64", "torchscript", None], broken, "r_max", None)
+    with_pth_metadata(compiled_models["float64", "torchscript", None], broken, "r_max", None)
     with pytest.raises(ModelFileError, match="^" + re.escape(f"{broken}: required metadata key 'r_max' is missing") + "$"):
         open_model(broken)
 
@@ -161,13 +152,7 @@ def test_writer_refuses_metadata_that_is_not_printable_ascii(value):
 def test_metadata_the_writer_accepts_the_reader_reads_alike(key, value, attribute, parsed, compiled_models, tmp_path):
     """The writer never writes what the reader refuses, and both read a value the same way."""
     check_model_metadata({**GOOD, "r_max": "4.0", key: value})
-    path = tmp_path / "edited.nequip.pth"
-    _rewrite_torchscript(compiled_models["float64", "torchscript", None], path, key, value.encode())
-    if key == "per_edge_type_cutoff":  # the float64 model's file has none: add it
-        with zipfile.ZipFile(compiled_models["float64", "torchscript", None]) as src:
-            prefix = next(name for name in src.namelist() if name.endswith("/extra/r_max"))[: -len("r_max")]
-        with zipfile.ZipFile(path, "a") as archive:
-            archive.writestr(prefix + key, value)
+    path = with_pth_metadata(compiled_models["float64", "torchscript", None], tmp_path / "edited.nequip.pth", key, value)
     value = getattr(open_model(path), attribute)
     assert (tuple(map(tuple, value.tolist())) if attribute == "per_edge_type_cutoff" else value) == parsed
 

@@ -30,6 +30,7 @@ FILES = {
     "pth": lambda compiled, files, dtype: compiled[dtype, "torchscript", None],
     "pt2-ase": lambda compiled, files, dtype: compiled[dtype, "aotinductor", "ase"],
     "pt2-pair_nequip": lambda compiled, files, dtype: compiled[dtype, "aotinductor", "pair_nequip"],
+    "pt2-batch": lambda compiled, files, dtype: compiled[dtype, "aotinductor", "batch"],
 }
 
 
@@ -75,6 +76,42 @@ def test_evaluating_frames_together_equals_one_by_one(opened):
         assert set(out) == set(alone)
         for name in out:
             assert relative_error(out[name], alone[name]) <= 1e-12, name
+
+
+class CountingRuntime:
+    """The runtime of a CompiledModel, counting its calls by kind."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.calls = {"compute": 0, "compute_batch": 0}
+
+    def __getattr__(self, name):
+        if name in self.calls:
+            self.calls[name] += 1
+        return getattr(self.runtime, name)
+
+
+@pytest.mark.parametrize("kind", ["pt2-batch", "pth"])
+def test_a_file_that_takes_batches_evaluates_batch_size_frames_per_runtime_call(kind, compiled_models, model_files):
+    opened = open_model(FILES[kind](compiled_models, model_files, "float64"))
+    assert opened.takes_batches
+    frames = [example_frame(), non_periodic(example_frame())] * 3 + [example_frame()]
+    alone = [opened(frame) for frame in frames]
+    opened.runtime = counting = CountingRuntime(opened.runtime)
+    together = opened.evaluate(frames, batch_size=3)
+    assert counting.calls == {"compute": 0, "compute_batch": 3}  # 3 + 3 + 1 frames
+    for index, (out, expected) in enumerate(zip(together, alone)):
+        assert set(out) == set(expected), index
+        for name in out:
+            assert relative_error(out[name], expected[name]) <= 1e-12, (index, name)
+
+
+def test_a_file_of_one_frame_per_call_evaluates_frame_by_frame(compiled_models):
+    opened = open_model(compiled_models["float64", "aotinductor", "ase"])
+    assert not opened.takes_batches
+    opened.runtime = counting = CountingRuntime(opened.runtime)
+    opened.evaluate([example_frame()] * 3, batch_size=3)
+    assert counting.calls == {"compute": 3, "compute_batch": 0}
 
 
 def test_per_edge_type_cutoffs_come_from_the_model_on_every_kind(compiled_models, model_files):

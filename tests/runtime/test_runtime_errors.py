@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from runtime_cases import with_pt2_metadata, with_pth_metadata
+from fixtures.edited_files import with_pt2_metadata, with_pth_metadata
 from nequip._runtime import (
     DeviceError,
     Error,
@@ -113,6 +113,8 @@ MALFORMED = [
     ("allow_tf32", "yes", "'0' or '1'"),
     ("num_layers", "0", "a positive decimal integer"),
     ("num_layers", "-2", "a positive decimal integer"),
+    ("closest_training_pair", "0", "a positive decimal float"),
+    ("closest_training_pair", "1.2 Å", "a positive decimal float"),
 ]
 
 

@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from nequip._runtime import InputError, Model
+from nequip._runtime import InputError, Model, NonFiniteOutputError
 from nequip.inference.compiled import images_as_ghosts
 from runtime_cases import assert_matches, eager_outputs, random_frames
 
@@ -155,7 +155,7 @@ def test_an_edge_centred_on_a_ghost_is_refused(deep):
 
 def test_a_package_whose_parts_do_not_match_its_layers_is_refused(compiled_models, tmp_path):
     from nequip._runtime import ModelFileError
-    from runtime_cases import with_pt2_metadata
+    from fixtures.edited_files import with_pt2_metadata
 
     source = compiled_models["float64", "aotinductor", "pair_nequip_domain"]
     path = with_pt2_metadata(source, tmp_path / "m.nequip.pt2", "nequip_aoti_parts", "node_embedding layer_0")
@@ -228,3 +228,26 @@ def test_what_the_exchange_raises_reaches_the_caller_unchanged(deep, direction):
 
     with pytest.raises(ExchangeFailed, match="^rank 1 did not answer$"):
         model.compute_exchanging(pos, types, edge_index, owner, cell=frame["cell"], exchange=Failing(owner))
+
+
+def test_features_that_come_in_non_finite_point_at_another_rank(deep):
+    """On several ranks, one rank's overlapping atoms make its features NaN, and its neighbours
+    receive them through the exchange: their error names that cause, not the weights."""
+    model, _ = deep
+    frame = next(f for f in random_frames(12, seed=3) if len(unfolded(f)[0]) > len(f["pos"]))
+    pos, types, edge_index, owner = unfolded(frame)
+
+    class NaNFromAnotherRank(OwnerCopies):
+        def forward(self, rows):
+            super().forward(rows)
+            rows[self.ghost] = np.nan
+
+    closest = np.linalg.norm(pos[edge_index[1]] - pos[edge_index[0]], axis=1).min()
+    message = (
+        f"{model.path}: the model gave a non-finite energy or forces (NaN or infinity): node features (or their "
+        "gradients) came in non-finite from the other ranks through the per-layer exchange, while this rank's own "
+        f"were finite and none of its atoms overlap (the closest two atoms are {closest:.3g} Å apart, not closer "
+        "than 0.1 * r_max = 0.4 Å): the cause is on another rank, which reports it"
+    )
+    with pytest.raises(NonFiniteOutputError, match="^" + re.escape(message) + "$"):
+        model.compute_exchanging(pos, types, edge_index, owner, cell=frame["cell"], exchange=NaNFromAnotherRank(owner))

@@ -150,7 +150,7 @@ def test_local_mask_on_a_model_without_it(compiled_models, target):
 def test_torchscript_file_without_field_lists_takes_and_gives_the_contract_fields(compiled_models, tmp_path):
     """Files of other producers (and older ones) lack nequip_torchscript_inputs/outputs: the
     runtime passes FILE_CONTRACT §3's five inputs and reads §3's five outputs."""
-    from runtime_cases import with_pth_metadata
+    from fixtures.edited_files import with_pth_metadata
 
     source = compiled_models["float64", "torchscript", None]
     path = with_pth_metadata(source, tmp_path / "a.nequip.pth", "nequip_torchscript_inputs", None)
@@ -168,7 +168,7 @@ def test_torchscript_file_without_field_lists_takes_and_gives_the_contract_field
 @pytest.mark.parametrize("value", ["0", "two", "2 2"])
 def test_malformed_num_layers(compiled_models, tmp_path, value):
     from nequip._runtime import ModelFileError
-    from runtime_cases import with_pt2_metadata
+    from fixtures.edited_files import with_pt2_metadata
 
     source = compiled_models["float64", "aotinductor", "pair_nequip_domain"]
     path = with_pt2_metadata(source, tmp_path / "model.nequip.pt2", "num_layers", value)

@@ -31,6 +31,7 @@ def expected_output_names(key):
         "ase": ["atomic_energy", "total_energy", "forces", "stress"],
         "pair_nequip": ["atomic_energy", "forces", "virial"],
         "pair_nequip_domain": ["atomic_energy", "forces", "virial", "atom_virial"],
+        "batch": ["atomic_energy", "total_energy", "forces", "stress", "virial"],
     }[target]
 
 

@@ -9,7 +9,7 @@ import zipfile
 import pytest
 import yaml
 
-from nequip.model import MODEL_ARGUMENTS, HyperparameterError, NequIPModel
+from nequip.model import MODEL_ARGUMENTS, HyperparameterError, NequIPModel, build_model
 from nequip.scripts.train import main as nequip_train
 from nequip.train.config import (
     ConfigError,
@@ -195,6 +195,7 @@ NON_DEFAULT_MODEL = {
     "per_type_energy_scales": [0.5, 0.7],
     "per_edge_type_cutoff": {"Cu": {"Au": 4.0}},
     "model_dtype": "float64",
+    "zbl": {"atomic_numbers": {"Cu": 29, "Au": 79}, "inner_radius": 1.0, "outer_radius": 1.5},
     "closest_training_pair": 1.9,
 }
 
@@ -203,9 +204,11 @@ def test_every_model_argument_written_in_the_file_reaches_the_model():
     arguments = set(MODEL_ARGUMENTS) - {"type_names"}
     assert set(NON_DEFAULT_MODEL) == arguments  # a new argument needs a value here (and a schema field)
     config = validate_config(with_changes(model=NON_DEFAULT_MODEL))
-    model = NequIPModel(type_names=config.data.type_names, **config.model.hyperparameters())
+    # build_model: zbl as written (a partial mapping) resolved, the rest as NequIPModel takes it
+    model = build_model(dict(type_names=config.data.type_names, **config.model.hyperparameters()))
     expected = dict(NON_DEFAULT_MODEL, type_names=["Cu", "Au"], per_type_energy_shifts=[-3.5, -3.8])
     expected["per_edge_type_cutoff"] = [4.5, 4.0, 4.5, 4.5]
+    expected["zbl"] = {"atomic_numbers": [29, 79], "inner_radius": [1.0] * 4, "outer_radius": [1.5] * 4}
     assert model.config == expected
     for name in arguments:  # and none of them is the model's default
         assert expected[name] != inspect.signature(NequIPModel.__init__).parameters[name].default, name

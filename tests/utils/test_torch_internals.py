@@ -111,6 +111,14 @@ def test_inductor_cache_dir_is_a_path():
     assert torch_internals.inductor_cache_dir().startswith("/")
 
 
+
+def test_cpp_compiler_output_is_what_inductors_compile_error_carries():
+    from torch._inductor.exc import CppCompileError
+
+    output = "cc1plus: fatal error: error writing to /tmp/ccA.s: No space left on device\n"
+    assert torch_internals.cpp_compiler_output(CppCompileError(["g++", "a.cpp"], output)) == output
+    assert torch_internals.cpp_compiler_output(RuntimeError(output)) is None
+
 class _AskTheEngine(torch.autograd.Function):
     """Identity whose backward asks whether the engine will execute ``_AskTheEngine.node``."""
 

@@ -26,7 +26,8 @@
 // format, records, metadata as stored), metadata (parsing and checking it), compatibility
 // (machine, torch version, devices), inputs (checking and converting a frame), layered (the
 // layer-by-layer evaluation and its exchange), output_checks (what is checked of the outputs),
-// model (the Model class: loading and calls), call_memory (a call's large buffers).
+// model (the Model class: loading and calls), batch (the inputs and outputs of a batch of
+// frames), call_memory (a call's large buffers).
 #pragma once
 
 #include <ATen/Tensor.h>
@@ -76,8 +77,10 @@ class TorchError : public Error {
 // The model gave a non-finite total energy, atomic energy or force for finite inputs (checked
 // after every call: one pass over N * 3 values). The message names the likely cause: when the
 // closest pair of atoms over the edges given (edge vectors pos[j] - pos[i] + shift . cell) is
-// closer than kOverlapFraction * r_max, those atoms overlap ("check the structure");
-// otherwise the model itself is broken (its weights may be non-finite: "check the file").
+// closer than kOverlapFraction * r_max, those atoms overlap ("check the structure"); in a
+// layer-by-layer call whose exchange brought non-finite features, the cause is another rank's
+// (which reports its own); otherwise the model itself is broken (its weights may be
+// non-finite: "check the file").
 class NonFiniteOutputError : public Error {
  public:
   // Two atoms closer than this fraction of r_max are taken for overlapping atoms: far below
@@ -91,9 +94,15 @@ class NonFiniteOutputError : public Error {
   };
 
   // `closest`: the shortest edge's atoms and length; empty when no edges were given.
-  NonFiniteOutputError(const std::string& path, double r_max, std::optional<ClosestPair> closest);
+  // `received_non_finite`: in a layer-by-layer call (Model::compute_exchanging), node features
+  // or their gradients came in non-finite through the FeatureExchange while this process's own
+  // were finite: the cause is another rank's, and the message says so (unless its own atoms
+  // overlap as well).
+  NonFiniteOutputError(const std::string& path, double r_max, std::optional<ClosestPair> closest,
+                       bool received_non_finite = false);
 
   const std::optional<ClosestPair>& closest_pair() const { return closest_; }
+  bool received_non_finite() const { return received_non_finite_; }
   // Whether the closest pair is closer than kOverlapFraction * r_max.
   bool atoms_overlap() const;
   // The message with the closest pair named by `pair` instead of "atoms I and J" (indices
@@ -104,6 +113,21 @@ class NonFiniteOutputError : public Error {
   std::string path_;
   double r_max_;
   std::optional<ClosestPair> closest_;
+  bool received_non_finite_ = false;
+};
+
+// Two atoms closer than a model can be trusted at (Model::close_pair_threshold): closer than
+// the closest pair of its training data, or than NonFiniteOutputError::kOverlapFraction * r_max
+// for a model that does not record it. Its energy and forces there are extrapolation; the front
+// ends warn (Python: a CloseAtomsWarning once per model; LAMMPS: once per run).
+struct ClosePair {
+  NonFiniteOutputError::ClosestPair atoms;  // indices into Inputs::pos, and their distance
+  double threshold = 0.0;                   // Å
+  bool from_training_data = false;          // threshold is the key closest_training_pair
+  // The warning, naming the atoms `pair` ("" = "atoms I and J", indices into Inputs::pos) and
+  // saying how often it is given ("once per model", "once per run").
+  std::string message(const std::string& path, const std::string& pair = "",
+                      const std::string& how_often = "once per model") const;
 };
 
 enum class ModelFormat {
@@ -128,6 +152,12 @@ struct Metadata {
   // num_layers layers; empty when absent (the file cannot exchange features, see
   // Model::compute_exchanging).
   std::vector<int64_t> layer_feature_widths;
+  // Project key `closest_training_pair`: the distance of the closest two atoms of the data the
+  // model was trained on (Å); 0 when absent (files of other producers and older ones).
+  double closest_training_pair = 0.0;
+  // Project key `pair_potential`: the pair energy added to the learned one ("zbl"); empty when
+  // absent. A layer-by-layer evaluation then runs the model's part pair_energy as well.
+  std::string pair_potential;
   // The device type the file was compiled for, "cpu" or "cuda" (a .pt2: torch's key
   // AOTI_DEVICE_KEY; a .pth: our key compile_device); empty when the file does not say.
   std::string compiled_for;
@@ -164,6 +194,9 @@ struct Outputs {
   // (3, 3), eV/Å^3, ASE sign (positive = tensile). Given by the model (TorchScript, `ase`
   // target), or derived as -virial / V. Absent when the cell has no volume.
   std::optional<at::Tensor> stress;
+  // Two atoms closer than Model::close_pair_threshold(), reported by the first call that finds
+  // such a pair after the model was loaded (or after Model::report_close_pairs_again()).
+  std::optional<ClosePair> close_pair;
   // (N, 3, 3), eV: per-atom virials, each edge's virial split half to each of its two atoms,
   // so they sum to the virial. Given by models returning "atom_virial" (TorchScript files
   // of this project, AOTI target `pair_nequip_domain`).
@@ -176,6 +209,35 @@ struct Outputs {
   std::optional<at::Tensor> force_deviation;
   std::optional<double> energy_deviation;
   std::optional<at::Tensor> virial_deviation;
+};
+
+// Several frames evaluated in one call (Model::compute_batch): the frames' atoms one after
+// another, one graph with no edge between two frames (FILE_CONTRACT §1, batched). Any dtypes,
+// devices and strides, as Inputs.
+struct BatchInputs {
+  at::Tensor pos;              // (N, 3), Å: the atoms of frame 0, then those of frame 1, ...
+  at::Tensor atom_types;       // (N,), values in [0, num_types)
+  at::Tensor edge_index;       // (2, E), values in [0, N), both atoms of an edge in one frame
+  at::Tensor edge_cell_shift;  // (E, 3), integer-valued image shifts; undefined = all zero
+  at::Tensor cell;             // (F, 3, 3), rows = lattice vectors, a zero cell for a
+                               // non-periodic frame; undefined = all zero
+  at::Tensor batch;            // (N,), the frame of each atom: sorted, in [0, F)
+  at::Tensor num_atoms;        // (F,), the atoms of each frame (at least one), summing to N
+};
+
+// Results for a batch, always float64, contiguous, on the CPU.
+struct BatchOutputs {
+  at::Tensor total_energy;   // (F,), eV
+  at::Tensor atomic_energy;  // (N,), eV
+  at::Tensor forces;         // (N, 3), eV/Å
+  // (F, 3, 3), eV. Given by the model, or derived as -stress * V for the frames with a
+  // volume (NaN for the others) when the model gives only stress.
+  std::optional<at::Tensor> virial;
+  // (F, 3, 3), eV/Å^3, ASE sign. Given by the model or derived as -virial / V; NaN for each
+  // frame whose cell has no volume.
+  std::optional<at::Tensor> stress;
+  // (N, 3, 3), eV: per-atom virials, as Outputs::atom_virial, where the model gives them.
+  std::optional<at::Tensor> atom_virial;
 };
 
 // How the ranks of a domain decomposition share node features between the layers of
@@ -195,15 +257,18 @@ class FeatureExchange {
 class Model {
  public:
   // Opens `path` on `device` ("cpu", "cuda" or "cuda:k"; "" = the device type the file was
-  // compiled for). A "cuda" without an index is the GPU select_device gives `local_rank`
-  // (the process's rank among those of its node; 0: the first GPU). The format is chosen by the
-  // extension (".nequip.pth" or
-  // ".nequip.pt2") and confirmed by the archive's content. A file is refused (DeviceError) on
-  // another device type than it was compiled for (Metadata::compiled_for).
+  // compiled for). A "cuda" without an index is the GPU select_device gives `local_rank` (the
+  // process's rank among those of its node; 0: the first GPU). The format is chosen by the
+  // extension (".nequip.pth" or ".nequip.pt2") and confirmed by the archive's content.
+  // The archive is read once, before anything of it is used: a record that fails its zip
+  // checksum, or content that does not match the content hash nequip-compile recorded
+  // (content_hash), is refused (ModelFileError: damaged or edited; files without the hash, of
+  // other producers or older versions, have their checksums checked only). A file is refused
+  // (DeviceError) on another device type than it was compiled for (Metadata::compiled_for).
   // A .pt2 holds native code, run as is; before loading it, the runtime refuses (DeviceError)
-  // one compiled for another machine (AOTI_MACHINE) or for x86 vector
-  // instructions this CPU lacks (AOTI_CPU_ISA), and (ModelFileError) one made with another
-  // major version of torch (our key torch_version; another minor version: warnings()).
+  // one compiled for another machine (AOTI_MACHINE) or for x86 vector instructions this CPU
+  // lacks (AOTI_CPU_ISA), and (ModelFileError) one made with another major version of torch
+  // (our key torch_version; another minor version: warnings()).
   // Throws ModelFileError, DeviceError or TorchError.
   explicit Model(const std::string& path, const std::string& device = "", int local_rank = 0);
   ~Model();
@@ -228,7 +293,8 @@ class Model {
 
   // Names of the fields the model takes. AOTI: `nequip_aoti_inputs`; TorchScript:
   // `nequip_torchscript_inputs`; when absent, the five of FILE_CONTRACT §3-4 (pos edge_index
-  // atom_types cell edge_cell_shift). "local_mask" is the only optional one.
+  // atom_types cell edge_cell_shift). Optional: "local_mask"; "batch" and "num_atoms" (given
+  // by compute_batch, and for one frame by compute to a file that requires them).
   const std::vector<std::string>& input_names() const;
   bool takes(const std::string& input_name) const;
 
@@ -244,12 +310,30 @@ class Model {
   // them once, when it loads the model (Python: a ModelFileWarning; LAMMPS: a warning).
   const std::vector<std::string>& warnings() const;
 
+  // How close two atoms may come before the model's results are extrapolation (Å): the
+  // metadata's closest_training_pair, or NonFiniteOutputError::kOverlapFraction * r_max.
+  double close_pair_threshold() const;
+  // Outputs::close_pair is given once after loading; this asks for it once more (LAMMPS: once
+  // per run).
+  void report_close_pairs_again();
+
   // Evaluates the model on one frame. Throws InputError for bad inputs, TorchError when
   // torch fails, NonFiniteOutputError when the energy or forces are not finite. Not safe to
   // call concurrently on the same Model. On a GPU, inputs given on the CPU are checked there
   // and copied to the device once; the outputs come back in one copy: no other
   // host-device synchronisation.
   Outputs compute(const Inputs& inputs);
+
+  // Whether the file evaluates several frames per call (compute_batch): its inputs include
+  // "batch" and "num_atoms" (AOTI target `batch`; our TorchScript files).
+  bool takes_batches() const;
+
+  // Evaluates the model on a batch of frames in one call. Throws InputError for bad inputs
+  // (as compute(), and a `batch` not sorted or disagreeing with `num_atoms`, `num_atoms` not
+  // summing to N, an edge joining two frames) and for a file that takes one frame per call
+  // (takes_batches() false), TorchError when torch fails, NonFiniteOutputError when an
+  // energy or force is not finite (naming the closest atoms of the whole batch).
+  BatchOutputs compute_batch(const BatchInputs& inputs);
 
   // Whether the file can run layer by layer with compute_exchanging (our TorchScript files
   // that record layer_feature_widths).
@@ -283,12 +367,15 @@ class Model {
 void check_finite_outputs(const std::string& path, double r_max, const Inputs& frame,
                           const at::Tensor& atomic_energy, const at::Tensor& forces);
 
-// A warning, or nothing, when the closest two atoms of `frame` are closer than the model can
-// be trusted at: closer than the closest pair of its training data (the metadata key
-// `closest_training_pair`, Å) or, for a model that does not record it, closer than
-// NonFiniteOutputError::kOverlapFraction * r_max. `metadata`: the model's keys as stored
-// (FILE_CONTRACT §2 and the project's). Throws ModelFileError for a malformed
-// closest_training_pair or r_max.
+// How close two atoms may come before the results of the model with `metadata` (its keys as
+// stored; r_max and closest_training_pair are read) are extrapolation, in Å: see ClosePair.
+// Throws ModelFileError, naming `source`, for a malformed closest_training_pair or r_max.
+double close_pair_threshold(const std::string& source,
+                            const std::map<std::string, std::string>& metadata);
+
+// The warning of ClosePair::message ("once per model"), or nothing, for the closest two atoms
+// of `frame` and a model with `metadata` (close_pair_threshold). Model::compute finds the same
+// pair in its own pass over the edges.
 std::optional<std::string> close_pair_warning(const std::string& path,
                                               const std::map<std::string, std::string>& metadata,
                                               const Inputs& frame);
@@ -296,6 +383,17 @@ std::optional<std::string> close_pair_warning(const std::string& path,
 // The checked metadata of a compiled file, without loading its model (cheap: a front end
 // that needs only the type names or the cutoff). Throws ModelFileError or TorchError.
 Metadata read_metadata(const std::string& path);
+
+// The content hash nequip-compile records in a compiled file ("sha256:" and 64 hexadecimal
+// digits): the SHA-256 of every record of its zip archive but the recorded hash itself, in the
+// order of their names, each as its name, a zero byte, the name's and the record's sizes (8
+// bytes each, little-endian) and its bytes (docs/files.md). Model and read_metadata verify it
+// before anything of the file is used. Throws ModelFileError as read_metadata does.
+std::string content_hash(const std::string& path);
+
+// Where nequip-compile stores the content hash: a record of that name below the archive's top
+// directory (not a metadata key: the metadata is part of what it covers).
+inline constexpr const char* kContentHashRecord = "nequip/content_hash";
 
 // `raw` parsed and checked as the metadata of a file is read: the one check of FILE_CONTRACT
 // §2 and the project's keys, which the compiler asks before it writes a file. `source` names

@@ -23,7 +23,7 @@ from nequip.data import keys, synthetic_frame
 from nequip.nn.message_passing import INDUCTOR, message_backend
 from nequip.utils import torch_internals
 
-from .contract import TARGET_INPUTS, TARGET_OUTPUTS
+from .contract import BATCH_TARGET, TARGET_INPUTS, TARGET_OUTPUTS
 from .inductor_speedups import faster_compile
 
 # The graph is traced on the synthetic frame (8 atoms, about 150 edges: distinct sizes >= 2, as
@@ -76,7 +76,11 @@ class FlatModel(torch.nn.Module):
 
 
 def tracing_inputs(
-    target: str, num_types: int, device: torch.device, num_atoms: Optional[int] = None, num_edges: Optional[int] = None
+    target: str,
+    num_types: int,
+    device: torch.device,
+    num_atoms: Optional[int] = None,
+    num_edges: Optional[int] = None,
 ) -> Tuple[torch.Tensor, ...]:
     """The synthetic frame (:func:`nequip.data.synthetic_frame`) in TARGET_INPUTS[target] order,
     its atoms and edges repeated in turn up to ``num_atoms`` and ``num_edges`` when given.
@@ -85,9 +89,12 @@ def tracing_inputs(
     which is also why the frame is that of ``r_max = 1`` whatever the model's cutoff, and why
     a frame of our own keeps export independent of the sizes of the example data (which may
     well be a single atom). ``local_mask`` (a target with ghost atoms) marks every third atom
-    a ghost.
+    a ghost. The batch target gets copies of the frame as a batch instead: two (frames, like
+    atoms and edges, are traced at a size >= 2), or ``num_atoms / 8`` sharing ``num_edges``.
     """
     frame = synthetic_frame([f"type{t}" for t in range(num_types)], r_max=1.0)
+    if target == BATCH_TARGET:
+        return _batch_tracing_inputs(frame, device, num_atoms, num_edges)
     atoms = torch.arange(frame[keys.POS].shape[0] if num_atoms is None else num_atoms)
     edges = torch.arange(frame[keys.EDGE_INDEX].shape[1] if num_edges is None else num_edges)
     atoms, edges = atoms % frame[keys.POS].shape[0], edges % frame[keys.EDGE_INDEX].shape[1]
@@ -100,6 +107,28 @@ def tracing_inputs(
         keys.LOCAL_MASK: torch.arange(atoms.shape[0]) % 3 != 0,
     }
     return tuple(inputs[name].contiguous().to(device) for name in TARGET_INPUTS[target])
+
+
+def _batch_tracing_inputs(
+    frame: Dict[str, torch.Tensor], device: torch.device, num_atoms: Optional[int], num_edges: Optional[int]
+) -> Tuple[torch.Tensor, ...]:
+    """Copies of ``frame`` as one batch (TARGET_INPUTS of the batch target): two copies, or
+    ``num_atoms // frame_atoms`` copies whose edges (the frame's, in turn) add up to ``num_edges``."""
+    frame_atoms, frame_edges = frame[keys.POS].shape[0], frame[keys.EDGE_INDEX].shape[1]
+    num_frames = 2 if num_atoms is None else max(2, num_atoms // frame_atoms)
+    edges_per_frame = frame_edges if num_edges is None else max(1, num_edges // num_frames)
+    edges = torch.arange(edges_per_frame) % frame_edges
+    first_atom = (torch.arange(num_frames) * frame_atoms).repeat_interleave(edges_per_frame)
+    inputs = {
+        keys.POS: frame[keys.POS].repeat(num_frames, 1),
+        keys.EDGE_INDEX: frame[keys.EDGE_INDEX][:, edges].repeat(1, num_frames) + first_atom,
+        keys.ATOM_TYPES: frame[keys.ATOM_TYPES].repeat(num_frames),
+        keys.CELL: frame[keys.CELL].view(1, 3, 3).repeat(num_frames, 1, 1),
+        keys.EDGE_CELL_SHIFT: frame[keys.EDGE_CELL_SHIFT][edges].repeat(num_frames, 1),
+        keys.BATCH: torch.arange(num_frames).repeat_interleave(frame_atoms),
+        keys.NUM_ATOMS: torch.full((num_frames,), frame_atoms, dtype=torch.int64),
+    }
+    return tuple(inputs[name].contiguous().to(device) for name in TARGET_INPUTS[BATCH_TARGET])
 
 
 def export(
@@ -123,16 +152,20 @@ def export(
     log("exporting the traced graph (torch.export)")
     num_atoms = torch.export.Dim("num_atoms", min=1)
     num_edges = torch.export.Dim("num_edges", min=0)
+    num_frames = torch.export.Dim("num_frames", min=1)
     dynamic_shapes = {
         keys.POS: {0: num_atoms},
         keys.EDGE_INDEX: {1: num_edges},
         keys.ATOM_TYPES: {0: num_atoms},
-        keys.CELL: None,  # one frame: static
+        # one frame: static; a batch: one cell per frame
+        keys.CELL: {0: num_frames} if target == BATCH_TARGET else None,
         keys.EDGE_CELL_SHIFT: {0: num_edges},
         keys.LOCAL_MASK: {0: num_atoms},
+        keys.BATCH: {0: num_atoms},
+        keys.NUM_ATOMS: {0: num_frames},
     }
-    # Traced on N, E >= 2, exported for N >= 1, E >= 0: export refuses (naming the guard)
-    # if the graph specialised on N >= 2 or E >= 1 anywhere.
+    # Traced on N, E (and F) >= 2, exported for N, F >= 1, E >= 0: export refuses (naming the
+    # guard) if the graph specialised on N >= 2, F >= 2 or E >= 1 anywhere.
     return torch.export.export(
         traced,
         tracing_inputs(target, num_types, device, _EXPORT_NUM_ATOMS, _EXPORT_NUM_EDGES),
@@ -245,10 +278,13 @@ def package(exported: torch.export.ExportedProgram, file: BinaryIO, metadata: Ma
 # min-cut partitioner (split_joint): the forward part returns its output and the values costly
 # to recompute ("residuals": per edge, the radial MLP's hidden activations), which the runtime
 # keeps until the VJP takes them back; the VJP recomputes the cheap rest. The edge embedding's
-# VJP recomputes the embedding (cheap: harmonics and Bessels).
+# VJP recomputes the embedding (cheap: harmonics and Bessels). A model with a pair potential
+# (metadata key pair_potential: ZBL) has one more part, last, which gives the pair energies and
+# their gradient by the edge vectors, which the runtime adds to the rest: the pair term is in
+# that part only.
 
 
-def part_names(num_layers: int) -> Tuple[str, ...]:
+def part_names(num_layers: int, pair_potential: bool = False) -> Tuple[str, ...]:
     """The AOTI model names of the parts, in the order of one evaluation."""
     return (
         ("node_embedding", "edge_embedding")
@@ -256,6 +292,7 @@ def part_names(num_layers: int) -> Tuple[str, ...]:
         + ("energy_readout_vjp",)
         + tuple(f"layer_{k}_vjp" for k in reversed(range(num_layers)))
         + ("edge_embedding_vjp",)
+        + (("pair_energy_vjp",) if pair_potential else ())
     )
 
 
@@ -455,6 +492,23 @@ class EnergyReadoutVJP(torch.nn.Module):
             return atomic_energy.detach(), grad
 
 
+class PairEnergyVJP(torch.nn.Module):
+    """edge_vec (E, 3), atom_types, edge_index, local_mask -> the per-atom pair energies
+    (N, 1), 0 where not local, and the gradient of their sum by edge_vec."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, edge_vec, atom_types, edge_index, local_mask):
+        with torch.enable_grad():
+            edge_vec = _leaf(edge_vec)
+            energy = self.model.pair_energy(edge_vec, atom_types, edge_index)
+            energy = torch.where(local_mask.unsqueeze(-1), energy, torch.zeros_like(energy))
+            (grad,) = _vjp([energy.sum()], [edge_vec], None)
+            return energy.detach(), grad
+
+
 def _part_inputs(model, num_types: int, device, num_atoms=None, num_edges=None):
     """Example inputs of every part (name -> tuple), from the synthetic frame as tracing_inputs
     makes it, with the intermediate tensors the model gives on it."""
@@ -474,6 +528,7 @@ def _part_inputs(model, num_types: int, device, num_atoms=None, num_edges=None):
         "edge_embedding": (edge_vec, atom_types, edge_index),
         "edge_embedding_vjp": (edge_vec, atom_types, edge_index, torch.ones_like(edge_sh), torch.ones_like(edge_radial)),
         "energy_readout_vjp": (features[-1], atom_types, local_mask),
+        "pair_energy_vjp": (edge_vec, atom_types, edge_index, local_mask),
     }
     for k in range(len(model.layers)):
         common = (features[k], node_attrs, edge_sh, edge_radial, edge_index)
@@ -484,7 +539,8 @@ def _part_inputs(model, num_types: int, device, num_atoms=None, num_edges=None):
 
 def _part_module(model, name: str) -> torch.nn.Module:
     return {"node_embedding": NodeEmbedding, "edge_embedding": EdgeEmbedding,
-            "edge_embedding_vjp": EdgeEmbeddingVJP, "energy_readout_vjp": EnergyReadoutVJP}[name](model)  # fmt: skip
+            "edge_embedding_vjp": EdgeEmbeddingVJP, "energy_readout_vjp": EnergyReadoutVJP,
+            "pair_energy_vjp": PairEnergyVJP}[name](model)  # fmt: skip
 
 
 def _part_dynamic_shapes(name: str, num_types: int):
@@ -500,6 +556,8 @@ def _part_dynamic_shapes(name: str, num_types: int):
         return edge_inputs + ({0: edges}, {0: edges})
     if name == "energy_readout_vjp":
         return ({0: atoms + num_types}, {0: atoms}, {0: atoms})
+    if name == "pair_energy_vjp":
+        return edge_inputs + ({0: atoms},)
     return ({0: rows}, {0: rows}, {0: edges}, {0: edges}, {1: edges})  # a layer's forward part
 
 
@@ -534,13 +592,13 @@ def _residual_dynamic_shapes(residuals, dims_by_symbol):
 
 
 def export_parts(
-    model: torch.nn.Module, num_types: int, device: torch.device, log
+    model: torch.nn.Module, num_types: int, device: torch.device, log, pair_potential: bool = False
 ) -> Dict[str, torch.export.ExportedProgram]:
     """Every part of :func:`part_names`, traced (VJPs included) and exported with dynamic sizes."""
     trace_inputs = _part_inputs(model, num_types, device)
     export_inputs = _part_inputs(model, num_types, device, _EXPORT_NUM_ATOMS, _EXPORT_NUM_EDGES)
     exported = {}
-    for name in part_names(len(model.layers)):
+    for name in part_names(len(model.layers), pair_potential):
         if name.startswith("layer_"):
             continue
         log(f"tracing and exporting part {name}")

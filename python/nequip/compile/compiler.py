@@ -11,6 +11,7 @@ import re
 import shutil
 import tempfile
 import time
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
@@ -41,6 +42,7 @@ from .contract import (
     EXTENSIONS,
     MODES,
     NEQUIP_VERSION,
+    PAIR_POTENTIAL,
     LAYER_FEATURE_WIDTHS,
     TARGET_INPUTS,
     TARGET_OUTPUTS,
@@ -193,9 +195,10 @@ def compile_model(
             ``mode="aotinductor"``.
         device: ``"cpu"`` or ``"cuda"``: where the compiled file will run.
         target: for AOTInductor, ``"ase"``, ``"pair_nequip"`` (FILE_CONTRACT §4, the order
-            of the flat inputs and outputs) or ``"pair_nequip_domain"`` (LAMMPS on several MPI
-            ranks, per-atom virials). A TorchScript file serves every target; a target given
-            with it is only checked.
+            of the flat inputs and outputs), ``"pair_nequip_domain"`` (LAMMPS on several MPI
+            ranks, per-atom virials) or ``"batch"`` (many frames per call: TorchSim). A
+            TorchScript file serves every target, batches included; a target given with it is
+            only checked.
         example_data: one frame (FILE_CONTRACT §1) on which the compiled file must reproduce
             the eager model; packages carry one. Default: ``nequip.data.synthetic_frame``
             for the model's types and cutoffs.
@@ -241,7 +244,7 @@ def compile_model(
             }
         )
         if target == DOMAIN_TARGET:
-            metadata[AOTI_PARTS_KEY] = " ".join(aotinductor.part_names(len(model.layers)))
+            metadata[AOTI_PARTS_KEY] = " ".join(aotinductor.part_names(len(model.layers), PAIR_POTENTIAL in metadata))
     else:
         metadata.update(
             {
@@ -288,7 +291,9 @@ def compile_model(
                 )
                 parts = None
                 if target == DOMAIN_TARGET:
-                    parts = aotinductor.export_parts(model, len(written.type_names), torch_device, log)
+                    parts = aotinductor.export_parts(
+                        model, len(written.type_names), torch_device, log, PAIR_POTENTIAL in metadata
+                    )
                 log("compiling C++ (AOTInductor), the slow step")
                 try:
                     if parts is None:
@@ -301,7 +306,8 @@ def compile_model(
             with _writing(out_path):
                 with open(staged, "wb") as file:
                     file.write(archive.getbuffer())
-                    file.flush()
+                record_content_hash(staged)
+                with open(staged, "rb+") as file:
                     os.fsync(file.fileno())
             del archive
 
@@ -322,17 +328,41 @@ def compile_model(
     return out_path
 
 
-def _raise_if_inductor_could_not_write(error: BaseException) -> None:
-    """A WriteError naming the place, when inductor failed writing its own files (generated code
-    and libraries, in its cache directory) on a full disk; inductor wraps the OSError."""
-    cause: Optional[BaseException] = error
-    while cause is not None and not isinstance(cause, OSError):
-        cause = getattr(cause, "inner_exception", None) or cause.__cause__
-    if cause is not None and cause.errno in _WRITE_ERRNOS:
-        from nequip.utils.torch_internals import inductor_cache_dir
+def record_content_hash(path: Path) -> None:
+    """Add to the compiled file at ``path`` the content hash that the runtime verifies before
+    it uses anything of the file (docs/files.md): every record's bytes and name, computed by the
+    runtime (``_runtime.content_hash``, the reader's own definition) and stored as one more
+    record of the archive (``_runtime.CONTENT_HASH_RECORD``, below its top directory)."""
+    digest = _runtime.content_hash(str(path))
+    with zipfile.ZipFile(path, "a") as archive:
+        top = archive.namelist()[0].split("/", 1)[0]
+        archive.writestr(f"{top}/{_runtime.CONTENT_HASH_RECORD}", digest)
 
+
+def _raise_if_inductor_could_not_write(error: BaseException) -> None:
+    """A one-line WriteError, when inductor failed writing its own files on a full disk (or past
+    a file-size limit): its generated code and libraries, in its cache directory (inductor wraps
+    the OSError), or the C++ compiler's output (a C++ compile error carrying the compiler's 70
+    lines, of which the one that names the failed write is kept)."""
+    from nequip.utils.torch_internals import cpp_compiler_output, inductor_cache_dir
+
+    cause: Optional[BaseException] = error
+    while cause is not None and not isinstance(cause, OSError) and cpp_compiler_output(cause) is None:
+        cause = getattr(cause, "inner_exception", None) or cause.__cause__
+    if isinstance(cause, OSError) and cause.errno in _WRITE_ERRNOS:
         place = cause.filename or f"AOTInductor's generated code in {inductor_cache_dir()}"
         raise WriteError(f"cannot write {place}: {cause.strerror or cause}") from error
+    output = None if cause is None else cpp_compiler_output(cause)
+    if output is not None:
+        reasons = [os.strerror(number) for number in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)]
+        lines = [line.strip() for line in output.splitlines()]
+        failed = next((line for line in lines if any(reason in line for reason in reasons)), None)
+        if failed is not None:
+            raise WriteError(
+                f"cannot write AOTInductor's compiled code (the C++ compiler: {failed}): free space "
+                f"on that disk, or set TMPDIR (the compiler's temporary files) and "
+                f"TORCHINDUCTOR_CACHE_DIR (now {inductor_cache_dir()}) to a disk with room"
+            ) from error
 
 
 @contextmanager
@@ -383,6 +413,19 @@ def _check_agreement(
     device = next(model.parameters()).device
     expected = model({name: value.to(device) for name, value in data.items()})
     _check_outputs(compiled.outputs, got, expected, data, tolerance, "the compiled model")
+    if compiled.takes_batches:
+        # a batch of the example and the example without its periodic images (no cell): each
+        # frame's outputs as the eager model gives them one frame at a time
+        frames = [example_data, _without_periodic_images(example_data)]
+        try:
+            got_frames = compiled.evaluate(frames, batch_size=len(frames))
+        except _runtime.Error as error:
+            raise CompileError(f"the compiled model fails on a batch of two frames: {error}") from error
+        for index, (frame, got) in enumerate(zip(frames, got_frames)):
+            expected = model({name: value.to(device) for name, value in frame.items()})
+            _check_outputs(
+                compiled.outputs, got, expected, frame, tolerance, f"the compiled model, on frame {index} of a batch,"
+            )
     if compiled.exchanges_features:
         # the layer-by-layer parts of LAMMPS on several ranks, periodic images as ghosts
         data = {name: value for name, value in example_data.items() if name != keys.LOCAL_MASK}
@@ -392,6 +435,15 @@ def _check_agreement(
             raise CompileError(f"the compiled model fails layer by layer on the example data: {error}") from error
         expected = model({name: value.to(device) for name, value in data.items()})
         _check_outputs(compiled.outputs, got, expected, data, tolerance, "the compiled model, layer by layer,")
+
+
+def _without_periodic_images(frame: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``frame`` as a non-periodic one: its atoms, the edges within the cell, no cell."""
+    inputs = {name: frame[name] for name in (keys.POS, keys.ATOM_TYPES, keys.EDGE_INDEX)}
+    if keys.EDGE_CELL_SHIFT in frame:
+        inside = (frame[keys.EDGE_CELL_SHIFT] == 0).all(dim=1)
+        inputs[keys.EDGE_INDEX] = frame[keys.EDGE_INDEX][:, inside]
+    return inputs
 
 
 def _check_outputs(names, got, expected, data, tolerance: float, what: str) -> None:

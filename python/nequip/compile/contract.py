@@ -28,15 +28,22 @@ AOTI_INPUTS: Tuple[str, ...] = (
 # local_mask (the owned atoms, whose energies alone are summed) and gives per-atom virials
 # (compute stress/atom); the package also holds the layer-by-layer parts (AOTI_PARTS_KEY).
 DOMAIN_TARGET = "pair_nequip_domain"
+# batch (the other NequIP release's name and input order): many frames per call, frames,
+# atoms and edges all dynamic (TorchSim, nequip-test). Outputs per frame: total_energy,
+# stress and virial (F, ...); the other release's batch files give no virial.
+BATCH_TARGET = "batch"
+BATCH_INPUTS: Tuple[str, ...] = (keys.BATCH, keys.NUM_ATOMS)
 TARGET_INPUTS: Dict[str, Tuple[str, ...]] = {
     "ase": AOTI_INPUTS,
     "pair_nequip": AOTI_INPUTS,
     DOMAIN_TARGET: AOTI_INPUTS + (keys.LOCAL_MASK,),
+    BATCH_TARGET: AOTI_INPUTS + BATCH_INPUTS,
 }
 TARGET_OUTPUTS: Dict[str, Tuple[str, ...]] = {
     "ase": (keys.ATOMIC_ENERGY, keys.TOTAL_ENERGY, keys.FORCES, keys.STRESS),
     "pair_nequip": (keys.ATOMIC_ENERGY, keys.FORCES, keys.VIRIAL),
     DOMAIN_TARGET: (keys.ATOMIC_ENERGY, keys.FORCES, keys.VIRIAL, keys.ATOM_VIRIAL),
+    BATCH_TARGET: (keys.ATOMIC_ENERGY, keys.TOTAL_ENERGY, keys.FORCES, keys.STRESS, keys.VIRIAL),
 }
 TARGETS: Tuple[str, ...] = tuple(TARGET_OUTPUTS)
 # A committee file (nequip.model.Committee) gives the deviations after its target's outputs
@@ -44,8 +51,9 @@ TARGETS: Tuple[str, ...] = tuple(TARGET_OUTPUTS)
 # summed over ranks need each member's forces, which a rank's file does not give.
 COMMITTEE_OUTPUTS: Tuple[str, ...] = keys.DEVIATION_KEYS
 COMMITTEE_TARGETS: Tuple[str, ...] = ("ase", "pair_nequip")
-# What our TorchScript files take and give (FILE_CONTRACT §3's five outputs and more).
-TORCHSCRIPT_INPUTS: Tuple[str, ...] = AOTI_INPUTS + (keys.LOCAL_MASK,)
+# What our TorchScript files take and give (FILE_CONTRACT §3's five outputs and more): one
+# frame, or (batch and num_atoms given) a batch of frames, as every target.
+TORCHSCRIPT_INPUTS: Tuple[str, ...] = AOTI_INPUTS + (keys.LOCAL_MASK,) + BATCH_INPUTS
 TORCHSCRIPT_OUTPUTS: Tuple[str, ...] = keys.OUTPUT_KEYS
 
 # -- metadata keys -------------------------------------------------------------------------
@@ -60,6 +68,9 @@ MODEL_DTYPES: Tuple[str, ...] = ("float32", "float64")
 # Project keys of the model: message-passing layers (and the widths of their outputs).
 NUM_LAYERS = "num_layers"
 LAYER_FEATURE_WIDTHS = "layer_feature_widths"
+# Project key of a model with a pair potential added to its learned energy ("zbl"; absent: none).
+# A file of DOMAIN_TARGET then has the part pair_energy_vjp, a .pth the method pair_energy.
+PAIR_POTENTIAL = "pair_potential"
 # FILE_CONTRACT §4: field names of the flat AOTInductor interface, space-separated.
 AOTI_INPUTS_KEY = "nequip_aoti_inputs"
 AOTI_OUTPUTS_KEY = "nequip_aoti_outputs"

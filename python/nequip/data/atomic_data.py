@@ -19,8 +19,8 @@ _ASE_LABEL_NAMES = {
     keys.STRESS: ("stress",),
 }
 # How batch_frames concatenates each key.
-_PER_ATOM_KEYS = (keys.POS, keys.ATOM_TYPES, keys.FORCES, keys.ATOMIC_ENERGY)
-_PER_FRAME_KEYS = (keys.CELL, keys.PBC, keys.TOTAL_ENERGY, keys.STRESS, keys.VIRIAL)
+_PER_ATOM_KEYS = (keys.POS, keys.ATOM_TYPES, keys.FORCES, keys.ATOMIC_ENERGY, keys.FORCE_WEIGHT)
+_PER_FRAME_KEYS = (keys.CELL, keys.PBC, keys.TOTAL_ENERGY, keys.STRESS, keys.VIRIAL, keys.FRAME_WEIGHT)
 _PER_EDGE_KEYS = (keys.EDGE_CELL_SHIFT,)
 
 
@@ -141,9 +141,7 @@ def from_ase(
         value = _find_label(atoms, label)
         if value is None:
             if require_labels:
-                # only training requires labels, and only stresses are optional there
-                way_out = " or set loss.stress: 0 to train without stresses" if label == keys.STRESS else ""
-                raise ValueError(f"structure {name} has no {label} label; add it to the data{way_out}")
+                raise ValueError(f"structure {name} has no {label} label; add it to the data")
             continue
         if not np.isfinite(value).all():
             raise ValueError(f"label {label!r} is not finite ({_first_non_finite(value, label)}); fix or remove the frame")

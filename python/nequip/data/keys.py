@@ -31,6 +31,9 @@ FORCE_DEVIATION: Final[str] = "force_deviation"
 ENERGY_DEVIATION: Final[str] = "energy_deviation"
 VIRIAL_DEVIATION: Final[str] = "virial_deviation"
 DEVIATION_KEYS: Final = (FORCE_DEVIATION, ENERGY_DEVIATION, VIRIAL_DEVIATION)
+# training data only: loss weights of each frame (F,) and of each atom's force (N,)
+FRAME_WEIGHT: Final[str] = "frame_weight"
+FORCE_WEIGHT: Final[str] = "force_weight"
 
 OUTPUT_KEYS: Final = (ATOMIC_ENERGY, TOTAL_ENERGY, FORCES, STRESS, VIRIAL, ATOM_VIRIAL)
 LABEL_KEYS: Final = (TOTAL_ENERGY, FORCES, STRESS)

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from nequip import _runtime
-from nequip.data import keys
+from nequip.data import batch_frames, keys
 
-from .opened import OpenedModel, PathLike
+from .opened import OpenedModel, PathLike, has_volume
 
 # FILE_CONTRACT §1 shapes of the outputs (N atoms, one frame); the runtime drops the frame axis.
 _OUTPUT_SHAPES = {
@@ -33,8 +33,13 @@ _OUTPUT_SHAPES = {
 }
 
 
+# What a batch call takes of each frame (batch_frames adds batch and num_atoms).
+_BATCH_INPUTS = (keys.POS, keys.ATOM_TYPES, keys.EDGE_INDEX, keys.CELL, keys.EDGE_CELL_SHIFT)
+
+
 class CompiledModel(OpenedModel):
-    """A compiled NequIP model on the C++ runtime, called like the eager model (one frame a call).
+    """A compiled NequIP model on the C++ runtime, called like the eager model: one frame a
+    call, or (:meth:`evaluate`, a file that takes batches) several.
 
     Beside :class:`OpenedModel`'s attributes: ``mode`` ("torchscript" or "aotinductor", the
     file's ``kind``), ``inputs`` (the fields the file takes; ``local_mask`` is optional) and
@@ -126,10 +131,61 @@ class CompiledModel(OpenedModel):
             if name in _OUTPUT_SHAPES
         }
 
-    def evaluate(self, frames: Sequence[Dict[str, torch.Tensor]], batch_size: int = 1) -> List[Dict[str, torch.Tensor]]:
-        """Each frame's outputs, as :meth:`__call__` gives them: a compiled file takes one frame
-        per call, whatever ``batch_size``."""
-        return [self(frame) for frame in frames]
+    @property
+    def takes_batches(self) -> bool:
+        """Whether the file evaluates several frames per call (target ``batch``, our ``.pth``)."""
+        return self.runtime.takes_batches
+
+    def evaluate(self, frames: Sequence[Dict[str, torch.Tensor]], batch_size: int = 8) -> List[Dict[str, torch.Tensor]]:
+        """Each frame's outputs, as :meth:`__call__` gives them (the stress only for a cell
+        with a volume): ``batch_size`` frames per call where the file takes batches
+        (:attr:`takes_batches`), else one at a time. Frames with a ``local_mask`` go one at a time."""
+        if not self.takes_batches or batch_size <= 1 or any(keys.LOCAL_MASK in frame for frame in frames):
+            return [self(frame) for frame in frames]
+        outputs: List[Dict[str, torch.Tensor]] = []
+        for start in range(0, len(frames), batch_size):
+            outputs.extend(self._call_batch(frames[start : start + batch_size]))
+        return outputs
+
+    def _call_batch(self, frames: Sequence[Dict[str, torch.Tensor]]) -> List[Dict[str, torch.Tensor]]:
+        """One runtime call on ``frames`` batched (:func:`nequip.data.batch_frames`), its
+        outputs split into each frame's."""
+        for index, frame in enumerate(frames):
+            for name in (keys.POS, keys.ATOM_TYPES, keys.EDGE_INDEX):
+                if name not in frame:
+                    raise KeyError(f"frame {index}: input '{name}' is missing")
+        data = batch_frames([{name: frame[name] for name in _BATCH_INPUTS if name in frame} for frame in frames])
+        arrays = {name: value.detach().cpu().numpy() for name, value in data.items()}
+        out = self.runtime.compute_batch(
+            arrays[keys.POS],
+            arrays[keys.ATOM_TYPES],
+            arrays[keys.EDGE_INDEX],
+            arrays[keys.BATCH],
+            arrays[keys.NUM_ATOMS],
+            edge_cell_shift=arrays[keys.EDGE_CELL_SHIFT],
+            cell=arrays[keys.CELL].reshape(-1, 3, 3),
+        )
+        out = {name: torch.from_numpy(value) for name, value in out.items()}
+        results = []
+        first_atom = 0
+        for index, num_atoms in enumerate(arrays[keys.NUM_ATOMS].tolist()):
+            atoms = slice(first_atom, first_atom + num_atoms)
+            first_atom = atoms.stop
+            result = {
+                keys.TOTAL_ENERGY: out[keys.TOTAL_ENERGY][index].reshape(1, 1),
+                keys.ATOMIC_ENERGY: out[keys.ATOMIC_ENERGY][atoms].reshape(-1, 1),
+                keys.FORCES: out[keys.FORCES][atoms],
+            }
+            if keys.ATOM_VIRIAL in out:
+                result[keys.ATOM_VIRIAL] = out[keys.ATOM_VIRIAL][atoms]
+            # as one frame: the virial where the file gives it (for a file giving only the
+            # stress, where the cell has a volume), the stress where the cell has a volume
+            if keys.VIRIAL in out and bool(torch.isfinite(out[keys.VIRIAL][index]).all()):
+                result[keys.VIRIAL] = out[keys.VIRIAL][index].reshape(1, 3, 3)
+            if keys.STRESS in out and has_volume(frames[index]):
+                result[keys.STRESS] = out[keys.STRESS][index].reshape(1, 3, 3)
+            results.append(result)
+        return results
 
 
 def images_as_ghosts(

@@ -52,7 +52,8 @@ class OpenedModel:
 
     def evaluate(self, frames: Sequence[Dict[str, torch.Tensor]], batch_size: int = 8) -> List[Dict[str, torch.Tensor]]:
         """Each frame's outputs, as a call gives them; frames evaluated ``batch_size`` at a time
-        where the model takes several per call."""
+        where the model takes several per call (every eager model; compiled files of target
+        ``batch`` and our ``.pth`` files)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

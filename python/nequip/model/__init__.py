@@ -1,6 +1,6 @@
 """The NequIP model and its construction from a configuration."""
 
-from .builder import build_model
+from .builder import build_model, with_resolved_zbl
 from .committee import Committee, CommitteeError
 from .nequip_model import MODEL_ARGUMENTS, HyperparameterError, NequIPModel, resolve_hyperparameters
 
@@ -12,4 +12,5 @@ __all__ = [
     "NequIPModel",
     "build_model",
     "resolve_hyperparameters",
+    "with_resolved_zbl",
 ]

@@ -12,6 +12,7 @@ from e3nn import o3
 from .. import __version__
 from ..data import keys
 from ..nn import BesselBasis, ConvNetLayer, PolynomialCutoff
+from ..nn.pair_potential import ZBL, check_zbl
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -60,6 +61,12 @@ class NequIPModel(torch.nn.Module):
             ``{centre: r}`` or ``{centre: {neighbour: r}}`` (missing pairs use ``r_max``), or
             ``num_types**2`` numbers in row-major order (row = centre type).
         model_dtype: ``"float32"`` or ``"float64"``.
+        zbl: add the ZBL screened nuclear repulsion (:mod:`nequip.nn.pair_potential`) to the
+            learned energy: a dict of ``atomic_numbers`` (one per type) and ``inner_radius``,
+            ``outer_radius`` (``num_types**2`` each, Å, row-major), as
+            :func:`~nequip.model.build_model` resolves ``zbl: true`` or a partial mapping.
+            Each edge's pair energy goes half to its centre atom; the edge list holds both
+            directions, so each pair's goes half to each of its atoms.
         closest_training_pair: the shortest distance between two atoms in the data the model was
             trained on (Å), a record (the ``closest_training_pair`` metadata key, against which the
             runtime warns about closer pairs); None when unknown. It does not change the model.
@@ -82,6 +89,7 @@ class NequIPModel(torch.nn.Module):
         per_type_energy_scales: PerType = None,
         per_edge_type_cutoff: Union[None, Sequence[float], Dict[str, Union[float, Dict[str, float]]]] = None,
         model_dtype: str = "float32",
+        zbl: Optional[Dict[str, List]] = None,
         closest_training_pair: Optional[float] = None,
     ):
         super().__init__()
@@ -101,6 +109,7 @@ class NequIPModel(torch.nn.Module):
             per_type_energy_scales=per_type_energy_scales,
             per_edge_type_cutoff=per_edge_type_cutoff,
             model_dtype=model_dtype,
+            zbl=zbl,
             closest_training_pair=closest_training_pair,
         )
         # the resolved values from here on
@@ -153,6 +162,7 @@ class NequIPModel(torch.nn.Module):
         self.readout = o3.Linear(irreps_features, o3.Irreps("1x0e"))
 
         self.register_buffer("per_type_energy_shifts", torch.tensor(shifts, dtype=torch.float64))
+        self.zbl: Optional[ZBL] = None if self.config["zbl"] is None else ZBL(**self.config["zbl"])
         self.register_buffer("per_type_energy_scales", torch.tensor(scales, dtype=torch.float64))
 
         for module in (self.spherical_harmonics, self.bessel, self.type_embedding, self.layers, self.readout):
@@ -174,6 +184,13 @@ class NequIPModel(torch.nn.Module):
         }
         if self.config["per_edge_type_cutoff"] is not None:
             metadata["per_edge_type_cutoff"] = " ".join(repr(c) for c in self.config["per_edge_type_cutoff"])
+        zbl = self.config["zbl"]
+        if zbl is not None:
+            # the runtime evaluates the part pair_energy (LAMMPS on several ranks) where this is set
+            metadata["pair_potential"] = "zbl"
+            metadata["zbl_atomic_numbers"] = " ".join(str(z) for z in zbl["atomic_numbers"])
+            metadata["zbl_inner_radius"] = " ".join(repr(r) for r in zbl["inner_radius"])
+            metadata["zbl_outer_radius"] = " ".join(repr(r) for r in zbl["outer_radius"])
         # a record of the training data: pairs closer than any it held are extrapolation
         if self.config["closest_training_pair"] is not None:
             metadata["closest_training_pair"] = repr(self.config["closest_training_pair"])
@@ -200,15 +217,19 @@ class NequIPModel(torch.nn.Module):
 
         The energy depends on positions and cell only through the edge vectors, so forces,
         virial and per-atom virials all follow from its gradient with respect to them.
-        It is the composition of the four parts below, which a LAMMPS run on several MPI
-        ranks calls one by one, exchanging the ghost atoms' node features between layers.
+        It is the composition of the parts below, which a LAMMPS run on several MPI ranks
+        calls one by one, exchanging the ghost atoms' node features between layers, plus
+        the pair energy of the edges (ZBL) when the model has one.
         """
         edge_sh, edge_radial = self.edge_embedding(edge_vec, atom_types, edge_index)
         node_attrs = self.node_attributes(atom_types)
         x = self.node_embedding(node_attrs)
         for layer in self.layers:
             x = layer(x, node_attrs, edge_sh, edge_radial, edge_index[0], edge_index[1])
-        return self.energy_readout(x, atom_types)
+        atomic_energy = self.energy_readout(x, atom_types)
+        if self.zbl is not None:
+            atomic_energy = atomic_energy + self.pair_energy(edge_vec, atom_types, edge_index)
+        return atomic_energy
 
     # -- the parts of atomic_energy, exported as methods of TorchScript files ----------------
 
@@ -263,6 +284,19 @@ class NequIPModel(torch.nn.Module):
         scales = self.per_type_energy_scales[atom_types].unsqueeze(-1)
         shifts = self.per_type_energy_shifts[atom_types].unsqueeze(-1)
         return scales * readout + shifts
+
+    @torch.jit.export
+    def pair_energy(self, edge_vec: torch.Tensor, atom_types: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """Per-atom pair energies (N, 1), float64 (zeros without ZBL): half of each edge's pair
+        energy goes to the edge's centre atom, so each pair's goes half to each of its atoms."""
+        num_atoms = atom_types.shape[0]
+        energy = torch.zeros((num_atoms, 1), dtype=torch.float64, device=edge_vec.device)
+        zbl = self.zbl
+        if zbl is None:
+            return energy
+        edge_center = edge_index[0]
+        pair = zbl(torch.linalg.norm(edge_vec, dim=-1), atom_types[edge_center], atom_types[edge_index[1]])
+        return energy.index_add(0, edge_center, 0.5 * pair.unsqueeze(-1))
 
     def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Energies and their derivatives for one frame or a batch of frames (FILE_CONTRACT §1).
@@ -438,8 +472,12 @@ def energy_derivatives(
             .index_add(0, edge_index[1], half)
         )
         volume = torch.linalg.det(cell).abs().view(-1, 1, 1)
-        # no volume (non-periodic): stress is undefined, the virial is not
-        stress = torch.where(volume > 0, -virial / volume, torch.full_like(virial, float("nan")))
+        # no volume (non-periodic): stress is undefined, the virial is not. Dividing by 1
+        # there keeps the gradient of the NaN branch 0 instead of 0/0 (a loss that leaves
+        # such frames out must not get NaN gradients).
+        periodic = volume > 0
+        stress = torch.where(periodic, -virial / torch.where(periodic, volume, torch.ones_like(volume)),
+                             torch.full_like(virial, float("nan")))  # fmt: skip
     return atomic_energy, total_energy, forces, virial, stress, atom_virial
 
 
@@ -470,6 +508,7 @@ def resolve_hyperparameters(
     per_type_energy_scales: PerType,
     per_edge_type_cutoff,
     model_dtype: str,
+    zbl: Optional[Dict[str, List]],
     closest_training_pair: Optional[float],
 ) -> Dict[str, Any]:
     """NequIPModel's arguments checked and resolved (``model.config``): per-type values as lists
@@ -497,6 +536,12 @@ def resolve_hyperparameters(
         _check_integer(name, value, minimum)
     if not isinstance(parity, bool):
         raise HyperparameterError("parity", f"must be true or false, got {parity!r}")
+    edge_cutoffs = _edge_type_cutoffs(per_edge_type_cutoff, type_names, float(r_max))
+    if zbl is not None:
+        try:
+            zbl = check_zbl(zbl, type_names, edge_cutoffs or [float(r_max)] * len(type_names) ** 2)
+        except ValueError as err:  # "zbl...: problem"
+            raise HyperparameterError(*str(err).split(": ", 1)) from None
     return dict(
         type_names=type_names,
         r_max=float(r_max),
@@ -511,8 +556,9 @@ def resolve_hyperparameters(
         avg_num_neighbors=None if avg_num_neighbors is None else float(avg_num_neighbors),
         per_type_energy_shifts=_per_type("per_type_energy_shifts", per_type_energy_shifts, type_names, default=0.0),
         per_type_energy_scales=_per_type("per_type_energy_scales", per_type_energy_scales, type_names, default=1.0),
-        per_edge_type_cutoff=_edge_type_cutoffs(per_edge_type_cutoff, type_names, float(r_max)),
+        per_edge_type_cutoff=edge_cutoffs,
         model_dtype=model_dtype,
+        zbl=zbl,
         closest_training_pair=None if closest_training_pair is None else float(closest_training_pair),
     )
 

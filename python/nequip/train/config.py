@@ -18,6 +18,7 @@ JSON Schema of the file (``nequip-train --schema``), for editors.
 import datetime
 import difflib
 import inspect
+import math
 import re
 import typing
 from pathlib import Path
@@ -25,11 +26,11 @@ from typing import Any, Dict, List, Literal, Optional, Union
 
 import annotated_types
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator
 from pydantic.fields import FieldInfo
 
 from ..data import ase_format_problem
-from ..model import MODEL_ARGUMENTS, HyperparameterError, NequIPModel, resolve_hyperparameters
+from ..model import MODEL_ARGUMENTS, HyperparameterError, NequIPModel, resolve_hyperparameters, with_resolved_zbl
 
 __all__ = [
     "ConfigError",
@@ -77,6 +78,14 @@ class SplitConfig(_Section):
     seed: int = 0
 
 
+def _check_weights(weights: Optional[Dict[str, float]]) -> Optional[Dict[str, float]]:
+    """Loss weights by name: finite and >= 0."""
+    for name, weight in (weights or {}).items():
+        if not (math.isfinite(weight) and weight >= 0):
+            raise ValueError(f"the weight of {name!r} must be a finite number >= 0, got {weight!r}")
+    return weights
+
+
 class DataConfig(_Section):
     """Where the frames come from and how species become model types.
 
@@ -99,6 +108,21 @@ class DataConfig(_Section):
     batch_size: int = Field(4, ge=1)
     val_batch_size: Optional[int] = Field(None, ge=1, description="left out: batch_size")
     num_workers: int = Field(0, ge=0)
+    # loss weights read from the frames (loss.per_type_forces weighs by type)
+    frame_weight_key: Optional[str] = Field(
+        None, description="the key of each frame's info (extxyz: its comment line) holding its loss weight (>= 0)"
+    )
+    config_type_weights: Optional[Dict[str, float]] = Field(
+        None, description="loss weight of the frames of each config_type (info['config_type']); others weigh 1"
+    )
+    force_weight_key: Optional[str] = Field(
+        None, description="the per-atom array of each frame (extxyz: a column) holding its atoms' force weights (>= 0)"
+    )
+
+    @field_validator("config_type_weights")
+    @classmethod
+    def _weights_not_negative(cls, value):
+        return _check_weights(value)
 
     @field_validator("format")
     @classmethod
@@ -117,6 +141,22 @@ _MODEL_DEFAULTS = {
 }
 
 PerTypeValues = Optional[Union[float, List[float], Dict[str, float]]]
+
+
+class ZBLConfig(_Section):
+    """ZBL repulsion's options (nequip.model.zbl_options); each left out has its default."""
+
+    atomic_numbers: Optional[Dict[str, int]] = Field(
+        None, description="type name -> atomic number; left out: the type names are chemical symbols"
+    )
+    inner_radius: Optional[Union[float, List[float]]] = Field(
+        None, description="Å, below it the full ZBL energy: one number, or num_types**2 (row = centre type); "
+        "left out: half the pair's covalent radii"
+    )
+    outer_radius: Optional[Union[float, List[float]]] = Field(
+        None, description="Å, beyond it none, at most the pair's cutoff: one number, or num_types**2; left out: "
+        "0.75 of the pair's covalent radii (at most its cutoff)"
+    )
 
 
 class ModelConfig(_Section):
@@ -145,6 +185,9 @@ class ModelConfig(_Section):
         None, description="{centre: r}, {centre: {neighbour: r}}, or num_types**2 numbers (row = centre type)"
     )
     model_dtype: Literal["float32", "float64"] = _MODEL_DEFAULTS["model_dtype"]
+    zbl: Optional[ZBLConfig] = Field(
+        None, description="add ZBL screened nuclear repulsion to the learned energy: true, or a mapping of its options"
+    )
     closest_training_pair: Optional[float] = Field(
         None, description="Å, a record for the runtime's close-pair warning; left out: from the training data"
     )
@@ -152,6 +195,21 @@ class ModelConfig(_Section):
     from_checkpoint: Optional[str] = Field(None, description="fine-tune the model of this training checkpoint")
     from_package: Optional[str] = Field(None, description="fine-tune the model of this package")
     refit_energy_shifts: bool = Field(False, description="fine-tuning: refit the energy shifts on the new data")
+
+    @field_validator("zbl", mode="before")
+    @classmethod
+    def _zbl_true_is_the_defaults(cls, value):
+        return {} if value is True else None if value is False else value
+
+    @field_validator("zbl")
+    @classmethod
+    def _zbl_as_mapping(cls, value):
+        # what build_model takes: the options given, as a plain mapping
+        return value.model_dump(exclude_none=True) if isinstance(value, ZBLConfig) else value
+
+    @field_serializer("zbl")
+    def _zbl_as_given(self, value):
+        return value
 
     def hyperparameters(self) -> Dict[str, Any]:
         """The NequIPModel arguments this section gives (all but ``type_names``)."""
@@ -166,6 +224,14 @@ class LossConfig(_Section):
     stress: float = Field(0.0, ge=0)
     function: Literal["mse", "huber"] = "mse"
     huber_delta: float = Field(0.01, gt=0)
+    per_type_forces: Optional[Dict[str, float]] = Field(
+        None, description="weight of the forces on the atoms of each type (type name -> weight >= 0); others weigh 1"
+    )
+
+    @field_validator("per_type_forces")
+    @classmethod
+    def _weights_not_negative(cls, value):
+        return _check_weights(value)
 
 
 class MetricsConfig(_Section):
@@ -489,7 +555,7 @@ def _check_consistency(config: TrainingConfig) -> None:
         if data.type_names is None:
             raise ConfigError("data.type_names: required key is missing")
         try:  # the model's own check of every value, with its messages
-            resolve_hyperparameters(type_names=data.type_names, **model.hyperparameters())
+            resolve_hyperparameters(**with_resolved_zbl(dict(type_names=data.type_names, **model.hyperparameters())))
         except HyperparameterError as err:
             raise ConfigError(f"{'data' if err.key == 'type_names' else 'model'}.{err}") from None
     if data.species_to_type is not None and data.type_names is not None:

@@ -62,8 +62,16 @@ class NequIPDataModule(L.LightningDataModule):
         config: the ``data`` section.
         type_names, r_max, per_edge_type_cutoff: of the model (they decide the types and the
             neighbour lists).
-        labels: which labels every frame must have (``total_energy``, ``forces``, ``stress``).
+        labels: the labels read (``total_energy``, ``forces``, ``stress``). A frame that lacks
+            one carries NaN in its place, which the loss and the metrics leave out
+            (:func:`nequip.train.metrics.labelled_rows`); :meth:`label_counts` says how many
+            frames have each.
         seed: shuffling seed of the training batches.
+
+    Every frame also carries its loss weights: ``frame_weight`` (1,), from
+    ``data.frame_weight_key`` and ``data.config_type_weights``, and ``force_weight`` (N,), from
+    ``data.force_weight_key``; a frame without the key (or of a config type not listed) weighs
+    1, but a key or config type that no training frame has is refused (a misspelt name).
     """
 
     def __init__(
@@ -95,6 +103,7 @@ class NequIPDataModule(L.LightningDataModule):
         # reading the files once is enough
         if self.datasets:
             return
+        config_types, weighted = set(), {"frame_weight_key": 0, "force_weight_key": 0}
         for split, (path, numbers, frames) in self._read_splits().items():
             dataset = AtomicDataset.from_ase(
                 frames,
@@ -106,10 +115,61 @@ class NequIPDataModule(L.LightningDataModule):
                 energy_units_to_eV=self.config.energy_units_to_eV,
                 length_units_to_A=self.config.length_units_to_A,
                 labels=self.labels,
-                require_labels=True,
             )
+            # before the labels a frame lacks are filled in (NaN)
             check_labels_can_be_learned(dataset.frames, path, numbers)
+            for frame, atoms, number in zip(dataset.frames, frames, numbers):
+                for label in self.labels:
+                    if label not in frame:
+                        frame[label] = torch.full(_label_shape(label, len(atoms)), float("nan"), dtype=torch.float64)
+                try:
+                    frame.update(self._loss_weights(atoms))
+                except ValueError as err:
+                    raise ValueError(f"{path}: frame {number}: {err}") from None
+                config_types.add(atoms.info.get("config_type"))
+                if split == "train":
+                    weighted["frame_weight_key"] += self.config.frame_weight_key in atoms.info
+                    weighted["force_weight_key"] += self.config.force_weight_key in atoms.arrays
             self.datasets[split] = dataset
+        for key, count in weighted.items():
+            if getattr(self.config, key) is not None and count == 0:
+                where = "info" if key == "frame_weight_key" else "per-atom array"
+                raise ConfigError(
+                    f"data.{key}: no training frame has the {where} {getattr(self.config, key)!r}; "
+                    "give the name the data uses"
+                )
+        unknown = sorted(set(self.config.config_type_weights or {}) - config_types)
+        if unknown:
+            known = ", ".join(sorted(str(t) for t in config_types if t is not None)) or "none"
+            raise ConfigError(
+                f"data.config_type_weights: no frame has config_type {', '.join(map(repr, unknown))} "
+                f"(the frames' config types: {known}); give config types of the data (atoms.info['config_type'])"
+            )
+
+    def _loss_weights(self, atoms) -> Dict[str, torch.Tensor]:
+        """``frame_weight`` (1,) and ``force_weight`` (N,) of one frame, float64 (see the class docstring)."""
+        config = self.config
+        weight = 1.0
+        if config.frame_weight_key in atoms.info:
+            weight = _weight_value(atoms.info[config.frame_weight_key], f"info[{config.frame_weight_key!r}]",
+                                   "data.frame_weight_key")  # fmt: skip
+        if config.config_type_weights is not None:
+            weight *= config.config_type_weights.get(atoms.info.get("config_type"), 1.0)
+        force_weight = np.ones(len(atoms))
+        if config.force_weight_key in atoms.arrays:
+            where = f"per-atom array {config.force_weight_key!r}"
+            values = np.asarray(atoms.arrays[config.force_weight_key], dtype=np.float64).reshape(len(atoms), -1)
+            if values.shape[1] != 1 or not (np.isfinite(values).all() and (values >= 0).all()):
+                raise ValueError(f"its {where} must hold one finite number >= 0 per atom (data.force_weight_key)")
+            force_weight = values[:, 0]
+        return {
+            keys.FRAME_WEIGHT: torch.tensor([weight], dtype=torch.float64),
+            keys.FORCE_WEIGHT: torch.from_numpy(force_weight.copy()),
+        }
+
+    def label_counts(self, split: str = "train") -> Dict[str, int]:
+        """How many frames of ``split`` have each of the labels read."""
+        return {label: sum(_has_label(frame, label) for frame in self.datasets[split].frames) for label in self.labels}
 
     def _read(self, key: str) -> List:
         """The frames of the file that ``data.<key>`` names; a file that is not one is named by its key."""
@@ -157,13 +217,18 @@ class NequIPDataModule(L.LightningDataModule):
         return "test" in self.datasets
 
     def statistics(self) -> Dict[str, object]:
-        """Training-data statistics that initialise a model (in eV and Å)."""
+        """Training-data statistics that initialise a model (in eV and Å), each over the frames
+        that have its label; None where no frame has it."""
         train = self.datasets["train"].frames
+        with_energy = [frame for frame in train if _has_label(frame, keys.TOTAL_ENERGY)]
+        with_forces = [frame for frame in train if _has_label(frame, keys.FORCES)]
         num_types = self.type_mapper.num_types
         return {
             "avg_num_neighbors": statistics.average_num_neighbors(train),
-            "per_type_energy_shifts": statistics.per_type_energy_shifts(train, num_types).tolist(),
-            "force_rms": statistics.force_rms(train),
+            "per_type_energy_shifts": statistics.per_type_energy_shifts(with_energy, num_types).tolist()
+            if with_energy
+            else None,
+            "force_rms": statistics.force_rms(with_forces) if with_forces else None,
             "closest_pair": statistics.shortest_edge_length(train),
         }
 
@@ -227,6 +292,21 @@ def check_labels_can_be_learned(frames: Sequence[Dict[str, torch.Tensor]], sourc
                 f"{source}: frame {number}: label '{label}' is {shown}, too large to train on (its squared error"
                 " in the loss overflows float64); fix or remove the frame, or check data.energy_units_to_eV"
             )
+
+
+def _label_shape(label: str, num_atoms: int) -> Tuple[int, ...]:
+    return {keys.TOTAL_ENERGY: (1, 1), keys.FORCES: (num_atoms, 3), keys.STRESS: (1, 3, 3)}[label]
+
+
+def _has_label(frame, label: str) -> bool:
+    """Whether a training frame has ``label`` (one it lacks is NaN: see NequIPDataModule)."""
+    return label in frame and bool(torch.isfinite(frame[label]).all())
+
+
+def _weight_value(value, where: str, key: str) -> float:
+    if isinstance(value, (bool, str)) or not np.isscalar(value) or not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"{where} must be a finite number >= 0 ({key}), got {getattr(value, 'item', lambda: value)()!r}")
+    return float(value)
 
 
 def data_fingerprints(config: DataConfig) -> Dict[str, Dict[str, str]]:

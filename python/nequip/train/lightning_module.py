@@ -1,5 +1,6 @@
 """What is learned: a NequIP model fitted to per-atom energies, forces and stresses."""
 
+import math
 from typing import Any, Dict
 
 import lightning as L
@@ -8,7 +9,7 @@ import torch
 from ..data import keys
 from ..model import build_model
 from .checkpoint import VERSIONS_KEY, load_checkpoint, model_state_dict, versions
-from .metrics import QUANTITIES, ErrorMetrics, predicted_and_reference
+from .metrics import QUANTITIES, ErrorMetrics, labelled_rows, predicted_and_reference, row_weights
 
 
 class NequIPLightningModule(L.LightningModule):
@@ -29,10 +30,17 @@ class NequIPLightningModule(L.LightningModule):
 
         loss = config["loss"]
         self.loss_coefficients = {q: float(loss[q]) for q in QUANTITIES if loss[q] > 0}
+        # elementwise: the weighted mean is taken here (loss)
         if loss["function"] == "huber":
-            self.loss_function = torch.nn.HuberLoss(delta=loss["huber_delta"])
+            self.loss_function = torch.nn.HuberLoss(delta=loss["huber_delta"], reduction="none")
         else:
-            self.loss_function = torch.nn.MSELoss()
+            self.loss_function = torch.nn.MSELoss(reduction="none")
+        per_type = loss.get("per_type_forces") or {}
+        self.register_buffer(
+            "type_force_weights",
+            torch.tensor([float(per_type.get(name, 1.0)) for name in self.type_names], dtype=torch.float64),
+            persistent=False,
+        )
 
         # energies and forces are always labelled; stresses only when they are learned
         self.evaluated = ["energy_per_atom", "forces"] + (["stress"] if "stress" in self.loss_coefficients else [])
@@ -58,11 +66,23 @@ class NequIPLightningModule(L.LightningModule):
         return self.model(batch)
 
     def loss(self, batch: Dict[str, torch.Tensor], out: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """The weighted total (``loss``) and each quantity's term (``loss_forces``, ...)."""
-        terms = {
-            quantity: self.loss_function(*predicted_and_reference(batch, out, quantity))
-            for quantity in self.loss_coefficients
-        }
+        """The weighted total (``loss``) and each quantity's term (``loss_forces``, ...).
+
+        A term is the weighted mean of the loss function over the components of the rows
+        (frames; atoms for forces) that have the label, each row weighted by
+        :func:`~.metrics.row_weights`: ``sum_r w_r sum_c l(r, c) / (C sum_r w_r)``. So a weight
+        of 0 is the row left out, 2 the row counted twice, and with every weight 1 it is the
+        plain mean. A batch in which no row has the label (or all weigh 0) adds 0.
+        """
+        terms = {}
+        for quantity in self.loss_coefficients:
+            predicted, reference = predicted_and_reference(batch, out, quantity)
+            labelled = labelled_rows(reference)
+            weights = row_weights(batch, quantity, self.type_force_weights)[labelled].to(predicted.dtype)
+            components = math.prod(reference.shape[1:])
+            elementwise = self.loss_function(predicted[labelled], reference[labelled]).reshape(-1, components)
+            normalisation = (weights.sum() * components).clamp_min(torch.finfo(weights.dtype).tiny)
+            terms[quantity] = (weights.unsqueeze(-1) * elementwise).sum() / normalisation
         total = sum(self.loss_coefficients[q] * term for q, term in terms.items())
         return {"loss": total, **{f"loss_{q}": term for q, term in terms.items()}}
 

@@ -5,9 +5,14 @@ with :class:`ErrorMetrics`, so a figure means the same wherever it is printed. E
 a quantity of :data:`QUANTITIES` or the forces on the atoms of one type (``forces_<type>``);
 each has an MAE and an RMSE over every component of every frame seen (energies per atom:
 one value per frame). Units are eV and Å.
+
+In training batches a frame that lacks a label carries NaN in its place (the data's own labels
+are finite: ``nequip.data.from_ase`` refuses others), and counts for neither the metrics nor the
+loss of that quantity (:func:`labelled_rows`). Metrics are never weighted: the loss weights of
+frames, types and atoms (:func:`row_weights`) are the loss's only.
 """
 
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torchmetrics
@@ -32,6 +37,32 @@ def predicted_and_reference(
         num_atoms = batch[keys.NUM_ATOMS].reshape(-1, 1).to(predicted.dtype)
         predicted, reference = predicted.reshape(-1, 1) / num_atoms, reference.reshape(-1, 1) / num_atoms
     return predicted, reference
+
+
+def labelled_rows(reference: torch.Tensor) -> torch.Tensor:
+    """(rows,) bool: the rows of a quantity's labels (frames, or atoms for forces) that a frame
+    has, i.e. that are finite (:func:`predicted_and_reference`'s ``reference``)."""
+    return torch.isfinite(reference).reshape(reference.shape[0], -1).all(dim=1)
+
+
+def row_weights(batch: Dict[str, torch.Tensor], quantity: str, type_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(rows,) loss weights of a quantity's rows, float64: the frame's weight (``frame_weight``,
+    1 where absent), and for forces also the atom's (``force_weight``) and its type's
+    (``type_weights`` (num_types,), by ``atom_types``)."""
+    num_frames = batch[keys.NUM_ATOMS].shape[0]
+    device = batch[keys.NUM_ATOMS].device
+    frame = batch.get(keys.FRAME_WEIGHT)
+    if frame is None:
+        frame = torch.ones(num_frames, dtype=torch.float64, device=device)
+    frame = frame.reshape(-1).to(torch.float64)
+    if quantity != "forces":
+        return frame
+    weights = frame[batch[keys.BATCH]] if keys.BATCH in batch else frame.expand(batch[keys.ATOM_TYPES].shape[0])
+    if keys.FORCE_WEIGHT in batch:
+        weights = weights * batch[keys.FORCE_WEIGHT].reshape(-1).to(torch.float64)
+    if type_weights is not None:
+        weights = weights * type_weights[batch[keys.ATOM_TYPES]]
+    return weights
 
 
 class ErrorMetrics(torchmetrics.Metric):
@@ -67,13 +98,16 @@ class ErrorMetrics(torchmetrics.Metric):
         return QUANTITIES["forces" if row.startswith("forces_") else row][1]
 
     def update(self, batch: Dict[str, torch.Tensor], out: Dict[str, torch.Tensor]) -> None:
+        """Adds the errors of the frames (atoms) that have each label; see the module docstring."""
         for quantity in self.quantities:
             predicted, reference = predicted_and_reference(batch, out, quantity)
-            error = (predicted.detach() - reference).to(torch.float64)
+            labelled = labelled_rows(reference)
+            error = (predicted.detach()[labelled] - reference[labelled]).to(torch.float64)
             self._add(quantity, error)
             if quantity == "forces":
+                atom_types = batch[keys.ATOM_TYPES][labelled]
                 for type_index, type_name in enumerate(self.type_names):
-                    self._add(f"forces_{type_name}", error[batch[keys.ATOM_TYPES] == type_index])
+                    self._add(f"forces_{type_name}", error[atom_types == type_index])
 
     def _add(self, row: str, error: torch.Tensor) -> None:
         setattr(self, f"{row}_absolute", getattr(self, f"{row}_absolute") + error.abs().sum())

@@ -30,7 +30,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
 from ..data import keys
-from ..model import NequIPModel, resolve_hyperparameters
+from ..model import NequIPModel, resolve_hyperparameters, with_resolved_zbl
 from ..utils.atomic_io import WriteError, atomic_open, check_output_dir, remove_stale_temporaries
 from ..utils.memory import keep_freed_memory
 from ..utils.processes import is_running
@@ -188,8 +188,40 @@ def load_source_model(config: TrainingConfig) -> Optional[NequIPModel]:
 
 
 def data_labels(config: TrainingConfig):
-    """Labels every frame must carry: energies and forces, stresses when they are learned."""
+    """Labels read from the data: energies and forces, stresses when they are learned."""
     return (keys.TOTAL_ENERGY, keys.FORCES) + ((keys.STRESS,) if config.loss.stress > 0 else ())
+
+
+# the loss coefficient of each label, and the label's name in messages
+_LABEL_LOSS = {keys.TOTAL_ENERGY: ("energy_per_atom", "energy"), keys.FORCES: ("forces", "forces"),
+               keys.STRESS: ("stress", "stress")}  # fmt: skip
+
+
+def check_labels(config: TrainingConfig, datamodule: NequIPDataModule) -> None:
+    """Say how many training frames carry each label; refuse a learned label that none has.
+
+    A frame without a label adds no loss term for it (partly labelled data); but a label that
+    no training frame has, with a non-zero loss coefficient, is a mistake.
+    """
+    counts = datamodule.label_counts("train")
+    total = len(datamodule.datasets["train"])
+    rank_zero_info(
+        f"training frames with each label (of {total}): "
+        + ", ".join(f"{_LABEL_LOSS[label][1]} {count}" for label, count in counts.items())
+    )
+    for label, count in counts.items():
+        coefficient, name = _LABEL_LOSS[label]
+        if count == 0 and getattr(config.loss, coefficient) > 0:
+            raise ConfigError(
+                f"loss.{coefficient}: no training frame has a {name} label (0 of {total}); add {name} labels to the "
+                f"data or set loss.{coefficient}: 0"
+            )
+    unknown = sorted(set(config.loss.per_type_forces or {}) - set(datamodule.type_mapper.type_names))
+    if unknown:
+        raise ConfigError(
+            f"loss.per_type_forces: unknown type {', '.join(map(repr, unknown))}; the model's types are "
+            f"{datamodule.type_mapper.type_names}"
+        )
 
 
 def build_datamodule(config: TrainingConfig, model_config: Dict[str, Any]) -> NequIPDataModule:
@@ -202,6 +234,7 @@ def build_datamodule(config: TrainingConfig, model_config: Dict[str, Any]) -> Ne
         seed=config.trainer.seed,
     )
     datamodule.setup("fit")
+    check_labels(config, datamodule)
     return datamodule
 
 
@@ -227,7 +260,7 @@ def resolve_model(config: TrainingConfig, source: Optional[NequIPModel]):
                 f" fine-tuned, {model_config['type_names']}; leave it out or list them in that order"
             )
     else:
-        given = {"type_names": config.data.type_names, **config.model.hyperparameters()}
+        given = with_resolved_zbl({"type_names": config.data.type_names, **config.model.hyperparameters()})
         # resolved before any data is read: the per-edge-type cutoffs in the form the neighbour
         # lists need (validate_config has checked the values)
         model_config = resolve_hyperparameters(**given)
@@ -236,6 +269,8 @@ def resolve_model(config: TrainingConfig, source: Optional[NequIPModel]):
     statistics = datamodule.statistics()
     if source is not None:
         if config.model.refit_energy_shifts:
+            if statistics["per_type_energy_shifts"] is None:
+                raise ConfigError("model.refit_energy_shifts: no training frame has an energy label to fit them to")
             model_config["per_type_energy_shifts"] = statistics["per_type_energy_shifts"]
         # the parent's record may predate closest_training_pair (None)
         known = [d for d in (model_config.get("closest_training_pair"), statistics["closest_pair"]) if d is not None]
@@ -247,8 +282,13 @@ def resolve_model(config: TrainingConfig, source: Optional[NequIPModel]):
             "per_type_energy_scales": statistics["force_rms"],
             "closest_training_pair": statistics["closest_pair"],
         }
+        fitted_to = {"per_type_energy_shifts": "energy", "per_type_energy_scales": "forces"}
         for name, value in defaults.items():
             if getattr(config.model, name) is None:
+                if value is None and name in fitted_to:  # no training frame has the label it is fitted to
+                    raise ConfigError(
+                        f"model.{name}: no training frame has a {fitted_to[name]} label to compute it from; give it"
+                    )
                 given[name] = value
         model_config = resolve_hyperparameters(**given)
     return model_config, datamodule

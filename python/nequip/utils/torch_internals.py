@@ -15,7 +15,7 @@ pins the same). Outside it nothing here is trusted:
 Uses: compile/aotinductor.py (tracing with derivatives, symbolic-size facts, the min-cut
 partitioner, Inductor's stride constraint, AOTInductor's compile and package functions, whose
 option names ``INDUCTOR_CONFIGS`` holds), compile/inductor_speedups.py (Inductor's index analysis
-and C++ builder), compile/compiler.py (Inductor's cache directory), nn/message_passing.py (the
+and C++ builder), compile/compiler.py (Inductor's cache directory, its C++ compile error), nn/message_passing.py (the
 autograd engine's plan, operator schemas). In C++, cpp/src/call_memory.cpp replaces c10's CPU
 allocator; it is not covered here.
 """
@@ -140,6 +140,15 @@ def inductor_cache_dir() -> str:
         return "Inductor's cache directory"
     return cache_dir()
 
+
+
+def cpp_compiler_output(error: BaseException) -> Optional[str]:
+    """What the C++ compiler printed, when ``error`` is Inductor's C++ compile error; else None."""
+    try:
+        from torch._inductor.exc import CppCompileError
+    except ImportError:
+        return None
+    return str(error.output) if isinstance(error, CppCompileError) else None
 
 # -- Inductor, patched for compile time (nequip.compile.inductor_speedups says why) -------------
 
