@@ -4,6 +4,7 @@ files, packages and checkpoints; batched FIRE relaxations and NVT runs give each
 the same run gives it alone; the autobatcher splits by the model's memory scaling."""
 
 import contextlib
+import warnings
 
 import numpy as np
 import pytest
@@ -14,6 +15,7 @@ from ase.build import bulk
 from torch_sim.models.interface import validate_model_outputs
 
 from nequip.ase import NequIPCalculator
+from nequip.data import DenseCellWarning
 from nequip.integrations.torchsim import NequIPModel
 
 # the float64 tiny model as each kind of file
@@ -278,3 +280,17 @@ def test_autobatcher_splits_by_memory_scaling_and_changes_no_result(compiled_mod
     for index, (a, b) in enumerate(zip(whole, split)):
         assert_close(b["potential_energy"], a["potential_energy"], f"system {index} energy")
         assert_close(b["forces"], a["forces"], f"system {index} forces")
+
+
+def test_cell_too_small_warns_once_per_model_as_it_changes(compiled_models):
+    """A cell in the wrong units under NPT: the cell, and the warning's numbers, change every
+    step; the model warns once, not once per step."""
+    model = NequIPModel(compiled_models["float64", "torchscript", None])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("default")
+        for scale in (1.0, 1.01, 1.02):
+            atoms = Atoms("SiC", scaled_positions=[[0, 0, 0], [0.5, 0.5, 0.5]], cell=np.eye(3) * scale, pbc=True)
+            model(ts.io.atoms_to_state([atoms], model.device, model.dtype))
+    messages = [str(w.message) for w in caught if issubclass(w.category, DenseCellWarning)]
+    assert len(messages) == 1
+    assert messages[0].startswith("the periodic cell looks too small for its 2 atoms: cell lengths 1, 1, 1 Å")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from nequip._runtime import InputError, Model, ModelFileError
-from runtime_cases import assert_matches, eager_outputs, random_frames, with_pt2_metadata, with_pth_metadata
+from fixtures.edited_files import with_pt2_metadata, with_pth_metadata
+from runtime_cases import assert_matches, eager_outputs, random_frames
 
 BATCH_FILES = {"pt2": ("float64", "aotinductor", "batch"), "pth": ("float64", "torchscript", None)}
 

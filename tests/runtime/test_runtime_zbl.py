@@ -16,7 +16,8 @@ from nequip.ase import NequIPCalculator
 from nequip.data import TypeMapper, from_ase
 from nequip.inference import open_model
 from nequip.model import NequIPModel
-from runtime_cases import assert_matches, eager_outputs, random_frames, with_pth_metadata
+from fixtures.edited_files import with_pth_metadata
+from runtime_cases import assert_matches, eager_outputs, random_frames
 from test_runtime_exchange import unfolded
 
 

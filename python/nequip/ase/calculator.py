@@ -7,7 +7,6 @@
 """
 
 import numbers
-import warnings
 from pathlib import Path
 from typing import Mapping, Optional, Sequence, Union
 
@@ -17,7 +16,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
-from nequip.data import DenseCellWarning, TypeMapper, compute_neighbor_list, keys
+from nequip.data import TypeMapper, WarnOnceAboutDenseCells, compute_neighbor_list, keys
 from nequip.inference import open_model
 
 PathLike = Union[str, Path]
@@ -67,7 +66,7 @@ class NequIPCalculator(Calculator):
         self.path = Path(path)
         self.model = open_model(self.path, device)
         self.type_mapper = TypeMapper(self.model.type_names, species_to_type_map)
-        self._warned_dense_cell = False
+        self._warn_dense_cell = WarnOnceAboutDenseCells()
         if self.model.committee_size > 1:
             self.implemented_properties = self.implemented_properties + list(self.COMMITTEE_PROPERTIES)
 
@@ -134,12 +133,6 @@ class NequIPCalculator(Calculator):
             self.results["energy_deviation"] = float(out[keys.ENERGY_DEVIATION].reshape(())) * energy
         if has_volume and keys.STRESS in out:
             self.results["stress"] = full_3x3_to_voigt_6_stress(out[keys.STRESS].reshape(3, 3)) * (energy / length**3)
-
-    def _warn_dense_cell(self, message: str) -> None:
-        # once per calculator: under NPT the cell, and so the message, changes every step
-        if not self._warned_dense_cell:
-            self._warned_dense_cell = True
-            warnings.warn(message, DenseCellWarning, stacklevel=3)
 
     def _atom_types(self, atoms: Atoms) -> np.ndarray:
         symbols = atoms.get_chemical_symbols()

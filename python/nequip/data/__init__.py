@@ -3,7 +3,7 @@
 from . import keys, statistics
 from .atomic_data import AtomicData, TypeMapper, batch_frames, from_ase
 from .dataset import AtomicDataset, ase_format_problem, read_frames
-from .neighbors import DenseCellWarning, compute_neighbor_list
+from .neighbors import DenseCellWarning, WarnOnceAboutDenseCells, compute_neighbor_list
 from .synthetic import synthetic_frame
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "DenseCellWarning",
     "ase_format_problem",
     "TypeMapper",
+    "WarnOnceAboutDenseCells",
     "batch_frames",
     "compute_neighbor_list",
     "from_ase",

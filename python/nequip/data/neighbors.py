@@ -30,6 +30,20 @@ class DenseCellWarning(UserWarning):
     """A periodic cell denser than any real structure: most likely a cell in the wrong units."""
 
 
+class WarnOnceAboutDenseCells:
+    """An ``on_dense_cell`` for a caller that evaluates a changing cell step after step (the ASE
+    calculator, the TorchSim model): one DenseCellWarning per caller, since under NPT the cell,
+    and with it the message, changes every step (Python's once-per-message filter would repeat it)."""
+
+    def __init__(self):
+        self.warned = False
+
+    def __call__(self, message: str) -> None:
+        if not self.warned:
+            self.warned = True
+            warnings.warn(message, DenseCellWarning, stacklevel=3)  # at the caller of compute_neighbor_list
+
+
 def compute_neighbor_list(
     pos: np.ndarray,
     cell: np.ndarray,

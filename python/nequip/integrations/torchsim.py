@@ -27,7 +27,7 @@ except ImportError as error:  # pragma: no cover - the message is the point
         "(PyPI torch-sim-atomistic, Python >= 3.11)"
     ) from error
 
-from nequip.data import TypeMapper, compute_neighbor_list, keys
+from nequip.data import TypeMapper, WarnOnceAboutDenseCells, compute_neighbor_list, keys
 from nequip.inference import open_model
 from nequip.inference.opened import PathLike
 
@@ -83,6 +83,7 @@ class NequIPModel(ModelInterface):
         self.type_mapper = TypeMapper(
             self.model.type_names, species_to_type_map, remedy="map each species to one with species_to_type_map"
         )
+        self._warn_dense_cell = WarnOnceAboutDenseCells()
 
     def forward(self, state, **kwargs) -> Dict[str, torch.Tensor]:
         """Energy (S,), forces (N, 3) and (``compute_stress``) stress (S, 3, 3) of every system
@@ -139,6 +140,7 @@ class NequIPModel(ModelInterface):
                 self.model.r_max,
                 atom_types=atom_types,
                 per_edge_type_cutoff=self.model.per_edge_type_cutoff,
+                on_dense_cell=self._warn_dense_cell,
             )
             # as NequIPCalculator: the cell of a system that is periodic along no axis does not
             # enter the model (it has no stress)
