@@ -48,7 +48,7 @@ from nequip.data import TypeMapper, from_ase, keys
 
 BIN = Path(sys.executable).parent
 SIC_A = 4.36  # Å, 3C-SiC conventional cell (8 atoms)
-SKIN = 2.0  # Å, LAMMPS' default neighbour skin in metal units
+SKIN = 2.0  # Å, LAMMPS' default neighbor skin in metal units
 # the timed run reuses the set-up of the run before it: its loop time is that of its steps only
 INPUT = """
 units metal

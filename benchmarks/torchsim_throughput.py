@@ -19,7 +19,7 @@ On a machine whose cores are busy with other work, use ``--threads 1`` (and
 single 64-atom calls 8x slower (1.2-1.6 s against 0.16 s on one thread, load average 8).
 
 The sides alternate ``--repeats`` times; the figures are medians, the ratios are of the
-medians of the same run. Both include building the neighbour lists (vesin, per cell, on both sides). The
+medians of the same run. Both include building the neighbor lists (vesin, per cell, on both sides). The
 largest difference between the two sides' energies and forces is printed as a check.
 """
 

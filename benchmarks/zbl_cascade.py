@@ -10,7 +10,7 @@ training edge (its default outer radius for Cu-Cu is 1.98 Å, the training frame
 are about 2.2 Å), so the same weights without it are the model trained without it: the
 "without" run is that checkpoint with ``zbl`` taken out of its model config.
 
-The primary knock-on atom (PKA) starts at ``--energy`` eV towards its nearest neighbour along
+The primary knock-on atom (PKA) starts at ``--energy`` eV towards its nearest neighbor along
 [110] (tilted by a few degrees): a near head-on collision, the hardest case for the short range.
 The other atoms start at ``--temperature``. Velocity Verlet with an adaptive step, as cascade
 codes use: each step ``dt = min(--max-dt, --max-move / v_max)``, so no atom moves more than

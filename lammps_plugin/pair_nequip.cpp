@@ -5,7 +5,7 @@
    outputs; loading, checking and running the model is the runtime's job.
 
    The model's nodes are the owned atoms, and its edges those of the full
-   neighbour list. A ghost atom that is a periodic image of an owned atom is
+   neighbor list. A ghost atom that is a periodic image of an owned atom is
    folded onto it (atom->map of its tag) plus an integer image shift, so the
    model sees the periodic system exactly as the ASE calculator does
    (FILE_CONTRACT §1):
@@ -390,7 +390,7 @@ void PairNequIP::coeff(int narg, char **arg)
     type_map[itype] = (int) (found - type_names.begin());
   }
 
-  // cutoff of each (centre, neighbour) model type pair: per_edge_type_cutoff or r_max
+  // cutoff of each (center, neighbor) model type pair: per_edge_type_cutoff or r_max
   const int num_types = (int) loaded->num_types();
   std::vector<double> cutoff = loaded->per_edge_type_cutoff();
   if (cutoff.empty()) cutoff.assign((size_t) num_types * num_types, loaded->r_max());
@@ -451,8 +451,8 @@ void PairNequIP::init_style()
       error->all(FLERR,
                  "pair_style nequip on one MPI rank requires an atom map: add 'atom_modify map "
                  "yes' before the simulation box is defined");
-    // A full list of the owned atoms' neighbours is all the model needs: every edge is
-    // centred on an owned atom, and every ghost folds onto its owner in build_graph().
+    // A full list of the owned atoms' neighbors is all the model needs: every edge is
+    // centered on an owned atom, and every ghost folds onto its owner in build_graph().
     neighbor->add_request(this, NeighConst::REQ_FULL);
   } else {
     if (model->committee_size() > 1)
@@ -481,8 +481,8 @@ void PairNequIP::init_style()
     comm_forward = comm_reverse = 1;
     for (size_t layer = 0; layer + 1 < widths.size(); layer++)
       comm_forward = comm_reverse = std::max<int>(comm_forward, (int) widths[layer]);
-    // Edges are centred on owned atoms, whose neighbours LAMMPS' communication cutoff
-    // (never below the largest pair cutoff plus the skin) covers: no ghost neighbours.
+    // Edges are centered on owned atoms, whose neighbors LAMMPS' communication cutoff
+    // (never below the largest pair cutoff plus the skin) covers: no ghost neighbors.
     neighbor->add_request(this, NeighConst::REQ_FULL);
   }
 
@@ -669,18 +669,18 @@ void PairNequIP::warn_of_close_pair(const nequip::ClosePair &close)
 
 /* ----------------------------------------------------------------------
    Refuse (or warn about) a periodic box too dense to be real before any
-   neighbour list is built: a box in the wrong units holds some N * density *
+   neighbor list is built: a box in the wrong units holds some N * density *
    (4/3) pi r_max^3 edges, memory no machine has (issue 33: 24 GB, then the
    kernel's kill). The thresholds and wording are those of the Python
-   neighbour lists (python/nequip/data/neighbors.py, _check_atoms_per_volume):
+   neighbor lists (python/nequip/data/neighbors.py, _check_atoms_per_volume):
    refused above MAX_ATOMS_PER_A3; a warning (rank 0, every run) above both
-   DENSE_ATOMS_PER_A3 and CROWDED_NEIGHBOURS_PER_ATOM. A non-periodic length
+   DENSE_ATOMS_PER_A3 and CROWDED_NEIGHBORS_PER_ATOM. A non-periodic length
    counts as at least 4/3 r_max, as the atoms' extent does there.
 ------------------------------------------------------------------------- */
 
 static constexpr double MAX_ATOMS_PER_A3 = 1000.0;
 static constexpr double DENSE_ATOMS_PER_A3 = 1.0;
-static constexpr double CROWDED_NEIGHBOURS_PER_ATOM = 100.0;
+static constexpr double CROWDED_NEIGHBORS_PER_ATOM = 100.0;
 static const double PI = std::acos(-1.0);
 
 void PairNequIP::check_atoms_per_volume()
@@ -698,9 +698,9 @@ void PairNequIP::check_atoms_per_volume()
   }
   const double num_atoms = (double) atom->natoms;
   const double density = num_atoms / volume;
-  const double neighbours = density * 4.0 / 3.0 * PI * r_max * r_max * r_max;
+  const double neighbors = density * 4.0 / 3.0 * PI * r_max * r_max * r_max;
   if (density <= MAX_ATOMS_PER_A3 &&
-      (density <= DENSE_ATOMS_PER_A3 || neighbours <= CROWDED_NEIGHBOURS_PER_ATOM))
+      (density <= DENSE_ATOMS_PER_A3 || neighbors <= CROWDED_NEIGHBORS_PER_ATOM))
     return;
 
   const std::string box =
@@ -717,17 +717,17 @@ void PairNequIP::check_atoms_per_volume()
         FLERR,
         "pair_style nequip: the periodic box is far too small for its {} atoms: {} give {:.3g} "
         "atoms/Å³, atoms {:.2g} Å apart on average (no real structure exceeds {:g} atoms/Å³, "
-        "0.1 Å apart); with r_max = {:g} Å the neighbour list would hold about {:.2g} "
-        "neighbours per atom, {:.2g} edges: {}",
-        atom->natoms, box, density, spacing, MAX_ATOMS_PER_A3, r_max, neighbours,
-        neighbours * num_atoms, advice);
+        "0.1 Å apart); with r_max = {:g} Å the neighbor list would hold about {:.2g} "
+        "neighbors per atom, {:.2g} edges: {}",
+        atom->natoms, box, density, spacing, MAX_ATOMS_PER_A3, r_max, neighbors,
+        neighbors * num_atoms, advice);
   if (comm->me == 0)
     error->warning(FLERR,
                    "pair_style nequip: the periodic box looks too small for its {} atoms: {} give "
                    "{:.3g} atoms/Å³, atoms {:.2g} Å apart on average, denser than any solid "
                    "(diamond: 0.18 atoms/Å³, 1.8 Å apart); with r_max = {:g} Å each atom has about "
-                   "{:.2g} neighbours: {}",
-                   atom->natoms, box, density, spacing, r_max, neighbours, advice);
+                   "{:.2g} neighbors: {}",
+                   atom->natoms, box, density, spacing, r_max, neighbors, advice);
 }
 
 /* ----------------------------------------------------------------------
@@ -815,7 +815,7 @@ int PairNequIP::add_node(int atom_index, int mtype)
 }
 
 /* ----------------------------------------------------------------------
-   Whether neighbour j of atom i (of model type itype) is an edge of the
+   Whether neighbor j of atom i (of model type itype) is an edge of the
    model: j of a non-NULL type within the cutoff of (type i, type j)
 ------------------------------------------------------------------------- */
 
@@ -832,7 +832,7 @@ bool PairNequIP::is_edge(int i, int itype, int j) const
 
 /* ----------------------------------------------------------------------
    The model's graph on one rank: the owned atoms of non-NULL types, and the
-   edges of their full neighbour lists (centre i, neighbour j, |r_ij| < cutoff
+   edges of their full neighbor lists (center i, neighbor j, |r_ij| < cutoff
    of (type i, type j)). Every ghost is an image of an owned atom and is
    folded onto it: the edge goes to the owned atom's node with the ghost's
    image shift, so the model sees the periodic system as ASE does
@@ -852,7 +852,7 @@ void PairNequIP::build_graph()
   node_pos.clear();
   node_type.clear();
   edge_index.clear();
-  edge_neighbour.clear();
+  edge_neighbor.clear();
   edge_cell_shift.clear();
 
   for (int i = 0; i < nlocal; i++) {
@@ -873,11 +873,11 @@ void PairNequIP::build_graph()
       const double *shift = j < nlocal ? ZERO_SHIFT : &ghost_shift[3 * (size_t) (j - nlocal)];
       edge_cell_shift.insert(edge_cell_shift.end(), shift, shift + 3);
       edge_index.push_back(inode);
-      edge_neighbour.push_back(node_of_atom[owner]);
+      edge_neighbor.push_back(node_of_atom[owner]);
     }
   }
-  // edge_index is (2, E), row-major: the centres, then the neighbours
-  edge_index.insert(edge_index.end(), edge_neighbour.begin(), edge_neighbour.end());
+  // edge_index is (2, E), row-major: the centers, then the neighbors
+  edge_index.insert(edge_index.end(), edge_neighbor.begin(), edge_neighbor.end());
 
   node_is_local.assign(atom_of_node.size(), 1);
 }
@@ -885,7 +885,7 @@ void PairNequIP::build_graph()
 /* ----------------------------------------------------------------------
    The graph of exchange mode: every owned and ghost atom is a node (node =
    atom index; atoms of NULL types get type 0, no edges and no energy), the
-   edges are those of the owned atoms (centre i owned, |r_ij| < cutoff of
+   edges are those of the owned atoms (center i owned, |r_ij| < cutoff of
    (type i, type j)), and the ghosts stand at their own positions: their
    features come from their owners between layers, not from edges here.
 ------------------------------------------------------------------------- */
@@ -917,7 +917,7 @@ void PairNequIP::build_exchange_graph()
   }
 
   edge_index.clear();
-  edge_neighbour.clear();
+  edge_neighbor.clear();
   for (int ii = 0; ii < inum; ii++) {
     const int i = ilist[ii];
     const int itype = model_type[type[i]];
@@ -927,8 +927,8 @@ void PairNequIP::build_exchange_graph()
       const int j = jlist[jj] & NEIGHMASK;
       if (!is_edge(i, itype, j)) continue;
       edge_index.push_back(i);
-      edge_neighbour.push_back(j);
+      edge_neighbor.push_back(j);
     }
   }
-  edge_index.insert(edge_index.end(), edge_neighbour.begin(), edge_neighbour.end());
+  edge_index.insert(edge_index.end(), edge_neighbor.begin(), edge_neighbor.end());
 }

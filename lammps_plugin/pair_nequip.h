@@ -72,7 +72,7 @@ class PairNequIP : public Pair {
   std::string requested_device;    // pair_style's `device`, "" = the model's own
   int num_model_types;
   std::vector<int> model_type;        // LAMMPS atom type (1..ntypes) -> model type, -1 = NULL
-  std::vector<double> model_cutsq;    // squared cutoff per (centre, neighbour) model type pair
+  std::vector<double> model_cutsq;    // squared cutoff per (center, neighbor) model type pair
 
   // Several MPI ranks (set in init_style), the model layer by layer
   // (Model::compute_exchanging): the nodes are all owned and ghost atoms (node = atom index),
@@ -91,8 +91,8 @@ class PairNequIP : public Pair {
   std::vector<double> node_pos;           // (N, 3)
   std::vector<int64_t> node_type;         // (N,)
   std::vector<uint8_t> node_is_local;     // (N,) local_mask: owned atoms of non-NULL types
-  std::vector<int64_t> edge_index;        // (2, E): centre nodes, then neighbour nodes
-  std::vector<int64_t> edge_neighbour;    // neighbour nodes, while edge_index is built
+  std::vector<int64_t> edge_index;        // (2, E): center nodes, then neighbor nodes
+  std::vector<int64_t> edge_neighbor;     // neighbor nodes, while edge_index is built
   std::vector<double> edge_cell_shift;    // (E, 3)
 
   // Graph sizes summed over the steps of a run (several ranks), reported by finish(): each

@@ -3,7 +3,7 @@
 Both sides are the benchmark model of DESIGN.md (num_layers 4, l_max 2, parity, 32 features,
 r_max 5, 8 Bessels, p = 6, radial MLP 2 x 64, float32, types Si C, random weights), compiled to
 AOTInductor (``*.nequip.pt2``, target ``ase``: energy, forces and stress per call), and called on
-the same 3C-SiC structures with the same neighbour lists.
+the same 3C-SiC structures with the same neighbor lists.
 
 * The reference lives in its own venv, build/reference-venv (created on first use: torch 2.13.0
   first, then nequip==0.19.1 and what it needs); none of its code enters ours. It is built with
@@ -112,7 +112,7 @@ compile_model(model, sys.argv[1], "aotinductor", "cpu", "ase")
 
 
 def write_inputs(num_atoms: int) -> Path:
-    """The frame both sides are called on, from our neighbour list (FILE_CONTRACT §1 dtypes)."""
+    """The frame both sides are called on, from our neighbor list (FILE_CONTRACT §1 dtypes)."""
     import torch
 
     from nequip.benchmark import sic_supercell

@@ -1,5 +1,5 @@
 """Eager model speed on the benchmark model and systems (DESIGN.md): energy + forces + stress per
-call, and the share of a step spent building the neighbour list.
+call, and the share of a step spent building the neighbor list.
 
     .venv/bin/python benchmarks/dev/eager_model.py --sizes 64 512 4096 --repeats 5 --json eager.json
 """
@@ -36,7 +36,7 @@ def main(argv=None):
     model = benchmark_model()
     mapper = TypeMapper(model.type_names)
     results = []
-    print(f"{'atoms':>6} {'edges':>8} {'neighbour list (ms)':>20} {'model (ms)':>11} {'µs/atom':>8} {'NL share':>9}")
+    print(f"{'atoms':>6} {'edges':>8} {'neighbor list (ms)':>20} {'model (ms)':>11} {'µs/atom':>8} {'NL share':>9}")
     for num_atoms in args.sizes:
         atoms = sic_supercell(num_atoms)
         frame = from_ase(atoms, mapper, model.r_max)

@@ -4,7 +4,7 @@ Our packages (format 2 on) also carry the entries that nequip 0.19.1 reads
 (``model/package_metadata.txt``, ``model/eager_model.pkl``, ``model/example_data.pkl``). This
 script checks that that release, in its own venv (build/reference-venv, made as
 compare_reference.py makes it), loads a package of ours with its ``ModelFromPackage`` and,
-called on its own atomic data dictionaries (its ``from_ase`` and neighbour list), reproduces the
+called on its own atomic data dictionaries (its ``from_ase`` and neighbor list), reproduces the
 energies, per-atom energies, forces and stress of our eager model (nequip.load.load_model) on
 the same frames: periodic (the package's example frame's structure, rattled; a triclinic cell)
 and not (a cluster). Prints one JSON object: each frame's relative errors (largest difference
@@ -66,9 +66,9 @@ def their_side(package: str, frames_json: str) -> None:
     metadata = model.metadata
     type_names = metadata["type_names"].split(" ")
     cutoffs = None
-    if "per_edge_type_cutoff" in metadata:  # FILE_CONTRACT §2: row-major, row = centre type
+    if "per_edge_type_cutoff" in metadata:  # FILE_CONTRACT §2: row-major, row = center type
         flat = iter(float(word) for word in metadata["per_edge_type_cutoff"].split(" "))
-        cutoffs = {centre: {neighbour: next(flat) for neighbour in type_names} for centre in type_names}
+        cutoffs = {center: {neighbor: next(flat) for neighbor in type_names} for center in type_names}
     transforms = [
         ChemicalSpeciesToAtomTypeMapper(model_type_names=type_names),
         NeighborListTransform(r_max=float(metadata["r_max"]), per_edge_type_cutoff=cutoffs, type_names=type_names),

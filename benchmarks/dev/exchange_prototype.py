@@ -82,7 +82,7 @@ class OwnerExchange:
 
 
 class ExchangingModel(torch.nn.Module):
-    """pos (nodes, 3) float64, edge_index (2, E) from owned centres, atom_types (nodes,),
+    """pos (nodes, 3) float64, edge_index (2, E) from owned centers, atom_types (nodes,),
     local_mask (nodes,), handle () int64 -> atomic energies (nodes, 1) (0 off the mask) and
     forces (nodes, 3) on every node (a ghost's belong to its owner)."""
 

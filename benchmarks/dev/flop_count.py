@@ -24,7 +24,7 @@ import torch
 PARTS = (
     "radial MLP matmuls",
     "tensor-product contractions (and gradients)",
-    "gathers and neighbour sums",
+    "gathers and neighbor sums",
     "node-wise linears, self-connections, gates",
     "edge geometry, forces and virial",
 )
@@ -68,14 +68,14 @@ def count(model, edges_per_atom: float):
             a_macs = sh_dim * g.d1 * g.num_paths * g.d3
             forward["radial MLP matmuls"] += 2 * width * columns
             forward["tensor-product contractions (and gradients)"] += 2 * a_macs + 2 * contraction + message
-            forward["gathers and neighbour sums"] += message  # the scatter-add
+            forward["gathers and neighbor sums"] += message  # the scatter-add
             # force pass: weights and A again; grad_w and its matmul back to the hidden layer;
             # the weighted output gradient; d/dA and through A to Y; d/dx
             backward["radial MLP matmuls"] += 2 * width * columns + 2 * columns * width
             backward["tensor-product contractions (and gradients)"] += (
                 2 * a_macs + 2 * contraction + 2 * message + message + 2 * contraction + 2 * a_macs + 2 * contraction
             )
-            backward["gathers and neighbour sums"] += g.d1 * g.mul  # scatter of d/dx onto the neighbours
+            backward["gathers and neighbor sums"] += g.d1 * g.mul  # scatter of d/dx onto the neighbors
         # silu and its derivative on the hidden layers: about 4 and 6 operations per value
         hidden_values = sum(b for _, b in sizes[:-1])
         forward["radial MLP matmuls"] += 4 * hidden_values

@@ -1,5 +1,5 @@
 """What pair_style nequip adds to the model call (issue 22): in one process, the bare C++
-runtime call on the benchmark system (the neighbour list made beforehand, as ASE's calculator
+runtime call on the benchmark system (the neighbor list made beforehand, as ASE's calculator
 passes it) against a LAMMPS ``fix nve`` step with the same file (graph building, the runtime
 call, force copies, the integrator), alternating. The timed LAMMPS runs skip their set-up
 (``run N pre no``), which would evaluate the forces once more.
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     atom_types = TypeMapper(type_names)(atoms.get_chemical_symbols())
 
     def bare_call() -> float:
-        # the neighbour list is part of an ASE step, not of the runtime call: made outside the timer
+        # the neighbor list is part of an ASE step, not of the runtime call: made outside the timer
         edge_index, shift = compute_neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, model.r_max)
         start = time.perf_counter()
         model.compute(atoms.positions, atom_types, edge_index, shift, atoms.cell.array)

@@ -12,7 +12,7 @@ events follow): a matmul (mm, addmm) whose output has a row per edge is the radi
 unless its output has the harmonics' width or a path group's A width (then it is the tensor
 product's); a matmul over nodes is node-wise; a fused kernel given the edge count is per-edge
 work: the radial MLP's activations when it applies SiLU and gathers and scatters nothing, else
-the tensor product's contractions, which inductor fuses with their gathers and neighbour sums
+the tensor product's contractions, which inductor fuses with their gathers and neighbor sums
 (one row of the table); a fused kernel over nodes only is node-wise (linears, self-connections,
 gates); the first kernel (edge vectors, harmonics, Bessel basis) and the rest are "everything
 else". The profiled file is a little slower than a plain one (one profiler event per kernel).
@@ -36,7 +36,7 @@ from flop_count import count, matmul_rate  # noqa: E402
 
 RADIAL, CONTRACTIONS, NODES, OTHER = (
     "radial MLP (matmuls and activations)",
-    "tensor-product contractions with their gathers and neighbour sums",
+    "tensor-product contractions with their gathers and neighbor sums",
     "node-wise linears, self-connections, gates",
     "everything else (edge geometry, forces, virial, copies)",
 )
@@ -45,7 +45,7 @@ ROWS = (RADIAL, CONTRACTIONS, NODES, OTHER)
 FLOP_ROWS = {
     "radial MLP matmuls": RADIAL,
     "tensor-product contractions (and gradients)": CONTRACTIONS,
-    "gathers and neighbour sums": CONTRACTIONS,
+    "gathers and neighbor sums": CONTRACTIONS,
     "node-wise linears, self-connections, gates": NODES,
     "edge geometry, forces and virial": OTHER,
 }

@@ -12,7 +12,7 @@
 // names that packages made before versioning call (without a check).
 //
 // Both work on one "run": the path groups of one input irrep (PathRun in message_passing.py).
-// Per edge e with centre c and neighbour j, for rows r (path, output component) and channels u:
+// Per edge e with center c and neighbor j, for rows r (path, output component) and channels u:
 //
 //   P[r,u] = sum_i a[e,i,r] x[j,i,u]         (the products; a = edge harmonics @ coefficients)
 //   R[r,u] = g[c,r,u] w[e,p(r),u]            (the output gradient weighted by the path's weight)
@@ -20,18 +20,18 @@
 // message_backward returns the first derivatives of the node sums:
 //   gw[e,p,u] = sum_{r in p} g[c,r,u] P[r,u]   (by the path weights)
 //   ga[e,i,r] = sum_u x[j,i,u] R[r,u]          (by a)
-//   gx[e,i,u] = sum_r a[e,i,r] R[r,u]          (by the neighbour's features, before the neighbour sum)
+//   gx[e,i,u] = sum_r a[e,i,r] R[r,u]          (by the neighbor's features, before the neighbor sum)
 //
 // and message_double_backward the vector-Jacobian product of those with cotangents
 // (hw, ha, hx), which is what training's loss on forces differentiates:
 //   dP = hw[p(r)] g,  dR = sum_i (x ha[i] + a[i] hx[i])
-//   dg[e,r,u] = hw[p(r),u] P[r,u] + dR[r,u] w[p(r),u]    (per edge, summed at centres by the caller)
+//   dg[e,r,u] = hw[p(r),u] P[r,u] + dR[r,u] w[p(r),u]    (per edge, summed at centers by the caller)
 //   dw[e,p,u] = sum_{r in p} dR[r,u] g[c,r,u]
 //   da[e,i,r] = sum_u (x[j,i,u] dP[r,u] + hx[i,u] R[r,u])
-//   dx[e,i,u] = sum_r (a[i,r] dP[r,u] + ha[i,r] R[r,u])  (per edge, summed at neighbours by the caller)
+//   dx[e,i,u] = sum_r (a[i,r] dP[r,u] + ha[i,r] R[r,u])  (per edge, summed at neighbors by the caller)
 //
 // Everything per edge stays in a few rows of scratch memory (only dg, which the caller sums at
-// the centres, is written out as a full (edges, rows, channels) tensor): the torch version of the same
+// the centers, is written out as a full (edges, rows, channels) tensor): the torch version of the same
 // (bmm, products, concatenations) writes and reads tensors of (edges, rows, channels) several
 // times over, and its speed is that of main memory. Loops over channels are innermost and
 // vectorised; the functions are compiled for AVX-512, AVX2 and baseline x86-64, chosen at load,
@@ -64,7 +64,7 @@ struct Run {
   const int64_t* row_path;
 };
 
-// Per-edge inputs: pointers to its a (d1, rows), its neighbour's x (d1, mul), its centre's
+// Per-edge inputs: pointers to its a (d1, rows), its neighbor's x (d1, mul), its center's
 // g (rows, mul) and its weights w (paths, mul).
 template <typename T>
 struct EdgeInputs {
@@ -280,7 +280,7 @@ Run check_run(const char* op, const Tensor& a, const Tensor& x, const Tensor& g,
   for (const Tensor* index : {&center, &neighbor}) {
     TORCH_CHECK(index->sizes() == at::IntArrayRef{edges} && index->scalar_type() == at::kLong &&
                     index->is_contiguous() && index->device().is_cpu(),
-                op, ": centre and neighbour indices must be contiguous int64 CPU tensors of ",
+                op, ": center and neighbor indices must be contiguous int64 CPU tensors of ",
                 edges, " edges");
   }
   TORCH_CHECK(row_path.sizes() == at::IntArrayRef{rows} && row_path.scalar_type() == at::kLong &&

@@ -321,7 +321,7 @@ DeviceError (another device, or a .pt2 for another machine or CPU), TorchError; 
             std::memcpy(array.mutable_data(), cutoffs.data(), sizeof(double) * cutoffs.size());
             return array;
           },
-          "(num_types, num_types) cutoffs (row = centre type), or None when r_max is used "
+          "(num_types, num_types) cutoffs (row = center type), or None when r_max is used "
           "for every pair")
       .def_property_readonly("model_dtype", &nequip::Model::model_dtype)
       .def_property_readonly(
@@ -391,7 +391,7 @@ atom_virial (N, 3, 3) where the file gives it; all float64. Raises InputError fo
                   R"doc(
 Evaluates one frame layer by layer, as one LAMMPS rank of a domain decomposition does, on
 nodes that include ghost copies of other nodes (periodic images, at their images' positions):
-owner (N,) integers, the node each node copies (itself for an owned node). Edges are centred
+owner (N,) integers, the node each node copies (itself for an owned node). Edges are centered
 on owned nodes only. Between layers the ghosts get their owners' features, and in the backward
 pass their gradients go back to the owners. Returns what compute() does, with forces on
 ghosts (to be added to their owners') and zero energies on them. edge_cell_shift (E, 3), as

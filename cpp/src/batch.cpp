@@ -101,8 +101,8 @@ PreparedInputs prepare_batch_inputs(const BatchInputs& inputs, int64_t num_types
   check_batch(batch, num_atoms);
 
   const at::Tensor& edge_index = prepared.edge_index;
-  const at::Tensor centre_frame = batch.index_select(0, edge_index[0]);
-  const at::Tensor across = (centre_frame != batch.index_select(0, edge_index[1])).nonzero();
+  const at::Tensor center_frame = batch.index_select(0, edge_index[0]);
+  const at::Tensor across = (center_frame != batch.index_select(0, edge_index[1])).nonzero();
   if (across.size(0) > 0) {
     const int64_t edge = across[0].item<int64_t>();
     const int64_t i = edge_index[0][edge].item<int64_t>();

@@ -42,7 +42,7 @@ inline const std::vector<std::string> kTorchScriptOutputs = {kAtomicEnergy, kTot
 inline const std::vector<std::string> kKnownInputs = {
     kPos, kEdgeIndex, kAtomTypes, kCell, kEdgeCellShift, kLocalMask, kBatch, kNumAtoms};
 inline const std::vector<std::string> kKnownOutputs = {
-    kAtomicEnergy, kTotalEnergy,   kForces,          kStress,         kVirial,
+    kAtomicEnergy, kTotalEnergy,    kForces,          kStress,         kVirial,
     kAtomVirial,   kForceDeviation, kEnergyDeviation, kVirialDeviation};
 inline const std::vector<std::string> kRequiredOutputs = {kAtomicEnergy, kForces};
 

@@ -195,11 +195,11 @@ std::map<std::string, at::Tensor> run_layered(LayeredParts& parts, const Prepare
                                               int64_t num_layers, bool pair_potential,
                                               FeatureExchange& exchange, ExchangeRecord& record) {
   const int64_t num_nodes = in.pos.size(0);
-  const at::Tensor centre = in.edge_index[0];
-  const at::Tensor neighbour = in.edge_index[1];
+  const at::Tensor center = in.edge_index[0];
+  const at::Tensor neighbor = in.edge_index[1];
 
   // The node rows of the features (after them come the model's reference atoms, one per
-  // type, which have no neighbours and never travel), through the exchange and back.
+  // type, which have no neighbors and never travel), through the exchange and back.
   auto exchanged = [&](const at::Tensor& values, bool forward) {
     at::Tensor rows = values.narrow(0, 0, num_nodes).to(at::kCPU, at::kDouble).contiguous();
     const bool check = !record.received_non_finite && all_finite(rows);
@@ -209,7 +209,7 @@ std::map<std::string, at::Tensor> run_layered(LayeredParts& parts, const Prepare
                     values.narrow(0, num_nodes, values.size(0) - num_nodes)});
   };
 
-  const at::Tensor edge_vec = in.pos.index_select(0, neighbour) - in.pos.index_select(0, centre) +
+  const at::Tensor edge_vec = in.pos.index_select(0, neighbor) - in.pos.index_select(0, center) +
                               at::matmul(in.edge_cell_shift, in.cell[0]);
   auto [node_attrs, x] = parts.node_embedding(in.atom_types);
   auto [edge_sh, edge_radial] = parts.edge_embedding(edge_vec, in.atom_types, in.edge_index);
@@ -242,14 +242,14 @@ std::map<std::string, at::Tensor> run_layered(LayeredParts& parts, const Prepare
 
   // forces and virials from dE/d(edge vector), as NequIPModel._energy_and_derivatives
   const at::Tensor forces = at::zeros({num_nodes, 3}, edge_grad.options())
-                                .index_add(0, centre, edge_grad)
-                                .index_add(0, neighbour, edge_grad, -1.0);
+                                .index_add(0, center, edge_grad)
+                                .index_add(0, neighbor, edge_grad, -1.0);
   const at::Tensor outer = edge_vec.unsqueeze(-1) * edge_grad.unsqueeze(-2);
   const at::Tensor edge_virial = -0.5 * (outer + outer.transpose(-1, -2));
   const at::Tensor half = 0.5 * edge_virial;
   const at::Tensor atom_virial = at::zeros({num_nodes, 3, 3}, edge_virial.options())
-                                     .index_add(0, centre, half)
-                                     .index_add(0, neighbour, half);
+                                     .index_add(0, center, half)
+                                     .index_add(0, neighbor, half);
   return {{kAtomicEnergy, atomic_energy},
           {kTotalEnergy, atomic_energy.sum().reshape({1})},
           {kForces, forces},

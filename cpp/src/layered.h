@@ -74,7 +74,7 @@ struct ExchangeRecord {
   bool received_non_finite = false;
 };
 
-// One layer-by-layer call on `in` (edges centred on local nodes): the model's outputs by
+// One layer-by-layer call on `in` (edges centered on local nodes): the model's outputs by
 // field name (atomic_energy, total_energy, forces, virial, atom_virial), on the model's
 // device, and what the exchange brought in `record`. A callback's exception is carried as
 // CallbackFailed (torch_errors.h). `pair_potential`: the model has one (its part

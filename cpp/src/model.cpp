@@ -166,16 +166,16 @@ class Model::Impl {
       return exchange_nothing(metadata_.layer_feature_widths, exchange);
     }
     PreparedInputs prepared = prepare_inputs(inputs, metadata_.num_types, device_, true);
-    // an edge centred on a ghost would count its owner's edges twice (the exchange already
-    // brings them): every centre must be a local node
-    const at::Tensor centred_off =
+    // an edge centered on a ghost would count its owner's edges twice (the exchange already
+    // brings them): every center must be a local node
+    const at::Tensor centered_off =
         prepared.local_mask.index_select(0, prepared.edge_index[0]).logical_not().nonzero();
-    if (centred_off.size(0) > 0) {
-      const int64_t edge = centred_off[0].item<int64_t>();
-      throw InputError("edge " + std::to_string(edge) + " is centred on node " +
+    if (centered_off.size(0) > 0) {
+      const int64_t edge = centered_off[0].item<int64_t>();
+      throw InputError("edge " + std::to_string(edge) + " is centered on node " +
                        std::to_string(prepared.edge_index[0][edge].item<int64_t>()) +
                        ", which is not local: in a layer-by-layer evaluation every edge is "
-                       "centred on a local node (local_mask)");
+                       "centered on a local node (local_mask)");
     }
     set_tf32();
     ReuseLargeBlocksInThisCall reuse_blocks;
@@ -269,10 +269,10 @@ class Model::Impl {
             (format_ == ModelFormat::TorchScript ? "nequip_torchscript_outputs"
                                                  : "nequip_aoti_outputs") +
             "' disagree: " +
-            (committee ? "a committee of " + std::to_string(metadata_.committee_size) +
-                             " models must return '" + name + "'"
-                       : std::string("one model (no committee_size) cannot return '") + name +
-                             "'"));
+            (committee
+                 ? "a committee of " + std::to_string(metadata_.committee_size) +
+                       " models must return '" + name + "'"
+                 : std::string("one model (no committee_size) cannot return '") + name + "'"));
       }
     }
   }

@@ -91,15 +91,15 @@ std::optional<NonFiniteOutputError::ClosestPair> closest_pair(const at::Tensor& 
   const at::Tensor s = edge_cell_shift.to(at::kCPU, at::kDouble).contiguous();
   const at::Tensor h = cell.to(at::kCPU, at::kDouble).contiguous();
   const double* x = p.data_ptr<double>();
-  const int64_t* centre = e.data_ptr<int64_t>();
-  const int64_t* neighbour = centre + num_edges;
+  const int64_t* center = e.data_ptr<int64_t>();
+  const int64_t* neighbor = center + num_edges;
   const double* shift = s.data_ptr<double>();
   const double* lattice = h.data_ptr<double>();  // rows a, b, c
   int64_t shortest = 0;
   double shortest_squared = std::numeric_limits<double>::infinity();
   for (int64_t edge = 0; edge < num_edges; ++edge) {
-    const double* xi = x + 3 * centre[edge];
-    const double* xj = x + 3 * neighbour[edge];
+    const double* xi = x + 3 * center[edge];
+    const double* xj = x + 3 * neighbor[edge];
     const double* n = shift + 3 * edge;
     double squared = 0.0;
     for (int k = 0; k < 3; ++k) {
@@ -112,7 +112,7 @@ std::optional<NonFiniteOutputError::ClosestPair> closest_pair(const at::Tensor& 
       shortest = edge;
     }
   }
-  return NonFiniteOutputError::ClosestPair{centre[shortest], neighbour[shortest],
+  return NonFiniteOutputError::ClosestPair{center[shortest], neighbor[shortest],
                                            std::sqrt(shortest_squared)};
 }
 

@@ -89,8 +89,8 @@ def test_per_edge_type_cutoff_is_compiled_in(key, loaded_models):
     atoms = Atoms("CCSi", positions=[[0.0, 0.0, 0.0], [3.4, 0.0, 0.0], [1.2, 1.5, 0.0]])
     frame = from_ase(atoms, TypeMapper(list(TYPE_NAMES)), R_MAX)
     del frame["cell"], frame["edge_cell_shift"]
-    centre, neighbour = frame["edge_index"]
-    carbon_pair = (frame["atom_types"][centre] == 1) & (frame["atom_types"][neighbour] == 1)
+    center, neighbor = frame["edge_index"]
+    carbon_pair = (frame["atom_types"][center] == 1) & (frame["atom_types"][neighbor] == 1)
     assert carbon_pair.sum() == 2  # both directions, within r_max
     pruned = dict(frame, edge_index=frame["edge_index"][:, ~carbon_pair])
 

@@ -417,7 +417,7 @@ def test_loader_passes_inputs_an_aoti_model_would_misread_to_the_runtime(loaded_
     awkward["edge_cell_shift"] = frame["edge_cell_shift"].float()
     expected = compiled(dict(frame, pos=awkward["pos"].contiguous()))
     got = compiled(awkward)
-    # the same inputs once converted: equal up to the rounding of the neighbour sums, whose
+    # the same inputs once converted: equal up to the rounding of the neighbor sums, whose
     # order the parallel scatter-add does not fix (a misread input is off by far more)
     for name in compiled.outputs:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-12, atol=1e-14)

@@ -25,7 +25,7 @@ def random_triclinic_atoms(seed: int, num_atoms: int = 8, pbc=(True, True, True)
     """Si/C atoms in a seeded random triclinic cell, with energy, forces and Voigt stress labels."""
     rng = np.random.default_rng(seed)
     cell = np.diag(rng.uniform(3.0, 6.0, 3)) + rng.uniform(-1.5, 1.5, (3, 3))
-    # positions partly outside the cell: the neighbour list must not assume wrapped atoms
+    # positions partly outside the cell: the neighbor list must not assume wrapped atoms
     positions = rng.uniform(-0.2, 1.2, (num_atoms, 3)) @ cell
     atoms = ase.Atoms(rng.choice(["Si", "C"], num_atoms), positions=positions, cell=cell, pbc=pbc)
     atoms.calc = SinglePointCalculator(

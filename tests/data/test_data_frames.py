@@ -189,8 +189,8 @@ def test_batch_offsets_edges_and_indexes_frames(periodic_frames, si_c_mapper):
     assert batch[keys.BATCH].tolist() == sum(([f] * n for f, n in enumerate(sizes)), [])
     expected_edges = [frame[keys.EDGE_INDEX] + first for frame, first in zip(frames, first_atoms)]
     torch.testing.assert_close(batch[keys.EDGE_INDEX], torch.cat(expected_edges, dim=1))
-    centre_frame, neighbor_frame = batch[keys.BATCH][batch[keys.EDGE_INDEX]]
-    assert torch.equal(centre_frame, neighbor_frame)
+    center_frame, neighbor_frame = batch[keys.BATCH][batch[keys.EDGE_INDEX]]
+    assert torch.equal(center_frame, neighbor_frame)
     assert batch[keys.CELL].shape == (3, 3, 3) and batch[keys.PBC].shape == (3, 3)
     assert batch[keys.TOTAL_ENERGY].shape == (3, 1) and batch[keys.STRESS].shape == (3, 3, 3)
     assert batch[keys.FORCES].shape == (sum(sizes), 3)

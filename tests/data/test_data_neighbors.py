@@ -140,27 +140,27 @@ def cu_cell(scale: float):
 
 
 @pytest.mark.parametrize(
-    "scale, cell_text, density_text, neighbours_text",
+    "scale, cell_text, density_text, neighbors_text",
     [
         (
             0.01,
             "cell lengths 0.037, 0.037, 0.037 Å (volume 5.07e-05 Å³)",
             "7.9e+04 atoms/Å³, atoms 0.023 Å apart on average",
-            "3e+07 neighbours per atom, 1.2e+08 edges",
+            "3e+07 neighbors per atom, 1.2e+08 edges",
         ),
         (
             1e-6,
             "cell lengths 3.7e-06, 3.7e-06, 3.7e-06 Å (volume 5.07e-17 Å³)",
             "7.9e+16 atoms/Å³, atoms 2.3e-06 Å apart on average",
-            "3e+19 neighbours per atom, 1.2e+20 edges",
+            "3e+19 neighbors per atom, 1.2e+20 edges",
         ),
     ],
 )
 def test_cell_far_too_small_is_refused_before_the_list_is_built(
-    scale, cell_text, density_text, neighbours_text, monkeypatch
+    scale, cell_text, density_text, neighbors_text, monkeypatch
 ):
     def no_list(**kwargs):
-        raise AssertionError("the neighbour list was started")
+        raise AssertionError("the neighbor list was started")
 
     monkeypatch.setattr(neighbors.vesin, "NeighborList", no_list)
     atoms = cu_cell(scale)
@@ -168,8 +168,8 @@ def test_cell_far_too_small_is_refused_before_the_list_is_built(
         compute_neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, 4.5)
     assert str(error.value) == (
         f"the periodic cell is far too small for its 4 atoms: {cell_text} give {density_text} "
-        "(no real structure exceeds 1000 atoms/Å³, 0.1 Å apart); with r_max = 4.5 Å the neighbour "
-        f"list would hold about {neighbours_text}: {UNITS_ADVICE}"
+        "(no real structure exceeds 1000 atoms/Å³, 0.1 Å apart); with r_max = 4.5 Å the neighbor "
+        f"list would hold about {neighbors_text}: {UNITS_ADVICE}"
     )
 
 
@@ -183,10 +183,10 @@ def test_cell_ten_times_too_small_warns_once_and_still_gives_its_list():
         "the periodic cell looks too small for its 4 atoms: cell lengths 0.37, 0.37, 0.37 Å "
         "(volume 0.0507 Å³) give 79 atoms/Å³, atoms 0.23 Å apart on average, denser than any solid "
         "(diamond: 0.18 atoms/Å³, 1.8 Å apart); with r_max = 4.5 Å each atom has about 3e+04 "
-        f"neighbours: {UNITS_ADVICE}"
+        f"neighbors: {UNITS_ADVICE}"
     ]
     assert caught[0].category is DenseCellWarning and caught[0].filename == __file__
-    # the estimate the message gives is the list's size: 4 atoms × 3.0e4 neighbours
+    # the estimate the message gives is the list's size: 4 atoms × 3.0e4 neighbors
     assert 1.1e5 < edge_index.shape[1] < 1.3e5
 
 
@@ -199,7 +199,7 @@ def test_slab_cell_in_nm_warns_with_its_layer():
         "periodic axes x, y (0.0524 Å² in a layer counted 6 Å thick: the atoms' extent, at least "
         "4/3 r_max) give 6.36 atoms/Å³, atoms 0.54 Å apart on average, denser than any solid "
         "(diamond: 0.18 atoms/Å³, 1.8 Å apart); with r_max = 4.5 Å each atom has about 2.4e+03 "
-        f"neighbours: {UNITS_ADVICE}"
+        f"neighbors: {UNITS_ADVICE}"
     ]
 
 
@@ -238,7 +238,7 @@ def test_real_structures_give_no_density_warning(r_max, aspirin_path, make_atoms
 
 
 def test_frame_in_units_of_a_small_r_max_gives_no_density_warning():
-    # AOTInductor traces on the synthetic frame of r_max = 1 Å: 4.6 atoms/Å³, but 19 neighbours each
+    # AOTInductor traces on the synthetic frame of r_max = 1 Å: 4.6 atoms/Å³, but 19 neighbors each
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         frame = synthetic_frame(["A", "B"], r_max=1.0)

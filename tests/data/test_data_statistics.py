@@ -28,13 +28,13 @@ def test_average_num_neighbors_is_edges_per_atom(frames, batched):
     assert statistics.average_num_neighbors(data) == pytest.approx(num_edges / num_atoms)
 
 
-def test_per_type_average_num_neighbors_counts_edges_per_centre_type(frames):
+def test_per_type_average_num_neighbors_counts_edges_per_center_type(frames):
     result = statistics.per_type_average_num_neighbors(frames, NUM_TYPES)
     types_per_frame = per_frame(frames, "atom_types")
-    centre_types = [types[edge_index[0]] for types, edge_index in
+    center_types = [types[edge_index[0]] for types, edge_index in
                     zip(types_per_frame, per_frame(frames, "edge_index"))]
     for t in range(2):
-        num_edges = sum(np.sum(types == t) for types in centre_types)
+        num_edges = sum(np.sum(types == t) for types in center_types)
         num_atoms = sum(np.sum(types == t) for types in types_per_frame)
         assert result[t] == pytest.approx(num_edges / num_atoms)
     assert result[2] == pytest.approx(statistics.average_num_neighbors(frames))

@@ -9,12 +9,12 @@ from nequip.data import keys, synthetic_frame
 
 
 def edge_lengths(frame):
-    centre, neighbour = frame[keys.EDGE_INDEX]
-    vectors = frame[keys.POS][neighbour] - frame[keys.POS][centre] + frame[keys.EDGE_CELL_SHIFT] @ frame[keys.CELL][0]
+    center, neighbor = frame[keys.EDGE_INDEX]
+    vectors = frame[keys.POS][neighbor] - frame[keys.POS][center] + frame[keys.EDGE_CELL_SHIFT] @ frame[keys.CELL][0]
     return vectors.norm(dim=1)
 
 
-def test_synthetic_frame_has_every_type_and_neighbours_within_the_cutoff():
+def test_synthetic_frame_has_every_type_and_neighbors_within_the_cutoff():
     type_names = ["H", "C", "N"]
     frame = synthetic_frame(type_names, r_max=3.0)
     assert frame[keys.POS].shape == (8, 3) and frame[keys.POS].dtype == torch.float64
@@ -24,7 +24,7 @@ def test_synthetic_frame_has_every_type_and_neighbours_within_the_cutoff():
     assert frame[keys.PBC].tolist() == [[True, True, True]]
     edge_index = frame[keys.EDGE_INDEX]
     assert edge_index.dtype == torch.int64 and frame[keys.EDGE_CELL_SHIFT].shape == (edge_index.shape[1], 3)
-    assert sorted(set(edge_index[0].tolist())) == list(range(8)), "an atom without neighbours"
+    assert sorted(set(edge_index[0].tolist())) == list(range(8)), "an atom without neighbors"
     lengths = edge_lengths(frame)
     assert 0 < lengths.min() and lengths.max() < 3.0
     # periodic: edges cross the cell boundary

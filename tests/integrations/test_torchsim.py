@@ -108,7 +108,7 @@ def test_batched_single_point_equals_ase_one_system_at_a_time(model_path):
     for index, atoms in enumerate(systems):
         atoms_slice = slice(first, first + len(atoms))
         first = atoms_slice.stop
-        # slabs: periodic in-plane only for ASE, the same neighbours and volume
+        # slabs: periodic in-plane only for ASE, the same neighbors and volume
         slab = index in (12, 13)
         energy, forces, stress = one_at_a_time(model_path, atoms, pbc=(True, True, False) if slab else None)
         assert_close(out["energy"][index], energy, f"system {index} energy")

@@ -398,14 +398,14 @@ def scaled_box(lmp, scale: float) -> None:
 
 
 def density_part(message: str, end: str) -> str:
-    """What the Python neighbour lists and pair_style nequip say alike: from the density to
+    """What the Python neighbor lists and pair_style nequip say alike: from the density to
     ``end`` (they differ in naming a cell or a box)."""
     return re.search(r" give (.*" + re.escape(end) + ")", message).group(1)
 
 
-def test_a_box_far_too_small_for_its_atoms_is_refused_before_any_neighbour_list(lmp, model_file):
-    """A box 100 times too small (0.08 Å) would give some 10^6 neighbours per atom (issue 33:
-    lists that outgrew 24 GB): refused in init_style, with the Python neighbour lists'
+def test_a_box_far_too_small_for_its_atoms_is_refused_before_any_neighbor_list(lmp, model_file):
+    """A box 100 times too small (0.08 Å) would give some 10^6 neighbors per atom (issue 33:
+    lists that outgrew 24 GB): refused in init_style, with the Python neighbor lists'
     threshold and figures (python/nequip/data/neighbors.py)."""
     scaled_box(lmp, 0.01)
     lmp.commands_list(["pair_style nequip", f"pair_coeff * * {model_file} Si C"])
@@ -415,8 +415,8 @@ def test_a_box_far_too_small_for_its_atoms_is_refused_before_any_neighbour_list(
     assert message.startswith(
         "ERROR: pair_style nequip: the periodic box is far too small for its 2 atoms: box lengths 0.08, 0.08, "
         "0.08 Å (volume 0.000512 Å³) give 3.91e+03 atoms/Å³, atoms 0.063 Å apart on average (no real structure "
-        f"exceeds {MAX_ATOMS_PER_A3:g} atoms/Å³, 0.1 Å apart); with r_max = 4 Å the neighbour list would hold "
-        "about 1e+06 neighbours per atom, 2.1e+06 edges: check the box's units ('units metal': Å; not nm, not "
+        f"exceeds {MAX_ATOMS_PER_A3:g} atoms/Å³, 0.1 Å apart); with r_max = 4 Å the neighbor list would hold "
+        "about 1e+06 neighbors per atom, 2.1e+06 edges: check the box's units ('units metal': Å; not nm, not "
         "units of the lattice constant) and that it is the box of these positions ("
     ), message
     atoms = Atoms("SiC", positions=[[0.01, 0.01, 0.01], [0.025, 0.01, 0.01]], cell=[0.08] * 3, pbc=True)
@@ -426,8 +426,8 @@ def test_a_box_far_too_small_for_its_atoms_is_refused_before_any_neighbour_list(
 
 
 def test_a_box_ten_times_too_small_warns_and_runs(model_file, tmp_path):
-    """A box 6.7 times too small (1.2 Å): some 300 neighbours per atom, a list that fits: one
-    warning per run, as the Python neighbour lists give, and the run goes on. (At 10 times, LAMMPS'
+    """A box 6.7 times too small (1.2 Å): some 300 neighbors per atom, a list that fits: one
+    warning per run, as the Python neighbor lists give, and the run goes on. (At 10 times, LAMMPS'
     own lists overflow their default size after this warning.)"""
     log = tmp_path / "log.lammps"
     lmp = new_lammps(log=log)
@@ -442,7 +442,7 @@ def test_a_box_ten_times_too_small_warns_and_runs(model_file, tmp_path):
     assert warnings[0].startswith(
         "WARNING: pair_style nequip: the periodic box looks too small for its 2 atoms: box lengths 1.2, 1.2, 1.2 "
         "Å (volume 1.73 Å³) give 1.16 atoms/Å³, atoms 0.95 Å apart on average, denser than any solid (diamond: "
-        "0.18 atoms/Å³, 1.8 Å apart); with r_max = 4 Å each atom has about 3.1e+02 neighbours: check the box's "
+        "0.18 atoms/Å³, 1.8 Å apart); with r_max = 4 Å each atom has about 3.1e+02 neighbors: check the box's "
         "units ('units metal': Å; not nm, not units of the lattice constant) and that it is the box of these "
         "positions ("
     ), warnings
@@ -450,4 +450,4 @@ def test_a_box_ten_times_too_small_warns_and_runs(model_file, tmp_path):
     with pytest.warns(DenseCellWarning) as python_warned:
         compute_neighbor_list(atoms.positions, atoms.cell[:], atoms.pbc, 4.0)
     python_messages = [str(warning.message) for warning in python_warned if "too small" in str(warning.message)]
-    assert [density_part(warnings[0], " neighbours")] == [density_part(m, " neighbours") for m in python_messages]
+    assert [density_part(warnings[0], " neighbors")] == [density_part(m, " neighbors") for m in python_messages]

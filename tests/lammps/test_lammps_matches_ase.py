@@ -1,6 +1,6 @@
 """pair_style nequip gives what the ASE calculator gives, on the same compiled file.
 
-Both evaluate the same model; they differ in who builds the graph (LAMMPS' neighbour list and
+Both evaluate the same model; they differ in who builds the graph (LAMMPS' neighbor list and
 ghost atoms folded onto their owners, against vesin in the calculator), so every case here is
 a way of building that graph wrongly: triclinic images, a cell smaller than twice the cutoff,
 shrink-wrapped directions without images, several LAMMPS types per model type, gaps in atom
@@ -189,7 +189,7 @@ def test_per_edge_type_cutoffs(compiled_models):
 
 
 def test_isolated_atom_has_its_type_energy(model_file):
-    """An atom without neighbours (and a system without edges) is its per-type energy shift."""
+    """An atom without neighbors (and a system without edges) is its per-type energy shift."""
     atoms = Atoms("SiC", positions=[[0.0, 0.0, 0.0], [6.0, 6.0, 6.0]], pbc=False)
     lammps_results = run_nequip(atoms, model_file)
     energy, atomic_energies, forces, _ = reference(atoms, model_file)

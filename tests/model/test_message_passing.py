@@ -1,4 +1,4 @@
-"""TensorProductSum is e3nn's "uvu" TensorProduct followed by the neighbour sum: the same values,
+"""TensorProductSum is e3nn's "uvu" TensorProduct followed by the neighbor sum: the same values,
 first and second derivatives, by every backend (the reference, torch operations, against e3nn;
 the others against the reference), also when scripted."""
 
@@ -64,7 +64,7 @@ def custom_backward(request):
 
 
 def random_inputs(module, num_nodes=7, num_edges=30, seed=0):
-    """x, edge_sh, edge_radial (requiring grad), centre, neighbour."""
+    """x, edge_sh, edge_radial (requiring grad), center, neighbor."""
     generator = torch.Generator().manual_seed(seed)
 
     def randn(*shape):

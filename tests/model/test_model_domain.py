@@ -54,12 +54,12 @@ def _edge_virial_reference(model, frame, step=1e-5):
                 gradient[e, k] = (energies[0] - energies[1]) / (2 * step)
     finally:
         model.compute_forces = model.compute_stress = True
-    centre, neighbour = edge_index
-    vectors = frame["pos"][neighbour] - frame["pos"][centre] + frame["edge_cell_shift"] @ cell
+    center, neighbor = edge_index
+    vectors = frame["pos"][neighbor] - frame["pos"][center] + frame["edge_cell_shift"] @ cell
     outer = vectors.unsqueeze(-1) * gradient.unsqueeze(-2)
     edge_virial = -0.5 * (outer + outer.transpose(-1, -2))
     atom_virial = torch.zeros((frame["pos"].shape[0], 3, 3), dtype=torch.float64)
-    atom_virial.index_add_(0, centre, 0.5 * edge_virial).index_add_(0, neighbour, 0.5 * edge_virial)
+    atom_virial.index_add_(0, center, 0.5 * edge_virial).index_add_(0, neighbor, 0.5 * edge_virial)
     return atom_virial
 
 

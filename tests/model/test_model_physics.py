@@ -207,7 +207,7 @@ def test_per_edge_type_cutoff_drops_interactions_beyond_the_pair_cutoff():
     assert model(frame_of(atoms))[keys.TOTAL_ENERGY].item() == -9.0
     atoms = ase.Atoms("SiC", positions=[[0, 0, 0], [2.8, 0, 0]])
     assert model(frame_of(atoms))[keys.TOTAL_ENERGY].item() != -4.5 - 7.25
-    # pruning the neighbour list to the pair cutoffs changes nothing
+    # pruning the neighbor list to the pair cutoffs changes nothing
     crystal = triclinic_sic(seed=6)
     pruned = frame_of(crystal, per_edge_type_cutoff=model.edge_type_cutoff.numpy())
     full = frame_of(crystal)

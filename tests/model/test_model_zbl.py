@@ -164,8 +164,8 @@ def test_energy_and_force_continuous_at_the_switching_radii(with_zbl, without_zb
         return np.array([energy - learned_energy, force - learned_force])
 
     def differences(h):
-        minus, centre, plus = pair(radius - h), pair(radius), pair(radius + h)
-        return plus - minus, plus - 2 * centre + minus
+        minus, center, plus = pair(radius - h), pair(radius), pair(radius + h)
+        return plus - minus, plus - 2 * center + minus
 
     (first, second), (first_half, second_half) = differences(1e-3), differences(5e-4)
     energy, force = 0, 1

@@ -1,6 +1,6 @@
 """The layer-by-layer evaluation with a feature exchange (what pair_style nequip runs on several
 MPI ranks), through the C++ runtime in one process: the periodic images of a frame's atoms are
-ghost nodes at their images' positions, with edges centred on the owned atoms only, and the
+ghost nodes at their images' positions, with edges centered on the owned atoms only, and the
 exchange copies each owner's features to its ghosts after every layer and sums the ghosts'
 gradients back onto the owner. The result must be the eager model's on the folded frame."""
 
@@ -86,7 +86,7 @@ def test_layer_by_layer_with_periodic_edges_and_no_ghosts_is_the_frame(layered):
 
 
 def test_without_the_exchange_the_result_differs(deep):
-    """Ghosts that keep their own (neighbourless) features give other energies: the exchange is
+    """Ghosts that keep their own (neighborless) features give other energies: the exchange is
     what makes the result exact, not an accident of the frame."""
     model, eager = deep
     frame = next(f for f in random_frames(12, seed=3) if len(unfolded(f)[0]) > len(f["pos"]))
@@ -141,14 +141,14 @@ def test_files_without_the_parts_cannot_exchange(compiled_models):
         model.compute_exchanging(frame["pos"], frame["atom_types"], frame["edge_index"], np.arange(len(frame["pos"])))
 
 
-def test_an_edge_centred_on_a_ghost_is_refused(deep):
+def test_an_edge_centered_on_a_ghost_is_refused(deep):
     """Its owner's edges are already there: counting them again would be silently wrong."""
     model, _ = deep
     frame = next(f for f in random_frames(12, seed=3) if len(unfolded(f)[0]) > len(f["pos"]))
     pos, types, edge_index, owner = unfolded(frame)
     ghost = len(frame["pos"])
     edge_index = np.concatenate([edge_index, [[ghost], [0]]], axis=1)
-    message = f"edge {edge_index.shape[1] - 1} is centred on node {ghost}, which is not local"
+    message = f"edge {edge_index.shape[1] - 1} is centered on node {ghost}, which is not local"
     with pytest.raises(InputError, match=re.escape(message)):
         model.compute_exchanging(pos, types, edge_index, owner, cell=frame["cell"])
 
@@ -231,7 +231,7 @@ def test_what_the_exchange_raises_reaches_the_caller_unchanged(deep, direction):
 
 
 def test_features_that_come_in_non_finite_point_at_another_rank(deep):
-    """On several ranks, one rank's overlapping atoms make its features NaN, and its neighbours
+    """On several ranks, one rank's overlapping atoms make its features NaN, and its neighbors
     receive them through the exchange: their error names that cause, not the weights."""
     model, _ = deep
     frame = next(f for f in random_frames(12, seed=3) if len(unfolded(f)[0]) > len(f["pos"]))

@@ -1,6 +1,6 @@
 """The C++ runtime (through nequip._runtime) reproduces the eager model, for every compiled
 format, on random frames: periodic, non-periodic, slabs, cells smaller than the cutoff, an
-isolated atom and atoms without neighbours."""
+isolated atom and atoms without neighbors."""
 
 import numpy as np
 import pytest

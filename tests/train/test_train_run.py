@@ -202,7 +202,7 @@ def test_closest_training_pair_is_the_shortest_distance_in_the_training_frames(t
 
 def test_closest_training_pair_is_recorded_in_checkpoints_and_metadata(trained_run):
     recorded = load_checkpoint(trained_run / "best.ckpt")["hyper_parameters"]["model_config"]["closest_training_pair"]
-    assert 2.0 < recorded < 3.0  # Cu/Au nearest neighbours, rattled
+    assert 2.0 < recorded < 3.0  # Cu/Au nearest neighbors, rattled
     metadata = ModelFromCheckpoint(trained_run / "best.ckpt").metadata()
     assert float(metadata["closest_training_pair"]) == recorded
 

@@ -88,8 +88,8 @@ class NonFiniteOutputError : public Error {
   static constexpr double kOverlapFraction = 0.1;
 
   struct ClosestPair {
-    int64_t first;    // index into Inputs::pos: the centre of the shortest edge
-    int64_t second;   // its neighbour
+    int64_t first;    // index into Inputs::pos: the center of the shortest edge
+    int64_t second;   // its neighbor
     double distance;  // Å
   };
 
@@ -141,7 +141,7 @@ struct Metadata {
   std::vector<std::string> type_names;  // model type order; size() == num_types
   int64_t num_types = 0;
   double r_max = 0.0;
-  // num_types * num_types cutoffs, row-major (row = centre type, column = neighbour type);
+  // num_types * num_types cutoffs, row-major (row = center type, column = neighbor type);
   // empty when the model uses r_max for every pair.
   std::vector<double> per_edge_type_cutoff;
   bool allow_tf32 = false;
@@ -175,7 +175,7 @@ struct Metadata {
 struct Inputs {
   at::Tensor pos;              // (N, 3), Å
   at::Tensor atom_types;       // (N,), values in [0, num_types)
-  at::Tensor edge_index;       // (2, E), row 0 = centre i, row 1 = neighbour j, values in [0, N)
+  at::Tensor edge_index;       // (2, E), row 0 = center i, row 1 = neighbor j, values in [0, N)
   at::Tensor edge_cell_shift;  // (E, 3), integer-valued image shifts; undefined = all zero
   at::Tensor cell;             // (3, 3) or (1, 3, 3), rows = lattice vectors; undefined = zero
   // (N,), bool or integer (nonzero = true): atoms whose energy is counted; undefined = all.
@@ -288,7 +288,7 @@ class Model {
   double r_max() const;
   const std::vector<double>& per_edge_type_cutoff() const;  // T*T row-major, or empty
   const std::string& model_dtype() const;
-  int64_t num_layers() const;  // 0 when the metadata does not say
+  int64_t num_layers() const;      // 0 when the metadata does not say
   int64_t committee_size() const;  // models of a committee file; 1 for one model
 
   // Names of the fields the model takes. AOTI: `nequip_aoti_inputs`; TorchScript:
@@ -343,7 +343,7 @@ class Model {
   // `exchange` between layers so that every node's features are those of the whole system:
   // exact, with each rank computing only the edges of the atoms it owns. Inputs: `pos` and
   // `atom_types` of all N nodes (owned atoms and ghosts), `local_mask` marking the owned
-  // nodes whose energy counts (required), edges centred on owned nodes only (neighbours may
+  // nodes whose energy counts (required), edges centered on owned nodes only (neighbors may
   // be ghosts; shifts are usually undefined: ghosts are at their images' positions).
   // Outputs as compute(): atomic energies (0 on nodes not local), forces on every node (a
   // ghost's belong to its owner), the virial of this rank's edges and per-atom virials;

@@ -7,7 +7,7 @@ time (docs/benchmarks.md, "Compile time against the reference").
 * **Index analysis without ``sympy.simplify``.** Before vectorising a loop, Inductor's C++
   backend asks, for every index expression, how it steps with the loop variable
   (``torch._inductor.sizevars.stride_at_vec_range``): it rewrites the expression and calls
-  ``sympy.simplify`` on it and on the difference of two neighbouring indices. These are
+  ``sympy.simplify`` on it and on the difference of two neighboring indices. These are
   polynomials in the loop and size symbols, for which ``sympy.expand`` gives the same canonical
   form; ``simplify`` tries every strategy it has first, thousands of times a compile, the largest
   part of the code generation's time. Inside :func:`faster_compile` the analysis sees

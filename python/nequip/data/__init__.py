@@ -1,4 +1,4 @@
-"""Data layer: structures read by ASE -> atomic data dictionaries with vesin neighbour lists."""
+"""Data layer: structures read by ASE -> atomic data dictionaries with vesin neighbor lists."""
 
 from . import keys, statistics
 from .atomic_data import AtomicData, TypeMapper, batch_frames, from_ase

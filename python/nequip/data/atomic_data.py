@@ -85,7 +85,7 @@ def from_ase(
     labels: Sequence[str] = keys.LABEL_KEYS,
     require_labels: bool = False,
 ) -> AtomicData:
-    """One frame: geometry, neighbour list and the requested labels present in ``atoms``.
+    """One frame: geometry, neighbor list and the requested labels present in ``atoms``.
 
     Labels come from ``atoms.calc.results`` (as ASE's readers leave them) or else from
     ``atoms.info`` (``energy`` or ``total_energy``, ``stress``) and ``atoms.arrays``

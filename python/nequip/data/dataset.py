@@ -1,4 +1,4 @@
-"""Reading structure files, and a dataset of frames with their neighbour lists."""
+"""Reading structure files, and a dataset of frames with their neighbor lists."""
 
 import difflib
 import zipfile
@@ -92,10 +92,10 @@ def read_frames(
 
 
 class AtomicDataset(torch.utils.data.Dataset):
-    """Frames as atomic data dictionaries (FILE_CONTRACT §1), neighbour lists included.
+    """Frames as atomic data dictionaries (FILE_CONTRACT §1), neighbor lists included.
 
     Build it from frame dicts, or with :meth:`from_ase` / :meth:`from_file`, which compute
-    every neighbour list once, here. Batch with
+    every neighbor list once, here. Batch with
     ``DataLoader(dataset, batch_size, collate_fn=AtomicDataset.collate_fn)``.
     """
 

@@ -1,4 +1,4 @@
-"""Neighbour lists (vesin), with optional pruning by per-edge-type cutoffs."""
+"""Neighbor lists (vesin), with optional pruning by per-edge-type cutoffs."""
 
 import math
 import warnings
@@ -10,16 +10,16 @@ import vesin
 # Atoms per Å³ above which a periodic structure is refused before its list is built: atoms
 # 0.1 Å apart on average (density^-1/3), seven times closer than the shortest bond there is
 # (H2, 0.74 Å). No real structure comes near; a cell in the wrong units does: a 7.4 Å cell read
-# 100 times too small has 8·10^4 atoms/Å³, and 3·10^7 neighbours per atom at r_max = 4.5 Å
+# 100 times too small has 8·10^4 atoms/Å³, and 3·10^7 neighbors per atom at r_max = 4.5 Å
 # (a list that outgrew 24 GB); at 10^-6 of its size vesin would loop over some 10^18 images.
 MAX_ATOMS_PER_A3 = 1000.0
 # A list is built with a warning above both of these: atoms 1 Å apart on average, five times
-# denser than diamond (0.18 atoms/Å³, the densest solid at ambient pressure), and more neighbours
+# denser than diamond (0.18 atoms/Å³, the densest solid at ambient pressure), and more neighbors
 # per atom than diamond has within 5 Å (92). Mostly a cell 3-20 times too short; possible for
 # hydrogen at terapascals, so not refused. The second bound spares frames made in units of a
-# small r_max (the synthetic frame traced for AOTInductor: 4.6 atoms/Å³, 19 neighbours at 1 Å).
+# small r_max (the synthetic frame traced for AOTInductor: 4.6 atoms/Å³, 19 neighbors at 1 Å).
 DENSE_ATOMS_PER_A3 = 1.0
-CROWDED_NEIGHBOURS_PER_ATOM = 100.0
+CROWDED_NEIGHBORS_PER_ATOM = 100.0
 _UNITS_ADVICE = (
     "check the cell's units (Å; not nm, not units of the lattice constant, not fractional "
     "coordinates read as Å) and that it is the cell of these positions"
@@ -53,7 +53,7 @@ def compute_neighbor_list(
     per_edge_type_cutoff: Optional[np.ndarray] = None,
     on_dense_cell: Optional[Callable[[str], None]] = None,
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """Full neighbour list of every pair closer than ``r_max``, periodic images included.
+    """Full neighbor list of every pair closer than ``r_max``, periodic images included.
 
     Args:
         pos: (N, 3) Cartesian positions, Å.
@@ -61,22 +61,22 @@ def compute_neighbor_list(
         pbc: (3,) periodicity per lattice vector.
         r_max: cutoff radius, Å.
         atom_types: (N,) type indices; needed only with ``per_edge_type_cutoff``.
-        per_edge_type_cutoff: (T, T) cutoffs, row = centre type, column = neighbour type,
+        per_edge_type_cutoff: (T, T) cutoffs, row = center type, column = neighbor type,
             each at most ``r_max``; edges with ``|r_ij| >= cutoff[type_i, type_j]`` are dropped.
 
     Returns:
-        edge_index: (2, E) int64, row 0 = centre i, row 1 = neighbour j, both directions.
+        edge_index: (2, E) int64, row 0 = center i, row 1 = neighbor j, both directions.
         edge_cell_shift: (E, 3) float64 integer-valued shifts S,
             with ``r_ij = pos[j] - pos[i] + S @ cell``.
         on_dense_cell: called with the message about a cell too dense to be real (below);
             None: a DenseCellWarning (once per message, Python's default filter).
 
     Cells smaller than the cutoff yield every image within ``r_max``, including images of
-    an atom itself; an atom is never its own neighbour with a zero shift.
+    an atom itself; an atom is never its own neighbor with a zero shift.
 
     A periodic structure denser than ``MAX_ATOMS_PER_A3`` (a cell in the wrong units) is
     refused with a ValueError before the list is built; one denser than ``DENSE_ATOMS_PER_A3``
-    with more than ``CROWDED_NEIGHBOURS_PER_ATOM`` neighbours per atom is reported through
+    with more than ``CROWDED_NEIGHBORS_PER_ATOM`` neighbors per atom is reported through
     ``on_dense_cell`` and its list built.
     """
     pos = np.ascontiguousarray(pos, dtype=np.float64).reshape(-1, 3)
@@ -115,7 +115,7 @@ def compute_neighbor_list(
 def _within_edge_type_cutoff(
     pos, cell, edge_index, edge_cell_shift, r_max, atom_types, per_edge_type_cutoff
 ) -> np.ndarray:
-    """(E,) bool mask of the edges shorter than the cutoff of their (centre, neighbour) types."""
+    """(E,) bool mask of the edges shorter than the cutoff of their (center, neighbor) types."""
     if atom_types is None:
         raise ValueError("per_edge_type_cutoff needs atom_types; pass the atoms' type indices")
     cutoff = np.asarray(per_edge_type_cutoff, dtype=np.float64)
@@ -150,15 +150,15 @@ def _check_atoms_per_volume(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, 
     # length, area or volume of the periodic lattice
     covolume = math.sqrt(abs(np.linalg.det(periodic @ periodic.T)))
     # Across a non-periodic axis the atoms occupy their positions' extent, counted as at least
-    # 4/3 r_max: a layer's neighbours lie in a disc, σ π r², which is what the density
+    # 4/3 r_max: a layer's neighbors lie in a disc, σ π r², which is what the density
     # σ / (4/3 r) gives in a ball of (4/3) π r³ (for a chain's line, 2 r λ, within 20%).
     across = np.linalg.svd(periodic)[2][num_periodic:]
     extent = np.ptp(pos @ across.T, axis=0)  # (3 - num_periodic,)
     volume = covolume * float(np.prod(np.maximum(extent, 4.0 / 3.0 * r_max)))
     density = len(pos) / volume
-    neighbours = density * 4.0 / 3.0 * math.pi * r_max**3
+    neighbors = density * 4.0 / 3.0 * math.pi * r_max**3
     if density <= MAX_ATOMS_PER_A3 and (
-        density <= DENSE_ATOMS_PER_A3 or neighbours <= CROWDED_NEIGHBOURS_PER_ATOM
+        density <= DENSE_ATOMS_PER_A3 or neighbors <= CROWDED_NEIGHBORS_PER_ATOM
     ):
         return None
 
@@ -183,12 +183,12 @@ def _check_atoms_per_volume(pos: np.ndarray, cell: np.ndarray, pbc: np.ndarray, 
             f"the periodic cell is far too small for its {len(pos)} atoms: {cell_text} give "
             f"{density:.3g} atoms/Å³, atoms {spacing:.2g} Å apart on average (no real structure "
             f"exceeds {MAX_ATOMS_PER_A3:g} atoms/Å³, 0.1 Å apart); with r_max = {r_max:g} Å the "
-            f"neighbour list would hold about {neighbours:.2g} neighbours per atom, "
-            f"{neighbours * len(pos):.2g} edges: {_UNITS_ADVICE}"
+            f"neighbor list would hold about {neighbors:.2g} neighbors per atom, "
+            f"{neighbors * len(pos):.2g} edges: {_UNITS_ADVICE}"
         )
     return (
         f"the periodic cell looks too small for its {len(pos)} atoms: {cell_text} give "
         f"{density:.3g} atoms/Å³, atoms {spacing:.2g} Å apart on average, denser than any solid "
         f"(diamond: 0.18 atoms/Å³, 1.8 Å apart); with r_max = {r_max:g} Å each atom has about "
-        f"{neighbours:.2g} neighbours: {_UNITS_ADVICE}"
+        f"{neighbors:.2g} neighbors: {_UNITS_ADVICE}"
     )

@@ -1,4 +1,4 @@
-"""Dataset statistics that initialise a model: neighbour counts, energy shifts, force scales.
+"""Dataset statistics that initialise a model: neighbor counts, energy shifts, force scales.
 
 Every function takes a list of frame dicts or one batched dict (see ``batch_frames``).
 Per-type results are (num_types,) float64 arrays in model type order; a type absent from the
@@ -23,7 +23,7 @@ def average_num_neighbors(data: Data) -> float:
 
 
 def shortest_edge_length(data: Data) -> Optional[float]:
-    """The shortest edge (Å) of the neighbour lists: the closest pair of atoms within the cutoff
+    """The shortest edge (Å) of the neighbor lists: the closest pair of atoms within the cutoff
     over all frames (periodic images included); None when there are no edges."""
     data = _as_batch(data)
     edge_index = data[keys.EDGE_INDEX]
@@ -38,11 +38,11 @@ def shortest_edge_length(data: Data) -> Optional[float]:
 
 
 def per_type_average_num_neighbors(data: Data, num_types: int) -> np.ndarray:
-    """(num_types,) number of edges per centre atom of each type."""
+    """(num_types,) number of edges per center atom of each type."""
     data = _as_batch(data)
     atom_types = data[keys.ATOM_TYPES].numpy()
-    centre_types = atom_types[data[keys.EDGE_INDEX][0].numpy()]
-    num_edges = np.bincount(centre_types, minlength=num_types)
+    center_types = atom_types[data[keys.EDGE_INDEX][0].numpy()]
+    num_edges = np.bincount(center_types, minlength=num_types)
     num_atoms = np.bincount(atom_types, minlength=num_types)
     return _per_type_or_global(num_edges, num_atoms, average_num_neighbors(data))
 

@@ -14,7 +14,7 @@ from . import keys
 from .neighbors import compute_neighbor_list
 
 # a simple cubic arrangement whose spacing is this fraction of r_max, so every atom has
-# neighbours (about 19) whatever the cutoff, rattled so that no two edges coincide
+# neighbors (about 19) whatever the cutoff, rattled so that no two edges coincide
 _SPACING_PER_R_MAX = 0.6
 _RATTLE_PER_SPACING = 0.05
 _SEED = 0
@@ -23,14 +23,14 @@ _SEED = 0
 def synthetic_frame(
     type_names: Sequence[str], r_max: float, per_edge_type_cutoff: Optional[Sequence[float]] = None
 ) -> Dict[str, torch.Tensor]:
-    """A small periodic frame (FILE_CONTRACT §1 inputs) in which every type appears and every atom has neighbours.
+    """A small periodic frame (FILE_CONTRACT §1 inputs) in which every type appears and every atom has neighbors.
 
     Eight atoms on a 2×2×2 simple cubic arrangement of spacing ``0.6 r_max`` in a cubic periodic
     cell of side ``1.2 r_max`` (so edges cross the cell boundary to periodic images), types
     assigned in turn (``type_names[i % num_types]``; with more than eight types, 3×3×3 or
     more, so that every type has an atom), positions rattled by 5% of the spacing with a fixed
-    seed. The neighbour list is that of ``r_max``, pruned by ``per_edge_type_cutoff``
-    (``num_types**2`` values, row-major, row = centre type) when given. Deterministic: the same
+    seed. The neighbor list is that of ``r_max``, pruned by ``per_edge_type_cutoff``
+    (``num_types**2`` values, row-major, row = center type) when given. Deterministic: the same
     arguments give the same frame.
 
     Returns ``pos, atom_types, edge_index, cell, edge_cell_shift, pbc``.

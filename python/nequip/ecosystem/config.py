@@ -176,7 +176,7 @@ class _Converter:
                     if cutoffs is not None:
                         self.ours["model"].setdefault("per_edge_type_cutoff", cutoffs)
                 elif key not in (TARGET, "type_names"):
-                    self.skip(f"{path}.{key}", "ours makes the neighbour list from the model's cutoffs (vesin)")
+                    self.skip(f"{path}.{key}", "ours makes the neighbor list from the model's cutoffs (vesin)")
         else:
             self.skip(path, f"the transform {target} has no counterpart")
 

@@ -193,7 +193,7 @@ class EcosystemModel(torch.nn.Module):
         inputs = {
             keys.POS: pos,
             keys.ATOM_TYPES: atom_types,
-            # its code views the edge index as stored, as its own neighbour lists are
+            # its code views the edge index as stored, as its own neighbor lists are
             keys.EDGE_INDEX: edge_index.contiguous(),
             "edge_vectors": edge_vec,  # EDGE_VECTORS (TorchScript takes no global strings)
         }
@@ -207,7 +207,7 @@ class EcosystemModel(torch.nn.Module):
     # The same parts as NequIPModel's (nequip.compile.aotinductor.part_names), with the same
     # shapes: node rows are the N atoms and then one reference atom of each type, without
     # edges (the runtime never exchanges them; energy_readout drops them). The other release's
-    # layers read the atom types (per-type neighbour normalisation) beside the type embedding:
+    # layers read the atom types (per-type neighbor normalisation) beside the type embedding:
     # node_attrs is the embedding with the types as its last column.
 
     @property

@@ -195,19 +195,19 @@ def images_as_ghosts(
     (atom, nonzero image shift) that an edge reaches, at its image's position.
 
     Returns ``(pos, edge_index, owner)``: the N atoms then the ghosts, the edges with each
-    image neighbour replaced by its ghost (and no shifts), and each node's atom (its own index
+    image neighbor replaced by its ghost (and no shifts), and each node's atom (its own index
     for the N atoms).
     """
     num_atoms = pos.shape[0]
-    neighbours = edge_index[1].copy()
+    neighbors = edge_index[1].copy()
     if edge_cell_shift is None or cell is None:
         return pos, edge_index, np.arange(num_atoms)
     image = np.any(edge_cell_shift != 0, axis=1)
     reached = np.concatenate([edge_index[1][image, None].astype(np.float64), edge_cell_shift[image]], axis=1)
     ghosts, ghost_of_edge = np.unique(reached, axis=0, return_inverse=True)
     ghost_atoms = ghosts[:, 0].astype(np.int64)
-    neighbours[image] = num_atoms + ghost_of_edge.reshape(-1)
+    neighbors[image] = num_atoms + ghost_of_edge.reshape(-1)
     all_pos = np.concatenate([pos, pos[ghost_atoms] + ghosts[:, 1:] @ np.asarray(cell).reshape(3, 3)])
     owner = np.concatenate([np.arange(num_atoms), ghost_atoms])
-    return all_pos, np.stack([edge_index[0], neighbours]), owner
+    return all_pos, np.stack([edge_index[0], neighbors]), owner
 

@@ -133,7 +133,7 @@ class EagerModel(OpenedModel):
 
 
 def cutoff_matrix(metadata: Dict[str, str]) -> Optional[np.ndarray]:
-    """The (T, T) per-edge-type cutoffs of FILE_CONTRACT §2 metadata (row = centre type), or
+    """The (T, T) per-edge-type cutoffs of FILE_CONTRACT §2 metadata (row = center type), or
     None when the model cuts every pair off at r_max."""
     flat = metadata.get("per_edge_type_cutoff")
     if flat is None:

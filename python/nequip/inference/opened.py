@@ -21,7 +21,7 @@ class OpenedModel:
         metadata: FILE_CONTRACT §2 keys (and the project's), every value a string.
         type_names: model type names, in type-index order.
         r_max: the cutoff (Å).
-        per_edge_type_cutoff: (T, T) float64 array, row = centre type, or None when every
+        per_edge_type_cutoff: (T, T) float64 array, row = center type, or None when every
             pair is cut off at ``r_max``.
         gives_stress: whether a call gives stress and virial (for a cell with a volume).
         committee_size: the number of models of a committee file (metadata key

@@ -50,7 +50,7 @@ class NequIPModel(ModelInterface):
     A call takes a ``SimState`` (or TorchSim's state dictionary) and returns ``energy`` (S,),
     ``forces`` (N, 3) and ``stress`` (S, 3, 3) (ASE sign; NaN for a system without a cell
     volume, as ``NequIPCalculator`` has none for it), in eV and Å as TorchSim's: the model's
-    own units must be those. Neighbour lists are built per system on the CPU
+    own units must be those. Neighbor lists are built per system on the CPU
     (:func:`nequip.data.compute_neighbor_list`, vesin), as for ``NequIPCalculator``, whose
     results each system's equal.
 
@@ -110,7 +110,7 @@ class NequIPModel(ModelInterface):
         return {name: value.to(self._device, self._dtype) for name, value in results.items()}
 
     def _frames(self, positions, cell, system_idx, atomic_numbers, pbc: np.ndarray):
-        """One FILE_CONTRACT §1 frame per system (neighbour lists included), and the order of
+        """One FILE_CONTRACT §1 frame per system (neighbor lists included), and the order of
         the state's atoms that puts each system's together (None when they already are)."""
         system_idx = system_idx.detach().cpu()
         order = None

@@ -1,5 +1,5 @@
 """A committee of NequIP models: K models of the same type names and cutoffs evaluated on one
-neighbour list, giving their mean (or the first model's results) and their deviation.
+neighbor list, giving their mean (or the first model's results) and their deviation.
 
 Active learning picks the structures where independently trained models disagree. The
 deviations are DeePMD-kit's (population standard deviations over the K members, ``<.>`` their
@@ -108,7 +108,7 @@ class Committee(torch.nn.Module):
         return torch.stack(values).mean(0)
 
     def forward(self, data: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """Every member on ``data`` (one neighbour list), then their mean (or the first one's
+        """Every member on ``data`` (one neighbor list), then their mean (or the first one's
         results) and deviations; see the class docstring."""
         results: List[Dict[str, torch.Tensor]] = []
         for member in self.members:

@@ -35,7 +35,7 @@ class NequIPModel(torch.nn.Module):
 
     Per-atom energy :math:`E_i = \sigma_{t_i} (\epsilon(x_i) - \epsilon_{t_i}^{\mathrm{isolated}}) + \mu_{t_i}`,
     where :math:`\epsilon` is the readout of the final node features, :math:`\sigma` and :math:`\mu` are the
-    per-type energy scales and shifts, and the readout of an atom of the same type with no neighbours is
+    per-type energy scales and shifts, and the readout of an atom of the same type with no neighbors is
     subtracted so that an isolated atom has exactly its type's shift as energy. Forces are
     :math:`-\partial E / \partial r`, the virial :math:`-\partial E / \partial \varepsilon` for a symmetric strain
     :math:`\varepsilon` applied to positions and cell, the stress :math:`\frac{1}{V} \partial E / \partial \varepsilon`.
@@ -54,18 +54,18 @@ class NequIPModel(torch.nn.Module):
         num_bessels: size of the radial Bessel basis.
         polynomial_cutoff_p: exponent ``p`` of the cutoff envelope.
         radial_mlp_depth, radial_mlp_width: hidden layers of the radial MLP that weights the tensor product.
-        avg_num_neighbors: neighbour-sum normalisation (None: no normalisation).
+        avg_num_neighbors: neighbor-sum normalisation (None: no normalisation).
         per_type_energy_shifts: :math:`\mu` per type (list in type order, dict by name, or one number).
         per_type_energy_scales: :math:`\sigma` per type (same forms).
-        per_edge_type_cutoff: cutoff per (centre type, neighbour type), each at most ``r_max``: a dict
-            ``{centre: r}`` or ``{centre: {neighbour: r}}`` (missing pairs use ``r_max``), or
-            ``num_types**2`` numbers in row-major order (row = centre type).
+        per_edge_type_cutoff: cutoff per (center type, neighbor type), each at most ``r_max``: a dict
+            ``{center: r}`` or ``{center: {neighbor: r}}`` (missing pairs use ``r_max``), or
+            ``num_types**2`` numbers in row-major order (row = center type).
         model_dtype: ``"float32"`` or ``"float64"``.
         zbl: add the ZBL screened nuclear repulsion (:mod:`nequip.nn.pair_potential`) to the
             learned energy: a dict of ``atomic_numbers`` (one per type) and ``inner_radius``,
             ``outer_radius`` (``num_types**2`` each, Å, row-major), as
             :func:`~nequip.model.build_model` resolves ``zbl: true`` or a partial mapping.
-            Each edge's pair energy goes half to its centre atom; the edge list holds both
+            Each edge's pair energy goes half to its center atom; the edge list holds both
             directions, so each pair's goes half to each of its atoms.
         closest_training_pair: the shortest distance between two atoms in the data the model was
             trained on (Å), a record (the ``closest_training_pair`` metadata key, against which the
@@ -250,7 +250,7 @@ class NequIPModel(torch.nn.Module):
     @torch.jit.export
     def node_attributes(self, atom_types: torch.Tensor) -> torch.Tensor:
         """One-hot types (N + num_types, num_types) in model_dtype: the N atoms, then one reference
-        atom of each type, which has no neighbours (:meth:`energy_readout` subtracts its energy)."""
+        atom of each type, which has no neighbors (:meth:`energy_readout` subtracts its energy)."""
         all_types = torch.cat([atom_types, torch.arange(self.num_types, device=atom_types.device)])
         return torch.nn.functional.one_hot(all_types, self.num_types).to(self.model_dtype)
 
@@ -288,7 +288,7 @@ class NequIPModel(torch.nn.Module):
     @torch.jit.export
     def pair_energy(self, edge_vec: torch.Tensor, atom_types: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
         """Per-atom pair energies (N, 1), float64 (zeros without ZBL): half of each edge's pair
-        energy goes to the edge's centre atom, so each pair's goes half to each of its atoms."""
+        energy goes to the edge's center atom, so each pair's goes half to each of its atoms."""
         num_atoms = atom_types.shape[0]
         energy = torch.zeros((num_atoms, 1), dtype=torch.float64, device=edge_vec.device)
         zbl = self.zbl
@@ -624,17 +624,17 @@ def _per_type(name: str, value: PerType, type_names: List[str], default: float) 
 
 
 def _edge_type_cutoffs(value, type_names: List[str], r_max: float) -> Optional[List[float]]:
-    """Per-edge-type cutoffs as num_types² floats, row-major (row = centre type), or None."""
+    """Per-edge-type cutoffs as num_types² floats, row-major (row = center type), or None."""
     if value is None:
         return None
     num_types = len(type_names)
     key = "per_edge_type_cutoff"
     if isinstance(value, dict):
         table = [[r_max] * num_types for _ in type_names]
-        for centre, entry in value.items():
-            if centre not in type_names:
-                raise HyperparameterError(key, f"unknown type {centre!r}; the model's types are {type_names}")
-            row = type_names.index(centre)
+        for center, entry in value.items():
+            if center not in type_names:
+                raise HyperparameterError(key, f"unknown type {center!r}; the model's types are {type_names}")
+            row = type_names.index(center)
             if isinstance(entry, dict):
                 for neighbor, cutoff in entry.items():
                     if neighbor not in type_names:
@@ -647,7 +647,7 @@ def _edge_type_cutoffs(value, type_names: List[str], r_max: float) -> Optional[L
         flat = [c for row_or_c in value for c in (row_or_c if isinstance(row_or_c, (list, tuple)) else [row_or_c])]
         if len(flat) != num_types**2:
             raise HyperparameterError(
-                key, f"needs {num_types}² = {num_types**2} values (row-major, row = centre type), got {len(flat)}"
+                key, f"needs {num_types}² = {num_types**2} values (row-major, row = center type), got {len(flat)}"
             )
     if any(not (_is_number(c) and 0 < c <= r_max) for c in flat):
         raise HyperparameterError(key, f"values must lie in (0, r_max = {r_max}], got {flat}")

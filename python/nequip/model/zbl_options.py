@@ -17,7 +17,7 @@ INNER_FRACTION = 0.5
 OUTER_FRACTION = 0.75
 """Default switching radii: these fractions of the sum of the pair's covalent radii (Cordero et
 al. 2008, as ``ase.data.covalent_radii``), the outer one capped by the pair's cutoff (then the
-inner one keeps its ratio to it). For Cu-Cu 1.32 and 1.98 Å, against a nearest-neighbour
+inner one keeps its ratio to it). For Cu-Cu 1.32 and 1.98 Å, against a nearest-neighbor
 distance of 2.55 Å; for C-C 0.76 and 1.14 Å, below the triple bond's 1.20 Å."""
 
 
@@ -28,7 +28,7 @@ def resolve_zbl(zbl, type_names: List[str], edge_cutoffs: List[float]):
 
     ``atomic_numbers``: ``{type name: Z}`` (or a list in type order); left out, each type name
     must be a chemical symbol. Each radius: one number for every pair, ``num_types**2``
-    numbers (row = centre type), or left out for the defaults (INNER_FRACTION,
+    numbers (row = center type), or left out for the defaults (INNER_FRACTION,
     OUTER_FRACTION). ``edge_cutoffs`` (``num_types**2``) bound the outer radii; a default outer
     radius beyond its pair's cutoff is the cutoff, and the default inner radius keeps its ratio.
     """

@@ -17,7 +17,7 @@ def tp_path_exists(irreps_in1: o3.Irreps, irreps_in2: o3.Irreps, ir_out: o3.Irre
 
 @compile_mode("script")
 class InteractionBlock(torch.nn.Module):
-    r"""Equivariant message passing: neighbour features times edge harmonics, weighted by the radial MLP.
+    r"""Equivariant message passing: neighbor features times edge harmonics, weighted by the radial MLP.
 
     .. math::
         x_i' = \mathrm{Lin}_2\Big(\frac{1}{\sqrt{\bar n}} \sum_{j \in \mathcal N(i)}
@@ -30,7 +30,7 @@ class InteractionBlock(torch.nn.Module):
         irreps_node_attr: one-hot types ``z`` (N, num_types) used by the self-connection SC.
         num_radial: width of the radial embedding (E, num_radial) fed to the radial MLP R.
         radial_mlp_depth, radial_mlp_width: hidden layers of R.
-        avg_num_neighbors: :math:`\bar n`, the neighbour-sum normalisation.
+        avg_num_neighbors: :math:`\bar n`, the neighbor-sum normalisation.
     """
 
     def __init__(

@@ -1,5 +1,5 @@
-r"""NequIP's message: a weighted "uvu" tensor product of neighbour features and edge harmonics,
-summed over each centre's edges, computed without keeping per-edge messages.
+r"""NequIP's message: a weighted "uvu" tensor product of neighbor features and edge harmonics,
+summed over each center's edges, computed without keeping per-edge messages.
 
 .. math::
     M_{n,u,k}^{(p)} = \sum_{e:\ c(e) = n} w_{e,p,u} \sum_{i} x_{j(e),u,i}\, A^{(p)}_{e,i,k},
@@ -10,13 +10,13 @@ for every path ``p = (l_1, l_2 -> l_3)``: ``x`` node features, ``Y`` edge spheri
 ``C`` Clebsch-Gordan coefficients, ``alpha_p`` e3nn's "component" normalisation, ``h`` the
 radial MLP's last hidden layer and ``W`` its (scaled) output weights. This is e3nn's
 ``o3.TensorProduct(..., "uvu", shared_weights=False)`` applied to ``x[j(e)]``, then summed over
-each centre's edges (NequIP's interaction, Batzner et al. 2022), organised for speed and memory:
+each center's edges (NequIP's interaction, Batzner et al. 2022), organised for speed and memory:
 
 * paths are grouped by input irrep and output dimension; for each group, ``A`` (a few numbers
   per edge, shared by all channels ``u``) and ``w`` are small matmuls, and the message is a
   product over at most five terms, vectorised over channels (features are channels-last here);
   the reference contracts all groups of one input irrep (a :class:`PathRun`) with one ``bmm``;
-* the neighbour sum is a scatter-add with an expanded index, which PyTorch's CPU kernel does by
+* the neighbor sum is a scatter-add with an expanded index, which PyTorch's CPU kernel does by
   sorting the index once (no atomics), eager and in AOTInductor files alike;
 * the backward pass (:class:`_MessageSum`) recomputes ``A``, ``w`` and the gathered features one
   input irrep at a time instead of keeping them: per edge it keeps only ``Y`` and ``h``. No tensor of
@@ -96,7 +96,7 @@ class PathRun(NamedTuple):
 
 
 class TensorProductSum(torch.nn.Module):
-    """Neighbour sum of the radial-weighted "uvu" tensor products of NequIP's interaction block.
+    """Neighbor sum of the radial-weighted "uvu" tensor products of NequIP's interaction block.
 
     Args:
         irreps_in: node features ``x``; every irrep's channels pair with one weight per path.
@@ -241,7 +241,7 @@ class TensorProductSum(torch.nn.Module):
         edge_neighbor: torch.Tensor,
     ) -> torch.Tensor:
         """``x`` (N, irreps_in.dim), ``edge_sh`` (E, irreps_edge_sh.dim), ``edge_radial`` (E, radial_sizes[0]),
-        centre and neighbour indices (E,) -> (N, irreps_mid.dim)."""
+        center and neighbor indices (E,) -> (N, irreps_mid.dim)."""
         weights = self.radial_mlp.scaled_weights()
         if not torch.jit.is_scripting():
             # TorchScript skips this branch: it cannot run a custom autograd function
@@ -448,7 +448,7 @@ class _Gradients:
     gradient by block, and the sums of the gradients over runs (``None`` where not wanted).
 
     ``x_parts``: per input irrep, the gradient by its features, channels last (N, 2l+1, mul)
-    flattened, summed over each neighbour's edges; irreps that no path reads get none. ``sh``: by
+    flattened, summed over each neighbor's edges; irreps that no path reads get none. ``sh``: by
     the edge harmonics. ``hidden``: by the radial MLP's last hidden layer. ``weight_parts``: by
     the last weight matrix, a block of columns per group (or run), in group order.
     """
@@ -468,7 +468,7 @@ class _Gradients:
         self.weight_parts: List[torch.Tensor] = []
 
     def grad_message(self, module, g: int) -> torch.Tensor:
-        """The output gradient of group ``g``'s paths at each edge's centre, channels last: (E, paths, d3, mul)."""
+        """The output gradient of group ``g``'s paths at each edge's center, channels last: (E, paths, d3, mul)."""
         group = module.groups[g]
         grad_sums = torch.stack(
             [
@@ -491,7 +491,7 @@ class _Gradients:
         self.sh = self.sh + grad_a.reshape(self.num_edges, coefficients.shape[1]) @ coefficients.t()
 
     def add_x_gradient(self, i: int, grad_x_edge: torch.Tensor) -> None:
-        """Add the gradient by input irrep ``i``'s features at each edge, (E, d1, mul), summed at the neighbours."""
+        """Add the gradient by input irrep ``i``'s features at each edge, (E, d1, mul), summed at the neighbors."""
         summed = _neighbor_sum(grad_x_edge.flatten(1), self.edge_neighbor, self.num_nodes)
         previous = self.x_parts[i]
         self.x_parts[i] = summed if previous is None else previous + summed
@@ -531,7 +531,7 @@ class TorchBackend:
             grad_a = module.batched_matmul(x_neighbor, weighted.transpose(1, 2))  # (E, d1, rows)
             sums.add_a_gradient(grad_a, module.run_coefficients.narrow(1, run.a_column, d1 * run.rows))
         if sums.need_x:
-            # d/dx: sum over paths and k at each edge, then over each neighbour's edges
+            # d/dx: sum over paths and k at each edge, then over each neighbor's edges
             sums.add_x_gradient(i, module.batched_matmul(run_a, weighted))  # (E, d1, mul)
 
 
@@ -602,9 +602,9 @@ class _RunBackward(torch.autograd.Function):
     ``nequip::message_double_backward_v1``: training's loss on forces differentiates them.
 
     Inputs: the run's A (E, d1, rows), its input irrep's node features (N, d1, mul) and output
-    gradients (N, rows, mul), both channels last, the path weights (E, paths, mul), centre and
-    neighbour indices and the path of each row. Outputs, per edge: the gradients by the path
-    weights (E, paths, mul), by A (E, d1, rows) and by the neighbour's features (E, d1, mul).
+    gradients (N, rows, mul), both channels last, the path weights (E, paths, mul), center and
+    neighbor indices and the path of each row. Outputs, per edge: the gradients by the path
+    weights (E, paths, mul), by A (E, d1, rows) and by the neighbor's features (E, d1, mul).
     """
 
     @staticmethod

@@ -67,7 +67,7 @@ def check_zbl(zbl, type_names: List[str], edge_cutoffs: List[float]) -> Dict[str
             raise ValueError(f"zbl.atomic_numbers: {name!r} has {z!r}, not an atomic number (an integer 1 to 118)")
     for key, radii in (("inner_radius", inner), ("outer_radius", outer)):
         if not (isinstance(radii, (list, tuple)) and len(radii) == num_types**2 and all(map(_is_number, radii))):
-            raise ValueError(f"zbl.{key}: must be {num_types**2} numbers (row = centre type), got {radii!r}")
+            raise ValueError(f"zbl.{key}: must be {num_types**2} numbers (row = center type), got {radii!r}")
     pairs = [f"{a}-{b}" for a in type_names for b in type_names]
     for pair, r_in, r_out, cutoff in zip(pairs, inner, outer, edge_cutoffs):
         if not 0 < r_in < r_out <= cutoff:
@@ -88,10 +88,10 @@ class ZBL(torch.nn.Module):
 
     Args (as :func:`check_zbl` returns them):
         atomic_numbers: the atomic number of each model type, in type order.
-        inner_radius, outer_radius: the switching radii (Å) of each (centre type, neighbour
+        inner_radius, outer_radius: the switching radii (Å) of each (center type, neighbor
             type), ``num_types**2`` numbers in row-major order, ``0 < inner < outer``.
 
-    Shapes: ``edge_length`` (E,) float64, ``centre_types`` and ``neighbour_types`` (E,) int64
+    Shapes: ``edge_length`` (E,) float64, ``center_types`` and ``neighbor_types`` (E,) int64
     -> (E,) float64, eV.
     """
 
@@ -113,16 +113,16 @@ class ZBL(torch.nn.Module):
         self.screening_coefficients: List[float] = list(SCREENING_COEFFICIENTS)
         self.screening_decays: List[float] = list(SCREENING_DECAYS)
 
-    def forward(self, edge_length: torch.Tensor, centre_types: torch.Tensor, neighbour_types: torch.Tensor) -> torch.Tensor:
-        z_i = self.atomic_numbers[centre_types]
-        z_j = self.atomic_numbers[neighbour_types]
+    def forward(self, edge_length: torch.Tensor, center_types: torch.Tensor, neighbor_types: torch.Tensor) -> torch.Tensor:
+        z_i = self.atomic_numbers[center_types]
+        z_j = self.atomic_numbers[neighbor_types]
         exponent = self.screening_exponent
         x = edge_length * (torch.pow(z_i, exponent) + torch.pow(z_j, exponent)) / self.screening_length
         screening = torch.zeros_like(x)
         for coefficient, decay in zip(self.screening_coefficients, self.screening_decays):
             screening = screening + coefficient * torch.exp(-decay * x)
         energy = self.coulomb * z_i * z_j / edge_length * screening
-        inner = self.inner_radius[centre_types, neighbour_types]
-        outer = self.outer_radius[centre_types, neighbour_types]
+        inner = self.inner_radius[center_types, neighbor_types]
+        outer = self.outer_radius[center_types, neighbor_types]
         return energy * smooth_switch(edge_length, inner, outer)
 

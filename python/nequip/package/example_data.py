@@ -1,7 +1,7 @@
 """The one frame of example data a package carries, so that it can be compiled anywhere.
 
 AOT compilation traces the model on an example input; storing one in the package means whoever
-compiles it needs neither the training data nor its neighbour-list settings. The frame is a
+compiles it needs neither the training data nor its neighbor-list settings. The frame is a
 FILE_CONTRACT §1 dictionary of inputs only (``pos, atom_types, edge_index, cell,
 edge_cell_shift, pbc``; labels are dropped). It is stored with :func:`torch.save` and read with
 ``weights_only=True``: plain tensors, no code.

@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compile a NequIP model (checkpoint or package) for the ASE calculator and "
         "the LAMMPS pair style. The compiled file is checked against the eager model on the "
         "package's example frame before it is written. Several models (a committee) make one "
-        "file that evaluates them all on one neighbour list and gives their mean and deviations.",
+        "file that evaluates them all on one neighbor list and gives their mean and deviations.",
     )
     parser.add_argument(
         "input",

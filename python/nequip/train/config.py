@@ -150,7 +150,7 @@ class ZBLConfig(_Section):
         None, description="type name -> atomic number; left out: the type names are chemical symbols"
     )
     inner_radius: Optional[Union[float, List[float]]] = Field(
-        None, description="Å, below it the full ZBL energy: one number, or num_types**2 (row = centre type); "
+        None, description="Å, below it the full ZBL energy: one number, or num_types**2 (row = center type); "
         "left out: half the pair's covalent radii"
     )
     outer_radius: Optional[Union[float, List[float]]] = Field(
@@ -164,7 +164,7 @@ class ModelConfig(_Section):
 
     ``avg_num_neighbors``, ``per_type_energy_shifts``, ``per_type_energy_scales`` and
     ``closest_training_pair`` left out (null) are computed from the training data (average
-    number of neighbours, least-squares per-type energies, force RMS, shortest edge). ``type_names`` comes from
+    number of neighbors, least-squares per-type energies, force RMS, shortest edge). ``type_names`` comes from
     ``data.type_names``. The schema gives each argument's type; its values are checked by
     NequIPModel's own check (``resolve_hyperparameters``), whose messages are reported here.
     """
@@ -182,7 +182,7 @@ class ModelConfig(_Section):
     per_type_energy_shifts: PerTypeValues = Field(None, description="left out: least squares of the energies")
     per_type_energy_scales: PerTypeValues = Field(None, description="left out: the force RMS")
     per_edge_type_cutoff: Optional[Union[List[float], Dict[str, Union[float, Dict[str, float]]]]] = Field(
-        None, description="{centre: r}, {centre: {neighbour: r}}, or num_types**2 numbers (row = centre type)"
+        None, description="{center: r}, {center: {neighbor: r}}, or num_types**2 numbers (row = center type)"
     )
     model_dtype: Literal["float32", "float64"] = _MODEL_DEFAULTS["model_dtype"]
     zbl: Optional[ZBLConfig] = Field(

@@ -61,7 +61,7 @@ class NequIPDataModule(L.LightningDataModule):
     Args:
         config: the ``data`` section.
         type_names, r_max, per_edge_type_cutoff: of the model (they decide the types and the
-            neighbour lists).
+            neighbor lists).
         labels: the labels read (``total_energy``, ``forces``, ``stress``). A frame that lacks
             one carries NaN in its place, which the loss and the metrics leave out
             (:func:`nequip.train.metrics.labelled_rows`); :meth:`label_counts` says how many

@@ -243,7 +243,7 @@ def resolve_model(config: TrainingConfig, source: Optional[NequIPModel]):
 
     ``avg_num_neighbors``, ``per_type_energy_shifts``, ``per_type_energy_scales`` and
     ``closest_training_pair`` not given become the training data's average number of
-    neighbours, least-squares per-type energies, force RMS and shortest edge. A fine-tuned model
+    neighbors, least-squares per-type energies, force RMS and shortest edge. A fine-tuned model
     keeps its own, except shifts with ``refit_energy_shifts``, and records the closer of its
     parent's closest pair and the new data's.
     """
@@ -261,7 +261,7 @@ def resolve_model(config: TrainingConfig, source: Optional[NequIPModel]):
             )
     else:
         given = with_resolved_zbl({"type_names": config.data.type_names, **config.model.hyperparameters()})
-        # resolved before any data is read: the per-edge-type cutoffs in the form the neighbour
+        # resolved before any data is read: the per-edge-type cutoffs in the form the neighbor
         # lists need (validate_config has checked the values)
         model_config = resolve_hyperparameters(**given)
     datamodule = build_datamodule(config, model_config)
