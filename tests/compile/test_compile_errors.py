@@ -48,12 +48,12 @@ NOT_A_MODEL = None
             "output file '{out}' does not match mode aotinductor: its name must end in '.nequip.pt2'",
         ),
         ("model.nequip.pt2", "onnx", "ase", "unknown mode 'onnx': expected one of torchscript, aotinductor"),
-        ("model.nequip.pt2", "aotinductor", "gromacs", "unknown target 'gromacs': expected one of ase, pair_nequip, pair_nequip_domain"),
+        ("model.nequip.pt2", "aotinductor", "gromacs", "unknown target 'gromacs': expected one of ase, pair_nequip, pair_nequip_domain, batch"),
         (
             "model.nequip.pt2",
             "aotinductor",
             None,
-            "mode aotinductor needs a target (the order of the flat inputs and outputs): one of ase, pair_nequip, pair_nequip_domain",
+            "mode aotinductor needs a target (the order of the flat inputs and outputs): one of ase, pair_nequip, pair_nequip_domain, batch",
         ),
     ],
 )
@@ -232,7 +232,7 @@ def test_cli_refuses_unknown_target(tmp_path, capsys):
         capsys, tmp_path / "in.nequip.zip", tmp_path / "m.nequip.pt2", "--mode", "aotinductor", "--target", "lmp"
     )
     assert code == 2
-    assert err == "nequip-compile: error: unknown target 'lmp': expected one of ase, pair_nequip, pair_nequip_domain\n"
+    assert err == "nequip-compile: error: unknown target 'lmp': expected one of ase, pair_nequip, pair_nequip_domain, batch\n"
 
 
 def test_cli_compiles_what_the_loader_gives_it(tmp_path, capsys, monkeypatch):

@@ -385,3 +385,12 @@ def test_model_bounds_are_the_models_own_with_its_message(name, lowest):
         NequIPModel(type_names=["Cu", "Au"], r_max=4.0, **{name: lowest - 1})
     assert str(in_model.value) == f"{name}: must be an integer at least {lowest}, got {lowest - 1}"
     assert str(in_config.value) == f"model.{in_model.value}"
+
+
+def test_the_config_yaml_a_run_wrote_reads_back_as_that_run(trained_run):
+    """A run writes its sections and its resolved model (``resolved_model``) to config.yaml;
+    reading that file back (to resume, or to train again from it) gives the same sections."""
+    written = yaml.safe_load((trained_run / "config.yaml").read_text())
+    assert "resolved_model" in written
+    config = load_config(trained_run / "config.yaml")
+    assert config_to_dict(config) == {key: value for key, value in written.items() if key != "resolved_model"}

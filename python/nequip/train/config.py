@@ -576,10 +576,18 @@ def _check_consistency(config: TrainingConfig) -> None:
         raise ConfigError("trainer.precision: '64-true' needs model.model_dtype 'float64'")
 
 
+# The resolved model's hyperparameters in a run's config.yaml (not an input section)
+RESOLVED_MODEL_KEY = "resolved_model"
+
+
 def validate_config(raw: Any) -> TrainingConfig:
     """Check a parsed YAML document against the schema; return the typed configuration."""
     if not isinstance(raw, dict):
         raise ConfigError(f"the configuration must be a mapping of sections, got {_describe(raw)}")
+    # the record a run writes beside its sections (write_resolved_config): a run's config.yaml is
+    # read back as it was written (resuming, or training again from it), and its model is
+    # resolved again from the sections
+    raw = {key: value for key, value in raw.items() if key != RESOLVED_MODEL_KEY}
     raw_model = raw.get("model") if isinstance(raw.get("model"), dict) else {}
     if "type_names" in raw_model:
         raise ConfigError("model.type_names: set the model's types in data.type_names")

@@ -53,7 +53,7 @@ from ..load import (
     model_state_dict,
 )
 from .checkpoint import AtomicCheckpointIO
-from .config import ConfigError, TrainingConfig, config_to_dict, parse_max_time
+from .config import RESOLVED_MODEL_KEY, ConfigError, TrainingConfig, config_to_dict, parse_max_time
 from .data import NequIPDataModule, data_fingerprints
 from .lightning_module import NequIPLightningModule
 from .resume import (
@@ -370,7 +370,7 @@ def build_trainer(config: TrainingConfig, extra_callbacks: Sequence[Callback] = 
 @rank_zero_only
 def write_resolved_config(config_dict: Dict[str, Any], model_config: Dict[str, Any], output_dir: Path) -> None:
     with atomic_open(output_dir / "config.yaml") as f:
-        yaml.safe_dump({**config_dict, "resolved_model": model_config}, f, sort_keys=False)
+        yaml.safe_dump({**config_dict, RESOLVED_MODEL_KEY: model_config}, f, sort_keys=False)
 
 
 def _remove_empty_dirs(directories: List[Path]) -> None:
