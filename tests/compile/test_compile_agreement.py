@@ -86,7 +86,7 @@ def test_local_mask_reaches_the_compiled_energy_sum(key, system, systems, compil
 def test_per_edge_type_cutoff_is_compiled_in(key, loaded_models):
     """C-C edges beyond the C-C cutoff (3.0) but within r_max (4.0) change nothing."""
     compiled = loaded_models[key]
-    assert compiled.per_edge_type_cutoff == PER_EDGE_TYPE_CUTOFF
+    assert compiled.per_edge_type_cutoff.tolist() == [list(row) for row in PER_EDGE_TYPE_CUTOFF]
     atoms = Atoms("CCSi", positions=[[0.0, 0.0, 0.0], [3.4, 0.0, 0.0], [1.2, 1.5, 0.0]])
     frame = from_ase(atoms, TypeMapper(list(TYPE_NAMES)), R_MAX)
     del frame["cell"], frame["edge_cell_shift"]

@@ -49,7 +49,7 @@ def test_pair_style_takes_only_a_device(lmp):
     metal_box(lmp)
     with raises_lammps_error(
         "Illegal pair_style nequip command: unknown keyword '5.0' (expected "
-        "'pair_style nequip [device cpu|cuda|cuda:K]')"
+        "'pair_style nequip [device cpu|cuda|cuda:K] [deviation FILE [every N]]')"
     ):
         lmp.command("pair_style nequip 5.0")
 

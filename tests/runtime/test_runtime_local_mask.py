@@ -56,7 +56,9 @@ def run(model, frame, local_mask="frame"):
 
 def test_fields_of_files_that_take_local_mask(domain_model):
     model, _, _ = domain_model
-    assert model.input_names[:5] == FIVE_INPUTS and model.input_names[5:] == ["local_mask"]
+    # our .pth files also take batches (batch, num_atoms: Model.compute_batch)
+    batch_inputs = ["batch", "num_atoms"] if model.takes_batches else []
+    assert model.input_names == FIVE_INPUTS + ["local_mask"] + batch_inputs
     assert "atom_virial" in model.output_names
     assert model.num_layers == 2
 
