@@ -2,7 +2,8 @@
 
     python examples/active_learning/run.py --output al_output
 
-Round 0 trains four tiny models (committee.yaml, trainer.seed 0 to 3) on a few EMT frames.
+Round 0 trains four tiny models (committee.yaml; trainer.seed and data.split.seed 0 to 3) on a
+few EMT frames.
 Every round then
 
   1. compiles the four into one committee file (nequip-compile ... committee.nequip.pth),
@@ -45,8 +46,8 @@ MEMBERS = 4
 ROUNDS = 3  # rounds of MD, selection, labelling and fine-tuning after round 0's training
 INITIAL_FRAMES = 8  # make_emt_data.py's rattled, strained fcc cells
 
-# The MD: a 32-atom Cu/Au cell near its melting point, where atoms move much further from their
-# lattice sites than in the rattled training frames.
+# The MD: a 32-atom Cu/Au cell at 1000 K, where atoms move further from their lattice sites,
+# and come closer to each other, than in the rattled training frames.
 TEMPERATURE_K = 1000.0
 MD_STEPS, DEVIATION_EVERY = 200, 5  # 41 frames (step 0 included) per round
 TIMESTEP_PS = 0.002
@@ -66,6 +67,11 @@ SELECTED_PER_ROUND = 8
 # the held-out test set: EMT MD at TEMPERATURE_K from cells no other step uses
 TEST_TRAJECTORIES, TEST_FRAMES_PER_TRAJECTORY = 4, 5
 TEST_EQUILIBRATION_STEPS, TEST_SAMPLE_EVERY = 60, 20
+
+
+# one thread per process: the members train side by side on the cores, and the results do not
+# depend on the machine's core count (torch's reductions are ordered by their threads)
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
 def start(command, cwd: Path, log: Path):
@@ -105,15 +111,11 @@ def run_side_by_side(commands, cwd: Path, logs, jobs: int) -> None:
             while pending and len(running) < jobs:
                 command, log = pending.pop(0)
                 running.append(start(command, cwd, log))
-            finish(running.pop(0))
+            finish(running[0])
+            running.pop(0)
     finally:  # a failed member, or this run stopping, stops the others
         for job in running:
             stop(job)
-
-
-# one thread per process: the members train side by side on the cores, and the results do not
-# depend on the machine's core count (torch's reductions are ordered by their threads)
-ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
 def write_frames(path: Path, frames) -> None:

@@ -1,6 +1,7 @@
 """The active-learning example (examples/active_learning/run.py, docs/active_learning.md) run
 as a user runs it: a committee of four tiny models, three rounds of LAMMPS MD with the deviation
-file, selection by the trust window, EMT labels and fine-tuning. About 2 minutes on 2 free cores."""
+file, selection by the trust window, EMT labels and fine-tuning: 270 s of CPU, trainings two at a
+time (docs/active_learning.md#time)."""
 
 import json
 import subprocess
