@@ -19,6 +19,15 @@ from nequip.utils.atomic_io import atomic_path
 LATTICE_CONSTANT = {"Cu": 3.61, "Au": 4.08}
 
 
+def emt_labelled(atoms):
+    """A copy of ``atoms`` with EMT's energy, forces and stress on a SinglePointCalculator."""
+    atoms = atoms.copy()
+    atoms.calc = EMT()
+    labels = dict(energy=atoms.get_potential_energy(), forces=atoms.get_forces(), stress=atoms.get_stress())
+    atoms.calc = SinglePointCalculator(atoms, **labels)
+    return atoms
+
+
 def make_emt_frames(n_frames=60, seed=0, repeat=(2, 2, 2), rattle=0.1, max_strain=0.03):
     """Return ``n_frames`` labelled ase.Atoms (energy, forces, stress on a SinglePointCalculator)."""
     rng = np.random.default_rng(seed)
@@ -33,12 +42,7 @@ def make_emt_frames(n_frames=60, seed=0, repeat=(2, 2, 2), rattle=0.1, max_strai
         strain = 0.5 * (strain + strain.T)
         atoms.set_cell(atoms.cell[:] * a / LATTICE_CONSTANT["Cu"] @ strain, scale_atoms=True)
         atoms.positions += rng.normal(scale=rattle, size=atoms.positions.shape)
-        atoms.calc = EMT()
-        labels = dict(
-            energy=atoms.get_potential_energy(), forces=atoms.get_forces(), stress=atoms.get_stress()
-        )
-        atoms.calc = SinglePointCalculator(atoms, **labels)
-        frames.append(atoms)
+        frames.append(emt_labelled(atoms))
     return frames
 
 
