@@ -15,7 +15,7 @@ AOTInductor into a self-contained package.
 import contextlib
 import math
 import operator
-from typing import BinaryIO, Dict, Mapping, Optional, Tuple
+from typing import BinaryIO, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -293,6 +293,27 @@ def part_names(num_layers: int, pair_potential: bool = False) -> Tuple[str, ...]
         + tuple(f"layer_{k}_vjp" for k in reversed(range(num_layers)))
         + ("edge_embedding_vjp",)
         + (("pair_energy_vjp",) if pair_potential else ())
+    )
+
+
+def domain_models(model: torch.nn.Module) -> List[Tuple[str, torch.nn.Module, bool]]:
+    """(prefix of its part names, model, whether it has a pair potential) of each model whose
+    parts a package of target pair_nequip_domain holds: the model itself (no prefix), or each
+    member of a committee (nequip.model.Committee), "member<k>_", evaluated one after the other
+    layer by layer (the runtime's Model::compute_exchanging)."""
+    from nequip.model.committee import Committee
+
+    models = list(model.members) if isinstance(model, Committee) else [model]
+    prefixes = [f"member{k}_" for k in range(len(models))] if isinstance(model, Committee) else [""]
+    return [(prefix, each, "pair_potential" in each.metadata()) for prefix, each in zip(prefixes, models)]
+
+
+def domain_part_names(model: torch.nn.Module) -> Tuple[str, ...]:
+    """The names of every part of a package of target pair_nequip_domain (domain_models)."""
+    return tuple(
+        prefix + name
+        for prefix, each, pair_potential in domain_models(model)
+        for name in part_names(len(each.layers), pair_potential)
     )
 
 
@@ -589,6 +610,17 @@ def _residual_dynamic_shapes(residuals, dims_by_symbol):
             spec[dim] = base if (scale, offset) == (1, 0) else scale * base + offset
         specs.append(spec or None)
     return tuple(specs)
+
+
+def export_domain_parts(
+    model: torch.nn.Module, num_types: int, device: torch.device, log
+) -> Dict[str, torch.export.ExportedProgram]:
+    """Every part of :func:`domain_part_names` (one model's, or each committee member's)."""
+    exported = {}
+    for prefix, each, pair_potential in domain_models(model):
+        for name, program in export_parts(each, num_types, device, log, pair_potential).items():
+            exported[prefix + name] = program
+    return exported
 
 
 def export_parts(
