@@ -312,7 +312,7 @@ void PairNequIP::committee_deviations(const nequip::Outputs &out, int64_t num_no
     virial_min = std::min(virial_min, per_atom);
     virial_norm += per_atom * per_atom;
   }
-  deviation_summary = {virial_max,  virial_min,  std::sqrt(virial_norm) / 3.0,
+  deviation_summary = {virial_max,  virial_min,   std::sqrt(virial_norm) / 3.0,
                        extremes[0], -extremes[1], sums[0] / std::max(sums[1], 1.0)};
   // compute pair sums pvector over the ranks: the whole system's values on rank 0 only
   const bool me_first = comm->me == 0;
@@ -344,8 +344,13 @@ void PairNequIP::write_deviation()
 
 void *PairNequIP::extract_peratom(const char *name, int &ncol)
 {
-  if (strcmp(name, "force_deviation") != 0 || !model || model->committee_size() < 2)
-    return nullptr;
+  if (strcmp(name, "force_deviation") != 0 || !model) return nullptr;
+  if (model->committee_size() < 2)
+    error->all(FLERR,
+               "pair_style nequip: force_deviation is the deviation of a committee of models, "
+               "and model {} is one model: compile several models into one file (nequip-compile "
+               "a.nequip.zip b.nequip.zip ... committee.nequip.pth)",
+               model->path());
   ncol = 0;
   if (atom_force_deviation.size() < (size_t) std::max(atom->nmax, 1))
     atom_force_deviation.resize(std::max(atom->nmax, 1), 0.0);

@@ -188,7 +188,8 @@ class Model::Impl {
     ExchangeRecord record;
     std::map<std::string, at::Tensor> raw =
         translate_torch_errors(path_ + ": running the model layer by layer", [&] {
-          if (metadata_.committee_size > 1) return run_committee_layered(prepared, exchange, record);
+          if (metadata_.committee_size > 1)
+            return run_committee_layered(prepared, exchange, record);
           std::unique_ptr<LayeredParts> parts = format_ == ModelFormat::TorchScript
                                                     ? torchscript_parts(*module_)
                                                     : aoti_parts(aoti_parts_);
@@ -205,8 +206,8 @@ class Model::Impl {
   // energy and virial, from which the front end takes the deviations once the ranks' shares
   // are summed.
   std::map<std::string, at::Tensor> run_committee_layered(const PreparedInputs& prepared,
-                                                         FeatureExchange& exchange,
-                                                         ExchangeRecord& record) {
+                                                          FeatureExchange& exchange,
+                                                          ExchangeRecord& record) {
     const std::vector<std::vector<int64_t>>& widths = metadata_.committee_layer_feature_widths;
     std::vector<std::map<std::string, at::Tensor>> each;
     for (size_t member = 0; member < widths.size(); ++member) {
@@ -217,15 +218,13 @@ class Model::Impl {
         std::unique_ptr<LayeredParts> parts = torchscript_parts(committee_members_.at(member));
         each.push_back(run_layered(*parts, prepared, num_layers, true, exchange, record));
       } else {
-        const bool pair_potential =
-            committee_aoti_parts_.at(member).count("pair_energy_vjp") > 0;
+        const bool pair_potential = committee_aoti_parts_.at(member).count("pair_energy_vjp") > 0;
         std::unique_ptr<LayeredParts> parts = aoti_parts(committee_aoti_parts_.at(member));
-        each.push_back(
-            run_layered(*parts, prepared, num_layers, pair_potential, exchange, record));
+        each.push_back(run_layered(*parts, prepared, num_layers, pair_potential, exchange, record));
       }
     }
-    const bool first = metadata_.raw.count("committee_drive") &&
-                       metadata_.raw.at("committee_drive") == "first";
+    const bool first =
+        metadata_.raw.count("committee_drive") && metadata_.raw.at("committee_drive") == "first";
     std::map<std::string, at::Tensor> outputs;
     for (const auto& [name, value] : each[0]) {
       std::vector<at::Tensor> values;
@@ -334,8 +333,8 @@ class Model::Impl {
     std::vector<std::pair<size_t, std::string>> member_parts;
     for (size_t k = 0; k < widths.size(); ++k) {
       const std::string prefix = "member" + std::to_string(k) + "_";
-      const bool pair_potential = std::find(listed.begin(), listed.end(),
-                                            prefix + "pair_energy_vjp") != listed.end();
+      const bool pair_potential =
+          std::find(listed.begin(), listed.end(), prefix + "pair_energy_vjp") != listed.end();
       for (const std::string& name :
            aoti_part_names(static_cast<int64_t>(widths[k].size()), pair_potential)) {
         expected.push_back(prefix + name);

@@ -108,6 +108,32 @@ run 0
     assert not (tmp_path / "model_devi.out").exists()
 
 
+def test_per_atom_deviation_of_a_single_model_is_refused(compiled_models, tmp_path):
+    """fix pair asks a single model's pair style for its force_deviation."""
+    path = compiled_models["float64", "torchscript", None]
+    script = f"""
+units metal
+atom_style atomic
+atom_modify map yes
+lattice diamond 4.36
+region box block 0 1 0 1 0 1
+create_box 2 box
+create_atoms 1 box
+mass * 28.0
+pair_style nequip
+pair_coeff * * {path} Si C
+fix atom_deviation all pair 1 nequip force_deviation 0
+run 0
+"""
+    completed = run_lmp(script, tmp_path)
+    assert completed.returncode != 0
+    assert (
+        f"pair_style nequip: force_deviation is the deviation of a committee of models, and model {path} is one "
+        "model: compile several models into one file (nequip-compile a.nequip.zip b.nequip.zip ... "
+        "committee.nequip.pth)"
+    ) in completed.stdout + completed.stderr
+
+
 def test_every_without_deviation_is_refused(tmp_path):
     completed = run_lmp("pair_style nequip every 10\n", tmp_path)
     assert completed.returncode != 0
@@ -142,10 +168,22 @@ def committee_system(committee_files, tmp_path_factory):
     return data, atoms, members_one_by_one(committee_files.members, atoms, energies=True)
 
 
-@pytest.mark.parametrize("ranks", [1, 2, 4])
-def test_committee_on_several_ranks_is_its_models_one_by_one(committee_files, committee_system, ranks, tmp_path):
+# the committee files that LAMMPS runs (mode, target), and on how many ranks: every file on one
+# rank; on several, the files that run layer by layer
+COMMITTEE_KINDS = {
+    "pth": ("torchscript", None),
+    "pt2-pair_nequip": ("aotinductor", "pair_nequip"),
+    "pt2-pair_nequip_domain": ("aotinductor", "pair_nequip_domain"),
+}
+COMMITTEE_RUNS = [("pth", 1), ("pth", 2), ("pth", 4), ("pt2-pair_nequip", 1), ("pt2-pair_nequip_domain", 1),
+                  ("pt2-pair_nequip_domain", 2)]  # fmt: skip
+
+
+@pytest.mark.parametrize("kind, ranks", COMMITTEE_RUNS, ids=[f"{kind}-{ranks}" for kind, ranks in COMMITTEE_RUNS])
+def test_committee_on_several_ranks_is_its_models_one_by_one(committee_files, committee_system, kind, ranks, tmp_path):
     data, atoms, (forces, virials, energies) = committee_system
-    model = committee_files["torchscript", None, "mean"]
+    mode, target = COMMITTEE_KINDS[kind]
+    model = committee_files[mode, target, "mean"]
     run = lammps(tmp_path, ranks, data, model, COMMITTEE_SINGLE_POINT.format(model=model))
 
     step, energy, max_force_deviation, energy_deviation, max_virial_deviation = run.thermo[0]

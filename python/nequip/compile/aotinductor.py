@@ -618,15 +618,38 @@ def export_domain_parts(
     """Every part of :func:`domain_part_names` (one model's, or each committee member's)."""
     exported = {}
     for prefix, each, pair_potential in domain_models(model):
-        for name, program in export_parts(each, num_types, device, log, pair_potential).items():
+        for name, program in export_parts(each, num_types, device, log, pair_potential, prefix).items():
             exported[prefix + name] = program
     return exported
 
 
+def _name_constants(graph_module: torch.fx.GraphModule, prefix: str) -> None:
+    """The traced module's weights (``_param_constant0`` ..., the same names in every model
+    traced) renamed ``prefix`` + name: the models of one package share one namespace of
+    weights, in which a committee's members must not take one another's."""
+    if not prefix:
+        return
+    renamed: Dict[str, str] = {}  # several nodes may read one weight
+    for node in graph_module.graph.find_nodes(op="get_attr"):
+        if node.target not in renamed:
+            value = getattr(graph_module, node.target)
+            delattr(graph_module, node.target)
+            renamed[node.target] = prefix + node.target
+            setattr(graph_module, renamed[node.target], value)
+        node.target = renamed[node.target]
+    graph_module.recompile()
+
+
 def export_parts(
-    model: torch.nn.Module, num_types: int, device: torch.device, log, pair_potential: bool = False
+    model: torch.nn.Module,
+    num_types: int,
+    device: torch.device,
+    log,
+    pair_potential: bool = False,
+    weight_prefix: str = "",
 ) -> Dict[str, torch.export.ExportedProgram]:
-    """Every part of :func:`part_names`, traced (VJPs included) and exported with dynamic sizes."""
+    """Every part of :func:`part_names`, traced (VJPs included) and exported with dynamic sizes,
+    the weights' names prefixed with ``weight_prefix`` (a committee member's, _name_constants)."""
     trace_inputs = _part_inputs(model, num_types, device)
     export_inputs = _part_inputs(model, num_types, device, _EXPORT_NUM_ATOMS, _EXPORT_NUM_EDGES)
     exported = {}
@@ -637,6 +660,7 @@ def export_parts(
         traced = _trace(_part_module(model, name).eval(), trace_inputs[name])
         sum_scatters_into_one_row(traced)
         materialize_gathered(traced)
+        _name_constants(traced, weight_prefix)
         exported[name] = torch.export.export(
             traced, export_inputs[name], dynamic_shapes=_part_dynamic_shapes(name, num_types), strict=False
         )
@@ -648,6 +672,7 @@ def export_parts(
         for graph_module in (forward, backward):
             sum_scatters_into_one_row(graph_module)
             materialize_gathered(graph_module)
+            _name_constants(graph_module, weight_prefix)
         layer_shapes = _part_dynamic_shapes(name, num_types)
         exported[name] = torch.export.export(forward, export_inputs[name], dynamic_shapes=layer_shapes, strict=False)
         x, _, edge_sh = list(joint.graph.find_nodes(op="placeholder"))[:3]
