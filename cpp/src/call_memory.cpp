@@ -3,13 +3,18 @@
 // model (docs/benchmarks.md, "A call's memory, kept and read back", has the sizes). glibc maps
 // a block that large fresh from the kernel each time and unmaps it when it is freed, so every
 // call faulted in and zeroed the same memory again, time spent in the kernel. Here the torch
-// CPU allocator is wrapped: a large block freed during a model call is kept, one at most, for
-// the next large request of a call that it can hold without wasting more than a quarter of it.
+// CPU allocator is wrapped: the large blocks freed during a model call are kept for the next
+// large requests of a call that each can hold without wasting more than a quarter of it. A
+// whole model has one pool; the layer-by-layer parts of a domain file (several LAMMPS ranks)
+// have one per part, and the forward parts' saved tensors, so a call reuses several blocks.
 // Smaller blocks, and every allocation outside a model call, go to torch's allocator unchanged.
 //
-// Memory: the kept block is given back before a larger block is allocated, and at the end of a
-// call that did not use it (after the system grew smaller), so the process keeps between calls
-// only what the last call used, as torch's CUDA allocator keeps its cache on a GPU.
+// Memory: at the end of a call every kept block that call did not use is given back, so the
+// process keeps between calls only what the last call used and freed, as torch's CUDA
+// allocator keeps its cache on a GPU. A call whose system is much larger or smaller than the
+// last one's may hold both calls' blocks until it ends. (Giving back the kept blocks smaller
+// than a fresh request at once, as for one block, undid the parts' reuse: a part's request
+// larger than every kept block gave back the blocks of the parts to come.)
 //
 // A fresh large block is also advised into transparent huge pages (Linux, where THP is
 // "madvise" or "always"): the kernels sweep the pool, and with 4 KiB pages they take a TLB miss
@@ -28,9 +33,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <unordered_map>
-#include <utility>
+#include <unordered_set>
+#include <vector>
 
 namespace nequip::detail {
 namespace {
@@ -64,19 +71,18 @@ class KeptBlockAllocator final : public c10::Allocator {
     if (nbytes < kLargeBlockBytes || calls_on_this_thread == 0 || next_delete_ == nullptr) {
       return next_->allocate(nbytes);
     }
-    bool kept_too_small = false;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (kept_ != nullptr && nbytes <= kept_bytes_ && nbytes >= kept_bytes_ / 4 * 3) {
-        void* block = std::exchange(kept_, nullptr);
-        lent_[block] = std::exchange(kept_bytes_, 0);
-        kept_in_use_ = true;
+      // the smallest kept block that holds the request, if it wastes at most a quarter
+      auto fit = kept_.lower_bound(nbytes);
+      if (fit != kept_.end() && nbytes >= fit->first / 4 * 3) {
+        void* block = fit->second;
+        lent_[block] = fit->first;
+        kept_.erase(fit);
+        kept_before_call_.erase(block);  // used by this call
         return {block, block, &give_back, c10::Device(c10::DeviceType::CPU)};
       }
-      kept_too_small = kept_ != nullptr && nbytes > kept_bytes_;
     }
-    // a kept block too small goes first; one too large stays for a larger request to come
-    if (kept_too_small) release_kept();
     c10::DataPtr fresh = next_->allocate(nbytes);
     if (fresh.get() == nullptr || fresh.get() != fresh.get_context() ||
         fresh.get_deleter() != next_delete_) {
@@ -96,32 +102,39 @@ class KeptBlockAllocator final : public c10::Allocator {
     default_copy_data(dest, src, count);
   }
 
+  // The blocks kept now were kept by earlier calls; the ones this call frees join them.
   void begin_call() {
     std::lock_guard<std::mutex> lock(mutex_);
-    kept_in_use_ = false;
+    kept_before_call_.clear();
+    for (const auto& [bytes, block] : kept_) kept_before_call_.insert(block);
   }
 
-  // A block kept from before this call and of no use to it is given back.
+  // The blocks kept from before this call and of no use to it are given back.
   void end_call() {
-    void* block = nullptr;
+    std::vector<void*> unused;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (!kept_in_use_) {
-        block = std::exchange(kept_, nullptr);
-        kept_bytes_ = 0;
+      for (auto kept = kept_.begin(); kept != kept_.end();) {
+        if (kept_before_call_.count(kept->second) > 0) {
+          unused.push_back(kept->second);
+          kept = kept_.erase(kept);
+        } else {
+          ++kept;
+        }
       }
+      kept_before_call_.clear();
     }
-    if (block != nullptr) next_delete_(block);
+    for (void* block : unused) next_delete_(block);
   }
 
   void release_kept() {
-    void* block = nullptr;
+    std::multimap<std::size_t, void*> kept;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      block = std::exchange(kept_, nullptr);
-      kept_bytes_ = 0;
+      kept.swap(kept_);
+      kept_before_call_.clear();
     }
-    if (block != nullptr) next_delete_(block);
+    for (const auto& [bytes, block] : kept) next_delete_(block);
   }
 
   static KeptBlockAllocator* installed;
@@ -129,31 +142,30 @@ class KeptBlockAllocator final : public c10::Allocator {
  private:
   static void give_back(void* block) { installed->take_back(block); }
 
+  // A large block lent during a call is kept when a call frees it; an output freed after its
+  // call, and any block not lent, goes to the next allocator.
   void take_back(void* block) {
-    void* to_free = block;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto lent = lent_.find(block);
       if (lent != lent_.end()) {
         const std::size_t bytes = lent->second;
         lent_.erase(lent);
-        if (bytes >= kept_bytes_) {  // keep the larger of the two
-          to_free = std::exchange(kept_, block);
-          kept_bytes_ = bytes;
-          kept_in_use_ = true;
+        if (calls_on_this_thread > 0) {
+          kept_.emplace(bytes, block);
+          return;
         }
       }
     }
-    if (to_free != nullptr) next_delete_(to_free);
+    next_delete_(block);
   }
 
   c10::Allocator* next_;
   c10::DeleterFnPtr next_delete_;
   std::mutex mutex_;
   std::unordered_map<void*, std::size_t> lent_;  // large blocks out now, and their sizes
-  void* kept_ = nullptr;
-  std::size_t kept_bytes_ = 0;
-  bool kept_in_use_ = false;  // lent or freed by the current call
+  std::multimap<std::size_t, void*> kept_;       // freed large blocks by size, for reuse
+  std::unordered_set<void*> kept_before_call_;   // those kept when the current call began
 };
 
 KeptBlockAllocator* KeptBlockAllocator::installed = nullptr;
@@ -178,7 +190,7 @@ ReuseLargeBlocksInThisCall::~ReuseLargeBlocksInThisCall() {
   if (--calls_on_this_thread == 0) KeptBlockAllocator::installed->end_call();
 }
 
-void release_kept_block() {
+void release_kept_blocks() {
   if (KeptBlockAllocator::installed != nullptr) KeptBlockAllocator::installed->release_kept();
 }
 

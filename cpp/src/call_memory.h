@@ -4,7 +4,7 @@
 namespace nequip::detail {
 
 // While one of these lives on a thread, CPU allocations of that thread of at least
-// kLargeBlockBytes may reuse the block the last call freed (call_memory.cpp).
+// kLargeBlockBytes may reuse the blocks the last call freed (call_memory.cpp).
 class ReuseLargeBlocksInThisCall {
  public:
   ReuseLargeBlocksInThisCall();
@@ -13,7 +13,7 @@ class ReuseLargeBlocksInThisCall {
   ReuseLargeBlocksInThisCall& operator=(const ReuseLargeBlocksInThisCall&) = delete;
 };
 
-// Gives the kept block, if any, back to the system (when a model is unloaded).
-void release_kept_block();
+// Gives the kept blocks back to the system (when a model is unloaded).
+void release_kept_blocks();
 
 }  // namespace nequip::detail

@@ -71,7 +71,7 @@ class Model::Impl {
     check_committee_outputs();
   }
 
-  ~Impl() { release_kept_block(); }
+  ~Impl() { release_kept_blocks(); }
 
   bool takes(const std::string& name) const {
     return std::find(input_names_.begin(), input_names_.end(), name) != input_names_.end();

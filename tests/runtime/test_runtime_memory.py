@@ -1,7 +1,8 @@
-"""A compiled model's call reuses the large block its previous call freed
+"""A compiled model's call reuses the large blocks its previous call freed
 (cpp/src/call_memory.cpp): no fresh pages to fault in and zero, the same numbers as from fresh
-memory, and no more peak memory than the largest call needs. Large blocks are advised into
-transparent huge pages.
+memory, and no more peak memory than the largest call needs; so do the layer-by-layer parts of a
+domain file, whose call frees a block per part. Large blocks are advised into transparent huge
+pages.
 
 The calls run in a fresh process, so that page faults and peak RSS are the model's alone. The
 reuse is counted in page faults with huge pages turned off for that process (a huge page is one
@@ -42,7 +43,12 @@ rows, results = [], {}
 for index, repeat in enumerate(json.loads(sys.argv[4])):
     f = {k: frames[f"{repeat}_{k}"] for k in ("pos", "atom_types", "edge_index", "edge_cell_shift", "cell")}
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    got = model.compute(f["pos"], f["atom_types"], f["edge_index"], f["edge_cell_shift"], f["cell"])
+    if sys.argv[6] == "whole":
+        got = model.compute(f["pos"], f["atom_types"], f["edge_index"], f["edge_cell_shift"], f["cell"])
+    else:  # every atom owned: the parts of several ranks' runs, exchanging nothing
+        owner = np.arange(len(f["atom_types"]))
+        got = model.compute_exchanging(f["pos"], f["atom_types"], f["edge_index"], owner, cell=f["cell"],
+                                       edge_cell_shift=f["edge_cell_shift"])
     after = resource.getrusage(resource.RUSAGE_SELF)
     rows.append(dict(faults=after.ru_minflt - before, peak_kib=after.ru_maxrss, huge_kib=huge_kib()))
     for name in ("total_energy", "forces", "stress"):
@@ -60,12 +66,13 @@ def sic(repeat: int):
     return frame
 
 
-def run_calls(path, frames, directory, sequence, huge_pages: bool):
-    """(rows of faults, peak RSS and huge pages per call, outputs per call) of one process."""
+def run_calls(path, frames, directory, sequence, huge_pages: bool, side: str = "whole"):
+    """(rows of faults, peak RSS and huge pages per call, outputs per call) of one process;
+    side: the whole model (``Model.compute``) or its layer-by-layer parts."""
     np.savez(directory / "frames.npz", **{f"{r}_{k}": v for r, f in frames.items() for k, v in f.items()})
     result = subprocess.run(
         [sys.executable, "-c", CALLS, str(path), str(directory / "frames.npz"), str(directory / "out.npz"),
-         json.dumps(sequence), "huge-pages" if huge_pages else "no-huge-pages"],
+         json.dumps(sequence), "huge-pages" if huge_pages else "no-huge-pages", side],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr
@@ -82,8 +89,23 @@ def calls(compiled_models, tmp_path_factory):
     return rows, outputs, frames
 
 
-def test_a_repeated_call_faults_in_no_new_memory(calls):
-    rows, _, _ = calls
+@pytest.fixture(scope="module")
+def calls_of_parts(compiled_models, tmp_path_factory):
+    """As ``calls``, through the layer-by-layer parts of a domain file."""
+    frames = {repeat: sic(repeat) for repeat in (LARGE, SMALL)}
+    path = compiled_models["float64", "aotinductor", "pair_nequip_domain"]
+    directory = tmp_path_factory.mktemp("call_memory_parts")
+    rows, outputs = run_calls(path, frames, directory, SEQUENCE, huge_pages=False, side="parts")
+    return rows, outputs, frames
+
+
+@pytest.fixture(params=["whole", "parts"])
+def calls_of(request):
+    return request.getfixturevalue("calls" if request.param == "whole" else "calls_of_parts")
+
+
+def test_a_repeated_call_faults_in_no_new_memory(calls_of):
+    rows, _, _ = calls_of
     first = rows[0]["faults"]
     assert first * 4096 > 40 * 2**20, f"the first call faulted in only {first} pages: the test system is too small"
     for index in (1, 2, 6):  # the large system after itself, and after the small one's calls
@@ -93,18 +115,18 @@ def test_a_repeated_call_faults_in_no_new_memory(calls):
         )
 
 
-def test_the_peak_is_that_of_the_largest_call(calls):
-    rows, _, _ = calls
+def test_the_peak_is_that_of_the_largest_call(calls_of):
+    rows, _, _ = calls_of
     first = rows[0]
-    # Holding two blocks, or glibc's heap keeping all freed memory, grows the peak by a whole
-    # call's buffers; the small system's calls, run while the large block is kept, and Python's
-    # own allocations add a few MiB.
+    # Keeping blocks no call uses, or glibc's heap keeping all freed memory, grows the peak by a
+    # whole call's buffers; the small system's calls, run while the large blocks are kept, and
+    # Python's own allocations add a few MiB.
     slack_kib = first["faults"] * 4 // 4
     assert rows[-1]["peak_kib"] <= first["peak_kib"] + slack_kib, [row["peak_kib"] for row in rows]
 
 
-def test_reused_memory_gives_the_eager_numbers(calls, compiled_models):
-    _, outputs, frames = calls
+def test_reused_memory_gives_the_eager_numbers(calls_of, compiled_models):
+    _, outputs, frames = calls_of
     eager = {repeat: eager_outputs(compiled_models.eager["float64"], frame) for repeat, frame in frames.items()}
     for index, repeat in enumerate(SEQUENCE):
         for name in ("total_energy", "forces", "stress"):
