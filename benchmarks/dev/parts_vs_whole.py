@@ -6,14 +6,17 @@ and the periodic images reached by the edges' cell shifts, so nothing is exchang
 
     .venv/bin/python benchmarks/dev/parts_vs_whole.py MODEL_domain.nequip.pt2 --sizes 512 4096 --rounds 3 --json out.json
 
-Rattled 3C-SiC (the model must know Si and C); rounds alternate the two sides; medians of
-seconds per call, their ratio, and the largest differences of energy and forces between them.
-Torch threads = --threads.
+Rattled 3C-SiC (the model must know Si and C); rounds alternate the two sides, each timed call
+after an untimed one of the same side (as in a run, where the previous step's call was of the
+same kind and its memory is reused: call_memory.cpp); medians of seconds per call, of the
+kernel's CPU seconds and of the page faults per call, the time ratio, and the largest
+differences of energy and forces between the sides. Torch threads = --threads.
 """
 
 import argparse
 import json
 import os
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -55,11 +58,17 @@ def main(argv=None) -> int:
         }
         outputs = {name: call() for name, call in sides.items()}  # warm-up
         times = {name: [] for name in sides}
+        kernel_seconds = {name: [] for name in sides}
+        page_faults = {name: [] for name in sides}
         for _ in range(args.rounds):
             for name, call in sides.items():
-                start = time.perf_counter()
+                call()
+                before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
                 call()
                 times[name].append(time.perf_counter() - start)
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                kernel_seconds[name].append(after.ru_stime - before.ru_stime)
+                page_faults[name].append(after.ru_minflt - before.ru_minflt)
         whole, parts = (statistics.median(times[name]) for name in sides)
         energy = outputs["whole"]["total_energy"]
         row = dict(
@@ -69,12 +78,15 @@ def main(argv=None) -> int:
             parts_seconds=parts,
             whole_over_parts=whole / parts,
             runs=times,
+            kernel_seconds={name: statistics.median(values) for name, values in kernel_seconds.items()},
+            page_faults={name: statistics.median(values) for name, values in page_faults.items()},
             relative_energy_difference=abs(outputs["parts"]["total_energy"] - energy) / abs(energy),
             max_force_difference=float(np.abs(outputs["parts"]["forces"] - outputs["whole"]["forces"]).max()),
         )
         report["sizes"].append(row)
         print(f"{row['atoms']} atoms, {row['edges']} edges: whole {whole:.3f} s, parts {parts:.3f} s, "
-              f"whole / parts {whole / parts:.2f}; energy rel. diff. {row['relative_energy_difference']:.1e}, "
+              f"whole / parts {whole / parts:.2f}; kernel CPU s {row['kernel_seconds']}, "
+              f"page faults {row['page_faults']}; energy rel. diff. {row['relative_energy_difference']:.1e}, "
               f"max force diff. {row['max_force_difference']:.1e} eV/Å", flush=True)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

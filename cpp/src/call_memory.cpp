@@ -2,23 +2,25 @@
 // memory planning) and frees it before the call returns: hundreds of MiB for the benchmark
 // model (docs/benchmarks.md, "A call's memory, kept and read back", has the sizes). glibc maps
 // a block that large fresh from the kernel each time and unmaps it when it is freed, so every
-// call faulted in and zeroed the same memory again, time spent in the kernel. Here the torch
-// CPU allocator is wrapped: the large blocks freed during a model call are kept for the next
-// large requests of a call that each can hold without wasting more than a quarter of it. A
-// whole model has one pool; the layer-by-layer parts of a domain file (several LAMMPS ranks)
-// have one per part, and the forward parts' saved tensors, so a call reuses several blocks.
-// Smaller blocks, and every allocation outside a model call, go to torch's allocator unchanged.
+// call faulted in and zeroed the same memory again, time spent in the kernel. The layer-by-layer
+// parts of a domain file (several LAMMPS ranks) free a pool per part, and the forward parts'
+// saved tensors, of many sizes.
 //
-// Memory: at the end of a call every kept block that call did not use is given back, so the
-// process keeps between calls only what the last call used and freed, as torch's CUDA
-// allocator keeps its cache on a GPU. A call whose system is much larger or smaller than the
-// last one's may hold both calls' blocks until it ends. (Giving back the kept blocks smaller
-// than a fresh request at once, as for one block, undid the parts' reuse: a part's request
-// larger than every kept block gave back the blocks of the parts to come.)
+// Here the torch CPU allocator is wrapped, as torch's CUDA caching allocator manages a GPU's
+// memory: during a model call, a large request is carved from segments of memory the runtime
+// keeps (best fit, the rest of the free block stays free), and a block freed is merged with its
+// free neighbors in its segment; a new segment is mapped only when no free block holds the
+// request. Smaller blocks, and every allocation outside a model call, go to torch's allocator
+// unchanged. (Keeping freed blocks whole, for requests of about their size only, gave the
+// parts either no reuse or 2.5 GiB kept for a call whose live memory peaked at 1.0 GiB.)
 //
-// A fresh large block is also advised into transparent huge pages (Linux, where THP is
-// "madvise" or "always"): the kernels sweep the pool, and with 4 KiB pages they take a TLB miss
-// every few rows of a per-edge buffer; the calls are faster with the same peak memory
+// Memory: a segment whose blocks are all free is given back when a request needs a new
+// segment, and at the end of a call that did not use it, so the process keeps between calls
+// about what the last call used at its peak, as torch's CUDA allocator keeps its cache on a GPU.
+//
+// A new segment is also advised into transparent huge pages (Linux, where THP is "madvise" or
+// "always"): the kernels sweep the pool, and with 4 KiB pages they take a TLB miss every few
+// rows of a per-edge buffer; the calls are faster with the same peak memory
 // (docs/benchmarks.md, "A call's memory in huge pages"). torch's own switch,
 // THP_MEM_ALLOC_ENABLE, is read once at its first allocation, before the runtime could set it.
 
@@ -34,9 +36,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <unordered_map>
-#include <unordered_set>
 #include <vector>
 
 namespace nequip::detail {
@@ -44,6 +46,10 @@ namespace {
 
 // Below this, glibc's own reuse of freed memory is good enough.
 constexpr std::size_t kLargeBlockBytes = std::size_t{1} << 20;
+// Blocks carved from a segment start at multiples of this (torch's CPU alignment is 64 bytes).
+constexpr std::size_t kBlockAlignment = 512;
+// A free remainder smaller than this stays with the block carved before it.
+constexpr std::size_t kSmallestRemainder = std::size_t{1} << 16;
 
 thread_local int calls_on_this_thread = 0;
 
@@ -71,28 +77,35 @@ class KeptBlockAllocator final : public c10::Allocator {
     if (nbytes < kLargeBlockBytes || calls_on_this_thread == 0 || next_delete_ == nullptr) {
       return next_->allocate(nbytes);
     }
+    const std::size_t bytes = (nbytes + kBlockAlignment - 1) / kBlockAlignment * kBlockAlignment;
+    std::vector<void*> released;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      // the smallest kept block that holds the request, if it wastes at most a quarter
-      auto fit = kept_.lower_bound(nbytes);
-      if (fit != kept_.end() && nbytes >= fit->first / 4 * 3) {
-        void* block = fit->second;
-        lent_[block] = fit->first;
-        kept_.erase(fit);
-        kept_before_call_.erase(block);  // used by this call
-        return {block, block, &give_back, c10::Device(c10::DeviceType::CPU)};
-      }
+      if (Block* block = take_free_block(bytes)) return lend(block);
+      // no free block holds it: the segments left wholly free are of no use to this request
+      released = release_free_segments(/*only_unused_in_call=*/false);
     }
-    c10::DataPtr fresh = next_->allocate(nbytes);
+    for (void* memory : released) next_delete_(memory);
+    c10::DataPtr fresh = next_->allocate(bytes);
     if (fresh.get() == nullptr || fresh.get() != fresh.get_context() ||
         fresh.get_deleter() != next_delete_) {
       return fresh;  // not a plain block of the allocator below: not ours to keep
     }
-    void* block = fresh.release_context();
-    advise_huge_pages(block, nbytes);
+    void* memory = fresh.release_context();
+    advise_huge_pages(memory, bytes);
     std::lock_guard<std::mutex> lock(mutex_);
-    lent_[block] = nbytes;
-    return {block, block, &give_back, c10::Device(c10::DeviceType::CPU)};
+    auto segment = std::make_unique<Segment>();
+    segment->memory = memory;
+    segment->bytes = bytes;
+    segment->used_in_call = true;
+    auto block = std::make_unique<Block>();
+    block->segment = segment.get();
+    block->address = static_cast<char*>(memory);
+    block->bytes = bytes;
+    Block* first = block.get();
+    blocks_.emplace(first->address, std::move(block));
+    segments_.emplace(memory, std::move(segment));
+    return lend(first);
   }
 
   // A raw block (raw_allocate) is freed through here too: ours if lent, else the next's.
@@ -102,70 +115,154 @@ class KeptBlockAllocator final : public c10::Allocator {
     default_copy_data(dest, src, count);
   }
 
-  // The blocks kept now were kept by earlier calls; the ones this call frees join them.
   void begin_call() {
     std::lock_guard<std::mutex> lock(mutex_);
-    kept_before_call_.clear();
-    for (const auto& [bytes, block] : kept_) kept_before_call_.insert(block);
+    for (auto& [memory, segment] : segments_) segment->used_in_call = false;
   }
 
-  // The blocks kept from before this call and of no use to it are given back.
+  // The segments wholly free that this call did not use are given back.
   void end_call() {
-    std::vector<void*> unused;
+    std::vector<void*> released;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      for (auto kept = kept_.begin(); kept != kept_.end();) {
-        if (kept_before_call_.count(kept->second) > 0) {
-          unused.push_back(kept->second);
-          kept = kept_.erase(kept);
-        } else {
-          ++kept;
-        }
-      }
-      kept_before_call_.clear();
+      released = release_free_segments(/*only_unused_in_call=*/true);
     }
-    for (void* block : unused) next_delete_(block);
+    for (void* memory : released) next_delete_(memory);
   }
 
   void release_kept() {
-    std::multimap<std::size_t, void*> kept;
+    std::vector<void*> released;
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      kept.swap(kept_);
-      kept_before_call_.clear();
+      released = release_free_segments(/*only_unused_in_call=*/false);
     }
-    for (const auto& [bytes, block] : kept) next_delete_(block);
+    for (void* memory : released) next_delete_(memory);
   }
 
   static KeptBlockAllocator* installed;
 
  private:
-  static void give_back(void* block) { installed->take_back(block); }
+  struct Segment {
+    void* memory = nullptr;  // as the allocator below gave it
+    std::size_t bytes = 0;
+    std::size_t lent_blocks = 0;
+    bool used_in_call = false;
+  };
+  // A piece of a segment, lent or free; neighbors in address order within the segment.
+  struct Block {
+    Segment* segment = nullptr;
+    char* address = nullptr;
+    std::size_t bytes = 0;
+    bool lent = false;
+    Block* before = nullptr;
+    Block* after = nullptr;
+  };
 
-  // A large block lent during a call is kept when a call frees it; an output freed after its
-  // call, and any block not lent, goes to the next allocator.
-  void take_back(void* block) {
+  static void give_back(void* address) { installed->take_back(address); }
+
+  // The smallest free block that holds `bytes`, split so that its rest stays free.
+  Block* take_free_block(std::size_t bytes) {
+    auto fit = free_.lower_bound(bytes);
+    if (fit == free_.end()) return nullptr;
+    Block* block = fit->second;
+    free_.erase(fit);
+    if (block->bytes - bytes >= kSmallestRemainder) {
+      auto rest = std::make_unique<Block>();
+      rest->segment = block->segment;
+      rest->address = block->address + bytes;
+      rest->bytes = block->bytes - bytes;
+      rest->before = block;
+      rest->after = block->after;
+      if (block->after != nullptr) block->after->before = rest.get();
+      block->after = rest.get();
+      block->bytes = bytes;
+      free_.emplace(rest->bytes, rest.get());
+      blocks_.emplace(rest->address, std::move(rest));
+    }
+    return block;
+  }
+
+  c10::DataPtr lend(Block* block) {
+    block->lent = true;
+    block->segment->lent_blocks += 1;
+    block->segment->used_in_call = true;
+    void* address = block->address;
+    return {address, address, &give_back, c10::Device(c10::DeviceType::CPU)};
+  }
+
+  void take_back(void* address) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      auto lent = lent_.find(block);
-      if (lent != lent_.end()) {
-        const std::size_t bytes = lent->second;
-        lent_.erase(lent);
-        if (calls_on_this_thread > 0) {
-          kept_.emplace(bytes, block);
-          return;
-        }
+      auto found = blocks_.find(static_cast<char*>(address));
+      if (found != blocks_.end()) {
+        Block* block = found->second.get();
+        block->lent = false;
+        block->segment->lent_blocks -= 1;
+        block = merge_with_free_neighbors(block);
+        free_.emplace(block->bytes, block);
+        return;
       }
     }
-    next_delete_(block);
+    next_delete_(address);
+  }
+
+  Block* merge_with_free_neighbors(Block* block) {
+    if (block->after != nullptr && !block->after->lent) {
+      Block* after = block->after;
+      forget_free(after);
+      block->bytes += after->bytes;
+      block->after = after->after;
+      if (after->after != nullptr) after->after->before = block;
+      blocks_.erase(after->address);
+    }
+    if (block->before != nullptr && !block->before->lent) {
+      Block* before = block->before;
+      forget_free(before);
+      before->bytes += block->bytes;
+      before->after = block->after;
+      if (block->after != nullptr) block->after->before = before;
+      blocks_.erase(block->address);
+      block = before;
+    }
+    return block;
+  }
+
+  void forget_free(Block* block) {
+    auto [first, last] = free_.equal_range(block->bytes);
+    for (auto entry = first; entry != last; ++entry) {
+      if (entry->second == block) {
+        free_.erase(entry);
+        return;
+      }
+    }
+  }
+
+  // Takes the wholly free segments (of those, only the ones the current call did not use)
+  // out of the books; returns their memory, to be given back outside the lock.
+  std::vector<void*> release_free_segments(bool only_unused_in_call) {
+    std::vector<void*> released;
+    for (auto entry = segments_.begin(); entry != segments_.end();) {
+      Segment* segment = entry->second.get();
+      if (segment->lent_blocks > 0 || (only_unused_in_call && segment->used_in_call)) {
+        ++entry;
+        continue;
+      }
+      // wholly free: one block, merged, spanning the segment
+      Block* block = blocks_.at(static_cast<char*>(segment->memory)).get();
+      forget_free(block);
+      blocks_.erase(block->address);
+      released.push_back(segment->memory);
+      entry = segments_.erase(entry);
+    }
+    return released;
   }
 
   c10::Allocator* next_;
   c10::DeleterFnPtr next_delete_;
   std::mutex mutex_;
-  std::unordered_map<void*, std::size_t> lent_;  // large blocks out now, and their sizes
-  std::multimap<std::size_t, void*> kept_;       // freed large blocks by size, for reuse
-  std::unordered_set<void*> kept_before_call_;   // those kept when the current call began
+  std::map<void*, std::unique_ptr<Segment>> segments_;
+  std::unordered_map<char*, std::unique_ptr<Block>> blocks_;  // by address, lent or free
+  std::multimap<std::size_t, Block*> free_;                   // the free blocks by size
 };
 
 KeptBlockAllocator* KeptBlockAllocator::installed = nullptr;

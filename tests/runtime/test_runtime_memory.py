@@ -104,11 +104,15 @@ def calls_of(request):
     return request.getfixturevalue("calls" if request.param == "whole" else "calls_of_parts")
 
 
-def test_a_repeated_call_faults_in_no_new_memory(calls_of):
+def test_a_repeated_call_faults_in_no_new_memory(calls_of, request):
     rows, _, _ = calls_of
     first = rows[0]["faults"]
     assert first * 4096 > 40 * 2**20, f"the first call faulted in only {first} pages: the test system is too small"
-    for index in (1, 2, 6):  # the large system after itself, and after the small one's calls
+    # The whole model's one pool is reused from the second call on. The parts' blocks settle at
+    # the third: the first call maps segments as its requests outgrow them, the second carves
+    # the same requests from the merged free memory in another layout, and maps what it lacks.
+    settled = (1, 2, 6) if "whole" in request.node.callspec.id else (2, 6)
+    for index in settled:  # the large system after itself, and after the small one's calls
         assert rows[index]["faults"] < first / 20, (
             f"call {index} faulted in {rows[index]['faults']} pages, the first {first}: "
             "the buffers of the previous call were not reused"
