@@ -49,6 +49,7 @@
 #include <ATen/ops/from_blob.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -189,9 +190,12 @@ void PairNequIP::compute(int eflag, int vflag)
 
   if (eflag_global) eng_vdwl += out.total_energy;
 
-  if (!deviation_path.empty() && update->ntimestep % deviation_every == 0 &&
-      update->ntimestep != deviation_last_step)
-    write_deviation(out, num_nodes);
+  if (model->committee_size() > 1) {
+    committee_deviations(out, num_nodes);
+    if (!deviation_path.empty() && update->ntimestep % deviation_every == 0 &&
+        update->ntimestep != deviation_last_step)
+      write_deviation();
+  }
 
   if (vflag_global) {
     if (!out.virial)
@@ -224,47 +228,133 @@ void PairNequIP::compute(int eflag, int vflag)
 }
 
 /* ----------------------------------------------------------------------
-   one line of DeePMD-kit's model_devi.out: step, max/min/avg of the virial deviation
-   (std over the models of each virial component, per atom: avg = its norm / 3), max/min/avg
-   of the per-atom force deviation; the reductions over the world communicator
+   A committee's deviations at this step, DeePMD-kit's (population standard
+   deviations over the K models): per owned atom the norm of the standard
+   deviation of the K force vectors (atom_force_deviation, what `fix pair`
+   reads), and over the whole system (MPI_Allreduce over the world
+   communicator) its max, min and mean, the energy's and each virial
+   component's (per atom: model_devi.out's). On one rank the runtime gives
+   them; on several, each rank's share of each member's forces, energy and
+   virial: a ghost's forces go to their owner (LAMMPS' reverse communication
+   of this pair style, 3K doubles per atom) and the energies and virials are
+   summed over the ranks before the deviations are taken.
 ------------------------------------------------------------------------- */
 
-void PairNequIP::write_deviation(const nequip::Outputs &out, int64_t num_nodes)
+void PairNequIP::committee_deviations(const nequip::Outputs &out, int64_t num_nodes)
 {
-  if (!out.force_deviation)
-    error->all(FLERR, "pair_style nequip: model {} gives no force deviation", model->path());
-  const double *deviation = out.force_deviation->data_ptr<double>();
-  // max and -min over owned atoms; the sum and the number of them
+  const int nlocal = atom->nlocal;
+  atom_force_deviation.assign(std::max(atom->nmax, 1), 0.0);
+  const int64_t K = model->committee_size();
+  double energy_deviation = 0.0;
+  double virial_deviation[9] = {0.0};
+
+  if (!exchange_mode) {
+    if (!out.force_deviation || !out.energy_deviation)
+      error->all(FLERR, "pair_style nequip: model {} gives no force deviation", model->path());
+    const double *deviation = out.force_deviation->data_ptr<double>();
+    for (int64_t node = 0; node < num_nodes; node++)
+      atom_force_deviation[atom_of_node[node]] = deviation[node];
+    energy_deviation = *out.energy_deviation;
+    if (out.virial_deviation)
+      std::copy_n(out.virial_deviation->data_ptr<double>(), 9, virial_deviation);
+  } else {
+    if (!out.member_forces || !out.member_energies || !out.member_virials)
+      error->all(FLERR, "pair_style nequip: model {} gives no committee members' forces",
+                 model->path());
+    // (K, N, 3) -> rows of atoms (N, 3K); owned rows += their ghosts' (all ranks take part)
+    at::Tensor rows = out.member_forces->permute({1, 0, 2}).contiguous();
+    exchange_rows(rows.data_ptr<double>(), (int) (3 * K), false);
+    const double *member_forces = rows.data_ptr<double>();
+    for (int64_t node = 0; node < std::min<int64_t>(num_nodes, nlocal); node++) {
+      if (!node_is_local[node]) continue;
+      const double *f = member_forces + 3 * K * node;
+      double mean[3] = {0.0, 0.0, 0.0}, spread = 0.0;
+      for (int64_t k = 0; k < K; k++)
+        for (int d = 0; d < 3; d++) mean[d] += f[3 * k + d] / K;
+      for (int64_t k = 0; k < K; k++)
+        for (int d = 0; d < 3; d++) spread += (f[3 * k + d] - mean[d]) * (f[3 * k + d] - mean[d]);
+      atom_force_deviation[node] = std::sqrt(spread / K);
+    }
+    // each member's energy and virial: the sums of the ranks' shares
+    std::vector<double> share((size_t) (10 * K)), total((size_t) (10 * K));
+    std::copy_n(out.member_energies->data_ptr<double>(), K, share.begin());
+    std::copy_n(out.member_virials->data_ptr<double>(), 9 * K, share.begin() + K);
+    MPI_Allreduce(share.data(), total.data(), (int) (10 * K), MPI_DOUBLE, MPI_SUM, world);
+    auto deviation_of = [K](const double *values, int stride) {
+      double mean = 0.0, spread = 0.0;
+      for (int64_t k = 0; k < K; k++) mean += values[k * stride] / K;
+      for (int64_t k = 0; k < K; k++)
+        spread += (values[k * stride] - mean) * (values[k * stride] - mean);
+      return std::sqrt(spread / K);
+    };
+    energy_deviation = deviation_of(total.data(), 1);
+    for (int c = 0; c < 9; c++) virial_deviation[c] = deviation_of(total.data() + K + c, 9);
+  }
+
+  // force deviation over the owned atoms of non-NULL types: max, -min, sum, count
   double local_extremes[2] = {-INFINITY, -INFINITY}, local_sums[2] = {0.0, 0.0};
   for (int64_t node = 0; node < num_nodes; node++) {
     if (!node_is_local[node]) continue;
-    local_extremes[0] = std::max(local_extremes[0], deviation[node]);
-    local_extremes[1] = std::max(local_extremes[1], -deviation[node]);
-    local_sums[0] += deviation[node];
+    const double deviation = atom_force_deviation[atom_of_node[node]];
+    local_extremes[0] = std::max(local_extremes[0], deviation);
+    local_extremes[1] = std::max(local_extremes[1], -deviation);
+    local_sums[0] += deviation;
     local_sums[1] += 1.0;
   }
   double extremes[2], sums[2];
   MPI_Allreduce(local_extremes, extremes, 2, MPI_DOUBLE, MPI_MAX, world);
   MPI_Allreduce(local_sums, sums, 2, MPI_DOUBLE, MPI_SUM, world);
-  double virial_max = 0.0, virial_min = 0.0, virial_norm = 0.0;
-  if (out.virial_deviation) {
-    const double *v = out.virial_deviation->data_ptr<double>();
-    const double natoms = (double) atom->natoms;
-    virial_max = -INFINITY;
-    virial_min = INFINITY;
-    for (int k = 0; k < 9; k++) {
-      virial_max = std::max(virial_max, v[k] / natoms);
-      virial_min = std::min(virial_min, v[k] / natoms);
-      virial_norm += (v[k] / natoms) * (v[k] / natoms);
-    }
-    virial_norm = std::sqrt(virial_norm);
+  const double natoms = (double) atom->natoms;
+  double virial_max = -INFINITY, virial_min = INFINITY, virial_norm = 0.0;
+  for (int c = 0; c < 9; c++) {
+    const double per_atom = virial_deviation[c] / natoms;
+    virial_max = std::max(virial_max, per_atom);
+    virial_min = std::min(virial_min, per_atom);
+    virial_norm += per_atom * per_atom;
   }
+  deviation_summary = {virial_max,  virial_min,   std::sqrt(virial_norm) / 3.0,
+                       extremes[0], -extremes[1], sums[0] / std::max(sums[1], 1.0)};
+  // compute pair sums pvector over the ranks: the whole system's values on rank 0 only
+  const bool me_first = comm->me == 0;
+  pvector[0] = me_first ? extremes[0] : 0.0;
+  pvector[1] = me_first ? energy_deviation : 0.0;
+  pvector[2] = me_first ? virial_max : 0.0;
+}
+
+/* ----------------------------------------------------------------------
+   one line of DeePMD-kit's model_devi.out (rank 0): step, max/min/avg of the
+   virial deviation (std over the models of each virial component, per atom:
+   avg = its norm / 3), max/min/avg of the per-atom force deviation
+------------------------------------------------------------------------- */
+
+void PairNequIP::write_deviation()
+{
   deviation_last_step = update->ntimestep;
   if (comm->me != 0) return;
+  const std::array<double, 6> &d = deviation_summary;
   fmt::print(deviation_file, "{:>12}{:>19.6e}{:>19.6e}{:>19.6e}{:>19.6e}{:>19.6e}{:>19.6e}\n",
-             update->ntimestep, virial_max, virial_min, virial_norm / 3.0, extremes[0],
-             -extremes[1], sums[0] / std::max(sums[1], 1.0));
+             update->ntimestep, d[0], d[1], d[2], d[3], d[4], d[5]);
   fflush(deviation_file);
+}
+
+/* ----------------------------------------------------------------------
+   `fix pair` reads the per-atom force deviation of a committee (eV/Angstrom,
+   a per-atom vector; owned atoms, 0 for atoms of NULL types)
+------------------------------------------------------------------------- */
+
+void *PairNequIP::extract_peratom(const char *name, int &ncol)
+{
+  if (strcmp(name, "force_deviation") != 0 || !model) return nullptr;
+  if (model->committee_size() < 2)
+    error->all(FLERR,
+               "pair_style nequip: force_deviation is the deviation of a committee of models, "
+               "and model {} is one model: compile several models into one file (nequip-compile "
+               "a.nequip.zip b.nequip.zip ... committee.nequip.pth)",
+               model->path());
+  ncol = 0;
+  if (atom_force_deviation.size() < (size_t) std::max(atom->nmax, 1))
+    atom_force_deviation.resize(std::max(atom->nmax, 1), 0.0);
+  return atom_force_deviation.data();
 }
 
 /* ----------------------------------------------------------------------
@@ -401,6 +491,10 @@ void PairNequIP::coeff(int narg, char **arg)
 
   if (!allocated) allocate();
   model = std::move(loaded);
+  // a committee's three values for compute pair (committee_deviations)
+  nextra = model->committee_size() > 1 ? (int) committee_values.size() : 0;
+  pvector = nextra ? committee_values.data() : nullptr;
+  committee_values.fill(0.0);
   log_devices();
   num_model_types = num_types;
   model_type = std::move(type_map);
@@ -455,11 +549,6 @@ void PairNequIP::init_style()
     // centered on an owned atom, and every ghost folds onto its owner in build_graph().
     neighbor->add_request(this, NeighConst::REQ_FULL);
   } else {
-    if (model->committee_size() > 1)
-      error->all(FLERR,
-                 "pair_style nequip on {} MPI ranks: model {} is a committee of {} models, "
-                 "which runs on one MPI rank only (yet): run on one rank",
-                 comm->nprocs, model->path(), model->committee_size());
     if (!model->exchanges_features())
       error->all(FLERR,
                  "pair_style nequip on {} MPI ranks needs a model that runs layer by layer "
@@ -475,12 +564,19 @@ void PairNequIP::init_style()
                  "pair_style nequip on {} MPI ranks requires 'newton on' (or "
                  "'newton on off'): forces on ghost atoms are sent to their owners",
                  comm->nprocs);
-    // The features of the widest layer that sends them (the last layer's stay put), as
-    // doubles; read by comm->init(), which LAMMPS calls after force->init() (this).
-    const std::vector<int64_t> &widths = model->metadata().layer_feature_widths;
-    comm_forward = comm_reverse = 1;
-    for (size_t layer = 0; layer + 1 < widths.size(); layer++)
-      comm_forward = comm_reverse = std::max<int>(comm_forward, (int) widths[layer]);
+    // The features of the widest layer that sends them (the last layer's stay put), of the
+    // model or of each committee member, as doubles; a committee's members' forces (3K per
+    // atom) go back too. Read by comm->init(), which LAMMPS calls after force->init() (this).
+    const nequip::Metadata &metadata = model->metadata();
+    std::vector<std::vector<int64_t>> models = metadata.committee_layer_feature_widths;
+    if (models.empty()) models.push_back(metadata.layer_feature_widths);
+    comm_forward = 1;
+    for (const std::vector<int64_t> &widths : models)
+      for (size_t layer = 0; layer + 1 < widths.size(); layer++)
+        comm_forward = std::max<int>(comm_forward, (int) widths[layer]);
+    comm_reverse = comm_forward;
+    if (model->committee_size() > 1)
+      comm_reverse = std::max<int>(comm_reverse, (int) (3 * model->committee_size()));
     // Edges are centered on owned atoms, whose neighbors LAMMPS' communication cutoff
     // (never below the largest pair cutoff plus the skin) covers: no ghost neighbors.
     neighbor->add_request(this, NeighConst::REQ_FULL);
@@ -580,7 +676,7 @@ void PairNequIP::finish()
 
 void PairNequIP::exchange_rows(double *rows, int width, bool forward)
 {
-  if (width > comm_forward)
+  if (width > (forward ? comm_forward : comm_reverse))
     error->one(FLERR,
                "pair_style nequip: model {} exchanges {} features per atom, more than "
                "its metadata (layer_feature_widths) says",

@@ -20,9 +20,14 @@
    of target pair_nequip_domain (.pt2) and .nequip.pth files of this version.
    compute stress/atom needs a model that returns atom_virial (the same files).
 
-   `deviation FILE` (a committee file, one MPI rank): every N steps (default 1) a line of
+   A committee file (several models compiled into one) drives the dynamics with its mean
+   (or first model), on one rank or several (its members layer by layer, one after the
+   other). `deviation FILE` (a committee file): every N steps (default 1) a line of
    DeePMD-kit's model_devi.out columns, step, max/min/avg virial deviation (eV per atom),
-   max/min/avg force deviation (eV/Angstrom), reduced over the world communicator.
+   max/min/avg force deviation (eV/Angstrom), reduced over the world communicator. Every
+   step it evaluates, a committee also gives `compute pair nequip` three values (max force
+   deviation eV/Angstrom, energy deviation eV, max virial deviation eV per atom: for
+   `fix halt`) and `fix pair` the per-atom force deviation (name force_deviation, flag 0).
 ------------------------------------------------------------------------- */
 
 #ifndef LMP_PAIR_NEQUIP_H
@@ -30,6 +35,7 @@
 
 #include "pair.h"
 
+#include <array>
 #include <cstdint>
 #include <cstdio>
 #include <memory>
@@ -55,6 +61,7 @@ class PairNequIP : public Pair {
   void init_style() override;
   double init_one(int, int) override;
   void finish() override;
+  void *extract_peratom(const char *, int &) override;
 
   // the node features of the per-layer exchange (rows of atom indices, exchange_width wide)
   int pack_forward_comm(int, int *, double *, int, int *) override;
@@ -106,7 +113,15 @@ class PairNequIP : public Pair {
   bigint deviation_every = 1;
   FILE *deviation_file = nullptr;
   bigint deviation_last_step = -1;
-  void write_deviation(const nequip::Outputs &out, int64_t num_nodes);
+  // A committee's deviations at the last step evaluated (committee_deviations): per atom
+  // (index; owned atoms) the force deviation, what `fix pair` reads (extract_peratom); the
+  // six values of a model_devi.out line; pvector (compute pair) points at committee_values:
+  // max force deviation, energy deviation, max virial deviation per atom (nextra 3).
+  std::vector<double> atom_force_deviation;
+  std::array<double, 6> deviation_summary{};
+  std::array<double, 3> committee_values{};
+  void committee_deviations(const nequip::Outputs &out, int64_t num_nodes);
+  void write_deviation();
 
   // Whether this pair_coeff's element names were checked against the types' masses.
   bool masses_checked = false;

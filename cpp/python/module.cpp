@@ -122,6 +122,9 @@ py::dict outputs_to_dict(const nequip::Model& model, const nequip::Outputs& outp
   if (outputs.force_deviation) result["force_deviation"] = to_numpy(*outputs.force_deviation);
   if (outputs.energy_deviation) result["energy_deviation"] = *outputs.energy_deviation;
   if (outputs.virial_deviation) result["virial_deviation"] = to_numpy(*outputs.virial_deviation);
+  if (outputs.member_forces) result["member_forces"] = to_numpy(*outputs.member_forces);
+  if (outputs.member_energies) result["member_energies"] = to_numpy(*outputs.member_energies);
+  if (outputs.member_virials) result["member_virials"] = to_numpy(*outputs.member_virials);
   return result;
 }
 

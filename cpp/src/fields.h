@@ -25,6 +25,11 @@ inline constexpr const char* kAtomVirial = "atom_virial";
 inline constexpr const char* kForceDeviation = "force_deviation";
 inline constexpr const char* kEnergyDeviation = "energy_deviation";
 inline constexpr const char* kVirialDeviation = "virial_deviation";
+// A committee's layer-by-layer call: each member's forces, total energy and virial (its rank's
+// share; Outputs::member_forces ...), never outputs of a file.
+inline constexpr const char* kMemberForces = "member_forces";
+inline constexpr const char* kMemberEnergies = "member_energies";
+inline constexpr const char* kMemberVirials = "member_virials";
 
 // FILE_CONTRACT §3-4: the inputs every model takes (the defaults of files whose metadata
 // does not list them), and the outputs of AOTI files whose metadata lacks

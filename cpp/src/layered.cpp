@@ -79,6 +79,8 @@ class TorchScriptParts : public LayeredParts {
     at::Tensor input = edge_vec.detach().requires_grad_(true);
     at::Tensor energy = call("pair_energy", {input, atom_types, edge_index}).toTensor();
     energy = at::where(local_mask.unsqueeze(-1), energy, at::zeros_like(energy));
+    // a committee member without a pair potential: zeros, no function of the edge vectors
+    if (!energy.requires_grad()) return {energy.detach(), at::zeros_like(input)};
     at::Tensor grad = torch::autograd::grad({energy.sum()}, {input}, {}, /*retain_graph=*/false,
                                             /*create_graph=*/false, /*allow_unused=*/true)[0];
     return {energy.detach(), grad.defined() ? grad : at::zeros_like(input)};
@@ -257,17 +259,26 @@ std::map<std::string, at::Tensor> run_layered(LayeredParts& parts, const Prepare
           {kAtomVirial, atom_virial}};
 }
 
-Outputs exchange_nothing(const std::vector<int64_t>& layer_widths, FeatureExchange& exchange) {
+Outputs exchange_nothing(const std::vector<std::vector<int64_t>>& layer_widths,
+                         FeatureExchange& exchange, bool committee) {
   const auto f64 = at::TensorOptions(at::kDouble);
-  for (size_t layer = 0; layer + 1 < layer_widths.size(); ++layer) {
-    at::Tensor rows = at::zeros({0, layer_widths[layer]}, f64);
-    call_front_end([&] { exchange.forward(rows); });
-  }
-  for (size_t layer = layer_widths.size() - 1; layer-- > 0;) {
-    at::Tensor rows = at::zeros({0, layer_widths[layer]}, f64);
-    call_front_end([&] { exchange.reverse(rows); });
+  for (const std::vector<int64_t>& widths : layer_widths) {
+    for (size_t layer = 0; layer + 1 < widths.size(); ++layer) {
+      at::Tensor rows = at::zeros({0, widths[layer]}, f64);
+      call_front_end([&] { exchange.forward(rows); });
+    }
+    for (size_t layer = widths.size() - 1; layer-- > 0;) {
+      at::Tensor rows = at::zeros({0, widths[layer]}, f64);
+      call_front_end([&] { exchange.reverse(rows); });
+    }
   }
   Outputs outputs;
+  if (committee) {
+    const int64_t size = static_cast<int64_t>(layer_widths.size());
+    outputs.member_forces = at::zeros({size, 0, 3}, f64);
+    outputs.member_energies = at::zeros({size}, f64);
+    outputs.member_virials = at::zeros({size, 3, 3}, f64);
+  }
   outputs.atomic_energy = at::zeros({0}, f64);
   outputs.forces = at::zeros({0, 3}, f64);
   outputs.virial = at::zeros({3, 3}, f64);

@@ -84,7 +84,9 @@ std::map<std::string, at::Tensor> run_layered(LayeredParts& parts, const Prepare
                                               FeatureExchange& exchange, ExchangeRecord& record);
 
 // A rank with no nodes at all: its part (with no rows) in each exchange a layer-by-layer call
-// makes with these layer widths, and the outputs of no atoms.
-Outputs exchange_nothing(const std::vector<int64_t>& layer_widths, FeatureExchange& exchange);
+// makes with these layer widths (one list per model run, in turn: a committee's members), and
+// the outputs of no atoms (a committee's: its members' too).
+Outputs exchange_nothing(const std::vector<std::vector<int64_t>>& layer_widths,
+                         FeatureExchange& exchange, bool committee);
 
 }  // namespace nequip::detail

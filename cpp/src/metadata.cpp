@@ -184,6 +184,34 @@ Metadata parse_metadata(const std::string& path, std::map<std::string, std::stri
     if (metadata.committee_size < 2) reader.malformed("committee_size", at_least_two);
   }
 
+  // Project key, optional: each member's layer_feature_widths, members joined by "; " (a
+  // committee file that runs layer by layer: each member's layers with their own exchanges).
+  if (reader.has("committee_layer_feature_widths")) {
+    const std::string expected =
+        "committee_size (" + std::to_string(metadata.committee_size) +
+        ") lists of positive decimal integers joined by single spaces, the lists joined by '; '";
+    const std::string& value = raw.at("committee_layer_feature_widths");
+    std::vector<std::string> lists;
+    size_t start = 0;
+    for (size_t end; (end = value.find("; ", start)) != std::string::npos; start = end + 2) {
+      lists.push_back(value.substr(start, end - start));
+    }
+    lists.push_back(value.substr(start));
+    if (static_cast<int64_t>(lists.size()) != metadata.committee_size || lists.size() < 2) {
+      reader.malformed("committee_layer_feature_widths", expected);
+    }
+    for (const std::string& list : lists) {
+      std::vector<int64_t> widths;
+      for (const std::string& word : split_on_spaces(list)) {
+        const int64_t width = reader.parse_int("committee_layer_feature_widths", word, expected);
+        if (width < 1) reader.malformed("committee_layer_feature_widths", expected);
+        widths.push_back(width);
+      }
+      if (widths.empty()) reader.malformed("committee_layer_feature_widths", expected);
+      metadata.committee_layer_feature_widths.push_back(std::move(widths));
+    }
+  }
+
   // Project key, optional: absent in files of other producers and older ones.
   if (reader.has("closest_training_pair")) {
     metadata.closest_training_pair = reader.positive_float("closest_training_pair");

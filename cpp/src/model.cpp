@@ -139,18 +139,24 @@ class Model::Impl {
   }
 
   bool exchanges_features() const {
-    if (metadata_.committee_size > 1) return false;  // its models' features are not one model's
-    if (metadata_.layer_feature_widths.empty() || !takes(kLocalMask)) return false;
+    if (exchanged_widths().empty() || !takes(kLocalMask)) return false;
+    if (metadata_.committee_size > 1) {
+      return format_ == ModelFormat::TorchScript ? !committee_members_.empty()
+                                                 : !committee_aoti_parts_.empty();
+    }
     return format_ == ModelFormat::TorchScript || !aoti_parts_.empty();
   }
 
+  // The widths of the layers' features of each model that runs layer by layer: one model's
+  // layer_feature_widths, or a committee's members' own (committee_layer_feature_widths);
+  // empty when the file records none.
+  std::vector<std::vector<int64_t>> exchanged_widths() const {
+    if (metadata_.committee_size > 1) return metadata_.committee_layer_feature_widths;
+    if (metadata_.layer_feature_widths.empty()) return {};
+    return {metadata_.layer_feature_widths};
+  }
+
   Outputs compute_exchanging(const Inputs& inputs, FeatureExchange& exchange) {
-    if (metadata_.committee_size > 1) {
-      throw InputError(path_ + ": a committee file (committee_size " +
-                       std::to_string(metadata_.committee_size) +
-                       ") cannot run layer by layer with a feature exchange (LAMMPS on several "
-                       "MPI ranks) yet: run it on one process");
-    }
     if (!exchanges_features()) {
       throw InputError(path_ +
                        ": this file cannot run layer by layer with a feature exchange "
@@ -163,7 +169,7 @@ class Model::Impl {
     }
     // a rank without atoms, not even ghosts: the others' exchanges still need its part
     if (inputs.pos.defined() && inputs.pos.dim() == 2 && inputs.pos.size(0) == 0) {
-      return exchange_nothing(metadata_.layer_feature_widths, exchange);
+      return exchange_nothing(exchanged_widths(), exchange, metadata_.committee_size > 1);
     }
     PreparedInputs prepared = prepare_inputs(inputs, metadata_.num_types, device_, true);
     // an edge centered on a ghost would count its owner's edges twice (the exchange already
@@ -182,6 +188,8 @@ class Model::Impl {
     ExchangeRecord record;
     std::map<std::string, at::Tensor> raw =
         translate_torch_errors(path_ + ": running the model layer by layer", [&] {
+          if (metadata_.committee_size > 1)
+            return run_committee_layered(prepared, exchange, record);
           std::unique_ptr<LayeredParts> parts = format_ == ModelFormat::TorchScript
                                                     ? torchscript_parts(*module_)
                                                     : aoti_parts(aoti_parts_);
@@ -189,6 +197,50 @@ class Model::Impl {
                              !metadata_.pair_potential.empty(), exchange, record);
         });
     return checked_outputs(std::move(raw), prepared, record.received_non_finite);
+  }
+
+  // A committee layer by layer: each member in turn, on the same inputs, each with its own
+  // exchanges (the simplest exact way: members differ in widths and number of layers, and
+  // share nothing but the inputs). The outputs are the members' mean (or the first member's,
+  // committee_drive), as the whole file gives them on one process, and each member's forces,
+  // energy and virial, from which the front end takes the deviations once the ranks' shares
+  // are summed.
+  std::map<std::string, at::Tensor> run_committee_layered(const PreparedInputs& prepared,
+                                                          FeatureExchange& exchange,
+                                                          ExchangeRecord& record) {
+    const std::vector<std::vector<int64_t>>& widths = metadata_.committee_layer_feature_widths;
+    std::vector<std::map<std::string, at::Tensor>> each;
+    for (size_t member = 0; member < widths.size(); ++member) {
+      const int64_t num_layers = static_cast<int64_t>(widths[member].size());
+      if (format_ == ModelFormat::TorchScript) {
+        // every member of this version has the method pair_energy (zeros without a pair
+        // potential), whatever the first member's metadata says
+        std::unique_ptr<LayeredParts> parts = torchscript_parts(committee_members_.at(member));
+        each.push_back(run_layered(*parts, prepared, num_layers, true, exchange, record));
+      } else {
+        const bool pair_potential = committee_aoti_parts_.at(member).count("pair_energy_vjp") > 0;
+        std::unique_ptr<LayeredParts> parts = aoti_parts(committee_aoti_parts_.at(member));
+        each.push_back(run_layered(*parts, prepared, num_layers, pair_potential, exchange, record));
+      }
+    }
+    const bool first =
+        metadata_.raw.count("committee_drive") && metadata_.raw.at("committee_drive") == "first";
+    std::map<std::string, at::Tensor> outputs;
+    for (const auto& [name, value] : each[0]) {
+      std::vector<at::Tensor> values;
+      for (const auto& member : each) values.push_back(member.at(name));
+      outputs[name] = first ? value : at::stack(values).mean(0);
+    }
+    std::vector<at::Tensor> forces, energies, virials;
+    for (const auto& member : each) {
+      forces.push_back(member.at(kForces));
+      energies.push_back(member.at(kTotalEnergy).reshape({}));
+      virials.push_back(member.at(kVirial));
+    }
+    outputs[kMemberForces] = at::stack(forces);
+    outputs[kMemberEnergies] = at::stack(energies);
+    outputs[kMemberVirials] = at::stack(virials);
+    return outputs;
   }
 
   std::string path_;
@@ -220,6 +272,16 @@ class Model::Impl {
       module.eval();
       return module;
     });
+    // a committee that runs layer by layer: its members' exported parts (Committee.members)
+    if (metadata_.committee_size > 1 && !metadata_.committee_layer_feature_widths.empty()) {
+      translate_torch_errors(path_ + ": finding the committee's members", [&] {
+        const torch::jit::Module members = module_->attr("members").toModule();
+        for (int64_t k = 0; k < metadata_.committee_size; ++k) {
+          committee_members_.push_back(members.attr(std::to_string(k)).toModule());
+        }
+        return 0;
+      });
+    }
   }
 
   void load_aoti() {
@@ -246,7 +308,9 @@ class Model::Impl {
     aoti_ = load("model");
     // the layer-by-layer parts of target pair_nequip_domain, each a model of the package
     auto parts = metadata_.raw.find("nequip_aoti_parts");
-    if (parts != metadata_.raw.end()) {
+    if (parts != metadata_.raw.end() && metadata_.committee_size > 1) {
+      load_committee_aoti_parts(split_words(parts->second), load);
+    } else if (parts != metadata_.raw.end()) {
       const std::vector<std::string> expected =
           aoti_part_names(metadata_.num_layers, !metadata_.pair_potential.empty());
       if (metadata_.num_layers < 1 || split_words(parts->second) != expected) {
@@ -256,6 +320,36 @@ class Model::Impl {
                              printable(parts->second) + "'");
       }
       for (const std::string& name : expected) aoti_parts_[name] = load(name);
+    }
+  }
+
+  // A committee of target pair_nequip_domain: member k's parts are named "member<k>_" and the
+  // part's name (aotinductor.part_names), member after member; a member with a pair potential
+  // has the part pair_energy_vjp.
+  template <class Load>
+  void load_committee_aoti_parts(const std::vector<std::string>& listed, Load& load) {
+    const auto& widths = metadata_.committee_layer_feature_widths;
+    std::vector<std::string> expected;
+    std::vector<std::pair<size_t, std::string>> member_parts;
+    for (size_t k = 0; k < widths.size(); ++k) {
+      const std::string prefix = "member" + std::to_string(k) + "_";
+      const bool pair_potential =
+          std::find(listed.begin(), listed.end(), prefix + "pair_energy_vjp") != listed.end();
+      for (const std::string& name :
+           aoti_part_names(static_cast<int64_t>(widths[k].size()), pair_potential)) {
+        expected.push_back(prefix + name);
+        member_parts.emplace_back(k, name);
+      }
+    }
+    if (widths.empty() || listed != expected) {
+      throw ModelFileError(path_ + ": metadata key 'nequip_aoti_parts' is malformed: expected '" +
+                           join(expected) +
+                           "' (the parts of each member, committee_layer_feature_widths), got '" +
+                           printable(join(listed)) + "'");
+    }
+    committee_aoti_parts_.resize(widths.size());
+    for (size_t i = 0; i < expected.size(); ++i) {
+      committee_aoti_parts_[member_parts[i].first][member_parts[i].second] = load(expected[i]);
     }
   }
 
@@ -388,6 +482,10 @@ class Model::Impl {
     std::optional<at::Tensor> energy_deviation = take(kEnergyDeviation, {1});
     if (energy_deviation) outputs.energy_deviation = energy_deviation->item<double>();
     outputs.virial_deviation = take(kVirialDeviation, {3, 3});
+    const int64_t committee_size = metadata_.committee_size;
+    outputs.member_forces = take(kMemberForces, {committee_size, num_atoms, 3});
+    outputs.member_energies = take(kMemberEnergies, {committee_size});
+    outputs.member_virials = take(kMemberVirials, {committee_size, 3, 3});
     return outputs;
   }
 
@@ -411,6 +509,9 @@ class Model::Impl {
   std::optional<torch::jit::Module> module_;
   std::unique_ptr<torch::inductor::AOTIModelPackageLoader> aoti_;
   AotiLoaders aoti_parts_;
+  // a committee that runs layer by layer: each member's TorchScript module, or AOTI parts
+  std::vector<torch::jit::Module> committee_members_;
+  std::vector<AotiLoaders> committee_aoti_parts_;
 };
 
 Model::Model(const std::string& path, const std::string& device, int local_rank)

@@ -84,6 +84,21 @@ def test_eager_committee_gives_mean_and_deviations_of_its_models_one_by_one(comm
     assert_committee_outputs(eager(frame), expected)
 
 
+@pytest.mark.parametrize("mode, target", [("torchscript", None), ("aotinductor", "pair_nequip_domain")],
+                         ids=["pth", "pt2-pair_nequip_domain"])  # fmt: skip
+def test_committee_layer_by_layer_gives_mean_and_deviations_of_its_models_one_by_one(committee_files, mode, target):
+    """What LAMMPS runs on several ranks: each member layer by layer with its own exchanges,
+    periodic images as ghosts; the deviations from the members' forces once the ghosts' are
+    their atoms' (CompiledModel.call_exchanging, as pair_style nequip takes them)."""
+    frame = SYSTEMS["periodic_triclinic"]()
+    committee = open_model(committee_files[mode, target, "mean"])
+    assert committee.exchanges_features
+    members = [member.metadata()["layer_feature_widths"] for member in committee_files.members]
+    assert committee.metadata["committee_layer_feature_widths"] == "; ".join(members)
+    expected = expected_committee(one_by_one(committee_files.members, frame))
+    assert_committee_outputs(committee.call_exchanging(frame), expected)
+
+
 def test_committee_driven_by_its_first_model_gives_its_results_and_the_same_deviations(committee_files):
     frame = SYSTEMS["periodic_triclinic"]()
     expected = expected_committee(one_by_one(committee_files.members, frame), drive="first")
@@ -202,9 +217,9 @@ def test_cli_refuses_models_that_differ_naming_the_files_and_writes_nothing(tmp_
     [
         (
             ["a", "b"],
-            ["--mode", "aotinductor", "--target", "pair_nequip_domain"],
-            "a committee cannot be compiled for target pair_nequip_domain (LAMMPS on several MPI ranks) yet: "
-            "compile it for target ase or pair_nequip (one process)",
+            ["--mode", "aotinductor", "--target", "batch"],
+            "a committee cannot be compiled for target batch: it takes one frame per call, which gives its "
+            "deviations; compile it for target ase, pair_nequip, pair_nequip_domain",
         ),
         (
             ["a", "b"],
@@ -237,6 +252,19 @@ def test_runtime_refuses_a_malformed_committee_size(value, expected):
     with pytest.raises(_runtime.ModelFileError) as error:
         _runtime.check_metadata(metadata, "f.nequip.pth")
     assert str(error.value) == f"f.nequip.pth: metadata key 'committee_size' is malformed: expected {expected}, got '{value}'"
+
+
+@pytest.mark.parametrize(
+    "value", ["36 4", "36 4; 36 4; 36 4; 36 4", "36 4;36 4; 36 4", "36 0; 36 4; 36 4", "36 4; ; 36 4"]
+)
+def test_runtime_refuses_malformed_committee_layer_widths(value):
+    metadata = dict(build_tiny_model("float64").metadata(), committee_size="3", committee_layer_feature_widths=value)
+    with pytest.raises(_runtime.ModelFileError) as error:
+        _runtime.check_metadata(metadata, "f.nequip.pth")
+    assert str(error.value) == (
+        "f.nequip.pth: metadata key 'committee_layer_feature_widths' is malformed: expected committee_size (3) "
+        f"lists of positive decimal integers joined by single spaces, the lists joined by '; ', got '{value}'"
+    )
 
 
 def test_committee_file_evaluates_a_batch_one_frame_at_a_time_with_each_frames_deviations(committee_files):

@@ -165,6 +165,10 @@ struct Metadata {
   // which returns their mean and deviations (Outputs::force_deviation ...); 1 when absent
   // (one model).
   int64_t committee_size = 1;
+  // Project key `committee_layer_feature_widths`: a committee file's members' own
+  // layer_feature_widths (member k has committee_layer_feature_widths[k].size() layers); empty
+  // when absent (the committee cannot exchange features, see Model::compute_exchanging).
+  std::vector<std::vector<int64_t>> committee_layer_feature_widths;
   // Every key of the file as stored (contract keys, project keys, torch's own AOTI keys).
   std::map<std::string, std::string> raw;
 };
@@ -209,6 +213,15 @@ struct Outputs {
   std::optional<at::Tensor> force_deviation;
   std::optional<double> energy_deviation;
   std::optional<at::Tensor> virial_deviation;
+  // A committee's layer-by-layer call (Model::compute_exchanging): each member's forces
+  // (K, N, 3) eV/Å on every node, total energy (K,) eV and virial (K, 3, 3) eV, all of this
+  // rank's share, as the outputs above are. The deviations need the members' forces after
+  // each ghost's reached its owner and the energies and virials summed over the ranks: the
+  // front end derives them (force_deviation, energy_deviation, virial_deviation are absent
+  // there). Absent otherwise.
+  std::optional<at::Tensor> member_forces;
+  std::optional<at::Tensor> member_energies;
+  std::optional<at::Tensor> member_virials;
 };
 
 // Several frames evaluated in one call (Model::compute_batch): the frames' atoms one after
@@ -336,7 +349,8 @@ class Model {
   BatchOutputs compute_batch(const BatchInputs& inputs);
 
   // Whether the file can run layer by layer with compute_exchanging (our TorchScript files
-  // that record layer_feature_widths).
+  // that record layer_feature_widths, .pt2 files of target pair_nequip_domain; committee files
+  // that record committee_layer_feature_widths).
   bool exchanges_features() const;
 
   // Evaluates the model layer by layer on one rank's share of a domain decomposition, calling
@@ -347,7 +361,10 @@ class Model {
   // be ghosts; shifts are usually undefined: ghosts are at their images' positions).
   // Outputs as compute(): atomic energies (0 on nodes not local), forces on every node (a
   // ghost's belong to its owner), the virial of this rank's edges and per-atom virials;
-  // summed over the ranks they are those of the whole system. With no nodes at all (a rank
+  // summed over the ranks they are those of the whole system. A committee file runs its
+  // members one after the other, each layer by layer with its own exchanges (on the same
+  // inputs), and gives their mean (or first member's, committee_drive) and each member's
+  // forces, energy and virial (Outputs::member_forces ...). With no nodes at all (a rank
   // that sees no atoms) it still takes its part in every exchange, and returns zeros. Throws
   // InputError when the model cannot (exchanges_features() false), else as compute().
   Outputs compute_exchanging(const Inputs& inputs, FeatureExchange& exchange);

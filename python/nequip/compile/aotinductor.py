@@ -15,7 +15,7 @@ AOTInductor into a self-contained package.
 import contextlib
 import math
 import operator
-from typing import BinaryIO, Dict, Mapping, Optional, Tuple
+from typing import BinaryIO, Dict, List, Mapping, Optional, Tuple
 
 import torch
 
@@ -293,6 +293,27 @@ def part_names(num_layers: int, pair_potential: bool = False) -> Tuple[str, ...]
         + tuple(f"layer_{k}_vjp" for k in reversed(range(num_layers)))
         + ("edge_embedding_vjp",)
         + (("pair_energy_vjp",) if pair_potential else ())
+    )
+
+
+def domain_models(model: torch.nn.Module) -> List[Tuple[str, torch.nn.Module, bool]]:
+    """(prefix of its part names, model, whether it has a pair potential) of each model whose
+    parts a package of target pair_nequip_domain holds: the model itself (no prefix), or each
+    member of a committee (nequip.model.Committee), "member<k>_", evaluated one after the other
+    layer by layer (the runtime's Model::compute_exchanging)."""
+    from nequip.model.committee import Committee
+
+    models = list(model.members) if isinstance(model, Committee) else [model]
+    prefixes = [f"member{k}_" for k in range(len(models))] if isinstance(model, Committee) else [""]
+    return [(prefix, each, "pair_potential" in each.metadata()) for prefix, each in zip(prefixes, models)]
+
+
+def domain_part_names(model: torch.nn.Module) -> Tuple[str, ...]:
+    """The names of every part of a package of target pair_nequip_domain (domain_models)."""
+    return tuple(
+        prefix + name
+        for prefix, each, pair_potential in domain_models(model)
+        for name in part_names(len(each.layers), pair_potential)
     )
 
 
@@ -591,10 +612,44 @@ def _residual_dynamic_shapes(residuals, dims_by_symbol):
     return tuple(specs)
 
 
-def export_parts(
-    model: torch.nn.Module, num_types: int, device: torch.device, log, pair_potential: bool = False
+def export_domain_parts(
+    model: torch.nn.Module, num_types: int, device: torch.device, log
 ) -> Dict[str, torch.export.ExportedProgram]:
-    """Every part of :func:`part_names`, traced (VJPs included) and exported with dynamic sizes."""
+    """Every part of :func:`domain_part_names` (one model's, or each committee member's)."""
+    exported = {}
+    for prefix, each, pair_potential in domain_models(model):
+        for name, program in export_parts(each, num_types, device, log, pair_potential, prefix).items():
+            exported[prefix + name] = program
+    return exported
+
+
+def _name_constants(graph_module: torch.fx.GraphModule, prefix: str) -> None:
+    """The traced module's weights (``_param_constant0`` ..., the same names in every model
+    traced) renamed ``prefix`` + name: the models of one package share one namespace of
+    weights, in which a committee's members must not take one another's."""
+    if not prefix:
+        return
+    renamed: Dict[str, str] = {}  # several nodes may read one weight
+    for node in graph_module.graph.find_nodes(op="get_attr"):
+        if node.target not in renamed:
+            value = getattr(graph_module, node.target)
+            delattr(graph_module, node.target)
+            renamed[node.target] = prefix + node.target
+            setattr(graph_module, renamed[node.target], value)
+        node.target = renamed[node.target]
+    graph_module.recompile()
+
+
+def export_parts(
+    model: torch.nn.Module,
+    num_types: int,
+    device: torch.device,
+    log,
+    pair_potential: bool = False,
+    weight_prefix: str = "",
+) -> Dict[str, torch.export.ExportedProgram]:
+    """Every part of :func:`part_names`, traced (VJPs included) and exported with dynamic sizes,
+    the weights' names prefixed with ``weight_prefix`` (a committee member's, _name_constants)."""
     trace_inputs = _part_inputs(model, num_types, device)
     export_inputs = _part_inputs(model, num_types, device, _EXPORT_NUM_ATOMS, _EXPORT_NUM_EDGES)
     exported = {}
@@ -605,6 +660,7 @@ def export_parts(
         traced = _trace(_part_module(model, name).eval(), trace_inputs[name])
         sum_scatters_into_one_row(traced)
         materialize_gathered(traced)
+        _name_constants(traced, weight_prefix)
         exported[name] = torch.export.export(
             traced, export_inputs[name], dynamic_shapes=_part_dynamic_shapes(name, num_types), strict=False
         )
@@ -616,6 +672,7 @@ def export_parts(
         for graph_module in (forward, backward):
             sum_scatters_into_one_row(graph_module)
             materialize_gathered(graph_module)
+            _name_constants(graph_module, weight_prefix)
         layer_shapes = _part_dynamic_shapes(name, num_types)
         exported[name] = torch.export.export(forward, export_inputs[name], dynamic_shapes=layer_shapes, strict=False)
         x, _, edge_sh = list(joint.graph.find_nodes(op="placeholder"))[:3]

@@ -32,6 +32,7 @@ from .contract import (
     AOTI_OUTPUTS_KEY,
     AOTINDUCTOR,
     ALLOW_TF32,
+    COMMITTEE_LAYER_FEATURE_WIDTHS,
     COMMITTEE_OUTPUTS,
     COMMITTEE_SIZE,
     COMMITTEE_TARGETS,
@@ -42,7 +43,6 @@ from .contract import (
     EXTENSIONS,
     MODES,
     NEQUIP_VERSION,
-    PAIR_POTENTIAL,
     LAYER_FEATURE_WIDTHS,
     TARGET_INPUTS,
     TARGET_OUTPUTS,
@@ -121,9 +121,9 @@ def check_committee_arguments(
     committee_size: int, mode: str, target: Optional[str], drive: Optional[str] = None
 ) -> None:
     """Refuse, before any model is loaded, a committee (``committee_size`` > 1 models) for a
-    file that cannot give its deviations (an AOTInductor file for several LAMMPS ranks,
-    pair_nequip_domain), an unknown ``drive`` (nequip.model.committee.DRIVES), and a drive
-    given for one model."""
+    file that cannot give its deviations (an AOTInductor file of target batch, several frames
+    per call), an unknown ``drive`` (nequip.model.committee.DRIVES), and a drive given for one
+    model."""
     from nequip.model.committee import DRIVES
 
     if drive is not None and drive not in DRIVES:
@@ -134,8 +134,8 @@ def check_committee_arguments(
         )
     if committee_size > 1 and mode == AOTINDUCTOR and target not in COMMITTEE_TARGETS:
         raise ValueError(
-            f"a committee cannot be compiled for target {target} (LAMMPS on several MPI ranks) yet: "
-            f"compile it for target {' or '.join(COMMITTEE_TARGETS)} (one process)"
+            f"a committee cannot be compiled for target {target}: it takes one frame per call, which "
+            f"gives its deviations; compile it for target {', '.join(COMMITTEE_TARGETS)}"
         )
 
 
@@ -244,7 +244,7 @@ def compile_model(
             }
         )
         if target == DOMAIN_TARGET:
-            metadata[AOTI_PARTS_KEY] = " ".join(aotinductor.part_names(len(model.layers), PAIR_POTENTIAL in metadata))
+            metadata[AOTI_PARTS_KEY] = " ".join(aotinductor.domain_part_names(model))
     else:
         metadata.update(
             {
@@ -256,6 +256,7 @@ def compile_model(
             # a model whose parts TorchScript cannot compile (one of another NequIP release): the
             # file runs whole, and the runtime offers a layer-by-layer run only where this key is
             metadata.pop(LAYER_FEATURE_WIDTHS, None)
+            metadata.pop(COMMITTEE_LAYER_FEATURE_WIDTHS, None)
     if example_data is None:
         from nequip.data import synthetic_frame  # nequip.data (and ase) only on demand
 
@@ -291,9 +292,7 @@ def compile_model(
                 )
                 parts = None
                 if target == DOMAIN_TARGET:
-                    parts = aotinductor.export_parts(
-                        model, len(written.type_names), torch_device, log, PAIR_POTENTIAL in metadata
-                    )
+                    parts = aotinductor.export_domain_parts(model, len(written.type_names), torch_device, log)
                 log("compiling C++ (AOTInductor), the slow step")
                 try:
                     if parts is None:

@@ -47,10 +47,11 @@ TARGET_OUTPUTS: Dict[str, Tuple[str, ...]] = {
 }
 TARGETS: Tuple[str, ...] = tuple(TARGET_OUTPUTS)
 # A committee file (nequip.model.Committee) gives the deviations after its target's outputs
-# (after TORCHSCRIPT_OUTPUTS in a .pth). Not for DOMAIN_TARGET: the deviations of forces
-# summed over ranks need each member's forces, which a rank's file does not give.
+# (after TORCHSCRIPT_OUTPUTS in a .pth). Of DOMAIN_TARGET, the whole model gives them (one
+# rank), and each member's parts run layer by layer (several ranks: the runtime gives each
+# member's forces, the front end the deviations). Not the batch target (one frame per call).
 COMMITTEE_OUTPUTS: Tuple[str, ...] = keys.DEVIATION_KEYS
-COMMITTEE_TARGETS: Tuple[str, ...] = ("ase", "pair_nequip")
+COMMITTEE_TARGETS: Tuple[str, ...] = ("ase", "pair_nequip", DOMAIN_TARGET)
 # What our TorchScript files take and give (FILE_CONTRACT §3's five outputs and more): one
 # frame, or (batch and num_atoms given) a batch of frames, as every target.
 TORCHSCRIPT_INPUTS: Tuple[str, ...] = AOTI_INPUTS + (keys.LOCAL_MASK,) + BATCH_INPUTS
@@ -92,3 +93,7 @@ COMPILE_DEVICE = "compile_device"
 # what gives the energy, forces and stress: "mean" of the models or the "first" one.
 COMMITTEE_SIZE = "committee_size"
 COMMITTEE_DRIVE = "committee_drive"
+# Ours, on committee files whose members run layer by layer: each member's
+# LAYER_FEATURE_WIDTHS, the members' joined by "; ". A .pt2 of DOMAIN_TARGET names member k's
+# parts "member<k>_" + part name (committee_part_names).
+COMMITTEE_LAYER_FEATURE_WIDTHS = "committee_layer_feature_widths"

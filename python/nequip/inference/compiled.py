@@ -33,6 +33,10 @@ _OUTPUT_SHAPES = {
 }
 
 
+# What a committee's layer-by-layer call gives beside its outputs (runtime Outputs::member_forces ...).
+_MEMBER_OUTPUTS = ("member_forces", "member_energies", "member_virials")
+
+
 # What a batch call takes of each frame (batch_frames adds batch and num_atoms).
 _BATCH_INPUTS = (keys.POS, keys.ATOM_TYPES, keys.EDGE_INDEX, keys.CELL, keys.EDGE_CELL_SHIFT)
 
@@ -75,7 +79,8 @@ class CompiledModel(OpenedModel):
         """Evaluate one frame as one LAMMPS rank with the per-layer exchange does: the periodic
         images its edges reach are ghost nodes (:func:`images_as_ghosts`) whose features come
         from their atoms between layers. Returns what ``__call__`` does, the ghosts' forces and
-        per-atom virials added to their atoms'."""
+        per-atom virials added to their atoms' (a committee's deviations from its members'
+        forces, energies and virials, the ghosts' forces added to their atoms' first)."""
         arrays = {name: value.detach().cpu().numpy() for name, value in data.items()}
         num_atoms = arrays[keys.POS].shape[0]
         pos, edge_index, owner = images_as_ghosts(
@@ -83,7 +88,17 @@ class CompiledModel(OpenedModel):
         )
         atom_types = arrays[keys.ATOM_TYPES][owner]
         out = self.runtime.compute_exchanging(pos, atom_types, edge_index, owner, cell=arrays.get(keys.CELL))
+        # a committee: each member's forces, energy and virial, whose deviations are taken once
+        # the ghosts' forces are their atoms' (what pair_style nequip does over its ranks)
+        members = {name: torch.as_tensor(out.pop(name)) for name in _MEMBER_OUTPUTS if name in out}
         folded = {}
+        if members:
+            forces = torch.zeros((self.committee_size, num_atoms, 3), dtype=torch.float64).index_add(
+                1, torch.from_numpy(owner), members["member_forces"]
+            )
+            folded[keys.FORCE_DEVIATION] = (forces - forces.mean(0)).square().sum(-1).mean(0).sqrt()
+            folded[keys.ENERGY_DEVIATION] = members["member_energies"].std(unbiased=False).reshape(1, 1)
+            folded[keys.VIRIAL_DEVIATION] = members["member_virials"].std(0, unbiased=False).reshape(1, 3, 3)
         for name, value in out.items():
             value = torch.as_tensor(np.asarray(value, dtype=np.float64))
             if name in (keys.FORCES, keys.ATOM_VIRIAL):

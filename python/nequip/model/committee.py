@@ -34,7 +34,8 @@ _SHARED_METADATA = {
     "model_dtype": "model_dtype",
 }
 # per-model keys that mean nothing for a committee: the layer widths are those of one model's
-# feature exchange between LAMMPS ranks, which a committee file does not offer
+# feature exchange between LAMMPS ranks; a committee records each member's instead
+# (COMMITTEE_LAYER_FEATURE_WIDTHS: the members run layer by layer one after the other)
 _DROPPED_METADATA = ("layer_feature_widths",)
 
 
@@ -83,13 +84,21 @@ class Committee(torch.nn.Module):
         self.compute_forces = all(getattr(member, "compute_forces", True) for member in members)
         self.compute_stress = all(getattr(member, "compute_stress", True) for member in members)
         self.committee_size = len(members)
+        # a TorchScript file runs layer by layer (LAMMPS on several ranks) through each
+        # member's exported parts, where every member has them
+        self.torchscript_layer_parts = all(getattr(member, "torchscript_layer_parts", True) for member in members)
 
     @torch.jit.ignore
     def metadata(self) -> Dict[str, str]:
         """The first member's metadata (the shared keys are equal), with the number of layers
-        and the closest training pair the largest of the members', and COMMITTEE_SIZE and
-        COMMITTEE_DRIVE (nequip.compile.contract)."""
-        from nequip.compile.contract import COMMITTEE_DRIVE, COMMITTEE_SIZE  # the metadata keys' one home
+        and the closest training pair the largest of the members', and COMMITTEE_SIZE,
+        COMMITTEE_DRIVE and (members that record their layer widths)
+        COMMITTEE_LAYER_FEATURE_WIDTHS (nequip.compile.contract)."""
+        from nequip.compile.contract import (  # the metadata keys' one home
+            COMMITTEE_DRIVE,
+            COMMITTEE_LAYER_FEATURE_WIDTHS,
+            COMMITTEE_SIZE,
+        )
 
         each = [member.metadata() for member in self.members]
         metadata = {key: value for key, value in each[0].items() if key not in _DROPPED_METADATA}
@@ -100,6 +109,8 @@ class Committee(torch.nn.Module):
                 metadata[key] = str(int(largest)) if key == "num_layers" else repr(largest)
         metadata[COMMITTEE_SIZE] = str(len(each))
         metadata[COMMITTEE_DRIVE] = self.drive
+        if all("layer_feature_widths" in m for m in each):
+            metadata[COMMITTEE_LAYER_FEATURE_WIDTHS] = "; ".join(m["layer_feature_widths"] for m in each)
         return metadata
 
     def _combine(self, values: List[torch.Tensor]) -> torch.Tensor:
