@@ -274,3 +274,17 @@ def test_committee_file_evaluates_a_batch_one_frame_at_a_time_with_each_frames_d
     assert not committee.takes_batches
     for frame, out in zip(frames, committee.evaluate(frames, batch_size=2)):
         assert_committee_outputs(out, expected_committee(one_by_one(committee_files.members, frame)))
+
+
+def test_cli_refuses_a_torchscript_committee_of_packages_naming_the_way_out(tmp_path, capsys, model_files):
+    # the real loader: two packages import their code under names of their own
+    package = model_files["float64", "package"]
+    out = tmp_path / "c.nequip.pth"
+    code, err = run_cli(capsys, package, package, out, "--mode", "torchscript")
+    assert code == 2
+    assert err.splitlines()[-1] == (
+        f"nequip-compile: error: 2 of the committee's models come from packages ({package}, {package}), whose "
+        "code TorchScript cannot put in one .nequip.pth; compile the committee with --mode aotinductor "
+        "(.nequip.pt2), or from the models' checkpoints (.ckpt)"
+    )
+    assert list(tmp_path.iterdir()) == []

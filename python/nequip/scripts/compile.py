@@ -87,7 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if len(args.input) == 1:
             model, example_data = _load(args.input[0])
         else:
-            model, example_data = _load_committee(args.input, args.committee_drive or "mean")
+            model, example_data = _load_committee(args.input, args.committee_drive or "mean", args.mode)
         compile_model(
             model,
             args.output,
@@ -118,12 +118,23 @@ def _load(path: Path):
     return eager.module, example_data
 
 
-def _load_committee(paths: List[str], drive: str):
+def _load_committee(paths: List[str], drive: str, mode: str):
     """The committee of the models of ``paths`` (nequip.model.Committee, which refuses models
     of different type names or cutoffs) and the first model's example frame."""
+    from nequip.compile.compiler import TORCHSCRIPT
+    from nequip.load import package_importers
     from nequip.model import Committee
 
     loaded = [_load(path) for path in paths]
+    from_packages = [path for path, (model, _) in zip(paths, loaded) if package_importers(model)]
+    # Each package's code is imported under a name of its own (torch.package), and a TorchScript
+    # file keeps the second package's class names, which no runtime can resolve when it loads.
+    if mode == TORCHSCRIPT and len(from_packages) > 1:
+        raise ValueError(
+            f"{len(from_packages)} of the committee's models come from packages ({', '.join(from_packages)}), "
+            "whose code TorchScript cannot put in one .nequip.pth; compile the committee with "
+            "--mode aotinductor (.nequip.pt2), or from the models' checkpoints (.ckpt)"
+        )
     committee = Committee([model for model, _ in loaded], names=[str(path) for path in paths], drive=drive)
     return committee, loaded[0][1]
 
