@@ -11,8 +11,9 @@ own seed.
 
 - one at a time: ``NequIPCalculator`` on each ``Atoms`` in turn (one runtime call per cell);
 - batched: ``torch_sim.static`` with ``nequip.integrations.torchsim.NequIPModel`` and a
-  ``BinningAutoBatcher`` whose memory limit holds ``--batch-atoms`` atoms of these cells (one
-  runtime call per bin); each ``--batch-atoms`` value is a side of its own.
+  ``BinningAutoBatcher`` whose memory limit holds ``--batch-atoms`` atoms of these cells; the
+  model evaluates each bin as it does by default (on a CPU in calls of at most
+  ``CPU_ATOMS_PER_CALL`` atoms) and, as a second side, in one runtime call per bin.
 
 On a machine whose cores are busy with other work, use ``--threads 1`` (and
 ``OMP_NUM_THREADS=1``): OpenMP threads that wait for each other on oversubscribed cores made
@@ -41,7 +42,7 @@ from nequip.utils.atomic_io import atomic_open
 try:
     import torch_sim as ts
 
-    from nequip.integrations.torchsim import NequIPModel
+    from nequip.integrations.torchsim import CPU_ATOMS_PER_CALL, NequIPModel
 except ImportError as error:
     sys.exit(f"{error}: this benchmark needs TorchSim (pip install 'nequip[torchsim]')")
 
@@ -94,26 +95,32 @@ def main(argv=None) -> int:
     if not path.exists():
         print(f"compiling the benchmark model to {path} (target batch; minutes on 2 cores)", flush=True)
         compile_model(benchmark_model(), path, mode="aotinductor", device="cpu", target="batch")
-    model = NequIPModel(path)
+    # the model's own policy (on a CPU, calls of at most CPU_ATOMS_PER_CALL atoms), and every
+    # bin of the autobatcher in one call
+    models = {"default": NequIPModel(path), "whole_bin": NequIPModel(path, max_atoms_per_call=10**9)}
+    variants = [(batch_atoms, policy) for batch_atoms in args.batch_atoms for policy in models]
+
+    def side_name(batch_atoms, policy):
+        return f"torchsim_{batch_atoms}" + ("" if policy == "default" else "_whole_bin")
 
     rows = []
     for size, count in zip(args.sizes, cells):
         systems = [sic_supercell(size, seed=seed) for seed in range(count)]
         # warm-up of every side (the runtime's first calls of a size allocate its buffers)
         one_at_a_time(path, systems[:2])
-        for batch_atoms in args.batch_atoms:
-            batched(model, systems[: max(1, batch_atoms // size)], batch_atoms)
-        sides = ["ase"] + [f"torchsim_{batch_atoms}" for batch_atoms in args.batch_atoms]
+        for batch_atoms, policy in variants:
+            batched(models[policy], systems[: max(1, batch_atoms // size)], batch_atoms)
+        sides = ["ase"] + [side_name(*variant) for variant in variants]
         times = {side: [] for side in sides}
         for repeat in range(args.repeats):
             start = time.perf_counter()
             ase_energy, ase_forces = one_at_a_time(path, systems)
             times["ase"].append(time.perf_counter() - start)
             differences = []
-            for batch_atoms in args.batch_atoms:
+            for batch_atoms, policy in variants:
                 start = time.perf_counter()
-                ts_energy, ts_forces = batched(model, systems, batch_atoms)
-                times[f"torchsim_{batch_atoms}"].append(time.perf_counter() - start)
+                ts_energy, ts_forces = batched(models[policy], systems, batch_atoms)
+                times[side_name(batch_atoms, policy)].append(time.perf_counter() - start)
                 differences.append((
                     float(np.abs(ts_energy - ase_energy).max()),
                     max(float(np.abs(a - b).max()) for a, b in zip(ts_forces, ase_forces)),
@@ -124,13 +131,17 @@ def main(argv=None) -> int:
         ase_s = medians["ase"]
         print(f"{size} atoms x {count} cells: ASE one at a time {count / ase_s:.2f} structures/s "
               f"({1e6 * ase_s / (count * size):.0f} µs/atom)", flush=True)  # fmt: skip
-        for batch_atoms, (energy_difference, force_difference) in zip(args.batch_atoms, differences):
-            torchsim_s = medians[f"torchsim_{batch_atoms}"]
+        for (batch_atoms, policy), (energy_difference, force_difference) in zip(variants, differences):
+            torchsim_s = medians[side_name(batch_atoms, policy)]
+            cells_per_bin = max(1, batch_atoms // size)
+            cells_per_call = cells_per_bin if policy == "whole_bin" else max(1, min(cells_per_bin, CPU_ATOMS_PER_CALL // size))
             row = {
                 "atoms_per_cell": size,
                 "cells": count,
                 "batch_atoms": batch_atoms,
-                "cells_per_call": max(1, batch_atoms // size),
+                "calls": policy,
+                "cells_per_bin": cells_per_bin,
+                "cells_per_call": cells_per_call,
                 "ase_s": ase_s,
                 "torchsim_s": torchsim_s,
                 "ase_structures_per_s": count / ase_s,
@@ -139,12 +150,12 @@ def main(argv=None) -> int:
                 "torchsim_us_per_atom": 1e6 * torchsim_s / (count * size),
                 "speedup": ase_s / torchsim_s,
                 "ase_runs_s": times["ase"],
-                "torchsim_runs_s": times[f"torchsim_{batch_atoms}"],
+                "torchsim_runs_s": times[side_name(batch_atoms, policy)],
                 "max_energy_difference_eV": energy_difference,
                 "max_force_difference_eV_per_A": force_difference,
             }
             rows.append(row)
-            print(f"  TorchSim, {row['cells_per_call']} cells per call: {row['torchsim_structures_per_s']:.2f} "
+            print(f"  TorchSim, bins of {cells_per_bin} cells, {cells_per_call} per call: {row['torchsim_structures_per_s']:.2f} "
                   f"structures/s ({row['torchsim_us_per_atom']:.0f} µs/atom): {row['speedup']:.2f}x; energies "
                   f"agree to {energy_difference:.2g} eV, forces to {force_difference:.2g} eV/Å", flush=True)  # fmt: skip
 

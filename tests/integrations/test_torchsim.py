@@ -16,7 +16,7 @@ from torch_sim.models.interface import validate_model_outputs
 
 from nequip.ase import NequIPCalculator
 from nequip.data import DenseCellWarning
-from nequip.integrations.torchsim import NequIPModel
+from nequip.integrations.torchsim import CPU_ATOMS_PER_CALL, NequIPModel
 
 # the float64 tiny model as each kind of file
 MODEL_FILES = {
@@ -114,6 +114,36 @@ def test_batched_single_point_equals_ase_one_system_at_a_time(model_path):
         assert_close(out["energy"][index], energy, f"system {index} energy")
         assert_close(out["forces"][atoms_slice], forces, f"system {index} forces")
         assert_close(out["stress"][index], stress, f"system {index} stress")
+
+
+def test_calls_hold_at_most_max_atoms_per_call_and_change_no_result(compiled_models, monkeypatch):
+    systems = periodic_systems()
+    sizes = [len(atoms) for atoms in systems]
+    path = compiled_models["float64", "aotinductor", "batch"]
+    results, calls = {}, {}
+    for limit in (None, 40):
+        model = NequIPModel(path, max_atoms_per_call=limit)
+        if limit is None:  # on a CPU the default is CPU_ATOMS_PER_CALL: the whole batch asked for
+            model.max_atoms_per_call = None
+        seen = []
+        evaluate = model.model.evaluate
+        monkeypatch.setattr(model.model, "evaluate", lambda frames, batch_size: seen.append(
+            [len(f["pos"]) for f in frames]) or evaluate(frames, batch_size=batch_size))  # fmt: skip
+        results[limit] = model(ts.io.atoms_to_state(systems, model.device, model.dtype))
+        calls[limit] = seen
+    assert calls[None] == [sizes]
+    assert [n for call in calls[40] for n in call] == sizes  # every system once, in order
+    assert all(sum(call) <= 40 or len(call) == 1 for call in calls[40]), calls[40]
+    assert len(calls[40]) > 2
+    for name in ("energy", "forces", "stress"):
+        assert_close(results[40][name], results[None][name], name)
+
+
+def test_cpu_default_groups_the_batch_in_calls_of_a_few_hundred_atoms(compiled_models):
+    model = NequIPModel(compiled_models["float64", "aotinductor", "batch"])
+    assert model.max_atoms_per_call == CPU_ATOMS_PER_CALL
+    with pytest.raises(ValueError, match=r"^max_atoms_per_call must be at least 1, not 0$"):
+        NequIPModel(compiled_models["float64", "aotinductor", "batch"], max_atoms_per_call=0)
 
 
 def test_every_kind_of_file_passes_torchsims_own_interface_check(model_path):

@@ -1,5 +1,6 @@
 """A NequIP model as a TorchSim model (PyPI ``torch-sim-atomistic``): relaxations, MD and single
-points of many systems at once, every system of TorchSim's batch evaluated in one model call.
+points of many systems at once, the systems of TorchSim's batch evaluated together (on a GPU
+in one model call; on a CPU in calls of a few hundred atoms, see ``NequIPModel``).
 
     import torch_sim as ts
     from nequip.integrations.torchsim import NequIPModel
@@ -31,6 +32,12 @@ from nequip.data import TypeMapper, WarnOnceAboutDenseCells, compute_neighbor_li
 from nequip.inference import open_model
 from nequip.inference.opened import PathLike
 
+# On a CPU a call's time per atom grows with its size (the benchmark model's batch .pt2, one
+# thread, Xeon Sapphire Rapids: 884 µs/atom at 64 atoms, 950-1010 at 512, 1250 at 4096), as
+# its per-edge buffers outgrow the caches; the call overhead that batching saves is small
+# beside it. So on a CPU the batch goes in calls of at most this many atoms (docs/torchsim.md).
+CPU_ATOMS_PER_CALL = 256
+
 
 class NequIPModel(ModelInterface):
     """TorchSim's ``ModelInterface`` for a NequIP model file.
@@ -46,6 +53,8 @@ class NequIPModel(ModelInterface):
         dtype: the dtype of TorchSim's states and of the outputs (the model's inputs and
             outputs are float64 whatever this is).
         compute_stress: give each system's stress (default: whenever the file gives it).
+        max_atoms_per_call: the most atoms of one model call (a system larger goes alone);
+            by default the whole batch on a GPU, ``CPU_ATOMS_PER_CALL`` on a CPU.
 
     A call takes a ``SimState`` (or TorchSim's state dictionary) and returns ``energy`` (S,),
     ``forces`` (N, 3) and ``stress`` (S, 3, 3) (ASE sign; NaN for a system without a cell
@@ -67,8 +76,11 @@ class NequIPModel(ModelInterface):
         species_to_type_map: Optional[Mapping[str, str]] = None,
         dtype: torch.dtype = torch.float64,
         compute_stress: Optional[bool] = None,
+        max_atoms_per_call: Optional[int] = None,
     ):
         super().__init__()
+        if max_atoms_per_call is not None and max_atoms_per_call < 1:
+            raise ValueError(f"max_atoms_per_call must be at least 1, not {max_atoms_per_call}")
         self.model = open_model(path, device)
         if compute_stress and not self.model.gives_stress:
             raise ValueError(
@@ -80,6 +92,9 @@ class NequIPModel(ModelInterface):
         self._compute_forces = True
         self._compute_stress = self.model.gives_stress if compute_stress is None else bool(compute_stress)
         self._memory_scales_with = "n_atoms_x_density"
+        if max_atoms_per_call is None and self._device.type == "cpu":
+            max_atoms_per_call = CPU_ATOMS_PER_CALL
+        self.max_atoms_per_call = max_atoms_per_call
         self.type_mapper = TypeMapper(
             self.model.type_names, species_to_type_map, remedy="map each species to one with species_to_type_map"
         )
@@ -87,7 +102,8 @@ class NequIPModel(ModelInterface):
 
     def forward(self, state, **kwargs) -> Dict[str, torch.Tensor]:
         """Energy (S,), forces (N, 3) and (``compute_stress``) stress (S, 3, 3) of every system
-        of ``state`` (a ``SimState`` or a dict of its fields), in one model call."""
+        of ``state`` (a ``SimState`` or a dict of its fields), in calls of at most
+        ``max_atoms_per_call`` atoms."""
         if isinstance(state, Mapping):
             positions, cell = state["positions"], state["cell"].mT
             system_idx, atomic_numbers, pbc = state["system_idx"], state["atomic_numbers"], state["pbc"]
@@ -95,7 +111,9 @@ class NequIPModel(ModelInterface):
             positions, cell = state.positions, state.row_vector_cell
             system_idx, atomic_numbers, pbc = state.system_idx, state.atomic_numbers, state.pbc
         frames, order = self._frames(positions, cell, system_idx, atomic_numbers, _periodic_axes(pbc))
-        outputs = self.model.evaluate(frames, batch_size=len(frames))
+        outputs = []
+        for group in _groups_of_atoms(frames, self.max_atoms_per_call):
+            outputs.extend(self.model.evaluate(group, batch_size=len(group)))
 
         forces = torch.cat([out[keys.FORCES] for out in outputs])
         if order is not None:  # back to the state's order of atoms
@@ -163,6 +181,23 @@ class NequIPModel(ModelInterface):
         if bad:
             raise ValueError(f"atomic numbers {bad} are not chemical elements (1-{len(chemical_symbols) - 1})")
         return self.type_mapper([chemical_symbols[z] for z in numbers])[inverse.reshape(-1)]
+
+
+def _groups_of_atoms(frames: List[Dict[str, torch.Tensor]], max_atoms: Optional[int]):
+    """``frames`` in order, in groups of at most ``max_atoms`` atoms (all in one without a
+    limit; a frame larger than the limit in a group of its own)."""
+    if max_atoms is None:
+        return [frames] if frames else []
+    groups: List[List[Dict[str, torch.Tensor]]] = []
+    atoms = 0
+    for frame in frames:
+        count = frame[keys.POS].shape[0]
+        if not groups or atoms + count > max_atoms:
+            groups.append([])
+            atoms = 0
+        groups[-1].append(frame)
+        atoms += count
+    return groups
 
 
 def _periodic_axes(pbc: Union[bool, List[bool], torch.Tensor]) -> np.ndarray:
