@@ -349,7 +349,7 @@ void *PairNequIP::extract_peratom(const char *name, int &ncol)
     error->all(FLERR,
                "pair_style nequip: force_deviation is the deviation of a committee of models, "
                "and model {} is one model: compile several models into one file (nequip-compile "
-               "a.nequip.zip b.nequip.zip ... committee.nequip.pth)",
+               "a.nequip.zip b.nequip.zip ... committee.nequip.pt2)",
                model->path());
   ncol = 0;
   if (atom_force_deviation.size() < (size_t) std::max(atom->nmax, 1))
@@ -524,7 +524,7 @@ void PairNequIP::init_style()
       error->all(FLERR,
                  "pair_style nequip deviation {}: model {} is one model; the deviation is that "
                  "of a committee: compile several models into one file (nequip-compile "
-                 "a.nequip.zip b.nequip.zip ... committee.nequip.pth)",
+                 "a.nequip.zip b.nequip.zip ... committee.nequip.pt2)",
                  deviation_path, model->path());
     if (comm->me == 0 && !deviation_file) {
       deviation_file = fopen(deviation_path.c_str(), "w");

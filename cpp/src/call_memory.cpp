@@ -207,24 +207,24 @@ class KeptBlockAllocator final : public c10::Allocator {
   }
 
   Block* merge_with_free_neighbors(Block* block) {
-    if (block->after != nullptr && !block->after->lent) {
-      Block* after = block->after;
-      forget_free(after);
-      block->bytes += after->bytes;
-      block->after = after->after;
-      if (after->after != nullptr) after->after->before = block;
-      blocks_.erase(after->address);
-    }
+    if (block->after != nullptr && !block->after->lent) absorb_next(block);
     if (block->before != nullptr && !block->before->lent) {
-      Block* before = block->before;
-      forget_free(before);
-      before->bytes += block->bytes;
-      before->after = block->after;
-      if (block->after != nullptr) block->after->before = before;
-      blocks_.erase(block->address);
-      block = before;
+      block = block->before;
+      absorb_next(block);
     }
     return block;
+  }
+
+  // Joins the free block after `block` to it; both leave the free list (where they are in it:
+  // the block being given back is not yet).
+  void absorb_next(Block* block) {
+    Block* after = block->after;
+    forget_free(block);
+    forget_free(after);
+    block->bytes += after->bytes;
+    block->after = after->after;
+    if (after->after != nullptr) after->after->before = block;
+    blocks_.erase(after->address);
   }
 
   void forget_free(Block* block) {

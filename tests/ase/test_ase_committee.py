@@ -72,7 +72,7 @@ def test_single_model_asked_for_a_deviation_says_it_is_one_model(compiled_models
     message = (
         f"{name} is the deviation of a committee of models, and {path} is one model: compile several "
         "independently trained models into one file (nequip-compile a.nequip.zip b.nequip.zip ... "
-        "committee.nequip.pth) and use that"
+        "committee.nequip.pt2) and use that"
     )
     with pytest.raises(PropertyNotImplementedError, match="^" + re.escape(message) + "$"):
         atoms.calc.get_property(name, atoms)

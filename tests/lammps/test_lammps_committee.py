@@ -103,7 +103,7 @@ run 0
     assert (
         f"pair_style nequip deviation {tmp_path / 'model_devi.out'}: model {path} is one model; the deviation is "
         "that of a committee: compile several models into one file (nequip-compile a.nequip.zip "
-        "b.nequip.zip ... committee.nequip.pth)"
+        "b.nequip.zip ... committee.nequip.pt2)"
     ) in completed.stdout + completed.stderr
     assert not (tmp_path / "model_devi.out").exists()
 
@@ -130,7 +130,7 @@ run 0
     assert (
         f"pair_style nequip: force_deviation is the deviation of a committee of models, and model {path} is one "
         "model: compile several models into one file (nequip-compile a.nequip.zip b.nequip.zip ... "
-        "committee.nequip.pth)"
+        "committee.nequip.pt2)"
     ) in completed.stdout + completed.stderr
 
 

@@ -41,7 +41,7 @@ class NequIPCalculator(Calculator):
     volume, stress (Voigt order xx yy zz yz xz xy, ASE sign). Positions in Å, energies in eV.
 
     A committee file (several models compiled into one, ``nequip-compile a.nequip.zip
-    b.nequip.zip ... committee.nequip.pth``) gives their mean (or its first model's results,
+    b.nequip.zip ... committee.nequip.pt2``) gives their mean (or its first model's results,
     as compiled) and adds COMMITTEE_PROPERTIES, DeePMD-kit's deviations over its models:
     ``force_deviation`` (N,) eV/Å, per atom the norm of the standard deviation of the models'
     force vectors; ``max_force_deviation``, its largest value; ``energy_deviation`` eV, the
@@ -75,7 +75,7 @@ class NequIPCalculator(Calculator):
             raise PropertyNotImplementedError(
                 f"{name} is the deviation of a committee of models, and {self.path} is one model: compile "
                 "several independently trained models into one file (nequip-compile a.nequip.zip "
-                "b.nequip.zip ... committee.nequip.pth) and use that"
+                "b.nequip.zip ... committee.nequip.pt2) and use that"
             )
         return super().get_property(name, atoms, allow_calculation)
 

@@ -4,7 +4,8 @@
     nequip-compile model.nequip.zip model.nequip.pt2 --mode aotinductor --device cpu --target pair_nequip
     nequip-compile model.nequip.zip model.nequip.pt2 --mode aotinductor --device cuda --target ase [--tf32]
     nequip-compile nequip.net:mir-group/NequIP-OAM-L:0.1 oam.nequip.pt2 --mode aotinductor --target ase
-    nequip-compile a.nequip.zip b.nequip.zip c.nequip.zip committee.nequip.pth --mode torchscript
+    nequip-compile a.nequip.zip b.nequip.zip c.nequip.zip committee.nequip.pt2 --mode aotinductor --target ase
+    nequip-compile a/best.ckpt b/best.ckpt c/best.ckpt committee.nequip.pth --mode torchscript
 """
 
 import argparse
