@@ -268,11 +268,16 @@ def test_a_force_pass_computes_no_weight_gradients(custom_backward):
 
 
 def test_eager_backward_on_cpu_runs_the_kernels():
-    # a force-like backward (create_graph) by message_backward; the loss's backward through it by
-    # message_double_backward, and through the node sums themselves by message_backward again
+    # the node sums by message_forward; a force-like backward (create_graph) by message_backward;
+    # the loss's backward through it by message_double_backward, and through the node sums
+    # themselves by message_backward again
     module = build(ALL_L2, ALL_L2, backend="cpu_kernels")
     x, edge_sh, edge_radial, center, neighbor = random_inputs(module)
-    out = module(x, edge_sh, edge_radial, center, neighbor)
+    with torch.profiler.profile() as forward_profile:
+        out = module(x, edge_sh, edge_radial, center, neighbor)
+    forward_names = [event.name for event in forward_profile.events()]
+    assert forward_names.count("nequip::message_forward_v1") == len(module.runs)
+    assert "aten::bmm" not in forward_names and "aten::scatter_add" not in forward_names
     with torch.profiler.profile() as profile:
         grads = torch.autograd.grad(out.square().sum(), [x, edge_sh, edge_radial], create_graph=True)
         sum(grad.square().sum() for grad in grads).backward()
@@ -290,6 +295,8 @@ def test_the_kernels_refuse_indices_out_of_range():
     center, row_path = torch.tensor([0, 1, 2, 0]), torch.tensor([0, 1])
     with pytest.raises(RuntimeError, match=re.escape("nequip::message_backward_v1: an edge index is outside [0, 3)")):
         torch.ops.nequip.message_backward_v1(a, x, g, w, center, torch.tensor([0, 1, 3, 0]), row_path)
+    with pytest.raises(RuntimeError, match=re.escape("nequip::message_forward_v1: an edge index is outside [0, 3)")):
+        torch.ops.nequip.message_forward_v1(a, x, w, torch.tensor([0, 1, 0, -1]), center, row_path)
     with pytest.raises(RuntimeError, match=re.escape("nequip::message_backward_v1: row_path is outside [0, 2)")):
         torch.ops.nequip.message_backward_v1(a, x, g, w, center, center, torch.tensor([0, 2]))
     shape_error = "nequip::message_backward_v1: g has shape [3, 1, 5], expected [3, 2, 5]"
@@ -299,6 +306,20 @@ def test_the_kernels_refuse_indices_out_of_range():
     cotangent_error = "nequip::message_double_backward_v1: the cotangent of gx has shape [4, 3, 6], expected [4, 3, 5]"
     with pytest.raises(RuntimeError, match=re.escape(cotangent_error)):
         torch.ops.nequip.message_double_backward_v1(a, x, g, w, center, center, row_path, *cotangents)
+
+
+def test_the_forward_kernel_sums_each_center_in_any_edge_order():
+    # edges in random order, centers with none: the sums of the reference, to rounding
+    module = build(ALL_L2, ALL_L2)
+    x, edge_sh, edge_radial, center, neighbor = random_inputs(module, num_nodes=9, num_edges=60)
+    center = torch.where(center == 3, torch.full_like(center, 4), center)  # node 3 is no center
+    permutation = torch.randperm(center.shape[0], generator=torch.Generator().manual_seed(0))
+    inputs = (x, edge_sh[permutation], edge_radial[permutation], center[permutation], neighbor[permutation])
+    expected = module(*inputs)
+    module.use_message_backend("cpu_kernels")
+    got = module(*inputs)
+    assert not got[3].any() and expected[4].abs().max() > 0.1
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("mul", [16, 32, 64])
@@ -360,7 +381,7 @@ def test_kernels_of_another_version_leave_the_reference(monkeypatch):
     refused = f"the message passing backend 'cpu_kernels' cannot run here: {missing}; use 'torch'"
     with pytest.raises(ValueError, match=re.escape(refused)):
         module.use_message_backend("cpu_kernels")
-    fallback = f"the message passing's backward runs as torch operations (slower): {missing}"
+    fallback = f"the message passing runs as torch operations (slower): {missing}"
     with pytest.warns(UserWarning, match=re.escape(fallback)):
         loaded = pickle.loads(saved)
     assert loaded.message_backend == "torch"
@@ -381,7 +402,9 @@ def test_kernels_whose_arguments_changed_are_not_called(monkeypatch):
 
 
 def test_version_1_keeps_the_names_packages_called_before_versioning():
-    # packages made before the names carried a version call these, without checking
-    for name, arguments in message_passing._KERNEL_ARGUMENTS.items():
+    # packages made before the names carried a version call these, without checking (the
+    # forward kernel came after)
+    for name in ["message_backward", "message_double_backward"]:
+        arguments = message_passing._KERNEL_ARGUMENTS[name]
         assert message_passing.registered_schema(f"nequip::{name}") == f"nequip::{name}{arguments}"
         assert message_passing.registered_schema(f"nequip::{name}_v1") == f"nequip::{name}_v1{arguments}"

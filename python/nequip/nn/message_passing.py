@@ -31,10 +31,10 @@ it (tests/model/test_message_passing.py), and it against e3nn.
 
 * ``torch``: torch operations on any device; a run's groups contracted by one ``bmm``, the
   backward above written in differentiable operations (training differentiates forces).
-* ``cpu_kernels``: the reference, but each run's backward by one C++ kernel and its derivative by
-  another (:class:`_RunBackward`, ``cpp/kernels/message_backward.cpp``): per-edge data stays in
-  scratch rows instead of being written out as (E, rows, channels) tensors and read back by each
-  torch operation. The kernels are CPU code: tensors on another device take the reference's path.
+* ``cpu_kernels``: the reference, but each run's node sums by one C++ kernel, its backward by
+  another and that one's derivative by a third (:class:`CpuKernelBackend`, :class:`_RunBackward`,
+  ``cpp/kernels/message_passing.cpp``): per-edge data stays in scratch rows instead of being
+  written out as (E, rows, channels) tensors and read back by each torch operation. The kernels are CPU code: tensors on another device take the reference's path.
   The default where the installed ``nequip._kernels`` provides the kernels this code calls.
 * ``inductor``: for graphs traced with ``make_fx`` and compiled by Inductor (compile/aotinductor.py
   traces with it): one group at a time, per-edge contractions as broadcast products and sums,
@@ -229,7 +229,7 @@ class TensorProductSum(torch.nn.Module):
         if self.__dict__.get("message_backend", CPU_KERNELS) == CPU_KERNELS:
             missing = cpu_kernels_missing()
             if missing is not None and _kernels_installed():
-                warnings.warn(f"the message passing's backward runs as torch operations (slower): {missing}")
+                warnings.warn(f"the message passing runs as torch operations (slower): {missing}")
             self.message_backend = TORCH if missing is not None else CPU_KERNELS
 
     def forward(
@@ -395,7 +395,8 @@ class _MessageSum(torch.autograd.Function):
     def forward(ctx, module, x, edge_sh, edge_radial, edge_center, edge_neighbor, *weights):
         ctx.module = module
         ctx.save_for_backward(x, edge_sh, edge_radial, edge_center, edge_neighbor, *weights)
-        return module.message_sum(x, edge_sh, edge_radial, list(weights), edge_center, edge_neighbor)
+        backend = _BACKENDS[module.message_backend]
+        return backend.node_sums(module, x, edge_sh, edge_radial, list(weights), edge_center, edge_neighbor)
 
     @staticmethod
     def backward(ctx, grad_out):
@@ -504,6 +505,10 @@ class TorchBackend:
     def message_sum(self, module, x, edge_sh, edge_radial, weights, edge_center, edge_neighbor) -> torch.Tensor:
         return _MessageSum.apply(module, x, edge_sh, edge_radial, edge_center, edge_neighbor, *weights)
 
+    def node_sums(self, module, x, edge_sh, edge_radial, weights, edge_center, edge_neighbor) -> torch.Tensor:
+        """The node sums that :class:`_MessageSum`'s forward returns (no autograd records them)."""
+        return module.message_sum(x, edge_sh, edge_radial, weights, edge_center, edge_neighbor)
+
     def run_backward(self, module: "TensorProductSum", run: PathRun, sums: _Gradients) -> None:
         """Add the gradients of ``run``'s node sums to ``sums``."""
         i, d1, num_edges = run.input_irrep, run.d1, sums.num_edges
@@ -561,8 +566,34 @@ class InductorBackend(TorchBackend):
 
 
 class CpuKernelBackend(TorchBackend):
-    """``cpu_kernels``: each run's backward on CPU by :class:`_RunBackward` (the C++ kernels);
-    tensors on another device by the reference."""
+    """``cpu_kernels``: on CPU each run's node sums by the kernel ``nequip::message_forward_v1``
+    and its backward by :class:`_RunBackward` (the C++ kernels); tensors on another device by the
+    reference."""
+
+    def node_sums(self, module, x, edge_sh, edge_radial, weights, edge_center, edge_neighbor) -> torch.Tensor:
+        if x.device.type != "cpu":
+            return super().node_sums(module, x, edge_sh, edge_radial, weights, edge_center, edge_neighbor)
+        num_nodes, num_edges = x.shape[0], edge_sh.shape[0]
+        radial_hidden = radial_mlp_hidden(edge_radial, weights[:-1], module.radial_mlp.activation_scale)[-1]
+        weight = weights[-1].index_select(1, module.weight_columns)
+        edge_center, edge_neighbor = edge_center.contiguous(), edge_neighbor.contiguous()
+        blocks: List[torch.Tensor] = [x] * len(module.block_sizes)  # every entry is replaced
+        for run in module.runs:
+            mul = module.inputs[run.input_irrep].mul
+            run_weight = weight.narrow(1, run.weight_column, run.num_paths * mul)
+            summed = _kernel("message_forward")(
+                module._run_a(edge_sh, run).contiguous(),
+                module._channels_last(x, run.input_irrep),
+                (radial_hidden @ run_weight).view(num_edges, run.num_paths, mul),
+                edge_center,
+                edge_neighbor,
+                module.row_paths.narrow(0, run.row_offset, run.rows),
+            )  # (N, rows, mul)
+            for g, group_sums in zip(range(run.first, run.end), module._split_by_group(summed, run)):
+                group = module.groups[g]
+                for q, block in enumerate(module.group_blocks[g]):
+                    blocks[block] = group_sums[:, q].transpose(1, 2).reshape(num_nodes, group.mul * group.d3)
+        return torch.cat(blocks, dim=1)
 
     def run_backward(self, module: "TensorProductSum", run: PathRun, sums: _Gradients) -> None:
         if sums.x.device.type != "cpu":
@@ -598,7 +629,7 @@ class AutogradBackend(TorchBackend):
 
 class _RunBackward(torch.autograd.Function):
     """The first derivatives of one run's node sums, by the CPU kernel ``nequip::message_backward_v1``
-    (cpp/kernels/message_backward.cpp, which states the formulas), differentiable once more by
+    (cpp/kernels/message_passing.cpp, which states the formulas), differentiable once more by
     ``nequip::message_double_backward_v1``: training's loss on forces differentiates them.
 
     Inputs: the run's A (E, d1, rows), its input irrep's node features (N, d1, mul) and output
@@ -657,7 +688,7 @@ def _kernels_installed() -> bool:
 # The version of the kernels this code calls: their names end in _v{KERNEL_VERSION}, and their
 # arguments are these. The installed library must register exactly these (a package made today
 # keeps this copy of the code, so it checks whatever library is installed where it is loaded);
-# otherwise the reference runs. cpp/kernels/message_backward.cpp says when the version changes;
+# otherwise the reference runs. cpp/kernels/message_passing.cpp says when the version changes;
 # packages record it in their metadata (versions: nequip_kernels).
 KERNEL_VERSION = 1
 _KERNEL_ARGUMENTS = {
@@ -665,6 +696,7 @@ _KERNEL_ARGUMENTS = {
     " -> (Tensor, Tensor, Tensor)",
     "message_double_backward": "(Tensor a, Tensor x, Tensor g, Tensor w, Tensor center, Tensor neighbor, "
     "Tensor row_path, Tensor hw, Tensor ha, Tensor hx) -> (Tensor, Tensor, Tensor, Tensor)",
+    "message_forward": "(Tensor a, Tensor x, Tensor w, Tensor center, Tensor neighbor, Tensor row_path) -> Tensor",
 }
 
 

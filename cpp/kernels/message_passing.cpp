@@ -1,6 +1,7 @@
-// CPU kernels for the backward pass of the message passing (python/nequip/nn/message_passing.py),
-// registered with torch as nequip::message_backward_v1 and nequip::message_double_backward_v1,
-// and loaded by importing the Python module nequip._kernels (this file).
+// CPU kernels of the message passing (python/nequip/nn/message_passing.py): its node sums and
+// their first and second derivatives, registered with torch as nequip::message_forward_v1,
+// nequip::message_backward_v1 and nequip::message_double_backward_v1, and loaded by importing
+// the Python module nequip._kernels (this file).
 //
 // Versions. An operator's name carries the version of its arguments and meaning (_v1). The Python
 // code that calls them, and the copy of that code interned in every package, checks that the
@@ -11,11 +12,16 @@
 // versions that existing packages call. Version 1 is also registered under the unversioned
 // names that packages made before versioning call (without a check).
 //
-// Both work on one "run": the path groups of one input irrep (PathRun in message_passing.py).
+// All work on one "run": the path groups of one input irrep (PathRun in message_passing.py).
 // Per edge e with center c and neighbor j, for rows r (path, output component) and channels u:
 //
 //   P[r,u] = sum_i a[e,i,r] x[j,i,u]         (the products; a = edge harmonics @ coefficients)
 //   R[r,u] = g[c,r,u] w[e,p(r),u]            (the output gradient weighted by the path's weight)
+//
+// message_forward returns the node sums, out[c,r,u] = sum over c's edges of w[e,p(r),u] P[r,u]:
+// one task per range of centers (the edges ordered by center by a counting sort), each center's
+// rows summed in place, so that no per-edge message is written out and no two threads add to
+// one row.
 //
 // message_backward returns the first derivatives of the node sums:
 //   gw[e,p,u] = sum_{r in p} g[c,r,u] P[r,u]   (by the path weights)
@@ -63,6 +69,43 @@ struct Run {
   int64_t d1, rows, paths, mul;
   const int64_t* row_path;
 };
+
+// The node sums of centers [begin, end); edge_order lists the edges by center, those of center c
+// at [edge_start[c], edge_start[c + 1]).
+template <typename T, int MUL>
+NEQUIP_INLINE void forward_nodes(const T* a, const T* x, const T* w, const int64_t* neighbor,
+                                 const int64_t* edge_start, const int64_t* edge_order, const Run& run, T* out,
+                                 int64_t begin, int64_t end, T* scratch) {
+  const int64_t mul = MUL > 0 ? MUL : run.mul, d1 = run.d1, rows = run.rows;
+  T* p_row = scratch;
+  for (int64_t c = begin; c < end; ++c) {
+    T* out_c = out + c * rows * mul;
+    std::fill(out_c, out_c + rows * mul, T(0));
+    for (int64_t k = edge_start[c]; k < edge_start[c + 1]; ++k) {
+      const int64_t e = edge_order[k];
+      const T* a_e = a + e * d1 * rows;
+      const T* x_j = x + neighbor[e] * d1 * mul;
+      const T* w_e = w + e * run.paths * mul;
+      for (int64_t r = 0; r < rows; ++r) {
+        {
+          const T a0 = a_e[r];
+#pragma omp simd
+          for (int64_t u = 0; u < mul; ++u) p_row[u] = a0 * x_j[u];
+        }
+        for (int64_t i = 1; i < d1; ++i) {
+          const T ai = a_e[i * rows + r];
+          const T* x_i = x_j + i * mul;
+#pragma omp simd
+          for (int64_t u = 0; u < mul; ++u) p_row[u] += ai * x_i[u];
+        }
+        const T* w_row = w_e + run.row_path[r] * mul;
+        T* out_row = out_c + r * mul;
+#pragma omp simd
+        for (int64_t u = 0; u < mul; ++u) out_row[u] += w_row[u] * p_row[u];
+      }
+    }
+  }
+}
 
 // Per-edge inputs: pointers to its a (d1, rows), its neighbor's x (d1, mul), its center's
 // g (rows, mul) and its weights w (paths, mul).
@@ -200,6 +243,11 @@ NEQUIP_INLINE void double_backward_edges(const T* a, const T* x, const T* g, con
 
 // One compiled copy per instruction set (target_clones cannot clone templates) and channel width.
 #define NEQUIP_INSTANTIATE(T, MUL)                                                                                   \
+  NEQUIP_VECTOR_CLONES void forward_kernel_##MUL(const T* a, const T* x, const T* w, const int64_t* neighbor,        \
+                                                 const int64_t* edge_start, const int64_t* edge_order,              \
+                                                 const Run& run, T* out, int64_t begin, int64_t end, T* scratch) {  \
+    forward_nodes<T, MUL>(a, x, w, neighbor, edge_start, edge_order, run, out, begin, end, scratch);                 \
+  }                                                                                                                  \
   NEQUIP_VECTOR_CLONES void backward_kernel_##MUL(const T* a, const T* x, const T* g, const T* w,                    \
                                                   const int64_t* center, const int64_t* neighbor, const Run& run,   \
                                                   T* gw, T* ga, T* gx, int64_t begin, int64_t end, T* scratch) {     \
@@ -220,6 +268,17 @@ NEQUIP_INSTANTIATE_WIDTHS(float)
 NEQUIP_INSTANTIATE_WIDTHS(double)
 #undef NEQUIP_INSTANTIATE_WIDTHS
 #undef NEQUIP_INSTANTIATE
+
+template <typename T>
+void forward_kernel(const T* a, const T* x, const T* w, const int64_t* neighbor, const int64_t* edge_start,
+                    const int64_t* edge_order, const Run& run, T* out, int64_t begin, int64_t end, T* scratch) {
+  switch (run.mul) {
+    case 16: return forward_kernel_16(a, x, w, neighbor, edge_start, edge_order, run, out, begin, end, scratch);
+    case 32: return forward_kernel_32(a, x, w, neighbor, edge_start, edge_order, run, out, begin, end, scratch);
+    case 64: return forward_kernel_64(a, x, w, neighbor, edge_start, edge_order, run, out, begin, end, scratch);
+    default: return forward_kernel_0(a, x, w, neighbor, edge_start, edge_order, run, out, begin, end, scratch);
+  }
+}
 
 template <typename T>
 void backward_kernel(const T* a, const T* x, const T* g, const T* w, const int64_t* center, const int64_t* neighbor,
@@ -264,10 +323,11 @@ void check_shape(const char* op, const Tensor& t, const char* name, std::initial
               " must be a contiguous CPU tensor of dtype ", like.scalar_type());
 }
 
-// Checks a, x, g, w, the indices and the row -> path map; returns the run's shapes.
-Run check_run(const char* op, const Tensor& a, const Tensor& x, const Tensor& g, const Tensor& w,
+// Checks a, x, w, g (where given: the forward has none), the indices and the row -> path map;
+// returns the run's shapes.
+Run check_run(const char* op, const Tensor& a, const Tensor& x, const Tensor* g, const Tensor& w,
               const Tensor& center, const Tensor& neighbor, const Tensor& row_path) {
-  TORCH_CHECK(a.dim() == 3 && x.dim() == 3 && g.dim() == 3 && w.dim() == 3,
+  TORCH_CHECK(a.dim() == 3 && x.dim() == 3 && (g == nullptr || g->dim() == 3) && w.dim() == 3,
               op, ": a, x, g and w must be 3-dimensional");
   TORCH_CHECK(a.scalar_type() == at::kFloat || a.scalar_type() == at::kDouble,
               op, ": float32 or float64 expected, got ", a.scalar_type());
@@ -275,7 +335,7 @@ Run check_run(const char* op, const Tensor& a, const Tensor& x, const Tensor& g,
   const int64_t paths = w.size(1);
   check_shape(op, a, "a", {edges, d1, rows}, a);
   check_shape(op, x, "x", {nodes, d1, mul}, a);
-  check_shape(op, g, "g", {nodes, rows, mul}, a);
+  if (g != nullptr) check_shape(op, *g, "g", {nodes, rows, mul}, a);
   check_shape(op, w, "w", {edges, paths, mul}, a);
   for (const Tensor* index : {&center, &neighbor}) {
     TORCH_CHECK(index->sizes() == at::IntArrayRef{edges} && index->scalar_type() == at::kLong &&
@@ -300,10 +360,40 @@ Run check_run(const char* op, const Tensor& a, const Tensor& x, const Tensor& g,
   return {d1, rows, paths, mul, row_path.data_ptr<int64_t>()};
 }
 
+Tensor message_forward(const Tensor& a, const Tensor& x, const Tensor& w, const Tensor& center,
+                       const Tensor& neighbor, const Tensor& row_path) {
+  const Run run = check_run("nequip::message_forward_v1", a, x, nullptr, w, center, neighbor, row_path);
+  const int64_t edges = a.size(0), nodes = x.size(0);
+  Tensor out = at::empty({nodes, run.rows, run.mul}, a.options());
+  // the edges by center: a counting sort, stable (each center's edges summed in their order)
+  std::vector<int64_t> edge_start(nodes + 1, 0), edge_order(edges);
+  const int64_t* c_p = center.data_ptr<int64_t>();
+  for (int64_t e = 0; e < edges; ++e) ++edge_start[c_p[e] + 1];
+  for (int64_t c = 0; c < nodes; ++c) edge_start[c + 1] += edge_start[c];
+  {
+    std::vector<int64_t> next(edge_start.begin(), edge_start.end() - 1);
+    for (int64_t e = 0; e < edges; ++e) edge_order[next[c_p[e]]++] = e;
+  }
+  // centers per task: about as much work per task as the backward's edges per task
+  const int64_t edges_per_node = std::max<int64_t>(1, edges / std::max<int64_t>(1, nodes));
+  const int64_t node_grain = std::max<int64_t>(1, grain(run) / edges_per_node);
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "message_forward", [&] {
+    const scalar_t *a_p = a.data_ptr<scalar_t>(), *x_p = x.data_ptr<scalar_t>(), *w_p = w.data_ptr<scalar_t>();
+    const int64_t* n_p = neighbor.data_ptr<int64_t>();
+    scalar_t* out_p = out.data_ptr<scalar_t>();
+    at::parallel_for(0, nodes, node_grain, [&](int64_t begin, int64_t end) {
+      std::vector<scalar_t> scratch(run.mul);
+      forward_kernel(a_p, x_p, w_p, n_p, edge_start.data(), edge_order.data(), run, out_p, begin, end,
+                     scratch.data());
+    });
+  });
+  return out;
+}
+
 std::tuple<Tensor, Tensor, Tensor> message_backward(const Tensor& a, const Tensor& x, const Tensor& g, const Tensor& w,
                                                     const Tensor& center, const Tensor& neighbor,
                                                     const Tensor& row_path) {
-  const Run run = check_run("nequip::message_backward_v1", a, x, g, w, center, neighbor, row_path);
+  const Run run = check_run("nequip::message_backward_v1", a, x, &g, w, center, neighbor, row_path);
   const int64_t edges = a.size(0);
   Tensor gw = at::empty({edges, run.paths, run.mul}, a.options());
   Tensor ga = at::empty({edges, run.d1, run.rows}, a.options());
@@ -327,7 +417,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> message_double_backward(const Tensor&
                                                                    const Tensor& hw, const Tensor& ha,
                                                                    const Tensor& hx) {
   const char* op = "nequip::message_double_backward_v1";
-  const Run run = check_run(op, a, x, g, w, center, neighbor, row_path);
+  const Run run = check_run(op, a, x, &g, w, center, neighbor, row_path);
   const int64_t edges = a.size(0);
   check_shape(op, hw, "the cotangent of gw", {edges, run.paths, run.mul}, a);
   check_shape(op, ha, "the cotangent of ga", {edges, run.d1, run.rows}, a);
@@ -354,6 +444,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> message_double_backward(const Tensor&
 
 }  // namespace
 
+#define NEQUIP_MESSAGE_FORWARD_V1_ARGUMENTS \
+  "(Tensor a, Tensor x, Tensor w, Tensor center, Tensor neighbor, Tensor row_path) -> Tensor"
 #define NEQUIP_MESSAGE_BACKWARD_V1_ARGUMENTS \
   "(Tensor a, Tensor x, Tensor g, Tensor w, Tensor center, Tensor neighbor, Tensor row_path) -> (Tensor, Tensor, Tensor)"
 #define NEQUIP_MESSAGE_DOUBLE_BACKWARD_V1_ARGUMENTS                                                 \
@@ -363,6 +455,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> message_double_backward(const Tensor&
 // A fragment: other libraries of the project may add operators to the namespace (TORCH_LIBRARY
 // may define a namespace once per process).
 TORCH_LIBRARY_FRAGMENT(nequip, m) {
+  m.def("message_forward_v1" NEQUIP_MESSAGE_FORWARD_V1_ARGUMENTS);
   m.def("message_backward_v1" NEQUIP_MESSAGE_BACKWARD_V1_ARGUMENTS);
   m.def("message_double_backward_v1" NEQUIP_MESSAGE_DOUBLE_BACKWARD_V1_ARGUMENTS);
   // version 1 under the names of packages made before versioning
@@ -371,6 +464,7 @@ TORCH_LIBRARY_FRAGMENT(nequip, m) {
 }
 
 TORCH_LIBRARY_IMPL(nequip, CPU, m) {
+  m.impl("message_forward_v1", &message_forward);
   m.impl("message_backward_v1", &message_backward);
   m.impl("message_double_backward_v1", &message_double_backward);
   m.impl("message_backward", &message_backward);
@@ -379,5 +473,5 @@ TORCH_LIBRARY_IMPL(nequip, CPU, m) {
 
 // Importing the module registers the operators above; it has nothing else.
 PYBIND11_MODULE(_kernels, module) {
-  module.doc() = "CPU kernels of the message passing's backward pass, registered as torch.ops.nequip.*";
+  module.doc() = "CPU kernels of the message passing, registered as torch.ops.nequip.*";
 }
