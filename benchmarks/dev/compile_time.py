@@ -6,13 +6,16 @@ round after round, so that load on a shared machine hits them alike. Timed: the 
 
 * ours: ``compile_model(benchmark_model(), out, "aotinductor", "cpu", "ase")``, its check
   against the eager model included (what ``nequip-compile`` runs);
+* ``--portable``: ours with ``portable=True`` (``nequip-compile --portable``: the message
+  passing as torch operations that Inductor generates code for, instead of calls of the
+  runtime's kernels);
 * ``--without-speedups``: ours again with nequip.compile.inductor_speedups switched off, to
   measure what they save;
 * ``--reference``: the reference release's ``nequip-compile <checkpoint> out.nequip.pt2 --mode
   aotinductor --device cpu --target ase`` on its checkpoint of the same architecture
   (benchmarks/dev/compare_reference.py builds it on first use).
 
-    .venv/bin/python benchmarks/dev/compile_time.py --reference --without-speedups --rounds 2 \
+    .venv/bin/python benchmarks/dev/compile_time.py --reference --portable --without-speedups --rounds 2 \
         --json build/compile_time.json
 """
 
@@ -51,11 +54,15 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--reference", action="store_true", help="also time the reference release's nequip-compile")
+    parser.add_argument("--portable", action="store_true", help="also time ours with portable=True")
     parser.add_argument("--without-speedups", action="store_true", help="also time ours without inductor_speedups")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
 
     sides = {"ours": lambda out: [sys.executable, "-c", COMPILE_OURS, str(out)]}
+    if args.portable:
+        portable = COMPILE_OURS.replace('"ase")', '"ase", portable=True)')
+        sides["ours, portable"] = lambda out: [sys.executable, "-c", portable, str(out)]
     if args.without_speedups:
         sides["ours without speedups"] = lambda out: [sys.executable, "-c", _WITHOUT_SPEEDUPS + COMPILE_OURS, str(out)]
     reference = None

@@ -1,7 +1,9 @@
 // CPU kernels of the message passing (python/nequip/nn/message_passing.py): its node sums and
 // their first and second derivatives, registered with torch as nequip::message_forward_v1,
-// nequip::message_backward_v1 and nequip::message_double_backward_v1, and loaded by importing
-// the Python module nequip._kernels (this file).
+// nequip::message_backward_v1 and nequip::message_double_backward_v1 when the runtime library
+// (of which this file is part) loads: in Python by importing nequip._kernels or nequip._runtime.
+// Eager training calls all three; compiled files made without --portable call the first two
+// (nequip.compile, which records them in the file's metadata as nequip_operators).
 //
 // Versions. An operator's name carries the version of its arguments and meaning (_v1). The Python
 // code that calls them, and the copy of that code interned in every package, checks that the
@@ -45,7 +47,6 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <pybind11/pybind11.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -469,9 +470,4 @@ TORCH_LIBRARY_IMPL(nequip, CPU, m) {
   m.impl("message_double_backward_v1", &message_double_backward);
   m.impl("message_backward", &message_backward);
   m.impl("message_double_backward", &message_double_backward);
-}
-
-// Importing the module registers the operators above; it has nothing else.
-PYBIND11_MODULE(_kernels, module) {
-  module.doc() = "CPU kernels of the message passing, registered as torch.ops.nequip.*";
 }

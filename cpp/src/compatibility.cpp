@@ -1,6 +1,7 @@
 #include "compatibility.h"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/cpu/Utils.h>
 #include <c10/util/Exception.h>
 #include <sys/utsname.h>
@@ -53,6 +54,7 @@ c10::Device available_device(const std::string& name) {
 constexpr const char* kAotiMachineKey = "AOTI_MACHINE";    // written by torch: uname -m
 constexpr const char* kAotiCpuIsaKey = "AOTI_CPU_ISA";     // torch's vector ISA, e.g. "AVX512"
 constexpr const char* kTorchVersionKey = "torch_version";  // ours, written by nequip-compile
+constexpr const char* kOperatorsKey = "nequip_operators";  // ours, written by nequip-compile
 
 // The words of AOTI_CPU_ISA on x86 (torch's inductor names) and the CPU features each needs
 // (the compiler flags torch builds the kernels with; names of at::cpu::get_cpu_capabilities).
@@ -197,6 +199,30 @@ void check_torch_version(const std::string& path, const Metadata& metadata,
                        "torch versions; if results look wrong, compile it again "
                        "with torch " +
                        running);
+  }
+}
+
+void check_operators(const std::string& path, const Metadata& metadata) {
+  auto listed = metadata.raw.find(kOperatorsKey);
+  if (listed == metadata.raw.end()) return;
+  std::vector<std::string> missing;
+  for (const std::string& name : split_words(listed->second)) {
+    if (name.rfind("nequip::", 0) != 0 || name.size() == 8) {
+      throw ModelFileError(path + ": metadata key '" + kOperatorsKey +
+                           "' is malformed: expected operator names such as "
+                           "'nequip::message_forward_v1', got '" +
+                           printable(listed->second) + "'");
+    }
+    auto handle = c10::Dispatcher::singleton().findSchema({name, ""});
+    if (!handle.has_value() || !handle->hasKernelForDispatchKey(c10::DispatchKey::CPU)) {
+      missing.push_back(name);
+    }
+  }
+  if (!missing.empty()) {
+    throw ModelFileError(path + ": calls " + join(missing) + " (metadata key " + kOperatorsKey +
+                         "), which this NequIP runtime does not provide: the file was made by "
+                         "a newer NequIP; run it with that version, or compile it again with "
+                         "nequip-compile --portable (a file any NequIP runtime can run)");
   }
 }
 

@@ -28,4 +28,9 @@ void check_cpu_isa(const std::string& path, const Metadata& metadata);
 void check_torch_version(const std::string& path, const Metadata& metadata,
                          std::vector<std::string>& warnings);
 
+// Refuses a file that calls operators of NequIP's kernel library (metadata key
+// nequip_operators, written by nequip-compile without --portable) that this runtime's library
+// does not register (ModelFileError), before torch fails on them at load or first call.
+void check_operators(const std::string& path, const Metadata& metadata);
+
 }  // namespace nequip::detail

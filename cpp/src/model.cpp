@@ -298,6 +298,7 @@ class Model::Impl {
     // records the vector ISA of the kernels.
     if (device_.is_cpu()) check_cpu_isa(path_, metadata_);
     check_torch_version(path_, metadata_, warnings_);
+    check_operators(path_, metadata_);
     auto load = [&](const std::string& name) {
       return translate_torch_errors(path_ + ": loading the AOTInductor package", [&] {
         return std::make_unique<torch::inductor::AOTIModelPackageLoader>(

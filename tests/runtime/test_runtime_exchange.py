@@ -25,11 +25,15 @@ def deep(deep_model):
     return Model(str(deep_model.pth)), deep_model.eager
 
 
-@pytest.fixture(params=["pth-3-layers", "pt2-float64", "pt2-float32"], scope="module")
+@pytest.fixture(params=["pth-3-layers", "pt2-float64", "pt2-float32", "pt2-float64-portable"], scope="module")
 def layered(request, deep_model, compiled_models):
-    """(runtime model, eager model, dtype) of files that run layer by layer."""
+    """(runtime model, eager model, dtype) of files that run layer by layer: .pt2 files whose
+    parts call the message passing kernels, and one without them (portable)."""
     if request.param == "pth-3-layers":
         return Model(str(deep_model.pth)), deep_model.eager, "float64"
+    if request.param == "pt2-float64-portable":
+        path = compiled_models.portable["float64", "pair_nequip_domain"]
+        return Model(str(path)), compiled_models.eager["float64"], "float64"
     dtype = request.param.split("-")[1]
     key = (dtype, "aotinductor", "pair_nequip_domain")
     return Model(str(compiled_models[key])), compiled_models.eager[dtype], dtype

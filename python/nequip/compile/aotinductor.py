@@ -20,7 +20,7 @@ from typing import BinaryIO, Dict, List, Mapping, Optional, Tuple
 import torch
 
 from nequip.data import keys, synthetic_frame
-from nequip.nn.message_passing import INDUCTOR, message_backend
+from nequip.nn.message_passing import CPU_KERNELS, INDUCTOR, message_backend, register_kernel_shapes
 from nequip.utils import torch_internals
 
 from .contract import BATCH_TARGET, TARGET_INPUTS, TARGET_OUTPUTS
@@ -582,15 +582,52 @@ def _part_dynamic_shapes(name: str, num_types: int):
     return ({0: rows}, {0: rows}, {0: edges}, {0: edges}, {1: edges})  # a layer's forward part
 
 
+# How the message passing is traced (nequip.nn.message_passing): by the ``inductor`` backend, a
+# portable file (torch operations only, which Inductor fuses), or by ``cpu_kernels``, whose node
+# sums and their backward are the runtime library's kernels (nequip::message_forward_v1 and
+# nequip::message_backward_v1), called by the compiled file. Set by traced_message_backend.
+_traced_backend = INDUCTOR
+
+
+@contextlib.contextmanager
+def traced_message_backend(name: str):
+    """Trace the message passing by backend ``name`` (``inductor`` or ``cpu_kernels``) inside the context."""
+    global _traced_backend
+    if name not in (INDUCTOR, CPU_KERNELS):
+        raise ValueError(f"graphs are traced by the {INDUCTOR!r} or {CPU_KERNELS!r} backend, not {name!r}")
+    if name == CPU_KERNELS:
+        register_kernel_shapes()
+    previous, _traced_backend = _traced_backend, name
+    try:
+        yield
+    finally:
+        _traced_backend = previous
+
+
 def _trace(module, inputs) -> torch.fx.GraphModule:
     """``module`` (or a function) traced to aten operations, derivatives included, with symbolic sizes.
 
-    The message passing computes by its ``inductor`` backend: per-edge contractions as broadcast
-    products and sums, which Inductor fuses with the gathers and scatters around them
-    (nequip.nn.message_passing)."""
-    backend = message_backend(module, INDUCTOR) if isinstance(module, torch.nn.Module) else contextlib.nullcontext()
+    The message passing computes by the backend :func:`traced_message_backend` chose: by default
+    ``inductor``, per-edge contractions as broadcast products and sums, which Inductor fuses with
+    the gathers and scatters around them (nequip.nn.message_passing)."""
+    backend = (
+        message_backend(module, _traced_backend) if isinstance(module, torch.nn.Module) else contextlib.nullcontext()
+    )
     with backend:
         return torch_internals.trace_symbolic(module, inputs)
+
+
+def operators_called(programs) -> List[str]:
+    """The operators of NequIP's kernel library (namespace ``nequip``) that ``programs`` (exported
+    programs) call, sorted: what a runtime must provide to run the file (metadata
+    ``nequip_operators``)."""
+    names = set()
+    for program in programs:
+        for node in program.graph_module.graph.nodes:
+            target = node.target
+            if node.op == "call_function" and isinstance(target, torch._ops.OpOverload) and target.namespace == "nequip":
+                names.add(node.target._schema.name)
+    return sorted(names)
 
 
 def _residual_dynamic_shapes(residuals, dims_by_symbol):

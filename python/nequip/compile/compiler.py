@@ -44,6 +44,7 @@ from .contract import (
     MODES,
     NEQUIP_VERSION,
     LAYER_FEATURE_WIDTHS,
+    OPERATORS_KEY,
     TARGET_INPUTS,
     TARGET_OUTPUTS,
     TARGETS,
@@ -57,6 +58,7 @@ from .contract import (
 from nequip.inference.compiled import CompiledModel
 from nequip.inference.opened import has_volume
 from nequip.load import check_weights_finite
+from nequip.nn.message_passing import CPU_KERNELS, INDUCTOR, cpu_kernels_missing
 
 logger = logging.getLogger(__name__)
 
@@ -185,6 +187,7 @@ def compile_model(
     target: Optional[str] = None,
     example_data: Optional[Dict[str, torch.Tensor]] = None,
     tf32: bool = False,
+    portable: bool = False,
 ) -> Path:
     """Compile ``model`` to ``out_path`` and return the path.
 
@@ -205,6 +208,11 @@ def compile_model(
         tf32: let CUDA matmuls use TensorFloat-32 (faster, about 3 significant digits): recorded
             as ``allow_tf32 = 1``, which the runtime honours; the self-check then allows a
             relative error of ``TF32_TOLERANCE``. CUDA only.
+        portable: for AOTInductor on a CPU, a file of torch operations alone, which any NequIP
+            runtime can run (FILE_CONTRACT §4). By default the message passing's node sums and
+            their backward call the C++ kernels of this runtime's library instead (faster;
+            metadata ``nequip_operators``, refused by a runtime without them). CUDA files and
+            TorchScript files are always portable.
 
     The model is moved to ``device`` and put in eval mode. The file records the device type
     (``compile_device``); the runtime runs it on that type of device only.
@@ -287,12 +295,24 @@ def compile_model(
                 log("scripting the model (TorchScript)")
                 torchscript.save(torchscript.script_model(model), archive, metadata)
             else:
-                exported = aotinductor.export(
-                    model, target, len(written.type_names), torch_device, log, TARGET_OUTPUTS[target] + extra_outputs
-                )
-                parts = None
-                if target == DOMAIN_TARGET:
-                    parts = aotinductor.export_domain_parts(model, len(written.type_names), torch_device, log)
+                kernels = torch_device.type == "cpu" and not portable
+                backend = CPU_KERNELS if kernels else INDUCTOR
+                if kernels and cpu_kernels_missing() is not None:
+                    raise CompileError(
+                        f"the message passing's kernels cannot be compiled in: {cpu_kernels_missing()}; "
+                        "compile a portable file (nequip-compile --portable)"
+                    )
+                with aotinductor.traced_message_backend(backend):
+                    exported = aotinductor.export(
+                        model, target, len(written.type_names), torch_device, log,
+                        TARGET_OUTPUTS[target] + extra_outputs,
+                    )  # fmt: skip
+                    parts = None
+                    if target == DOMAIN_TARGET:
+                        parts = aotinductor.export_domain_parts(model, len(written.type_names), torch_device, log)
+                operators = aotinductor.operators_called([exported, *(parts or {}).values()])
+                if operators:
+                    metadata[OPERATORS_KEY] = " ".join(operators)
                 log("compiling C++ (AOTInductor), the slow step")
                 try:
                     if parts is None:

@@ -78,6 +78,10 @@ AOTI_OUTPUTS_KEY = "nequip_aoti_outputs"
 # Ours, on .pt2 files of DOMAIN_TARGET: the names of the AOTI models of the layer-by-layer
 # parts (aotinductor.part_names), space-separated, beside the whole model "model".
 AOTI_PARTS_KEY = "nequip_aoti_parts"
+# The operators of NequIP's kernel library a .pt2 calls (space-separated qualified names, such as
+# nequip::message_forward_v1), absent from portable files: the runtime refuses a file calling
+# one it does not register.
+OPERATORS_KEY = "nequip_operators"
 # Ours, on TorchScript files: the input and output fields, space-separated.
 TORCHSCRIPT_INPUTS_KEY = "nequip_torchscript_inputs"
 TORCHSCRIPT_OUTPUTS_KEY = "nequip_torchscript_outputs"

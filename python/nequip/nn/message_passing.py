@@ -720,6 +720,29 @@ def cpu_kernels_missing() -> Optional[str]:
     return None
 
 
+def register_kernel_shapes() -> None:
+    """Tell torch the output shapes of the forward and backward kernels (their "fake"
+    implementations), so that graphs calling them can be traced with symbolic sizes and compiled
+    (nequip.compile). Once per process, where the kernels are installed."""
+    global _kernel_shapes_registered
+    if _kernel_shapes_registered or cpu_kernels_missing() is not None:
+        return
+
+    def forward_shape(a, x, w, center, neighbor, row_path):
+        return a.new_empty(x.shape[0], a.shape[2], x.shape[2])
+
+    def backward_shapes(a, x, g, w, center, neighbor, row_path):
+        edges = a.shape[0]
+        return a.new_empty(w.shape), a.new_empty(a.shape), a.new_empty(edges, a.shape[1], x.shape[2])
+
+    torch.library.register_fake(f"nequip::message_forward_v{KERNEL_VERSION}")(forward_shape)
+    torch.library.register_fake(f"nequip::message_backward_v{KERNEL_VERSION}")(backward_shapes)
+    _kernel_shapes_registered = True
+
+
+_kernel_shapes_registered = False
+
+
 def default_message_backend() -> str:
     """The backend a module gets when built: ``cpu_kernels`` where the kernels it calls are
     installed, else the reference."""

@@ -2,6 +2,7 @@
 
     nequip-compile model.nequip.zip model.nequip.pth --mode torchscript --device cpu
     nequip-compile model.nequip.zip model.nequip.pt2 --mode aotinductor --device cpu --target pair_nequip
+    nequip-compile model.nequip.zip model.nequip.pt2 --mode aotinductor --target pair_nequip --portable
     nequip-compile model.nequip.zip model.nequip.pt2 --mode aotinductor --device cuda --target ase [--tf32]
     nequip-compile nequip.net:mir-group/NequIP-OAM-L:0.1 oam.nequip.pt2 --mode aotinductor --target ase
     nequip-compile a.nequip.zip b.nequip.zip c.nequip.zip committee.nequip.pt2 --mode aotinductor --target ase
@@ -65,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
         "file (required with --mode aotinductor; a TorchScript file serves every target)",
     )
     parser.add_argument(
+        "--portable",
+        action="store_true",
+        help="an AOTInductor CPU file of torch operations only, which any NequIP runtime (the other "
+        "release's included) can run; by default its message passing calls this runtime's C++ "
+        "kernels (faster; runtimes without them refuse the file). CUDA and TorchScript files are "
+        "always portable",
+    )
+    parser.add_argument(
         "--committee-drive",
         default=None,
         help="with several models: what gives the energy, forces and stress, the 'mean' of the "
@@ -97,6 +106,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             target=args.target,
             example_data=example_data,
             tf32=args.tf32,
+            portable=args.portable,
         )
     except (ValueError, FileNotFoundError, CompileError, WriteError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
