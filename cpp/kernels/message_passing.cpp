@@ -445,6 +445,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> message_double_backward(const Tensor&
 
 }  // namespace
 
+namespace nequip {
+// The highest version of the operators registered below (their names' _v suffix).
+int message_passing_kernels_version() { return 1; }
+}  // namespace nequip
+
 #define NEQUIP_MESSAGE_FORWARD_V1_ARGUMENTS \
   "(Tensor a, Tensor x, Tensor w, Tensor center, Tensor neighbor, Tensor row_path) -> Tensor"
 #define NEQUIP_MESSAGE_BACKWARD_V1_ARGUMENTS \

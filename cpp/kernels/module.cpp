@@ -2,6 +2,13 @@
 // passing's CPU kernels with torch (message_passing.cpp). It has nothing else.
 #include <pybind11/pybind11.h>
 
+namespace nequip {
+int message_passing_kernels_version();  // message_passing.cpp
+}
+
 PYBIND11_MODULE(_kernels, module) {
   module.doc() = "Loads the CPU kernels of the message passing, registered as torch.ops.nequip.*";
+  // A call into the runtime library, so that the linker keeps it as a dependency of this module
+  // (with --as-needed it drops libraries whose symbols go unused): importing this module loads it.
+  module.attr("kernel_version") = nequip::message_passing_kernels_version();
 }

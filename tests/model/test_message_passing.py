@@ -4,6 +4,8 @@ the others against the reference), also when scripted."""
 
 import pickle
 import re
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -339,6 +341,18 @@ def test_a_module_is_built_with_the_kernels_where_they_are_installed():
     assert message_passing.cpu_kernels_missing() is None
     assert message_passing.default_message_backend() == "cpu_kernels"
     assert TensorProductSum(ALL_L2, IRREPS_SH, ALL_L2, [4, 6]).message_backend == "cpu_kernels"
+
+
+def test_importing_the_kernels_module_alone_registers_the_kernels():
+    # training imports nequip._kernels and nothing of the runtime: the kernels live in the runtime
+    # library, which that import must load (a linker that drops unused libraries would not)
+    code = (
+        "import torch, nequip._kernels\n"
+        "from nequip.utils.torch_internals import registered_schema\n"
+        "print(registered_schema('nequip::message_forward_v1') is not None, nequip._kernels.kernel_version)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["True", str(message_passing.KERNEL_VERSION)]
 
 
 def test_an_unknown_backend_is_refused_by_name():
