@@ -15,7 +15,9 @@ work: the radial MLP's activations when it applies SiLU and gathers and scatters
 the tensor product's contractions, which inductor fuses with their gathers and neighbor sums
 (one row of the table); a fused kernel over nodes only is node-wise (linears, self-connections,
 gates); the first kernel (edge vectors, harmonics, Bessel basis) and the rest are "everything
-else". The profiled file is a little slower than a plain one (one profiler event per kernel).
+else". In a file made with the message passing's kernels (the default), their calls
+(``nequip::message_forward_v1``, ``message_backward_v1``, through the proxy executor) are
+contractions too. The profiled file is a little slower than a plain one (one profiler event per kernel).
 """
 
 import argparse
@@ -56,6 +58,10 @@ def kernel_calls(package: Path, a_widths, sh_dim: int):
     with zipfile.ZipFile(package) as archive:
         wrapper = next(name for name in archive.namelist() if name.endswith(".wrapper.cpp"))
         source = archive.read(wrapper).decode()
+        extern = wrapper.replace(".wrapper.cpp", ".wrapper.json")
+        # the operators called through the proxy executor (custom ops), by call index
+        nodes = json.loads(archive.read(extern))["nodes"] if extern in archive.namelist() else []
+    extern_targets = [node["node"]["target"] for node in nodes]
     # the symbols of the dynamic sizes: pos is (N, 3), edge_index (2, E); and their aliases
     sizes = re.findall(r"\n\s*(?:auto|int64_t|const int64_t) (s\d+) = \w+?_size\[(\d)\];", source)
     edge_symbols = {name for name, dim in sizes if dim == "1"}
@@ -72,8 +78,18 @@ def kernel_calls(package: Path, a_widths, sh_dim: int):
     }
     calls = []
     first = True
-    for match in re.finditer(r'KernelContextGuard _ctx\("([^"]+)"[^\n]*\n(.*?)\n\s*\}', source, re.S):
-        name, body = match.group(1), match.group(2)
+    kernel_blocks = re.finditer(r'KernelContextGuard _ctx\("([^"]+)"[^\n]*\n(.*?)\n\s*\}', source, re.S)
+    # the message passing's kernels (nequip::message_*), called through the proxy executor
+    proxy_calls = re.finditer(r"aoti_torch_proxy_executor_call_function\(proxy_executor, (\d+),", source)
+    events = sorted(
+        [(m.start(), m.group(1), m.group(2)) for m in kernel_blocks]
+        + [(m.start(), extern_targets[int(m.group(1))], None) for m in proxy_calls
+           if extern_targets[int(m.group(1))].startswith("nequip::")],
+    )  # fmt: skip
+    for _, name, body in events:
+        if body is None:
+            calls.append((name, CONTRACTIONS))
+            continue
         per_edge = bool(set(re.findall(r"\bs\d+\b", body)) & edge_symbols)
         if first:
             row = OTHER  # edge vectors, lengths, harmonics, Bessel basis, envelope
@@ -147,7 +163,8 @@ def main(argv=None) -> int:
                 runtime.compute(*inputs)
                 walls.append(time.perf_counter() - start)
             kernels = sorted(
-                (e for e in prof.events() if e.name.startswith("graph_0_cpp_fused") or re.fullmatch(r"aoti_torch_cpu_\w+", e.name)),
+                (e for e in prof.events()
+                 if e.name.startswith(("graph_0_cpp_fused", "nequip::")) or re.fullmatch(r"aoti_torch_cpu_\w+", e.name)),
                 key=lambda e: e.time_range.start,
             )
             if len(kernels) != len(calls) or any(not e.name.endswith(name) for e, (name, _) in zip(kernels, calls)):

@@ -26,7 +26,7 @@ from runtime_cases import assert_matches, eager_outputs
 # about 50 MiB and 6 MiB.
 LARGE, SMALL = 6, 3
 # the order of calls: the large system, the small one, the large one again
-SEQUENCE = (LARGE, LARGE, LARGE, SMALL, SMALL, LARGE, LARGE)
+SEQUENCE = (LARGE, LARGE, LARGE, SMALL, SMALL, LARGE, LARGE, LARGE)
 
 CALLS = r"""
 import ctypes, json, resource, sys
@@ -111,7 +111,10 @@ def test_a_repeated_call_faults_in_no_new_memory(calls_of, request):
     # The whole model's one pool is reused from the second call on. The parts' blocks settle at
     # the third: the first call maps segments as its requests outgrow them, the second carves
     # the same requests from the merged free memory in another layout, and maps what it lacks.
-    settled = (1, 2, 6) if "whole" in request.node.callspec.id else (2, 6)
+    # After the small system's calls (which give back segments they did not use) the large one
+    # settles again the same way: by the second call after them for the parts (a file whose
+    # message passing calls the kernels allocates their outputs as blocks of their own).
+    settled = (1, 2, 7) if "whole" in request.node.callspec.id else (2, 7)
     for index in settled:  # the large system after itself, and after the small one's calls
         assert rows[index]["faults"] < first / 20, (
             f"call {index} faulted in {rows[index]['faults']} pages, the first {first}: "
