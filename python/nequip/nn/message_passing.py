@@ -34,8 +34,8 @@ it (tests/model/test_message_passing.py), and it against e3nn.
 * ``cpu_kernels``: the reference, but each run's node sums by one C++ kernel, its backward by
   another and that one's derivative by a third (:class:`CpuKernelBackend`, :class:`_RunBackward`,
   ``cpp/kernels/message_passing.cpp``): per-edge data stays in scratch rows instead of being
-  written out as (E, rows, channels) tensors and read back by each torch operation. The kernels are CPU code: tensors on another device take the reference's path.
-  The default where the installed ``nequip._kernels`` provides the kernels this code calls.
+  written out as (E, rows, channels) tensors and read back by each torch operation. The kernels
+  are CPU code: tensors on another device take the reference's path. The default where the installed ``nequip._kernels`` provides the kernels this code calls.
 * ``inductor``: for graphs traced with ``make_fx`` and compiled by Inductor (compile/aotinductor.py
   traces with it): one group at a time, per-edge contractions as broadcast products and sums,
   which Inductor fuses into the kernels around them instead of materialising bmm operands.
@@ -279,10 +279,15 @@ class TensorProductSum(torch.nn.Module):
                     products = self._products(x_neighbor, self._a(edge_sh, g), g)
                 message = products * self._weights(radial_hidden, weight, g)
                 summed = _neighbor_sum(message.flatten(1), edge_center, num_nodes)
-                summed = summed.view(num_nodes, group.num_paths, group.d3, group.mul)
-                for q, block in enumerate(self.group_blocks[g]):
-                    blocks[block] = summed[:, q].transpose(1, 2).reshape(num_nodes, group.mul * group.d3)
+                self._place_group_sums(blocks, g, summed.view(num_nodes, group.num_paths, group.d3, group.mul))
         return torch.cat(blocks, dim=1)
+
+    def _place_group_sums(self, blocks: List[torch.Tensor], g: int, summed: torch.Tensor) -> None:
+        """Group ``g``'s node sums, (N, paths, d3, mul) channels last, into its paths' output
+        blocks (N, mul * d3) of e3nn's layout."""
+        group = self.groups[g]
+        for q, block in enumerate(self.group_blocks[g]):
+            blocks[block] = summed[:, q].transpose(1, 2).reshape(summed.shape[0], group.mul * group.d3)
 
     def contracts_by_run(self) -> bool:
         """Whether a run's groups are contracted together (every backend but ``inductor``), or one
@@ -573,7 +578,7 @@ class CpuKernelBackend(TorchBackend):
     def node_sums(self, module, x, edge_sh, edge_radial, weights, edge_center, edge_neighbor) -> torch.Tensor:
         if x.device.type != "cpu":
             return super().node_sums(module, x, edge_sh, edge_radial, weights, edge_center, edge_neighbor)
-        num_nodes, num_edges = x.shape[0], edge_sh.shape[0]
+        num_edges = edge_sh.shape[0]
         radial_hidden = radial_mlp_hidden(edge_radial, weights[:-1], module.radial_mlp.activation_scale)[-1]
         weight = weights[-1].index_select(1, module.weight_columns)
         edge_center, edge_neighbor = edge_center.contiguous(), edge_neighbor.contiguous()
@@ -590,9 +595,7 @@ class CpuKernelBackend(TorchBackend):
                 module.row_paths.narrow(0, run.row_offset, run.rows),
             )  # (N, rows, mul)
             for g, group_sums in zip(range(run.first, run.end), module._split_by_group(summed, run)):
-                group = module.groups[g]
-                for q, block in enumerate(module.group_blocks[g]):
-                    blocks[block] = group_sums[:, q].transpose(1, 2).reshape(num_nodes, group.mul * group.d3)
+                module._place_group_sums(blocks, g, group_sums)
         return torch.cat(blocks, dim=1)
 
     def run_backward(self, module: "TensorProductSum", run: PathRun, sums: _Gradients) -> None:
