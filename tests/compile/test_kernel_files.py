@@ -76,7 +76,11 @@ def test_a_runtime_without_an_operator_refuses_the_file(compiled_models, tmp_pat
     with pytest.raises(ModelFileError, match=re.escape(message)):
         Model(str(later))
     malformed = with_pt2_metadata(source, tmp_path / "malformed.nequip.pt2", "nequip_operators", "message_forward_v1")
-    with pytest.raises(ModelFileError, match="metadata key 'nequip_operators' is malformed"):
+    malformed_message = (
+        f"{malformed}: metadata key 'nequip_operators' is malformed: expected operator names such as "
+        "'nequip::message_forward_v1', got 'message_forward_v1'"
+    )
+    with pytest.raises(ModelFileError, match=re.escape(malformed_message)):
         Model(str(malformed))
 
 
