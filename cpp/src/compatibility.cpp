@@ -202,7 +202,7 @@ void check_torch_version(const std::string& path, const Metadata& metadata,
   }
 }
 
-void check_operators(const std::string& path, const Metadata& metadata) {
+void check_operators(const std::string& path, const Metadata& metadata, bool differentiated) {
   auto listed = metadata.raw.find(kOperatorsKey);
   if (listed == metadata.raw.end()) return;
   std::vector<std::string> missing;
@@ -214,7 +214,8 @@ void check_operators(const std::string& path, const Metadata& metadata) {
                            printable(listed->second) + "'");
     }
     auto handle = c10::Dispatcher::singleton().findSchema({name, ""});
-    if (!handle.has_value() || !handle->hasKernelForDispatchKey(c10::DispatchKey::CPU)) {
+    if (!handle.has_value() || !handle->hasKernelForDispatchKey(c10::DispatchKey::CPU) ||
+        (differentiated && !handle->hasKernelForDispatchKey(c10::DispatchKey::Autograd))) {
       missing.push_back(name);
     }
   }

@@ -30,7 +30,8 @@ void check_torch_version(const std::string& path, const Metadata& metadata,
 
 // Refuses a file that calls operators of NequIP's kernel library (metadata key
 // nequip_operators, written by nequip-compile without --portable) that this runtime's library
-// does not register (ModelFileError), before torch fails on them at load or first call.
-void check_operators(const std::string& path, const Metadata& metadata);
+// does not register (ModelFileError), before torch fails on them at load or first call. A file
+// whose calls autograd differentiates at run time (TorchScript) needs their autograd kernels too.
+void check_operators(const std::string& path, const Metadata& metadata, bool differentiated);
 
 }  // namespace nequip::detail

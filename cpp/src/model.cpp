@@ -267,6 +267,7 @@ class Model::Impl {
     output_names_ = model_fields(metadata_, path_, "nequip_torchscript_outputs",
                                  kTorchScriptOutputs, kKnownOutputs, kRequiredOutputs);
     check_batch_fields(path_, "nequip_torchscript_inputs", input_names_);
+    check_operators(path_, metadata_, /*differentiated=*/true);
     module_ = translate_torch_errors(path_ + ": loading the TorchScript model", [&] {
       torch::jit::Module module = torch::jit::load(path_, device_);
       module.eval();
@@ -298,7 +299,7 @@ class Model::Impl {
     // records the vector ISA of the kernels.
     if (device_.is_cpu()) check_cpu_isa(path_, metadata_);
     check_torch_version(path_, metadata_, warnings_);
-    check_operators(path_, metadata_);
+    check_operators(path_, metadata_, /*differentiated=*/false);
     auto load = [&](const std::string& name) {
       return translate_torch_errors(path_ + ": loading the AOTInductor package", [&] {
         return std::make_unique<torch::inductor::AOTIModelPackageLoader>(

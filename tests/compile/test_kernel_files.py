@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from fixtures.edited_files import with_pt2_metadata
+from fixtures.edited_files import with_pt2_metadata, with_pth_metadata
 from nequip._runtime import Model, ModelFileError
 from nequip.compile import TOLERANCE, relative_error
 from nequip.inference import open_model
@@ -26,10 +26,18 @@ def graph_operators(path) -> set:
     return set(re.findall(r"nequip::message_[a-z_]+_v\d+", text))
 
 
+def pth_operators(path) -> set:
+    """The nequip:: operators named in a .pth's TorchScript code."""
+    with zipfile.ZipFile(path) as archive:
+        text = " ".join(archive.read(name).decode() for name in archive.namelist() if name.endswith(".py"))
+    return {f"nequip::{name}" for name in re.findall(r"ops\.nequip\.(message_[a-z_]+_v\d+)", text)}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("target", TARGETS + [None], ids=TARGETS + ["torchscript"])
 def test_kernel_file_equals_portable_file_equals_eager(target, compiled_models, systems, eager_outputs):
-    kernels = open_model(compiled_models["float64", "aotinductor", target])
+    mode = "aotinductor" if target else "torchscript"
+    kernels = open_model(compiled_models["float64", mode, target])
     portable = open_model(compiled_models.portable["float64", target])
     for system in SYSTEMS:
         expected = eager_outputs["float64", system]
@@ -57,6 +65,17 @@ def test_the_metadata_names_the_operators_a_file_calls(target, compiled_models):
 
 
 @pytest.mark.slow
+def test_a_torchscript_file_names_the_operator_it_calls(compiled_models):
+    # its code calls the forward kernel; the derivatives are the kernels' autograd functions in C++
+    kernels = compiled_models["float64", "torchscript", None]
+    portable = compiled_models.portable["float64", None]
+    assert Model(str(kernels)).metadata["nequip_operators"] == "nequip::message_forward_v1"
+    assert "nequip_operators" not in Model(str(portable)).metadata
+    assert pth_operators(kernels) == {"nequip::message_forward_v1"}
+    assert pth_operators(portable) == set()
+
+
+@pytest.mark.slow
 def test_float32_files_call_the_kernels_too(compiled_models):
     assert Model(str(compiled_models["float32", "aotinductor", "pair_nequip"])).metadata["nequip_operators"] == KERNELS
 
@@ -75,6 +94,13 @@ def test_a_runtime_without_an_operator_refuses_the_file(compiled_models, tmp_pat
     )
     with pytest.raises(ModelFileError, match=re.escape(message)):
         Model(str(later))
+    # a TorchScript file too, before torch's loader fails on the unknown operator
+    later_pth = with_pth_metadata(
+        compiled_models["float64", "torchscript", None], tmp_path / "later.nequip.pth", "nequip_operators",
+        "nequip::message_forward_v9",
+    )  # fmt: skip
+    with pytest.raises(ModelFileError, match=re.escape(message.replace(str(later), str(later_pth)))):
+        Model(str(later_pth))
     malformed = with_pt2_metadata(source, tmp_path / "malformed.nequip.pt2", "nequip_operators", "message_forward_v1")
     malformed_message = (
         f"{malformed}: metadata key 'nequip_operators' is malformed: expected operator names such as "

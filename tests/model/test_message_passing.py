@@ -223,6 +223,66 @@ def test_scripted_is_the_same_function():
         torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-11)
 
 
+def script_with_kernels(module):
+    with message_passing.scripted_with_kernels(module):
+        scripted = torch.jit.script(module)
+    assert module.scripted_kernels is None  # the eager module is left as it was
+    return scripted
+
+
+def test_scripted_with_kernels_is_the_same_function():
+    # a TorchScript file's message passing on a CPU: the kernels, differentiated by their C++
+    # autograd functions, against the reference's torch operations
+    module = build(ALL_L2, ALL_L2)
+    scripted = script_with_kernels(module)
+    assert "kernel_node_sums" in scripted.code and "message_forward_v1" in scripted.kernel_node_sums.code
+    assert "kernel_node_sums" not in torch.jit.script(module).code
+    x, edge_sh, edge_radial, center, neighbor = random_inputs(module)
+    got, expected = scripted(x, edge_sh, edge_radial, center, neighbor), module(x, edge_sh, edge_radial, center, neighbor)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+    weights = list(module.radial_mlp.weights)
+    wrt = [x, edge_sh, edge_radial, *weights]
+    cotangent = torch.randn_like(got)
+    got_grads = torch.autograd.grad((got * cotangent).sum(), wrt)
+    expected_grads = torch.autograd.grad((expected * cotangent).sum(), wrt)
+    for got_grad, expected_grad in zip(got_grads, expected_grads):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=0, atol=1e-11)
+
+    # training's loss on forces: second derivatives by the inputs and the weights
+    def loss(out):
+        grads = torch.autograd.grad(out.square().sum(), [x, edge_sh, edge_radial], create_graph=True)
+        return sum(grad.square().sum() for grad in grads)
+
+    got_second = torch.autograd.grad(loss(scripted(x, edge_sh, edge_radial, center, neighbor)), wrt)
+    expected_second = torch.autograd.grad(loss(module(x, edge_sh, edge_radial, center, neighbor)), wrt)
+    for got_grad, expected_grad in zip(got_second, expected_second):
+        torch.testing.assert_close(got_grad, expected_grad, rtol=1e-10, atol=1e-10)
+
+
+def test_kernel_derivatives_in_torchscript_pass_gradcheck():
+    module = build("1x0e+1x0o+1x1e+1x1o+1x2e+1x2o", "1x0e+1x0o+1x1e+1x1o+1x2e+1x2o", radial_sizes=(2, 3))
+    scripted = script_with_kernels(module)
+    x, edge_sh, edge_radial, center, neighbor = random_inputs(module, num_nodes=3, num_edges=5)
+    assert torch.autograd.gradgradcheck(
+        lambda *inputs: scripted(*inputs, center, neighbor), (x, edge_sh, edge_radial), fast_mode=True
+    )
+
+
+def test_a_third_derivative_of_the_kernels_is_refused():
+    module = build(ALL_L2, ALL_L2)
+    scripted = script_with_kernels(module)
+    x, edge_sh, edge_radial, center, neighbor = random_inputs(module)
+    (first,) = torch.autograd.grad(scripted(x, edge_sh, edge_radial, center, neighbor).square().sum(), [x], create_graph=True)
+    # once more without a graph is the second derivative; keeping its graph asks for a third
+    torch.autograd.grad(first.square().sum(), [x], retain_graph=True)
+    message = (
+        "nequip::message_backward_v1 is differentiable once (forces and their training loss): a third "
+        "derivative of the message passing's kernels is not provided; compile the file with --portable"
+    )
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        torch.autograd.grad(first.square().sum(), [x], create_graph=True)
+
+
 @pytest.mark.parametrize("backend", message_passing.MESSAGE_BACKENDS)
 def test_no_edges(backend):
     module = build(ALL_L2, ALL_L2, backend=backend)

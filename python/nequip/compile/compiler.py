@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import time
 import zipfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Dict, List, Mapping, NamedTuple, Optional, Tuple, Union
 
@@ -58,7 +58,7 @@ from .contract import (
 from nequip.inference.compiled import CompiledModel
 from nequip.inference.opened import has_volume
 from nequip.load import check_weights_finite
-from nequip.nn.message_passing import CPU_KERNELS, INDUCTOR, cpu_kernels_missing
+from nequip.nn.message_passing import CPU_KERNELS, INDUCTOR, cpu_kernels_missing, scripted_with_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -208,11 +208,11 @@ def compile_model(
         tf32: let CUDA matmuls use TensorFloat-32 (faster, about 3 significant digits): recorded
             as ``allow_tf32 = 1``, which the runtime honours; the self-check then allows a
             relative error of ``TF32_TOLERANCE``. CUDA only.
-        portable: for AOTInductor on a CPU, a file of torch operations alone, which any NequIP
-            runtime can run (FILE_CONTRACT §4). By default the message passing's node sums and
-            their backward call the C++ kernels of this runtime's library instead (faster;
-            metadata ``nequip_operators``, refused by a runtime without them). CUDA files and
-            TorchScript files are always portable.
+        portable: on a CPU, a file of torch operations alone, which any NequIP runtime can run
+            (FILE_CONTRACT §4). By default the message passing's node sums and their derivatives
+            call the C++ kernels of this runtime's library instead (faster; metadata
+            ``nequip_operators``, refused by a runtime without them). CUDA files are always
+            portable.
 
     The model is moved to ``device`` and put in eval mode. The file records the device type
     (``compile_device``); the runtime runs it on that type of device only.
@@ -291,17 +291,23 @@ def compile_model(
             # torch writes the archive into memory and we write that to disk: a failed write in
             # torch's archive writer throws from its destructor, which aborts the process.
             archive = io.BytesIO()
+            kernels = torch_device.type == "cpu" and not portable
+            if kernels and cpu_kernels_missing() is not None:
+                raise CompileError(
+                    f"the message passing's kernels cannot be compiled in: {cpu_kernels_missing()}; "
+                    "compile a portable file (nequip-compile --portable)"
+                )
             if mode == TORCHSCRIPT:
                 log("scripting the model (TorchScript)")
-                torchscript.save(torchscript.script_model(model), archive, metadata)
+                with scripted_with_kernels(model) if kernels else nullcontext():
+                    scripted = torchscript.script_model(model)
+                operators = torchscript.operators_called(scripted)
+                if operators:
+                    metadata[OPERATORS_KEY] = " ".join(operators)
+                torchscript.save(scripted, archive, metadata)
+                del scripted
             else:
-                kernels = torch_device.type == "cpu" and not portable
                 backend = CPU_KERNELS if kernels else INDUCTOR
-                if kernels and cpu_kernels_missing() is not None:
-                    raise CompileError(
-                        f"the message passing's kernels cannot be compiled in: {cpu_kernels_missing()}; "
-                        "compile a portable file (nequip-compile --portable)"
-                    )
                 with aotinductor.traced_message_backend(backend):
                     exported = aotinductor.export(
                         model, target, len(written.type_names), torch_device, log,

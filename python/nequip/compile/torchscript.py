@@ -2,7 +2,7 @@
 
 import contextlib
 import warnings
-from typing import BinaryIO, Mapping
+from typing import BinaryIO, Iterator, List, Mapping
 
 import torch
 from e3nn.util.jit import script as e3nn_script
@@ -18,6 +18,26 @@ def script_model(model: torch.nn.Module) -> torch.jit.ScriptModule:
     """
     with _torchscript_not_deprecated():
         return e3nn_script(model, in_place=False)
+
+
+def operators_called(scripted: torch.jit.ScriptModule) -> List[str]:
+    """The operators of NequIP's kernel library (namespace ``nequip``) that any method of
+    ``scripted`` or of its submodules calls, sorted: what a runtime must provide to load the file
+    (metadata ``nequip_operators``)."""
+    names = set()
+    for module in [scripted, *scripted.modules()]:
+        for method in module._c._method_names():
+            for node in module._c._get_method(method).graph.nodes():
+                names.update(_nequip_operators(node))
+    return sorted(names)
+
+
+def _nequip_operators(node) -> Iterator[str]:
+    if node.kind().startswith("nequip::"):
+        yield node.kind()
+    for block in node.blocks():
+        for inner in block.nodes():
+            yield from _nequip_operators(inner)
 
 
 def save(scripted: torch.jit.ScriptModule, file: BinaryIO, metadata: Mapping[str, str]) -> None:

@@ -207,6 +207,9 @@ class TensorProductSum(torch.nn.Module):
         self.register_buffer("weight_columns", torch.tensor(weight_columns, dtype=torch.long), persistent=False)
         self.radial_mlp = RadialMLP(list(radial_sizes) + [self.weight_numel])
         self.message_backend = default_message_backend()
+        # what a scripted module computes by: the kernels where KERNEL_VERSION, else autograd
+        # (set while scripting by scripted_with_kernels)
+        self.scripted_kernels = None
 
     def use_message_backend(self, name: str) -> None:
         """Compute by backend ``name`` from now on; a ValueError names a backend that does not
@@ -226,6 +229,7 @@ class TensorProductSum(torch.nn.Module):
         # when saved cannot run here: the kernels missing, or of another version than this code
         # calls (a package's own copy of this code checks against the installed nequip._kernels).
         super().__setstate__(state)
+        self.__dict__.setdefault("scripted_kernels", None)
         if self.__dict__.get("message_backend", CPU_KERNELS) == CPU_KERNELS:
             missing = cpu_kernels_missing()
             if missing is not None and _kernels_installed():
@@ -247,6 +251,9 @@ class TensorProductSum(torch.nn.Module):
             # TorchScript skips this branch: it cannot run a custom autograd function
             backend = _BACKENDS[self.message_backend]
             return backend.message_sum(self, x, edge_sh, edge_radial, weights, edge_center, edge_neighbor)
+        # decided when scripting: a None attribute's branch is not compiled (scripted_with_kernels)
+        if self.scripted_kernels is not None:
+            return self.kernel_node_sums(x, edge_sh, edge_radial, weights, edge_center, edge_neighbor)
         return self.message_sum(x, edge_sh, edge_radial, weights, edge_center, edge_neighbor)
 
     def message_sum(
@@ -280,6 +287,39 @@ class TensorProductSum(torch.nn.Module):
                 message = products * self._weights(radial_hidden, weight, g)
                 summed = _neighbor_sum(message.flatten(1), edge_center, num_nodes)
                 self._place_group_sums(blocks, g, summed.view(num_nodes, group.num_paths, group.d3, group.mul))
+        return torch.cat(blocks, dim=1)
+
+    def kernel_node_sums(
+        self,
+        x: torch.Tensor,
+        edge_sh: torch.Tensor,
+        edge_radial: torch.Tensor,
+        weights: List[torch.Tensor],
+        edge_center: torch.Tensor,
+        edge_neighbor: torch.Tensor,
+    ) -> torch.Tensor:
+        """:meth:`message_sum`, each run's node sums by the CPU kernel ``nequip::message_forward_v1``
+        (the ``_v1`` is :data:`KERNEL_VERSION`). Differentiable: by :class:`_MessageSum` in eager
+        code, by the kernels' C++ autograd functions in TorchScript
+        (cpp/kernels/message_passing_autograd.cpp)."""
+        num_edges = edge_sh.shape[0]
+        radial_hidden = radial_mlp_hidden(edge_radial, weights[:-1], self.radial_mlp.activation_scale)[-1]
+        weight = weights[-1].index_select(1, self.weight_columns)
+        edge_center, edge_neighbor = edge_center.contiguous(), edge_neighbor.contiguous()
+        blocks: List[torch.Tensor] = [x] * len(self.block_sizes)  # every entry is replaced
+        for run in self.runs:
+            mul = self.inputs[run.input_irrep].mul
+            run_weight = weight.narrow(1, run.weight_column, run.num_paths * mul)
+            summed = torch.ops.nequip.message_forward_v1(
+                self._run_a(edge_sh, run).contiguous(),
+                self._channels_last(x, run.input_irrep),
+                (radial_hidden @ run_weight).view(num_edges, run.num_paths, mul),
+                edge_center,
+                edge_neighbor,
+                self.row_paths.narrow(0, run.row_offset, run.rows),
+            )  # (N, rows, mul)
+            for g, group_sums in zip(range(run.first, run.end), self._split_by_group(summed, run)):
+                self._place_group_sums(blocks, g, group_sums)
         return torch.cat(blocks, dim=1)
 
     def _place_group_sums(self, blocks: List[torch.Tensor], g: int, summed: torch.Tensor) -> None:
@@ -578,25 +618,7 @@ class CpuKernelBackend(TorchBackend):
     def node_sums(self, module, x, edge_sh, edge_radial, weights, edge_center, edge_neighbor) -> torch.Tensor:
         if x.device.type != "cpu":
             return super().node_sums(module, x, edge_sh, edge_radial, weights, edge_center, edge_neighbor)
-        num_edges = edge_sh.shape[0]
-        radial_hidden = radial_mlp_hidden(edge_radial, weights[:-1], module.radial_mlp.activation_scale)[-1]
-        weight = weights[-1].index_select(1, module.weight_columns)
-        edge_center, edge_neighbor = edge_center.contiguous(), edge_neighbor.contiguous()
-        blocks: List[torch.Tensor] = [x] * len(module.block_sizes)  # every entry is replaced
-        for run in module.runs:
-            mul = module.inputs[run.input_irrep].mul
-            run_weight = weight.narrow(1, run.weight_column, run.num_paths * mul)
-            summed = _kernel("message_forward")(
-                module._run_a(edge_sh, run).contiguous(),
-                module._channels_last(x, run.input_irrep),
-                (radial_hidden @ run_weight).view(num_edges, run.num_paths, mul),
-                edge_center,
-                edge_neighbor,
-                module.row_paths.narrow(0, run.row_offset, run.rows),
-            )  # (N, rows, mul)
-            for g, group_sums in zip(range(run.first, run.end), module._split_by_group(summed, run)):
-                module._place_group_sums(blocks, g, group_sums)
-        return torch.cat(blocks, dim=1)
+        return module.kernel_node_sums(x, edge_sh, edge_radial, weights, edge_center, edge_neighbor)
 
     def run_backward(self, module: "TensorProductSum", run: PathRun, sums: _Gradients) -> None:
         if sums.x.device.type != "cpu":
@@ -776,6 +798,26 @@ def message_backend(model: torch.nn.Module, name: str) -> Iterator[None]:
     finally:
         for module, backend in previous:
             module.message_backend = backend
+
+
+@contextlib.contextmanager
+def scripted_with_kernels(model: torch.nn.Module) -> Iterator[None]:
+    """Every message passing of ``model`` scripted inside the context computes its node sums by
+    the CPU kernels (:meth:`TensorProductSum.kernel_node_sums`), differentiated by their C++
+    autograd functions; outside it, a scripted module differentiates :meth:`~TensorProductSum.
+    message_sum` by autograd. Modules without the attribute (a package's older copy of the
+    code) script as before: what a file calls is read from its code (nequip.compile)."""
+    missing = cpu_kernels_missing()
+    if missing is not None:
+        raise ValueError(f"the message passing's kernels cannot be scripted in: {missing}")
+    modules = [module for module in model.modules() if hasattr(module, "scripted_kernels")]
+    for module in modules:
+        module.scripted_kernels = KERNEL_VERSION
+    try:
+        yield
+    finally:
+        for module in modules:
+            module.scripted_kernels = None
 
 
 def _gradient_used(tensors: List[torch.Tensor]) -> bool:
