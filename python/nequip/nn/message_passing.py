@@ -40,8 +40,12 @@ it (tests/model/test_message_passing.py), and it against e3nn.
   traces with it): one group at a time, per-edge contractions as broadcast products and sums,
   which Inductor fuses into the kernels around them instead of materialising bmm operands.
 * ``autograd``: the forward alone (:meth:`TensorProductSum.message_sum`), differentiated by
-  autograd, which keeps per-edge data (more memory). TorchScript cannot run a custom autograd
-  function, so a scripted module runs this backend whatever its attribute says.
+  autograd, which keeps per-edge data (more memory).
+
+TorchScript cannot run a Python autograd function, so a scripted module ignores the attribute:
+scripted inside :func:`scripted_with_kernels` (a CPU ``.pth`` made by nequip.compile), it calls
+the forward kernel, which the kernels' C++ autograd functions differentiate
+(cpp/kernels/message_passing_autograd.cpp); otherwise it runs ``autograd``.
 """
 
 import contextlib

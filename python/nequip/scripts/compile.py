@@ -68,10 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--portable",
         action="store_true",
-        help="an AOTInductor CPU file of torch operations only, which any NequIP runtime (the other "
-        "release's included) can run; by default its message passing calls this runtime's C++ "
-        "kernels (faster; runtimes without them refuse the file). CUDA and TorchScript files are "
-        "always portable",
+        help="a CPU file of torch operations only, which any NequIP runtime (the other release's "
+        "included) can run; by default its message passing calls this runtime's C++ kernels "
+        "(faster; runtimes without them refuse the file). CUDA files are always portable",
     )
     parser.add_argument(
         "--committee-drive",
