@@ -714,6 +714,12 @@ def _kernels_installed() -> bool:
     return True
 
 
+# Loaded with the first model class, before any model runs: loading it also settles which of
+# oneMKL's vector-math kernels torch's sin, sqrt, exp, ... use, on one thread (a first call on
+# several threads at once can give one of them a low-accuracy kernel: cpp/src/vector_math.cpp).
+_kernels_installed()
+
+
 # The version of the kernels this code calls: their names end in _v{KERNEL_VERSION}, and their
 # arguments are these. The installed library must register exactly these (a package made today
 # keeps this copy of the code, so it checks whatever library is installed where it is loaded);
