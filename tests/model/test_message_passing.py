@@ -283,6 +283,16 @@ def test_a_third_derivative_of_the_kernels_is_refused():
         torch.autograd.grad(first.square().sum(), [x], create_graph=True)
 
 
+def test_scripting_with_kernels_is_refused_where_they_cannot_run(monkeypatch):
+    module = build(ALL_L2, ALL_L2)
+    monkeypatch.setattr(message_passing, "cpu_kernels_missing", lambda: "the extension nequip._kernels is not installed")
+    message = "the message passing's kernels cannot be scripted in: the extension nequip._kernels is not installed"
+    with pytest.raises(ValueError, match=re.escape(message)):
+        with message_passing.scripted_with_kernels(module):
+            pass
+    assert module.scripted_kernels is None
+
+
 @pytest.mark.parametrize("backend", message_passing.MESSAGE_BACKENDS)
 def test_no_edges(backend):
     module = build(ALL_L2, ALL_L2, backend=backend)

@@ -25,7 +25,7 @@ def operators_called(scripted: torch.jit.ScriptModule) -> List[str]:
     ``scripted`` or of its submodules calls, sorted: what a runtime must provide to load the file
     (metadata ``nequip_operators``)."""
     names = set()
-    for module in [scripted, *scripted.modules()]:
+    for module in scripted.modules():  # the module itself first
         for method in module._c._method_names():
             for node in module._c._get_method(method).graph.nodes():
                 names.update(_nequip_operators(node))
