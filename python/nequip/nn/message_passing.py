@@ -271,7 +271,7 @@ class TensorProductSum(torch.nn.Module):
     ) -> torch.Tensor:
         """The node sums (N, irreps_mid.dim), given the radial MLP's scaled weights."""
         num_nodes = x.shape[0]
-        radial_hidden = radial_mlp_hidden(edge_radial, weights[:-1], self.radial_mlp.activation_scale)[-1]
+        radial_hidden = radial_mlp_hidden(edge_radial, weights[:-1])[-1]
         weight = weights[-1].index_select(1, self.weight_columns)
         blocks: List[torch.Tensor] = [x] * len(self.block_sizes)  # every entry is replaced
         by_run = self.contracts_by_run()
@@ -307,7 +307,7 @@ class TensorProductSum(torch.nn.Module):
         code, by the kernels' C++ autograd functions in TorchScript
         (cpp/kernels/message_passing_autograd.cpp)."""
         num_edges = edge_sh.shape[0]
-        radial_hidden = radial_mlp_hidden(edge_radial, weights[:-1], self.radial_mlp.activation_scale)[-1]
+        radial_hidden = radial_mlp_hidden(edge_radial, weights[:-1])[-1]
         weight = weights[-1].index_select(1, self.weight_columns)
         edge_center, edge_neighbor = edge_center.contiguous(), edge_neighbor.contiguous()
         blocks: List[torch.Tensor] = [x] * len(self.block_sizes)  # every entry is replaced
@@ -454,9 +454,8 @@ class _MessageSum(torch.autograd.Function):
         needs_grad = dict(zip(_APPLY_ARGUMENTS, ctx.needs_input_grad))
         need_radial = needs_grad["edge_radial"]
         need_weights = any(ctx.needs_input_grad[len(_APPLY_ARGUMENTS) :]) and _gradient_used(weights)
-        scale = module.radial_mlp.activation_scale
         # the radial MLP again: its per-edge activations were not kept
-        hidden = radial_mlp_hidden(edge_radial, weights[:-1], scale)
+        hidden = radial_mlp_hidden(edge_radial, weights[:-1])
         sums = _Gradients(
             module, x, edge_sh, edge_center, edge_neighbor, hidden[-1], weights[-1], grad_out,
             needs_grad["x"], needs_grad["edge_sh"], need_radial or need_weights, need_weights,
@@ -485,7 +484,7 @@ class _MessageSum(torch.autograd.Function):
                     1, module.weight_columns, torch.cat(sums.weight_parts, dim=1)
                 )
             grad_radial, grad_hidden_weights = radial_mlp_hidden_backward(
-                sums.hidden, edge_radial, weights[:-1], hidden[:-1], scale, need_weights
+                sums.hidden, edge_radial, weights[:-1], hidden[:-1], need_weights
             )
             if need_weights:
                 grad_weights[:-1] = grad_hidden_weights

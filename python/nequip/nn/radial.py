@@ -80,23 +80,27 @@ class RadialMLP(torch.nn.Module):
         self.activation_scale = float(normalize2mom(torch.nn.functional.silu).cst)
 
     def scaled_weights(self) -> List[torch.Tensor]:
-        """The weights divided by the square roots of their fan-ins."""
-        return [w / math.sqrt(w.shape[0]) for w in self.weights]
+        """The weights divided by the square roots of their fan-ins, those after the first also
+        multiplied by the activation's scale c: (c silu(z)) W = silu(z) (c W) scales a small matrix
+        instead of every edge's activations (and their derivatives, in training)."""
+        weights = [w / math.sqrt(w.shape[0]) for w in self.weights]
+        return weights[:1] + [self.activation_scale * w for w in weights[1:]]
 
     def forward(self, radial: torch.Tensor) -> torch.Tensor:
         weights = self.scaled_weights()
-        hidden = radial_mlp_hidden(radial, weights[:-1], self.activation_scale)
+        hidden = radial_mlp_hidden(radial, weights[:-1])
         return hidden[-1] @ weights[-1]
 
 
-def radial_mlp_hidden(radial: torch.Tensor, weights: List[torch.Tensor], activation_scale: float) -> List[torch.Tensor]:
-    """The pre-activations of every hidden layer, then the last hidden layer's output."""
+def radial_mlp_hidden(radial: torch.Tensor, weights: List[torch.Tensor]) -> List[torch.Tensor]:
+    """The pre-activations of every hidden layer, then the last hidden layer's output, given
+    :meth:`RadialMLP.scaled_weights` (the activation's scale is in the next layer's weights)."""
     pre_activations: List[torch.Tensor] = []
     h = radial
     for w in weights:
         z = h @ w
         pre_activations.append(z)
-        h = activation_scale * torch.nn.functional.silu(z)
+        h = torch.nn.functional.silu(z)
     return pre_activations + [h] if len(weights) > 0 else [radial]
 
 
@@ -105,7 +109,6 @@ def radial_mlp_hidden_backward(
     radial: torch.Tensor,
     weights: List[torch.Tensor],
     pre_activations: List[torch.Tensor],
-    activation_scale: float,
     need_weights: bool,
 ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
     """Gradients of the hidden layers' input and (if asked) scaled weights from that of their output.
@@ -116,9 +119,10 @@ def radial_mlp_hidden_backward(
     for k in range(len(weights) - 1, -1, -1):
         z = pre_activations[k]
         sigmoid = torch.sigmoid(z)
-        grad_z = grad_h * (activation_scale * sigmoid * (1.0 + z * (1.0 - sigmoid)))
+        # silu'(z) = sigmoid(z) (1 + z - z sigmoid(z))
+        grad_z = grad_h * sigmoid * torch.addcmul(1.0 + z, z, sigmoid, value=-1.0)
         if need_weights:
-            h_in = radial if k == 0 else activation_scale * torch.nn.functional.silu(pre_activations[k - 1])
+            h_in = radial if k == 0 else torch.nn.functional.silu(pre_activations[k - 1])
             grad_weights.insert(0, h_in.t() @ grad_z)
         grad_h = grad_z @ weights[k].t()
     return grad_h, grad_weights
