@@ -16,48 +16,45 @@
 
 #include <ATen/ATen.h>
 
+#include <utility>
+
 namespace nequip::detail {
-
-const std::vector<std::string>& vector_math_functions() {
-  static const std::vector<std::string> names = {"acos",   "asin", "atan", "cos",   "erf",  "erfc",
-                                                 "erfinv", "exp",  "log",  "log10", "log2", "sin",
-                                                 "sqrt",   "tan",  "tanh", "trunc"};
-  return names;
-}
-
 namespace {
 
-at::Tensor apply(const std::string& name, const at::Tensor& x) {
-  if (name == "acos") return at::acos(x);
-  if (name == "asin") return at::asin(x);
-  if (name == "atan") return at::atan(x);
-  if (name == "cos") return at::cos(x);
-  if (name == "erf") return at::erf(x);
-  if (name == "erfc") return at::erfc(x);
-  if (name == "erfinv") return at::erfinv(x);
-  if (name == "exp") return at::exp(x);
-  if (name == "log") return at::log(x);
-  if (name == "log10") return at::log10(x);
-  if (name == "log2") return at::log2(x);
-  if (name == "sin") return at::sin(x);
-  if (name == "sqrt") return at::sqrt(x);
-  if (name == "tan") return at::tan(x);
-  if (name == "tanh") return at::tanh(x);
-  if (name == "trunc") return at::trunc(x);
-  throw std::logic_error("no vector math function '" + name + "'");
+using UnaryFunction = at::Tensor (*)(const at::Tensor&);
+
+// By name: what ATen/cpu/vml.h lists with IMPLEMENT_VML_MKL.
+const std::vector<std::pair<std::string, UnaryFunction>>& functions() {
+  static const std::vector<std::pair<std::string, UnaryFunction>> table = {
+      {"acos", [](const at::Tensor& x) { return at::acos(x); }},
+      {"asin", [](const at::Tensor& x) { return at::asin(x); }},
+      {"atan", [](const at::Tensor& x) { return at::atan(x); }},
+      {"cos", [](const at::Tensor& x) { return at::cos(x); }},
+      {"erf", [](const at::Tensor& x) { return at::erf(x); }},
+      {"erfc", [](const at::Tensor& x) { return at::erfc(x); }},
+      {"erfinv", [](const at::Tensor& x) { return at::erfinv(x); }},
+      {"exp", [](const at::Tensor& x) { return at::exp(x); }},
+      {"log", [](const at::Tensor& x) { return at::log(x); }},
+      {"log10", [](const at::Tensor& x) { return at::log10(x); }},
+      {"log2", [](const at::Tensor& x) { return at::log2(x); }},
+      {"sin", [](const at::Tensor& x) { return at::sin(x); }},
+      {"sqrt", [](const at::Tensor& x) { return at::sqrt(x); }},
+      {"tan", [](const at::Tensor& x) { return at::tan(x); }},
+      {"tanh", [](const at::Tensor& x) { return at::tanh(x); }},
+      {"trunc", [](const at::Tensor& x) { return at::trunc(x); }},
+  };
+  return table;
 }
 
-}  // namespace
-
+// Calls each function once on a few float32 and float64 elements on this thread (below torch's
+// grain size, so on no other), so that oneMKL chooses their kernels now.
 void settle_vector_math_kernels() {
   for (const at::ScalarType dtype : {at::kFloat, at::kDouble}) {
     // in every function's domain (erfinv, acos and asin: |x| < 1; log: x > 0)
     const at::Tensor x = at::full({8}, 0.5, at::TensorOptions(dtype));
-    for (const std::string& name : vector_math_functions()) apply(name, x);
+    for (const auto& [name, function] : functions()) function(x);
   }
 }
-
-namespace {
 
 // Runs when the library loads; libtorch, which it links, has loaded (and registered its
 // operators) before.
@@ -71,4 +68,11 @@ const bool settled_at_load = [] {
 }();
 
 }  // namespace
+
+std::vector<std::string> vector_math_functions() {
+  std::vector<std::string> names;
+  for (const auto& [name, function] : functions()) names.push_back(name);
+  return names;
+}
+
 }  // namespace nequip::detail

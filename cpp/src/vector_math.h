@@ -7,11 +7,8 @@
 
 namespace nequip::detail {
 
-// The torch functions that ATen computes with oneMKL's vector math (ATen/cpu/vml.h), by name.
-const std::vector<std::string>& vector_math_functions();
-
-// Calls each of them once on a few float32 and float64 elements on this thread, so that
-// oneMKL chooses their kernels now. Runs when the runtime library loads.
-void settle_vector_math_kernels();
+// The torch functions that ATen computes with oneMKL's vector math (ATen/cpu/vml.h), by name:
+// those the library calls once on one thread when it loads.
+std::vector<std::string> vector_math_functions();
 
 }  // namespace nequip::detail
