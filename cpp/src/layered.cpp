@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/autograd.h>
 
+#include <tuple>
+
 #include "fields.h"
 #include "output_checks.h"
 #include "torch_errors.h"
@@ -33,11 +35,13 @@ class TorchScriptParts : public LayeredParts {
     return {edge_sh_.detach(), edge_radial_.detach()};
   }
   at::Tensor layer(int64_t index, const at::Tensor& x, const at::Tensor& node_attrs,
-                   const at::Tensor&, const at::Tensor&, const at::Tensor& edge_index) override {
+                   const at::Tensor&, const at::Tensor&, const at::Tensor& edge_index,
+                   const at::Tensor& rows) override {
     // the first layer's input is a function of the types: no gradient
     at::Tensor input = index == 0 ? x : x.detach().requires_grad_(true);
-    at::Tensor out =
-        call("layer", {index, input, node_attrs, sh_leaf_, radial_leaf_, edge_index}).toTensor();
+    std::vector<c10::IValue> args = {index, input, node_attrs, sh_leaf_, radial_leaf_, edge_index};
+    if (rows.defined()) args.emplace_back(rows);
+    at::Tensor out = call("layer", std::move(args)).toTensor();
     layer_inputs_.push_back(input);
     layer_outputs_.push_back(out);
     return out.detach();
@@ -53,7 +57,7 @@ class TorchScriptParts : public LayeredParts {
   }
   std::vector<at::Tensor> layer_vjp(int64_t index, const at::Tensor&, const at::Tensor&,
                                     const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                    const at::Tensor& grad_out) override {
+                                    const at::Tensor&, const at::Tensor& grad_out) override {
     std::vector<at::Tensor> wrt = {sh_leaf_, radial_leaf_};
     if (index > 0) wrt.push_back(layer_inputs_[index]);
     std::vector<at::Tensor> grads =
@@ -114,10 +118,11 @@ class AotiParts : public LayeredParts {
   }
   at::Tensor layer(int64_t index, const at::Tensor& x, const at::Tensor& node_attrs,
                    const at::Tensor& edge_sh, const at::Tensor& edge_radial,
-                   const at::Tensor& edge_index) override {
+                   const at::Tensor& edge_index, const at::Tensor& rows) override {
+    std::vector<at::Tensor> inputs = {x, node_attrs, edge_sh, edge_radial, edge_index};
+    if (rows.defined()) inputs.push_back(rows);
     // the output, then what its VJP reads (kept until the backward pass)
-    std::vector<at::Tensor> out =
-        run("layer_" + std::to_string(index), {x, node_attrs, edge_sh, edge_radial, edge_index});
+    std::vector<at::Tensor> out = run("layer_" + std::to_string(index), std::move(inputs));
     residuals_.push_back(out);
     return out[0];
   }
@@ -130,8 +135,9 @@ class AotiParts : public LayeredParts {
   std::vector<at::Tensor> layer_vjp(int64_t index, const at::Tensor& x,
                                     const at::Tensor& node_attrs, const at::Tensor& edge_sh,
                                     const at::Tensor& edge_radial, const at::Tensor& edge_index,
-                                    const at::Tensor& grad_out) override {
+                                    const at::Tensor& rows, const at::Tensor& grad_out) override {
     std::vector<at::Tensor> inputs = {x, node_attrs, edge_sh, edge_radial, edge_index};
+    if (rows.defined()) inputs.push_back(rows);
     std::vector<at::Tensor>& kept = residuals_.at(index);
     inputs.insert(inputs.end(), kept.begin(), kept.end());
     inputs.push_back(grad_out);
@@ -195,13 +201,15 @@ std::vector<std::string> aoti_part_names(int64_t num_layers, bool pair_potential
 
 std::map<std::string, at::Tensor> run_layered(LayeredParts& parts, const PreparedInputs& in,
                                               int64_t num_layers, bool pair_potential,
-                                              FeatureExchange& exchange, ExchangeRecord& record) {
+                                              bool select_rows, FeatureExchange& exchange,
+                                              ExchangeRecord& record) {
   const int64_t num_nodes = in.pos.size(0);
   const at::Tensor center = in.edge_index[0];
   const at::Tensor neighbor = in.edge_index[1];
 
-  // The node rows of the features (after them come the model's reference atoms, one per
-  // type, which have no neighbors and never travel), through the exchange and back.
+  // The node rows of the features (N + num_types rows: after the nodes come the model's
+  // reference atoms, one per type, which have no neighbors and never travel), through the
+  // exchange and back.
   auto exchanged = [&](const at::Tensor& values, bool forward) {
     at::Tensor rows = values.narrow(0, 0, num_nodes).to(at::kCPU, at::kDouble).contiguous();
     const bool check = !record.received_non_finite && all_finite(rows);
@@ -215,22 +223,50 @@ std::map<std::string, at::Tensor> run_layered(LayeredParts& parts, const Prepare
                               at::matmul(in.edge_cell_shift, in.cell[0]);
   auto [node_attrs, x] = parts.node_embedding(in.atom_types);
   auto [edge_sh, edge_radial] = parts.edge_embedding(edge_vec, in.atom_types, in.edge_index);
+  // Ghosts have no edges here: their features are their owners', brought by the exchange, so
+  // a file that can (select_rows) computes each layer's output of the local nodes and the
+  // reference atoms only (`rows`), placed back among the N + num_types rows to travel.
+  at::Tensor rows, local;
+  if (select_rows) {
+    local = in.local_mask.nonzero().flatten();
+    rows = at::cat({local, at::arange(num_nodes, x.size(0), local.options())});
+  }
+  auto placed = [&](const at::Tensor& out) {
+    return rows.defined()
+               ? at::zeros({x.size(0), out.size(1)}, out.options()).index_copy(0, rows, out)
+               : out;
+  };
   std::vector<at::Tensor> layer_inputs;
   for (int64_t layer = 0; layer < num_layers; ++layer) {
     layer_inputs.push_back(x);
-    at::Tensor out = parts.layer(layer, x, node_attrs, edge_sh, edge_radial, in.edge_index);
-    // ghosts have no edges here: their features are their owners'
-    x = layer + 1 < num_layers ? exchanged(out, true) : out;
+    at::Tensor out = parts.layer(layer, x, node_attrs, edge_sh, edge_radial, in.edge_index, rows);
+    x = layer + 1 < num_layers ? exchanged(placed(out), true) : out;
   }
-  auto [atomic_energy, gradient] = parts.energy_readout_vjp(x, in.atom_types, in.local_mask);
+  // the energies of the atoms the last layer computed: the local ones, or every node (0 where
+  // not local)
+  at::Tensor atomic_energy, gradient;
+  if (!rows.defined()) {
+    std::tie(atomic_energy, gradient) = parts.energy_readout_vjp(x, in.atom_types, in.local_mask);
+  } else if (local.size(0) == 0) {  // a rank that owns no atom, only ghosts
+    atomic_energy = at::zeros({num_nodes, 1}, x.options().dtype(at::kDouble));
+    gradient = at::zeros_like(x);
+  } else {
+    std::tie(atomic_energy, gradient) = parts.energy_readout_vjp(
+        x, in.atom_types.index_select(0, local), in.local_mask.index_select(0, local));
+    atomic_energy =
+        at::zeros({num_nodes, 1}, atomic_energy.options()).index_copy(0, local, atomic_energy);
+  }
   at::Tensor sh_gradient = at::zeros_like(edge_sh);
   at::Tensor radial_gradient = at::zeros_like(edge_radial);
   for (int64_t layer = num_layers - 1; layer >= 0; --layer) {
     std::vector<at::Tensor> grads = parts.layer_vjp(layer, layer_inputs[layer], node_attrs, edge_sh,
-                                                    edge_radial, in.edge_index, gradient);
+                                                    edge_radial, in.edge_index, rows, gradient);
     sh_gradient += grads[0];
     radial_gradient += grads[1];
-    if (layer > 0) gradient = exchanged(grads[2], false);
+    if (layer > 0) {
+      gradient = exchanged(grads[2], false);
+      if (rows.defined()) gradient = gradient.index_select(0, rows);
+    }
   }
   at::Tensor edge_grad = parts.edge_embedding_vjp(edge_vec, in.atom_types, in.edge_index,
                                                   sh_gradient, radial_gradient);

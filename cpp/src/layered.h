@@ -30,9 +30,11 @@ class LayeredParts {
   virtual std::pair<at::Tensor, at::Tensor> edge_embedding(const at::Tensor& edge_vec,
                                                            const at::Tensor& atom_types,
                                                            const at::Tensor& edge_index) = 0;
+  // The output features of the nodes `rows` (row k: node rows[k]'s), or of every node where
+  // `rows` is undefined (files without Metadata::layers_select_rows).
   virtual at::Tensor layer(int64_t index, const at::Tensor& x, const at::Tensor& node_attrs,
                            const at::Tensor& edge_sh, const at::Tensor& edge_radial,
-                           const at::Tensor& edge_index) = 0;
+                           const at::Tensor& edge_index, const at::Tensor& rows) = 0;
   // (atomic energies (N, 1), 0 where not local; their sum's gradient by x)
   virtual std::pair<at::Tensor, at::Tensor> energy_readout_vjp(const at::Tensor& x,
                                                                const at::Tensor& atom_types,
@@ -41,7 +43,7 @@ class LayeredParts {
   virtual std::vector<at::Tensor> layer_vjp(int64_t index, const at::Tensor& x,
                                             const at::Tensor& node_attrs, const at::Tensor& edge_sh,
                                             const at::Tensor& edge_radial,
-                                            const at::Tensor& edge_index,
+                                            const at::Tensor& edge_index, const at::Tensor& rows,
                                             const at::Tensor& grad_out) = 0;
   // the gradient by the edge vectors
   virtual at::Tensor edge_embedding_vjp(const at::Tensor& edge_vec, const at::Tensor& atom_types,
@@ -78,10 +80,12 @@ struct ExchangeRecord {
 // field name (atomic_energy, total_energy, forces, virial, atom_virial), on the model's
 // device, and what the exchange brought in `record`. A callback's exception is carried as
 // CallbackFailed (torch_errors.h). `pair_potential`: the model has one (its part
-// pair_energy_vjp is called too).
+// pair_energy_vjp is called too). `select_rows`: the layers compute the local nodes' outputs
+// only (Metadata::layers_select_rows), a ghost's coming from its owner by the exchange.
 std::map<std::string, at::Tensor> run_layered(LayeredParts& parts, const PreparedInputs& in,
                                               int64_t num_layers, bool pair_potential,
-                                              FeatureExchange& exchange, ExchangeRecord& record);
+                                              bool select_rows, FeatureExchange& exchange,
+                                              ExchangeRecord& record);
 
 // A rank with no nodes at all: its part (with no rows) in each exchange a layer-by-layer call
 // makes with these layer widths (one list per model run, in turn: a committee's members), and

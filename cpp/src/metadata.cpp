@@ -224,6 +224,13 @@ Metadata parse_metadata(const std::string& path, std::map<std::string, std::stri
     metadata.pair_potential = words[0];
   }
 
+  // Project key, optional: the layer parts compute the rows they are given (older files: all).
+  if (reader.has("layer_rows")) {
+    std::vector<std::string> words = split_words(raw.at("layer_rows"));
+    if (words.size() != 1 || words[0] != "selected") reader.malformed("layer_rows", "'selected'");
+    metadata.layers_select_rows = true;
+  }
+
   // The device type the file was compiled for: torch's key in a .pt2, ours in a .pth;
   // absent (files of other producers, older files) means any.
   for (const char* key : {"AOTI_DEVICE_KEY", "compile_device"}) {

@@ -194,7 +194,8 @@ class Model::Impl {
                                                     ? torchscript_parts(*module_)
                                                     : aoti_parts(aoti_parts_);
           return run_layered(*parts, prepared, metadata_.num_layers,
-                             !metadata_.pair_potential.empty(), exchange, record);
+                             !metadata_.pair_potential.empty(), metadata_.layers_select_rows,
+                             exchange, record);
         });
     return checked_outputs(std::move(raw), prepared, record.received_non_finite);
   }
@@ -216,11 +217,13 @@ class Model::Impl {
         // every member of this version has the method pair_energy (zeros without a pair
         // potential), whatever the first member's metadata says
         std::unique_ptr<LayeredParts> parts = torchscript_parts(committee_members_.at(member));
-        each.push_back(run_layered(*parts, prepared, num_layers, true, exchange, record));
+        each.push_back(run_layered(*parts, prepared, num_layers, true, metadata_.layers_select_rows,
+                                   exchange, record));
       } else {
         const bool pair_potential = committee_aoti_parts_.at(member).count("pair_energy_vjp") > 0;
         std::unique_ptr<LayeredParts> parts = aoti_parts(committee_aoti_parts_.at(member));
-        each.push_back(run_layered(*parts, prepared, num_layers, pair_potential, exchange, record));
+        each.push_back(run_layered(*parts, prepared, num_layers, pair_potential,
+                                   metadata_.layers_select_rows, exchange, record));
       }
     }
     const bool first =

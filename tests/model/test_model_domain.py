@@ -158,3 +158,33 @@ def test_ghost_shell_of_num_layers_times_r_max_reproduces_the_periodic_model(mod
     assert (fold(domain["atom_virial"]) - periodic["atom_virial"]).abs().max() <= 1e-10 * periodic[
         "atom_virial"
     ].abs().max()
+
+
+def test_a_layer_computes_the_rows_it_is_given(model):
+    """``layer(..., rows)`` (what a LAMMPS rank runs: its owned atoms' rows, not the ghosts')
+    gives every node's output at those rows, in their order, and the same gradients."""
+    frame = _frame(_sic(repeat=(2, 1, 1), seed=3))
+    edge_index, atom_types = frame["edge_index"], frame["atom_types"]
+    num_atoms = atom_types.shape[0]
+    edge_vec = model.edge_vectors(frame["pos"], frame["cell"], edge_index, frame["edge_cell_shift"],
+                                  torch.zeros(num_atoms, dtype=torch.long))  # fmt: skip
+    edge_sh, edge_radial = model.edge_embedding(edge_vec, atom_types, edge_index)
+    node_attrs = model.node_attributes(atom_types)
+    x = model.node_embedding(node_attrs)
+    generator = torch.Generator().manual_seed(0)
+    # some atoms in scrambled order, then the reference atoms
+    atoms = torch.randperm(num_atoms, generator=generator)[: num_atoms // 2]
+    rows = torch.cat([atoms, torch.arange(num_atoms, node_attrs.shape[0])])
+    for index in range(len(model.layers)):
+        inputs = [tensor.detach().requires_grad_(True) for tensor in (x, edge_sh, edge_radial)]
+        every = model.layer(index, inputs[0], node_attrs, inputs[1], inputs[2], edge_index)
+        chosen = model.layer(index, inputs[0], node_attrs, inputs[1], inputs[2], edge_index, rows)
+        assert chosen.shape == (rows.shape[0], every.shape[1])
+        torch.testing.assert_close(chosen, every[rows], rtol=0, atol=1e-12)
+        cotangent = torch.randn(chosen.shape, dtype=chosen.dtype, generator=generator)
+        expected = torch.autograd.grad(every[rows], inputs, cotangent, retain_graph=True)
+        got = torch.autograd.grad(chosen, inputs, cotangent)
+        for g, e in zip(got, expected):
+            assert e.abs().max() > 0
+            torch.testing.assert_close(g, e, rtol=0, atol=1e-12)
+        x = every.detach()

@@ -115,6 +115,7 @@ MALFORMED = [
     ("num_layers", "-2", "a positive decimal integer"),
     ("closest_training_pair", "0", "a positive decimal float"),
     ("closest_training_pair", "1.2 Å", "a positive decimal float"),
+    ("layer_rows", "all", "'selected'"),
 ]
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from nequip._runtime import InputError, Model, NonFiniteOutputError
 from nequip.inference.compiled import images_as_ghosts
+from fixtures.edited_files import with_pth_metadata
 from runtime_cases import assert_matches, eager_outputs, random_frames
 
 
@@ -25,12 +26,23 @@ def deep(deep_model):
     return Model(str(deep_model.pth)), deep_model.eager
 
 
-@pytest.fixture(params=["pth-3-layers", "pt2-float64", "pt2-float32", "pt2-float64-portable"], scope="module")
-def layered(request, deep_model, compiled_models):
+@pytest.fixture(
+    params=["pth-3-layers", "pth-every-row", "pt2-float64", "pt2-float32", "pt2-float64-portable"], scope="module"
+)
+def layered(request, deep_model, compiled_models, tmp_path_factory):
     """(runtime model, eager model, dtype) of files that run layer by layer: .pt2 files whose
-    parts call the message passing kernels, and one without them (portable)."""
+    parts call the message passing kernels, and one without them (portable); a .pth whose
+    layers compute the local nodes' output only (metadata layer_rows), and the same file as
+    older versions made it, whose layers compute every node's."""
     if request.param == "pth-3-layers":
-        return Model(str(deep_model.pth)), deep_model.eager, "float64"
+        model = Model(str(deep_model.pth))
+        assert model.metadata["layer_rows"] == "selected"
+        return model, deep_model.eager, "float64"
+    if request.param == "pth-every-row":
+        path = with_pth_metadata(deep_model.pth, tmp_path_factory.mktemp("older") / "m.nequip.pth", "layer_rows", None)
+        model = Model(str(path))
+        assert "layer_rows" not in model.metadata
+        return model, deep_model.eager, "float64"
     if request.param == "pt2-float64-portable":
         path = compiled_models.portable["float64", "pair_nequip_domain"]
         return Model(str(path)), compiled_models.eager["float64"], "float64"

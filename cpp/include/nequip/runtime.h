@@ -158,6 +158,11 @@ struct Metadata {
   // Project key `pair_potential`: the pair energy added to the learned one ("zbl"); empty when
   // absent. A layer-by-layer evaluation then runs the model's part pair_energy as well.
   std::string pair_potential;
+  // Project key `layer_rows` = "selected": the layer parts (a .pt2's layer_k and layer_k_vjp,
+  // a .pth's method `layer`) take one more input, the rows whose output they compute (a
+  // layer-by-layer call: the local nodes and the reference atoms). Absent (older files): they
+  // compute every node's.
+  bool layers_select_rows = false;
   // The device type the file was compiled for, "cpu" or "cuda" (a .pt2: torch's key
   // AOTI_DEVICE_KEY; a .pth: our key compile_device); empty when the file does not say.
   std::string compiled_for;

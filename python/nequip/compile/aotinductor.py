@@ -366,22 +366,23 @@ class EdgeEmbeddingVJP(torch.nn.Module):
 
 class LayerJoint(torch.nn.Module):
     """Layer ``index`` and its VJP in one graph: x, node_attrs, edge_sh, edge_radial,
-    edge_index, grad_out -> its output features, then the gradients by edge_sh and edge_radial,
-    and by x (not for the first layer, whose input is a function of the types)."""
+    edge_index, rows, grad_out -> its output features of the nodes ``rows`` (the local nodes and
+    the reference atoms: a ghost's come from its owner), then the gradients by edge_sh and
+    edge_radial, and by x (not for the first layer, whose input is a function of the types)."""
 
     def __init__(self, model, index: int):
         super().__init__()
         self.model = model
         self.index = index
 
-    def forward(self, x, node_attrs, edge_sh, edge_radial, edge_index, grad_out):
+    def forward(self, x, node_attrs, edge_sh, edge_radial, edge_index, rows, grad_out):
         with torch.enable_grad():
             edge_sh, edge_radial = _leaf(edge_sh), _leaf(edge_radial)
             inputs = [edge_sh, edge_radial]
             if self.index > 0:
                 x = _leaf(x)
                 inputs.append(x)
-            out = self.model.layer(self.index, x, node_attrs, edge_sh, edge_radial, edge_index)
+            out = self.model.layer(self.index, x, node_attrs, edge_sh, edge_radial, edge_index, rows)
             grads = _vjp([out], inputs, [grad_out])
         return (out.detach(),) + grads
 
@@ -551,10 +552,12 @@ def _part_inputs(model, num_types: int, device, num_atoms=None, num_edges=None):
         "energy_readout_vjp": (features[-1], atom_types, local_mask),
         "pair_energy_vjp": (edge_vec, atom_types, edge_index, local_mask),
     }
+    # the rows a layer computes: the local nodes, then the reference atoms
+    rows = torch.cat([local_mask.nonzero().flatten(), torch.arange(pos.shape[0], node_attrs.shape[0], device=device)])
     for k in range(len(model.layers)):
-        common = (features[k], node_attrs, edge_sh, edge_radial, edge_index)
+        common = (features[k], node_attrs, edge_sh, edge_radial, edge_index, rows)
         inputs[f"layer_{k}"] = common
-        inputs[f"layer_{k}_vjp"] = common + (torch.ones_like(features[k + 1]),)
+        inputs[f"layer_{k}_vjp"] = common + (features[k + 1].new_ones(rows.shape[0], features[k + 1].shape[1]),)
     return inputs
 
 
@@ -568,6 +571,7 @@ def _part_dynamic_shapes(name: str, num_types: int):
     atoms = torch.export.Dim("num_atoms", min=1)
     edges = torch.export.Dim("num_edges", min=0)
     rows = torch.export.Dim("num_rows", min=1)
+    out_rows = torch.export.Dim("num_out_rows", min=1)
     edge_inputs = ({0: edges}, {0: atoms}, {1: edges})
     if name == "node_embedding":
         return ({0: atoms},)
@@ -579,7 +583,7 @@ def _part_dynamic_shapes(name: str, num_types: int):
         return ({0: atoms + num_types}, {0: atoms}, {0: atoms})
     if name == "pair_energy_vjp":
         return edge_inputs + ({0: atoms},)
-    return ({0: rows}, {0: rows}, {0: edges}, {0: edges}, {1: edges})  # a layer's forward part
+    return ({0: rows}, {0: rows}, {0: edges}, {0: edges}, {1: edges}, {0: out_rows})  # a layer's forward part
 
 
 # How the message passing is traced (nequip.nn.message_passing): by the ``inductor`` backend, a
@@ -712,9 +716,10 @@ def export_parts(
             _name_constants(graph_module, weight_prefix)
         layer_shapes = _part_dynamic_shapes(name, num_types)
         exported[name] = torch.export.export(forward, export_inputs[name], dynamic_shapes=layer_shapes, strict=False)
-        x, _, edge_sh = list(joint.graph.find_nodes(op="placeholder"))[:3]
-        rows, edges = layer_shapes[0][0], layer_shapes[2][0]
-        dims_by_symbol = {x.meta["val"].shape[0].node.expr: rows, edge_sh.meta["val"].shape[0].node.expr: edges}
+        x, _, edge_sh, _, _, out_rows_input = list(joint.graph.find_nodes(op="placeholder"))[:6]
+        rows, edges, out_rows = layer_shapes[0][0], layer_shapes[2][0], layer_shapes[5][0]
+        dims_by_symbol = {x.meta["val"].shape[0].node.expr: rows, edge_sh.meta["val"].shape[0].node.expr: edges,
+                          out_rows_input.meta["val"].shape[0].node.expr: out_rows}  # fmt: skip
         (forward_output,) = forward.graph.find_nodes(op="output")
         with torch.no_grad():
             out, *residuals = forward(*export_inputs[name])
@@ -722,9 +727,9 @@ def export_parts(
             backward,
             tuple(export_inputs[name]) + (out, *residuals, export_inputs[f"{name}_vjp"][-1]),
             dynamic_shapes=layer_shapes
-            + ({0: rows},)
+            + ({0: out_rows},)
             + _residual_dynamic_shapes(forward_output.args[0][1:], dims_by_symbol)
-            + ({0: rows},),
+            + ({0: out_rows},),
             strict=False,
         )
     return exported

@@ -69,6 +69,10 @@ MODEL_DTYPES: Tuple[str, ...] = ("float32", "float64")
 # Project keys of the model: message-passing layers (and the widths of their outputs).
 NUM_LAYERS = "num_layers"
 LAYER_FEATURE_WIDTHS = "layer_feature_widths"
+# Project key, "selected": the layer parts (a .pt2's layer_k and layer_k_vjp, a .pth's method
+# layer) take the rows whose output to compute after their other inputs, and the runtime gives
+# them the local nodes and the reference atoms; absent (older files): they compute every node's.
+LAYER_ROWS = "layer_rows"
 # Project key of a model with a pair potential added to its learned energy ("zbl"; absent: none).
 # A file of DOMAIN_TARGET then has the part pair_energy_vjp, a .pth the method pair_energy.
 PAIR_POTENTIAL = "pair_potential"

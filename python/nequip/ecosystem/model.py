@@ -138,6 +138,7 @@ class EcosystemModel(torch.nn.Module):
             metadata["layer_feature_widths"] = " ".join(
                 str(layer.irreps_out[NODE_FEATURES].dim) for layer in self.layers
             )
+            metadata["layer_rows"] = "selected"
         if self.config["per_edge_type_cutoff"] is not None:
             metadata["per_edge_type_cutoff"] = " ".join(repr(c) for c in self.config["per_edge_type_cutoff"])
         return metadata
@@ -255,8 +256,11 @@ class EcosystemModel(torch.nn.Module):
         edge_sh: torch.Tensor,
         edge_radial: torch.Tensor,
         edge_index: torch.Tensor,
+        rows: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Layer ``index`` on the node features x (N + num_types rows)."""
+        """Layer ``index`` on the node features x (N + num_types rows): the output of every node,
+        or of the nodes ``rows`` (as NequIPModel.layer; the other release's layer computes
+        every node's, these are taken from it)."""
         data = {
             # its layers count the nodes by the positions' rows; only the count is read
             keys.POS: torch.zeros((x.shape[0], 3), dtype=torch.float64, device=x.device),
@@ -267,7 +271,8 @@ class EcosystemModel(torch.nn.Module):
             EDGE_EMBEDDING: edge_radial,
             keys.EDGE_INDEX: edge_index.contiguous(),
         }
-        return self.layers[index](data)[NODE_FEATURES].contiguous()
+        out = self.layers[index](data)[NODE_FEATURES]
+        return (out if rows is None else out.index_select(0, rows)).contiguous()
 
     def energy_readout(self, x: torch.Tensor, atom_types: torch.Tensor) -> torch.Tensor:
         """Per-atom energies (N, 1), float64, from the last layer's features (N + num_types rows)."""

@@ -181,6 +181,8 @@ class NequIPModel(torch.nn.Module):
             "num_layers": str(self.config["num_layers"]),
             # node features out of each layer: what LAMMPS ranks exchange between layers
             "layer_feature_widths": " ".join(str(layer.irreps_out.dim) for layer in self.layers),
+            # layer(..., rows): on several ranks, no node-wise work for the ghosts
+            "layer_rows": "selected",
         }
         if self.config["per_edge_type_cutoff"] is not None:
             metadata["per_edge_type_cutoff"] = " ".join(repr(c) for c in self.config["per_edge_type_cutoff"])
@@ -268,11 +270,15 @@ class NequIPModel(torch.nn.Module):
         edge_sh: torch.Tensor,
         edge_radial: torch.Tensor,
         edge_index: torch.Tensor,
+        rows: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """Layer ``index`` (0-based) on the node features x (N + num_types, width of its input)."""
+        """Layer ``index`` (0-based) on the node features x (N + num_types, width of its input):
+        the output features of every node, or of the nodes ``rows`` (row k that of node rows[k]).
+        On several LAMMPS ranks ``rows`` are the owned atoms and the reference atoms: a ghost's
+        output comes from its owner, so its node-wise work would be thrown away."""
         for i, layer in enumerate(self.layers):
             if i == index:
-                return layer(x, node_attrs, edge_sh, edge_radial, edge_index[0], edge_index[1])
+                return layer(x, node_attrs, edge_sh, edge_radial, edge_index[0], edge_index[1], rows)
         raise IndexError(f"layer index {index} out of range: the model has {len(self.layers)} layers")
 
     @torch.jit.export

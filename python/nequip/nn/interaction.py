@@ -1,6 +1,8 @@
 """NequIP's interaction block and the gated convolution layer built from it."""
 
 import math
+from typing import Optional
+
 import torch
 from e3nn import o3
 from e3nn.nn import Gate
@@ -65,10 +67,15 @@ class InteractionBlock(torch.nn.Module):
         edge_radial: torch.Tensor,
         edge_center: torch.Tensor,
         edge_neighbor: torch.Tensor,
+        rows: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        self_connection = self.self_connection(node_features, node_attrs)
+        # the nodes whose output to compute (all when None); every node is a neighbor's source
         x = self.linear_1(node_features)
         x = self.tensor_product(x, edge_sh, edge_radial, edge_center, edge_neighbor)
+        if rows is not None:
+            x = x.index_select(0, rows)
+            node_features, node_attrs = node_features.index_select(0, rows), node_attrs.index_select(0, rows)
+        self_connection = self.self_connection(node_features, node_attrs)
         x = self.linear_2(x * self.inv_sqrt_avg_num_neighbors)
         return x + self_connection
 
@@ -133,6 +140,7 @@ class ConvNetLayer(torch.nn.Module):
         edge_radial: torch.Tensor,
         edge_center: torch.Tensor,
         edge_neighbor: torch.Tensor,
+        rows: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        x = self.interaction(node_features, node_attrs, edge_sh, edge_radial, edge_center, edge_neighbor)
+        x = self.interaction(node_features, node_attrs, edge_sh, edge_radial, edge_center, edge_neighbor, rows)
         return self.gate(x)
