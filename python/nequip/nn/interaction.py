@@ -69,13 +69,15 @@ class InteractionBlock(torch.nn.Module):
         edge_neighbor: torch.Tensor,
         rows: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        # the nodes whose output to compute (all when None); every node is a neighbor's source
+        # rows: the nodes whose output to compute (all when None); every node is a neighbor's source
+        if rows is None:
+            self_connection = self.self_connection(node_features, node_attrs)
+        else:
+            self_connection = self.self_connection(node_features.index_select(0, rows), node_attrs.index_select(0, rows))
         x = self.linear_1(node_features)
         x = self.tensor_product(x, edge_sh, edge_radial, edge_center, edge_neighbor)
         if rows is not None:
             x = x.index_select(0, rows)
-            node_features, node_attrs = node_features.index_select(0, rows), node_attrs.index_select(0, rows)
-        self_connection = self.self_connection(node_features, node_attrs)
         x = self.linear_2(x * self.inv_sqrt_avg_num_neighbors)
         return x + self_connection
 
