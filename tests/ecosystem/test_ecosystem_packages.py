@@ -112,6 +112,8 @@ def test_their_model_states_our_metadata(models):
         "num_layers": "2",
         # node features out of each layer: 4x0e+4x1o (what scalars times l <= 1 harmonics reach), then 4x0e
         "layer_feature_widths": "16 4",
+        # layer(..., rows): the layer parts give the rows the runtime asks for
+        "layer_rows": "selected",
     }
     metadata = models["float32"].metadata()
     assert metadata["model_dtype"] == "float32"
