@@ -9,6 +9,10 @@ BUILD_DEPS := $(VENV)/.build-deps
 INSTALLED := $(VENV)/.nequip-installed
 SOURCES := pyproject.toml CMakeLists.txt $(shell find cpp lammps_plugin -type f 2>/dev/null)
 PYTEST_ARGS ?=
+# The suite runs on this many pytest-xdist workers. A test file stays on one worker (its module
+# fixtures are made once); the session fixtures' compiled files are made once for all workers
+# (tests/fixtures/shared.py). PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= 2
 
 .PHONY: install test demo clean format
 
@@ -33,7 +37,7 @@ $(INSTALLED): $(BUILD_DEPS) $(SOURCES)
 	touch $@
 
 test: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --numprocesses $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 demo: install
 	$(PY) examples/demo.py --output demo_output
