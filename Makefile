@@ -10,8 +10,9 @@ INSTALLED := $(VENV)/.nequip-installed
 SOURCES := pyproject.toml CMakeLists.txt $(shell find cpp lammps_plugin -type f 2>/dev/null)
 PYTEST_ARGS ?=
 # The suite runs on this many pytest-xdist workers. A test file stays on one worker (its module
-# fixtures are made once); the session fixtures' compiled files are made once for all workers
-# (tests/fixtures/shared.py). PYTEST_WORKERS=0 runs it in one process.
+# fixtures are made once), the files with slow tests first (tests/conftest.py); the session
+# fixtures' compiled files are made once for all workers (tests/fixtures/shared.py).
+# PYTEST_WORKERS=0 runs it in one process.
 PYTEST_WORKERS ?= 2
 
 .PHONY: install test demo clean format
@@ -37,7 +38,7 @@ $(INSTALLED): $(BUILD_DEPS) $(SOURCES)
 	touch $@
 
 test: install
-	$(PY) -m pytest --numprocesses $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(PY) -m pytest --numprocesses $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 demo: install
 	$(PY) examples/demo.py --output demo_output

@@ -84,6 +84,7 @@ def test_eager_committee_gives_mean_and_deviations_of_its_models_one_by_one(comm
     assert_committee_outputs(eager(frame), expected)
 
 
+@pytest.mark.slow  # compiles a layer-by-layer file (minutes)
 @pytest.mark.parametrize("mode, target", [("torchscript", None), ("aotinductor", "pair_nequip_domain")],
                          ids=["pth", "pt2-pair_nequip_domain"])  # fmt: skip
 def test_committee_layer_by_layer_gives_mean_and_deviations_of_its_models_one_by_one(committee_files, mode, target):

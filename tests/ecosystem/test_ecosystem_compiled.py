@@ -30,6 +30,7 @@ def key_id(key):
     return f"{dtype}-{target or 'torchscript'}"
 
 
+@pytest.mark.slow  # compiles files (minutes)
 @pytest.mark.parametrize("key", FOREIGN_COMPILED, ids=key_id)
 def test_compiled_file_gives_their_predictions(foreign, key):
     dtype, target = key

@@ -59,6 +59,7 @@ def test_deep_torchscript_file_exchanges_features(deep):
     assert [layer.irreps_out.dim for layer in eager.layers] == [24, 42, 6]
 
 
+@pytest.mark.slow  # compiles a layer-by-layer file (minutes)
 @pytest.mark.parametrize("seed", [3, 4])
 def test_layer_by_layer_with_ghost_images_is_the_folded_frame(layered, seed):
     model, eager, dtype = layered

@@ -64,6 +64,7 @@ def test_checkpoint_and_package_of_the_zbl_model_give_its_results(zbl_model, tmp
                 assert_matches(got[name].numpy().reshape(expected[name].shape), expected[name], "float64", f"{path.name} {name}")
 
 
+@pytest.mark.slow  # compiles files (minutes)
 @pytest.mark.parametrize("kind", ["pth", "pt2"])
 def test_compiled_zbl_model_is_the_eager_model(zbl_model, kind):
     model = Model(str(getattr(zbl_model, kind)))
