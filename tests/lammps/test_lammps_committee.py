@@ -179,7 +179,7 @@ COMMITTEE_RUNS = [("pth", 1), ("pth", 2), ("pth", 4), ("pt2-pair_nequip", 1), ("
                   ("pt2-pair_nequip_domain", 2)]  # fmt: skip
 
 
-@pytest.mark.slow  # compiles a layer-by-layer file (minutes)
+@pytest.mark.slow  # compiles the committee's pair_nequip and pair_nequip_domain files (minutes)
 @pytest.mark.parametrize("kind, ranks", COMMITTEE_RUNS, ids=[f"{kind}-{ranks}" for kind, ranks in COMMITTEE_RUNS])
 def test_committee_on_several_ranks_is_its_models_one_by_one(committee_files, committee_system, kind, ranks, tmp_path):
     data, atoms, (forces, virials, energies) = committee_system
