@@ -13,10 +13,16 @@ round after round, so that load on a shared machine hits them alike. Timed: the 
   measure what they save;
 * ``--reference``: the reference release's ``nequip-compile <checkpoint> out.nequip.pt2 --mode
   aotinductor --device cpu --target ase`` on its checkpoint of the same architecture
-  (benchmarks/dev/compare_reference.py builds it on first use).
+  (benchmarks/dev/compare_reference.py builds it on first use);
+* ``--target pair_nequip_domain``: ours to the file of LAMMPS on several ranks (the whole model
+  and its layer parts, each part its own AOTInductor compile; the reference has no such file);
+* ``--processes 1 2``: ours with each number of compile processes (``NEQUIP_COMPILE_WORKERS``,
+  nequip.compile.compile_workers: the models of a package of several compiled side by side).
 
     .venv/bin/python benchmarks/dev/compile_time.py --reference --portable --without-speedups --rounds 2 \
         --json build/compile_time.json
+    .venv/bin/python benchmarks/dev/compile_time.py --target pair_nequip_domain --processes 1 2 --rounds 1 \
+        --json build/compile_time_domain.json
 """
 
 import argparse
@@ -38,13 +44,14 @@ from compare_reference import COMPILE_OURS  # noqa: E402  (the compile that comp
 _WITHOUT_SPEEDUPS = """
 import contextlib
 import nequip.compile.aotinductor as aotinductor
-aotinductor.faster_compile = contextlib.nullcontext
+import nequip.compile.compile_workers as compile_workers
+aotinductor.faster_compile = compile_workers.faster_compile = contextlib.nullcontext
 """
 
 
-def timed(command, scratch: Path) -> float:
+def timed(command, scratch: Path, variables) -> float:
     cache = scratch / "inductor-cache"
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache))
+    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache), **variables)
     start = time.perf_counter()
     subprocess.run(command, check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
@@ -56,15 +63,25 @@ def main(argv=None):
     parser.add_argument("--reference", action="store_true", help="also time the reference release's nequip-compile")
     parser.add_argument("--portable", action="store_true", help="also time ours with portable=True")
     parser.add_argument("--without-speedups", action="store_true", help="also time ours without inductor_speedups")
+    parser.add_argument("--target", default="ase", choices=["ase", "pair_nequip", "pair_nequip_domain"],
+                        help="ours' target (the reference's is ase)")
+    parser.add_argument("--processes", type=int, nargs="+",
+                        help="time ours with each of these numbers of compile processes (default: the CPUs)")
     parser.add_argument("--json", help="write the figures here")
     args = parser.parse_args(argv)
 
-    sides = {"ours": lambda out: [sys.executable, "-c", COMPILE_OURS, str(out)]}
+    ours = COMPILE_OURS.replace('"ase")', f'"{args.target}")')
+    sides, variables = {}, {}
+    for count in args.processes or [None]:
+        name = "ours" if count is None else f"ours, {count} compile process{'es' if count > 1 else ''}"
+        sides[name] = lambda out: [sys.executable, "-c", ours, str(out)]
+        variables[name] = {} if count is None else {"NEQUIP_COMPILE_WORKERS": str(count)}
     if args.portable:
-        portable = COMPILE_OURS.replace('"ase")', '"ase", portable=True)')
+        portable = ours.replace(f'"{args.target}")', f'"{args.target}", portable=True)')
         sides["ours, portable"] = lambda out: [sys.executable, "-c", portable, str(out)]
     if args.without_speedups:
-        sides["ours without speedups"] = lambda out: [sys.executable, "-c", _WITHOUT_SPEEDUPS + COMPILE_OURS, str(out)]
+        sides["ours without speedups"] = lambda out: [sys.executable, "-c", _WITHOUT_SPEEDUPS + ours, str(out)]
+        variables["ours without speedups"] = {"NEQUIP_COMPILE_WORKERS": "1"}  # the switch is in this process
     reference = None
     if args.reference:
         from compare_reference import build_reference, reference_python
@@ -81,13 +98,13 @@ def main(argv=None):
         for name, command in sides.items():
             with tempfile.TemporaryDirectory() as scratch:
                 scratch = Path(scratch)
-                seconds[name].append(timed(command(scratch / "model.nequip.pt2"), scratch))
+                seconds[name].append(timed(command(scratch / "model.nequip.pt2"), scratch, variables.get(name, {})))
             print(f"round {round_index + 1}: {name} {seconds[name][-1]:.1f} s", file=sys.stderr, flush=True)
 
     from nequip.benchmark import machine_description
 
     report = {
-        "benchmark": "cold compile time, benchmark model, .pt2 target ase",
+        "benchmark": f"cold compile time, benchmark model, .pt2 target {args.target}",
         "command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
         "seconds": seconds,
         "median_s": {name: statistics.median(values) for name, values in seconds.items()},
@@ -95,7 +112,7 @@ def main(argv=None):
     }
     if reference is not None:
         report["reference_command"] = " ".join(sides["reference"](Path("out.nequip.pt2")))
-        report["ours_over_reference"] = report["median_s"]["ours"] / report["median_s"]["reference"]
+        report["ours_over_reference"] = report["median_s"][next(iter(sides))] / report["median_s"]["reference"]
     for name, value in report["median_s"].items():
         print(f"{name}: median {value:.1f} s over {len(seconds[name])} compiles")
     if reference is not None:

@@ -23,6 +23,7 @@ from nequip.data import keys, synthetic_frame
 from nequip.nn.message_passing import CPU_KERNELS, INDUCTOR, message_backend, register_kernel_shapes
 from nequip.utils import torch_internals
 
+from .compile_workers import compile_programs
 from .contract import BATCH_TARGET, TARGET_INPUTS, TARGET_OUTPUTS
 from .inductor_speedups import faster_compile
 
@@ -281,7 +282,8 @@ def package(exported: torch.export.ExportedProgram, file: BinaryIO, metadata: Ma
 # VJP recomputes the embedding (cheap: harmonics and Bessels). A model with a pair potential
 # (metadata key pair_potential: ZBL) has one more part, last, which gives the pair energies and
 # their gradient by the edge vectors, which the runtime adds to the rest: the pair term is in
-# that part only.
+# that part only. The package's models are compiled side by side, in this process and helper
+# processes (compile_workers).
 
 
 def part_names(num_layers: int, pair_potential: bool = False) -> Tuple[str, ...]:
@@ -744,12 +746,6 @@ def package_with_parts(
 ) -> None:
     """One package: the whole model as "model" (with the metadata) and each part under its name."""
     options = {**INDUCTOR_CONFIGS, "aot_inductor.package": True, "aot_inductor.metadata": dict(metadata)}
-    files = {}
-    # one context for all: the parts share index expressions, and so the analysis' cached answers
-    with faster_compile():
-        for name, program in {"model": whole, **parts}.items():
-            log(f"compiling C++ of {name} (AOTInductor)")
-            args, kwargs = program.example_inputs
-            module = program.module(check_guards=False)
-            files[name] = torch_internals.aoti_compile(module, args, kwargs, dict(options))
+    # the whole model first: the largest compile, begun while the others go to the helpers
+    files = compile_programs({"model": whole, **parts}, options, log)
     torch_internals.aoti_package(file, files)

@@ -26,6 +26,7 @@ from nequip.utils.devices import torch_device
 from nequip.utils.processes import is_running
 
 from . import aotinductor, torchscript
+from .compile_workers import compile_processes
 from .contract import (
     AOTI_INPUTS_KEY,
     AOTI_PARTS_KEY,
@@ -95,7 +96,7 @@ def check_arguments(
 ) -> None:
     """Refuse a bad request before any work is done: the mode, target and device must be
     known, the device available, TF32 asked for a CUDA device only, and the output extension
-    must match the mode."""
+    must match the mode, and NEQUIP_COMPILE_WORKERS, where it is read, a number."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}: expected one of {', '.join(MODES)}")
     if target is not None and target not in TARGETS:
@@ -116,6 +117,8 @@ def check_arguments(
             f"TF32 (TensorFloat-32 matmuls, --tf32) is a CUDA setting, but the device is {str(device)!r}: "
             "drop --tf32, or compile with --device cuda"
         )
+    if mode == AOTINDUCTOR and target == DOMAIN_TARGET:
+        compile_processes()  # NEQUIP_COMPILE_WORKERS, if set, is a number
     _check_writable_place(Path(out_path))
 
 
